@@ -1,0 +1,215 @@
+//! `primitives`: the cost of the container operations, beside the paper's Table 1.
+//!
+//! Each operation is timed over many iterations with a monotonic clock around the whole loop,
+//! after a warm-up, and reported as a mean. Nothing here asserts a figure: the numbers are
+//! for the report and the issue notes.
+
+use rescon::sched::{Hierarchical, Policy};
+use rescon::{Attributes, Container, ContainerId, Registry};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Scale the iteration counts (0.1 for a quick look).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+/// One measured operation.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Op {
+    pub mean_ns: f64,
+    pub iterations: u64,
+}
+
+/// The paper's Table 1 (Digital UNIX on a 500 MHz Alpha), microseconds, by our op name.
+pub const PAPER_US: &[(&str, &str, f64)] = &[
+    ("create", "create resource container", 2.36),
+    ("destroy", "destroy resource container", 2.10),
+    ("rebind", "change thread's resource binding", 1.04),
+    ("usage", "obtain container resource usage", 2.04),
+    ("set_attr", "set container attributes", 2.10),
+    ("get_attr", "get container attributes", 2.10),
+    ("dup_handle", "move container between processes", 3.15),
+    ("lookup_id", "obtain handle for existing container", 1.90),
+];
+
+#[derive(Serialize)]
+struct Report {
+    ops: BTreeMap<&'static str, Op>,
+}
+
+fn iters(base: u64, scale: f64) -> u64 {
+    ((base as f64 * scale) as u64).max(100)
+}
+
+/// Times `n` calls of `f` and returns the mean.
+pub fn time_loop(n: u64, mut f: impl FnMut(u64)) -> Op {
+    for i in 0..n.min(1000) {
+        f(i);
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    Op {
+        mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
+        iterations: n,
+    }
+}
+
+fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
+    let mut ops = BTreeMap::new();
+    let registry = Registry::new();
+    let root = registry.root();
+    let parent = root
+        .create_child("bench", Attributes::default())
+        .expect("create");
+
+    // create and destroy: a batch of children made, then dropped.
+    let n = iters(200_000, scale);
+    let mut kept: Vec<Container> = Vec::with_capacity(n as usize);
+    let attrs = Attributes::default();
+    let t = Instant::now();
+    for _ in 0..n {
+        kept.push(parent.create_child("c", attrs).expect("create"));
+    }
+    ops.insert(
+        "create",
+        Op {
+            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
+            iterations: n,
+        },
+    );
+    let t = Instant::now();
+    for c in kept.drain(..) {
+        drop(c);
+    }
+    ops.insert(
+        "destroy",
+        Op {
+            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
+            iterations: n,
+        },
+    );
+
+    let c = parent
+        .create_child("probe", Attributes::default())
+        .expect("create");
+    let n = iters(2_000_000, scale);
+    ops.insert(
+        "usage",
+        time_loop(n, |_| {
+            black_box(black_box(&c).usage());
+        }),
+    );
+    ops.insert(
+        "usage_subtree",
+        time_loop(iters(200_000, scale), |_| {
+            black_box(black_box(&parent).usage_subtree());
+        }),
+    );
+    ops.insert(
+        "get_attr",
+        time_loop(n, |_| {
+            black_box(black_box(&c).attrs());
+        }),
+    );
+    let mut a1 = Attributes::default();
+    a1.set("priority", "50").expect("attr");
+    let a2 = Attributes::default();
+    ops.insert(
+        "set_attr",
+        time_loop(n, |i| {
+            parent
+                .set_attrs(&c, if i % 2 == 0 { a1 } else { a2 })
+                .expect("set");
+        }),
+    );
+    ops.insert(
+        "dup_handle",
+        time_loop(n, |_| {
+            black_box(black_box(&c).clone());
+        }),
+    );
+    let id: ContainerId = c.id();
+    ops.insert(
+        "lookup_id",
+        time_loop(n, |_| {
+            black_box(root.lookup(black_box(id)).expect("lookup"));
+        }),
+    );
+    ops.insert("pick_charge_100k", pick_charge(scale));
+    ops
+}
+
+/// pick plus charge with 100,000 runnable leaves at depth 3 (10 x 100 x 100).
+fn pick_charge(scale: f64) -> Op {
+    let registry = Registry::new();
+    let root = registry.root();
+    let mut policy = Hierarchical::new(&registry);
+    let mut leaves = Vec::with_capacity(100_000);
+    for a in 0..10 {
+        let ca = root
+            .create_child(&format!("a{a}"), Attributes::default())
+            .expect("create");
+        for b in 0..100 {
+            let cb = ca
+                .create_child(&format!("b{b}"), Attributes::default())
+                .expect("create");
+            for _ in 0..100 {
+                let leaf = cb
+                    .create_child("leaf", Attributes::default())
+                    .expect("create");
+                let k = policy.attach(&leaf);
+                policy.set_runnable(k, true);
+                leaves.push(leaf);
+            }
+        }
+    }
+    policy.refill(0);
+    time_loop(iters(2_000_000, scale), |_| {
+        let p = policy.pick().expect("runnable");
+        policy.charge(p.key, 50_000);
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.scale > 0.0, "--scale must be positive");
+    eprintln!("measuring user-level primitives...");
+    let ops = user_level_ops(args.scale);
+    let report = Report { ops };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:38} {:>12} {:>12} {:>10}",
+        "operation", "paper (us)", "rescon (ns)", "speed-up"
+    );
+    for (op, desc, us) in PAPER_US {
+        match report.ops.get(op) {
+            Some(m) => println!(
+                "{:38} {:>12.2} {:>12.1} {:>9.0}x",
+                desc,
+                us,
+                m.mean_ns,
+                us * 1000.0 / m.mean_ns
+            ),
+            None => println!("{:38} {:>12.2} {:>12} {:>10}", desc, us, "-", "-"),
+        }
+    }
+    println!();
+    for (op, m) in &report.ops {
+        if !PAPER_US.iter().any(|(o, _, _)| o == op) {
+            println!("{:38} {:>12} {:>12.1}", op, "", m.mean_ns);
+        }
+    }
+    Ok(())
+}

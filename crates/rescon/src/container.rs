@@ -1,0 +1,1155 @@
+//! Containers, handles and the registry (the container-id namespace).
+//!
+//! # The model
+//!
+//! A container is a resource principal: the activity (a connection, a request, a client class, a
+//! virtual host, a CGI run) that resources are charged to and that is scheduled. Containers form
+//! a tree. A container may be made parentless (it then stands at the top level beside the root)
+//! or reparented under another container; a move that would make a cycle is refused.
+//!
+//! # Handles are capabilities
+//!
+//! A [`Container`] is a handle, the only way to act on a container, like a file descriptor in
+//! the paper: cloning it is cheap and it is `Send + Sync`. What a handle may do:
+//!
+//! | operation | own container | a descendant | any other |
+//! |---|---|---|---|
+//! | read attributes and usage | yes | yes | privileged only |
+//! | create a child | yes | (through its handle) | no |
+//! | change attributes | only lower them ([`Attributes::check_lowering`]) | yes, any change | privileged only |
+//! | reparent under a container of its subtree | no | yes | privileged only |
+//! | make parentless | no | privileged only | privileged only |
+//! | look up by id | | [`Container::descendant`] | [`Container::lookup`], privileged only |
+//!
+//! The [`Registry`]'s root handle is privileged; every other handle is not, and
+//! [`Container::unprivileged`] drops the privilege from a copy.
+//!
+//! # Release
+//!
+//! A container lives while anything refers to it: a handle, a task or thread bound to it, a
+//! socket, a scheduler queue, or a child (children keep their parent alive). When the last
+//! reference goes, the container is removed from its parent and from the namespace, and its usage
+//! (its own and what its released children left it) is added to its parent's *released* total,
+//! so the parent's subtree usage is unchanged. Usage of a released parentless container goes to
+//! the registry's total ([`Registry::usage_all`]), so the sum of all usage always equals the sum
+//! of everything ever charged.
+//!
+//! # Limits
+//!
+//! Connection, memory and process limits are gauges maintained for whole subtrees: acquiring one
+//! ([`Container::try_open_connection`], [`Container::charge_memory`],
+//! [`Container::try_start_process`]) checks the container and every ancestor, and either takes
+//! effect everywhere or nowhere.
+
+use crate::attr::{Attributes, CpuLimit, Share};
+use crate::error::{Error, Resource};
+use crate::id::ContainerId;
+use crate::usage::{Account, Counters, Gauges, Usage};
+use arc_swap::ArcSwapOption;
+use rustc_hash::FxHashMap;
+use slab::Slab;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+const SHARDS: usize = 64;
+
+type NameShard = FxHashMap<u64, Weak<Node>>;
+const ONE_PPB: u64 = 1_000_000_000;
+const NO_LIMIT: u64 = u64::MAX;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind (counters, slabs,
+    // attributes that were either written or not), so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// State shared by every container of one registry.
+pub(crate) struct Shared {
+    names: Box<[Mutex<NameShard>]>,
+    /// Taken for writing by reparenting, for reading by checks that walk parent chains, so a
+    /// check never sees a half-made move and two moves cannot together make a cycle.
+    structure: RwLock<()>,
+    feeds: RwLock<Vec<Weak<Feed>>>,
+    orphans: Counters,
+}
+
+impl Shared {
+    fn shard(&self, id: ContainerId) -> &Mutex<NameShard> {
+        &self.names[(id.get() as usize) % SHARDS]
+    }
+
+    fn lookup(&self, id: ContainerId) -> Option<Arc<Node>> {
+        lock(self.shard(id)).get(&id.get()).and_then(Weak::upgrade)
+    }
+
+    fn notify(&self, id: ContainerId) {
+        let feeds = self.feeds.read().unwrap_or_else(|e| e.into_inner());
+        for f in feeds.iter().filter_map(Weak::upgrade) {
+            lock(&f.ids).push(id);
+            f.dirty.store(true, Release);
+            if let Some(wake) = &f.waker {
+                wake();
+            }
+        }
+    }
+}
+
+/// A scheduler's inbox of containers whose attributes or parent changed.
+#[derive(Default)]
+pub(crate) struct Feed {
+    pub(crate) dirty: AtomicBool,
+    pub(crate) ids: Mutex<Vec<ContainerId>>,
+    waker: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    /// Takes the ids pushed since the last drain, if any.
+    pub(crate) fn drain(&self, out: &mut Vec<ContainerId>) {
+        if self.dirty.load(Relaxed) && self.dirty.swap(false, Acquire) {
+            out.append(&mut lock(&self.ids));
+        }
+    }
+}
+
+struct Children {
+    slab: Slab<Weak<Node>>,
+    fixed_ppb: u64,
+}
+
+/// The CPU-limit token bucket shared by every scheduler serving the container.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    period: u64,
+    tokens: i64,
+    started: bool,
+}
+
+/// Limits mirrored into atomics so that acquiring a gauge never takes the attribute lock.
+#[derive(Debug)]
+struct LimitCache {
+    conns: AtomicU64,
+    memory: AtomicU64,
+    procs: AtomicU64,
+    egress: AtomicU64,
+}
+
+impl LimitCache {
+    fn store(&self, a: &Attributes) {
+        let l = &a.limits;
+        self.conns
+            .store(l.max_connections.unwrap_or(NO_LIMIT), Relaxed);
+        self.memory.store(l.max_memory.unwrap_or(NO_LIMIT), Relaxed);
+        self.procs
+            .store(l.max_processes.unwrap_or(NO_LIMIT), Relaxed);
+        self.egress
+            .store(l.egress_bytes_per_sec.unwrap_or(NO_LIMIT), Relaxed);
+    }
+}
+
+pub(crate) struct Node {
+    pub(crate) id: ContainerId,
+    name: Box<str>,
+    shared: Arc<Shared>,
+    parent: ArcSwapOption<Node>,
+    /// Slot in the parent's children; written under the parent's children lock.
+    slot: AtomicUsize,
+    children: Mutex<Children>,
+    attrs: Mutex<Attributes>,
+    limits: LimitCache,
+    pub(crate) counters: Counters,
+    released: Counters,
+    gauges_self: Gauges,
+    gauges_tree: Gauges,
+    /// How many schedulers have this container attached; changes are only announced when
+    /// some scheduler could care.
+    pub(crate) sched_refs: AtomicU32,
+    cap: Mutex<Bucket>,
+    egress: Mutex<EgressBucket>,
+}
+
+#[derive(Debug, Default)]
+struct EgressBucket {
+    tokens: f64,
+    last_ns: u64,
+    started: bool,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub(crate) fn attrs(&self) -> Attributes {
+        *lock(&self.attrs)
+    }
+
+    pub(crate) fn parent(&self) -> Option<Arc<Node>> {
+        self.parent.load_full()
+    }
+
+    pub(crate) fn parent_id(&self) -> Option<ContainerId> {
+        self.parent.load().as_ref().map(|p| p.id)
+    }
+
+    /// Whether `self` is `other` or one of its ancestors.
+    fn is_ancestor_or_self(&self, other: &Node) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let mut cur = other.parent.load_full();
+        while let Some(n) = cur {
+            if std::ptr::eq(&*n, self) {
+                return true;
+            }
+            cur = n.parent.load_full();
+        }
+        false
+    }
+
+    fn notify(&self) {
+        if self.sched_refs.load(SeqCst) > 0 {
+            self.shared.notify(self.id);
+        }
+    }
+
+    /// Leases up to `want` ns of CPU budget for the period containing `now`. Returns the
+    /// amount granted and the start of the next period, when more becomes available.
+    pub(crate) fn cap_lease(&self, limit: &CpuLimit, now: u64, want: u64) -> (u64, u64) {
+        let period_ns = limit.period().as_nanos() as u64;
+        let budget = limit.budget_ns() as i64;
+        let cap = budget + limit.burst().as_nanos() as i64;
+        let idx = now / period_ns;
+        let mut b = lock(&self.cap);
+        if !b.started {
+            *b = Bucket {
+                period: idx,
+                tokens: budget,
+                started: true,
+            };
+        } else if idx > b.period {
+            let periods = (idx - b.period).min(1 << 20) as i64;
+            b.tokens = (b.tokens.saturating_add(periods.saturating_mul(budget))).min(cap);
+            b.period = idx;
+        }
+        let grant = (b.tokens.max(0) as u64).min(want);
+        b.tokens -= grant as i64;
+        (grant, (idx + 1) * period_ns)
+    }
+
+    /// Returns unused budget (or, when negative, a debt run up beyond a lease).
+    pub(crate) fn cap_give_back(&self, tokens: i64) {
+        let mut b = lock(&self.cap);
+        if b.started {
+            b.tokens = b.tokens.saturating_add(tokens);
+        }
+    }
+
+    fn gauge(&self, tree: bool, which: Resource) -> &AtomicU64 {
+        let g = if tree {
+            &self.gauges_tree
+        } else {
+            &self.gauges_self
+        };
+        match which {
+            Resource::Connections => &g.open_conns,
+            Resource::Memory => &g.memory_bytes,
+            Resource::Processes => &g.processes,
+        }
+    }
+
+    fn limit(&self, which: Resource) -> u64 {
+        match which {
+            Resource::Connections => self.limits.conns.load(Relaxed),
+            Resource::Memory => self.limits.memory.load(Relaxed),
+            Resource::Processes => self.limits.procs.load(Relaxed),
+        }
+    }
+
+    /// Adds `n` to a gauge of this node and its ancestors, checking every limit on the way.
+    fn acquire(self: &Arc<Node>, which: Resource, n: u64) -> Result<(), Error> {
+        let mut taken: Vec<Arc<Node>> = Vec::new();
+        let mut cur = Some(self.clone());
+        while let Some(node) = cur {
+            let prev = node.gauge(true, which).fetch_add(n, AcqRel);
+            let limit = node.limit(which);
+            let over = prev.saturating_add(n) > limit;
+            if over {
+                node.gauge(true, which).fetch_sub(n, AcqRel);
+                for t in &taken {
+                    t.gauge(true, which).fetch_sub(n, AcqRel);
+                }
+                return Err(Error::LimitExceeded {
+                    container: node.id,
+                    resource: which,
+                    limit,
+                });
+            }
+            cur = node.parent();
+            taken.push(node);
+        }
+        self.gauge(false, which).fetch_add(n, Relaxed);
+        Ok(())
+    }
+
+    fn release_gauge(&self, which: Resource, n: u64) {
+        self.gauge(false, which).fetch_sub(n, Relaxed);
+        self.gauge(true, which).fetch_sub(n, AcqRel);
+        let mut cur = self.parent();
+        while let Some(node) = cur {
+            node.gauge(true, which).fetch_sub(n, AcqRel);
+            cur = node.parent();
+        }
+    }
+
+    /// Adds a signed delta to the kernel-memory gauge of this node and its ancestors.
+    fn adjust_kernel_memory(&self, delta: u64) {
+        self.gauges_self
+            .kernel_memory_bytes
+            .fetch_add(delta, Relaxed);
+        self.gauges_tree
+            .kernel_memory_bytes
+            .fetch_add(delta, Relaxed);
+        let mut cur = self.parent();
+        while let Some(node) = cur {
+            node.gauges_tree
+                .kernel_memory_bytes
+                .fetch_add(delta, Relaxed);
+            cur = node.parent();
+        }
+    }
+
+    fn usage_self(&self) -> Usage {
+        let mut u = Usage::default();
+        self.counters.snapshot_into(&mut u);
+        self.gauges_self.snapshot_into(&mut u);
+        u
+    }
+
+    /// Own usage plus released children's, plus the subtree gauges; then live children.
+    fn usage_subtree(self: &Arc<Node>) -> Usage {
+        let mut u = Usage::default();
+        self.counters.snapshot_into(&mut u);
+        self.gauges_tree.snapshot_into(&mut u);
+        let kids = self.live_children_and_released(&mut u);
+        for k in &kids {
+            let mut ku = k.usage_subtree();
+            // Gauges were already counted through this node's subtree gauges.
+            ku.open_conns = 0;
+            ku.memory_bytes = 0;
+            ku.processes = 0;
+            ku.kernel_memory_bytes = 0;
+            u += ku;
+        }
+        drop(kids);
+        u
+    }
+
+    /// Upgrades the live children and adds the released total into `u`, under the children
+    /// lock, so that a child released meanwhile is counted exactly once. The returned handles
+    /// must be dropped after the lock is released (dropping the last one takes it again).
+    fn live_children_and_released(&self, u: &mut Usage) -> Vec<Arc<Node>> {
+        let ch = lock(&self.children);
+        self.released.snapshot_into(u);
+        ch.slab.iter().filter_map(|(_, w)| w.upgrade()).collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut total = Usage::default();
+        self.counters.snapshot_into(&mut total);
+        self.released.snapshot_into(&mut total);
+        let fixed = match lock(&self.attrs).share {
+            Share::Fixed(f) => f.ppb(),
+            Share::Weight(_) => 0,
+        };
+        match self.parent.swap(None) {
+            Some(parent) => {
+                let mut ch = lock(&parent.children);
+                parent.released.add(&total);
+                ch.slab.try_remove(self.slot.load(Relaxed));
+                ch.fixed_ppb -= fixed;
+                drop(ch);
+                // `parent` is dropped here, after its lock: it may be the last reference.
+            }
+            None => self.shared.orphans.add(&total),
+        }
+        lock(self.shared.shard(self.id)).remove(&self.id.get());
+    }
+}
+
+/// The container namespace: every live container of one tree, by id.
+///
+/// ```
+/// use rescon::Registry;
+/// let registry = Registry::new();
+/// let root = registry.root();
+/// let web = root.create_child("web", Default::default()).unwrap();
+/// assert_eq!(root.lookup(web.id()).unwrap().name(), "web");
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+    root: Container,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("root", &self.root.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    /// A new namespace with a root container named `root` with default attributes.
+    pub fn new() -> Registry {
+        let shared = Arc::new(Shared {
+            names: (0..SHARDS)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
+            structure: RwLock::new(()),
+            feeds: RwLock::new(Vec::new()),
+            orphans: Counters::default(),
+        });
+        let root = new_node(&shared, "root", Attributes::default());
+        register(&shared, &root);
+        Registry {
+            shared,
+            root: Container {
+                node: root,
+                privileged: true,
+            },
+        }
+    }
+
+    /// The privileged handle of the root container.
+    pub fn root(&self) -> Container {
+        self.root.clone()
+    }
+
+    /// Total usage of everything this registry ever accounted: the root's subtree, every live
+    /// parentless container's subtree, and what released parentless containers left.
+    pub fn usage_all(&self) -> Usage {
+        let mut u = Usage::default();
+        self.shared.orphans.snapshot_into(&mut u);
+        for top in self.top_level() {
+            u += top.node.usage_subtree();
+        }
+        u
+    }
+
+    /// Every live parentless container (the root and any container made parentless), as
+    /// privileged handles.
+    pub fn top_level(&self) -> Vec<Container> {
+        let mut out = Vec::new();
+        for shard in self.shared.names.iter() {
+            let nodes: Vec<Arc<Node>> = lock(shard).values().filter_map(Weak::upgrade).collect();
+            // Dropped outside the shard lock: a drop may be a release that takes it.
+            for n in nodes {
+                if n.parent.load().is_none() {
+                    out.push(Container {
+                        node: n,
+                        privileged: true,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|c| c.id());
+        out
+    }
+
+    /// Number of live containers.
+    pub fn len(&self) -> usize {
+        self.shared.names.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Whether no container is alive (never: the registry holds its root).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A [`Watch`] over containers of this registry.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            feed: self.subscribe(None),
+            watched: Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// A [`Watch`] that also calls `wake` (from the thread that made the change) whenever a
+    /// watched container changes, so that a sleeping thread can be woken to apply it.
+    pub fn watch_with_waker(&self, wake: impl Fn() + Send + Sync + 'static) -> Watch {
+        Watch {
+            feed: self.subscribe(Some(Box::new(wake))),
+            watched: Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    pub(crate) fn subscribe(&self, waker: Option<Box<dyn Fn() + Send + Sync>>) -> Arc<Feed> {
+        let feed = Arc::new(Feed {
+            waker,
+            ..Feed::default()
+        });
+        let mut feeds = self.shared.feeds.write().unwrap_or_else(|e| e.into_inner());
+        feeds.retain(|w| w.strong_count() > 0);
+        feeds.push(Arc::downgrade(&feed));
+        feed
+    }
+}
+
+fn new_node(shared: &Arc<Shared>, name: &str, attrs: Attributes) -> Arc<Node> {
+    let limits = LimitCache {
+        conns: AtomicU64::new(NO_LIMIT),
+        memory: AtomicU64::new(NO_LIMIT),
+        procs: AtomicU64::new(NO_LIMIT),
+        egress: AtomicU64::new(NO_LIMIT),
+    };
+    limits.store(&attrs);
+    Arc::new(Node {
+        id: ContainerId::next(),
+        name: name.into(),
+        shared: shared.clone(),
+        parent: ArcSwapOption::empty(),
+        slot: AtomicUsize::new(usize::MAX),
+        children: Mutex::new(Children {
+            slab: Slab::new(),
+            fixed_ppb: 0,
+        }),
+        attrs: Mutex::new(attrs),
+        limits,
+        counters: Counters::default(),
+        released: Counters::default(),
+        gauges_self: Gauges::default(),
+        gauges_tree: Gauges::default(),
+        sched_refs: AtomicU32::new(0),
+        cap: Mutex::new(Bucket::default()),
+        egress: Mutex::new(EgressBucket::default()),
+    })
+}
+
+fn register(shared: &Shared, node: &Arc<Node>) {
+    lock(shared.shard(node.id)).insert(node.id.get(), Arc::downgrade(node));
+}
+
+fn fixed_ppb(share: Share) -> u64 {
+    match share {
+        Share::Fixed(f) => f.ppb(),
+        Share::Weight(_) => 0,
+    }
+}
+
+/// A handle to a container: a capability (see the [module docs](self) for what it allows).
+#[derive(Clone)]
+pub struct Container {
+    pub(crate) node: Arc<Node>,
+    privileged: bool,
+}
+
+impl fmt::Debug for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Container")
+            .field("id", &self.node.id)
+            .field("name", &self.node.name)
+            .field("privileged", &self.privileged)
+            .finish()
+    }
+}
+
+impl PartialEq for Container {
+    /// Two handles are equal when they name the same container, whatever their rights.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.node, &other.node)
+    }
+}
+
+impl Eq for Container {}
+
+impl std::hash::Hash for Container {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.node.id.hash(state)
+    }
+}
+
+impl Container {
+    /// The container's id.
+    pub fn id(&self) -> ContainerId {
+        self.node.id
+    }
+
+    /// The container's name (not unique; ids are).
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// Whether this handle is privileged (may look up and act on any container).
+    pub fn is_privileged(&self) -> bool {
+        self.privileged
+    }
+
+    /// A copy of this handle without privilege.
+    pub fn unprivileged(&self) -> Container {
+        Container {
+            node: self.node.clone(),
+            privileged: false,
+        }
+    }
+
+    /// The parent's id, or `None` for a top-level container.
+    pub fn parent_id(&self) -> Option<ContainerId> {
+        self.node.parent_id()
+    }
+
+    /// The attributes.
+    pub fn attrs(&self) -> Attributes {
+        self.node.attrs()
+    }
+
+    /// This container's own usage (children excluded, except for gauges, which count the
+    /// container only).
+    pub fn usage(&self) -> Usage {
+        self.node.usage_self()
+    }
+
+    /// The usage of the whole subtree: this container, its live descendants and everything
+    /// released descendants left behind.
+    pub fn usage_subtree(&self) -> Usage {
+        self.node.usage_subtree()
+    }
+
+    /// Records usage on this container.
+    pub fn account(&self) -> Account<'_> {
+        Account {
+            counters: &self.node.counters,
+        }
+    }
+
+    /// Creates a child with the given attributes and returns an (unprivileged) handle to it.
+    ///
+    /// Fails without change if the child's fixed share would take the children's fixed shares
+    /// above 1.
+    pub fn create_child(&self, name: &str, attrs: Attributes) -> Result<Container, Error> {
+        let node = new_node(&self.node.shared, name, attrs);
+        let want = fixed_ppb(attrs.share);
+        {
+            let mut ch = lock(&self.node.children);
+            if ch.fixed_ppb + want > ONE_PPB {
+                let sum = (ch.fixed_ppb + want) as f64 / 1e9;
+                drop(ch);
+                return Err(Error::FixedSharesExceed {
+                    parent: self.node.id,
+                    sum,
+                });
+            }
+            ch.fixed_ppb += want;
+            let slot = ch.slab.insert(Arc::downgrade(&node));
+            node.slot.store(slot, Relaxed);
+            node.parent.store(Some(self.node.clone()));
+        }
+        register(&self.node.shared, &node);
+        Ok(Container {
+            node,
+            privileged: false,
+        })
+    }
+
+    /// Handles to the live children.
+    pub fn children(&self) -> Vec<Container> {
+        let kids = {
+            let ch = lock(&self.node.children);
+            ch.slab
+                .iter()
+                .filter_map(|(_, w)| w.upgrade())
+                .collect::<Vec<_>>()
+        };
+        kids.into_iter()
+            .map(|node| Container {
+                node,
+                privileged: false,
+            })
+            .collect()
+    }
+
+    /// Whether `other` is this container or one of its descendants.
+    pub fn contains(&self, other: &Container) -> bool {
+        let _s = self
+            .node
+            .shared
+            .structure
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        self.node.is_ancestor_or_self(&other.node)
+    }
+
+    /// A handle to a container of this handle's subtree (itself included), by id.
+    pub fn descendant(&self, id: ContainerId) -> Result<Container, Error> {
+        let node = self.node.shared.lookup(id).ok_or(Error::NotFound(id))?;
+        let _s = self
+            .node
+            .shared
+            .structure
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.privileged || self.node.is_ancestor_or_self(&node) {
+            Ok(Container {
+                node,
+                privileged: false,
+            })
+        } else {
+            Err(Error::PermissionDenied {
+                op: "descendant",
+                target: id,
+                reason: "not in this handle's subtree; looking up any id needs a privileged handle",
+            })
+        }
+    }
+
+    /// Looks any container up by id: the namespace the paper exposes under `/proc`. Needs a
+    /// privileged handle; returns an unprivileged one.
+    pub fn lookup(&self, id: ContainerId) -> Result<Container, Error> {
+        if !self.privileged {
+            return Err(Error::PermissionDenied {
+                op: "lookup",
+                target: id,
+                reason: "looking containers up by id needs a privileged handle; use descendant() within your subtree",
+            });
+        }
+        let node = self.node.shared.lookup(id).ok_or(Error::NotFound(id))?;
+        Ok(Container {
+            node,
+            privileged: false,
+        })
+    }
+
+    /// Replaces the attributes of `target`: any change if `target` is a strict descendant of
+    /// this handle's container (or the handle is privileged), only a lowering if `target` is
+    /// the container itself. Fails without change otherwise.
+    pub fn set_attrs(&self, target: &Container, new: Attributes) -> Result<(), Error> {
+        let shared = &self.node.shared;
+        let _s = shared.structure.read().unwrap_or_else(|e| e.into_inner());
+        let same = Arc::ptr_eq(&self.node, &target.node);
+        if !self.privileged {
+            if same {
+                if let Err(field) = target.node.attrs().check_lowering(&new) {
+                    return Err(Error::PermissionDenied {
+                        op: field_op(field),
+                        target: target.id(),
+                        reason: "a handle may only lower its own container's shares, limits and priority; ask the parent's handle",
+                    });
+                }
+            } else if !self.node.is_ancestor_or_self(&target.node) {
+                return Err(Error::PermissionDenied {
+                    op: "set_attrs",
+                    target: target.id(),
+                    reason: "not a descendant of this handle's container",
+                });
+            }
+        }
+        let node = &target.node;
+        let parent = node.parent();
+        // Check and update the parent's fixed sum and the attributes under the parent's
+        // children lock, so two siblings raised at once cannot together exceed 1.
+        let mut ch = parent.as_ref().map(|p| lock(&p.children));
+        {
+            let mut attrs = lock(&node.attrs);
+            let (old_ppb, new_ppb) = (fixed_ppb(attrs.share), fixed_ppb(new.share));
+            if let Some(ch) = ch.as_mut() {
+                let sum = ch.fixed_ppb - old_ppb + new_ppb;
+                if sum > ONE_PPB {
+                    return Err(Error::FixedSharesExceed {
+                        parent: parent.as_ref().map(|p| p.id).expect("has parent"),
+                        sum: sum as f64 / 1e9,
+                    });
+                }
+                ch.fixed_ppb = sum;
+            }
+            *attrs = new;
+            node.limits.store(&new);
+        }
+        drop(ch);
+        node.notify();
+        Ok(())
+    }
+
+    /// Reads `target`'s attributes, changes them with `f`, and sets them with
+    /// [`set_attrs`](Container::set_attrs).
+    pub fn update(
+        &self,
+        target: &Container,
+        f: impl FnOnce(&mut Attributes) -> Result<(), crate::AttrError>,
+    ) -> Result<(), Error> {
+        let mut a = target.attrs();
+        f(&mut a)?;
+        self.set_attrs(target, a)
+    }
+
+    /// Moves `target` under `new_parent`, or makes it parentless with `None`.
+    ///
+    /// Needs `target` to be a strict descendant of this handle's container and `new_parent`
+    /// to be in its subtree, or a privileged handle; making a container parentless needs a
+    /// privileged handle, since it takes the subtree out from under its ancestors' limits.
+    /// Refused without change if the move would make a cycle or over-commit the new parent's
+    /// fixed shares. The subtree's usage moves with it.
+    pub fn reparent(
+        &self,
+        target: &Container,
+        new_parent: Option<&Container>,
+    ) -> Result<(), Error> {
+        let shared = &self.node.shared;
+        let _s = shared.structure.write().unwrap_or_else(|e| e.into_inner());
+        if !self.privileged {
+            let ok = match new_parent {
+                None => false,
+                Some(np) => {
+                    !Arc::ptr_eq(&self.node, &target.node)
+                        && self.node.is_ancestor_or_self(&target.node)
+                        && self.node.is_ancestor_or_self(&np.node)
+                }
+            };
+            if !ok {
+                return Err(Error::PermissionDenied {
+                    op: "reparent",
+                    target: target.id(),
+                    reason: "needs the target to be a strict descendant and the new parent in this handle's subtree; making a container parentless needs a privileged handle",
+                });
+            }
+        }
+        let node = &target.node;
+        if let Some(np) = new_parent {
+            if node.is_ancestor_or_self(&np.node) {
+                return Err(Error::Cycle {
+                    target: target.id(),
+                    new_parent: np.id(),
+                });
+            }
+        }
+        let old = node.parent();
+        if old.as_ref().map(|p| p.id) == new_parent.map(|p| p.id()) {
+            return Ok(());
+        }
+        let fixed = fixed_ppb(node.attrs().share);
+        // Reserve the place under the new parent first: the only step that can fail.
+        if let Some(np) = new_parent {
+            let mut ch = lock(&np.node.children);
+            if ch.fixed_ppb + fixed > ONE_PPB {
+                return Err(Error::FixedSharesExceed {
+                    parent: np.id(),
+                    sum: (ch.fixed_ppb + fixed) as f64 / 1e9,
+                });
+            }
+            ch.fixed_ppb += fixed;
+            let slot = ch.slab.insert(Arc::downgrade(node));
+            // Remove from the old parent before publishing the new slot.
+            drop(ch);
+            if let Some(op) = &old {
+                let mut och = lock(&op.children);
+                och.slab.try_remove(node.slot.load(Relaxed));
+                och.fixed_ppb -= fixed;
+            }
+            node.slot.store(slot, Relaxed);
+        } else if let Some(op) = &old {
+            let mut och = lock(&op.children);
+            och.slab.try_remove(node.slot.load(Relaxed));
+            och.fixed_ppb -= fixed;
+            node.slot.store(usize::MAX, Relaxed);
+        }
+        // Move the subtree's gauges from the old chain to the new one.
+        let moved: [(Resource, u64); 3] = [
+            (
+                Resource::Connections,
+                node.gauges_tree.open_conns.load(Acquire),
+            ),
+            (
+                Resource::Memory,
+                node.gauges_tree.memory_bytes.load(Acquire),
+            ),
+            (
+                Resource::Processes,
+                node.gauges_tree.processes.load(Acquire),
+            ),
+        ];
+        let kmem = node.gauges_tree.kernel_memory_bytes.load(Acquire);
+        let mut cur = old.clone();
+        while let Some(n) = cur {
+            for (r, v) in moved {
+                n.gauge(true, r).fetch_sub(v, AcqRel);
+            }
+            n.gauges_tree.kernel_memory_bytes.fetch_sub(kmem, AcqRel);
+            cur = n.parent();
+        }
+        let mut cur = new_parent.map(|p| p.node.clone());
+        while let Some(n) = cur {
+            for (r, v) in moved {
+                n.gauge(true, r).fetch_add(v, AcqRel);
+            }
+            n.gauges_tree.kernel_memory_bytes.fetch_add(kmem, AcqRel);
+            cur = n.parent();
+        }
+        let previous = node.parent.swap(new_parent.map(|p| p.node.clone()));
+        node.notify();
+        drop(_s);
+        // The old parent may have been kept alive only by this child.
+        drop(previous);
+        drop(old);
+        Ok(())
+    }
+
+    /// Takes one connection from the connection limit of this container and every ancestor.
+    /// The returned guard gives it back when dropped, and keeps the container alive.
+    pub fn try_open_connection(&self) -> Result<ConnGuard, Error> {
+        self.node
+            .acquire(Resource::Connections, 1)
+            .inspect_err(|_| self.account().add_conns_refused(1))?;
+        self.account().add_conns_accepted(1);
+        Ok(ConnGuard {
+            node: self.node.clone(),
+        })
+    }
+
+    /// Charges `bytes` of memory against this container's and its ancestors' memory limits.
+    pub fn charge_memory(&self, bytes: u64) -> Result<(), Error> {
+        self.node.acquire(Resource::Memory, bytes)
+    }
+
+    /// Gives back memory charged with [`charge_memory`](Container::charge_memory).
+    pub fn uncharge_memory(&self, bytes: u64) {
+        self.node.release_gauge(Resource::Memory, bytes)
+    }
+
+    /// Sets the memory the kernel reports for this container (`memory.current`), keeping its
+    /// ancestors' subtree totals in step.
+    pub fn set_kernel_memory(&self, bytes: u64) {
+        let old = self.node.gauges_self.kernel_memory_bytes.load(Relaxed);
+        self.node.adjust_kernel_memory(bytes.wrapping_sub(old));
+    }
+
+    /// Takes one process from the process limit of this container and every ancestor, and
+    /// counts a spawn. The guard gives it back when dropped (when the process has exited).
+    pub fn try_start_process(&self) -> Result<ProcGuard, Error> {
+        self.node.acquire(Resource::Processes, 1)?;
+        self.account().add_procs_spawned(1);
+        Ok(ProcGuard {
+            node: self.node.clone(),
+        })
+    }
+
+    /// How many of `want` bytes may be sent now under the egress limits of this container and
+    /// its ancestors, and takes them. `now_ns` is the caller's monotonic clock. Each limited
+    /// container refills at its rate and holds at most a tenth of a second's worth (at least
+    /// 16 KiB) when idle.
+    pub fn egress_grant(&self, now_ns: u64, want: u64) -> u64 {
+        let mut chain = Vec::new();
+        let mut cur = Some(self.node.clone());
+        while let Some(n) = cur {
+            cur = n.parent();
+            if n.limits.egress.load(Relaxed) != NO_LIMIT {
+                chain.push(n);
+            }
+        }
+        let mut grant = want;
+        for n in &chain {
+            let rate = n.limits.egress.load(Relaxed) as f64;
+            let mut b = lock(&n.egress);
+            let cap = (rate / 10.0).max(16384.0);
+            if !b.started {
+                b.started = true;
+                b.tokens = cap;
+            } else {
+                let dt = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
+                b.tokens = (b.tokens + dt * rate).min(cap);
+            }
+            b.last_ns = b.last_ns.max(now_ns);
+            grant = grant.min(b.tokens.max(0.0) as u64);
+        }
+        for n in &chain {
+            lock(&n.egress).tokens -= grant as f64;
+        }
+        grant
+    }
+
+    /// A tree of this container and its descendants with attributes and usage, for display.
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot_of(&self.node)
+    }
+}
+
+fn field_op(field: &'static str) -> &'static str {
+    match field {
+        "class" => "raise class",
+        "share" => "raise share",
+        "priority" => "raise priority",
+        "cpu_limit" => "raise cpu_limit",
+        "enforcement" => "change enforcement",
+        _ => "raise limit",
+    }
+}
+
+fn snapshot_of(node: &Arc<Node>) -> Snapshot {
+    let mut subtree = Usage::default();
+    node.counters.snapshot_into(&mut subtree);
+    node.gauges_tree.snapshot_into(&mut subtree);
+    let kids = node.live_children_and_released(&mut subtree);
+    let children: Vec<Snapshot> = kids.iter().map(snapshot_of).collect();
+    drop(kids);
+    for c in &children {
+        let mut cu = c.usage_subtree;
+        cu.open_conns = 0;
+        cu.memory_bytes = 0;
+        cu.processes = 0;
+        cu.kernel_memory_bytes = 0;
+        subtree += cu;
+    }
+    Snapshot {
+        id: node.id,
+        name: node.name.to_string(),
+        parent: node.parent_id(),
+        attrs: node.attrs(),
+        usage: node.usage_self(),
+        usage_subtree: subtree,
+        children,
+    }
+}
+
+/// A container and its descendants at one moment.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Snapshot {
+    /// The container's id.
+    pub id: ContainerId,
+    /// Its name.
+    pub name: String,
+    /// Its parent, if any.
+    pub parent: Option<ContainerId>,
+    /// Its attributes.
+    pub attrs: Attributes,
+    /// Its own usage.
+    pub usage: Usage,
+    /// The usage of its subtree.
+    pub usage_subtree: Usage,
+    /// Its live children, in creation order of their slots.
+    pub children: Vec<Snapshot>,
+}
+
+/// Announces changes of the attributes or the parent of chosen containers.
+///
+/// The schedulers use the same mechanism internally; a kernel backend uses a `Watch` to apply
+/// attribute changes to its cgroups live. Watching a container keeps it alive.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let root = registry.root();
+/// let c = root.create_child("c", Default::default()).unwrap();
+/// let watch = registry.watch();
+/// watch.add(&c);
+/// assert!(watch.changed().is_empty());
+/// root.update(&c, |a| a.set("priority", "7")).unwrap();
+/// let changed = watch.changed();
+/// assert_eq!(changed, vec![c.clone()]);
+/// assert_eq!(changed[0].attrs().priority.get(), 7);
+/// ```
+pub struct Watch {
+    feed: Arc<Feed>,
+    watched: Mutex<FxHashMap<ContainerId, Container>>,
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("watched", &lock(&self.watched).len())
+            .finish()
+    }
+}
+
+impl Watch {
+    /// Starts watching a container (again: no effect).
+    pub fn add(&self, c: &Container) {
+        let mut w = lock(&self.watched);
+        if let std::collections::hash_map::Entry::Vacant(v) = w.entry(c.id()) {
+            c.node.sched_refs.fetch_add(1, SeqCst);
+            v.insert(c.unprivileged());
+        }
+    }
+
+    /// Stops watching a container.
+    pub fn remove(&self, id: ContainerId) {
+        let removed = lock(&self.watched).remove(&id);
+        if let Some(c) = removed {
+            c.node.sched_refs.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Whether a change may be waiting (one atomic load).
+    pub fn has_changes(&self) -> bool {
+        self.feed.dirty.load(Relaxed)
+    }
+
+    /// The watched containers that changed since the last call, each once.
+    pub fn changed(&self) -> Vec<Container> {
+        let mut ids = Vec::new();
+        self.feed.drain(&mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        let w = lock(&self.watched);
+        ids.iter().filter_map(|id| w.get(id).cloned()).collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let watched = std::mem::take(&mut *lock(&self.watched));
+        for c in watched.values() {
+            c.node.sched_refs.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// One open connection counted against the limits of a container and its ancestors.
+#[derive(Debug)]
+pub struct ConnGuard {
+    node: Arc<Node>,
+}
+
+impl ConnGuard {
+    /// The container the connection is counted in.
+    pub fn container_id(&self) -> ContainerId {
+        self.node.id
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.node.release_gauge(Resource::Connections, 1);
+    }
+}
+
+/// One live process counted against the limits of a container and its ancestors.
+#[derive(Debug)]
+pub struct ProcGuard {
+    node: Arc<Node>,
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        self.node.release_gauge(Resource::Processes, 1);
+    }
+}

@@ -1,0 +1,78 @@
+//! Scheduling policies over the container tree.
+//!
+//! A policy decides which container runs next. It is pure: it does no I/O and reads no clock;
+//! the caller (the runtime, or the [simulator](crate::sim)) tells it what is runnable, what ran
+//! for how long, and what time it is. One policy instance serves one worker thread; several
+//! workers each have their own and share only the containers (attributes, usage, and the CPU
+//! limit's budget).
+//!
+//! The protocol:
+//!
+//! 1. [`attach`](Policy::attach) a container that has work on this worker, getting a [`Key`]
+//!    (attaching again returns the same key and counts a reference);
+//! 2. [`set_runnable`](Policy::set_runnable) when its queue becomes non-empty or empty;
+//! 3. [`refill`](Policy::refill) with the current time, then [`pick`](Policy::pick) the next
+//!    container, run some of its work, and [`charge`](Policy::charge) the time it took;
+//! 4. [`detach`](Policy::detach) when the worker drops its last reference; the key is then
+//!    invalid and may be reused.
+//!
+//! Two policies are provided: [`Hierarchical`], the resource-container policy, and [`Fifo`],
+//! round robin over containers that ignores their attributes (the "containers off" baseline).
+//! Others can be plugged in through the trait, as RCLinux loaded policies as modules.
+
+mod fifo;
+mod heap;
+mod hier;
+
+pub use fifo::Fifo;
+pub use hier::{Hierarchical, HierarchicalConfig};
+
+use crate::{Container, ContainerId};
+use std::fmt;
+
+/// A container attached to a policy. Keys are small integers, so a runtime can index its
+/// per-container queues by [`Key::index`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub(crate) u32);
+
+impl Key {
+    /// The key as an index, dense from 0.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What [`Policy::pick`] chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// The container to run.
+    pub key: Key,
+    /// Its id.
+    pub container: ContainerId,
+    /// If a CPU limit applies, how long it may run before the limit (or the end of the limit's
+    /// period) is reached. A caller that can stop work early should; one that cannot may run
+    /// over, and the excess is paid back from the next period.
+    pub slice_ns: Option<u64>,
+}
+
+/// A scheduling policy: see the [module docs](self) for the protocol.
+pub trait Policy: Send + fmt::Debug {
+    /// Attaches a container (its ancestors come with it) and counts a reference.
+    fn attach(&mut self, container: &Container) -> Key;
+    /// Drops a reference taken by [`attach`](Policy::attach).
+    fn detach(&mut self, key: Key);
+    /// Marks whether the container has work to run.
+    fn set_runnable(&mut self, key: Key, runnable: bool);
+    /// Chooses the next container to run, or `None` if nothing runnable may run now (nothing
+    /// is runnable, or everything runnable is throttled or has priority 0).
+    fn pick(&mut self) -> Option<Pick>;
+    /// Charges `elapsed_ns` of CPU to a container: its usage and its scheduling state.
+    fn charge(&mut self, key: Key, elapsed_ns: u64);
+    /// Advances the policy's time to `now_ns` (monotonic, caller's clock), refilling CPU-limit
+    /// budgets whose period has begun.
+    fn refill(&mut self, now_ns: u64);
+    /// The earliest time a throttled container gets budget again, if any is throttled.
+    fn next_refill(&self) -> Option<u64>;
+    /// The container a key names.
+    fn container(&self, key: Key) -> ContainerId;
+}

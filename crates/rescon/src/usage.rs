@@ -1,0 +1,156 @@
+//! Resource usage: what each container has consumed.
+//!
+//! Every container keeps its own counters as relaxed atomics, so recording is a single
+//! uncontended `fetch_add` and reading never takes a lock the scheduler uses. Counters only grow;
+//! when a container is released its counters (and what its released children left it) are folded
+//! into its parent's *released* total, so the subtree total of every ancestor is unchanged by a
+//! release and no charged resource is lost from the accounting.
+
+use std::ops::{Add, AddAssign};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! usage_struct {
+    ($(#[$doc:meta] $counter:ident,)* ; $(#[$gdoc:meta] $gauge:ident,)*) => {
+        /// A snapshot of usage: monotonically growing counters and current gauges.
+        ///
+        /// Snapshots add up: the usage of a subtree is the sum of its members' usage plus what
+        /// released members left behind.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        pub struct Usage {
+            $(#[$doc] pub $counter: u64,)*
+            $(#[$gdoc] pub $gauge: u64,)*
+        }
+
+        impl AddAssign for Usage {
+            fn add_assign(&mut self, o: Usage) {
+                $(self.$counter = self.$counter.wrapping_add(o.$counter);)*
+                $(self.$gauge = self.$gauge.wrapping_add(o.$gauge);)*
+            }
+        }
+
+        /// The counters of one container, updated in place.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $($counter: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot_into(&self, u: &mut Usage) {
+                $(u.$counter = u.$counter.wrapping_add(self.$counter.load(Relaxed));)*
+            }
+
+            pub(crate) fn add(&self, u: &Usage) {
+                $(if u.$counter != 0 { self.$counter.fetch_add(u.$counter, Relaxed); })*
+            }
+        }
+
+        /// Current values of a container's gauges (not folded on release: a container holding
+        /// a gauge is referenced by whatever holds it, so it is zero when released).
+        #[derive(Debug, Default)]
+        pub(crate) struct Gauges {
+            $(pub(crate) $gauge: AtomicU64,)*
+        }
+
+        impl Gauges {
+            pub(crate) fn snapshot_into(&self, u: &mut Usage) {
+                $(u.$gauge = u.$gauge.wrapping_add(self.$gauge.load(Relaxed));)*
+            }
+        }
+    };
+}
+
+usage_struct! {
+    /// CPU time charged by the user-level scheduler, in nanoseconds.
+    cpu_ns,
+    /// CPU time reported by kernel backends (cgroups), in nanoseconds.
+    kernel_cpu_ns,
+    /// Bytes received on sockets bound to the container.
+    bytes_in,
+    /// Bytes sent on sockets bound to the container.
+    bytes_out,
+    /// Connections accepted.
+    conns_accepted,
+    /// Connections refused (by a limit or a filter).
+    conns_refused,
+    /// Requests served.
+    requests,
+    /// Task polls run.
+    polls,
+    /// Time tasks were runnable but waiting to run, in nanoseconds.
+    wait_ns,
+    /// Time the container was held back by its CPU limit, in nanoseconds.
+    throttled_ns,
+    /// Child processes spawned.
+    procs_spawned,
+    ;
+    /// Connections open now.
+    open_conns,
+    /// Bytes of memory charged now by the application.
+    memory_bytes,
+    /// Bytes of memory the kernel reports for the container's cgroup (`memory.current`).
+    kernel_memory_bytes,
+    /// Child processes alive now.
+    processes,
+}
+
+impl Add for Usage {
+    type Output = Usage;
+    fn add(mut self, o: Usage) -> Usage {
+        self += o;
+        self
+    }
+}
+
+/// Records usage on one container. Obtained from
+/// [`Container::account`](crate::Container::account); each call is one relaxed atomic add.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let c = registry.root().create_child("conn", Default::default()).unwrap();
+/// c.account().add_bytes_in(512);
+/// c.account().add_requests(1);
+/// assert_eq!(c.usage().bytes_in, 512);
+/// assert_eq!(registry.root().usage_subtree().requests, 1);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Account<'a> {
+    pub(crate) counters: &'a Counters,
+}
+
+macro_rules! adders {
+    ($($(#[$doc:meta])* $name:ident => $field:ident,)*) => {
+        impl Account<'_> {
+            $($(#[$doc])* #[inline]
+            pub fn $name(&self, n: u64) {
+                self.counters.$field.fetch_add(n, Relaxed);
+            })*
+        }
+    };
+}
+
+adders! {
+    /// Adds CPU time charged at user level, in nanoseconds. The scheduler does this on
+    /// [`Policy::charge`](crate::sched::Policy::charge); call it only for CPU no scheduler saw.
+    add_cpu_ns => cpu_ns,
+    /// Adds CPU time measured by the kernel, in nanoseconds.
+    add_kernel_cpu_ns => kernel_cpu_ns,
+    /// Adds bytes received.
+    add_bytes_in => bytes_in,
+    /// Adds bytes sent.
+    add_bytes_out => bytes_out,
+    /// Counts accepted connections.
+    add_conns_accepted => conns_accepted,
+    /// Counts refused connections.
+    add_conns_refused => conns_refused,
+    /// Counts requests.
+    add_requests => requests,
+    /// Counts polls.
+    add_polls => polls,
+    /// Adds time spent runnable but waiting, in nanoseconds.
+    add_wait_ns => wait_ns,
+    /// Adds time spent throttled, in nanoseconds.
+    add_throttled_ns => throttled_ns,
+    /// Counts spawned processes.
+    add_procs_spawned => procs_spawned,
+}
