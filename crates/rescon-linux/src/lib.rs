@@ -1,0 +1,16 @@
+//! Kernel backends for rescon.
+//!
+//! - [`cgroup`]: containers marked for kernel enforcement mirrored as cgroups (v1, v2 and
+//!   hybrids), so that threads bound to them and child processes spawned in them are charged and
+//!   limited by the kernel.
+//! - [`listen`]: listening sockets bound to containers, with CIDR filters steering each new
+//!   connection to a member socket in the kernel, and flood defense.
+//!
+//! Every kernel interface sits behind a module boundary whose pure parts (parsers of kernel text,
+//! program builders) are tested on literal fixtures, and whose system calls are confined to one
+//! helper each with a `// SAFETY:` comment.
+
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod listen;
