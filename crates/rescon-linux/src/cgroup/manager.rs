@@ -1468,6 +1468,12 @@ impl Inner {
             }
             if let Some((h, v)) = cpu {
                 let dir = self.hiers[h].root_dir.join(&n.rel);
+                if !d.idle && n.written.get(&(h, "cpu.idle")).is_some_and(|i| i == "1") {
+                    // Leaving the idle class: the kernel's weight is not what was last
+                    // written, so write it again.
+                    n.written.remove(&(h, "cpu.shares"));
+                    n.written.remove(&(h, "cpu.weight"));
+                }
                 for (f, val) in map::cpu_knobs(&d, v) {
                     self.put(&mut n.written, &mut notes, &mut errs, h, &dir, f, val);
                 }
@@ -1564,7 +1570,6 @@ impl Inner {
             want.insert(*id, w);
             anc.insert(*id, w.or(above));
         }
-        let ratio = |b: Option<Bandwidth>| b.map_or(u128::MAX, |b| b.ratio());
         let mut write = |st: &mut State, id: &ContainerId| {
             let n = st.nodes.get_mut(id).expect("in order");
             let w = want[id];
@@ -1588,17 +1593,24 @@ impl Inner {
             }
             n.bw = if ok { Some(w) } else { None };
         };
-        // Tightening (or unknown) first, children before parents.
+        // First, children before parents, what can be written whatever the parent has now:
+        // unlimited (an unlimited cgroup never breaks v1's rule), or a limit lowered from
+        // one that was valid under the current parent.
         for id in order.iter().rev() {
             let n = &st.nodes[id];
             let w = want[id];
-            match n.bw {
-                Some(cur) if cur == w => {}
-                Some(cur) if ratio(w) > ratio(cur) => {}
-                _ => write(st, id),
+            let now_safe = match (n.bw, w) {
+                (Some(cur), w) if cur == w => false,
+                (_, None) => true,
+                (Some(Some(cur)), Some(w)) => w.ratio() <= cur.ratio(),
+                _ => false,
+            };
+            if now_safe {
+                write(st, id);
             }
         }
-        // Then loosening, parents before children.
+        // Then the rest (raised limits, limits where there were none), parents before
+        // children: each is below its parents' final limits by construction.
         for id in order {
             let n = &st.nodes[id];
             if n.bw != Some(want[id]) {

@@ -259,19 +259,18 @@ pub fn v1_bandwidth(own: Option<Bandwidth>, ancestor: Option<Bandwidth>) -> Opti
 /// A knob: file name and value.
 pub type Knob = (&'static str, String);
 
-/// The CPU knobs other than bandwidth, for a cgroup of `version`.
+/// The CPU knobs other than bandwidth, for a cgroup of `version`, in the order they must be
+/// written: the kernel refuses a weight for an idle cgroup, so an idle cgroup gets only
+/// `cpu.idle = 1`, and a normal one gets `cpu.idle = 0` before its weight.
 pub fn cpu_knobs(d: &Desired, version: Version) -> Vec<Knob> {
-    let idle = if d.idle { "1" } else { "0" }.to_string();
-    match version {
-        Version::V2 => vec![
-            ("cpu.weight", v2_weight(d.weight).to_string()),
-            ("cpu.idle", idle),
-        ],
-        Version::V1 => vec![
-            ("cpu.shares", v1_shares(d.weight).to_string()),
-            ("cpu.idle", idle),
-        ],
+    if d.idle {
+        return vec![("cpu.idle", "1".into())];
     }
+    let weight = match version {
+        Version::V2 => ("cpu.weight", v2_weight(d.weight).to_string()),
+        Version::V1 => ("cpu.shares", v1_shares(d.weight).to_string()),
+    };
+    vec![("cpu.idle", "0".into()), weight]
 }
 
 /// The bandwidth knobs, in the order they must be written.
@@ -505,13 +504,15 @@ mod tests {
         a.set("max_processes", "8").unwrap();
         a.set("class", "idle").unwrap();
         let d = Desired::of(&a, 250.0);
+        assert_eq!(cpu_knobs(&d, Version::V2), vec![("cpu.idle", "1".into())]);
+        let normal = Desired { idle: false, ..d };
         assert_eq!(
-            cpu_knobs(&d, Version::V2),
-            vec![("cpu.weight", "250".into()), ("cpu.idle", "1".into())]
+            cpu_knobs(&normal, Version::V2),
+            vec![("cpu.idle", "0".into()), ("cpu.weight", "250".into())]
         );
         assert_eq!(
-            cpu_knobs(&d, Version::V1),
-            vec![("cpu.shares", "2560".into()), ("cpu.idle", "1".into())]
+            cpu_knobs(&normal, Version::V1),
+            vec![("cpu.idle", "0".into()), ("cpu.shares", "2560".into())]
         );
         assert_eq!(
             bandwidth_knobs(d.bandwidth, Version::V2),
