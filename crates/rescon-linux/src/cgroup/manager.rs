@@ -399,7 +399,7 @@ impl Manager {
     /// layout, requires a cpu controller, and makes and removes a probe cgroup where the
     /// subtree would go in every hierarchy used. Leaves nothing behind.
     pub fn probe(config: &Config) -> Probe {
-        let layout = match &config.layout {
+        let mut layout = match &config.layout {
             Some(l) => l.clone(),
             None => match Layout::discover_at(&config.cgroupfs_root) {
                 Ok(l) => l,
@@ -411,6 +411,7 @@ impl Manager {
                 }
             },
         };
+        refresh_v2_controllers(&mut layout, &config.parent);
         let error = (|| {
             if layout.kind() == LayoutKind::None {
                 return Err(Error::new(ErrorKind::Unavailable, "discover cgroups")
@@ -471,10 +472,11 @@ impl Manager {
         };
         #[cfg(not(test))]
         let fs = Fs::default();
-        let layout = match &config.layout {
+        let mut layout = match &config.layout {
             Some(l) => l.clone(),
             None => Layout::discover_at(&config.cgroupfs_root)?,
         };
+        refresh_v2_controllers(&mut layout, &config.parent);
         if layout.controller(Controller::Cpu).is_none() {
             return Err(Error::new(ErrorKind::Unavailable, "discover cgroups")
                 .path(&config.cgroupfs_root)
@@ -501,13 +503,7 @@ impl Manager {
         for li in layout.used_indices() {
             let h = &layout.hierarchies()[li];
             let parent_dir = resolve_parent(h.mount_point(), h.own_cgroup(), &config.parent)?;
-            let mut controllers = h.controllers().to_vec();
-            if h.version() == Version::V2 {
-                // What the parent offers is what counts (it may differ from our own cgroup).
-                if let Ok(t) = std::fs::read_to_string(parent_dir.join("cgroup.controllers")) {
-                    controllers = parse::controllers(&t);
-                }
-            }
+            let controllers = h.controllers().to_vec();
             let idx = hiers.len();
             let mut enable = Vec::new();
             for c in Controller::ALL {
@@ -905,6 +901,19 @@ impl Manager {
 impl Drop for Manager {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// Reads the v2 controllers offered where the subtree goes (the parent's
+/// `cgroup.controllers`, which may differ from this process's own cgroup's).
+fn refresh_v2_controllers(layout: &mut Layout, parent: &Parent) {
+    let Some(v2) = layout.v2() else { return };
+    let Ok(dir) = resolve_parent(v2.mount_point(), v2.own_cgroup(), parent) else {
+        return;
+    };
+    if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.controllers")) {
+        let c = parse::controllers(&t);
+        layout.set_v2_controllers(&c.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 
@@ -1396,10 +1405,8 @@ impl Inner {
         cache: &mut Cache,
         notes: &mut BTreeSet<String>,
         errs: &mut Vec<Error>,
-        h: usize,
-        dir: &Path,
-        file: &'static str,
-        value: String,
+        (h, dir): (usize, &Path),
+        (file, value): map::Knob,
     ) {
         let cur = cache
             .get(&(h, file))
@@ -1475,7 +1482,7 @@ impl Inner {
                     n.written.remove(&(h, "cpu.weight"));
                 }
                 for (f, val) in map::cpu_knobs(&d, v) {
-                    self.put(&mut n.written, &mut notes, &mut errs, h, &dir, f, val);
+                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
                 }
                 if n.leaf {
                     let ld = Desired::plain(leaf_weight[&Some(*id)]);
@@ -1484,10 +1491,8 @@ impl Inner {
                             &mut n.leaf_written,
                             &mut notes,
                             &mut errs,
-                            h,
-                            &dir.join(LEAF),
-                            f,
-                            val,
+                            (h, &dir.join(LEAF)),
+                            (f, val),
                         );
                     }
                 }
@@ -1496,7 +1501,7 @@ impl Inner {
                 Some(h) => {
                     let dir = self.hiers[h].root_dir.join(&n.rel);
                     let (f, val) = map::memory_knob(d.memory, self.hiers[h].version);
-                    self.put(&mut n.written, &mut notes, &mut errs, h, &dir, f, val);
+                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
                 }
                 None if d.memory.is_some() => {
                     notes.insert("max_memory is not enforced by the kernel: no memory controller in this subtree".into());
@@ -1507,7 +1512,7 @@ impl Inner {
                 Some(h) => {
                     let dir = self.hiers[h].root_dir.join(&n.rel);
                     let (f, val) = map::pids_knob(d.pids);
-                    self.put(&mut n.written, &mut notes, &mut errs, h, &dir, f, val);
+                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
                 }
                 None if d.pids.is_some() => {
                     notes.insert("max_processes is enforced at spawn only: no pids controller in this subtree".into());
@@ -1518,7 +1523,7 @@ impl Inner {
                 Some(h) => {
                     let dir = self.hiers[h].root_dir.join(&n.rel);
                     let (f, val) = map::freeze_knob(d.frozen, self.hiers[h].version);
-                    self.put(&mut n.written, &mut notes, &mut errs, h, &dir, f, val);
+                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
                 }
                 None if d.frozen => {
                     notes.insert("priority 0 is not enforced by the kernel: no freezer; the cgroup gets the smallest weight".into());
@@ -1534,7 +1539,7 @@ impl Inner {
                 let ld = Desired::plain(leaf_weight[&None]);
                 let dir = self.hiers[h].root_dir.join(LEAF);
                 for (f, val) in map::cpu_knobs(&ld, self.hiers[h].version) {
-                    self.put(&mut root_cache, &mut notes, &mut errs, h, &dir, f, val);
+                    self.put(&mut root_cache, &mut notes, &mut errs, (h, &dir), (f, val));
                 }
             }
             st.root_leaf_written = root_cache;

@@ -426,7 +426,6 @@ impl Command {
                     .value(self.program.to_string_lossy()));
             }
         };
-        drop(plan);
         drop(child_side);
         drop(err_w);
         let mut report = [0u8; 8];
