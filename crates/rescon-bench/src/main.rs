@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod primitives;
+mod primitives_kernel;
 mod sim;
 
 #[derive(Parser)]

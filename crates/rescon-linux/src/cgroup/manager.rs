@@ -241,6 +241,7 @@ struct Node {
     rel: PathBuf,
     leaf: bool,
     spawn: Option<Arc<SpawnFds>>,
+    bind: Option<Arc<Vec<(File, PathBuf)>>>,
     ctr: Counters,
     last_cpu: u64,
     reported_cpu: u64,
@@ -647,9 +648,7 @@ impl Manager {
     /// shuts down.
     pub fn attach(&self, c: &Container) -> Result<(), Error> {
         let mut st = lock(&self.inner.state);
-        self.inner.attach_locked(&mut st, c)?;
-        let errs = self.inner.reconcile(&mut st);
-        errs.into_iter().next().map_or(Ok(()), Err)
+        self.inner.attach_locked(&mut st, c)
     }
 
     /// Mirrors every container with `enforcement = "kernel"` in the subtree of `top`, and
@@ -666,8 +665,7 @@ impl Manager {
             }
             stack.extend(c.children());
         }
-        let errs = self.inner.reconcile(&mut st);
-        errs.into_iter().next().map_or(Ok(n), Err)
+        Ok(n)
     }
 
     /// Stops mirroring a container: its kernel-enforced children move up to its kernel
@@ -682,8 +680,9 @@ impl Manager {
         if !st.nodes.contains_key(&c.id()) {
             return Err(Error::not_mirrored(c.id()));
         }
+        let parent = st.nodes[&c.id()].parent;
         self.inner.unmirror(&mut st, c.id(), false)?;
-        let errs = self.inner.reconcile(&mut st);
+        let errs = self.inner.reconcile_group(&mut st, parent, None);
         errs.into_iter().next().map_or(Ok(()), Err)
     }
 
@@ -789,18 +788,19 @@ impl Manager {
     /// Binds a thread of this process (by tid) to a container's cgroups; see
     /// [`bind_current_thread`](Manager::bind_current_thread).
     pub fn bind_thread(&self, tid: i32, c: &Container) -> Result<(), Error> {
-        let mut st = lock(&self.inner.state);
-        self.inner.attach_locked(&mut st, c)?;
-        self.inner.ensure_leaf(&mut st, Some(c.id()))?;
-        let rel = st.nodes[&c.id()].rel.join(LEAF);
-        let targets = self.inner.thread_hiers()?;
-        for (h, file) in targets {
-            let dir = self.inner.hiers[h].root_dir.join(&rel);
-            self.inner.fs.write(&dir, file, &tid.to_string())?;
+        let targets = {
+            let mut st = lock(&self.inner.state);
+            self.inner.attach_locked(&mut st, c)?;
+            self.inner.ensure_leaf(&mut st, Some(c.id()))?;
+            let t = self.inner.bind_files(&mut st, c.id())?;
+            st.bound.insert(tid, c.id());
+            t
+        };
+        let tid = tid.to_string();
+        for (f, path) in targets.iter() {
+            write_file(f, path, &tid)?;
         }
-        st.bound.insert(tid, c.id());
-        let errs = self.inner.reconcile(&mut st);
-        errs.into_iter().next().map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Moves a bound thread back to the cgroups it came from (this process's own).
@@ -1181,6 +1181,7 @@ impl Inner {
             rel,
             leaf: false,
             spawn: None,
+            bind: None,
             ctr,
             last_cpu: 0,
             reported_cpu: 0,
@@ -1203,7 +1204,8 @@ impl Inner {
         }
         st.nodes.insert(c.id(), node);
         self.watch.add(c);
-        Ok(())
+        let errs = self.reconcile_group(st, parent, Some(c.id()));
+        errs.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Makes a container's directory (and its leaf, if `leaf`) in every hierarchy; on failure
@@ -1309,17 +1311,43 @@ impl Inner {
             Some(id) => st.nodes.get_mut(&id).expect("checked").leaf = true,
             None => st.root_leaf = true,
         }
-        Ok(())
+        // The leaf joins its owner's children in the weight computation.
+        let errs = self.reconcile_group(st, id, None);
+        errs.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// The files a thread is bound through (kept open per container).
+    fn bind_files(
+        &self,
+        st: &mut State,
+        id: ContainerId,
+    ) -> Result<Arc<Vec<(File, PathBuf)>>, Error> {
+        let targets = self.thread_hiers()?;
+        let n = st
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| Error::not_mirrored(id))?;
+        if let Some(b) = &n.bind {
+            return Ok(b.clone());
+        }
+        let mut files = Vec::new();
+        for (h, file) in targets {
+            let path = self.hiers[h].root_dir.join(&n.rel).join(LEAF).join(file);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(ErrorKind::Io, "open for binding", &path, e))?;
+            files.push((f, path));
+        }
+        let files = Arc::new(files);
+        n.bind = Some(files.clone());
+        Ok(files)
     }
 
     pub(crate) fn prepare_spawn(&self, c: &Container) -> Result<Arc<SpawnFds>, Error> {
         let mut st = lock(&self.state);
         self.attach_locked(&mut st, c)?;
         self.ensure_leaf(&mut st, Some(c.id()))?;
-        let errs = self.reconcile(&mut st);
-        if let Some(e) = errs.into_iter().next() {
-            return Err(e);
-        }
         let n = st.nodes.get_mut(&c.id()).expect("attached");
         if let Some(s) = &n.spawn {
             return Ok(s.clone());
@@ -1366,7 +1394,7 @@ impl Inner {
     pub(crate) fn after_exit(&self, c: &Container, usage: &sys::ChildUsage) {
         let mut st = lock(&self.state);
         if self.roles.acct.is_some() && st.nodes.contains_key(&c.id()) {
-            let errs = self.sample_locked(&mut st);
+            let errs = self.sample_subtree(&mut st, c.id());
             st.errors.extend(errs);
         } else {
             c.account()
@@ -1428,124 +1456,250 @@ impl Inner {
         }
     }
 
+    /// The kernel weights of a group of kernel siblings (the children of `owner`, or the top
+    /// of the subtree), and of the owner's own-work leaf if it has one.
+    fn group_weights(
+        st: &State,
+        owner: Option<ContainerId>,
+    ) -> (Vec<(ContainerId, f64)>, Option<f64>) {
+        let (kids, leaf) = match owner {
+            Some(o) => (&st.nodes[&o].children, st.nodes[&o].leaf),
+            None => (&st.top, st.root_leaf),
+        };
+        let mut members: Vec<Member> = kids
+            .iter()
+            .map(|k| Member::of(&st.nodes[k].c.attrs()))
+            .collect();
+        if leaf {
+            members.push(Member::own_work());
+        }
+        let w = map::sibling_weights(&members);
+        let leaf_w = leaf.then(|| *w.last().expect("leaf member"));
+        (kids.iter().copied().zip(w).collect(), leaf_w)
+    }
+
+    /// Writes a cgroup's weight and idle knobs (and its leaf's weight).
+    fn write_cpu(
+        &self,
+        n: &mut Node,
+        d: &Desired,
+        leaf_w: Option<f64>,
+        notes: &mut BTreeSet<String>,
+        errs: &mut Vec<Error>,
+    ) {
+        let Some(h) = self.roles.cpu else { return };
+        let v = self.hiers[h].version;
+        let dir = self.hiers[h].root_dir.join(&n.rel);
+        if !d.idle && n.written.get(&(h, "cpu.idle")).is_some_and(|i| i == "1") {
+            // Leaving the idle class: the kernel's weight is not what was last written, so
+            // write it again.
+            n.written.remove(&(h, "cpu.shares"));
+            n.written.remove(&(h, "cpu.weight"));
+        }
+        for k in map::cpu_knobs(d, v) {
+            self.put(&mut n.written, notes, errs, (h, &dir), k);
+        }
+        if let Some(lw) = leaf_w {
+            for k in map::cpu_knobs(&Desired::plain(lw), v) {
+                self.put(&mut n.leaf_written, notes, errs, (h, &dir.join(LEAF)), k);
+            }
+        }
+    }
+
+    /// Writes every knob of a container's cgroup but the bandwidth, and records what the
+    /// kernel does not enforce.
+    fn write_node(&self, n: &mut Node, weight: f64, leaf_w: Option<f64>, errs: &mut Vec<Error>) {
+        let a = n.c.attrs();
+        let d = Desired::of(&a, weight);
+        let mut notes = BTreeSet::new();
+        if a.class > SchedClass::NORMAL {
+            notes.insert(format!(
+                "class {} is enforced at user level only: the kernel has no strict priority between cgroups",
+                a.class
+            ));
+        }
+        self.write_cpu(n, &d, leaf_w, &mut notes, errs);
+        match self.roles.memory {
+            Some(h) => {
+                let dir = self.hiers[h].root_dir.join(&n.rel);
+                let k = map::memory_knob(d.memory, self.hiers[h].version);
+                self.put(&mut n.written, &mut notes, errs, (h, &dir), k);
+            }
+            None if d.memory.is_some() => {
+                notes.insert("max_memory is not enforced by the kernel: no memory controller in this subtree".into());
+            }
+            None => {}
+        }
+        match self.roles.pids {
+            Some(h) => {
+                let dir = self.hiers[h].root_dir.join(&n.rel);
+                self.put(
+                    &mut n.written,
+                    &mut notes,
+                    errs,
+                    (h, &dir),
+                    map::pids_knob(d.pids),
+                );
+            }
+            None if d.pids.is_some() => {
+                notes.insert(
+                    "max_processes is enforced at spawn only: no pids controller in this subtree"
+                        .into(),
+                );
+            }
+            None => {}
+        }
+        match self.roles.freezer {
+            Some(h) => {
+                let dir = self.hiers[h].root_dir.join(&n.rel);
+                let k = map::freeze_knob(d.frozen, self.hiers[h].version);
+                self.put(&mut n.written, &mut notes, errs, (h, &dir), k);
+            }
+            None if d.frozen => {
+                notes.insert("priority 0 is not enforced by the kernel: no freezer; the cgroup gets the smallest weight".into());
+            }
+            None => {}
+        }
+        n.notes = notes;
+    }
+
+    fn write_root_leaf(&self, st: &mut State, leaf_w: Option<f64>, errs: &mut Vec<Error>) {
+        let (Some(h), Some(lw)) = (self.roles.cpu, leaf_w) else {
+            return;
+        };
+        let dir = self.hiers[h].root_dir.join(LEAF);
+        let mut notes = BTreeSet::new();
+        for k in map::cpu_knobs(&Desired::plain(lw), self.hiers[h].version) {
+            self.put(&mut st.root_leaf_written, &mut notes, errs, (h, &dir), k);
+        }
+    }
+
     /// Brings every mirrored cgroup's knobs in line with its container's attributes, writing
     /// only what changed.
     fn reconcile(&self, st: &mut State) -> Vec<Error> {
         let mut errs = Vec::new();
         let order = Self::pre_order(st);
-        let attrs: HashMap<ContainerId, rescon::Attributes> = order
-            .iter()
-            .map(|id| (*id, st.nodes[id].c.attrs()))
-            .collect();
-        // Weights, group by group.
         let mut weight: HashMap<ContainerId, f64> = HashMap::new();
-        let mut leaf_weight: HashMap<Option<ContainerId>, f64> = HashMap::new();
-        let groups: Vec<(Option<ContainerId>, Vec<ContainerId>, bool)> =
-            std::iter::once((None, st.top.clone(), st.root_leaf))
-                .chain(order.iter().map(|id| {
-                    let n = &st.nodes[id];
-                    (Some(*id), n.children.clone(), n.leaf)
-                }))
-                .collect();
-        for (owner, kids, leaf) in &groups {
-            let mut members: Vec<Member> = kids.iter().map(|k| Member::of(&attrs[k])).collect();
-            if *leaf {
-                members.push(Member::own_work());
-            }
-            let w = map::sibling_weights(&members);
-            for (k, w) in kids.iter().zip(&w) {
-                weight.insert(*k, *w);
-            }
-            if *leaf {
-                leaf_weight.insert(*owner, *w.last().expect("leaf member"));
-            }
+        let mut leaf_weight: HashMap<Option<ContainerId>, Option<f64>> = HashMap::new();
+        for owner in std::iter::once(None).chain(order.iter().map(|id| Some(*id))) {
+            let (w, lw) = Self::group_weights(st, owner);
+            weight.extend(w);
+            leaf_weight.insert(owner, lw);
         }
-        let cpu = self.roles.cpu.map(|h| (h, self.hiers[h].version));
-        // Per-node knobs.
         for id in &order {
-            let a = attrs[id];
-            let d = Desired::of(&a, weight[id]);
             let n = st.nodes.get_mut(id).expect("in order");
-            let mut notes = BTreeSet::new();
-            if a.class > SchedClass::NORMAL {
-                notes.insert(format!(
-                    "class {} is enforced at user level only: the kernel has no strict priority between cgroups",
-                    a.class
-                ));
-            }
-            if let Some((h, v)) = cpu {
-                let dir = self.hiers[h].root_dir.join(&n.rel);
-                if !d.idle && n.written.get(&(h, "cpu.idle")).is_some_and(|i| i == "1") {
-                    // Leaving the idle class: the kernel's weight is not what was last
-                    // written, so write it again.
-                    n.written.remove(&(h, "cpu.shares"));
-                    n.written.remove(&(h, "cpu.weight"));
-                }
-                for (f, val) in map::cpu_knobs(&d, v) {
-                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
-                }
-                if n.leaf {
-                    let ld = Desired::plain(leaf_weight[&Some(*id)]);
-                    for (f, val) in map::cpu_knobs(&ld, v) {
-                        self.put(
-                            &mut n.leaf_written,
-                            &mut notes,
-                            &mut errs,
-                            (h, &dir.join(LEAF)),
-                            (f, val),
-                        );
-                    }
-                }
-            }
-            match self.roles.memory {
-                Some(h) => {
-                    let dir = self.hiers[h].root_dir.join(&n.rel);
-                    let (f, val) = map::memory_knob(d.memory, self.hiers[h].version);
-                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
-                }
-                None if d.memory.is_some() => {
-                    notes.insert("max_memory is not enforced by the kernel: no memory controller in this subtree".into());
-                }
-                None => {}
-            }
-            match self.roles.pids {
-                Some(h) => {
-                    let dir = self.hiers[h].root_dir.join(&n.rel);
-                    let (f, val) = map::pids_knob(d.pids);
-                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
-                }
-                None if d.pids.is_some() => {
-                    notes.insert("max_processes is enforced at spawn only: no pids controller in this subtree".into());
-                }
-                None => {}
-            }
-            match self.roles.freezer {
-                Some(h) => {
-                    let dir = self.hiers[h].root_dir.join(&n.rel);
-                    let (f, val) = map::freeze_knob(d.frozen, self.hiers[h].version);
-                    self.put(&mut n.written, &mut notes, &mut errs, (h, &dir), (f, val));
-                }
-                None if d.frozen => {
-                    notes.insert("priority 0 is not enforced by the kernel: no freezer; the cgroup gets the smallest weight".into());
-                }
-                None => {}
-            }
-            n.notes = notes;
+            self.write_node(n, weight[id], leaf_weight[&Some(*id)], &mut errs);
         }
-        if let Some((h, _)) = cpu {
-            let mut root_cache = std::mem::take(&mut st.root_leaf_written);
-            if st.root_leaf {
-                let mut notes = BTreeSet::new();
-                let ld = Desired::plain(leaf_weight[&None]);
-                let dir = self.hiers[h].root_dir.join(LEAF);
-                for (f, val) in map::cpu_knobs(&ld, self.hiers[h].version) {
-                    self.put(&mut root_cache, &mut notes, &mut errs, (h, &dir), (f, val));
-                }
-            }
-            st.root_leaf_written = root_cache;
+        self.write_root_leaf(st, leaf_weight[&None], &mut errs);
+        if let Some(h) = self.roles.cpu {
+            let attrs: HashMap<ContainerId, rescon::Attributes> = order
+                .iter()
+                .map(|id| (*id, st.nodes[id].c.attrs()))
+                .collect();
             self.reconcile_bandwidth(st, &order, &attrs, h, &mut errs);
         }
         errs
+    }
+
+    /// As [`reconcile`](Inner::reconcile) for one group of siblings only, after a member
+    /// came or went (or the owner's leaf appeared): the siblings' weights, the owner's leaf,
+    /// and every knob of `new`, a member without kernel children. O(siblings), where the full
+    /// reconcile is O(mirrored containers).
+    fn reconcile_group(
+        &self,
+        st: &mut State,
+        owner: Option<ContainerId>,
+        new: Option<ContainerId>,
+    ) -> Vec<Error> {
+        let mut errs = Vec::new();
+        let (weights, leaf_w) = Self::group_weights(st, owner);
+        for (k, w) in weights {
+            let n = st.nodes.get_mut(&k).expect("member");
+            if Some(k) == new {
+                self.write_node(n, w, None, &mut errs);
+            } else {
+                let d = Desired::of(&n.c.attrs(), w);
+                let mut notes = std::mem::take(&mut n.notes);
+                self.write_cpu(n, &d, None, &mut notes, &mut errs);
+                n.notes = notes;
+            }
+        }
+        match owner {
+            Some(o) => {
+                let n = st.nodes.get_mut(&o).expect("owner");
+                if let (Some(h), Some(lw)) = (self.roles.cpu, leaf_w) {
+                    let dir = self.hiers[h].root_dir.join(&n.rel).join(LEAF);
+                    let mut notes = std::mem::take(&mut n.notes);
+                    for k in map::cpu_knobs(&Desired::plain(lw), self.hiers[h].version) {
+                        self.put(&mut n.leaf_written, &mut notes, &mut errs, (h, &dir), k);
+                    }
+                    n.notes = notes;
+                }
+            }
+            None => self.write_root_leaf(st, leaf_w, &mut errs),
+        }
+        if let (Some(id), Some(h)) = (new, self.roles.cpu) {
+            self.bandwidth_single(st, id, h, &mut errs);
+        }
+        errs
+    }
+
+    /// Writes the bandwidth of a container without kernel children, under its ancestors'
+    /// current limits.
+    fn bandwidth_single(&self, st: &mut State, id: ContainerId, h: usize, errs: &mut Vec<Error>) {
+        let own = st.nodes[&id]
+            .c
+            .attrs()
+            .cpu_limit
+            .as_ref()
+            .map(map::bandwidth);
+        let mut above = None;
+        let mut cur = st.nodes[&id].parent;
+        while let Some(p) = cur {
+            let pn = &st.nodes[&p];
+            if let Some(Some(b)) = pn.bw {
+                above = Some(b);
+                break;
+            }
+            cur = pn.parent;
+        }
+        let version = self.hiers[h].version;
+        let want = match version {
+            Version::V1 => map::v1_bandwidth(own, above),
+            Version::V2 => own,
+        };
+        let n = st.nodes.get_mut(&id).expect("mirrored");
+        if n.bw != Some(want) {
+            self.write_bandwidth(n, want, h, errs);
+        }
+    }
+
+    fn write_bandwidth(
+        &self,
+        n: &mut Node,
+        want: Option<Bandwidth>,
+        h: usize,
+        errs: &mut Vec<Error>,
+    ) {
+        let dir = self.hiers[h].root_dir.join(&n.rel);
+        let mut ok = true;
+        for (f, v) in map::bandwidth_knobs(want, self.hiers[h].version) {
+            match self.fs.write(&dir, f, &v) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && f.contains("burst") => {
+                    if v != "0" {
+                        n.notes
+                            .insert(format!("cpu_burst not applied: this kernel has no {f}"));
+                    }
+                }
+                Err(e) => {
+                    errs.push(e);
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        n.bw = if ok { Some(want) } else { None };
     }
 
     /// CPU limits. In v1 a cgroup's bandwidth may not exceed an ancestor's, so a limit is
@@ -1577,26 +1731,7 @@ impl Inner {
         }
         let mut write = |st: &mut State, id: &ContainerId| {
             let n = st.nodes.get_mut(id).expect("in order");
-            let w = want[id];
-            let dir = self.hiers[h].root_dir.join(&n.rel);
-            let mut ok = true;
-            for (f, v) in map::bandwidth_knobs(w, version) {
-                match self.fs.write(&dir, f, &v) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && f.contains("burst") => {
-                        if v != "0" {
-                            n.notes
-                                .insert(format!("cpu_burst not applied: this kernel has no {f}"));
-                        }
-                    }
-                    Err(e) => {
-                        errs.push(e);
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-            n.bw = if ok { Some(w) } else { None };
+            self.write_bandwidth(n, want[id], h, errs);
         };
         // First, children before parents, what can be written whatever the parent has now:
         // unlimited (an unlimited cgroup never breaks v1's rule), or a limit lowered from
@@ -1705,7 +1840,7 @@ impl Inner {
         id: ContainerId,
         to: Option<ContainerId>,
     ) -> Result<(), Error> {
-        let _ = self.sample_locked(st);
+        let _ = self.sample_subtree(st, id);
         let ids = Self::subtree(st, id);
         let old_top = st.nodes[&id].rel.clone();
         let new_top = self.rel_for(st, to, &st.nodes[&id].c.clone());
@@ -1759,6 +1894,7 @@ impl Inner {
             let n = st.nodes.get_mut(&i).expect("moved");
             n.rel = new;
             n.spawn = None;
+            n.bind = None;
             n.written.clear();
             n.leaf_written.clear();
             n.bw = Some(None);
@@ -1789,7 +1925,7 @@ impl Inner {
         for k in st.nodes[&id].children.clone() {
             self.relocate(st, k, parent)?;
         }
-        let _ = self.sample_locked(st);
+        let _ = self.sample_subtree(st, id);
         // This process's bound threads: back to where they came from, or up with the rest.
         let bound: Vec<i32> = st
             .bound
@@ -1890,10 +2026,27 @@ impl Inner {
     }
 
     fn sample_locked(&self, st: &mut State) -> Vec<Error> {
+        let mut order = Self::pre_order(st);
+        order.reverse();
+        let errs = self.sample_ids(st, &order);
+        // Children whose handles were dropped before they exited.
+        st.orphans.retain_mut(|o| !o.try_reap());
+        errs
+    }
+
+    /// Samples a mirrored container and its kernel descendants.
+    fn sample_subtree(&self, st: &mut State, id: ContainerId) -> Vec<Error> {
+        let mut ids = Self::subtree(st, id);
+        ids.reverse();
+        self.sample_ids(st, &ids)
+    }
+
+    /// Samples `ids`, children before parents; a child not in `ids` counts with its last
+    /// values.
+    fn sample_ids(&self, st: &mut State, ids: &[ContainerId]) -> Vec<Error> {
         let mut errs = Vec::new();
-        let order = Self::pre_order(st);
         let mut totals: HashMap<ContainerId, (u64, u64)> = HashMap::new();
-        for id in order.iter().rev() {
+        for id in ids {
             let n = &st.nodes[id];
             let cpu = match self.read_cpu(n) {
                 Ok(v) => v,
@@ -1919,7 +2072,12 @@ impl Inner {
             let (kids_cpu, kids_mem) = n
                 .children
                 .iter()
-                .filter_map(|k| totals.get(k))
+                .map(|k| {
+                    totals
+                        .get(k)
+                        .copied()
+                        .unwrap_or_else(|| (st.nodes[k].last_cpu, st.nodes[k].last_mem))
+                })
                 .fold((0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1));
             let n = st.nodes.get_mut(id).expect("in order");
             if let Some(cpu) = cpu {
@@ -1942,8 +2100,6 @@ impl Inner {
             }
             totals.insert(*id, (n.last_cpu, n.last_mem));
         }
-        // Children whose handles were dropped before they exited.
-        st.orphans.retain_mut(|o| !o.try_reap());
         errs
     }
 
@@ -2168,4 +2324,18 @@ fn own_tids() -> HashSet<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Writes `value` to an open cgroup file in one write(2).
+fn write_file(f: &File, path: &Path, value: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut w = f;
+    match w.write(value.as_bytes()) {
+        Ok(n) if n == value.len() => Ok(()),
+        Ok(n) => Err(Error::new(ErrorKind::Io, "write")
+            .path(path)
+            .value(value)
+            .detail(format!("short write: {n} of {} bytes", value.len()))),
+        Err(e) => Err(Error::io(ErrorKind::Io, "write", path, e).value(value)),
+    }
 }

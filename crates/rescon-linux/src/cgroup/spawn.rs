@@ -7,9 +7,14 @@
 //! descendants inherit every membership. Where `clone3` or `CLONE_INTO_CGROUP` is missing,
 //! the child joins v2 the same way as v1.
 //!
+//! On x86_64 the child shares the parent's memory until it executes (`CLONE_VM |
+//! CLONE_VFORK`, as `posix_spawn` does), so spawning costs the same whatever the size of the
+//! server; elsewhere it is a fork-like copy (see `sys::spawn`).
+//!
 //! It is written here rather than on top of `std::process::Command` because std offers no way
 //! to choose the clone flags, and `pre_exec` alone would leave the child briefly outside its
-//! cgroup (forks it makes before joining would escape).
+//! cgroup (forks it makes before joining would escape) and force a fork that copies the
+//! parent's page tables.
 //!
 //! While the child lives, a [`rescon::ProcGuard`] counts it against the container's (and its
 //! ancestors') `max_processes`; at exit, the container's cgroups are sampled so its
@@ -17,12 +22,12 @@
 
 use super::error::{Error, ErrorKind};
 use super::manager::Inner;
-use super::sys::{self, ChildUsage, Forked};
+use super::sys::{self, ChildUsage, ExecPlan, stage};
 use rescon::{Container, ProcGuard};
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -105,65 +110,6 @@ impl Exit {
     }
 }
 
-// Stages at which the child can fail before exec, reported through the error pipe.
-const STAGE_SIGNALS: u32 = 1;
-const STAGE_STDIO: u32 = 2;
-const STAGE_CHDIR: u32 = 3;
-const STAGE_AFFINITY: u32 = 4;
-const STAGE_EXEC: u32 = 5;
-const STAGE_JOIN: u32 = 100;
-
-/// Everything the child needs, built before the clone: it only reads this.
-struct ChildPlan<'a> {
-    join: &'a [RawFd],
-    stdio: [Option<RawFd>; 3],
-    cwd: Option<&'a CStr>,
-    affinity: Option<&'a libc::cpu_set_t>,
-    path: &'a CStr,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
-    err: RawFd,
-}
-
-fn child_fail(err: RawFd, stage: u32, errno: i32) -> ! {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&stage.to_le_bytes());
-    b[4..].copy_from_slice(&errno.to_le_bytes());
-    let _ = sys::child_write(err, &b);
-    sys::child_exit(127)
-}
-
-/// Runs in the cloned child: async-signal-safe calls only (see `sys`).
-fn child_main(p: &ChildPlan<'_>) -> ! {
-    if let Err(e) = sys::child_reset_signals() {
-        child_fail(p.err, STAGE_SIGNALS, e);
-    }
-    for (i, fd) in p.join.iter().enumerate() {
-        if let Err(e) = sys::child_write(*fd, b"0") {
-            child_fail(p.err, STAGE_JOIN + i as u32, e);
-        }
-    }
-    for (dst, src) in p.stdio.iter().enumerate() {
-        if let Some(src) = src {
-            if let Err(e) = sys::child_dup2(*src, dst as RawFd) {
-                child_fail(p.err, STAGE_STDIO, e);
-            }
-        }
-    }
-    if let Some(cwd) = p.cwd {
-        if let Err(e) = sys::child_chdir(cwd) {
-            child_fail(p.err, STAGE_CHDIR, e);
-        }
-    }
-    if let Some(set) = p.affinity {
-        if let Err(e) = sys::child_set_affinity(set) {
-            child_fail(p.err, STAGE_AFFINITY, e);
-        }
-    }
-    let e = sys::child_execve(p.path, p.argv, p.envp);
-    child_fail(p.err, STAGE_EXEC, e)
-}
-
 fn cstring(what: &'static str, s: &OsStr) -> Result<CString, Error> {
     CString::new(s.as_bytes()).map_err(|_| {
         Error::new(ErrorKind::Spawn, "spawn")
@@ -192,14 +138,14 @@ fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, Error> 
         .detail("program not found in PATH"))
 }
 
-fn stage_name(stage: u32) -> String {
-    match stage {
-        STAGE_SIGNALS => "resetting signals".into(),
-        STAGE_STDIO => "setting up stdio".into(),
-        STAGE_CHDIR => "changing directory".into(),
-        STAGE_AFFINITY => "setting CPU affinity".into(),
-        STAGE_EXEC => "exec".into(),
-        s if s >= STAGE_JOIN => format!("joining cgroup #{}", s - STAGE_JOIN),
+fn stage_name(s: u32) -> String {
+    match s {
+        stage::SIGNALS => "resetting signals".into(),
+        stage::STDIO => "setting up stdio".into(),
+        stage::CHDIR => "changing directory".into(),
+        stage::AFFINITY => "setting CPU affinity".into(),
+        stage::EXEC => "exec".into(),
+        s if s >= stage::JOIN => format!("joining cgroup #{}", s - stage::JOIN),
         s => format!("stage {s}"),
     }
 }
@@ -322,9 +268,9 @@ impl Command {
             "program path",
             resolve(&self.program, path_var)?.as_os_str(),
         )?;
-        let mut argv_c = vec![cstring("program", &self.program)?];
+        let mut argv = vec![cstring("program", &self.program)?];
         for a in &self.args {
-            argv_c.push(cstring("argument", a)?);
+            argv.push(cstring("argument", a)?);
         }
         let mut env_c = Vec::with_capacity(env.len());
         for (k, v) in &env {
@@ -333,28 +279,17 @@ impl Command {
             kv.extend_from_slice(v.as_bytes());
             env_c.push(cstring("environment", &OsString::from_vec(kv))?);
         }
-        let argv: Vec<*const libc::c_char> = argv_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = env_c
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let cwd = match &self.cwd {
-            Some(d) => Some(cstring("working directory", d.as_os_str())?),
-            None => None,
-        };
-        let affinity = match &self.affinity {
-            Some(c) => Some(
+        let mut plan = ExecPlan::new(path, argv, env_c);
+        if let Some(d) = &self.cwd {
+            plan.cwd = Some(cstring("working directory", d.as_os_str())?);
+        }
+        if let Some(c) = &self.affinity {
+            plan.affinity = Some(
                 sys::cpu_set(c).map_err(|e| Error::new(ErrorKind::Spawn, "spawn").source_err(e))?,
-            ),
-            None => None,
-        };
+            );
+        }
 
-        // Standard streams: (fd for the child, parent's end).
+        // Standard streams: the child's fds, and the parent's ends of pipes.
         let spawn_err =
             |op: &'static str, e: std::io::Error| Error::new(ErrorKind::Spawn, op).source_err(e);
         let mut child_side: [Option<OwnedFd>; 3] = [None, None, None];
@@ -385,37 +320,17 @@ impl Command {
                 }
             }
         }
+        plan.stdio = [0, 1, 2].map(|i| child_side[i].as_ref().map(|f| f.as_raw_fd()));
+        plan.join = fds.v1_procs.iter().map(|f| f.as_raw_fd()).collect();
+        plan.join_fallback = fds.v2_procs.as_ref().map(|f| f.as_raw_fd());
         let (err_r, err_w) = sys::pipe_cloexec().map_err(|e| spawn_err("make pipe", e))?;
+        plan.err = err_w.as_raw_fd();
 
-        let v2_dir: Option<BorrowedFd<'_>> = fds.v2_dir.as_ref().map(|f| f.as_fd());
-        let mut join: Vec<RawFd> = fds.v1_procs.iter().map(|f| f.as_raw_fd()).collect();
-        let mut forked = sys::clone3(v2_dir);
-        if let Err(e) = &forked {
-            let old_kernel = matches!(
-                e.raw_os_error(),
-                Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
-            );
-            if old_kernel {
-                // No clone3 or no CLONE_INTO_CGROUP: the child joins v2 like v1.
-                if let Some(p) = &fds.v2_procs {
-                    join.push(p.as_raw_fd());
-                }
-                forked = sys::fork();
-            }
-        }
-        let plan = ChildPlan {
-            join: &join,
-            stdio: [0, 1, 2].map(|i| child_side[i].as_ref().map(|f| f.as_raw_fd())),
-            cwd: cwd.as_deref(),
-            affinity: affinity.as_ref(),
-            path: &path,
-            argv: &argv,
-            envp: &envp,
-            err: err_w.as_raw_fd(),
-        };
-        let (pid, pidfd) = match forked {
-            Ok(Forked::Child) => child_main(&plan),
-            Ok(Forked::Parent { pid, pidfd }) => (pid, pidfd),
+        let spawned = sys::spawn(&plan, fds.v2_dir.as_ref().map(|f| f.as_fd()));
+        drop(child_side);
+        drop(err_w);
+        let sys::Spawned { pid, pidfd } = match spawned {
+            Ok(s) => s,
             Err(e) => {
                 let dir = fds
                     .paths
@@ -426,8 +341,6 @@ impl Command {
                     .value(self.program.to_string_lossy()));
             }
         };
-        drop(child_side);
-        drop(err_w);
         let mut report = [0u8; 8];
         let mut got = 0;
         let mut err_file = File::from(err_r);
@@ -442,23 +355,19 @@ impl Command {
         if got > 0 {
             // The child failed before exec and exited: reap it and say why.
             let _ = sys::wait4(pid, false);
-            let stage = u32::from_le_bytes(report[..4].try_into().expect("4 bytes"));
+            let st = u32::from_le_bytes(report[..4].try_into().expect("4 bytes"));
             let errno = i32::from_le_bytes(report[4..].try_into().expect("4 bytes"));
-            let mut e = Error::new(ErrorKind::Spawn, "spawn")
-                .value(self.program.to_string_lossy())
-                .source_err(std::io::Error::from_raw_os_error(errno))
-                .detail(format!("the child failed while {}", stage_name(stage)));
-            if stage >= STAGE_JOIN {
-                let i = (stage - STAGE_JOIN) as usize;
+            let os = std::io::Error::from_raw_os_error(errno);
+            let e = if st >= stage::JOIN {
+                let i = (st - stage::JOIN) as usize;
                 let path = fds.paths.get(i).cloned().unwrap_or_default();
-                e = Error::io(
-                    ErrorKind::Spawn,
-                    "join cgroup",
-                    &path,
-                    std::io::Error::from_raw_os_error(errno),
-                )
-                .value("0");
-            }
+                Error::io(ErrorKind::Spawn, "join cgroup", &path, os).value("0")
+            } else {
+                Error::new(ErrorKind::Spawn, "spawn")
+                    .value(self.program.to_string_lossy())
+                    .source_err(os)
+                    .detail(format!("the child failed while {}", stage_name(st)))
+            };
             return Err(e);
         }
         let [stdin, stdout, stderr] = parent_side;

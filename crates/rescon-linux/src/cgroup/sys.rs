@@ -8,7 +8,7 @@
 
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -110,26 +110,281 @@ pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The result of [`clone3`] or [`fork`].
+/// `CLONE_CLEAR_SIGHAND` (Linux 5.5): the child starts with every caught signal reset to its
+/// default, so no handler of the parent can run in it.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+
+/// Everything a child needs between clone and `execve`, built by the parent beforehand: the
+/// child only reads it and makes system calls, so it allocates nothing and takes no lock.
 #[derive(Debug)]
-pub enum Forked {
-    /// In the parent: the child's pid and, if asked for, its pidfd.
-    Parent {
-        /// The child's pid.
-        pid: i32,
-        /// A pidfd for the child.
-        pidfd: Option<OwnedFd>,
-    },
-    /// In the child. Only async-signal-safe code may run from here to `execve`.
-    Child,
+pub struct ExecPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    /// Files the child writes `0` to before exec (`cgroup.procs` of v1 leaves: joining them).
+    pub join: Vec<RawFd>,
+    /// Written to as well when the child could not be cloned into its v2 cgroup (no clone3 or
+    /// no `CLONE_INTO_CGROUP`): the v2 leaf's `cgroup.procs`.
+    pub join_fallback: Option<RawFd>,
+    /// Fds to make the child's stdin, stdout and stderr.
+    pub stdio: [Option<RawFd>; 3],
+    /// Working directory.
+    pub cwd: Option<CString>,
+    /// CPU affinity.
+    pub affinity: Option<libc::cpu_set_t>,
+    /// The write end of a close-on-exec pipe: a child that fails before exec writes the step
+    /// and the errno there (8 bytes) and exits with 127.
+    pub err: RawFd,
 }
 
-/// clone3(2) like fork(2) (no shared memory, `SIGCHLD` on exit) with a pidfd, and into the
-/// cgroup v2 directory `cgroup` if given (`CLONE_INTO_CGROUP`).
+/// Steps at which the child can fail, as reported through [`ExecPlan::err`].
+pub mod stage {
+    /// Restoring signals.
+    pub const SIGNALS: u32 = 1;
+    /// Setting up stdin, stdout, stderr.
+    pub const STDIO: u32 = 2;
+    /// Changing directory.
+    pub const CHDIR: u32 = 3;
+    /// Setting the CPU affinity.
+    pub const AFFINITY: u32 = 4;
+    /// `execve`.
+    pub const EXEC: u32 = 5;
+    /// Joining cgroup number `n` (in [`ExecPlan::join`] order, then the fallback): `JOIN + n`.
+    pub const JOIN: u32 = 100;
+}
+
+impl ExecPlan {
+    /// A plan to execute `path` with `argv` (`argv[0]` included) and the environment `env`
+    /// (`KEY=value` strings).
+    pub fn new(path: CString, argv: Vec<CString>, env: Vec<CString>) -> ExecPlan {
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        ExecPlan {
+            argv: ptrs(&argv),
+            envp: ptrs(&env),
+            path,
+            _argv: argv,
+            _env: env,
+            join: Vec::new(),
+            join_fallback: None,
+            stdio: [None; 3],
+            cwd: None,
+            affinity: None,
+            err: -1,
+        }
+    }
+}
+
+/// A child started by [`spawn`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd for it, when the kernel gave one.
+    pub pidfd: Option<OwnedFd>,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Starts a child that follows `plan` and executes its program, inside the cgroup v2
+/// directory `cgroup` if given.
 ///
-/// The child is a copy of the calling thread only: it must call nothing but async-signal-safe
-/// functions (the `child_*` helpers) before `execve`.
-pub fn clone3(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+/// On x86_64 the child is made with `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD |
+/// CLONE_CLEAR_SIGHAND | CLONE_INTO_CGROUP)` on a stack of its own, as `posix_spawn` does:
+/// no page tables are copied, so the cost does not grow with the parent's memory, and the
+/// calling thread sleeps until the child has called `execve` or exited. Elsewhere, or on
+/// kernels without these flags, the child is a fork-like copy (`clone3` without `CLONE_VM`,
+/// or `fork`), and joins its v2 cgroup like the v1 ones when it could not be cloned into it.
+/// All signals are blocked in the calling thread while the child is made.
+pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Spawned> {
+    let _mask = SignalsBlocked::new()?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let stack = ChildStack::new()?;
+        match clone3_vfork(plan, cgroup, &stack) {
+            Ok(s) => return Ok(s),
+            Err(e) if !old_kernel(&e) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    match clone3_fork(cgroup) {
+        Ok(Some(s)) => return Ok(s),
+        Ok(None) => child_main(plan, false),
+        Err(e) if !old_kernel(&e) => return Err(e),
+        Err(_) => {}
+    }
+    // SAFETY: fork has no preconditions; the child runs only `child_main`, which makes
+    // async-signal-safe system calls and never returns.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => child_main(plan, true),
+        pid => Ok(Spawned { pid, pidfd: None }),
+    }
+}
+
+/// Errors that mean "this kernel lacks clone3 or one of its flags".
+fn old_kernel(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+    )
+}
+
+/// Blocks every signal in the calling thread until dropped, so that no handler runs in a
+/// child that shares the parent's memory before it has reset them.
+struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> io::Result<SignalsBlocked> {
+        // SAFETY: all-zero sigset_t values are valid for sigfillset and pthread_sigmask to
+        // fill; both pointers are valid for the calls.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            match libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) {
+                0 => Ok(SignalsBlocked { old }),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new`; the pointer is valid for the call.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// A child's stack: anonymous memory with a guard page below it.
+#[cfg(target_arch = "x86_64")]
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChildStack {
+    const LEN: usize = 64 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<ChildStack> {
+        let len = Self::LEN + Self::GUARD;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing
+        // touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the guard page is the first page of the mapping just made.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made by `new`; the child that used it has
+        // exec'd or exited (CLONE_VFORK), so nothing runs on it any more.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The child's entry point on its own stack: runs the plan, never returns.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn child_entry(plan: *mut libc::c_void) -> ! {
+    // SAFETY: `plan` is the `&ExecPlan` that `clone3_vfork` passed; the parent thread is
+    // suspended (CLONE_VFORK) and keeps it alive until the child has exec'd or exited.
+    let plan = unsafe { &*(plan as *const ExecPlan) };
+    child_main(plan, false)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn clone3_vfork(
+    plan: &ExecPlan,
+    cgroup: Option<BorrowedFd<'_>>,
+    stack: &ChildStack,
+) -> io::Result<Spawned> {
+    let mut pidfd: libc::c_int = -1;
+    let mut flags =
+        (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_CLEAR_SIGHAND;
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    // SAFETY: all-zero is a valid clone_args (no tls, no set_tid).
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = flags;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.stack = stack.base as u64 + ChildStack::GUARD as u64;
+    args.stack_size = ChildStack::LEN as u64;
+    args.cgroup = cgroup.map_or(0, |fd| fd.as_raw_fd() as u64);
+    let ret: isize;
+    // SAFETY: clone3 with CLONE_VM runs the child in this address space on `stack` (whose
+    // top, page-aligned, becomes its stack pointer). The child path of the asm never returns
+    // into this function: it clears the frame pointer and calls `child_entry(plan)`, which
+    // ends in execve or _exit. The parent path returns the syscall's result with only rax,
+    // rcx and r11 changed, as declared. CLONE_VFORK keeps this thread (and so `plan`,
+    // `stack` and `pidfd`) suspended until the child is done with them; the other threads of
+    // the process never see the child's stack or plan.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => ret,
+            in("rdi") &mut args as *mut libc::clone_args,
+            in("rsi") std::mem::size_of::<libc::clone_args>(),
+            in("r12") plan as *const ExecPlan as *mut libc::c_void,
+            in("r13") child_entry as extern "C" fn(*mut libc::c_void) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret as i32));
+    }
+    Ok(Spawned {
+        pid: ret as i32,
+        // SAFETY: with CLONE_PIDFD the kernel stored a new fd that nobody else owns.
+        pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
+    })
+}
+
+/// clone3 like fork(2) (a copy of this thread, its own memory), with a pidfd and into
+/// `cgroup`. `Ok(None)` in the child.
+fn clone3_fork(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Option<Spawned>> {
     let mut pidfd: libc::c_int = -1;
     let mut flags = libc::CLONE_PIDFD as u64;
     if cgroup.is_some() {
@@ -141,9 +396,9 @@ pub fn clone3(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     args.pidfd = &mut pidfd as *mut libc::c_int as u64;
     args.exit_signal = libc::SIGCHLD as u64;
     args.cgroup = cgroup.map_or(0, |fd| fd.as_raw_fd() as u64);
-    // SAFETY: args is a valid clone_args of the size passed; without CLONE_VM and with a zero
-    // stack the child runs on a private copy of this thread's stack, like fork; `pidfd`
-    // outlives the call. The caller keeps the child to async-signal-safe code.
+    // SAFETY: args is a valid clone_args of the size passed; without CLONE_VM and with no
+    // stack the child continues on a private copy of this thread's stack, like fork, and the
+    // caller runs only `child_main` in it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -153,36 +408,68 @@ pub fn clone3(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     };
     match r {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent {
+        0 => Ok(None),
+        pid => Ok(Some(Spawned {
             pid: pid as i32,
             // SAFETY: with CLONE_PIDFD the kernel stored a new fd that nobody else owns.
             pidfd: (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
-        }),
+        })),
     }
 }
 
-/// fork(2), for kernels without clone3.
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: fork has no preconditions; the caller keeps the child to async-signal-safe
-    // code until execve.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent { pid, pidfd: None }),
+/// Runs in the child: restores signals, joins the cgroups, sets up stdio, directory and
+/// affinity, and executes the program. Makes only async-signal-safe system calls and reads
+/// only `plan`. On failure, reports the step and errno through `plan.err` and exits 127.
+fn child_main(plan: &ExecPlan, fallback: bool) -> ! {
+    if let Err(e) = child_reset_signals() {
+        child_fail(plan.err, stage::SIGNALS, e);
     }
+    for (i, fd) in plan.join.iter().enumerate() {
+        if let Err(e) = child_write(*fd, b"0") {
+            child_fail(plan.err, stage::JOIN + i as u32, e);
+        }
+    }
+    if let (true, Some(fd)) = (fallback, plan.join_fallback) {
+        if let Err(e) = child_write(fd, b"0") {
+            child_fail(plan.err, stage::JOIN + plan.join.len() as u32, e);
+        }
+    }
+    for (dst, src) in plan.stdio.iter().enumerate() {
+        if let Some(src) = src {
+            if let Err(e) = child_dup2(*src, dst as RawFd) {
+                child_fail(plan.err, stage::STDIO, e);
+            }
+        }
+    }
+    if let Some(cwd) = &plan.cwd {
+        if let Err(e) = child_chdir(cwd) {
+            child_fail(plan.err, stage::CHDIR, e);
+        }
+    }
+    if let Some(set) = &plan.affinity {
+        if let Err(e) = child_set_affinity(set) {
+            child_fail(plan.err, stage::AFFINITY, e);
+        }
+    }
+    // SAFETY: path is NUL-terminated; argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings owned by `plan`, alive until execve replaces this image.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+    child_fail(plan.err, stage::EXEC, errno())
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+fn child_fail(err: RawFd, stage: u32, errno: i32) -> ! {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&stage.to_le_bytes());
+    b[4..].copy_from_slice(&errno.to_le_bytes());
+    let _ = child_write(err, &b);
+    // SAFETY: _exit is async-signal-safe and never returns; it runs no destructors and no
+    // atexit handlers (which belong to the parent).
+    unsafe { libc::_exit(127) }
 }
 
-/// In the child: writes `buf` to `fd` in one write(2). Returns the errno on failure (a
-/// short write counts as `EIO`).
-pub fn child_write(fd: RawFd, buf: &[u8]) -> Result<(), i32> {
-    // SAFETY: buf is valid for reads of its length; write is async-signal-safe.
+/// Writes `buf` to `fd` in one write(2); a short write counts as `EIO`.
+fn child_write(fd: RawFd, buf: &[u8]) -> Result<(), i32> {
+    // SAFETY: buf is valid for reads of its length.
     let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
     match r {
         -1 => Err(errno()),
@@ -191,9 +478,9 @@ pub fn child_write(fd: RawFd, buf: &[u8]) -> Result<(), i32> {
     }
 }
 
-/// In the child: dup2(2) `src` onto `dst`; if they are the same fd, clears its close-on-exec
-/// flag instead (dup2 would do nothing).
-pub fn child_dup2(src: RawFd, dst: RawFd) -> Result<(), i32> {
+/// dup2(2) `src` onto `dst`; if they are the same fd, clears its close-on-exec flag instead
+/// (dup2 would do nothing).
+fn child_dup2(src: RawFd, dst: RawFd) -> Result<(), i32> {
     if src == dst {
         // SAFETY: fcntl on an fd number; errors come back through errno.
         let r = unsafe { libc::fcntl(src, libc::F_SETFD, 0) };
@@ -207,8 +494,8 @@ pub fn child_dup2(src: RawFd, dst: RawFd) -> Result<(), i32> {
     }
 }
 
-/// In the child: chdir(2).
-pub fn child_chdir(dir: &CStr) -> Result<(), i32> {
+/// chdir(2).
+fn child_chdir(dir: &CStr) -> Result<(), i32> {
     // SAFETY: dir is a valid NUL-terminated string.
     if unsafe { libc::chdir(dir.as_ptr()) } == -1 {
         Err(errno())
@@ -217,52 +504,28 @@ pub fn child_chdir(dir: &CStr) -> Result<(), i32> {
     }
 }
 
-/// In the child: sched_setaffinity(2) of the calling process.
-pub fn child_set_affinity(set: &libc::cpu_set_t) -> Result<(), i32> {
+/// sched_setaffinity(2) of the calling process.
+fn child_set_affinity(set: &libc::cpu_set_t) -> Result<(), i32> {
     // SAFETY: set is a valid cpu_set_t of the size passed.
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
     if r == -1 { Err(errno()) } else { Ok(()) }
 }
 
-/// In the child: unblocks every signal and restores `SIGPIPE` to its default (Rust programs
-/// ignore it, and an ignored disposition would survive `execve`), as `std::process` does.
-pub fn child_reset_signals() -> Result<(), i32> {
-    // SAFETY: an all-zero sigset_t is a valid value to hand to sigemptyset, which fills it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is a valid sigset_t; sigemptyset and pthread_sigmask are async-signal-safe.
-    let r = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
-    };
-    if r != 0 {
-        return Err(r);
-    }
+/// Unblocks every signal and restores `SIGPIPE` to its default (Rust programs ignore it, and
+/// an ignored disposition would survive `execve`), as `std::process` does.
+fn child_reset_signals() -> Result<(), i32> {
     // SAFETY: restoring the default disposition of SIGPIPE; signal() is async-signal-safe.
     if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
         return Err(errno());
     }
-    Ok(())
-}
-
-/// In the child: execve(2). Returns only on failure, with the errno.
-pub fn child_execve(
-    path: &CStr,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> i32 {
-    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
-    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
-    // SAFETY: path is NUL-terminated; argv and envp are NULL-terminated arrays of pointers to
-    // NUL-terminated strings that the parent built before cloning and that stay alive in
-    // this address space until execve replaces it.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    errno()
-}
-
-/// In the child: _exit(2), without running destructors or atexit handlers.
-pub fn child_exit(code: i32) -> ! {
-    // SAFETY: _exit is async-signal-safe and never returns.
-    unsafe { libc::_exit(code) }
+    // SAFETY: an all-zero sigset_t is valid for sigemptyset to fill; both calls are
+    // async-signal-safe and take valid pointers.
+    let r = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if r != 0 { Err(r) } else { Ok(()) }
 }
 
 /// A CPU set with the given CPUs, for [`child_set_affinity`]. CPUs beyond the set's capacity
