@@ -252,6 +252,9 @@ struct Node {
     leaf_written: Cache,
     /// The bandwidth in the cpu hierarchy now; `None` inside when unknown after a failure.
     bw: Option<Option<Bandwidth>>,
+    /// Whether its share was fixed at the last write (fixed siblings make weights depend on
+    /// each other).
+    fixed: bool,
     notes: BTreeSet<String>,
 }
 
@@ -1191,6 +1194,7 @@ impl Inner {
             written: Cache::new(),
             leaf_written: Cache::new(),
             bw: Some(None),
+            fixed: false,
             notes: BTreeSet::new(),
         };
         match parent {
@@ -1511,6 +1515,7 @@ impl Inner {
     fn write_node(&self, n: &mut Node, weight: f64, leaf_w: Option<f64>, errs: &mut Vec<Error>) {
         let a = n.c.attrs();
         let d = Desired::of(&a, weight);
+        n.fixed = matches!(a.share, rescon::Share::Fixed(_));
         let mut notes = BTreeSet::new();
         if a.class > SchedClass::NORMAL {
             notes.insert(format!(
@@ -1612,6 +1617,35 @@ impl Inner {
         new: Option<ContainerId>,
     ) -> Vec<Error> {
         let mut errs = Vec::new();
+        let kids = match owner {
+            Some(o) => &st.nodes[&o].children,
+            None => &st.top,
+        };
+        let new_fixed =
+            new.is_some_and(|k| matches!(st.nodes[&k].c.attrs().share, rescon::Share::Fixed(_)));
+        if !new_fixed && !kids.iter().any(|k| st.nodes[k].fixed) {
+            // Without fixed shares every weight is the member's own: only `new` and the
+            // owner's leaf (weight 100) need writing. O(1) instead of O(siblings).
+            if let Some(k) = new {
+                let a = st.nodes[&k].c.attrs();
+                let w = match a.share {
+                    rescon::Share::Weight(w) => map::effective_weight(w, a.priority),
+                    rescon::Share::Fixed(_) => unreachable!("checked"),
+                };
+                let n = st.nodes.get_mut(&k).expect("member");
+                self.write_node(n, w, None, &mut errs);
+                if let Some(h) = self.roles.cpu {
+                    self.bandwidth_single(st, k, h, &mut errs);
+                }
+            }
+            let own = Member::own_work();
+            let lw = match own.share {
+                rescon::Share::Weight(w) => map::effective_weight(w, own.priority),
+                rescon::Share::Fixed(_) => unreachable!("own work is weighted"),
+            };
+            self.write_leaf_weight(st, owner, lw, &mut errs);
+            return errs;
+        }
         let (weights, leaf_w) = Self::group_weights(st, owner);
         for (k, w) in weights {
             let n = st.nodes.get_mut(&k).expect("member");
@@ -1624,24 +1658,39 @@ impl Inner {
                 n.notes = notes;
             }
         }
-        match owner {
-            Some(o) => {
-                let n = st.nodes.get_mut(&o).expect("owner");
-                if let (Some(h), Some(lw)) = (self.roles.cpu, leaf_w) {
-                    let dir = self.hiers[h].root_dir.join(&n.rel).join(LEAF);
-                    let mut notes = std::mem::take(&mut n.notes);
-                    for k in map::cpu_knobs(&Desired::plain(lw), self.hiers[h].version) {
-                        self.put(&mut n.leaf_written, &mut notes, &mut errs, (h, &dir), k);
-                    }
-                    n.notes = notes;
-                }
-            }
-            None => self.write_root_leaf(st, leaf_w, &mut errs),
+        if let Some(lw) = leaf_w {
+            self.write_leaf_weight(st, owner, lw, &mut errs);
         }
         if let (Some(id), Some(h)) = (new, self.roles.cpu) {
             self.bandwidth_single(st, id, h, &mut errs);
         }
         errs
+    }
+
+    /// Writes the weight of the own-work leaf of `owner` (the subtree root for `None`), if
+    /// it has one.
+    fn write_leaf_weight(
+        &self,
+        st: &mut State,
+        owner: Option<ContainerId>,
+        lw: f64,
+        errs: &mut Vec<Error>,
+    ) {
+        match owner {
+            Some(o) => {
+                let n = st.nodes.get_mut(&o).expect("owner");
+                if let (Some(h), true) = (self.roles.cpu, n.leaf) {
+                    let dir = self.hiers[h].root_dir.join(&n.rel).join(LEAF);
+                    let mut notes = std::mem::take(&mut n.notes);
+                    for k in map::cpu_knobs(&Desired::plain(lw), self.hiers[h].version) {
+                        self.put(&mut n.leaf_written, &mut notes, errs, (h, &dir), k);
+                    }
+                    n.notes = notes;
+                }
+            }
+            None if st.root_leaf => self.write_root_leaf(st, Some(lw), errs),
+            None => {}
+        }
     }
 
     /// Writes the bandwidth of a container without kernel children, under its ancestors'
