@@ -72,32 +72,34 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
         .create_child("bench", Attributes::default())
         .expect("create");
 
-    // create and destroy: a batch of children made, then dropped.
-    let n = iters(200_000, scale);
-    let mut kept: Vec<Container> = Vec::with_capacity(n as usize);
+    // create and destroy in steady state: batches of children made, then dropped, so the
+    // memory a batch frees serves the next (as a server's per-connection containers do).
+    let batch = 1000;
+    let rounds = iters(200, scale).max(20);
     let attrs = Attributes::default();
-    let t = Instant::now();
-    for _ in 0..n {
-        kept.push(parent.create_child("c", attrs).expect("create"));
+    let mut kept: Vec<Container> = Vec::with_capacity(batch);
+    let (mut create_ns, mut destroy_ns) = (0u128, 0u128);
+    for round in 0..rounds + 5 {
+        let t = Instant::now();
+        for _ in 0..batch {
+            kept.push(parent.create_child("c", attrs).expect("create"));
+        }
+        let made = t.elapsed().as_nanos();
+        let t = Instant::now();
+        kept.clear();
+        let gone = t.elapsed().as_nanos();
+        if round >= 5 {
+            create_ns += made;
+            destroy_ns += gone;
+        }
     }
-    ops.insert(
-        "create",
-        Op {
-            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
-            iterations: n,
-        },
-    );
-    let t = Instant::now();
-    for c in kept.drain(..) {
-        drop(c);
-    }
-    ops.insert(
-        "destroy",
-        Op {
-            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
-            iterations: n,
-        },
-    );
+    let n = rounds * batch as u64;
+    let mean = |ns: u128| Op {
+        mean_ns: ns as f64 / n as f64,
+        iterations: n,
+    };
+    ops.insert("create", mean(create_ns));
+    ops.insert("destroy", mean(destroy_ns));
 
     let c = parent
         .create_child("probe", Attributes::default())
