@@ -220,6 +220,7 @@ impl Sim {
             self.integrate(now, step_end.min(end));
             self.now = step_end;
         }
+        self.policy.flush();
     }
 
     fn parent_of(&self, c: &Container) -> Option<Container> {

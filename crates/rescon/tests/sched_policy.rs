@@ -167,7 +167,47 @@ fn rebinding_moves_later_charges() {
     let (ka, kb) = (p.attach(&a), p.attach(&b));
     p.charge(ka, 5);
     p.charge(kb, 7);
+    assert_eq!(
+        (a.usage().cpu_ns, b.usage().cpu_ns),
+        (0, 0),
+        "batched until flushed"
+    );
+    p.flush();
     assert_eq!((a.usage().cpu_ns, b.usage().cpu_ns), (5, 7));
+}
+
+#[test]
+fn charges_reach_usage_when_idle_detached_dropped_or_in_time() {
+    let registry = Registry::new();
+    let root = registry.root();
+    let a = child(&root, "a", &[]);
+    let b = child(&root, "b", &[]);
+    let mut p = Hierarchical::new(&registry);
+    let (ka, kb) = (p.attach(&a), p.attach(&b));
+    p.set_runnable(ka, true);
+    p.set_runnable(kb, true);
+    p.charge(ka, 10);
+    p.charge(kb, 20);
+    p.set_runnable(ka, false);
+    assert_eq!(a.usage().cpu_ns, 10, "going idle flushes");
+    p.refill(rescon::sched::FLUSH_NS);
+    assert_eq!(b.usage().cpu_ns, 20, "a millisecond of policy time flushes");
+    p.charge(kb, rescon::sched::FLUSH_NS);
+    assert_eq!(
+        b.usage().cpu_ns,
+        20 + rescon::sched::FLUSH_NS,
+        "a millisecond of CPU flushes"
+    );
+    p.charge(ka, 1);
+    p.charge(kb, 2);
+    p.detach(ka);
+    assert_eq!(a.usage().cpu_ns, 11, "detaching flushes");
+    drop(p);
+    assert_eq!(
+        b.usage().cpu_ns,
+        22 + rescon::sched::FLUSH_NS,
+        "dropping the policy flushes"
+    );
 }
 
 #[test]
@@ -214,6 +254,7 @@ fn reparenting_moves_scheduling() {
         p.charge(pick.key, MS);
     }
     // The new parent's subtree usage includes what ran after the move.
+    p.flush();
     assert_eq!(gold.usage_subtree().cpu_ns, 11 * MS);
 }
 

@@ -244,6 +244,7 @@ proptest! {
                 }
                 _ => {}
             }
+            policy.flush();
             prop_assert_eq!(registry.usage_all().cpu_ns, charged);
         }
         for (_, k) in live.drain(..) {

@@ -62,6 +62,11 @@ const MIN_POOL_WEIGHT: f64 = 1e-9;
 /// The weight of a container's own work when it competes with its children.
 const OWN_WEIGHT: f64 = 100.0;
 const OWN_CLASS: usize = SchedClass::NORMAL.get() as usize;
+/// CPU charged to a container is added to its usage once this much has gathered, at the latest
+/// this long (of the policy's time) after it was charged, and at once when the container goes
+/// idle or is detached. Batching saves an atomic add on a line of the container's that is
+/// otherwise cold, per charge.
+pub const FLUSH_NS: u64 = 1_000_000;
 
 /// The larger of two virtual times (never NaN, so without `f64::max`'s NaN handling).
 #[inline]
@@ -228,6 +233,8 @@ struct SNode {
     refs: u32,
     /// Mirrored children.
     children: u32,
+    /// CPU charged but not yet added to the container's usage (see [`FLUSH_NS`]).
+    pending_ns: u64,
     /// The fixed fraction in parts per billion, 0 for a weighted container.
     fixed_ppb: u32,
     class: u8,
@@ -241,6 +248,8 @@ const RUNNABLE: u8 = 2;
 const QUEUED: u8 = 4;
 const OWN_QUEUED: u8 = 8;
 const THROTTLED: u8 = 16;
+/// In the policy's list of nodes with pending CPU.
+const DIRTY: u8 = 32;
 
 impl SNode {
     fn new(node: Option<Arc<Node>>, parent: u32) -> SNode {
@@ -254,6 +263,7 @@ impl SNode {
             parent,
             refs: 0,
             children: 0,
+            pending_ns: 0,
             fixed_ppb: 0,
             class: SchedClass::NORMAL.get(),
             mask: 0,
@@ -309,6 +319,9 @@ pub struct Hierarchical {
     capped: Vec<u32>,
     /// The earliest end of a capped node's lease period.
     next_roll: u64,
+    /// Nodes with pending CPU.
+    dirty: Vec<u32>,
+    last_flush: u64,
     now: u64,
     cfg: HierarchicalConfig,
 }
@@ -352,6 +365,8 @@ impl Hierarchical {
             throttled: Vec::new(),
             capped: Vec::new(),
             next_roll: u64::MAX,
+            dirty: Vec::new(),
+            last_flush: 0,
             now: 0,
             cfg,
         }
@@ -615,6 +630,7 @@ impl Hierarchical {
             return;
         }
         debug_assert!(!s.has(QUEUED) && s.mask == 0);
+        flush_node(s);
         let parent = s.parent;
         let node = s.node.take().expect("container");
         let cap = s.cap.take();
@@ -672,6 +688,24 @@ impl Hierarchical {
     }
 }
 
+/// Adds a node's pending CPU to its container's usage.
+fn flush_node(s: &mut SNode) {
+    if s.pending_ns > 0 {
+        let node = s.node.as_ref().expect("charged node is attached");
+        crate::usage::Account {
+            counters: &node.counters,
+        }
+        .add_cpu_ns(s.pending_ns);
+        s.pending_ns = 0;
+    }
+}
+
+impl Drop for Hierarchical {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 impl Node {
     fn add_throttled(&self, ns: u64) {
         crate::usage::Account {
@@ -706,6 +740,9 @@ impl Policy for Hierarchical {
             return;
         }
         s.set(RUNNABLE, runnable);
+        if !runnable {
+            flush_node(s);
+        }
         if s.children > 0 {
             if runnable {
                 self.enqueue_own(i);
@@ -763,10 +800,14 @@ impl Policy for Hierarchical {
         let i = key.0;
         {
             let s = &mut self.nodes[i as usize];
-            crate::usage::Account {
-                counters: &s.node.as_ref().expect("attached").counters,
+            if !s.has(DIRTY) {
+                s.set(DIRTY, true);
+                self.dirty.push(i);
             }
-            .add_cpu_ns(elapsed_ns);
+            s.pending_ns += elapsed_ns;
+            if s.pending_ns >= FLUSH_NS {
+                flush_node(s);
+            }
             if s.children > 0 {
                 let queued = s.has(OWN_QUEUED);
                 let own = s.own_vtime;
@@ -818,6 +859,10 @@ impl Policy for Hierarchical {
     fn refill(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
         let now = self.now;
+        if now >= self.last_flush + FLUSH_NS {
+            self.flush();
+            self.last_flush = now;
+        }
         if now >= self.next_roll {
             self.next_roll = u64::MAX;
             for k in 0..self.capped.len() {
@@ -847,6 +892,16 @@ impl Policy for Hierarchical {
                 continue;
             }
             k += 1;
+        }
+    }
+
+    fn flush(&mut self) {
+        for i in std::mem::take(&mut self.dirty) {
+            let s = &mut self.nodes[i as usize];
+            if s.has(DIRTY) {
+                s.set(DIRTY, false);
+                flush_node(s);
+            }
         }
     }
 
