@@ -147,12 +147,14 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
             black_box(root.lookup(black_box(id)).expect("lookup"));
         }),
     );
-    ops.insert("pick_charge_100k", pick_charge(scale));
+    ops.insert("pick_charge_100k", pick_charge(scale, 1));
+    ops.insert("pick_charge_100k_1pct_runnable", pick_charge(scale, 100));
     ops
 }
 
-/// pick plus charge with 100,000 runnable leaves at depth 3 (10 x 100 x 100).
-fn pick_charge(scale: f64) -> Op {
+/// pick plus charge among 100,000 leaf containers at depth 3 (10 x 100 x 100), of which one in
+/// `runnable_every` has work.
+fn pick_charge(scale: f64, runnable_every: usize) -> Op {
     let registry = Registry::new();
     let root = registry.root();
     let mut policy = Hierarchical::new(&registry);
@@ -170,7 +172,7 @@ fn pick_charge(scale: f64) -> Op {
                     .create_child("leaf", Attributes::default())
                     .expect("create");
                 let k = policy.attach(&leaf);
-                policy.set_runnable(k, true);
+                policy.set_runnable(k, leaves.len() % runnable_every == 0);
                 leaves.push(leaf);
             }
         }
