@@ -3,8 +3,8 @@
 //!
 //! - `cgroup_create` / `cgroup_destroy`: mirroring a container as cgroups, and removing them;
 //! - `thread_bind_kernel`: moving this thread between two containers' cgroups, back to back;
-//!   `thread_bind_kernel_spaced`: the same with 10 ms between moves (the case a server meets,
-//!   which pays for an RCU grace period);
+//!   `thread_bind_kernel_spaced`: the median single move with 10 ms between moves (the case a
+//!   server meets, which may pay for an RCU grace period);
 //! - `spawn_in_container`: starting `/bin/true` inside a container (clone3 into its cgroup) and
 //!   reaping it; `spawn_plain`: the same with `std::process::Command`;
 //! - `cgroup_sample`: reading one container's kernel counters into its usage;
@@ -12,7 +12,7 @@
 //!
 //! Without root or cgroups, prints why on stderr and adds nothing.
 
-use crate::primitives::{Op, time_loop};
+use crate::primitives::{Op, ROUNDS, median_of, time_loop};
 use rescon::{Attributes, Registry};
 use rescon_linux::cgroup::{Config, Manager};
 use std::collections::BTreeMap;
@@ -49,35 +49,40 @@ fn measure(scale: f64) -> Result<BTreeMap<&'static str, Op>, String> {
     let mut ops = BTreeMap::new();
     let err = |e: rescon_linux::cgroup::Error| e.to_string();
 
-    // Create and destroy: a batch of containers mirrored, then detached.
-    let n = iters(1000, scale);
-    let batch: Vec<_> = (0..n)
-        .map(|i| root.create_child(&format!("k{i}"), kernel_attrs()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    for c in &batch {
-        m.attach(c).map_err(err)?;
+    // Create and destroy: in each round, a batch of containers mirrored, then detached.
+    let per_round = (iters(1000, scale) / ROUNDS as u64).max(1);
+    let (mut creates, mut destroys) = (Vec::new(), Vec::new());
+    for r in 0..ROUNDS {
+        let batch: Vec<_> = (0..per_round)
+            .map(|i| root.create_child(&format!("k{r}-{i}"), kernel_attrs()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for c in &batch {
+            m.attach(c).map_err(err)?;
+        }
+        creates.push(t.elapsed().as_nanos() as f64 / per_round as f64);
+        let t = Instant::now();
+        for c in &batch {
+            m.detach(c).map_err(err)?;
+        }
+        destroys.push(t.elapsed().as_nanos() as f64 / per_round as f64);
     }
+    let n = per_round * ROUNDS as u64;
     ops.insert(
         "cgroup_create",
         Op {
-            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
+            mean_ns: median_of(creates),
             iterations: n,
         },
     );
-    let t = Instant::now();
-    for c in &batch {
-        m.detach(c).map_err(err)?;
-    }
     ops.insert(
         "cgroup_destroy",
         Op {
-            mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
+            mean_ns: median_of(destroys),
             iterations: n,
         },
     );
-    drop(batch);
 
     // Thread binding, on a thread of its own so the caller's thread stays where it was.
     let a = root
@@ -97,7 +102,7 @@ fn measure(scale: f64) -> Result<BTreeMap<&'static str, Op>, String> {
                     failed.get_or_insert(e.to_string());
                 }
             });
-            let mut total = Duration::ZERO;
+            let mut spaced = Vec::new();
             for i in 0..spaced_n {
                 std::thread::sleep(Duration::from_millis(10));
                 let c = if i % 2 == 0 { &a } else { &b };
@@ -105,14 +110,15 @@ fn measure(scale: f64) -> Result<BTreeMap<&'static str, Op>, String> {
                 if let Err(e) = m.bind_current_thread(c) {
                     failed.get_or_insert(e.to_string());
                 }
-                total += t.elapsed();
+                spaced.push(t.elapsed().as_nanos() as f64);
             }
             m.unbind_current_thread().map_err(err)?;
             if let Some(e) = failed {
                 return Err(e);
             }
+            // Single moves are too short to time in rounds: the median move is reported.
             let spaced = Op {
-                mean_ns: total.as_nanos() as f64 / spaced_n as f64,
+                mean_ns: median_of(spaced),
                 iterations: spaced_n,
             };
             Ok((op, spaced))
