@@ -2388,3 +2388,40 @@ fn write_file(f: &File, path: &Path, value: &str) -> Result<(), Error> {
         Err(e) => Err(Error::io(ErrorKind::Io, "write", path, e).value(value)),
     }
 }
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(sanitize("cgi bin/../x"), "cgi_bin_.._x");
+        assert_eq!(sanitize("..hidden"), "hidden");
+        assert_eq!(sanitize(&"x".repeat(100)).len(), 32);
+        assert!(check_name("rescon-web").is_ok());
+        for bad in ["", "a/b", ".x", LEAF, "sp ace"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn instance_names() {
+        // Not an instance name: never touched.
+        assert_eq!(instance_is_dead("rescon", "rescon-web"), None);
+        assert_eq!(instance_is_dead("rescon", "rescontest-1-2-3"), None);
+        assert_eq!(instance_is_dead("rescon", "rescon-1-2-3-4"), None);
+        // pid 1 did not start at tick 999999999999: dead.
+        assert_eq!(instance_is_dead("rescon", "rescon-1-999999999999-0"), Some(true));
+        // This process, with its real start time: alive.
+        let me = format!("rescon-{}-{}-7", std::process::id(), own_start_time().unwrap());
+        assert_eq!(instance_is_dead("rescon", &me), Some(false));
+    }
+
+    #[test]
+    fn manager_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Manager>();
+        check::<super::super::Command>();
+        check::<super::super::Child>();
+    }
+}
