@@ -242,6 +242,11 @@ impl fmt::Display for Insn {
 pub struct Program(Vec<Insn>);
 
 impl Program {
+    /// A program of hand-written instructions (the kernel checks it when attached).
+    pub fn from_insns(insns: Vec<Insn>) -> Program {
+        Program(insns)
+    }
+
     /// The instructions.
     pub fn insns(&self) -> &[Insn] {
         &self.0
@@ -506,10 +511,8 @@ pub(crate) mod interp {
                         return Err(format!("{pc}: jump out of range"));
                     }
                 }
-                op::ST | op::STX => {
-                    if i.k >= 16 {
-                        return Err(format!("{pc}: scratch out of range"));
-                    }
+                op::ST | op::STX if i.k >= 16 => {
+                    return Err(format!("{pc}: scratch out of range"));
                 }
                 op::LD | op::LDX if i.code & 0xe0 == op::MEM && i.k >= 16 => {
                     return Err(format!("{pc}: scratch out of range"));

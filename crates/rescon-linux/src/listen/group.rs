@@ -22,6 +22,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct MemberId(u32);
 
 impl MemberId {
+    /// The member id of index `i` (panics beyond `u32::MAX`, far past any group).
+    pub fn from_index(i: usize) -> MemberId {
+        MemberId(u32::try_from(i).expect("member index fits in u32"))
+    }
+
     /// The index.
     pub fn get(self) -> usize {
         self.0 as usize
