@@ -14,9 +14,10 @@
 //! - **Offenders.** On a signal, every prefix with at least
 //!   [`min_prefix_syn_recv`](DefenseConfig::min_prefix_syn_recv) half-open connections is
 //!   an offender, unless it overlaps a protected prefix. When at least
-//!   [`aggregate_min`](DefenseConfig::aggregate_min) offenders share a shorter prefix
-//!   (`/16` for IPv4, `/48` for IPv6 by default) that covers no protected prefix, that
-//!   prefix is quarantined instead (spoofed floods spread over many `/24`s). The heaviest
+//!   [`aggregate_min`](DefenseConfig::aggregate_min) counted prefixes share a shorter
+//!   prefix (`/16` for IPv4, `/48` for IPv6 by default) that covers no protected prefix and
+//!   holds at least `min_prefix_syn_recv` half-open connections in all, that prefix is
+//!   quarantined instead (a flood spoofed over a range spreads thin over many `/24`s). The heaviest
 //!   offenders go first, up to [`max_prefixes`](DefenseConfig::max_prefixes) quarantined.
 //! - **Hysteresis.** The attack ends only after [`calm_for`](DefenseConfig::calm_for) with
 //!   no signal and the quarantine member dropping fewer than
@@ -389,9 +390,10 @@ impl DefensePolicy {
             .filter(|(p, n)| *n >= self.cfg.min_prefix_syn_recv && !self.protected(p))
             .copied()
             .collect();
-        // Merge offenders that crowd under a shorter prefix.
+        // Sources that crowd under a shorter prefix, each perhaps below the offender mark
+        // (a flood spoofed over a range spreads thin), make that prefix an offender.
         let mut groups: HashMap<IpNet, (usize, u32)> = HashMap::new();
-        for (p, n) in &offenders {
+        for (p, n) in fresh {
             if let Some(sup) = supernet(p, self.cfg.aggregate_v4, self.cfg.aggregate_v6) {
                 let g = groups.entry(sup).or_default();
                 g.0 += 1;
@@ -400,7 +402,11 @@ impl DefensePolicy {
         }
         let merged: HashMap<IpNet, u32> = groups
             .into_iter()
-            .filter(|(sup, (k, _))| *k >= self.cfg.aggregate_min && !self.protected(sup))
+            .filter(|(sup, (k, n))| {
+                *k >= self.cfg.aggregate_min
+                    && *n >= self.cfg.min_prefix_syn_recv
+                    && !self.protected(sup)
+            })
             .map(|(sup, (_, n))| (sup, n))
             .collect();
         let mut picks: Vec<(IpNet, u32)> = merged.iter().map(|(p, n)| (*p, *n)).collect();
@@ -569,6 +575,34 @@ mod tests {
             quarantined(&d),
             vec![p("198.19.0.0/16"), p("198.18.3.0/24")]
         );
+    }
+
+    #[test]
+    fn a_thin_spread_is_caught_by_its_shorter_prefix() {
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        // 256 /24s with 2 half-open each: no single /24 is an offender.
+        let counts: Vec<(String, u32)> =
+            (0..256).map(|i| (format!("198.19.{i}.0/24"), 2)).collect();
+        let mut refs: Vec<(&str, u32)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        refs.push(("198.18.2.0/24", 1));
+        refs.push(("198.18.7.0/24", 1));
+        let d = pol.observe(&sample(0, &refs, 0));
+        assert!(d.under_attack);
+        assert_eq!(quarantined(&d), vec![p("198.19.0.0/16")]);
+        // Three /24s with few half-open are not enough to take 198.18.0.0/16 along with a
+        // real offender.
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        let d = pol.observe(&sample(
+            0,
+            &[
+                ("198.18.2.0/24", 3),
+                ("198.18.3.0/24", 3),
+                ("198.18.4.0/24", 3),
+                ("203.0.113.0/24", 200),
+            ],
+            0,
+        ));
+        assert_eq!(quarantined(&d), vec![p("203.0.113.0/24")]);
     }
 
     #[test]

@@ -271,9 +271,20 @@ impl Diag {
     }
 
     /// The half-open (SYN_RECV) TCP connections to local port `port`, both families.
+    ///
+    /// A dump walks the kernel's whole established hash table (every connection and
+    /// TIME_WAIT socket of every namespace), so its cost grows with the machine's connection
+    /// count: about 1-2 ms per family on an idle 24 GiB machine, 10-50 ms with 100,000
+    /// TIME_WAIT sockets. Dump only the families you need ([`syn_recv_of`](Self::syn_recv_of)).
     pub fn syn_recv(&mut self, port: u16) -> Result<Vec<DiagSocket>, Error> {
+        self.syn_recv_of(port, true, true)
+    }
+
+    /// Like [`syn_recv`](Self::syn_recv), for IPv4 and/or IPv6 request sockets only.
+    pub fn syn_recv_of(&mut self, port: u16, v4: bool, v6: bool) -> Result<Vec<DiagSocket>, Error> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET, libc::AF_INET6] {
+        let families = [(v4, libc::AF_INET), (v6, libc::AF_INET6)];
+        for family in families.into_iter().filter(|f| f.0).map(|f| f.1) {
             self.seq = self.seq.wrapping_add(1);
             let req = encode_dump(self.seq, family as u8, 1 << TCP_SYN_RECV, port);
             self.sock

@@ -5,7 +5,7 @@
 use super::defense::{Action, Decision, DefenseConfig, DefensePolicy, Sample};
 use super::diag::{Diag, DiagSocket, by_prefix};
 use super::error::Error;
-use super::filter::{Filter, unmap};
+use super::filter::{Filter, Stack, unmap};
 use super::group::{ListenerGroup, MemberId};
 use super::stats::ListenStats;
 use ipnet::IpNet;
@@ -44,7 +44,10 @@ struct Inner {
 ///
 /// Samples are read in the network namespace of the thread that calls [`step`](Self::step)
 /// (`/proc/thread-self/net`, and a sock_diag socket opened by [`new`](Self::new)): run it in
-/// the group's namespace. Flushing half-open connections needs `CAP_NET_ADMIN`; without it
+/// the group's namespace. Each step dumps the half-open connections of the port, whose cost
+/// grows with the machine's connection count (see [`Diag::syn_recv`]): the interval bounds
+/// how fast a flood is found, so give the protected member a backlog that holds a flood's
+/// SYNs for at least an interval or two. Flushing half-open connections needs `CAP_NET_ADMIN`; without it
 /// (or with `flush` off) a queue filled before the quarantine drains as its entries time out.
 ///
 /// ```no_run
@@ -129,7 +132,15 @@ impl Defender {
         let inner = &mut *inner;
         let cfg = inner.policy.config().clone();
         let stats = ListenStats::read()?;
-        let half_open = inner.diag.syn_recv(self.group.local_addr().port())?;
+        // IPv4 clients of a dual-stack group have IPv4 request sockets.
+        let (v4, v6) = match self.group.stack() {
+            Stack::V4 => (true, false),
+            Stack::V6Only => (false, true),
+            Stack::Dual => (true, true),
+        };
+        let half_open = inner
+            .diag
+            .syn_recv_of(self.group.local_addr().port(), v4, v6)?;
         let quarantine = self.group.member(self.quarantine)?;
         let sample = Sample {
             at: self.start.elapsed(),
