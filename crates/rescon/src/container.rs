@@ -45,11 +45,9 @@ use crate::attr::{Attributes, CpuLimit, Share};
 use crate::error::{Error, Resource};
 use crate::id::ContainerId;
 use crate::usage::{Account, Counters, Gauges, Usage};
-use arc_swap::ArcSwapOption;
 use rustc_hash::FxHashMap;
-use slab::Slab;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 const SHARDS: usize = 64;
@@ -59,7 +57,7 @@ const ONE_PPB: u64 = 1_000_000_000;
 const NO_LIMIT: u64 = u64::MAX;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind (counters, slabs,
+    // A panic while holding one of these locks leaves plain data behind (counters, sums,
     // attributes that were either written or not), so a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -81,6 +79,30 @@ impl Shared {
 
     fn lookup(&self, id: ContainerId) -> Option<Arc<Node>> {
         lock(self.shard(id)).get(&id.get()).and_then(Weak::upgrade)
+    }
+
+    /// Every live container.
+    fn all(&self) -> Vec<Arc<Node>> {
+        let mut out = Vec::new();
+        for shard in self.names.iter() {
+            out.extend(lock(shard).values().filter_map(Weak::upgrade));
+        }
+        out
+    }
+
+    /// Every live container, grouped by parent. The handles must be dropped outside any lock
+    /// of this module: dropping the last reference to a container releases it.
+    fn children_by_parent(&self) -> FxHashMap<ContainerId, Vec<Arc<Node>>> {
+        let mut by_parent: FxHashMap<ContainerId, Vec<Arc<Node>>> = FxHashMap::default();
+        for n in self.all() {
+            if let Some(p) = n.parent_id() {
+                by_parent.entry(p).or_default().push(n);
+            }
+        }
+        for kids in by_parent.values_mut() {
+            kids.sort_unstable_by_key(|n| n.id);
+        }
+        by_parent
     }
 
     fn notify(&self, id: ContainerId) {
@@ -120,9 +142,16 @@ impl Feed {
     }
 }
 
-struct Children {
-    slab: Slab<Weak<Node>>,
+/// What a container keeps about its children. Children are not listed here: the namespace is
+/// the one index of containers, and enumerating a container's children scans it (see
+/// [`Shared::children_by_parent`]). That keeps creating and releasing a container to one
+/// namespace entry, which is what the hot path of a server does per connection.
+#[derive(Default)]
+struct Family {
+    /// Sum of the children's fixed shares, in parts per billion.
     fixed_ppb: u64,
+    /// What released children left behind (allocated at the first release).
+    released: Option<Box<Usage>>,
 }
 
 /// The CPU-limit token bucket shared by every scheduler serving the container.
@@ -159,21 +188,25 @@ pub(crate) struct Node {
     pub(crate) id: ContainerId,
     name: Box<str>,
     shared: Arc<Shared>,
-    parent: ArcSwapOption<Node>,
-    /// Slot in the parent's children; written under the parent's children lock.
-    slot: AtomicUsize,
-    children: Mutex<Children>,
+    /// Changed only under the registry's structure lock (and by the node's own release).
+    parent: Mutex<Option<Arc<Node>>>,
+    family: Mutex<Family>,
     attrs: Mutex<Attributes>,
     limits: LimitCache,
     pub(crate) counters: Counters,
-    released: Counters,
     gauges_self: Gauges,
     gauges_tree: Gauges,
     /// How many schedulers have this container attached; changes are only announced when
     /// some scheduler could care.
     pub(crate) sched_refs: AtomicU32,
-    cap: Mutex<Bucket>,
-    egress: Mutex<EgressBucket>,
+    /// Token buckets of the CPU and egress limits, allocated when first used.
+    buckets: Mutex<Option<Box<Buckets>>>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    cap: Bucket,
+    egress: EgressBucket,
 }
 
 #[derive(Debug, Default)]
@@ -198,11 +231,11 @@ impl Node {
     }
 
     pub(crate) fn parent(&self) -> Option<Arc<Node>> {
-        self.parent.load_full()
+        lock(&self.parent).clone()
     }
 
     pub(crate) fn parent_id(&self) -> Option<ContainerId> {
-        self.parent.load().as_ref().map(|p| p.id)
+        lock(&self.parent).as_ref().map(|p| p.id)
     }
 
     /// Whether `self` is `other` or one of its ancestors.
@@ -210,14 +243,20 @@ impl Node {
         if std::ptr::eq(self, other) {
             return true;
         }
-        let mut cur = other.parent.load_full();
-        while let Some(n) = cur {
-            if std::ptr::eq(&*n, self) {
-                return true;
-            }
-            cur = n.parent.load_full();
+        // The first step without touching reference counts: most checks are parent to child.
+        let mut cur = match &*lock(&other.parent) {
+            None => return false,
+            Some(p) if std::ptr::eq(&**p, self) => return true,
+            Some(p) => p.clone(),
+        };
+        loop {
+            let next = match &*lock(&cur.parent) {
+                None => return false,
+                Some(p) if std::ptr::eq(&**p, self) => return true,
+                Some(p) => p.clone(),
+            };
+            cur = next;
         }
-        false
     }
 
     fn notify(&self) {
@@ -233,7 +272,8 @@ impl Node {
         let budget = limit.budget_ns() as i64;
         let cap = budget + limit.burst().as_nanos() as i64;
         let idx = now / period_ns;
-        let mut b = lock(&self.cap);
+        let mut guard = lock(&self.buckets);
+        let b = &mut guard.get_or_insert_with(Default::default).cap;
         if !b.started {
             *b = Bucket {
                 period: idx,
@@ -252,7 +292,8 @@ impl Node {
 
     /// Returns unused budget (or, when negative, a debt run up beyond a lease).
     pub(crate) fn cap_give_back(&self, tokens: i64) {
-        let mut b = lock(&self.cap);
+        let mut guard = lock(&self.buckets);
+        let b = &mut guard.get_or_insert_with(Default::default).cap;
         if b.started {
             b.tokens = b.tokens.saturating_add(tokens);
         }
@@ -339,51 +380,65 @@ impl Node {
         u
     }
 
-    /// Own usage plus released children's, plus the subtree gauges; then live children.
-    fn usage_subtree(self: &Arc<Node>) -> Usage {
+    /// This node's counters and what its released children left, plus its subtree gauges.
+    fn usage_own_and_released(&self) -> Usage {
         let mut u = Usage::default();
-        self.counters.snapshot_into(&mut u);
-        self.gauges_tree.snapshot_into(&mut u);
-        let kids = self.live_children_and_released(&mut u);
-        for k in &kids {
-            let mut ku = k.usage_subtree();
-            // Gauges were already counted through this node's subtree gauges.
-            ku.open_conns = 0;
-            ku.memory_bytes = 0;
-            ku.processes = 0;
-            ku.kernel_memory_bytes = 0;
-            u += ku;
+        {
+            let fam = lock(&self.family);
+            self.counters.snapshot_into(&mut u);
+            if let Some(r) = &fam.released {
+                u += **r;
+            }
         }
-        drop(kids);
+        self.gauges_tree.snapshot_into(&mut u);
         u
     }
+}
 
-    /// Upgrades the live children and adds the released total into `u`, under the children
-    /// lock, so that a child released meanwhile is counted exactly once. The returned handles
-    /// must be dropped after the lock is released (dropping the last one takes it again).
-    fn live_children_and_released(&self, u: &mut Usage) -> Vec<Arc<Node>> {
-        let ch = lock(&self.children);
-        self.released.snapshot_into(u);
-        ch.slab.iter().filter_map(|(_, w)| w.upgrade()).collect()
+/// Subtree usage of `node`, given the children of every container.
+fn subtree_usage(node: &Node, by_parent: &FxHashMap<ContainerId, Vec<Arc<Node>>>) -> Usage {
+    let mut u = node.usage_own_and_released();
+    for kid in by_parent.get(&node.id).into_iter().flatten() {
+        u += without_gauges(subtree_usage(kid, by_parent));
     }
+    u
+}
+
+/// Gauges of a subtree are kept at its top; summing children must not count them again.
+fn without_gauges(mut u: Usage) -> Usage {
+    u.open_conns = 0;
+    u.memory_bytes = 0;
+    u.processes = 0;
+    u.kernel_memory_bytes = 0;
+    u
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         let mut total = Usage::default();
         self.counters.snapshot_into(&mut total);
-        self.released.snapshot_into(&mut total);
-        let fixed = match lock(&self.attrs).share {
-            Share::Fixed(f) => f.ppb(),
-            Share::Weight(_) => 0,
-        };
-        match self.parent.swap(None) {
+        let family = self.family.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = &family.released {
+            total += **r;
+        }
+        let fixed = fixed_ppb(
+            self.attrs
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .share,
+        );
+        let parent = self
+            .parent
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match parent {
             Some(parent) => {
-                let mut ch = lock(&parent.children);
-                parent.released.add(&total);
-                ch.slab.try_remove(self.slot.load(Relaxed));
-                ch.fixed_ppb -= fixed;
-                drop(ch);
+                if fixed > 0 || total != Usage::default() {
+                    let mut fam = lock(&parent.family);
+                    fam.fixed_ppb -= fixed;
+                    **fam.released.get_or_insert_with(Default::default) += total;
+                }
                 // `parent` is dropped here, after its lock: it may be the last reference.
             }
             None => self.shared.orphans.add(&total),
@@ -432,7 +487,7 @@ impl Registry {
             feeds: RwLock::new(Vec::new()),
             orphans: Counters::default(),
         });
-        let root = new_node(&shared, "root", Attributes::default());
+        let root = new_node(&shared, "root", Attributes::default(), None);
         register(&shared, &root);
         Registry {
             shared,
@@ -454,7 +509,7 @@ impl Registry {
         let mut u = Usage::default();
         self.shared.orphans.snapshot_into(&mut u);
         for top in self.top_level() {
-            u += top.node.usage_subtree();
+            u += top.usage_subtree();
         }
         u
     }
@@ -467,7 +522,7 @@ impl Registry {
             let nodes: Vec<Arc<Node>> = lock(shard).values().filter_map(Weak::upgrade).collect();
             // Dropped outside the shard lock: a drop may be a release that takes it.
             for n in nodes {
-                if n.parent.load().is_none() {
+                if n.parent_id().is_none() {
                     out.push(Container {
                         node: n,
                         privileged: true,
@@ -518,7 +573,12 @@ impl Registry {
     }
 }
 
-fn new_node(shared: &Arc<Shared>, name: &str, attrs: Attributes) -> Arc<Node> {
+fn new_node(
+    shared: &Arc<Shared>,
+    name: &str,
+    attrs: Attributes,
+    parent: Option<Arc<Node>>,
+) -> Arc<Node> {
     let limits = LimitCache {
         conns: AtomicU64::new(NO_LIMIT),
         memory: AtomicU64::new(NO_LIMIT),
@@ -530,21 +590,15 @@ fn new_node(shared: &Arc<Shared>, name: &str, attrs: Attributes) -> Arc<Node> {
         id: ContainerId::next(),
         name: name.into(),
         shared: shared.clone(),
-        parent: ArcSwapOption::empty(),
-        slot: AtomicUsize::new(usize::MAX),
-        children: Mutex::new(Children {
-            slab: Slab::new(),
-            fixed_ppb: 0,
-        }),
+        parent: Mutex::new(parent),
+        family: Mutex::new(Family::default()),
         attrs: Mutex::new(attrs),
         limits,
         counters: Counters::default(),
-        released: Counters::default(),
         gauges_self: Gauges::default(),
         gauges_tree: Gauges::default(),
         sched_refs: AtomicU32::new(0),
-        cap: Mutex::new(Bucket::default()),
-        egress: Mutex::new(EgressBucket::default()),
+        buckets: Mutex::new(None),
     })
 }
 
@@ -633,8 +687,11 @@ impl Container {
 
     /// The usage of the whole subtree: this container, its live descendants and everything
     /// released descendants left behind.
+    ///
+    /// This scans the namespace once: O(number of containers). [`snapshot`](Container::snapshot)
+    /// gives the subtree usage of every container of a subtree in the same single scan.
     pub fn usage_subtree(&self) -> Usage {
-        self.node.usage_subtree()
+        subtree_usage(&self.node, &self.node.shared.children_by_parent())
     }
 
     /// Records usage on this container.
@@ -649,23 +706,21 @@ impl Container {
     /// Fails without change if the child's fixed share would take the children's fixed shares
     /// above 1.
     pub fn create_child(&self, name: &str, attrs: Attributes) -> Result<Container, Error> {
-        let node = new_node(&self.node.shared, name, attrs);
         let want = fixed_ppb(attrs.share);
-        {
-            let mut ch = lock(&self.node.children);
-            if ch.fixed_ppb + want > ONE_PPB {
-                let sum = (ch.fixed_ppb + want) as f64 / 1e9;
-                drop(ch);
+        if want > 0 {
+            // Reserve the fixed share; a weighted child changes no sum and takes no lock.
+            let mut fam = lock(&self.node.family);
+            if fam.fixed_ppb + want > ONE_PPB {
+                let sum = (fam.fixed_ppb + want) as f64 / 1e9;
                 return Err(Error::FixedSharesExceed {
                     parent: self.node.id,
                     sum,
                 });
             }
-            ch.fixed_ppb += want;
-            let slot = ch.slab.insert(Arc::downgrade(&node));
-            node.slot.store(slot, Relaxed);
-            node.parent.store(Some(self.node.clone()));
+            fam.fixed_ppb += want;
         }
+        // Built with its parent set, before anyone else can see it.
+        let node = new_node(&self.node.shared, name, attrs, Some(self.node.clone()));
         register(&self.node.shared, &node);
         Ok(Container {
             node,
@@ -673,15 +728,17 @@ impl Container {
         })
     }
 
-    /// Handles to the live children.
+    /// Handles to the live children, in order of creation. This scans the namespace: O(number
+    /// of containers).
     pub fn children(&self) -> Vec<Container> {
-        let kids = {
-            let ch = lock(&self.node.children);
-            ch.slab
-                .iter()
-                .filter_map(|(_, w)| w.upgrade())
-                .collect::<Vec<_>>()
-        };
+        let mut kids: Vec<Arc<Node>> = self
+            .node
+            .shared
+            .all()
+            .into_iter()
+            .filter(|n| n.parent_id() == Some(self.node.id))
+            .collect();
+        kids.sort_unstable_by_key(|n| n.id);
         kids.into_iter()
             .map(|node| Container {
                 node,
@@ -766,10 +823,22 @@ impl Container {
             }
         }
         let node = &target.node;
+        // Fast path: the share is unchanged, so the parent's fixed sum is too.
+        {
+            let mut attrs = lock(&node.attrs);
+            if attrs.share == new.share {
+                *attrs = new;
+                node.limits.store(&new);
+                drop(attrs);
+                node.notify();
+                return Ok(());
+            }
+        }
+        // The share changes: check and update the parent's fixed sum and the attributes under
+        // the parent's family lock (taken before the attribute lock, as everywhere), so two
+        // siblings raised at once cannot together exceed 1.
         let parent = node.parent();
-        // Check and update the parent's fixed sum and the attributes under the parent's
-        // children lock, so two siblings raised at once cannot together exceed 1.
-        let mut ch = parent.as_ref().map(|p| lock(&p.children));
+        let mut ch = parent.as_ref().map(|p| lock(&p.family));
         {
             let mut attrs = lock(&node.attrs);
             let (old_ppb, new_ppb) = (fixed_ppb(attrs.share), fixed_ppb(new.share));
@@ -848,30 +917,20 @@ impl Container {
             return Ok(());
         }
         let fixed = fixed_ppb(node.attrs().share);
-        // Reserve the place under the new parent first: the only step that can fail.
+        // Move the fixed share: reserve it under the new parent first, the only step that can
+        // fail, then give it back to the old.
         if let Some(np) = new_parent {
-            let mut ch = lock(&np.node.children);
-            if ch.fixed_ppb + fixed > ONE_PPB {
+            let mut fam = lock(&np.node.family);
+            if fam.fixed_ppb + fixed > ONE_PPB {
                 return Err(Error::FixedSharesExceed {
                     parent: np.id(),
-                    sum: (ch.fixed_ppb + fixed) as f64 / 1e9,
+                    sum: (fam.fixed_ppb + fixed) as f64 / 1e9,
                 });
             }
-            ch.fixed_ppb += fixed;
-            let slot = ch.slab.insert(Arc::downgrade(node));
-            // Remove from the old parent before publishing the new slot.
-            drop(ch);
-            if let Some(op) = &old {
-                let mut och = lock(&op.children);
-                och.slab.try_remove(node.slot.load(Relaxed));
-                och.fixed_ppb -= fixed;
-            }
-            node.slot.store(slot, Relaxed);
-        } else if let Some(op) = &old {
-            let mut och = lock(&op.children);
-            och.slab.try_remove(node.slot.load(Relaxed));
-            och.fixed_ppb -= fixed;
-            node.slot.store(usize::MAX, Relaxed);
+            fam.fixed_ppb += fixed;
+        }
+        if let Some(op) = &old {
+            lock(&op.family).fixed_ppb -= fixed;
         }
         // Move the subtree's gauges from the old chain to the new one.
         let moved: [(Resource, u64); 3] = [
@@ -905,7 +964,8 @@ impl Container {
             n.gauges_tree.kernel_memory_bytes.fetch_add(kmem, AcqRel);
             cur = n.parent();
         }
-        let previous = node.parent.swap(new_parent.map(|p| p.node.clone()));
+        let previous =
+            std::mem::replace(&mut *lock(&node.parent), new_parent.map(|p| p.node.clone()));
         node.notify();
         drop(_s);
         // The old parent may have been kept alive only by this child.
@@ -969,7 +1029,8 @@ impl Container {
         let mut grant = want;
         for n in &chain {
             let rate = n.limits.egress.load(Relaxed) as f64;
-            let mut b = lock(&n.egress);
+            let mut guard = lock(&n.buckets);
+            let b = &mut guard.get_or_insert_with(Default::default).egress;
             let cap = (rate / 10.0).max(16384.0);
             if !b.started {
                 b.started = true;
@@ -982,14 +1043,18 @@ impl Container {
             grant = grant.min(b.tokens.max(0.0) as u64);
         }
         for n in &chain {
-            lock(&n.egress).tokens -= grant as f64;
+            if let Some(b) = lock(&n.buckets).as_mut() {
+                b.egress.tokens -= grant as f64;
+            }
         }
         grant
     }
 
     /// A tree of this container and its descendants with attributes and usage, for display.
+    ///
+    /// One scan of the namespace, O(number of containers), whatever the subtree's size.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot_of(&self.node)
+        snapshot_of(&self.node, &self.node.shared.children_by_parent())
     }
 }
 
@@ -1004,20 +1069,16 @@ fn field_op(field: &'static str) -> &'static str {
     }
 }
 
-fn snapshot_of(node: &Arc<Node>) -> Snapshot {
-    let mut subtree = Usage::default();
-    node.counters.snapshot_into(&mut subtree);
-    node.gauges_tree.snapshot_into(&mut subtree);
-    let kids = node.live_children_and_released(&mut subtree);
-    let children: Vec<Snapshot> = kids.iter().map(snapshot_of).collect();
-    drop(kids);
+fn snapshot_of(node: &Node, by_parent: &FxHashMap<ContainerId, Vec<Arc<Node>>>) -> Snapshot {
+    let children: Vec<Snapshot> = by_parent
+        .get(&node.id)
+        .into_iter()
+        .flatten()
+        .map(|k| snapshot_of(k, by_parent))
+        .collect();
+    let mut subtree = node.usage_own_and_released();
     for c in &children {
-        let mut cu = c.usage_subtree;
-        cu.open_conns = 0;
-        cu.memory_bytes = 0;
-        cu.processes = 0;
-        cu.kernel_memory_bytes = 0;
-        subtree += cu;
+        subtree += without_gauges(c.usage_subtree);
     }
     Snapshot {
         id: node.id,
@@ -1046,7 +1107,7 @@ pub struct Snapshot {
     pub usage: Usage,
     /// The usage of its subtree.
     pub usage_subtree: Usage,
-    /// Its live children, in creation order of their slots.
+    /// Its live children, in order of creation.
     pub children: Vec<Snapshot>,
 }
 

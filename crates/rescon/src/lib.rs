@@ -34,6 +34,7 @@
 //! let pick = policy.pick().unwrap();
 //! assert_eq!(pick.container, request.id());
 //! policy.charge(pick.key, 1_000_000);
+//! policy.flush(); // charges reach usage within a millisecond of policy time, or on flush
 //!
 //! // Usage rolls up the tree.
 //! assert_eq!(cgi.usage_subtree().cpu_ns, 1_000_000);

@@ -17,6 +17,7 @@
 //! let a = registry.root().create_child("a", heavy).unwrap();
 //! let b = registry.root().create_child("b", Attributes::default()).unwrap();
 //! let mut sim = Sim::new(Box::new(Hierarchical::new(&registry)), 1_000_000);
+//! sim.set_top(vec![registry.root()]);
 //! sim.add(&a, Load::Backlogged);
 //! sim.add(&b, Load::Backlogged);
 //! sim.run_for(10_000_000_000);
@@ -219,6 +220,7 @@ impl Sim {
             self.integrate(now, step_end.min(end));
             self.now = step_end;
         }
+        self.policy.flush();
     }
 
     fn parent_of(&self, c: &Container) -> Option<Container> {

@@ -22,10 +22,10 @@
 
 mod fifo;
 mod heap;
-mod hier;
+pub mod hier;
 
 pub use fifo::Fifo;
-pub use hier::{Hierarchical, HierarchicalConfig};
+pub use hier::{FLUSH_NS, Hierarchical, HierarchicalConfig};
 
 use crate::{Container, ContainerId};
 use std::fmt;
@@ -71,6 +71,11 @@ pub trait Policy: Send + fmt::Debug {
     /// Advances the policy's time to `now_ns` (monotonic, caller's clock), refilling CPU-limit
     /// budgets whose period has begun.
     fn refill(&mut self, now_ns: u64);
+    /// Adds CPU charged but not yet recorded to the containers' usage. A policy may batch the
+    /// recording of charges ([`Hierarchical`] does, for at most [`hier::FLUSH_NS`] of its time,
+    /// and flushes a container when it goes idle, when it is detached, and when the policy is
+    /// dropped); the default records at once and has nothing to flush.
+    fn flush(&mut self) {}
     /// The earliest time a throttled container gets budget again, if any is throttled.
     fn next_refill(&self) -> Option<u64>;
     /// The container a key names.
