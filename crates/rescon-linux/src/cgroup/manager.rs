@@ -2411,9 +2411,16 @@ mod unit {
         assert_eq!(instance_is_dead("rescon", "rescontest-1-2-3"), None);
         assert_eq!(instance_is_dead("rescon", "rescon-1-2-3-4"), None);
         // pid 1 did not start at tick 999999999999: dead.
-        assert_eq!(instance_is_dead("rescon", "rescon-1-999999999999-0"), Some(true));
+        assert_eq!(
+            instance_is_dead("rescon", "rescon-1-999999999999-0"),
+            Some(true)
+        );
         // This process, with its real start time: alive.
-        let me = format!("rescon-{}-{}-7", std::process::id(), own_start_time().unwrap());
+        let me = format!(
+            "rescon-{}-{}-7",
+            std::process::id(),
+            own_start_time().unwrap()
+        );
         assert_eq!(instance_is_dead("rescon", &me), Some(false));
     }
 
