@@ -1,0 +1,15 @@
+//! rescon-httpd: the resource-container web server.
+//!
+//! Every connection, request, client class, virtual host and CGI run has its container, and an
+//! operator can see and change them live. This library holds the parts of the server that do
+//! not depend on the runtime: each is pure where it can be, and tested on its own.
+//!
+//! - [`config`]: the TOML configuration, its checks and errors, the container tree and reloads.
+//! - [`static_files`]: path resolution confined to the document root, and the response decision
+//!   for static files (validators, conditional requests, ranges).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod static_files;
