@@ -7,9 +7,11 @@
 //! - [`config`]: the TOML configuration, its checks and errors, the container tree and reloads.
 //! - [`static_files`]: path resolution confined to the document root, and the response decision
 //!   for static files (validators, conditional requests, ranges).
+//! - [`cgi`]: CGI/1.1 script resolution, meta-variables and response parsing.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cgi;
 pub mod config;
 pub mod static_files;

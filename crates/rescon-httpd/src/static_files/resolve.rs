@@ -107,6 +107,14 @@ impl RelPath {
         }
     }
 
+    /// The segments after the first `n`, with the trailing slash kept.
+    pub fn suffix(&self, n: usize) -> RelPath {
+        RelPath {
+            segments: self.segments[n.min(self.segments.len())..].to_vec(),
+            trailing_slash: self.trailing_slash,
+        }
+    }
+
     /// This path with one more segment (which must be a plain name).
     pub fn join(&self, name: &str) -> RelPath {
         let mut segments = self.segments.clone();
