@@ -8,10 +8,13 @@
 //! - [`static_files`]: path resolution confined to the document root, and the response decision
 //!   for static files (validators, conditional requests, ranges).
 //! - [`cgi`]: CGI/1.1 script resolution, meta-variables and response parsing.
+//! - [`admin`]: the admin API as functions from (method, path, body) to (status, JSON), over a
+//!   container handle and the [`admin::Filters`] seam; Prometheus metrics; the bearer check.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cgi;
 pub mod config;
 pub mod static_files;
