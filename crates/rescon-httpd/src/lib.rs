@@ -10,6 +10,10 @@
 //! - [`cgi`]: CGI/1.1 script resolution, meta-variables and response parsing.
 //! - [`admin`]: the admin API as functions from (method, path, body) to (status, JSON), over a
 //!   container handle and the [`admin::Filters`] seam; Prometheus metrics; the bearer check.
+//! - [`routing`]: which vhost and handler a request goes to, and which container its work is
+//!   charged under.
+//! - [`log`]: the access log line, with the container and the CPU charged.
+//! - [`demo`]: the embedded demo site the default configuration serves.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -17,4 +21,7 @@
 pub mod admin;
 pub mod cgi;
 pub mod config;
+pub mod demo;
+pub mod log;
+pub mod routing;
 pub mod static_files;

@@ -235,6 +235,11 @@ pub fn default_admin_socket() -> PathBuf {
     expand_runtime_dir("{runtime_dir}/rescon-httpd/admin.sock")
 }
 
+/// The directory `{runtime_dir}` stands for (see [`default_admin_socket`]).
+pub(crate) fn runtime_dir() -> PathBuf {
+    expand_runtime_dir("{runtime_dir}")
+}
+
 /// Replaces a leading `{runtime_dir}` (see [`default_admin_socket`]).
 fn expand_runtime_dir(s: &str) -> PathBuf {
     let Some(rest) = s.strip_prefix("{runtime_dir}") else {
