@@ -364,3 +364,76 @@ fn reload_of_the_same_file_changes_nothing() {
     assert_eq!(diff.change.len(), 1);
     assert_eq!(diff.change[0].path.as_str(), "cgi");
 }
+
+#[test]
+fn the_paper_example_of_the_readme_loads() {
+    let c = Config::parse("paper.toml", include_str!("../../conf/paper.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let share = |p: &str| {
+        c.tree
+            .attrs(&ContainerPath::parse(p).unwrap())
+            .unwrap()
+            .share
+    };
+    assert_eq!(share("sites/a"), rescon::Share::parse("50%").unwrap());
+    assert_eq!(share("sites/b"), rescon::Share::parse("30%").unwrap());
+    assert_eq!(share("sites/c"), rescon::Share::parse("20%").unwrap());
+    let cgi = c.tree.attrs(&ContainerPath::parse("cgi").unwrap()).unwrap();
+    assert_eq!(cgi.cpu_limit.unwrap().fraction(), 0.3);
+    assert_eq!(cgi.enforcement, rescon::Enforcement::Kernel);
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.black_hole,
+        vec!["203.0.113.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(l.classes.len(), 3);
+    assert_eq!(c.vhosts.len(), 3);
+    assert_eq!(
+        c.admin.token,
+        Some(TokenSource::File("/etc/rescon-httpd/admin.token".into()))
+    );
+    assert!(!c.uses_demo());
+    // The README embeds this file verbatim.
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(include_str!("../../conf/paper.toml")),
+        "README and conf/paper.toml differ"
+    );
+}
+
+#[test]
+fn a_reload_applies_the_new_file_and_a_bad_file_changes_nothing() {
+    let registry = rescon::Registry::new();
+    let mut live = LiveTree::build(&registry, &Config::default_config().tree).unwrap();
+    let cgi = live
+        .get(&ContainerPath::parse("cgi").unwrap())
+        .unwrap()
+        .clone();
+    // An operator lowered the cap live; the file is edited to add a vhost container.
+    registry
+        .root()
+        .update(&cgi, |a| a.set("cpu_limit", "10%"))
+        .unwrap();
+    let edited = DEFAULT_CONFIG.replace(
+        "[containers.site]\n",
+        "[containers.site]\n[containers.site.extra]\npriority = 7\n",
+    );
+    let before = live.current();
+    // A bad edit: parsing fails, so there is nothing to apply and the tree is as it was.
+    assert!(Config::parse("t.toml", &edited.replace("priority = 7", "priority = 7000")).is_err());
+    assert_eq!(live.current(), before);
+    let new = Config::parse("t.toml", &edited).unwrap();
+    let diff = live.reload(&new.tree).unwrap();
+    assert_eq!(diff.add.len(), 1);
+    assert_eq!(
+        diff.change.len(),
+        1,
+        "the live change is set back to the file's value"
+    );
+    assert_eq!(cgi.attrs().cpu_limit.unwrap().fraction(), 0.3);
+    let extra = live
+        .get(&ContainerPath::parse("site/extra").unwrap())
+        .unwrap();
+    assert_eq!(extra.attrs().priority.get(), 7);
+    assert!(live.reload(&new.tree).unwrap().is_empty());
+}

@@ -222,6 +222,14 @@ impl LiveTree {
         }
     }
 
+    /// Makes the running tree what `new` declares: computes the [`TreeDiff`] against the
+    /// running tree and applies it (all or nothing). Returns what changed, for the log.
+    pub fn reload(&mut self, new: &TreeSpec) -> Result<TreeDiff, TreeError> {
+        let diff = TreeDiff::between(&self.current(), new);
+        self.apply(&diff)?;
+        Ok(diff)
+    }
+
     /// Applies `diff`: removals first (giving up their fixed shares), then attribute changes
     /// that lower a fixed share, then the other changes, then additions, parents first. If a
     /// step is refused, every step taken is undone and the tree is as it was.
