@@ -49,18 +49,35 @@ fn iters(base: u64, scale: f64) -> u64 {
     ((base as f64 * scale) as u64).max(100)
 }
 
-/// Times `n` calls of `f` and returns the mean.
+/// Rounds per measurement: each op is timed in this many rounds and the median round's mean is
+/// reported, so that a hiccup of the (virtual) machine in one round does not move the figure.
+pub const ROUNDS: usize = 5;
+
+/// The median of round means.
+pub fn median_of(mut means: Vec<f64>) -> f64 {
+    means.sort_by(f64::total_cmp);
+    means[means.len() / 2]
+}
+
+/// Times `n` calls of `f` (in [`ROUNDS`] rounds, after a warm-up) and returns the median
+/// round's mean.
 pub fn time_loop(n: u64, mut f: impl FnMut(u64)) -> Op {
     for i in 0..n.min(1000) {
         f(i);
     }
-    let t = Instant::now();
-    for i in 0..n {
-        f(i);
-    }
+    let per_round = (n / ROUNDS as u64).max(1);
+    let means = (0..ROUNDS as u64)
+        .map(|r| {
+            let t = Instant::now();
+            for i in r * per_round..(r + 1) * per_round {
+                f(i);
+            }
+            t.elapsed().as_nanos() as f64 / per_round as f64
+        })
+        .collect();
     Op {
-        mean_ns: t.elapsed().as_nanos() as f64 / n as f64,
-        iterations: n,
+        mean_ns: median_of(means),
+        iterations: per_round * ROUNDS as u64,
     }
 }
 
@@ -78,28 +95,30 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
     let rounds = iters(200, scale).max(20);
     let attrs = Attributes::default();
     let mut kept: Vec<Container> = Vec::with_capacity(batch);
-    let (mut create_ns, mut destroy_ns) = (0u128, 0u128);
-    for round in 0..rounds + 5 {
-        let t = Instant::now();
-        for _ in 0..batch {
-            kept.push(parent.create_child("c", attrs).expect("create"));
+    let (mut create, mut destroy) = (Vec::new(), Vec::new());
+    for _round in 0..ROUNDS {
+        let (mut create_ns, mut destroy_ns) = (0u128, 0u128);
+        for _ in 0..rounds / ROUNDS as u64 + 1 {
+            let t = Instant::now();
+            for _ in 0..batch {
+                kept.push(parent.create_child("c", attrs).expect("create"));
+            }
+            create_ns += t.elapsed().as_nanos();
+            let t = Instant::now();
+            kept.clear();
+            destroy_ns += t.elapsed().as_nanos();
         }
-        let made = t.elapsed().as_nanos();
-        let t = Instant::now();
-        kept.clear();
-        let gone = t.elapsed().as_nanos();
-        if round >= 5 {
-            create_ns += made;
-            destroy_ns += gone;
-        }
+        let n = (rounds / ROUNDS as u64 + 1) * batch as u64;
+        create.push(create_ns as f64 / n as f64);
+        destroy.push(destroy_ns as f64 / n as f64);
     }
-    let n = rounds * batch as u64;
-    let mean = |ns: u128| Op {
-        mean_ns: ns as f64 / n as f64,
+    let n = (rounds / ROUNDS as u64 + 1) * batch as u64 * ROUNDS as u64;
+    let mean = |means: Vec<f64>| Op {
+        mean_ns: median_of(means),
         iterations: n,
     };
-    ops.insert("create", mean(create_ns));
-    ops.insert("destroy", mean(destroy_ns));
+    ops.insert("create", mean(create));
+    ops.insert("destroy", mean(destroy));
 
     let c = parent
         .create_child("probe", Attributes::default())
@@ -147,12 +166,14 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
             black_box(root.lookup(black_box(id)).expect("lookup"));
         }),
     );
-    ops.insert("pick_charge_100k", pick_charge(scale));
+    ops.insert("pick_charge_100k", pick_charge(scale, 1));
+    ops.insert("pick_charge_100k_1pct_runnable", pick_charge(scale, 100));
     ops
 }
 
-/// pick plus charge with 100,000 runnable leaves at depth 3 (10 x 100 x 100).
-fn pick_charge(scale: f64) -> Op {
+/// pick plus charge among 100,000 leaf containers at depth 3 (10 x 100 x 100), of which one in
+/// `runnable_every` has work.
+fn pick_charge(scale: f64, runnable_every: usize) -> Op {
     let registry = Registry::new();
     let root = registry.root();
     let mut policy = Hierarchical::new(&registry);
@@ -170,7 +191,7 @@ fn pick_charge(scale: f64) -> Op {
                     .create_child("leaf", Attributes::default())
                     .expect("create");
                 let k = policy.attach(&leaf);
-                policy.set_runnable(k, true);
+                policy.set_runnable(k, leaves.len() % runnable_every == 0);
                 leaves.push(leaf);
             }
         }

@@ -45,7 +45,7 @@
 //! state of ancestors, O(log4 siblings) otherwise. Attribute changes made elsewhere reach the
 //! policy through a change feed checked with one atomic load per `pick`.
 
-use super::heap::{Heap, NOT_QUEUED};
+use super::heap::Heap;
 use super::{Key, Pick, Policy};
 use crate::attr::{CpuLimit, SchedClass, Share};
 use crate::container::{Feed, Node};
@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 
 const TOP: u32 = 0;
+const NONE: u32 = u32::MAX;
 const ONE_PPB: u32 = 1_000_000_000;
 /// Below this, the weighted pool's weight counts as zero: fixed children that sum to 1 leave it
 /// nothing while they are all runnable.
@@ -85,6 +86,20 @@ fn as_own(i: u32) -> u32 {
     2 * i + 1
 }
 
+/// Whether a queue entry is current: its member's stamp has not moved on.
+#[inline]
+fn valid(nodes: &[SNode]) -> impl Fn(u32, u32) -> bool + Copy + '_ {
+    move |item, stamp| {
+        let n = &nodes[(item >> 1) as usize];
+        stamp
+            == if item & 1 == 0 {
+                n.child_stamp
+            } else {
+                n.own_stamp
+            }
+    }
+}
+
 /// Tuning of [`Hierarchical`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HierarchicalConfig {
@@ -95,6 +110,7 @@ pub struct HierarchicalConfig {
     pub lease_ns: Option<u64>,
 }
 
+/// The siblings of one class under one parent.
 #[derive(Debug)]
 struct Group {
     fixed: Heap,
@@ -139,8 +155,8 @@ impl Group {
     /// The least virtual time among the active entries (the fixed children and the pool), or,
     /// if none is active, the least there was when the last one left. An entry that becomes
     /// runnable starts there, so it cannot bring credit from its idle time.
-    fn floor(&self) -> f64 {
-        let fixed = self.fixed.peek().map(|(v, _)| v);
+    fn floor(&mut self, valid: impl Fn(u32, u32) -> bool) -> f64 {
+        let fixed = self.fixed.top(valid).map(|(v, _)| v);
         let pool = (!self.pool.is_empty()).then_some(self.pool_vtime);
         match (fixed, pool) {
             (Some(f), Some(p)) => f.min(p),
@@ -150,25 +166,42 @@ impl Group {
         }
     }
 
-    /// Likewise, among the pool's members.
-    fn pool_floor(&self) -> f64 {
-        self.pool.peek().map_or(self.pool_floor, |(v, _)| v)
-    }
-
-    /// Enters a pool member at the pool's floor (or its own virtual time, if later).
-    fn push_pool(&mut self, entry: u32, vtime: f64, pos: &mut [u32]) -> f64 {
-        if self.pool.is_empty() {
-            self.pool_vtime = max(self.pool_vtime, self.floor());
-        }
-        let v = max(vtime, self.pool_floor());
-        self.pool.push(v, entry, pos);
+    /// Enters a fixed member at the floor (or its own virtual time, if later).
+    fn push_fixed(
+        &mut self,
+        entry: u32,
+        stamp: u32,
+        vtime: f64,
+        ppb: u32,
+        valid: impl Fn(u32, u32) -> bool,
+    ) -> f64 {
+        let v = max(vtime, self.floor(valid));
+        self.fixed.push(v, entry, stamp);
+        self.set_fixed_ppb(self.fixed_ppb + ppb);
         v
     }
 
-    /// Removes a pool member whose virtual time is `vtime`, remembering the floors if it was
-    /// the last.
-    fn remove_pool(&mut self, entry: u32, vtime: f64, pos: &mut [u32]) {
-        self.pool.remove(entry, pos);
+    /// Enters a pool member at the pool's floor (or its own virtual time, if later).
+    fn push_pool(
+        &mut self,
+        entry: u32,
+        stamp: u32,
+        vtime: f64,
+        valid: impl Fn(u32, u32) -> bool + Copy,
+    ) -> f64 {
+        if self.pool.is_empty() {
+            self.pool_vtime = max(self.pool_vtime, self.floor(valid));
+        }
+        let pool_floor = self.pool.top(valid).map_or(self.pool_floor, |(v, _)| v);
+        let v = max(vtime, pool_floor);
+        self.pool.push(v, entry, stamp);
+        v
+    }
+
+    /// Forgets a pool member (whose stamp the caller bumped) that was at `vtime`,
+    /// remembering the floors if it was the last.
+    fn forget_pool(&mut self, vtime: f64, valid: impl Fn(u32, u32) -> bool) {
+        self.pool.forget(valid);
         if self.pool.is_empty() {
             self.pool_floor = max(self.pool_floor, vtime);
             if self.fixed.is_empty() {
@@ -177,32 +210,34 @@ impl Group {
         }
     }
 
-    /// Removes a fixed member whose virtual time is `vtime`, remembering the floor if the
-    /// group is left empty.
-    fn remove_fixed(&mut self, entry: u32, vtime: f64, ppb: u32, pos: &mut [u32]) {
-        self.fixed.remove(entry, pos);
+    /// Forgets a fixed member (whose stamp the caller bumped) that was at `vtime`.
+    fn forget_fixed(&mut self, vtime: f64, ppb: u32, valid: impl Fn(u32, u32) -> bool) {
+        self.fixed.forget(valid);
         self.set_fixed_ppb(self.fixed_ppb - ppb);
         if self.is_empty() {
             self.floor = max(self.floor, vtime);
         }
     }
+}
 
-    /// Advances a pool member that ran for `e` ns, `inv_w` being the reciprocal of its weight.
-    fn charge_pool(
-        &mut self,
-        entry: u32,
-        vtime: f64,
-        queued: bool,
-        e: f64,
-        inv_w: f64,
-        pos: &mut [u32],
-    ) -> f64 {
-        let v = vtime + e * inv_w;
-        if queued {
-            self.pool.update(entry, v, pos);
-        }
-        self.pool_vtime += e * self.inv_pool_weight;
-        v
+/// Advances a member of `heap` that ran: re-keys it in place if it is the top (it usually is: it
+/// was just picked), or enters it again at its new key. Returns the stamp it now has.
+fn advance(
+    heap: &mut Heap,
+    entry: u32,
+    stamp: u32,
+    v: f64,
+    valid: impl Fn(u32, u32) -> bool,
+) -> u32 {
+    if heap.is_top(entry, stamp) {
+        heap.rekey_top(v);
+        stamp
+    } else {
+        let stamp = stamp.wrapping_add(1);
+        let check = |i: u32, g: u32| if i == entry { g == stamp } else { valid(i, g) };
+        heap.forget(check);
+        heap.push(v, entry, stamp);
+        stamp
     }
 }
 
@@ -216,11 +251,11 @@ struct CapState {
     throttled_since: u64,
 }
 
-/// One mirrored container. Kept small: the hot path touches one of these per level.
+/// One mirrored container. Kept to one cache line: the hot path touches one of these per level.
 #[derive(Debug)]
+#[repr(align(64))]
 struct SNode {
     node: Option<Arc<Node>>,
-    groups: Option<Box<[Group; SchedClass::COUNT]>>,
     cap: Option<Box<CapState>>,
     /// Virtual time as a child of its parent.
     vtime: f64,
@@ -228,17 +263,22 @@ struct SNode {
     own_vtime: f64,
     /// The reciprocal of the fixed fraction or of the effective weight: charging multiplies.
     inv_share: f64,
+    /// Its queues (by class) in the policy's arena, if it has ever had children queued.
+    queues: u32,
     parent: u32,
     /// Attachments of its own work.
     refs: u32,
     /// Mirrored children.
     children: u32,
     /// CPU charged but not yet added to the container's usage (see [`FLUSH_NS`]).
-    pending_ns: u64,
+    pending_ns: u32,
     /// The fixed fraction in parts per billion, 0 for a weighted container.
     fixed_ppb: u32,
+    /// Generation of its entry in its parent's queues, and of its own work's entry in its own.
+    child_stamp: u32,
+    own_stamp: u32,
     class: u8,
-    /// Classes of `groups` that have queued entries.
+    /// Classes of its queues that have live entries.
     mask: u8,
     flags: u8,
 }
@@ -255,16 +295,18 @@ impl SNode {
     fn new(node: Option<Arc<Node>>, parent: u32) -> SNode {
         SNode {
             node,
-            groups: None,
             cap: None,
             vtime: 0.0,
             own_vtime: 0.0,
             inv_share: 1.0 / 100.0,
+            queues: NONE,
             parent,
             refs: 0,
             children: 0,
             pending_ns: 0,
             fixed_ppb: 0,
+            child_stamp: 0,
+            own_stamp: 0,
             class: SchedClass::NORMAL.get(),
             mask: 0,
             flags: 0,
@@ -284,11 +326,9 @@ impl SNode {
             self.flags &= !f;
         }
     }
-
-    fn group(&mut self, class: usize) -> &mut Group {
-        &mut self.groups.get_or_insert_with(Default::default)[class]
-    }
 }
+
+type Queues = [Group; SchedClass::COUNT];
 
 /// The resource-container policy: see the [module docs](self).
 ///
@@ -309,9 +349,9 @@ impl SNode {
 #[derive(Debug)]
 pub struct Hierarchical {
     nodes: Vec<SNode>,
-    /// Heap positions, by queue entry (see [`as_child`], [`as_own`]).
-    pos: Vec<u32>,
     free: Vec<u32>,
+    queues: Vec<Queues>,
+    free_queues: Vec<u32>,
     by_id: FxHashMap<ContainerId, u32>,
     feed: Arc<Feed>,
     changed: Vec<ContainerId>,
@@ -353,12 +393,13 @@ impl Hierarchical {
         cfg: HierarchicalConfig,
         wake: Option<Box<dyn Fn() + Send + Sync>>,
     ) -> Hierarchical {
-        let mut top = SNode::new(None, u32::MAX);
+        let mut top = SNode::new(None, NONE);
         top.refs = 1;
         Hierarchical {
             nodes: vec![top],
-            pos: vec![NOT_QUEUED; 2],
             free: Vec::new(),
+            queues: Vec::new(),
+            free_queues: Vec::new(),
             by_id: FxHashMap::default(),
             feed: registry.subscribe(wake),
             changed: Vec::new(),
@@ -377,14 +418,16 @@ impl Hierarchical {
         self.by_id.len()
     }
 
-    fn alloc(&mut self, n: SNode) -> u32 {
+    fn alloc(&mut self, mut n: SNode) -> u32 {
         if let Some(i) = self.free.pop() {
+            // Stamps carry over, so entries left by the previous occupant stay stale.
+            let old = &self.nodes[i as usize];
+            n.child_stamp = old.child_stamp.wrapping_add(1);
+            n.own_stamp = old.own_stamp.wrapping_add(1);
             self.nodes[i as usize] = n;
             i
         } else {
             self.nodes.push(n);
-            self.pos.push(NOT_QUEUED);
-            self.pos.push(NOT_QUEUED);
             (self.nodes.len() - 1) as u32
         }
     }
@@ -397,6 +440,26 @@ impl Hierarchical {
     #[inline]
     fn nm(&mut self, i: u32) -> &mut SNode {
         &mut self.nodes[i as usize]
+    }
+
+    /// The queues of node `p`, allocated on first use.
+    fn queues_of(&mut self, p: u32) -> u32 {
+        let q = self.n(p).queues;
+        if q != NONE {
+            return q;
+        }
+        let q = match self.free_queues.pop() {
+            Some(q) => {
+                self.queues[q as usize] = Default::default();
+                q
+            }
+            None => {
+                self.queues.push(Default::default());
+                (self.queues.len() - 1) as u32
+            }
+        };
+        self.nm(p).queues = q;
+        q
     }
 
     /// The mirror of a container, created with its ancestors if needed.
@@ -513,60 +576,64 @@ impl Hierarchical {
     }
 
     fn enqueue(&mut self, p: u32, i: u32) {
-        let (class, fixed_ppb, vtime) = {
-            let s = self.n(i);
-            (s.class as usize, s.fixed_ppb, s.vtime)
-        };
-        let parent = &mut self.nodes[p as usize];
-        let g = parent.group(class);
-        let v = if fixed_ppb > 0 {
-            let v = max(vtime, g.floor());
-            g.fixed.push(v, as_child(i), &mut self.pos);
-            g.set_fixed_ppb(g.fixed_ppb + fixed_ppb);
-            v
+        let q = self.queues_of(p);
+        let s = &mut self.nodes[i as usize];
+        let class = s.class as usize;
+        s.child_stamp = s.child_stamp.wrapping_add(1);
+        let (stamp, vtime, ppb) = (s.child_stamp, s.vtime, s.fixed_ppb);
+        let g = &mut self.queues[q as usize][class];
+        let v = if ppb > 0 {
+            g.push_fixed(as_child(i), stamp, vtime, ppb, valid(&self.nodes))
         } else {
-            g.push_pool(as_child(i), vtime, &mut self.pos)
+            g.push_pool(as_child(i), stamp, vtime, valid(&self.nodes))
         };
-        parent.mask |= 1 << class;
+        self.nm(p).mask |= 1 << class;
         let s = self.nm(i);
         s.vtime = v;
         s.set(QUEUED, true);
     }
 
     fn dequeue(&mut self, p: u32, i: u32) {
-        let (class, fixed_ppb, vtime) = {
-            let s = self.n(i);
-            (s.class as usize, s.fixed_ppb, s.vtime)
-        };
-        let parent = &mut self.nodes[p as usize];
-        let g = &mut parent.groups.as_mut().expect("queued child has groups")[class];
-        if fixed_ppb > 0 {
-            g.remove_fixed(as_child(i), vtime, fixed_ppb, &mut self.pos);
+        let q = self.n(p).queues;
+        let s = &mut self.nodes[i as usize];
+        let class = s.class as usize;
+        s.child_stamp = s.child_stamp.wrapping_add(1);
+        s.set(QUEUED, false);
+        let (vtime, ppb) = (s.vtime, s.fixed_ppb);
+        let g = &mut self.queues[q as usize][class];
+        if ppb > 0 {
+            g.forget_fixed(vtime, ppb, valid(&self.nodes));
         } else {
-            g.remove_pool(as_child(i), vtime, &mut self.pos);
+            g.forget_pool(vtime, valid(&self.nodes));
         }
         if g.is_empty() {
-            parent.mask &= !(1 << class);
+            self.nm(p).mask &= !(1 << class);
         }
-        self.nm(i).set(QUEUED, false);
     }
 
     fn enqueue_own(&mut self, i: u32) {
+        let q = self.queues_of(i);
         let s = &mut self.nodes[i as usize];
-        let own = s.own_vtime;
-        s.own_vtime = s.group(OWN_CLASS).push_pool(as_own(i), own, &mut self.pos);
+        s.own_stamp = s.own_stamp.wrapping_add(1);
+        let (stamp, own) = (s.own_stamp, s.own_vtime);
+        let v =
+            self.queues[q as usize][OWN_CLASS].push_pool(as_own(i), stamp, own, valid(&self.nodes));
+        let s = self.nm(i);
+        s.own_vtime = v;
         s.mask |= 1 << OWN_CLASS;
         s.set(OWN_QUEUED, true);
     }
 
     fn dequeue_own(&mut self, i: u32) {
         let s = &mut self.nodes[i as usize];
-        let g = &mut s.groups.as_mut().expect("own work queued")[OWN_CLASS];
-        g.remove_pool(as_own(i), s.own_vtime, &mut self.pos);
-        if g.is_empty() {
-            s.mask &= !(1 << OWN_CLASS);
-        }
+        s.own_stamp = s.own_stamp.wrapping_add(1);
         s.set(OWN_QUEUED, false);
+        let (q, own) = (s.queues, s.own_vtime);
+        let g = &mut self.queues[q as usize][OWN_CLASS];
+        g.forget_pool(own, valid(&self.nodes));
+        if g.is_empty() {
+            self.nm(i).mask &= !(1 << OWN_CLASS);
+        }
     }
 
     /// Makes sure a capped node holds a lease for the current period, taking more of its
@@ -634,8 +701,11 @@ impl Hierarchical {
         let parent = s.parent;
         let node = s.node.take().expect("container");
         let cap = s.cap.take();
-        s.groups = None;
+        let q = std::mem::replace(&mut s.queues, NONE);
         s.flags = 0;
+        if q != NONE {
+            self.free_queues.push(q);
+        }
         if let Some(cap) = cap {
             self.forget_cap(i, &node, *cap);
         }
@@ -695,7 +765,7 @@ fn flush_node(s: &mut SNode) {
         crate::usage::Account {
             counters: &node.counters,
         }
-        .add_cpu_ns(s.pending_ns);
+        .add_cpu_ns(s.pending_ns as u64);
         s.pending_ns = 0;
     }
 }
@@ -758,8 +828,9 @@ impl Policy for Hierarchical {
         let mut i = TOP;
         let mut slice: Option<u64> = None;
         let now = self.now;
+        let Hierarchical { nodes, queues, .. } = self;
         loop {
-            let s = &self.nodes[i as usize];
+            let s = &nodes[i as usize];
             if i != TOP && s.children == 0 {
                 break;
             }
@@ -768,12 +839,12 @@ impl Policy for Hierarchical {
                 return None;
             }
             let class = 7 - s.mask.leading_zeros() as usize;
-            let g = &s.groups.as_ref().expect("mask implies groups")[class];
-            let fixed_top = g.fixed.peek();
+            let g = &mut queues[s.queues as usize][class];
+            let fixed_top = g.fixed.top(valid(nodes));
             let pool_open = !g.pool.is_empty() && (fixed_top.is_none() || g.fixed_ppb < ONE_PPB);
             let take_pool = pool_open && fixed_top.is_none_or(|(v, _)| g.pool_vtime < v);
             let entry = if take_pool {
-                g.pool.peek().expect("pool open").1
+                g.pool.top(valid(nodes)).expect("pool open").1
             } else {
                 fixed_top.expect("non-empty").1
             };
@@ -781,13 +852,13 @@ impl Policy for Hierarchical {
                 break; // the own work of `i`
             }
             i = entry >> 1;
-            if let Some(cap) = &self.nodes[i as usize].cap {
+            if let Some(cap) = &nodes[i as usize].cap {
                 let end = (cap.lease_period + 1) * cap.limit.period().as_nanos() as u64;
                 let room = (cap.tokens.max(0) as u64).min(end.saturating_sub(now));
                 slice = Some(slice.map_or(room, |s| s.min(room)));
             }
         }
-        let container = self.n(i).node.as_ref().expect("container").id;
+        let container = nodes[i as usize].node.as_ref().expect("container").id;
         Some(Pick {
             key: Key(i),
             container,
@@ -797,62 +868,86 @@ impl Policy for Hierarchical {
 
     fn charge(&mut self, key: Key, elapsed_ns: u64) {
         let e = elapsed_ns as f64;
-        let i = key.0;
+        let leaf = key.0;
         {
-            let s = &mut self.nodes[i as usize];
+            let s = &mut self.nodes[leaf as usize];
             if !s.has(DIRTY) {
                 s.set(DIRTY, true);
-                self.dirty.push(i);
+                self.dirty.push(leaf);
             }
-            s.pending_ns += elapsed_ns;
-            if s.pending_ns >= FLUSH_NS {
-                flush_node(s);
-            }
-            if s.children > 0 {
-                let queued = s.has(OWN_QUEUED);
-                let own = s.own_vtime;
-                let g = s.group(OWN_CLASS);
-                s.own_vtime =
-                    g.charge_pool(as_own(i), own, queued, e, 1.0 / OWN_WEIGHT, &mut self.pos);
+            let pending = s.pending_ns as u64 + elapsed_ns;
+            s.pending_ns = pending.min(u32::MAX as u64) as u32;
+            if pending >= FLUSH_NS {
+                s.pending_ns = 0;
+                let node = s.node.as_ref().expect("attached");
+                crate::usage::Account {
+                    counters: &node.counters,
+                }
+                .add_cpu_ns(pending);
             }
         }
-        let mut i = i;
+        let Hierarchical { nodes, queues, .. } = self;
+        // Own work that competes with children advances in the container's own queue.
+        let s = &nodes[leaf as usize];
+        if s.children > 0 && s.queues != NONE {
+            let (q, stamp, own, queued) = (s.queues, s.own_stamp, s.own_vtime, s.has(OWN_QUEUED));
+            let g = &mut queues[q as usize][OWN_CLASS];
+            let v = own + e / OWN_WEIGHT;
+            let stamp = if queued {
+                advance(&mut g.pool, as_own(leaf), stamp, v, valid(nodes))
+            } else {
+                stamp
+            };
+            g.pool_vtime += e * g.inv_pool_weight;
+            let s = &mut nodes[leaf as usize];
+            s.own_vtime = v;
+            s.own_stamp = stamp;
+        }
+        let mut i = leaf;
+        let mut capped = false;
         while i != TOP {
-            let (p, class, inv_share, fixed_ppb, queued, vtime) = {
-                let s = self.n(i);
-                (
-                    s.parent,
-                    s.class as usize,
-                    s.inv_share,
-                    s.fixed_ppb,
-                    s.has(QUEUED),
-                    s.vtime,
-                )
-            };
-            let v = match self.nodes[p as usize].groups.as_mut() {
-                Some(groups) => {
-                    let g = &mut groups[class];
-                    if fixed_ppb > 0 {
-                        let v = vtime + e * inv_share;
-                        if queued {
-                            g.fixed.update(as_child(i), v, &mut self.pos);
-                        }
-                        v
-                    } else {
-                        g.charge_pool(as_child(i), vtime, queued, e, inv_share, &mut self.pos)
-                    }
+            let s = &nodes[i as usize];
+            let (p, class, inv_share, ppb, queued, vtime, stamp) = (
+                s.parent,
+                s.class as usize,
+                s.inv_share,
+                s.fixed_ppb,
+                s.has(QUEUED),
+                s.vtime,
+                s.child_stamp,
+            );
+            let v = vtime + e * inv_share;
+            let q = nodes[p as usize].queues;
+            let mut stamp_now = stamp;
+            if q != NONE {
+                let g = &mut queues[q as usize][class];
+                if queued {
+                    let heap = if ppb > 0 { &mut g.fixed } else { &mut g.pool };
+                    stamp_now = advance(heap, as_child(i), stamp, v, valid(nodes));
                 }
-                None => vtime,
-            };
-            let s = self.nm(i);
-            s.vtime = v;
-            if let Some(cap) = s.cap.as_mut() {
-                cap.tokens -= elapsed_ns as i64;
-                if cap.tokens <= 0 {
-                    self.replenish(i);
+                if ppb == 0 {
+                    g.pool_vtime += e * g.inv_pool_weight;
                 }
             }
+            let s = &mut nodes[i as usize];
+            s.vtime = v;
+            s.child_stamp = stamp_now;
+            if let Some(cap) = s.cap.as_mut() {
+                cap.tokens -= elapsed_ns as i64;
+                capped |= cap.tokens <= 0;
+            }
             i = p;
+        }
+        if capped {
+            // Rare: walk again to replenish (and perhaps throttle) the capped ancestors.
+            let mut i = leaf;
+            while i != TOP {
+                let p = self.n(i).parent;
+                if self.n(i).cap.as_ref().is_some_and(|c| c.tokens <= 0) {
+                    self.replenish(i);
+                }
+                i = p;
+            }
         }
     }
 
