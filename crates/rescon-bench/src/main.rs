@@ -3,6 +3,14 @@
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: a server making and dropping a container per connection
+/// frees them in batches, which glibc serves from its slow bins (its per-thread cache holds
+/// seven chunks per size); mimalloc's free lists take about a third fewer instructions per
+/// create and destroy (callgrind). The server binary uses it too, so the figures here are the
+/// ones it sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod flood;
 mod primitives;
 mod primitives_kernel;
