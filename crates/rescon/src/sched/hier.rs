@@ -251,12 +251,13 @@ struct CapState {
     throttled_since: u64,
 }
 
-/// One mirrored container. Kept to one cache line: the hot path touches one of these per level.
+/// One mirrored container: what pick and charge touch, kept to one cache line (a test checks
+/// its size), since the hot path touches one of these per level. The rest is in [`Cold`].
 #[derive(Debug)]
 #[repr(align(64))]
 struct SNode {
-    node: Option<Arc<Node>>,
-    cap: Option<Box<CapState>>,
+    /// The container's id (`None` for the top), so a pick need not touch the container.
+    id: Option<ContainerId>,
     /// Virtual time as a child of its parent.
     vtime: f64,
     /// Virtual time of its own work among its children.
@@ -266,8 +267,6 @@ struct SNode {
     /// Its queues (by class) in the policy's arena, if it has ever had children queued.
     queues: u32,
     parent: u32,
-    /// Attachments of its own work.
-    refs: u32,
     /// Mirrored children.
     children: u32,
     /// CPU charged but not yet added to the container's usage (see [`FLUSH_NS`]).
@@ -290,18 +289,27 @@ const OWN_QUEUED: u8 = 8;
 const THROTTLED: u8 = 16;
 /// In the policy's list of nodes with pending CPU.
 const DIRTY: u8 = 32;
+/// Has a CPU limit: its [`Cold::cap`] is set.
+const CAPPED: u8 = 64;
+
+/// The parts of a mirrored container the hot path does not touch (or only when flagged).
+#[derive(Debug, Default)]
+struct Cold {
+    node: Option<Arc<Node>>,
+    cap: Option<Box<CapState>>,
+    /// Attachments of its own work.
+    refs: u32,
+}
 
 impl SNode {
-    fn new(node: Option<Arc<Node>>, parent: u32) -> SNode {
+    fn new(id: Option<ContainerId>, parent: u32) -> SNode {
         SNode {
-            node,
-            cap: None,
+            id,
             vtime: 0.0,
             own_vtime: 0.0,
             inv_share: 1.0 / 100.0,
             queues: NONE,
             parent,
-            refs: 0,
             children: 0,
             pending_ns: 0,
             fixed_ppb: 0,
@@ -349,6 +357,8 @@ type Queues = [Group; SchedClass::COUNT];
 #[derive(Debug)]
 pub struct Hierarchical {
     nodes: Vec<SNode>,
+    /// Parallel to `nodes`.
+    cold: Vec<Cold>,
     free: Vec<u32>,
     queues: Vec<Queues>,
     free_queues: Vec<u32>,
@@ -393,10 +403,14 @@ impl Hierarchical {
         cfg: HierarchicalConfig,
         wake: Option<Box<dyn Fn() + Send + Sync>>,
     ) -> Hierarchical {
-        let mut top = SNode::new(None, NONE);
-        top.refs = 1;
+        let top = SNode::new(None, NONE);
+        let top_cold = Cold {
+            refs: 1,
+            ..Cold::default()
+        };
         Hierarchical {
             nodes: vec![top],
+            cold: vec![top_cold],
             free: Vec::new(),
             queues: Vec::new(),
             free_queues: Vec::new(),
@@ -418,18 +432,30 @@ impl Hierarchical {
         self.by_id.len()
     }
 
-    fn alloc(&mut self, mut n: SNode) -> u32 {
+    fn alloc(&mut self, mut n: SNode, c: Cold) -> u32 {
         if let Some(i) = self.free.pop() {
             // Stamps carry over, so entries left by the previous occupant stay stale.
             let old = &self.nodes[i as usize];
             n.child_stamp = old.child_stamp.wrapping_add(1);
             n.own_stamp = old.own_stamp.wrapping_add(1);
             self.nodes[i as usize] = n;
+            self.cold[i as usize] = c;
             i
         } else {
             self.nodes.push(n);
+            self.cold.push(c);
             (self.nodes.len() - 1) as u32
         }
+    }
+
+    #[inline]
+    fn c(&self, i: u32) -> &Cold {
+        &self.cold[i as usize]
+    }
+
+    #[inline]
+    fn cm(&mut self, i: u32) -> &mut Cold {
+        &mut self.cold[i as usize]
     }
 
     #[inline]
@@ -474,7 +500,11 @@ impl Hierarchical {
             Some(p) => self.ensure(&p),
             None => TOP,
         };
-        let i = self.alloc(SNode::new(Some(node.clone()), parent));
+        let cold = Cold {
+            node: Some(node.clone()),
+            ..Cold::default()
+        };
+        let i = self.alloc(SNode::new(Some(node.id), parent), cold);
         self.add_child(parent);
         self.by_id.insert(node.id, i);
         self.apply_attrs(i);
@@ -505,10 +535,11 @@ impl Hierarchical {
     /// Copies the container's attributes into the mirror. The node must not be queued.
     fn apply_attrs(&mut self, i: u32) {
         debug_assert!(!self.n(i).has(QUEUED));
-        let node = self.n(i).node.clone().expect("container");
+        let node = self.c(i).node.clone().expect("container");
         let a = node.attrs();
         let now = self.now;
-        let s = self.nm(i);
+        let s = &mut self.nodes[i as usize];
+        let c = &mut self.cold[i as usize];
         s.class = a.class.get();
         match a.share {
             Share::Fixed(f) => {
@@ -522,11 +553,12 @@ impl Hierarchical {
             }
         }
         s.set(BLACK_HOLE, a.priority.is_black_hole());
-        match (a.cpu_limit, s.cap.as_mut()) {
+        s.set(CAPPED, a.cpu_limit.is_some());
+        match (a.cpu_limit, c.cap.as_mut()) {
             (None, None) => {}
             (Some(limit), Some(cap)) => cap.limit = limit,
             (Some(limit), None) => {
-                s.cap = Some(Box::new(CapState {
+                c.cap = Some(Box::new(CapState {
                     limit,
                     tokens: 0,
                     lease_period: now / limit.period().as_nanos() as u64,
@@ -539,7 +571,7 @@ impl Hierarchical {
                 self.next_roll = self.next_roll.min(self.lease_end(i));
             }
             (None, Some(_)) => {
-                let cap = self.nm(i).cap.take().expect("cap");
+                let cap = self.cm(i).cap.take().expect("cap");
                 self.forget_cap(i, &node, *cap);
             }
         }
@@ -643,8 +675,8 @@ impl Hierarchical {
     fn replenish(&mut self, i: u32) {
         let now = self.now;
         let lease = self.cfg.lease_ns.unwrap_or(u64::MAX / 4);
-        let node = self.n(i).node.clone().expect("capped container");
-        let cap = self.nm(i).cap.as_mut().expect("capped");
+        let node = self.c(i).node.clone().expect("capped container");
+        let cap = self.cm(i).cap.as_mut().expect("capped");
         let period = cap.limit.period().as_nanos() as u64;
         let idx = now / period;
         if idx != cap.lease_period {
@@ -673,7 +705,7 @@ impl Hierarchical {
 
     /// Start of the next period of a capped node's lease.
     fn lease_end(&self, i: u32) -> u64 {
-        let cap = self.n(i).cap.as_ref().expect("capped");
+        let cap = self.c(i).cap.as_ref().expect("capped");
         (cap.lease_period + 1) * cap.limit.period().as_nanos() as u64
     }
 
@@ -692,15 +724,16 @@ impl Hierarchical {
         if i == TOP {
             return;
         }
-        let s = self.nm(i);
-        if s.refs > 0 || s.children > 0 {
+        let (s, c) = (&mut self.nodes[i as usize], &mut self.cold[i as usize]);
+        if c.refs > 0 || s.children > 0 {
             return;
         }
         debug_assert!(!s.has(QUEUED) && s.mask == 0);
-        flush_node(s);
+        flush_node(s, c);
         let parent = s.parent;
-        let node = s.node.take().expect("container");
-        let cap = s.cap.take();
+        let node = c.node.take().expect("container");
+        let cap = c.cap.take();
+        s.id = None;
         let q = std::mem::replace(&mut s.queues, NONE);
         s.flags = 0;
         if q != NONE {
@@ -733,13 +766,13 @@ impl Hierarchical {
 
     /// Re-reads a container's parent and attributes after a change made elsewhere.
     fn resync(&mut self, i: u32) {
-        let node = self.n(i).node.clone().expect("container");
+        let node = self.c(i).node.clone().expect("container");
         let old_parent = self.n(i).parent;
         if self.n(i).has(QUEUED) {
             self.dequeue(old_parent, i);
         }
         let want_parent = node.parent();
-        let cur_parent_id = self.n(old_parent).node.as_ref().map(|n| n.id);
+        let cur_parent_id = self.n(old_parent).id;
         if want_parent.as_ref().map(|p| p.id) != cur_parent_id {
             let new_parent = match want_parent {
                 Some(p) => self.ensure(&p),
@@ -759,9 +792,9 @@ impl Hierarchical {
 }
 
 /// Adds a node's pending CPU to its container's usage.
-fn flush_node(s: &mut SNode) {
+fn flush_node(s: &mut SNode, c: &Cold) {
     if s.pending_ns > 0 {
-        let node = s.node.as_ref().expect("charged node is attached");
+        let node = c.node.as_ref().expect("charged node is attached");
         crate::usage::Account {
             counters: &node.counters,
         }
@@ -788,16 +821,16 @@ impl Node {
 impl Policy for Hierarchical {
     fn attach(&mut self, container: &Container) -> Key {
         let i = self.ensure(&container.node);
-        self.nm(i).refs += 1;
+        self.cm(i).refs += 1;
         Key(i)
     }
 
     fn detach(&mut self, key: Key) {
         let i = key.0;
-        let s = self.nm(i);
-        assert!(s.refs > 0 && s.node.is_some(), "detach of an invalid key");
-        s.refs -= 1;
-        if s.refs == 0 {
+        let c = self.cm(i);
+        assert!(c.refs > 0 && c.node.is_some(), "detach of an invalid key");
+        c.refs -= 1;
+        if c.refs == 0 {
             self.set_runnable(key, false);
             self.maybe_free(i);
         }
@@ -805,13 +838,13 @@ impl Policy for Hierarchical {
 
     fn set_runnable(&mut self, key: Key, runnable: bool) {
         let i = key.0;
-        let s = self.nm(i);
+        let (s, c) = (&mut self.nodes[i as usize], &self.cold[i as usize]);
         if s.has(RUNNABLE) == runnable {
             return;
         }
         s.set(RUNNABLE, runnable);
         if !runnable {
-            flush_node(s);
+            flush_node(s, c);
         }
         if s.children > 0 {
             if runnable {
@@ -828,7 +861,12 @@ impl Policy for Hierarchical {
         let mut i = TOP;
         let mut slice: Option<u64> = None;
         let now = self.now;
-        let Hierarchical { nodes, queues, .. } = self;
+        let Hierarchical {
+            nodes,
+            cold,
+            queues,
+            ..
+        } = self;
         loop {
             let s = &nodes[i as usize];
             if i != TOP && s.children == 0 {
@@ -852,13 +890,14 @@ impl Policy for Hierarchical {
                 break; // the own work of `i`
             }
             i = entry >> 1;
-            if let Some(cap) = &nodes[i as usize].cap {
+            if nodes[i as usize].has(CAPPED) {
+                let cap = cold[i as usize].cap.as_ref().expect("capped");
                 let end = (cap.lease_period + 1) * cap.limit.period().as_nanos() as u64;
                 let room = (cap.tokens.max(0) as u64).min(end.saturating_sub(now));
                 slice = Some(slice.map_or(room, |s| s.min(room)));
             }
         }
-        let container = nodes[i as usize].node.as_ref().expect("container").id;
+        let container = nodes[i as usize].id.expect("container");
         Some(Pick {
             key: Key(i),
             container,
@@ -879,14 +918,19 @@ impl Policy for Hierarchical {
             s.pending_ns = pending.min(u32::MAX as u64) as u32;
             if pending >= FLUSH_NS {
                 s.pending_ns = 0;
-                let node = s.node.as_ref().expect("attached");
+                let node = self.cold[leaf as usize].node.as_ref().expect("attached");
                 crate::usage::Account {
                     counters: &node.counters,
                 }
                 .add_cpu_ns(pending);
             }
         }
-        let Hierarchical { nodes, queues, .. } = self;
+        let Hierarchical {
+            nodes,
+            cold,
+            queues,
+            ..
+        } = self;
         // Own work that competes with children advances in the container's own queue.
         let s = &nodes[leaf as usize];
         if s.children > 0 && s.queues != NONE {
@@ -932,7 +976,8 @@ impl Policy for Hierarchical {
             let s = &mut nodes[i as usize];
             s.vtime = v;
             s.child_stamp = stamp_now;
-            if let Some(cap) = s.cap.as_mut() {
+            if s.has(CAPPED) {
+                let cap = cold[i as usize].cap.as_mut().expect("capped");
                 cap.tokens -= elapsed_ns as i64;
                 capped |= cap.tokens <= 0;
             }
@@ -943,7 +988,7 @@ impl Policy for Hierarchical {
             let mut i = leaf;
             while i != TOP {
                 let p = self.n(i).parent;
-                if self.n(i).cap.as_ref().is_some_and(|c| c.tokens <= 0) {
+                if self.c(i).cap.as_ref().is_some_and(|c| c.tokens <= 0) {
                     self.replenish(i);
                 }
                 i = p;
@@ -971,18 +1016,18 @@ impl Policy for Hierarchical {
         let mut k = 0;
         while k < self.throttled.len() {
             let i = self.throttled[k];
-            let cap = self.n(i).cap.as_ref().expect("throttled is capped");
+            let cap = self.c(i).cap.as_ref().expect("throttled is capped");
             if cap.retry_at <= now && cap.tokens <= 0 {
                 self.replenish(i);
             }
-            let cap = self.nm(i).cap.as_mut().expect("throttled is capped");
+            let cap = self.cm(i).cap.as_mut().expect("throttled is capped");
             if cap.tokens > 0 {
                 cap.throttled = false;
                 let waited = now.saturating_sub(cap.throttled_since);
                 self.throttled.swap_remove(k);
-                let s = self.nm(i);
-                s.set(THROTTLED, false);
-                s.node.as_ref().expect("container").add_throttled(waited);
+                self.nm(i).set(THROTTLED, false);
+                let node = self.c(i).node.as_ref().expect("container");
+                node.add_throttled(waited);
                 self.refresh(i);
                 continue;
             }
@@ -992,10 +1037,10 @@ impl Policy for Hierarchical {
 
     fn flush(&mut self) {
         for i in std::mem::take(&mut self.dirty) {
-            let s = &mut self.nodes[i as usize];
+            let (s, c) = (&mut self.nodes[i as usize], &self.cold[i as usize]);
             if s.has(DIRTY) {
                 s.set(DIRTY, false);
-                flush_node(s);
+                flush_node(s, c);
             }
         }
     }
@@ -1003,11 +1048,21 @@ impl Policy for Hierarchical {
     fn next_refill(&self) -> Option<u64> {
         self.throttled
             .iter()
-            .filter_map(|&i| self.n(i).cap.as_ref().map(|c| c.retry_at))
+            .filter_map(|&i| self.c(i).cap.as_ref().map(|c| c.retry_at))
             .min()
     }
 
     fn container(&self, key: Key) -> ContainerId {
-        self.n(key.0).node.as_ref().expect("attached").id
+        self.n(key.0).id.expect("attached")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_node_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<SNode>(), 64);
     }
 }
