@@ -206,7 +206,8 @@ fn pick_charge(scale: f64, runnable_every: usize) -> Op {
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.scale > 0.0, "--scale must be positive");
     eprintln!("measuring user-level primitives...");
-    let ops = user_level_ops(args.scale);
+    let mut ops = user_level_ops(args.scale);
+    crate::primitives_kernel::add_to(&mut ops, args.scale);
     let report = Report { ops };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

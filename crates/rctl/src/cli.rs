@@ -1,0 +1,249 @@
+//! The command line: arguments, and each command as a request and a rendering.
+
+use crate::client::{Endpoint, Response};
+use crate::render;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use rescon_httpd::admin::api::{ContainerView, FiltersView, MoveRequest, MoveResult};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Looks at and changes a running rescon-httpd: its containers, their attributes and usage, and
+/// the client filters.
+#[derive(Debug, Parser)]
+#[command(name = "rctl", version, about)]
+pub struct Args {
+    /// The admin socket (default: the one of rescon-httpd's default configuration).
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "url")]
+    pub socket: Option<PathBuf>,
+    /// The loopback TCP admin API instead, e.g. http://127.0.0.1:9090.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// The bearer token for --url (default: $RCTL_TOKEN).
+    #[arg(long, global = true, value_name = "TOKEN", requires = "url")]
+    pub token: Option<String>,
+    /// A file holding the bearer token for --url.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "url",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the container tree with CPU, requests and connections of each subtree.
+    Tree {
+        /// How many levels below the root (default: all).
+        #[arg(long)]
+        depth: Option<usize>,
+    },
+    /// Show one container: attributes, usage, children. ID is an id or a declared path
+    /// (`cgi`, `clients/premium`).
+    Show {
+        /// The container.
+        id: String,
+    },
+    /// Change attributes of a container, all or none: `rctl set cgi cpu_limit=20% priority=50`.
+    Set {
+        /// The container.
+        id: String,
+        /// `key=value` pairs (the keys of the configuration's [containers] tables).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Show the listeners' client classes, black holes and recent moves.
+    Filters,
+    /// Move a prefix to the black hole: its SYNs are dropped.
+    Block {
+        /// A CIDR prefix or an address.
+        prefix: String,
+        /// The listener (needed when there are several).
+        #[arg(long)]
+        listener: Option<String>,
+    },
+    /// A live view of the containers sorted by CPU, like top; q quits.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+impl Args {
+    /// Where to send requests.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        if let Some(url) = &self.url {
+            let token = match (&self.token, &self.token_file) {
+                (Some(t), _) => Some(t.clone()),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading the token file {}", f.display()))?
+                        .trim_end()
+                        .to_string(),
+                ),
+                (None, None) => std::env::var("RCTL_TOKEN").ok(),
+            };
+            return Ok(Endpoint::from_url(url, token)?);
+        }
+        let socket = match &self.socket {
+            Some(s) => s.clone(),
+            None => rescon_httpd::config::Config::default_config()
+                .admin
+                .socket
+                .context("the default configuration has no admin socket: give --socket")?,
+        };
+        Ok(Endpoint::Unix(socket))
+    }
+}
+
+/// A failed answer of the API, explained.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(pub String);
+
+fn check(resp: Response) -> Result<Response> {
+    if (200..300).contains(&resp.status) {
+        Ok(resp)
+    } else {
+        Err(ApiError(render::error(resp.status, &resp.body)).into())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(resp: &Response) -> Result<T> {
+    serde_json::from_slice(&resp.body).with_context(|| {
+        format!(
+            "the admin API answered something rctl does not understand: {}",
+            String::from_utf8_lossy(&resp.body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )
+    })
+}
+
+/// `GET /containers`, decoded.
+pub fn fetch_tree(endpoint: &Endpoint) -> Result<ContainerView> {
+    let resp = check(endpoint.request("GET", "/containers", None)?)?;
+    decode(&resp)
+}
+
+/// Percent-encodes what may not appear raw in a path segment (a declared path keeps its `/`).
+fn encode_id(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a command, writing its output to `out`. Errors are returned, for `main` to print.
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
+    let ep = args.endpoint()?;
+    let raw = |resp: &Response, out: &mut dyn Write| -> Result<()> {
+        out.write_all(&resp.body)?;
+        Ok(())
+    };
+    match &args.command {
+        Command::Tree { depth } => {
+            let path = match depth {
+                Some(d) => format!("/containers?depth={d}"),
+                None => "/containers".to_string(),
+            };
+            let resp = check(ep.request("GET", &path, None)?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let v: ContainerView = decode(&resp)?;
+            out.write_all(render::tree(&v).as_bytes())?;
+        }
+        Command::Show { id } => {
+            let resp =
+                check(ep.request("GET", &format!("/containers/{}", encode_id(id)), None)?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let v: ContainerView = decode(&resp)?;
+            out.write_all(render::show(&v).as_bytes())?;
+        }
+        Command::Set { id, pairs } => {
+            let mut keys = Vec::new();
+            for p in pairs {
+                match p.split_once('=') {
+                    Some((k, _)) if !k.trim().is_empty() => keys.push(k.trim().to_string()),
+                    _ => bail!("expected key=value, got {p:?} (e.g. cpu_limit=30%)"),
+                }
+            }
+            let body = pairs.join("\n");
+            let resp = check(ep.request(
+                "PATCH",
+                &format!("/containers/{}", encode_id(id)),
+                Some(("text/plain", body.as_bytes())),
+            )?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let v: ContainerView = decode(&resp)?;
+            out.write_all(render::set_result(&v, &keys).as_bytes())?;
+        }
+        Command::Filters => {
+            let resp = check(ep.request("GET", "/filters", None)?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let f: FiltersView = decode(&resp)?;
+            out.write_all(render::filters(&f).as_bytes())?;
+        }
+        Command::Block { prefix, listener } => {
+            let req = MoveRequest {
+                listener: listener.clone(),
+                prefix: prefix.clone(),
+                to: rescon_httpd::admin::BLACK_HOLE.to_string(),
+            };
+            let body = serde_json::to_vec(&req)?;
+            let resp =
+                check(ep.request("POST", "/filters/move", Some(("application/json", &body)))?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let r: MoveResult = decode(&resp)?;
+            out.write_all(render::moved(&r).as_bytes())?;
+        }
+        Command::Top { interval } => {
+            if !(interval.is_finite() && *interval >= 0.1 && *interval <= 3600.0) {
+                bail!("--interval must be between 0.1 and 3600 seconds");
+            }
+            // Fail before taking over the terminal if the server is not there.
+            fetch_tree(&ep)?;
+            let title = match &ep {
+                Endpoint::Unix(p) => format!("rctl top | {}", p.display()),
+                Endpoint::Tcp { addr, .. } => format!("rctl top | http://{addr}"),
+            };
+            crate::top::run(&ep, Duration::from_secs_f64(*interval), &title)?;
+        }
+    }
+    Ok(())
+}
+
+/// The exit status for an error: 1 when the API refused, 2 otherwise (usage, connection).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ApiError>().is_some() {
+        1
+    } else {
+        2
+    }
+}

@@ -1,0 +1,23 @@
+//! `rctl`: the command line of rescon-httpd's admin API.
+//!
+//! ```text
+//! rctl tree                         the container tree with CPU, requests, connections
+//! rctl show cgi                     one container: attributes, usage, children
+//! rctl set cgi cpu_limit=20%        change attributes live (all or nothing)
+//! rctl filters                      client classes, black holes, recent moves
+//! rctl block 192.0.2.0/24           drop a prefix's SYNs in the kernel
+//! rctl top                          live view sorted by CPU; q quits
+//! ```
+//!
+//! It talks HTTP/1.1 to the Unix socket of the server's `[admin]` section (`--socket`, default
+//! the default configuration's), or to the loopback TCP API with `--url` and `--token`. The
+//! library holds the parts, each tested on its own: [`client`] (the HTTP exchange),
+//! [`render`] (text from API documents), [`top`] (the live view), [`cli`] (the commands).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod render;
+pub mod top;

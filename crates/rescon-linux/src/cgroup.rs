@@ -1,1 +1,0 @@
-//! cgroups: see the crate docs. (Being written; see issue 4.)

@@ -1,1 +1,0 @@
-//! Container-bound listening sockets: see the crate docs. (Being written; see issue 5.)
