@@ -1,0 +1,249 @@
+//! The runtime's clock: what every poll is timed with, and what timers and CPU limits run on.
+//!
+//! [`Clock::monotonic`] (the default) reads `CLOCK_MONOTONIC` through the vDSO, about 25 ns a
+//! read on the reference machine; a worker reads it once per poll (the end of one poll is the
+//! start of the next). [`Clock::manual`] is a clock that only moves when told to: scheduling
+//! tests run on it, making each poll cost exactly what the test says, so share ratios are
+//! exact and independent of the machine's load.
+//!
+//! ```
+//! use rescon_rt::Clock;
+//! use std::time::Duration;
+//! let clock = Clock::manual();
+//! let t0 = clock.now_ns();
+//! clock.advance(Duration::from_micros(250));
+//! assert_eq!(clock.now_ns() - t0, 250_000);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+/// Where a runtime reads the time.
+#[derive(Clone)]
+pub struct Clock {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Monotonic,
+    Manual(Arc<AtomicU64>),
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Monotonic => f.write_str("Clock::Monotonic"),
+            Kind::Manual(t) => write!(f, "Clock::Manual({} ns)", t.load(Relaxed)),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::monotonic()
+    }
+}
+
+impl Clock {
+    /// The system's monotonic clock (the default).
+    pub fn monotonic() -> Clock {
+        Clock {
+            kind: Kind::Monotonic,
+        }
+    }
+
+    /// A clock that stands still until [`advance`](Clock::advance)d or [`set`](Clock::set).
+    ///
+    /// A runtime on a manual clock jumps the clock to the next timer or CPU-limit refill when
+    /// it has nothing else to do (as if it slept until then), so sleeps and throttling finish
+    /// at once in simulated time. It does not correct charges with the thread CPU clock.
+    /// Share it between runtimes only if they are meant to share time.
+    pub fn manual() -> Clock {
+        Clock {
+            kind: Kind::Manual(Arc::new(AtomicU64::new(1_000_000_000))),
+        }
+    }
+
+    /// Whether this is a manual clock.
+    pub fn is_manual(&self) -> bool {
+        matches!(self.kind, Kind::Manual(_))
+    }
+
+    /// The time in nanoseconds, from an arbitrary fixed origin.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        match &self.kind {
+            Kind::Monotonic => crate::sys::monotonic_ns(),
+            Kind::Manual(t) => t.load(Acquire),
+        }
+    }
+
+    /// Moves a manual clock forward. Does nothing on the monotonic clock.
+    pub fn advance(&self, by: Duration) {
+        if let Kind::Manual(t) = &self.kind {
+            t.fetch_add(by.as_nanos() as u64, AcqRel);
+        }
+    }
+
+    /// Moves a manual clock forward to `ns` (never back). Does nothing on the monotonic clock.
+    pub fn set(&self, ns: u64) {
+        if let Kind::Manual(t) = &self.kind {
+            t.fetch_max(ns, AcqRel);
+        }
+    }
+
+    /// Converts an [`Instant`] to this clock's nanoseconds (for deadlines given as instants).
+    pub fn instant_to_ns(&self, at: Instant) -> u64 {
+        let now_i = Instant::now();
+        let now = self.now_ns();
+        match at.checked_duration_since(now_i) {
+            Some(ahead) => now.saturating_add(ahead.as_nanos() as u64),
+            None => now.saturating_sub(now_i.duration_since(at).as_nanos() as u64),
+        }
+    }
+
+    /// Converts this clock's nanoseconds to an [`Instant`] (approximately: the two clocks are
+    /// read one after the other).
+    pub fn ns_to_instant(&self, ns: u64) -> Instant {
+        let now_i = Instant::now();
+        let now = self.now_ns();
+        if ns >= now {
+            now_i + Duration::from_nanos(ns - now)
+        } else {
+            now_i
+                .checked_sub(Duration::from_nanos(now - ns))
+                .unwrap_or(now_i)
+        }
+    }
+}
+
+/// Scales charges by how much of the worker's awake time the kernel actually gave it.
+///
+/// A poll is timed with the monotonic clock, which also counts time the kernel gave to other
+/// threads while the poll was running (preemption, a page fault that slept). Every
+/// [`WINDOW_NS`] the worker reads its thread CPU clock (about 540 ns, a system call) and
+/// compares the CPU it got with the wall time it was awake (not blocked in `epoll_wait`) over
+/// the window. Charges in the next window are multiplied by that ratio, so a container is
+/// charged CPU time, not wall time, even on a contended machine. The ratio scales all
+/// containers of a worker alike, so it never changes their relative shares; it matters for CPU
+/// limits and for the usage reported.
+#[derive(Debug)]
+pub(crate) struct Correction {
+    enabled: bool,
+    /// The ratio in 1/65536.
+    ratio_q16: u64,
+    window_start: u64,
+    cpu_start: u64,
+    slept: u64,
+}
+
+/// How often the thread CPU clock is read.
+pub(crate) const WINDOW_NS: u64 = 10_000_000;
+const ONE_Q16: u64 = 1 << 16;
+
+impl Correction {
+    pub(crate) fn new(enabled: bool, now: u64) -> Correction {
+        Correction {
+            enabled,
+            ratio_q16: ONE_Q16,
+            window_start: now,
+            cpu_start: if enabled {
+                crate::sys::thread_cpu_ns()
+            } else {
+                0
+            },
+            slept: 0,
+        }
+    }
+
+    /// Scales a measured duration.
+    #[inline]
+    pub(crate) fn scale(&self, ns: u64) -> u64 {
+        if self.ratio_q16 == ONE_Q16 {
+            ns
+        } else {
+            (ns as u128 * self.ratio_q16 as u128 >> 16) as u64
+        }
+    }
+
+    /// Records time spent blocked in the poller.
+    pub(crate) fn slept(&mut self, ns: u64) {
+        self.slept += ns;
+    }
+
+    /// The current ratio, for inspection.
+    #[cfg(test)]
+    pub(crate) fn ratio(&self) -> f64 {
+        self.ratio_q16 as f64 / ONE_Q16 as f64
+    }
+
+    /// Ends the window if it is over.
+    pub(crate) fn tick(&mut self, now: u64) {
+        if !self.enabled || now < self.window_start + WINDOW_NS {
+            return;
+        }
+        let cpu = crate::sys::thread_cpu_ns();
+        let wall = now - self.window_start;
+        let awake = wall.saturating_sub(self.slept);
+        let used = cpu.saturating_sub(self.cpu_start);
+        self.ratio_q16 = ratio_q16(used, awake, self.ratio_q16);
+        self.window_start = now;
+        self.cpu_start = cpu;
+        self.slept = 0;
+    }
+}
+
+/// The new ratio from a window's CPU and awake time: CPU over awake, within [1/16, 1], and
+/// averaged with the previous ratio so one odd window moves it halfway. A window with less
+/// than a millisecond awake keeps the old ratio: too little to measure.
+pub(crate) fn ratio_q16(cpu: u64, awake: u64, old: u64) -> u64 {
+    if awake < 1_000_000 {
+        return old;
+    }
+    let r = ((cpu as u128) << 16) / awake as u128;
+    let r = (r as u64).clamp(ONE_Q16 / 16, ONE_Q16);
+    (r + old) / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_is_cpu_over_awake_averaged() {
+        // Half the awake time was taken away: from 1.0 the ratio moves halfway to 0.5.
+        assert_eq!(ratio_q16(5_000_000, 10_000_000, ONE_Q16), ONE_Q16 * 3 / 4);
+        // Never above 1 (CPU clock granularity can make cpu exceed awake slightly).
+        assert_eq!(ratio_q16(11_000_000, 10_000_000, ONE_Q16), ONE_Q16);
+        // Never below 1/16.
+        assert_eq!(ratio_q16(0, 10_000_000, ONE_Q16 / 16), ONE_Q16 / 16);
+        // Too short a window keeps the old ratio.
+        assert_eq!(ratio_q16(0, 500_000, 1234), 1234);
+    }
+
+    #[test]
+    fn manual_clock_moves_only_forward() {
+        let c = Clock::manual();
+        let t = c.now_ns();
+        c.set(t - 5);
+        assert_eq!(c.now_ns(), t);
+        c.advance(Duration::from_nanos(7));
+        assert_eq!(c.now_ns(), t + 7);
+        let m = Clock::monotonic();
+        let a = m.now_ns();
+        assert!(m.now_ns() >= a);
+    }
+
+    #[test]
+    fn instants_round_trip_within_a_millisecond() {
+        let c = Clock::monotonic();
+        let at = Instant::now() + Duration::from_millis(50);
+        let ns = c.instant_to_ns(at);
+        let back = c.ns_to_instant(ns);
+        let diff = if back > at { back - at } else { at - back };
+        assert!(diff < Duration::from_millis(1), "{diff:?}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The current runtime and the current container: the free functions of the crate.
+//!
+//! On a worker thread the context is the worker's; on a thread inside
+//! [`Runtime::block_on`](crate::Runtime::block_on), [`Runtime::enter`](crate::Runtime::enter)
+//! or a blocking job it is a thread-local binding. Elsewhere there is no runtime and the
+//! functions that need one panic, saying so.
+
+use crate::runtime::RtShared;
+use crate::task::JoinHandle;
+use crate::worker::{self, WorkerShared};
+use crate::{Clock, sys};
+use pin_project_lite::pin_project;
+use rescon::Container;
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// How a non-worker thread's time is charged.
+#[derive(Debug)]
+pub(crate) enum Mode {
+    /// `block_on` or `enter`: polls are timed with the runtime clock and recorded in the bound
+    /// container's usage.
+    Plain,
+    /// A blocking job: thread CPU time; the part before the first `bind` is charged through
+    /// the pool's policy, the rest recorded where the job was rebound to.
+    Blocking { first_ns: Option<u64> },
+}
+
+#[derive(Debug)]
+pub(crate) struct Entered {
+    pub(crate) rt: Option<Arc<RtShared>>,
+    pub(crate) binding: Container,
+    pub(crate) seg_start: u64,
+    pub(crate) mode: Mode,
+    pub(crate) clock: Clock,
+}
+
+impl Entered {
+    fn now(&self) -> u64 {
+        match self.mode {
+            Mode::Plain => self.clock.now_ns(),
+            Mode::Blocking { .. } => sys::thread_cpu_ns(),
+        }
+    }
+
+    fn bind(&mut self, c: &Container) {
+        if self.binding.id() == c.id() {
+            return;
+        }
+        let now = self.now();
+        let seg = now.saturating_sub(self.seg_start);
+        match &mut self.mode {
+            Mode::Plain => self.binding.account().add_cpu_ns(seg),
+            Mode::Blocking { first_ns } => match first_ns {
+                None => *first_ns = Some(seg),
+                Some(_) => self.binding.account().add_cpu_ns(seg),
+            },
+        }
+        self.binding = c.unprivileged();
+        self.seg_start = now;
+    }
+}
+
+thread_local! {
+    static ENTERED: RefCell<Option<Entered>> = const { RefCell::new(None) };
+}
+
+/// Installs a thread-local context; the previous one comes back when the guard drops.
+pub(crate) fn enter(e: Entered) -> EnterGuard {
+    let prev = ENTERED.with(|c| c.borrow_mut().replace(e));
+    EnterGuard {
+        prev: Some(prev),
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// Restores the previous context when dropped. Made by
+/// [`Runtime::enter`](crate::Runtime::enter).
+#[derive(Debug)]
+pub struct EnterGuard {
+    prev: Option<Option<Entered>>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl EnterGuard {
+    /// Takes the context out (for a blocking job's accounting) and restores the previous.
+    pub(crate) fn take(mut self) -> Option<Entered> {
+        let prev = self.prev.take().expect("guard used once");
+        ENTERED.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
+    }
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            let cur = ENTERED.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+            drop(cur);
+        }
+    }
+}
+
+pub(crate) fn with_entered<R>(f: impl FnOnce(&mut Entered) -> R) -> Option<R> {
+    ENTERED.with(|c| c.borrow_mut().as_mut().map(f))
+}
+
+/// The runtime of this thread's context, if any.
+pub(crate) fn runtime() -> Option<Arc<RtShared>> {
+    worker::with_local(|l| l.rt.clone())
+        .or_else(|| ENTERED.with(|c| c.borrow().as_ref().and_then(|e| e.rt.clone())))
+}
+
+const NO_RUNTIME: &str = "no rescon-rt runtime on this thread: call this inside a task, Runtime::block_on, Runtime::enter or a blocking job";
+
+fn expect_runtime() -> Arc<RtShared> {
+    runtime().expect(NO_RUNTIME)
+}
+
+pub(crate) fn clock() -> Clock {
+    worker::with_local(|l| l.rt.clock.clone())
+        .or_else(|| ENTERED.with(|c| c.borrow().as_ref().map(|e| e.clock.clone())))
+        .expect(NO_RUNTIME)
+}
+
+/// The worker a timer made here registers with.
+pub(crate) fn timer_worker() -> Arc<WorkerShared> {
+    if let Some(w) = worker::with_local(|l| l.shared.clone()) {
+        return w;
+    }
+    let rt = expect_runtime();
+    rt.workers[rt.next_rr()].clone()
+}
+
+/// The worker a socket waited on here registers with.
+pub(crate) fn io_worker() -> io::Result<Arc<WorkerShared>> {
+    if let Some(w) = worker::with_local(|l| l.shared.clone()) {
+        return Ok(w);
+    }
+    let rt = runtime().ok_or_else(|| io::Error::other(NO_RUNTIME))?;
+    Ok(rt.workers[rt.next_rr()].clone())
+}
+
+/// The container the running task (or this thread's context) is bound to: an unprivileged
+/// handle.
+///
+/// # Panics
+/// Outside a runtime; see [`try_current`] for a version that does not.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let rt = rescon_rt::Runtime::new(&registry).unwrap();
+/// let c = registry.root().create_child("c", Default::default()).unwrap();
+/// let id = rt.block_on(rescon_rt::spawn_in(&c, async { rescon_rt::current().id() }));
+/// assert_eq!(id.unwrap(), c.id());
+/// ```
+pub fn current() -> Container {
+    try_current().expect(NO_RUNTIME)
+}
+
+/// Like [`current`], but `None` outside a runtime.
+pub fn try_current() -> Option<Container> {
+    if let Some(c) = worker::with_local(|l| l.current().unwrap_or_else(|| l.rt.default_container.clone())) {
+        return Some(c);
+    }
+    ENTERED.with(|c| c.borrow().as_ref().map(|e| e.binding.clone()))
+}
+
+/// Rebinds the running task to `container`: the rest of this poll and every later poll are
+/// charged to it, and the task is scheduled as a member of it from its next wake-up on. The
+/// paper's "change thread's resource binding"; it costs a hash lookup, a clock read and a
+/// charge (see `rescon-bench primitives`, op `rebind`).
+///
+/// The task's current poll is not interrupted: if the new container should not run now
+/// (priority 0, throttled, or a lower class than runnable work), it stops being scheduled
+/// once the task next yields or waits. [`with_container`] yields at once instead.
+///
+/// # Panics
+/// Outside a runtime.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let rt = rescon_rt::Runtime::new(&registry).unwrap();
+/// let a = registry.root().create_child("a", Default::default()).unwrap();
+/// let b = registry.root().create_child("b", Default::default()).unwrap();
+/// let b2 = b.clone();
+/// rt.block_on(rescon_rt::spawn_in(&a, async move {
+///     rescon_rt::bind(&b2);
+///     assert_eq!(rescon_rt::current(), b2);
+/// }))
+/// .unwrap();
+/// ```
+pub fn bind(container: &Container) {
+    if !try_bind(container) {
+        panic!("{NO_RUNTIME}");
+    }
+}
+
+/// Rebinds if there is a context; returns whether there was one.
+pub(crate) fn try_bind(container: &Container) -> bool {
+    if let Some(done) = worker::with_local(|l| l.bind(container)) {
+        if done {
+            return true;
+        }
+    }
+    with_entered(|e| e.bind(container)).is_some()
+}
+
+fn is_bound_to(container: &Container) -> Option<bool> {
+    if let Some(Some(b)) = worker::with_local(|l| l.is_bound_to(container)) {
+        return Some(b);
+    }
+    with_entered(|e| e.binding.id() == container.id())
+}
+
+fn in_worker_task() -> bool {
+    worker::with_local(|l| l.in_task()).unwrap_or(false)
+}
+
+/// Spawns a task bound to the current container, on the current worker (or, outside the
+/// workers, on one chosen for it).
+///
+/// # Panics
+/// Outside a runtime.
+pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if worker::with_local(|_| ()).is_some() {
+        let mut fut = Some(fut);
+        return worker::with_local(|l| l.spawn_local(None, fut.take().expect("once")))
+            .expect("on a worker");
+    }
+    let rt = expect_runtime();
+    let c = try_current().unwrap_or_else(|| rt.default_container.clone());
+    let w = rt.place(None);
+    rt.spawn_remote(w, c, fut)
+}
+
+/// Spawns a task bound to `container`.
+///
+/// A task stays on the worker it is placed on. Spawned from a task already bound to
+/// `container`, it goes on the same worker; otherwise on the least loaded worker (ties go to
+/// the current worker, then round robin), which spreads new connections' tasks across the
+/// workers.
+///
+/// # Panics
+/// Outside a runtime.
+pub fn spawn_in<F>(container: &Container, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let local = worker::with_local(|l| (l.rt.clone(), l.shared.index, l.is_bound_to(container)));
+    match local {
+        Some((_, _, Some(true))) => {
+            let mut fut = Some(fut);
+            worker::with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))
+                .expect("on a worker")
+        }
+        Some((rt, idx, _)) => {
+            let w = rt.place(Some(idx));
+            if w == idx {
+                let mut fut = Some(fut);
+                worker::with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))
+                    .expect("on a worker")
+            } else {
+                rt.spawn_remote(w, container.clone(), fut)
+            }
+        }
+        None => {
+            let rt = expect_runtime();
+            let w = rt.place(None);
+            rt.spawn_remote(w, container.clone(), fut)
+        }
+    }
+}
+
+/// Runs a blocking function on the runtime's blocking pool, queued by `container`'s policy
+/// order and charged with the thread CPU time it uses.
+///
+/// # Panics
+/// Outside a runtime.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let rt = rescon_rt::Runtime::new(&registry).unwrap();
+/// let cgi = registry.root().create_child("cgi", Default::default()).unwrap();
+/// let sum = rt.block_on(rescon_rt::spawn_blocking_in(&cgi, || (0..1000u64).sum::<u64>()));
+/// assert_eq!(sum.unwrap(), 499_500);
+/// ```
+pub fn spawn_blocking_in<F, R>(container: &Container, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    expect_runtime().blocking.spawn_in(container, f)
+}
+
+pin_project! {
+    /// The future of [`with_container`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct WithContainer<F> {
+        #[pin]
+        fut: F,
+        container: Container,
+        outer: Option<Container>,
+        entered: bool,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for WithContainer<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.entered && !*this.done {
+                if let Some(outer) = this.outer.take() {
+                    if is_bound_to(this.container) == Some(true) {
+                        try_bind(&outer);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for WithContainer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithContainer")
+            .field("container", &self.container.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `fut` bound to `container`, then goes back to the binding it had.
+///
+/// While `fut` runs and while it waits, the task is scheduled and charged as a member of
+/// `container`. On its first poll, if the task was bound elsewhere, it rebinds and yields
+/// once, so that even its first step waits for `container`'s turn: a future run in a container
+/// with priority 0 never runs at all.
+///
+/// Two `with_container`s polled by one task at once (`join!`) take turns: the binding is a
+/// property of the task, and the one polled last wins while both wait.
+///
+/// ```
+/// let registry = rescon::Registry::new();
+/// let rt = rescon_rt::Runtime::new(&registry).unwrap();
+/// let a = registry.root().create_child("a", Default::default()).unwrap();
+/// let b = registry.root().create_child("b", Default::default()).unwrap();
+/// let (a2, b2) = (a.clone(), b.clone());
+/// rt.block_on(rescon_rt::spawn_in(&a, async move {
+///     let inner = rescon_rt::with_container(&b2, async { rescon_rt::current() }).await;
+///     assert_eq!(inner, b2);
+///     assert_eq!(rescon_rt::current(), a2);
+/// }))
+/// .unwrap();
+/// ```
+pub fn with_container<F: Future>(container: &Container, fut: F) -> WithContainer<F> {
+    WithContainer {
+        fut,
+        container: container.clone(),
+        outer: None,
+        entered: false,
+        done: false,
+    }
+}
+
+impl<F: Future> Future for WithContainer<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if *this.done {
+            panic!("WithContainer polled after completion");
+        }
+        match is_bound_to(this.container) {
+            Some(true) => {
+                if !*this.entered {
+                    *this.entered = true;
+                    *this.outer = Some(this.container.clone());
+                }
+            }
+            Some(false) => {
+                let first = !*this.entered;
+                if first {
+                    *this.entered = true;
+                    *this.outer = try_current();
+                }
+                try_bind(this.container);
+                if first && in_worker_task() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            None => panic!("{NO_RUNTIME}"),
+        }
+        match this.fut.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(v) => {
+                *this.done = true;
+                if let Some(outer) = this.outer.take() {
+                    if outer.id() != this.container.id() {
+                        try_bind(&outer);
+                    }
+                }
+                Poll::Ready(v)
+            }
+        }
+    }
+}

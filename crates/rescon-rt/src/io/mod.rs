@@ -1,0 +1,551 @@
+//! Sockets bound to containers: [`TcpListener`], [`TcpStream`], [`UnixListener`],
+//! [`UnixStream`] and [`UdpSocket`].
+//!
+//! # Binding
+//!
+//! Every socket is bound to a container (by default the current task's; see each type's
+//! `*_in` constructors and `set_container`). The bytes it receives and sends are added to that
+//! container's usage (`bytes_in`, `bytes_out`). The CPU a read or write costs, the system call
+//! included, is part of the poll that made it, so it is charged to the task's container: the
+//! kernel work done for a connection is charged to the connection's container, which is the
+//! point of the paper.
+//!
+//! A listener's accepts run in its container: [`TcpListener::accept`] runs under
+//! [`with_container`](crate::with_container) of the listener's container, so the task that
+//! accepts is scheduled (and charged) as that container while it waits for and performs the
+//! accept. A listener bound to a container with priority 0, or one throttled by its CPU limit,
+//! accepts nothing: the kernel's accept queue fills and new clients' SYNs are dropped, which
+//! is TCP's own back-pressure. Each accepted connection takes one connection from the
+//! listener container's limit ([`Container::try_open_connection`]); a connection over the
+//! limit is closed at once and counted as refused.
+//!
+//! # Readiness
+//!
+//! A socket registers with the epoll instance of the worker whose task first waits on it, so
+//! an accepted connection ends up on the worker of the task that serves it. Registration is
+//! edge-triggered; readiness is kept per socket with a tick, so a readiness event that arrives
+//! while an operation fails with `WouldBlock` is not lost.
+//!
+//! # Running out of file descriptors
+//!
+//! When `accept` fails with `EMFILE`, `ENFILE`, `ENOBUFS` or `ENOMEM`, the listener pauses
+//! accepting instead of retrying at once (which would spin: the pending connection stays in
+//! the queue): for 10 ms, doubling up to 1 s while it keeps failing, and it resumes early as
+//! soon as a socket of this crate is closed.
+
+mod tcp;
+mod udp;
+mod unix;
+
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
+
+use crate::worker::{WorkerShared, lock};
+use atomic_waker::AtomicWaker;
+use std::io;
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+const READABLE: usize = 1;
+const WRITABLE: usize = 2;
+const READ_CLOSED: usize = 4;
+const WRITE_CLOSED: usize = 8;
+const ERROR: usize = 16;
+const SHUTDOWN: usize = 32;
+const TICK_ONE: usize = 1 << 8;
+const TICK_MASK: usize = !(TICK_ONE - 1);
+
+/// The direction an operation waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+impl Dir {
+    fn mask(self) -> usize {
+        match self {
+            Dir::Read => READABLE | READ_CLOSED | ERROR,
+            Dir::Write => WRITABLE | WRITE_CLOSED | ERROR,
+        }
+    }
+
+    /// The bit a `WouldBlock` clears (closed and error stay set).
+    fn clearable(self) -> usize {
+        match self {
+            Dir::Read => READABLE,
+            Dir::Write => WRITABLE,
+        }
+    }
+}
+
+/// One socket's readiness, shared by the socket and its worker's event loop.
+#[derive(Debug)]
+pub(crate) struct IoState {
+    readiness: AtomicUsize,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl IoState {
+    /// Records an event and takes the wakers it concerns.
+    pub(crate) fn set_ready(&self, ev: &mio::event::Event, out: &mut Vec<Waker>) {
+        let mut bits = 0;
+        if ev.is_readable() {
+            bits |= READABLE;
+        }
+        if ev.is_writable() {
+            bits |= WRITABLE;
+        }
+        if ev.is_read_closed() {
+            bits |= READ_CLOSED;
+        }
+        if ev.is_write_closed() {
+            bits |= WRITE_CLOSED;
+        }
+        if ev.is_error() {
+            bits |= ERROR;
+        }
+        self.add(bits, out);
+    }
+
+    fn add(&self, bits: usize, out: &mut Vec<Waker>) {
+        // A new tick with every event, so a `clear` based on an older observation is ignored.
+        let _ = self.readiness.fetch_update(AcqRel, Acquire, |cur| {
+            Some((cur | bits).wrapping_add(TICK_ONE))
+        });
+        if bits & Dir::Read.mask() != 0 {
+            out.extend(self.reader.take());
+        }
+        if bits & Dir::Write.mask() != 0 {
+            out.extend(self.writer.take());
+        }
+    }
+
+    /// Marks the socket's runtime as gone and takes its wakers.
+    pub(crate) fn shut_down(&self, out: &mut Vec<Waker>) {
+        self.readiness.fetch_or(SHUTDOWN, AcqRel);
+        out.extend(self.reader.take());
+        out.extend(self.writer.take());
+    }
+
+    fn waker(&self, dir: Dir) -> &AtomicWaker {
+        match dir {
+            Dir::Read => &self.reader,
+            Dir::Write => &self.writer,
+        }
+    }
+}
+
+fn shut_down_error() -> io::Error {
+    io::Error::other("the rescon-rt runtime this socket was registered with has shut down")
+}
+
+/// A socket's registration with a worker's epoll instance, made on first wait.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    state: Arc<IoState>,
+    fd: RawFd,
+    worker: OnceLock<Result<(Arc<WorkerShared>, usize), io::ErrorKind>>,
+}
+
+impl Registration {
+    /// A registration for `fd` (owned by the socket that owns this), optimistically ready in
+    /// both directions: the first operation tries the system call before waiting.
+    pub(crate) fn new(fd: RawFd) -> Registration {
+        Registration {
+            state: Arc::new(IoState {
+                readiness: AtomicUsize::new(READABLE | WRITABLE),
+                reader: AtomicWaker::new(),
+                writer: AtomicWaker::new(),
+            }),
+            fd,
+            worker: OnceLock::new(),
+        }
+    }
+
+    fn ensure_registered(&self) -> io::Result<()> {
+        let r = self.worker.get_or_init(|| {
+            let w = crate::context::io_worker().map_err(|e| e.kind())?;
+            let token = lock(&w.io).insert(self.state.clone());
+            match w.registry.register(
+                &mut mio::unix::SourceFd(&self.fd),
+                mio::Token(token),
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            ) {
+                Ok(()) => Ok((w, token)),
+                Err(e) => {
+                    lock(&w.io).remove(token);
+                    tracing::warn!(fd = self.fd, error = %e, "registering a socket with epoll failed");
+                    Err(e.kind())
+                }
+            }
+        });
+        match r {
+            Ok((w, _)) if w.is_closed() => Err(shut_down_error()),
+            Ok(_) => Ok(()),
+            Err(kind) => Err(io::Error::new(
+                *kind,
+                "registering the socket with the runtime's epoll instance failed (outside a runtime, or out of memory or file descriptors)",
+            )),
+        }
+    }
+
+    /// Waits until the socket may be ready in `dir`; returns the readiness observed.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<io::Result<usize>> {
+        let cur = self.state.readiness.load(Acquire);
+        if cur & SHUTDOWN != 0 {
+            return Poll::Ready(Err(shut_down_error()));
+        }
+        if cur & dir.mask() != 0 {
+            return Poll::Ready(Ok(cur));
+        }
+        self.ensure_registered()?;
+        self.state.waker(dir).register(cx.waker());
+        let cur = self.state.readiness.load(Acquire);
+        if cur & SHUTDOWN != 0 {
+            return Poll::Ready(Err(shut_down_error()));
+        }
+        if cur & dir.mask() != 0 {
+            return Poll::Ready(Ok(cur));
+        }
+        Poll::Pending
+    }
+
+    /// Clears readiness in `dir` after a `WouldBlock`, unless an event came since `seen`.
+    pub(crate) fn clear(&self, dir: Dir, seen: usize) {
+        let _ = self.state.readiness.fetch_update(AcqRel, Acquire, |cur| {
+            (cur & TICK_MASK == seen & TICK_MASK).then_some(cur & !dir.clearable())
+        });
+    }
+
+    /// Runs `op` when the socket is ready in `dir`, waiting again while it would block.
+    pub(crate) fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            let seen = ready!(self.poll_ready(cx, dir))?;
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(dir, seen),
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(Ok((w, token))) = self.worker.get() {
+            let _ = w
+                .registry
+                .deregister(&mut mio::unix::SourceFd(&self.fd));
+            lock(&w.io).try_remove(*token);
+        }
+        fd_closed();
+    }
+}
+
+/// Listeners paused by descriptor exhaustion, woken when a socket closes.
+static PAUSED: Mutex<Vec<Waker>> = Mutex::new(Vec::new());
+static PAUSED_COUNT: AtomicUsize = AtomicUsize::new(0);
+static FD_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+fn fd_closed() {
+    if PAUSED_COUNT.load(Acquire) == 0 {
+        return;
+    }
+    FD_EPOCH.fetch_add(1, AcqRel);
+    let wakers = std::mem::take(&mut *lock(&PAUSED));
+    for w in wakers {
+        w.wake();
+    }
+}
+
+/// Whether an accept error means the process or system is out of descriptors or buffers.
+pub(crate) fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether an accept error concerns only the connection that failed (try the next one).
+pub(crate) fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+/// The pause state of a listener (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct AcceptPause {
+    state: Mutex<PauseState>,
+    pauses: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    sleep: Option<crate::time::Sleep>,
+    epoch: u64,
+    backoff: Option<Duration>,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl AcceptPause {
+    /// Waits out a pause, if one is on.
+    pub(crate) fn poll_paused(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let Some(sleep) = st.sleep.as_mut() else {
+            return Poll::Ready(());
+        };
+        let resumed_early = FD_EPOCH.load(Acquire) != st.epoch;
+        if !resumed_early && std::pin::Pin::new(sleep).poll(cx).is_pending() {
+            lock(&PAUSED).push(cx.waker().clone());
+            // A socket closed between the epoch check and the push: resume now.
+            if FD_EPOCH.load(Acquire) == st.epoch {
+                return Poll::Pending;
+            }
+        }
+        st.sleep = None;
+        PAUSED_COUNT.fetch_sub(1, AcqRel);
+        Poll::Ready(())
+    }
+
+    /// Starts a pause after an exhaustion error.
+    pub(crate) fn pause(&self, e: &io::Error, fd: RawFd) {
+        let mut st = lock(&self.state);
+        let backoff = st
+            .backoff
+            .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+        st.backoff = Some(backoff);
+        let n = self.pauses.fetch_add(1, Relaxed) + 1;
+        tracing::warn!(fd, error = %e, pause_ms = backoff.as_millis() as u64, pauses = n,
+            "accept failed for lack of descriptors or memory: pausing this listener; raise RLIMIT_NOFILE or close idle connections");
+        PAUSED_COUNT.fetch_add(1, AcqRel);
+        st.epoch = FD_EPOCH.load(Acquire);
+        st.sleep = Some(crate::time::sleep(backoff));
+    }
+
+    /// An accept succeeded: the next pause starts short again.
+    pub(crate) fn succeeded(&self) {
+        if let Ok(mut st) = self.state.try_lock() {
+            st.backoff = None;
+        }
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.pauses.load(Relaxed)
+    }
+}
+
+impl Drop for AcceptPause {
+    fn drop(&mut self) {
+        if lock(&self.state).sleep.is_some() {
+            PAUSED_COUNT.fetch_sub(1, AcqRel);
+        }
+    }
+}
+
+/// A socket with its registration and its container: the shared part of the socket types.
+#[derive(Debug)]
+pub(crate) struct Sock<S> {
+    pub(crate) io: S,
+    pub(crate) reg: Registration,
+    pub(crate) container: rescon::Container,
+}
+
+impl<S: AsRawFd> Sock<S> {
+    pub(crate) fn new(io: S, container: rescon::Container) -> Sock<S> {
+        let fd = io.as_raw_fd();
+        Sock {
+            io,
+            reg: Registration::new(fd),
+            container: container.unprivileged(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn received(&self, n: usize) {
+        if n > 0 {
+            self.container.account().add_bytes_in(n as u64);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn sent(&self, n: usize) {
+        if n > 0 {
+            self.container.account().add_bytes_out(n as u64);
+        }
+    }
+}
+
+impl<S: AsRawFd> Sock<S>
+where
+    for<'a> &'a S: io::Read + io::Write,
+{
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(self.reg.poll_io(cx, Dir::Read, || (&self.io).read(buf)))?;
+        self.received(n);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads into uninitialised memory (for hyper's buffers), without zeroing it first.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn poll_read_uninit(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        let fd = self.io.as_raw_fd();
+        let n = ready!(
+            self.reg
+                .poll_io(cx, Dir::Read, || crate::sys::recv_uninit(fd, buf))
+        )?;
+        self.received(n);
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(self.reg.poll_io(cx, Dir::Write, || (&self.io).write(buf)))?;
+        self.sent(n);
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(
+            self.reg
+                .poll_io(cx, Dir::Write, || (&self.io).write_vectored(bufs))
+        )?;
+        self.sent(n);
+        Poll::Ready(Ok(n))
+    }
+
+    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    pub(crate) async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_write(cx, buf)).await
+    }
+
+    pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_exact(&self, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.read(buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+}
+
+/// The container for a new socket made without one: the current task's.
+pub(crate) fn default_container() -> io::Result<rescon::Container> {
+    crate::context::try_current().ok_or_else(|| {
+        io::Error::other(
+            "no rescon-rt runtime here to take the socket's container from: create the socket inside a task or Runtime::block_on, or use the *_in constructor with an explicit container",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_event_after_the_observation_survives_a_clear() {
+        let reg = Registration::new(-1);
+        let seen = reg.state.readiness.load(SeqCst);
+        assert!(seen & READABLE != 0, "optimistic at first");
+        // An event arrives between the failed read and the clear.
+        let mut out = Vec::new();
+        reg.state.add(READABLE, &mut out);
+        reg.clear(Dir::Read, seen);
+        assert!(reg.state.readiness.load(SeqCst) & READABLE != 0);
+        // Without an event in between, the clear takes effect.
+        let seen = reg.state.readiness.load(SeqCst);
+        reg.clear(Dir::Read, seen);
+        assert_eq!(reg.state.readiness.load(SeqCst) & READABLE, 0);
+        assert!(reg.state.readiness.load(SeqCst) & WRITABLE != 0, "writes untouched");
+    }
+
+    #[test]
+    fn events_take_the_waker_of_their_direction_only() {
+        let st = IoState {
+            readiness: AtomicUsize::new(0),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
+        };
+        let (r, w) = (
+            Arc::new(Flag(AtomicBool::new(false))),
+            Arc::new(Flag(AtomicBool::new(false))),
+        );
+        st.reader.register(&Waker::from(r.clone()));
+        st.writer.register(&Waker::from(w.clone()));
+        let mut out = Vec::new();
+        st.add(WRITABLE, &mut out);
+        out.drain(..).for_each(Waker::wake);
+        assert!(w.0.load(SeqCst) && !r.0.load(SeqCst));
+        st.add(READ_CLOSED, &mut out);
+        out.drain(..).for_each(Waker::wake);
+        assert!(r.0.load(SeqCst));
+        // Closed stays set through a clear.
+        let seen = st.readiness.load(SeqCst);
+        let _ = st.readiness.fetch_update(SeqCst, SeqCst, |c| {
+            (c & TICK_MASK == seen & TICK_MASK).then_some(c & !Dir::Read.clearable())
+        });
+        assert!(st.readiness.load(SeqCst) & Dir::Read.mask() != 0);
+    }
+
+    #[test]
+    fn exhaustion_errors_are_told_apart() {
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_exhaustion(&io::Error::from_raw_os_error(e)));
+            assert!(!is_per_connection(&io::Error::from_raw_os_error(e)));
+        }
+        assert!(is_per_connection(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
+        assert!(!is_exhaustion(&io::Error::from_raw_os_error(libc::EBADF)));
+    }
+}

@@ -1,0 +1,125 @@
+//! An event-driven async runtime that charges every poll to a resource container and
+//! schedules by container.
+//!
+//! In the paper's event-driven server one thread serves many connections, switching its
+//! resource binding as it goes, and the containers' usage decides what runs next. Here every
+//! task carries its container: each poll is timed and charged to it, and each worker runs the
+//! container its [`rescon`] policy picks, so a server's CPU is divided by activity (connection,
+//! client class, virtual host) instead of by thread.
+//!
+//! ```
+//! use rescon::{Attributes, Registry};
+//! use std::time::Duration;
+//!
+//! let registry = Registry::new();
+//! let root = registry.root();
+//! let mut premium = Attributes::default();
+//! premium.set("share", "weight:300").unwrap();
+//! let premium = root.create_child("premium", premium).unwrap();
+//! let basic = root.create_child("basic", Attributes::default()).unwrap();
+//!
+//! let rt = rescon_rt::Runtime::new(&registry).unwrap();
+//! rt.block_on(async {
+//!     // A task per request, in its client's container.
+//!     let a = rescon_rt::spawn_in(&premium, async { 1 });
+//!     let b = rescon_rt::spawn_in(&basic, async {
+//!         // A request that turns out to be a premium client's moves its later work there.
+//!         rescon_rt::bind(&rescon_rt::current());
+//!         rescon_rt::sleep(Duration::from_millis(1)).await;
+//!         2
+//!     });
+//!     assert_eq!(a.await.unwrap() + b.await.unwrap(), 3);
+//! });
+//! rt.flush_usage();
+//! assert_eq!(premium.usage().polls, 1);
+//! ```
+//!
+//! # Tasks and bindings
+//!
+//! [`spawn_in`] binds a new task to a container, [`spawn`] to the current task's, [`current`]
+//! tells which, [`bind`] rebinds the running task (later charges and scheduling go to the new
+//! container), [`with_container`] runs a future bound to a container and restores the binding
+//! after. [`yield_now`], timers ([`sleep`], [`timeout`], [`interval`]) and
+//! [`Runtime::block_on`] are as in other runtimes. A panicking task is reported through its
+//! [`JoinHandle`] as [`JoinError::Panic`]; the worker goes on.
+//!
+//! # Workers and guarantees
+//!
+//! There are N workers (default: the available cores), each a thread with its own epoll
+//! instance, its own [`Hierarchical`](rescon::sched::Hierarchical) policy and its own run queue
+//! per container. A task stays on the worker it was placed on (its binding is a key into that
+//! worker's queues; moving it would need the other worker's policy); new tasks of a container
+//! not yet on the current worker go to the least loaded worker, which spreads connections.
+//!
+//! On each worker the policy's guarantees hold between that worker's containers:
+//! - a runnable container of a higher class always runs before one of a lower class (among
+//!   siblings); a container with priority 0 is never run, and neither is a listener's accept
+//!   in it (see [`io`]);
+//! - backlogged containers share the worker's CPU by their fixed shares and weights, within
+//!   one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs longer) of
+//!   error per level of the tree;
+//! - a CPU limit holds across all workers: they take leases of the container's shared budget
+//!   (1 ms by default when there are several workers), so per period a capped subtree runs at
+//!   most its budget plus what the running polls overrun (a poll is never interrupted; the
+//!   overrun is paid back from the next period).
+//!
+//! Shares are per worker: two containers whose tasks sit on different workers each get their
+//! worker. A server that wants shares to hold across the machine gives each worker work from
+//! every class, which placement by load does for many connections.
+//!
+//! I/O is polled without blocking every 61 polls ([`Builder::event_interval`]) and whenever
+//! the worker has nothing to run, so CPU-bound tasks cannot starve I/O.
+//!
+//! # Charging
+//!
+//! Each poll is timed with the runtime's [`Clock`] (`CLOCK_MONOTONIC` through the vDSO, about
+//! 25 ns; the end of one poll is the start of the next, so one read per poll), and the time of
+//! a burst of polls of one container is charged with one
+//! [`Policy::charge`](rescon::sched::Policy::charge). Kernel work done inside a poll (send,
+//! recv, accept) is charged with it. Every 10 ms the worker reads its thread CPU clock (about
+//! 540 ns) and scales later charges by the CPU it actually got over its awake time, so time
+//! the kernel gave to other threads in the middle of a poll is not charged (see
+//! [`Builder::correct_cpu`]). Polls, wait time (runnable to polled), bytes in and out of
+//! every socket, and accepts are recorded in the containers' [`Usage`](rescon::Usage); the
+//! batched part reaches it within a millisecond, or at once with [`Runtime::flush_usage`].
+//!
+//! # The rest
+//!
+//! - [`io`]: sockets bound to containers, accept in the listener's container, pausing on
+//!   descriptor exhaustion.
+//! - [`blocking`]: the multi-threaded model, a thread pool ordered by the same policy.
+//! - [`prio`]: scheduler binding, a worker that serves only idle-class work lowers its own
+//!   kernel priority.
+//! - `hyper` (feature): hyper 1.x runs on this runtime.
+//! - Dropping the [`Runtime`] cancels every task and releases every container reference it
+//!   held.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod blocking;
+mod clock;
+mod context;
+#[cfg(feature = "hyper")]
+mod hyper;
+pub mod io;
+pub mod prio;
+mod runtime;
+mod sys;
+mod task;
+pub mod time;
+mod worker;
+
+pub use blocking::{BlockingPool, BlockingPoolBuilder};
+pub use clock::Clock;
+pub use context::{
+    EnterGuard, WithContainer, bind, current, spawn, spawn_blocking_in, spawn_in, try_current,
+    with_container,
+};
+#[cfg(feature = "hyper")]
+pub use hyper::{HyperExecutor, HyperTimer};
+pub use io::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
+pub use prio::{IdlePriority, ThreadPriority};
+pub use runtime::{BuildError, Builder, Handle, Runtime};
+pub use task::{JoinError, JoinHandle, YieldNow, yield_now};
+pub use time::{Elapsed, Interval, Sleep, interval, sleep, sleep_until, timeout};

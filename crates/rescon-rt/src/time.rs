@@ -1,0 +1,509 @@
+//! Timers: [`sleep`], [`sleep_until`], [`timeout`] and [`interval`].
+//!
+//! Each worker keeps a binary heap of deadlines. A [`Sleep`] registers with the worker it is
+//! first polled on (or, outside the workers, with one chosen round robin) and is woken when
+//! that worker's clock passes its deadline. Deadlines are in the runtime's
+//! [`Clock`](crate::Clock), so on a manual clock sleeps end in simulated time. Resolution: the
+//! workers wait in `epoll_wait`, which counts in milliseconds, so a sleep ends up to about a
+//! millisecond late when the worker is idle, and on time when it is busy.
+//!
+//! ```
+//! use std::time::Duration;
+//! let registry = rescon::Registry::new();
+//! let rt = rescon_rt::Runtime::new(&registry).unwrap();
+//! rt.block_on(async {
+//!     rescon_rt::sleep(Duration::from_millis(2)).await;
+//!     let slow = rescon_rt::sleep(Duration::from_secs(60));
+//!     let r = rescon_rt::timeout(Duration::from_millis(1), slow).await;
+//!     assert!(r.is_err(), "timed out");
+//! });
+//! ```
+
+use crate::Clock;
+use crate::worker::WorkerShared;
+use atomic_waker::AtomicWaker;
+use pin_project_lite::pin_project;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+const NONE: u64 = u64::MAX;
+
+/// The part of a timer its worker sees.
+#[derive(Debug)]
+pub(crate) struct TimerShared {
+    /// The deadline the sleep wants now (changed by `reset`).
+    deadline: AtomicU64,
+    /// The deadline of this timer's live heap entry, or `NONE`. Written by the worker only.
+    queued: AtomicU64,
+    dropped: AtomicBool,
+    waker: AtomicWaker,
+}
+
+#[derive(Debug)]
+struct Entry {
+    deadline: u64,
+    seq: u64,
+    timer: Arc<TimerShared>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.deadline, self.seq) == (o.deadline, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.deadline, self.seq).cmp(&(o.deadline, o.seq))
+    }
+}
+
+/// A worker's timers.
+///
+/// Each timer has at most one live entry (the one whose deadline equals its `queued`). A reset
+/// to a later deadline pushes nothing: the live entry is re-pushed at the new deadline when it
+/// comes up. A reset to an earlier deadline pushes a new entry and leaves the old one stale;
+/// stale entries are dropped when they come up, or all at once when they outnumber the live.
+#[derive(Debug, Default)]
+pub(crate) struct TimerHeap {
+    heap: BinaryHeap<Reverse<Entry>>,
+    live: usize,
+    seq: u64,
+}
+
+impl TimerHeap {
+    /// Asks for `timer` to be woken at its current deadline.
+    pub(crate) fn register(&mut self, timer: Arc<TimerShared>) {
+        let d = timer.deadline.load(Acquire);
+        let q = timer.queued.load(Relaxed);
+        if q != NONE && q <= d {
+            return; // the live entry comes up first and is re-pushed then
+        }
+        if q == NONE {
+            self.live += 1;
+        }
+        timer.queued.store(d, Relaxed);
+        self.push(d, timer);
+        if self.heap.len() > 2 * self.live + 1024 {
+            self.compact();
+        }
+    }
+
+    fn push(&mut self, deadline: u64, timer: Arc<TimerShared>) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry {
+            deadline,
+            seq: self.seq,
+            timer,
+        }));
+    }
+
+    fn compact(&mut self) {
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        let mut live = 0;
+        for Reverse(e) in entries {
+            if e.timer.queued.load(Relaxed) != e.deadline {
+                continue;
+            }
+            if e.timer.dropped.load(Acquire) {
+                e.timer.queued.store(NONE, Relaxed);
+                continue;
+            }
+            live += 1;
+            self.heap.push(Reverse(e));
+        }
+        self.live = live;
+    }
+
+    /// The earliest deadline, if any (may be a stale entry's: waking early is harmless).
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(e)| e.deadline)
+    }
+
+    /// Takes the wakers of the timers due at `now`.
+    pub(crate) fn fire(&mut self, now: u64, out: &mut Vec<Waker>) {
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if top.deadline > now {
+                break;
+            }
+            let Reverse(e) = self.heap.pop().expect("peeked");
+            if e.timer.queued.load(Relaxed) != e.deadline {
+                continue; // stale
+            }
+            e.timer.queued.store(NONE, Relaxed);
+            self.live -= 1;
+            if e.timer.dropped.load(Acquire) {
+                continue;
+            }
+            let d = e.timer.deadline.load(Acquire);
+            if d > now {
+                self.live += 1;
+                e.timer.queued.store(d, Relaxed);
+                self.push(d, e.timer);
+                continue;
+            }
+            if let Some(w) = e.timer.waker.take() {
+                out.push(w);
+            }
+        }
+    }
+
+    /// Takes every waker (at shutdown, so that sleeping tasks are dropped).
+    pub(crate) fn drain(&mut self, out: &mut Vec<Waker>) {
+        for Reverse(e) in std::mem::take(&mut self.heap) {
+            e.timer.queued.store(NONE, Relaxed);
+            if let Some(w) = e.timer.waker.take() {
+                out.push(w);
+            }
+        }
+        self.live = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+/// Waits until a deadline. Made by [`sleep`] and [`sleep_until`].
+pub struct Sleep {
+    timer: Arc<TimerShared>,
+    deadline: u64,
+    clock: Clock,
+    /// The worker it is registered with, and the deadline registered.
+    registered: Option<(Arc<WorkerShared>, u64)>,
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sleep")
+            .field("deadline_ns", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sleeps for `duration`.
+///
+/// # Panics
+/// Outside a runtime (a task, [`Runtime::block_on`](crate::Runtime::block_on) or
+/// [`Runtime::enter`](crate::Runtime::enter)).
+pub fn sleep(duration: Duration) -> Sleep {
+    let clock = crate::context::clock();
+    let deadline = clock.now_ns().saturating_add(duration.as_nanos() as u64);
+    Sleep::at_ns(clock, deadline)
+}
+
+/// Sleeps until `deadline`.
+///
+/// # Panics
+/// Outside a runtime, as [`sleep`].
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    let clock = crate::context::clock();
+    let ns = clock.instant_to_ns(deadline);
+    Sleep::at_ns(clock, ns)
+}
+
+impl Sleep {
+    pub(crate) fn at_ns(clock: Clock, deadline: u64) -> Sleep {
+        Sleep {
+            timer: Arc::new(TimerShared {
+                deadline: AtomicU64::new(deadline),
+                queued: AtomicU64::new(NONE),
+                dropped: AtomicBool::new(false),
+                waker: AtomicWaker::new(),
+            }),
+            deadline,
+            clock,
+            registered: None,
+        }
+    }
+
+    /// The deadline, as an [`Instant`].
+    pub fn deadline(&self) -> Instant {
+        self.clock.ns_to_instant(self.deadline)
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_elapsed(&self) -> bool {
+        self.clock.now_ns() >= self.deadline
+    }
+
+    /// Moves the deadline (earlier or later) without making a new timer.
+    pub fn reset(&mut self, deadline: Instant) {
+        self.reset_ns(self.clock.instant_to_ns(deadline));
+    }
+
+    pub(crate) fn reset_ns(&mut self, deadline: u64) {
+        self.deadline = deadline;
+        self.timer.deadline.store(deadline, Release);
+    }
+
+    fn register(&mut self) {
+        if let Some((w, d)) = &self.registered {
+            if *d == self.deadline {
+                return;
+            }
+            if self.deadline > *d {
+                // The live entry comes up first and moves itself to the new deadline.
+                self.registered = Some((w.clone(), self.deadline));
+                return;
+            }
+            let w = w.clone();
+            crate::worker::register_timer(&w, self.timer.clone());
+            self.registered = Some((w, self.deadline));
+            return;
+        }
+        let w = crate::context::timer_worker();
+        crate::worker::register_timer(&w, self.timer.clone());
+        self.registered = Some((w, self.deadline));
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.now_ns() >= self.deadline {
+            return Poll::Ready(());
+        }
+        self.timer.waker.register(cx.waker());
+        self.register();
+        // The worker wakes only once its clock has passed the deadline; if it did so between
+        // the check above and the registration, the clock says so now.
+        if self.clock.now_ns() >= self.deadline {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.timer.dropped.store(true, Release);
+    }
+}
+
+/// The error of [`timeout`]: the deadline passed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline elapsed before the future completed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+pin_project! {
+    /// The future of [`timeout`].
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        sleep: Sleep,
+    }
+}
+
+/// Runs `fut`, giving up with [`Elapsed`] if it has not finished within `duration`.
+///
+/// # Panics
+/// Outside a runtime, as [`sleep`].
+pub fn timeout<F: Future>(duration: Duration, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        sleep: sleep(duration),
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match Pin::new(this.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Ticks every `period`, the first tick at once.
+///
+/// If ticks are missed (the task was not run in time), the next tick comes at once and the
+/// following ones are `period` apart from it: missed ticks are not made up in a burst.
+///
+/// # Panics
+/// Outside a runtime, as [`sleep`]; if `period` is zero.
+///
+/// ```
+/// use std::time::Duration;
+/// let registry = rescon::Registry::new();
+/// let rt = rescon_rt::Runtime::new(&registry).unwrap();
+/// rt.block_on(async {
+///     let mut every = rescon_rt::interval(Duration::from_millis(1));
+///     for _ in 0..3 {
+///         every.tick().await;
+///     }
+/// });
+/// ```
+pub fn interval(period: Duration) -> Interval {
+    assert!(!period.is_zero(), "interval period must be positive");
+    let clock = crate::context::clock();
+    let now = clock.now_ns();
+    Interval {
+        sleep: Sleep::at_ns(clock, now),
+        period: period.as_nanos() as u64,
+    }
+}
+
+/// Ticks at a fixed period. Made by [`interval`].
+#[derive(Debug)]
+pub struct Interval {
+    sleep: Sleep,
+    period: u64,
+}
+
+impl Interval {
+    /// Waits for the next tick and returns when it was due.
+    pub async fn tick(&mut self) -> Instant {
+        std::future::poll_fn(|cx| self.poll_tick(cx)).await
+    }
+
+    /// Polls for the next tick.
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Instant> {
+        match Pin::new(&mut self.sleep).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let due = self.sleep.deadline;
+                let now = self.sleep.clock.now_ns();
+                let next = due.saturating_add(self.period);
+                let next = if next <= now {
+                    now.saturating_add(self.period)
+                } else {
+                    next
+                };
+                self.sleep.reset_ns(next);
+                Poll::Ready(self.sleep.clock.ns_to_instant(due))
+            }
+        }
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        Duration::from_nanos(self.period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    fn timer(deadline: u64) -> (Arc<TimerShared>, Arc<Flag>) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let t = Arc::new(TimerShared {
+            deadline: AtomicU64::new(deadline),
+            queued: AtomicU64::new(NONE),
+            dropped: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        t.waker.register(&Waker::from(flag.clone()));
+        (t, flag)
+    }
+
+    fn fire(h: &mut TimerHeap, now: u64) {
+        let mut out = Vec::new();
+        h.fire(now, &mut out);
+        out.into_iter().for_each(Waker::wake);
+    }
+
+    #[test]
+    fn fires_in_deadline_order_and_only_when_due() {
+        let mut h = TimerHeap::default();
+        let (a, fa) = timer(20);
+        let (b, fb) = timer(10);
+        h.register(a);
+        h.register(b);
+        assert_eq!(h.next_deadline(), Some(10));
+        fire(&mut h, 9);
+        assert!(!fb.0.load(SeqCst));
+        fire(&mut h, 10);
+        assert!(fb.0.load(SeqCst) && !fa.0.load(SeqCst));
+        fire(&mut h, 25);
+        assert!(fa.0.load(SeqCst));
+        assert_eq!(h.len(), 0);
+    }
+
+    #[test]
+    fn reset_later_moves_the_entry_without_a_new_one() {
+        let mut h = TimerHeap::default();
+        let (a, fa) = timer(10);
+        h.register(a.clone());
+        a.deadline.store(30, SeqCst);
+        h.register(a.clone());
+        assert_eq!(h.len(), 1);
+        fire(&mut h, 15);
+        assert!(!fa.0.load(SeqCst), "moved to 30");
+        assert_eq!(h.next_deadline(), Some(30));
+        fire(&mut h, 30);
+        assert!(fa.0.load(SeqCst));
+    }
+
+    #[test]
+    fn reset_earlier_fires_early_and_the_stale_entry_is_skipped() {
+        let mut h = TimerHeap::default();
+        let (a, fa) = timer(100);
+        h.register(a.clone());
+        a.deadline.store(5, SeqCst);
+        h.register(a.clone());
+        fire(&mut h, 5);
+        assert!(fa.0.load(SeqCst));
+        fa.0.store(false, SeqCst);
+        a.waker.register(&Waker::from(fa.clone()));
+        fire(&mut h, 200);
+        assert!(!fa.0.load(SeqCst), "the stale entry at 100 does not fire");
+        assert_eq!(h.len(), 0);
+    }
+
+    #[test]
+    fn dropped_timers_do_not_fire_and_stale_entries_are_compacted() {
+        let mut h = TimerHeap::default();
+        let (a, fa) = timer(10);
+        h.register(a.clone());
+        a.dropped.store(true, SeqCst);
+        fire(&mut h, 10);
+        assert!(!fa.0.load(SeqCst));
+        // Many resets to earlier deadlines: stale entries are bounded.
+        let (b, _fb) = timer(1_000_000);
+        h.register(b.clone());
+        for d in (0..5000u64).rev() {
+            b.deadline.store(10_000 + d, SeqCst);
+            h.register(b.clone());
+        }
+        assert!(h.len() <= 2 * h.live + 1025, "{} entries", h.len());
+    }
+}
