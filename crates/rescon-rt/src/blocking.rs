@@ -291,10 +291,9 @@ impl PoolShared {
             let now = self.clock.now_ns();
             st.policy.refill(now);
             let Some(pick) = st.policy.pick() else {
-                let wait = st
-                    .policy
-                    .next_refill()
-                    .map(|t| Duration::from_nanos(t.saturating_sub(now)).max(Duration::from_micros(100)));
+                let wait = st.policy.next_refill().map(|t| {
+                    Duration::from_nanos(t.saturating_sub(now)).max(Duration::from_micros(100))
+                });
                 st.idle += 1;
                 let (g, to) = self
                     .work
@@ -342,17 +341,16 @@ impl PoolShared {
             let key = st.slot(k).key;
             match entered {
                 Some(Entered {
-                    mode: Mode::Blocking {
-                        first_ns: Some(first),
-                    },
+                    mode:
+                        Mode::Blocking {
+                            first_ns: Some(first),
+                        },
                     binding,
                     seg_start,
                     ..
                 }) => {
                     st.policy.charge(key, first);
-                    binding
-                        .account()
-                        .add_cpu_ns(cpu1.saturating_sub(seg_start));
+                    binding.account().add_cpu_ns(cpu1.saturating_sub(seg_start));
                 }
                 _ => st.policy.charge(key, cpu1.saturating_sub(cpu0)),
             }

@@ -165,19 +165,13 @@ impl Correction {
         if self.ratio_q16 == ONE_Q16 {
             ns
         } else {
-            (ns as u128 * self.ratio_q16 as u128 >> 16) as u64
+            ((ns as u128 * self.ratio_q16 as u128) >> 16) as u64
         }
     }
 
     /// Records time spent blocked in the poller.
     pub(crate) fn slept(&mut self, ns: u64) {
         self.slept += ns;
-    }
-
-    /// The current ratio, for inspection.
-    #[cfg(test)]
-    pub(crate) fn ratio(&self) -> f64 {
-        self.ratio_q16 as f64 / ONE_Q16 as f64
     }
 
     /// Ends the window if it is over.

@@ -152,7 +152,7 @@ pub(crate) fn io_worker() -> io::Result<Arc<WorkerShared>> {
 /// let registry = rescon::Registry::new();
 /// let rt = rescon_rt::Runtime::new(&registry).unwrap();
 /// let c = registry.root().create_child("c", Default::default()).unwrap();
-/// let id = rt.block_on(rescon_rt::spawn_in(&c, async { rescon_rt::current().id() }));
+/// let id = rt.block_on(rt.spawn_in(&c, async { rescon_rt::current().id() }));
 /// assert_eq!(id.unwrap(), c.id());
 /// ```
 pub fn current() -> Container {
@@ -161,7 +161,10 @@ pub fn current() -> Container {
 
 /// Like [`current`], but `None` outside a runtime.
 pub fn try_current() -> Option<Container> {
-    if let Some(c) = worker::with_local(|l| l.current().unwrap_or_else(|| l.rt.default_container.clone())) {
+    if let Some(c) = worker::with_local(|l| {
+        l.current()
+            .unwrap_or_else(|| l.rt.default_container.clone())
+    }) {
         return Some(c);
     }
     ENTERED.with(|c| c.borrow().as_ref().map(|e| e.binding.clone()))
@@ -185,7 +188,7 @@ pub fn try_current() -> Option<Container> {
 /// let a = registry.root().create_child("a", Default::default()).unwrap();
 /// let b = registry.root().create_child("b", Default::default()).unwrap();
 /// let b2 = b.clone();
-/// rt.block_on(rescon_rt::spawn_in(&a, async move {
+/// rt.block_on(rt.spawn_in(&a, async move {
 ///     rescon_rt::bind(&b2);
 ///     assert_eq!(rescon_rt::current(), b2);
 /// }))
@@ -288,7 +291,7 @@ where
 /// let registry = rescon::Registry::new();
 /// let rt = rescon_rt::Runtime::new(&registry).unwrap();
 /// let cgi = registry.root().create_child("cgi", Default::default()).unwrap();
-/// let sum = rt.block_on(rescon_rt::spawn_blocking_in(&cgi, || (0..1000u64).sum::<u64>()));
+/// let sum = rt.block_on(rt.handle().spawn_blocking_in(&cgi, || (0..1000u64).sum::<u64>()));
 /// assert_eq!(sum.unwrap(), 499_500);
 /// ```
 pub fn spawn_blocking_in<F, R>(container: &Container, f: F) -> JoinHandle<R>
@@ -349,7 +352,7 @@ impl<F> std::fmt::Debug for WithContainer<F> {
 /// let a = registry.root().create_child("a", Default::default()).unwrap();
 /// let b = registry.root().create_child("b", Default::default()).unwrap();
 /// let (a2, b2) = (a.clone(), b.clone());
-/// rt.block_on(rescon_rt::spawn_in(&a, async move {
+/// rt.block_on(rt.spawn_in(&a, async move {
 ///     let inner = rescon_rt::with_container(&b2, async { rescon_rt::current() }).await;
 ///     assert_eq!(inner, b2);
 ///     assert_eq!(rescon_rt::current(), a2);

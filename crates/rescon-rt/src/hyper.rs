@@ -34,9 +34,9 @@
 
 #![allow(unsafe_code)]
 
+use crate::Clock;
 use crate::io::{TcpStream, UnixStream};
 use crate::time::Sleep;
-use crate::Clock;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;

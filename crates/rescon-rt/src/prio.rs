@@ -281,7 +281,13 @@ mod tests {
         // command name changed to one holding a space and parentheses.
         let real = "24460 (cat) R 24456 24456 7521 0 -1 4194304 254 0 2 0 0 0 0 0 39 19 1 0 1008008 3133440 386 18446744073709551615 94689077223424 94689077243305 140723782592160 0 0 0 0 0 0 0 0 0 17 0 0 5 0 0 0 94689077259312 94689077260928 94689514102784 140723782593247 140723782593267 140723782593267 140723782594539 0";
         let p = parse_stat(real).unwrap();
-        assert_eq!(p, ThreadPriority { nice: 19, policy: ThreadPriority::SCHED_IDLE });
+        assert_eq!(
+            p,
+            ThreadPriority {
+                nice: 19,
+                policy: ThreadPriority::SCHED_IDLE
+            }
+        );
         let line = real.replace("(cat)", "(rescon (w) 0)");
         let p = parse_stat(&line).unwrap();
         assert_eq!(p.nice, 19);

@@ -1,18 +1,18 @@
 //! The runtime: its builder, its handle, `block_on`, and shutdown.
 
+use crate::Clock;
 use crate::blocking::{BlockingPool, BlockingPoolBuilder};
 use crate::context::{self, EnterGuard, Entered, Mode};
 use crate::prio::{IdleLowering, IdlePriority};
 use crate::task::{self, JoinHandle};
 use crate::worker::{self, FlushAll, Local, Remote, WorkerShared};
-use crate::Clock;
 use rescon::sched::{Hierarchical, HierarchicalConfig};
 use rescon::{Container, Registry};
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -242,7 +242,9 @@ impl Builder {
         let mut shared = Vec::with_capacity(n);
         for i in 0..n {
             let poll = mio::Poll::new().map_err(BuildError::Io)?;
-            shared.push(Arc::new(WorkerShared::new(i, &poll).map_err(BuildError::Io)?));
+            shared.push(Arc::new(
+                WorkerShared::new(i, &poll).map_err(BuildError::Io)?,
+            ));
             polls.push(poll);
         }
         let lease = match (self.lease, n) {
@@ -290,8 +292,7 @@ impl Builder {
                         h(i);
                     }
                     let nudge = shared.clone();
-                    let policy =
-                        Hierarchical::with_waker(&registry, cfg, move || nudge.nudge());
+                    let policy = Hierarchical::with_waker(&registry, cfg, move || nudge.nudge());
                     let idle = IdleLowering::for_current_thread(idle);
                     let local = Local::new(shared, rt2, poll, policy, idle);
                     let _ = ready.send(());

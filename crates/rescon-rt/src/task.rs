@@ -95,19 +95,17 @@ where
     F::Output: Send + 'static,
     S: Fn(Runnable, async_task::ScheduleInfo) + Send + Sync + 'static,
 {
-    let (runnable, task) = async_task::Builder::new()
-        .metadata(TaskMeta::new())
-        .spawn(
-            move |meta: &TaskMeta| TaskFuture {
-                fut,
-                meta_id: if on_worker {
-                    meta as *const TaskMeta as usize
-                } else {
-                    0
-                },
+    let (runnable, task) = async_task::Builder::new().metadata(TaskMeta::new()).spawn(
+        move |meta: &TaskMeta| TaskFuture {
+            fut,
+            meta_id: if on_worker {
+                meta as *const TaskMeta as usize
+            } else {
+                0
             },
-            async_task::WithInfo(schedule),
-        );
+        },
+        async_task::WithInfo(schedule),
+    );
     (
         runnable,
         JoinHandle {

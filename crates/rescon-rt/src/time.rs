@@ -255,8 +255,9 @@ impl Sleep {
             if *d == self.deadline {
                 return;
             }
-            if self.deadline > *d {
-                // The live entry comes up first and moves itself to the new deadline.
+            if self.deadline > *d && self.timer.queued.load(Acquire) != NONE {
+                // The live entry comes up first and moves itself to the new deadline. (Once
+                // it has fired, as an interval's has at each tick, there is none: register.)
                 self.registered = Some((w.clone(), self.deadline));
                 return;
             }

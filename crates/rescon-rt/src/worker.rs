@@ -520,7 +520,10 @@ impl Local {
         let clock = &self.rt.clock;
         let t0 = clock.now_ns();
         let mut t = t0;
-        self.running.set(Run { key: k, seg_start: t0 });
+        self.running.set(Run {
+            key: k,
+            seg_start: t0,
+        });
         self.preempt.set(false);
         let (mut polls, mut wait) = (0u32, 0u64);
         let mut rebound = false;
@@ -818,10 +821,7 @@ impl Local {
         self.shared.sleeping.store(false, SeqCst);
         self.shared.notified.store(false, Release);
         let after = self.rt.clock.now_ns();
-        self.core
-            .borrow_mut()
-            .corr
-            .slept(after.saturating_sub(now));
+        self.core.borrow_mut().corr.slept(after.saturating_sub(now));
     }
 
     /// Waits for I/O events (at most `timeout`) and wakes the tasks waiting for them.

@@ -43,8 +43,8 @@ pub use unix::{UnixListener, UnixStream};
 
 use crate::worker::{WorkerShared, lock};
 use atomic_waker::AtomicWaker;
-use std::io;
 use std::future::Future;
+use std::io;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
@@ -245,9 +245,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(Ok((w, token))) = self.worker.get() {
-            let _ = w
-                .registry
-                .deregister(&mut mio::unix::SourceFd(&self.fd));
+            let _ = w.registry.deregister(&mut mio::unix::SourceFd(&self.fd));
             lock(&w.io).try_remove(*token);
         }
         fd_closed();
@@ -398,7 +396,11 @@ impl<S: AsRawFd> Sock<S>
 where
     for<'a> &'a S: io::Read + io::Write,
 {
-    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let n = ready!(self.reg.poll_io(cx, Dir::Read, || (&self.io).read(buf)))?;
         self.received(n);
         Poll::Ready(Ok(n))
@@ -506,7 +508,10 @@ mod tests {
         let seen = reg.state.readiness.load(SeqCst);
         reg.clear(Dir::Read, seen);
         assert_eq!(reg.state.readiness.load(SeqCst) & READABLE, 0);
-        assert!(reg.state.readiness.load(SeqCst) & WRITABLE != 0, "writes untouched");
+        assert!(
+            reg.state.readiness.load(SeqCst) & WRITABLE != 0,
+            "writes untouched"
+        );
     }
 
     #[test]

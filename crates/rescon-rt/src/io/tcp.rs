@@ -92,7 +92,11 @@ impl TcpListener {
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
         loop {
             ready!(self.pause.poll_paused(cx));
-            match ready!(self.sock.reg.poll_io(cx, Dir::Read, || self.sock.io.accept())) {
+            match ready!(
+                self.sock
+                    .reg
+                    .poll_io(cx, Dir::Read, || self.sock.io.accept())
+            ) {
                 Ok((s, addr)) => {
                     self.pause.succeeded();
                     match self.sock.container.try_open_connection() {
@@ -164,11 +168,7 @@ impl TcpStream {
 
     /// Connects to `addr`, bound to `container`.
     pub async fn connect_in(addr: SocketAddr, container: &Container) -> io::Result<TcpStream> {
-        let s = TcpStream::from_mio(
-            mio::net::TcpStream::connect(addr)?,
-            container.clone(),
-            None,
-        );
+        let s = TcpStream::from_mio(mio::net::TcpStream::connect(addr)?, container.clone(), None);
         std::future::poll_fn(|cx| {
             loop {
                 let seen = ready!(s.sock.reg.poll_ready(cx, Dir::Write))?;

@@ -72,7 +72,11 @@ impl UnixListener {
     ) -> Poll<io::Result<(UnixStream, std::os::unix::net::SocketAddr)>> {
         loop {
             ready!(self.pause.poll_paused(cx));
-            match ready!(self.sock.reg.poll_io(cx, Dir::Read, || self.sock.io.accept())) {
+            match ready!(
+                self.sock
+                    .reg
+                    .poll_io(cx, Dir::Read, || self.sock.io.accept())
+            ) {
                 Ok((s, addr)) => {
                     self.pause.succeeded();
                     match self.sock.container.try_open_connection() {
@@ -130,7 +134,10 @@ impl UnixStream {
     }
 
     /// Connects to `path`, bound to `container`.
-    pub async fn connect_in(path: impl AsRef<Path>, container: &Container) -> io::Result<UnixStream> {
+    pub async fn connect_in(
+        path: impl AsRef<Path>,
+        container: &Container,
+    ) -> io::Result<UnixStream> {
         let s = UnixStream {
             sock: Sock::new(mio::net::UnixStream::connect(path)?, container.clone()),
             _conn: None,
