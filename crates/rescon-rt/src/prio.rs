@@ -257,7 +257,6 @@ impl IdleLowering {
     }
 
     /// Whether the worker is lowered now.
-    #[cfg(test)]
     pub(crate) fn is_lowered(&self) -> bool {
         self.lowered
     }

@@ -784,6 +784,10 @@ impl Local {
         } else {
             core.served.clear();
         }
+        // A raise on runnable work happens outside this decision: publish the state.
+        if core.idle.enabled() {
+            self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
+        }
     }
 
     /// Nothing may run: record usage, release unused slots, and sleep until there is work.

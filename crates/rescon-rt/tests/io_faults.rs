@@ -1,0 +1,223 @@
+//! Sockets charge their container; hyper serves on the runtime; faults do not take it down.
+
+use rescon::{Attributes, Container, Registry};
+use rescon_rt::{Builder, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn child(parent: &Container, name: &str) -> Container {
+    parent.create_child(name, Attributes::default()).unwrap()
+}
+
+#[test]
+fn socket_bytes_are_charged_to_the_socket_container() {
+    let registry = Registry::new();
+    let rt = Builder::new(&registry).workers(2).build().unwrap();
+    let srv = child(&registry.root(), "echo");
+    let listener = rt
+        .block_on(async { TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &srv) })
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn_in(&srv, async move {
+        let (conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            conn.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let data = vec![7u8; 100_000];
+    let mut back = vec![0u8; data.len()];
+    let mut writer = client.try_clone().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| writer.write_all(&data).unwrap());
+        client.read_exact(&mut back).unwrap();
+    });
+    assert_eq!(back, data);
+    drop(client);
+    let t = Instant::now();
+    while srv.usage().bytes_out < 100_000 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let u = srv.usage();
+    assert_eq!(u.bytes_in, 100_000);
+    assert_eq!(u.bytes_out, 100_000);
+    assert_eq!(u.conns_accepted, 1);
+    rt.flush_usage();
+    assert!(
+        srv.usage().cpu_ns > 0,
+        "the echo's CPU is charged to its container"
+    );
+}
+
+#[test]
+fn hyper_serves_with_a_container_per_connection() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let registry = Registry::new();
+    let rt = Builder::new(&registry).workers(2).build().unwrap();
+    let web = child(&registry.root(), "web");
+    let web2 = web.clone();
+    let listener = rt
+        .block_on(async { TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &web) })
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn_in(&web, async move {
+        let mut n = 0;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            n += 1;
+            let c = web2
+                .create_child(&format!("conn-{n}"), Attributes::default())
+                .unwrap();
+            conn.set_container(&c);
+            rescon_rt::spawn_in(&c, async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let id = rescon_rt::current().id();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        format!("served in {id}"),
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(rescon_rt::HyperTimer::current())
+                    .serve_connection(conn, svc)
+                    .await;
+            });
+        }
+    });
+    let bodies: Vec<String> = rt.block_on(async move {
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(stream).await.unwrap();
+            rescon_rt::spawn(conn);
+            for _ in 0..2 {
+                send.ready().await.unwrap();
+                let req = hyper::Request::get("/")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                out.push(String::from_utf8(body.to_vec()).unwrap());
+            }
+        }
+        out
+    });
+    assert_eq!(bodies.len(), 4);
+    assert_eq!(
+        bodies[0], bodies[1],
+        "keep-alive: one connection, one container"
+    );
+    assert_ne!(
+        bodies[1], bodies[2],
+        "a new connection gets a new container"
+    );
+    assert_ne!(bodies[0], format!("served in {}", web.id()));
+}
+
+#[test]
+fn a_panicking_task_is_reported_and_the_worker_goes_on() {
+    let registry = Registry::new();
+    let rt = Builder::new(&registry).workers(1).build().unwrap();
+    let c = child(&registry.root(), "c");
+    let err = rt
+        .block_on(rt.spawn_in(&c, async { panic!("boom") }))
+        .map(|_: ()| ())
+        .unwrap_err();
+    assert!(err.is_panic());
+    assert_eq!(err.panic_message(), Some("boom"));
+    let v = rt.block_on(rt.spawn_in(&c, async { 41 + 1 })).unwrap();
+    assert_eq!(v, 42, "the same worker runs the next task");
+}
+
+#[test]
+fn dropping_the_runtime_releases_every_container() {
+    let registry = Registry::new();
+    let before = registry.len();
+    {
+        let rt = Builder::new(&registry).workers(2).build().unwrap();
+        let parent = child(&registry.root(), "parent");
+        for i in 0..20 {
+            let c = child(&parent, &format!("c{i}"));
+            // Tasks that never finish: they hold their containers until the runtime goes.
+            rt.spawn_in(&c, async {
+                rescon_rt::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+        let l = rt
+            .block_on(async { TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &parent) })
+            .unwrap();
+        rt.spawn_in(&parent, async move {
+            let _ = l.accept().await;
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(registry.len() >= before + 21);
+        drop(parent);
+    }
+    assert_eq!(
+        registry.len(),
+        before,
+        "every container was released with the runtime"
+    );
+}
+
+#[test]
+fn idle_class_work_lowers_the_worker_and_normal_work_raises_it() {
+    use rescon_rt::ThreadPriority;
+    let registry = Registry::new();
+    let rt = Builder::new(&registry).workers(1).build().unwrap();
+    let tid = rt.handle().worker_tids()[0];
+    let mut a = Attributes::default();
+    a.set("class", "idle").unwrap();
+    let idle = registry.root().create_child("idle", a).unwrap();
+    let normal = child(&registry.root(), "normal");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let bg = rt.spawn_in(&idle, async move {
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(100) {}
+            rescon_rt::yield_now().await;
+        }
+    });
+    let wait_for = |want: bool| {
+        let t = Instant::now();
+        while rt.handle().workers_lowered()[0] != want && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rt.handle().workers_lowered()[0] == want
+    };
+    if !wait_for(true) {
+        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "RESCON_REQUIRE_KERNEL=1 but the worker never lowered itself"
+        );
+        eprintln!("skipped: the worker cannot change its priority here (needs CAP_SYS_NICE)");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        return;
+    }
+    let p = ThreadPriority::of_thread(tid).unwrap();
+    assert_eq!(p.policy, ThreadPriority::SCHED_IDLE, "{p:?}");
+    // Normal-class work arrives: the worker comes back at once.
+    let stop2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s3 = stop2.clone();
+    let fg = rt.spawn_in(&normal, async move {
+        while !s3.load(std::sync::atomic::Ordering::SeqCst) {
+            rescon_rt::yield_now().await;
+        }
+    });
+    assert!(wait_for(false), "normal work raised the worker");
+    let p = ThreadPriority::of_thread(tid).unwrap();
+    assert_eq!(p.policy, ThreadPriority::SCHED_OTHER, "{p:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop2.store(true, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(async {
+        bg.await.unwrap();
+        fg.await.unwrap();
+    });
+}
