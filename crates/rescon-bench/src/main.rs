@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod flood;
 mod primitives;
 mod primitives_kernel;
+mod runtime;
 mod sim;
 mod synflood;
 
@@ -37,6 +38,8 @@ enum Command {
     /// Legitimate connections/s under a SYN flood with no defense, SYN cookies, a static
     /// filter and automatic detection, in network namespaces made for the run (root).
     Synflood(synflood::Args),
+    /// rescon-rt beside tokio: spawn, yield, TCP echo and hyper keep-alive, in one run.
+    Runtime(runtime::Args),
     /// The bounded SYN flooder alone, for a test bed's attacker namespace (root).
     Flood(flood::Args),
 }
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Primitives(a) => primitives::run(a),
         Command::Synflood(a) => synflood::run(a),
         Command::Flood(a) => flood::run(a),
+        Command::Runtime(a) => runtime::run(a),
     }
 }

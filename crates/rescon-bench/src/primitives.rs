@@ -166,6 +166,7 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
             black_box(root.lookup(black_box(id)).expect("lookup"));
         }),
     );
+    ops.insert("rebind", crate::runtime::rebind_ns(iters(2_000_000, scale)));
     ops.insert("pick_charge_100k", pick_charge(scale, 1));
     ops.insert("pick_charge_100k_1pct_runnable", pick_charge(scale, 100));
     ops
