@@ -14,6 +14,7 @@
 //!   charged under.
 //! - [`log`]: the access log line, with the container and the CPU charged.
 //! - [`demo`]: the embedded demo site the default configuration serves.
+//! - [`server`]: the serving loop on rescon-rt, CGI runs in containers, the admin socket.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,4 +25,5 @@ pub mod config;
 pub mod demo;
 pub mod log;
 pub mod routing;
+pub mod server;
 pub mod static_files;

@@ -1,13 +1,17 @@
 //! `rescon-httpd`: the resource-container web server.
 //!
-//! This build checks and prints configurations and unpacks the demo site; serving runs on the
-//! rescon-rt runtime and comes with it.
+//! Serves the configured sites (the embedded demo site by default, on 127.0.0.1:8080) on the
+//! rescon-rt runtime; also checks and prints configurations and unpacks the demo site.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use rescon_httpd::config::{Config, DEFAULT_CONFIG};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// mimalloc: containers are made and dropped per connection, in bursts (see rescon-bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The resource-container web server.
 #[derive(Debug, Parser)]
@@ -24,6 +28,13 @@ struct Args {
     /// Print the embedded default configuration (a starting point for your own) and exit.
     #[arg(long, conflicts_with_all = ["check_config", "config", "unpack_demo"])]
     print_default_config: bool,
+    /// Serve without containers (the benchmark baseline): one container for all connections,
+    /// no client classes, no per-connection or CGI containers.
+    #[arg(long)]
+    no_containers: bool,
+    /// Worker threads (default: the available cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Write the embedded demo site (htdocs/ and cgi-bin/) into DIR and exit.
     #[arg(long, value_name = "DIR", conflicts_with = "check_config")]
     unpack_demo: Option<PathBuf>,
@@ -73,14 +84,19 @@ fn run(args: &Args) -> Result<ExitCode> {
         let dir = rescon_httpd::demo::unpack_cached().context("unpacking the demo site")?;
         config.set_demo_dir(&dir);
     }
-    print!("{}", config.to_toml());
     if args.check_config {
+        print!("{}", config.to_toml());
         eprintln!("rescon-httpd: {}: configuration ok", config.source);
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "rescon-httpd: serving needs the rescon-rt runtime, which this build does not include yet; \
-         the configuration above is valid. Use --check-config to check a configuration."
-    );
-    Ok(ExitCode::FAILURE)
+    eprintln!("rescon-httpd: configuration {}", config.source);
+    rescon_httpd::server::run(
+        config,
+        rescon_httpd::server::Options {
+            workers: args.workers.map(usize::from),
+            no_containers: args.no_containers,
+            config_path: args.config.clone(),
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

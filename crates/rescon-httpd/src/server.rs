@@ -1,0 +1,896 @@
+//! The serving loop: hyper on rescon-rt, a container per connection, static files, CGI runs in
+//! their own containers (in a cgroup where the kernel allows), the admin API on a Unix socket,
+//! and reloads on SIGHUP.
+//!
+//! # Placement
+//!
+//! A listener's accept loop runs in the listener's container. Each accepted connection is
+//! classified by its source address through the listener's filters ([`FilterTable`]): the
+//! black-hole member closes it at once; otherwise the class container's connection limit is
+//! taken (beyond it the client gets a 503 and the connection closes) and the connection gets
+//! its own container under the class container, to which its task, its socket's bytes and
+//! every request on it are charged. A CGI request gets a container under its prefix's class
+//! container (the CGI class, e.g. capped at 30%), where the script's process runs: in the
+//! container's cgroup when kernel enforcement is on, so its CPU and its children's are charged
+//! and capped there.
+//!
+//! With `--no-containers` (the benchmark's baseline) every connection is served in one
+//! container, with no classes and no per-connection containers: the runtime's policy has a
+//! single member, so it serves tasks first come, first served.
+
+use crate::admin::{Admin, FilterTable};
+use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, ScriptDir, meta_variables};
+use crate::config::{AccessLog, Config, ContainerPath, LiveTree};
+use crate::log::AccessLogEntry;
+use crate::routing::{Target, route};
+use crate::static_files::{BodyPlan, DocRoot, Resolved, plan};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rescon::{Attributes, Container, Registry};
+use rescon_linux::cgroup::{self, Manager};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the server is run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Worker threads (default: the available cores).
+    pub workers: Option<usize>,
+    /// Serve without containers: one container for everything (the baseline).
+    pub no_containers: bool,
+    /// The configuration file, for reloads (`None`: the embedded default, not reloadable).
+    pub config_path: Option<PathBuf>,
+}
+
+/// What the request handlers share. Swapped as a whole on reload.
+struct Site {
+    config: Config,
+    roots: HashMap<String, Arc<DocRoot>>,
+    scripts: HashMap<(String, String), Arc<ScriptDir>>,
+}
+
+struct Shared {
+    site: RwLock<Arc<Site>>,
+    tree: Mutex<LiveTree>,
+    filters: Arc<FilterTable>,
+    kernel: Option<Arc<Manager>>,
+    options: Options,
+    log: Option<Mutex<Box<dyn Write + Send>>>,
+    next_conn: AtomicU64,
+    next_cgi: AtomicU64,
+}
+
+impl Shared {
+    fn container(&self, path: &ContainerPath) -> Option<Container> {
+        self.tree
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+    }
+
+    fn site(&self) -> Arc<Site> {
+        self.site.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn open_site(config: Config) -> Result<Site> {
+    let mut roots = HashMap::new();
+    let mut scripts = HashMap::new();
+    for v in &config.vhosts {
+        let root = DocRoot::open(&v.root, v.index.clone())
+            .with_context(|| format!("vhost {}: opening the document root {}", v.name, v.root.display()))?;
+        roots.insert(v.name.clone(), Arc::new(root));
+        for p in &v.cgi {
+            let dir = ScriptDir::open(&p.dir).with_context(|| {
+                format!("vhost {}: opening the CGI directory {}", v.name, p.dir.display())
+            })?;
+            scripts.insert((v.name.clone(), p.prefix.clone()), Arc::new(dir));
+        }
+    }
+    Ok(Site {
+        config,
+        roots,
+        scripts,
+    })
+}
+
+/// Runs the server until it is killed. Prints `listening on ADDR` on standard output for each
+/// listener once it accepts.
+pub fn run(config: Config, options: Options) -> Result<()> {
+    let registry = Registry::new();
+    let root = registry.root();
+    let tree = LiveTree::build(&registry, &config.tree).context("building the container tree")?;
+    // Kernel enforcement: cgroups where the configuration asks and the kernel allows.
+    let wants_kernel = !options.no_containers
+        && config.tree.nodes.iter().any(|n| n.attrs.enforcement == rescon::Enforcement::Kernel);
+    let kernel = if wants_kernel {
+        let required = config.server.enforcement == crate::config::EnforcementMode::Kernel;
+        if config.server.enforcement == crate::config::EnforcementMode::User {
+            None
+        } else {
+            match Manager::start(&registry, cgroup::Config::default(), required)
+                .context("starting kernel enforcement (cgroups)")?
+            {
+                cgroup::Start::Kernel(m) => {
+                    let m = Arc::new(m);
+                    m.start_background(Duration::from_millis(100))
+                        .context("starting the cgroup sampler")?;
+                    Some(m)
+                }
+                cgroup::Start::UserOnly(reason) => {
+                    eprintln!("rescon-httpd: kernel enforcement off, user-level containers only: {reason}");
+                    None
+                }
+            }
+        }
+    } else {
+        None
+    };
+    let filters = Arc::new(FilterTable::from_config(&config.listeners, |p| {
+        tree.get(p).map(|c| c.id())
+    }));
+    let admin = Arc::new(Admin::new(root.clone(), filters.clone()));
+    admin.set_declared(&tree);
+    let log: Option<Mutex<Box<dyn Write + Send>>> = match &config.server.access_log {
+        AccessLog::Off => None,
+        AccessLog::Stdout => Some(Mutex::new(Box::new(std::io::stdout()))),
+        AccessLog::File(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening the access log {}", p.display()))?;
+            Some(Mutex::new(Box::new(f)))
+        }
+    };
+    let listeners = config.listeners.clone();
+    let admin_socket = config.admin.socket.clone();
+    let site = open_site(config)?;
+    let shared = Arc::new(Shared {
+        site: RwLock::new(Arc::new(site)),
+        tree: Mutex::new(tree),
+        filters,
+        kernel,
+        options: options.clone(),
+        log,
+        next_conn: AtomicU64::new(0),
+        next_cgi: AtomicU64::new(0),
+    });
+    let mut b = rescon_rt::Builder::new(&registry);
+    if let Some(n) = options.workers {
+        b = b.workers(n);
+    }
+    let rt = b.build().context("starting the runtime")?;
+    let everything = root
+        .create_child("server", Attributes::default())
+        .context("creating the server container")?;
+
+    // SIGTERM and SIGINT: stop CGI runs and remove our cgroups, then exit.
+    {
+        let kernel = shared.kernel.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .context("installing the SIGTERM handler")?;
+        std::thread::Builder::new()
+            .name("rescon-httpd-stop".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    eprintln!("rescon-httpd: signal {sig}, stopping");
+                    if let Some(m) = kernel {
+                        if let Err(e) = m.shutdown() {
+                            eprintln!("rescon-httpd: removing the cgroups: {e}");
+                        }
+                    }
+                    std::process::exit(0);
+                }
+            })
+            .context("starting the signal thread")?;
+    }
+    // SIGHUP: reload.
+    if let Some(path) = options.config_path.clone() {
+        let shared = shared.clone();
+        let admin = admin.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .context("installing the SIGHUP handler")?;
+        std::thread::Builder::new()
+            .name("rescon-httpd-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    match reload(&shared, &admin, &path) {
+                        Ok(summary) => eprintln!("rescon-httpd: reloaded {}: {summary}", path.display()),
+                        Err(e) => eprintln!(
+                            "rescon-httpd: reload of {} failed, keeping the running configuration: {e:#}",
+                            path.display()
+                        ),
+                    }
+                }
+            })
+            .context("starting the reload thread")?;
+    }
+
+    rt.block_on(async move {
+        if let Some(path) = admin_socket {
+            serve_admin(path, admin.clone(), &everything)?;
+        }
+        for l in listeners {
+            let c = everything
+                .create_child(&format!("listener-{}", l.name), Attributes::default())
+                .context("creating a listener container")?;
+            let listener = rescon_rt::TcpListener::bind_in(l.addr, &c)
+                .with_context(|| format!("listener {}: binding {}", l.name, l.addr))?;
+            let addr = listener.local_addr()?;
+            println!("listening on {addr}");
+            let shared = shared.clone();
+            let name = l.name.clone();
+            let fallback = c.clone();
+            rescon_rt::spawn_in(&c, accept_loop(shared, listener, name, fallback));
+        }
+        std::io::stdout().flush().ok();
+        // Serve until killed.
+        std::future::pending::<Result<()>>().await
+    })
+}
+
+fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<String> {
+    let mut config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if config.uses_demo() {
+        let dir = crate::demo::unpack_cached()?;
+        config.set_demo_dir(&dir);
+    }
+    let site = open_site(config)?;
+    let summary = {
+        let mut tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
+        let diff = tree
+            .reload(&site.config.tree)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tree.apply(&diff).map_err(|e| anyhow::anyhow!("{e}"))?;
+        admin.set_declared(&tree);
+        format!(
+            "{} containers added, {} removed, {} changed",
+            diff.add.len(),
+            diff.remove.len(),
+            diff.change.len()
+        )
+    };
+    *shared.site.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(site);
+    Ok(summary)
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: rescon_rt::TcpListener,
+    name: String,
+    fallback: Container,
+) {
+    loop {
+        let (mut conn, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("rescon-httpd: listener {name}: accept: {e}");
+                rescon_rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = conn.set_nodelay(true);
+        if shared.options.no_containers {
+            let c = fallback.clone();
+            let sh = shared.clone();
+            rescon_rt::spawn_in(&c, serve_conn(sh, conn, peer, "all".into(), None));
+            continue;
+        }
+        let site = shared.site();
+        let listener_cfg = site.config.listeners.iter().find(|l| l.name == name);
+        let class_name = shared.filters.classify(&name, peer.ip());
+        let class = class_name.as_deref().and_then(|cn| {
+            listener_cfg.and_then(|l| l.classes.iter().find(|c| c.name == cn))
+        });
+        let Some(class) = class else {
+            // The black hole (or no class takes this source): close without a word.
+            drop(conn);
+            continue;
+        };
+        let Some(class_c) = shared.container(&class.container) else {
+            continue;
+        };
+        let guard = match class_c.try_open_connection() {
+            Ok(g) => g,
+            Err(_) => {
+                rescon_rt::spawn_in(&class_c, refuse(conn));
+                continue;
+            }
+        };
+        let n = shared.next_conn.fetch_add(1, Relaxed);
+        let c = match class_c.create_child(&format!("conn-{n}"), Attributes::default()) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        conn.set_container(&c);
+        let sh = shared.clone();
+        let cn = class.name.clone();
+        rescon_rt::spawn_in(&c, async move {
+            serve_conn(sh, conn, peer, cn, Some(guard)).await;
+        });
+    }
+}
+
+/// Over the class's connection limit: a 503 and close.
+async fn refuse(conn: rescon_rt::TcpStream) {
+    let _ = conn
+        .write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections; try again soon\n",
+        )
+        .await;
+}
+
+async fn serve_conn(
+    shared: Arc<Shared>,
+    conn: rescon_rt::TcpStream,
+    peer: SocketAddr,
+    class: String,
+    _guard: Option<rescon::ConnGuard>,
+) {
+    let local = conn
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let site = shared.site();
+    let t = &site.config.timeouts;
+    let max_header = site.config.limits.max_header_bytes as usize;
+    let sh = shared.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let sh = sh.clone();
+        let class = class.clone();
+        async move { Ok::<_, Infallible>(handle(sh, req, peer, local, &class).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(rescon_rt::HyperTimer::current())
+        .header_read_timeout(t.header)
+        .max_buf_size(max_header.max(8192))
+        .keep_alive(true)
+        .serve_connection(conn, svc)
+        .await;
+}
+
+type Body = Full<Bytes>;
+
+fn simple(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    class: &str,
+) -> Response<Body> {
+    let start = Instant::now();
+    let time = SystemTime::now();
+    let me = rescon_rt::current();
+    let cpu0 = me.usage().cpu_ns;
+    me.account().add_requests(1);
+    let site = shared.site();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let path = req.uri().path().to_owned();
+    let request_line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    let ua = req.headers().get(header::USER_AGENT).map(|v| v.as_bytes().to_vec());
+    let referer = req.headers().get(header::REFERER).map(|v| v.as_bytes().to_vec());
+    let (resp, vhost, charged) = match route(&site.config, host.as_deref(), &path) {
+        Err(e) => (simple(e.status(), "bad request path"), String::new(), me.clone()),
+        Ok(r) => {
+            let vhost = r.vhost.name.clone();
+            match r.target {
+                Target::Static(rel) => {
+                    let root = site.roots.get(&vhost).cloned();
+                    let resp = match root {
+                        Some(root) => serve_static(&root, &req, rel),
+                        None => simple(StatusCode::INTERNAL_SERVER_ERROR, "no document root"),
+                    };
+                    (resp, vhost, me.clone())
+                }
+                Target::Cgi { prefix, rest } => {
+                    let dir = site.scripts.get(&(vhost.clone(), prefix.prefix.clone())).cloned();
+                    let class_c = shared.container(&prefix.container);
+                    match (dir, class_c) {
+                        (Some(dir), Some(class_c)) => {
+                            let m = match dir.find(&prefix.prefix, &rest) {
+                                Ok(m) => m,
+                                Err(e) => {
+                                    let st = e.status();
+                                    return log_and(
+                                        &shared, simple(st, &e.to_string()), peer, time, &request_line,
+                                        referer.as_deref(), ua.as_deref(), &me, cpu0, start, &vhost, class,
+                                    );
+                                }
+                            };
+                            let n = shared.next_cgi.fetch_add(1, Relaxed);
+                            let mut attrs = Attributes::default();
+                            if shared.kernel.is_some() {
+                                let _ = attrs.set("enforcement", "kernel");
+                            }
+                            let cgi_c = match class_c.create_child(&format!("cgi-{n}"), attrs) {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    let r = simple(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                                    return log_and(
+                                        &shared, r, peer, time, &request_line, referer.as_deref(),
+                                        ua.as_deref(), &me, cpu0, start, &vhost, class,
+                                    );
+                                }
+                            };
+                            let script = dir.path().join(&m.rel);
+                            let doc_root = r.vhost.root.clone();
+                            let server_name = host
+                                .as_deref()
+                                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+                                .or_else(|| site.config.server.server_name.clone())
+                                .unwrap_or_else(|| "localhost".into());
+                            let resp = run_cgi(
+                                &shared, req, &cgi_c, script, m.script_name, m.path_info, doc_root,
+                                server_name, peer, local,
+                            )
+                            .await;
+                            (resp, vhost, cgi_c)
+                        }
+                        _ => (simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI not configured"), vhost, me.clone()),
+                    }
+                }
+            }
+        }
+    };
+    let _ = charged;
+    log_and(
+        &shared, resp, peer, time, &request_line, referer.as_deref(), ua.as_deref(), &me, cpu0,
+        start, &vhost, class,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_and(
+    shared: &Shared,
+    resp: Response<Body>,
+    peer: SocketAddr,
+    time: SystemTime,
+    request_line: &str,
+    referer: Option<&[u8]>,
+    ua: Option<&[u8]>,
+    me: &Container,
+    cpu0: u64,
+    start: Instant,
+    vhost: &str,
+    class: &str,
+) -> Response<Body> {
+    if let Some(log) = &shared.log {
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let line = AccessLogEntry {
+            remote: peer.ip(),
+            time,
+            request_line: request_line.as_bytes(),
+            status: resp.status().as_u16(),
+            bytes,
+            referer,
+            user_agent: ua,
+            container: me.id(),
+            cpu: Duration::from_nanos(me.usage().cpu_ns.saturating_sub(cpu0)),
+            duration: start.elapsed(),
+            vhost,
+            class,
+        }
+        .format();
+        let mut w = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(w, "{line}");
+    }
+    resp
+}
+
+fn serve_static(root: &DocRoot, req: &Request<Incoming>, rel: crate::static_files::RelPath) -> Response<Body> {
+    let file = match root.resolve_rel(rel) {
+        Ok(Resolved::File(f)) => f,
+        Ok(Resolved::Redirect(loc)) => {
+            let mut r = simple(StatusCode::MOVED_PERMANENTLY, "moved");
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        Err(e) => return simple(e.status(), &e.to_string()),
+    };
+    let p = plan(req.method(), req.headers(), &file.meta);
+    let body = match p.body {
+        BodyPlan::Empty => Bytes::new(),
+        BodyPlan::Full => match read_range(&file.file, 0, file.meta.len) {
+            Ok(b) => b,
+            Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        BodyPlan::Range { start, end } => match read_range(&file.file, start, end) {
+            Ok(b) => b,
+            Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+    };
+    let head = req.method() == Method::HEAD;
+    let mut r = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    *r.status_mut() = p.status;
+    *r.headers_mut() = p.headers;
+    r
+}
+
+/// Reads `start..end` of a file (buffered: measured faster than sendfile for the small files
+/// a web site is mostly made of, and it keeps the CPU of the copy in the connection's poll).
+fn read_range(f: &std::fs::File, start: u64, end: u64) -> std::io::Result<Bytes> {
+    let mut f = f;
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity((end - start) as usize);
+    f.take(end - start).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_cgi(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    cgi_c: &Container,
+    script: PathBuf,
+    script_name: String,
+    path_info: String,
+    doc_root: PathBuf,
+    server_name: String,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    let site = shared.site();
+    let limits = &site.config.limits;
+    let timeout = site.config.timeouts.cgi;
+    let (parts, body) = req.into_parts();
+    let body = match rescon_rt::timeout(
+        site.config.timeouts.body,
+        Limited::new(body, limits.max_body_bytes as usize).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return simple(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        Err(_) => return simple(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+    };
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let env = meta_variables(&CgiRequest {
+        method: &parts.method,
+        version: parts.version,
+        raw_path: parts.uri.path(),
+        query: &query,
+        headers: &parts.headers,
+        content_length: (!body.is_empty()).then_some(body.len() as u64),
+        remote: peer,
+        local,
+        server_name: &server_name,
+        script_name: &script_name,
+        path_info: &path_info,
+        script_filename: &script,
+        document_root: &doc_root,
+        container: Some(cgi_c.id()),
+    });
+    let max_head = limits.cgi_max_header_bytes as usize;
+    let kernel = shared.kernel.clone();
+    let c2 = cgi_c.clone();
+    // The script runs on the blocking pool: its pipes are blocking, and the thread's CPU is
+    // charged to the CGI container.
+    let job = rescon_rt::spawn_blocking_in(cgi_c, move || {
+        run_script(kernel, &c2, &script, env, body, timeout, max_head)
+    });
+    let out = match job.await {
+        Ok(o) => o,
+        Err(_) => return simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI job failed"),
+    };
+    match out {
+        CgiOutcome::TimedOut => simple(StatusCode::GATEWAY_TIMEOUT, "the CGI script took too long"),
+        CgiOutcome::Failed(msg) => simple(StatusCode::BAD_GATEWAY, &msg),
+        CgiOutcome::Done(head, body) => match head {
+            CgiHead::Document { status, headers } => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = status;
+                for (k, v) in headers.iter() {
+                    r.headers_mut().append(k, v.clone());
+                }
+                r
+            }
+            CgiHead::ClientRedirect { status, headers } => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = status;
+                for (k, v) in headers.iter() {
+                    r.headers_mut().append(k, v.clone());
+                }
+                r
+            }
+            CgiHead::LocalRedirect { location } => {
+                let mut r = simple(StatusCode::FOUND, "see other");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+        },
+    }
+}
+
+enum CgiOutcome {
+    Done(CgiHead, Vec<u8>),
+    Failed(String),
+    TimedOut,
+}
+
+/// A running script, in its cgroup or a process group of its own.
+enum Proc {
+    Kernel(cgroup::Child, Arc<Manager>),
+    User(std::process::Child),
+}
+
+impl Proc {
+    fn kill_all(&mut self, c: &Container) {
+        match self {
+            Proc::Kernel(_, m) => {
+                let _ = m.kill(c);
+            }
+            Proc::User(ch) => {
+                // The script leads its own process group: kill it and its descendants.
+                let pgid = ch.id() as i32;
+                let _ = rustix::process::kill_process_group(
+                    rustix::process::Pid::from_raw(pgid).expect("a child's pid is positive"),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+    }
+
+    fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            // The child's CPU reaches the container's usage through the cgroup's counters
+            // (the manager samples them after the run).
+            Proc::Kernel(ch, _) => ch.wait().ok().map(|e| e.status),
+            Proc::User(ch) => ch.wait().ok(),
+        }
+    }
+}
+
+fn run_script(
+    kernel: Option<Arc<Manager>>,
+    c: &Container,
+    script: &std::path::Path,
+    env: std::collections::BTreeMap<String, std::ffi::OsString>,
+    body: Bytes,
+    timeout: Duration,
+    max_head: usize,
+) -> CgiOutcome {
+    let dir = script.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let spawned = match &kernel {
+        Some(m) => {
+            let mut cmd = m.command(c, script);
+            cmd.env_clear()
+                .current_dir(&dir)
+                .stdin(cgroup::Stdio::Piped)
+                .stdout(cgroup::Stdio::Piped)
+                .stderr(cgroup::Stdio::Inherit);
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            cmd.spawn()
+                .map(|mut ch| {
+                    let (i, o) = (ch.stdin.take(), ch.stdout.take());
+                    (Proc::Kernel(ch, m.clone()), i, o)
+                })
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let mut cmd = std::process::Command::new(script);
+            cmd.env_clear()
+                .envs(&env)
+                .current_dir(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .process_group(0);
+            cmd.spawn()
+                .map(|mut ch| {
+                    let i = ch.stdin.take().map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+                    let o = ch.stdout.take().map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+                    (Proc::User(ch), i, o)
+                })
+                .map_err(|e| e.to_string())
+        }
+    };
+    let (mut proc, stdin, stdout) = match spawned {
+        Ok(x) => x,
+        Err(e) => return CgiOutcome::Failed(format!("the CGI script could not start: {e}")),
+    };
+    // A watchdog kills the script and its descendants when the timeout passes.
+    let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        let timed_out = timed_out.clone();
+        let c = c.clone();
+        let kernel = kernel.clone();
+        let pid = match &proc {
+            Proc::Kernel(ch, _) => ch.id() as i32,
+            Proc::User(ch) => ch.id() as i32,
+        };
+        std::thread::spawn(move || {
+            let (lock, cv) = &*done;
+            let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (g, res) = cv
+                .wait_timeout_while(g, timeout, |d| !*d)
+                .unwrap_or_else(|e| e.into_inner());
+            drop(g);
+            if res.timed_out() {
+                timed_out.store(true, Relaxed);
+                match kernel {
+                    Some(m) => {
+                        let _ = m.kill(&c);
+                    }
+                    None => {
+                        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    // Feed the body from another thread so a script that writes before it reads cannot
+    // deadlock with us.
+    let feeder = stdin.map(|mut i| {
+        std::thread::spawn(move || {
+            let _ = i.write_all(&body);
+        })
+    });
+    let mut out = Vec::new();
+    let mut parser = CgiHeadParser::new(max_head);
+    let mut head = None;
+    let mut err = None;
+    if let Some(mut o) = stdout {
+        let mut buf = [0u8; 16384];
+        loop {
+            match o.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if head.is_some() {
+                        out.extend_from_slice(&buf[..n]);
+                    } else {
+                        match parser.feed(&buf[..n]) {
+                            Ok(Some((h, rest))) => {
+                                head = Some(h);
+                                out = rest;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                err = Some(e.to_string());
+                                proc.kill_all(c);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let status = proc.wait();
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    {
+        let (lock, cv) = &*done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
+    let _ = killer.join();
+    if let Some(m) = &kernel {
+        let _ = m.kill(c);
+        let _ = m.sample();
+    }
+    if timed_out.load(Relaxed) {
+        return CgiOutcome::TimedOut;
+    }
+    if let Some(e) = err {
+        return CgiOutcome::Failed(format!("bad CGI response: {e}"));
+    }
+    match head {
+        Some(h) => CgiOutcome::Done(h, out),
+        None => {
+            let how = match status {
+                Some(s) if !s.success() => format!("the CGI script failed ({s}) before its response head"),
+                _ => parser.eof().to_string(),
+            };
+            CgiOutcome::Failed(how)
+        }
+    }
+}
+
+fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the admin socket's directory {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale admin socket {}", path.display())),
+    }
+    let c = parent
+        .create_child("admin", Attributes::default())
+        .context("creating the admin container")?;
+    let l = rescon_rt::UnixListener::bind_in(&path, &c)
+        .with_context(|| format!("binding the admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    eprintln!("rescon-httpd: admin API on {}", path.display());
+    let c2 = c.clone();
+    rescon_rt::spawn_in(&c, async move {
+        loop {
+            let Ok((conn, _)) = l.accept().await else {
+                rescon_rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let admin = admin.clone();
+            rescon_rt::spawn_in(&c2, async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move {
+                        let method = req.method().clone();
+                        let target = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_owned())
+                            .unwrap_or_else(|| "/".into());
+                        let body = Limited::new(req.into_body(), 1 << 20)
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let a = admin.handle(&method, &target, &body);
+                        let mut r = Response::new(Full::new(Bytes::from(a.body)));
+                        *r.status_mut() = a.status;
+                        r.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+                        for (k, v) in a.headers {
+                            r.headers_mut().insert(k, v);
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(rescon_rt::HyperTimer::current())
+                    .serve_connection(conn, svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
