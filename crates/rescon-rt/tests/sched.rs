@@ -2,13 +2,25 @@
 //! rebinding. Ratios of charged CPU are compared, never wall-clock times.
 
 use rescon::{Attributes, Container, Registry};
-use rescon_rt::{Builder, Runtime};
+use rescon_rt::{Builder, Clock, Runtime};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn one_worker(registry: &Registry) -> Runtime {
     Builder::new(registry).workers(1).build().expect("runtime")
+}
+
+/// One worker on a manual clock: a poll costs exactly what the task advances the clock by, so
+/// shares come out exact whatever else the machine is doing.
+fn one_worker_manual(registry: &Registry) -> (Runtime, Clock) {
+    let clock = Clock::manual();
+    let rt = Builder::new(registry)
+        .workers(1)
+        .clock(clock.clone())
+        .build()
+        .expect("runtime");
+    (rt, clock)
 }
 
 fn child(parent: &Container, name: &str, attrs: &[(&str, &str)]) -> Container {
@@ -19,18 +31,20 @@ fn child(parent: &Container, name: &str, attrs: &[(&str, &str)]) -> Container {
     parent.create_child(name, a).unwrap()
 }
 
-/// Burns about `ns` of CPU.
-fn spin(ns: u64) {
-    let t = Instant::now();
-    while t.elapsed().as_nanos() < ns as u128 {
-        std::hint::spin_loop();
-    }
+/// "Burns" `ns` of CPU: moves the manual clock, as a poll that long would.
+fn spin(clock: &Clock, ns: u64) {
+    clock.advance(Duration::from_nanos(ns));
 }
 
-/// A CPU-bound task: slices of 50 us with a yield between, until `stop`.
-async fn busy(stop: Arc<AtomicBool>) {
-    while !stop.load(SeqCst) {
-        spin(50_000);
+/// A CPU-bound task: once `go` is set, slices of 50 us with a yield between, until the clock
+/// reaches `until_ns`. The gate lets a test spawn all its tasks before any of them moves the
+/// clock.
+async fn busy(clock: Clock, until_ns: u64, go: Arc<AtomicBool>) {
+    while !go.load(SeqCst) {
+        rescon_rt::yield_now().await;
+    }
+    while clock.now_ns() < until_ns {
+        spin(&clock, 50_000);
         rescon_rt::yield_now().await;
     }
 }
@@ -38,19 +52,19 @@ async fn busy(stop: Arc<AtomicBool>) {
 #[test]
 fn weights_3_to_1_share_one_worker_3_to_1() {
     let registry = Registry::new();
-    let rt = one_worker(&registry);
+    let (rt, clock) = one_worker_manual(&registry);
     let root = registry.root();
     let a = child(&root, "a", &[("share", "weight:300")]);
     let b = child(&root, "b", &[("share", "weight:100")]);
-    let stop = Arc::new(AtomicBool::new(false));
+    let until = clock.now_ns() + 400_000_000;
+    let go = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in [&a, &b] {
         for _ in 0..3 {
-            tasks.push(rt.spawn_in(c, busy(stop.clone())));
+            tasks.push(rt.spawn_in(c, busy(clock.clone(), until, go.clone())));
         }
     }
-    std::thread::sleep(Duration::from_millis(400));
-    stop.store(true, SeqCst);
+    go.store(true, SeqCst);
     rt.block_on(async {
         for t in tasks {
             t.await.unwrap();
@@ -64,10 +78,10 @@ fn weights_3_to_1_share_one_worker_3_to_1() {
         ua / 1e6,
         ub / 1e6
     );
-    assert!(ua > 50e6, "a ran: {ua}");
+    assert!(ua + ub >= 400e6, "they ran the whole 400 ms: {}", ua + ub);
     assert!(
-        (ratio / 3.0 - 1.0).abs() <= 0.05,
-        "ratio {ratio:.3}, want 3 within 5%"
+        (ratio / 3.0 - 1.0).abs() <= 0.01,
+        "ratio {ratio:.3}, want 3 within 1%"
     );
 }
 
@@ -175,7 +189,7 @@ fn priority_zero_never_runs_and_its_listener_accepts_nothing() {
 #[test]
 fn capped_container_stays_under_its_cap() {
     let registry = Registry::new();
-    let rt = one_worker(&registry);
+    let (rt, clock) = one_worker_manual(&registry);
     let root = registry.root();
     let capped = child(
         &root,
@@ -183,55 +197,59 @@ fn capped_container_stays_under_its_cap() {
         &[("cpu_limit", "30%"), ("cpu_period", "10ms")],
     );
     let free = child(&root, "free", &[]);
-    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = clock.now_ns();
+    let until = t0 + 500_000_000;
+    let go = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in [&capped, &free] {
         for _ in 0..2 {
-            tasks.push(rt.spawn_in(c, busy(stop.clone())));
+            tasks.push(rt.spawn_in(c, busy(clock.clone(), until, go.clone())));
         }
     }
-    let t = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, SeqCst);
-    let wall = t.elapsed().as_nanos() as f64;
+    go.store(true, SeqCst);
     rt.block_on(async {
         for t in tasks {
             t.await.unwrap();
         }
     });
     rt.flush_usage();
+    let elapsed = (clock.now_ns() - t0) as f64;
     let (uc, uf) = (capped.usage().cpu_ns as f64, free.usage().cpu_ns as f64);
-    let frac = uc / wall;
+    let frac = uc / elapsed;
     eprintln!(
-        "capped {:.1} ms ({frac:.3} of the wall), free {:.1} ms",
+        "capped {:.1} ms ({frac:.3} of the time), free {:.1} ms",
         uc / 1e6,
         uf / 1e6
     );
-    // At most 30% per period, plus one overrunning slice per period and the final period.
+    // 30% per period, give or take the one 50 us slice that may overrun a period.
     assert!(
-        frac <= 0.30 + 0.06,
+        (0.29..=0.31).contains(&frac),
         "capped got {frac:.3} of a CPU, cap 0.30"
     );
     assert!(capped.usage().throttled_ns > 0, "the cap throttled");
-    assert!(uf > uc, "the uncapped sibling got the rest: {uf} vs {uc}");
-    assert!(frac > 0.10, "the capped container did run: {frac:.3}");
+    assert!(
+        (uf / elapsed - 0.70).abs() <= 0.01,
+        "the uncapped sibling got the rest: {uf} of {elapsed}"
+    );
 }
 
 #[test]
 fn rebind_moves_later_charges() {
     let registry = Registry::new();
-    let rt = one_worker(&registry);
+    let (rt, clock) = one_worker_manual(&registry);
     let root = registry.root();
     let a = child(&root, "a", &[]);
     let b = child(&root, "b", &[]);
     let b2 = b.clone();
     rt.block_on(rt.spawn_in(&a, async move {
-        spin(20_000_000);
+        spin(&clock, 20_000_000);
         rescon_rt::yield_now().await;
+        spin(&clock, 5_000_000);
+        // Charges up to here go to a; the rest of this poll and later ones to b.
         rescon_rt::bind(&b2);
         assert_eq!(rescon_rt::current().id(), b2.id());
         for _ in 0..3 {
-            spin(10_000_000);
+            spin(&clock, 10_000_000);
             rescon_rt::yield_now().await;
         }
     }))
@@ -239,27 +257,29 @@ fn rebind_moves_later_charges() {
     rt.flush_usage();
     let (ua, ub) = (a.usage().cpu_ns, b.usage().cpu_ns);
     eprintln!("a {} us, b {} us", ua / 1000, ub / 1000);
-    assert!((15_000_000..28_000_000).contains(&ua), "a: {ua}");
-    assert!((22_000_000..40_000_000).contains(&ub), "b: {ub}");
+    assert_eq!(ua, 25_000_000, "a: {ua}");
+    assert_eq!(ub, 30_000_000, "b: {ub}");
 }
 
 #[test]
 fn with_container_charges_the_inner_future_and_restores() {
     let registry = Registry::new();
-    let rt = one_worker(&registry);
+    let (rt, clock) = one_worker_manual(&registry);
     let root = registry.root();
     let a = child(&root, "a", &[]);
     let b = child(&root, "b", &[]);
     let (a2, b2) = (a.clone(), b.clone());
     rt.block_on(rt.spawn_in(&a, async move {
+        spin(&clock, 3_000_000);
         rescon_rt::with_container(&b2, async {
-            spin(20_000_000);
+            spin(&clock, 20_000_000);
         })
         .await;
         assert_eq!(rescon_rt::current().id(), a2.id());
+        spin(&clock, 4_000_000);
     }))
     .unwrap();
     rt.flush_usage();
-    assert!(b.usage().cpu_ns >= 15_000_000, "b: {}", b.usage().cpu_ns);
-    assert!(a.usage().cpu_ns < 10_000_000, "a: {}", a.usage().cpu_ns);
+    assert_eq!(b.usage().cpu_ns, 20_000_000, "b");
+    assert_eq!(a.usage().cpu_ns, 7_000_000, "a");
 }
