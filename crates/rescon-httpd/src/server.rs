@@ -20,7 +20,7 @@
 
 use crate::admin::{Admin, FilterTable};
 use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, ScriptDir, meta_variables};
-use crate::config::{AccessLog, Config, ContainerPath, LiveTree};
+use crate::config::{AccessLog, Config, ContainerPath, LiveTree, VhostConfig};
 use crate::log::AccessLogEntry;
 use crate::routing::{Target, route};
 use crate::static_files::{BodyPlan, DocRoot, Resolved, plan};
@@ -62,6 +62,8 @@ struct Site {
 }
 
 struct Shared {
+    /// The privileged root handle: moves connection containers between classes and vhosts.
+    root: Container,
     site: RwLock<Arc<Site>>,
     tree: Mutex<LiveTree>,
     filters: Arc<FilterTable>,
@@ -90,12 +92,21 @@ fn open_site(config: Config) -> Result<Site> {
     let mut roots = HashMap::new();
     let mut scripts = HashMap::new();
     for v in &config.vhosts {
-        let root = DocRoot::open(&v.root, v.index.clone())
-            .with_context(|| format!("vhost {}: opening the document root {}", v.name, v.root.display()))?;
+        let root = DocRoot::open(&v.root, v.index.clone()).with_context(|| {
+            format!(
+                "vhost {}: opening the document root {}",
+                v.name,
+                v.root.display()
+            )
+        })?;
         roots.insert(v.name.clone(), Arc::new(root));
         for p in &v.cgi {
             let dir = ScriptDir::open(&p.dir).with_context(|| {
-                format!("vhost {}: opening the CGI directory {}", v.name, p.dir.display())
+                format!(
+                    "vhost {}: opening the CGI directory {}",
+                    v.name,
+                    p.dir.display()
+                )
             })?;
             scripts.insert((v.name.clone(), p.prefix.clone()), Arc::new(dir));
         }
@@ -115,7 +126,11 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let tree = LiveTree::build(&registry, &config.tree).context("building the container tree")?;
     // Kernel enforcement: cgroups where the configuration asks and the kernel allows.
     let wants_kernel = !options.no_containers
-        && config.tree.nodes.iter().any(|n| n.attrs.enforcement == rescon::Enforcement::Kernel);
+        && config
+            .tree
+            .nodes
+            .iter()
+            .any(|n| n.attrs.enforcement == rescon::Enforcement::Kernel);
     let kernel = if wants_kernel {
         let required = config.server.enforcement == crate::config::EnforcementMode::Kernel;
         if config.server.enforcement == crate::config::EnforcementMode::User {
@@ -131,7 +146,9 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                     Some(m)
                 }
                 cgroup::Start::UserOnly(reason) => {
-                    eprintln!("rescon-httpd: kernel enforcement off, user-level containers only: {reason}");
+                    eprintln!(
+                        "rescon-httpd: kernel enforcement off, user-level containers only: {reason}"
+                    );
                     None
                 }
             }
@@ -160,6 +177,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let admin_socket = config.admin.socket.clone();
     let site = open_site(config)?;
     let shared = Arc::new(Shared {
+        root: root.clone(),
         site: RwLock::new(Arc::new(site)),
         tree: Mutex::new(tree),
         filters,
@@ -296,9 +314,9 @@ async fn accept_loop(
         let site = shared.site();
         let listener_cfg = site.config.listeners.iter().find(|l| l.name == name);
         let class_name = shared.filters.classify(&name, peer.ip());
-        let class = class_name.as_deref().and_then(|cn| {
-            listener_cfg.and_then(|l| l.classes.iter().find(|c| c.name == cn))
-        });
+        let class = class_name
+            .as_deref()
+            .and_then(|cn| listener_cfg.and_then(|l| l.classes.iter().find(|c| c.name == cn)));
         let Some(class) = class else {
             // The black hole (or no class takes this source): close without a word.
             drop(conn);
@@ -397,14 +415,27 @@ async fn handle(
         .map(str::to_owned);
     let path = req.uri().path().to_owned();
     let request_line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
-    let ua = req.headers().get(header::USER_AGENT).map(|v| v.as_bytes().to_vec());
-    let referer = req.headers().get(header::REFERER).map(|v| v.as_bytes().to_vec());
+    let ua = req
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|v| v.as_bytes().to_vec());
+    let referer = req
+        .headers()
+        .get(header::REFERER)
+        .map(|v| v.as_bytes().to_vec());
     let (resp, vhost, charged) = match route(&site.config, host.as_deref(), &path) {
-        Err(e) => (simple(e.status(), "bad request path"), String::new(), me.clone()),
+        Err(e) => (
+            simple(e.status(), "bad request path"),
+            String::new(),
+            me.clone(),
+        ),
         Ok(r) => {
             let vhost = r.vhost.name.clone();
             match r.target {
                 Target::Static(rel) => {
+                    if !shared.options.no_containers {
+                        place_under_vhost(&shared, &me, r.vhost, class);
+                    }
                     let root = site.roots.get(&vhost).cloned();
                     let resp = match root {
                         Some(root) => serve_static(&root, &req, rel),
@@ -413,7 +444,10 @@ async fn handle(
                     (resp, vhost, me.clone())
                 }
                 Target::Cgi { prefix, rest } => {
-                    let dir = site.scripts.get(&(vhost.clone(), prefix.prefix.clone())).cloned();
+                    let dir = site
+                        .scripts
+                        .get(&(vhost.clone(), prefix.prefix.clone()))
+                        .cloned();
                     let class_c = shared.container(&prefix.container);
                     match (dir, class_c) {
                         (Some(dir), Some(class_c)) => {
@@ -422,8 +456,18 @@ async fn handle(
                                 Err(e) => {
                                     let st = e.status();
                                     return log_and(
-                                        &shared, simple(st, &e.to_string()), peer, time, &request_line,
-                                        referer.as_deref(), ua.as_deref(), &me, cpu0, start, &vhost, class,
+                                        &shared,
+                                        simple(st, &e.to_string()),
+                                        peer,
+                                        time,
+                                        &request_line,
+                                        referer.as_deref(),
+                                        ua.as_deref(),
+                                        &me,
+                                        cpu0,
+                                        start,
+                                        &vhost,
+                                        class,
                                     );
                                 }
                             };
@@ -437,8 +481,18 @@ async fn handle(
                                 Err(e) => {
                                     let r = simple(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
                                     return log_and(
-                                        &shared, r, peer, time, &request_line, referer.as_deref(),
-                                        ua.as_deref(), &me, cpu0, start, &vhost, class,
+                                        &shared,
+                                        r,
+                                        peer,
+                                        time,
+                                        &request_line,
+                                        referer.as_deref(),
+                                        ua.as_deref(),
+                                        &me,
+                                        cpu0,
+                                        start,
+                                        &vhost,
+                                        class,
                                     );
                                 }
                             };
@@ -450,13 +504,25 @@ async fn handle(
                                 .or_else(|| site.config.server.server_name.clone())
                                 .unwrap_or_else(|| "localhost".into());
                             let resp = run_cgi(
-                                &shared, req, &cgi_c, script, m.script_name, m.path_info, doc_root,
-                                server_name, peer, local,
+                                &shared,
+                                req,
+                                &cgi_c,
+                                script,
+                                m.script_name,
+                                m.path_info,
+                                doc_root,
+                                server_name,
+                                peer,
+                                local,
                             )
                             .await;
                             (resp, vhost, cgi_c)
                         }
-                        _ => (simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI not configured"), vhost, me.clone()),
+                        _ => (
+                            simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI not configured"),
+                            vhost,
+                            me.clone(),
+                        ),
                     }
                 }
             }
@@ -464,9 +530,45 @@ async fn handle(
     };
     let _ = charged;
     log_and(
-        &shared, resp, peer, time, &request_line, referer.as_deref(), ua.as_deref(), &me, cpu0,
-        start, &vhost, class,
+        &shared,
+        resp,
+        peer,
+        time,
+        &request_line,
+        referer.as_deref(),
+        ua.as_deref(),
+        &me,
+        cpu0,
+        start,
+        &vhost,
+        class,
     )
+}
+
+/// Moves the connection's container under the container its request's work is charged to
+/// ([`work_parent`](crate::routing::work_parent): the vhost's, or its per-class refinement),
+/// once per connection or again when a later request names another vhost. The scheduler
+/// follows the move, so the vhost's share governs the connection from then on; the usage
+/// moves with it, so what the vhost delivered is its subtree's usage. The class's
+/// connection limit stays taken, as accepted.
+fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, class: &str) {
+    let want = vhost.container.child(class);
+    let target = shared
+        .container(&want)
+        .or_else(|| shared.container(&vhost.container));
+    let Some(target) = target else {
+        return;
+    };
+    if me.id() == target.id() || me.parent_id() == Some(target.id()) {
+        return;
+    }
+    if let Err(e) = shared.root.reparent(me, Some(&target)) {
+        eprintln!(
+            "rescon-httpd: moving {} under vhost {}: {e}",
+            me.name(),
+            vhost.name
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -511,7 +613,11 @@ fn log_and(
     resp
 }
 
-fn serve_static(root: &DocRoot, req: &Request<Incoming>, rel: crate::static_files::RelPath) -> Response<Body> {
+fn serve_static(
+    root: &DocRoot,
+    req: &Request<Incoming>,
+    rel: crate::static_files::RelPath,
+) -> Response<Body> {
     let file = match root.resolve_rel(rel) {
         Ok(Resolved::File(f)) => f,
         Ok(Resolved::Redirect(loc)) => {
@@ -717,8 +823,14 @@ fn run_script(
                 .process_group(0);
             cmd.spawn()
                 .map(|mut ch| {
-                    let i = ch.stdin.take().map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
-                    let o = ch.stdout.take().map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+                    let i = ch
+                        .stdin
+                        .take()
+                        .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+                    let o = ch
+                        .stdout
+                        .take()
+                        .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
                     (Proc::User(ch), i, o)
                 })
                 .map_err(|e| e.to_string())
@@ -755,7 +867,10 @@ fn run_script(
                     }
                     None => {
                         if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                            let _ = rustix::process::kill_process_group(
+                                p,
+                                rustix::process::Signal::KILL,
+                            );
                         }
                     }
                 }
@@ -825,7 +940,9 @@ fn run_script(
         Some(h) => CgiOutcome::Done(h, out),
         None => {
             let how = match status {
-                Some(s) if !s.success() => format!("the CGI script failed ({s}) before its response head"),
+                Some(s) if !s.success() => {
+                    format!("the CGI script failed ({s}) before its response head")
+                }
                 _ => parser.eof().to_string(),
             };
             CgiOutcome::Failed(how)
@@ -841,7 +958,10 @@ fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<(
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing the stale admin socket {}", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing the stale admin socket {}", path.display()));
+        }
     }
     let c = parent
         .create_child("admin", Attributes::default())
@@ -877,8 +997,10 @@ fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<(
                         let a = admin.handle(&method, &target, &body);
                         let mut r = Response::new(Full::new(Bytes::from(a.body)));
                         *r.status_mut() = a.status;
-                        r.headers_mut()
-                            .insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(a.content_type),
+                        );
                         for (k, v) in a.headers {
                             r.headers_mut().insert(k, v);
                         }

@@ -1,0 +1,517 @@
+//! End to end: the `rescon-httpd` binary with a configuration of the test's own, on loopback,
+//! asked by a real HTTP/1.1 client (raw requests over TCP, so every byte is the test's).
+//! Each test starts its own server on a free port and stops it (SIGTERM, which also removes
+//! its cgroups) when it ends, also when it fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A site: two vhosts, CGI scripts, and `extra` appended to the configuration.
+fn start(extra_containers: &str, extra: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for v in ["a", "b"] {
+        std::fs::create_dir_all(d.join(v)).unwrap();
+        std::fs::write(d.join(v).join("index.html"), format!("<h1>site {v}</h1>\n")).unwrap();
+    }
+    std::fs::write(d.join("a/file.txt"), "0123456789abcdef").unwrap();
+    std::fs::write(d.join("secret.txt"), "outside the root").unwrap();
+    std::os::unix::fs::symlink(d.join("secret.txt"), d.join("a/link.txt")).unwrap();
+    let cgi = d.join("cgi");
+    std::fs::create_dir_all(&cgi).unwrap();
+    write_exec(
+        &cgi.join("env.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"container=$RESCON_CONTAINER\"\necho \"query=$QUERY_STRING\"\necho \"proxy=$HTTP_PROXY\"\n",
+    );
+    write_exec(
+        &cgi.join("echo.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\ncat\n",
+    );
+    write_exec(&cgi.join("crash.sh"), "#!/bin/sh\necho oops >&2\nexit 3\n");
+    write_exec(
+        &cgi.join("hang.sh"),
+        &format!(
+            "#!/bin/sh\necho $$ > {0}/hang.pid\nsleep 300 &\necho $! > {0}/hang.child\nwait\n",
+            d.display()
+        ),
+    );
+    write_exec(
+        &cgi.join("spin.sh"),
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 60000 ]; do i=$((i+1)); done\nprintf 'Content-Type: text/plain\\n\\nspun\\n'\n",
+    );
+    let log = d.join("access.log");
+    let conf = format!(
+        r#"
+[server]
+enforcement = "auto"
+access_log = "{log}"
+
+[timeouts]
+header = "2s"
+cgi = "1s"
+
+[limits]
+max_header_bytes = "8KiB"
+
+[admin]
+socket = "{d}/admin.sock"
+
+[containers.clients.premium]
+class = "high"
+[containers.clients.rest]
+[containers.clients.limited]
+max_connections = 1
+[containers.site-a]
+share = "fixed:0.5"
+[containers.site-b]
+share = "fixed:0.3"
+[containers.cgi]
+cpu_limit = "30%"
+enforcement = "kernel"
+{extra_containers}
+
+[[listener]]
+name = "web"
+address = "127.0.0.1"
+port = 0
+black_hole = ["127.0.0.66/32"]
+
+[[listener.class]]
+name = "premium"
+container = "clients/premium"
+prefixes = ["127.0.0.2/32"]
+
+[[listener.class]]
+name = "limited"
+container = "clients/limited"
+prefixes = ["127.0.0.3/32"]
+
+[[listener.class]]
+name = "rest"
+container = "clients/rest"
+except = []
+
+[[vhost]]
+name = "a"
+hosts = ["a.test", "localhost"]
+root = "{d}/a"
+container = "site-a"
+default = true
+
+[[vhost.cgi]]
+prefix = "/cgi-bin/"
+dir = "{d}/cgi"
+container = "cgi"
+
+[[vhost]]
+name = "b"
+hosts = ["b.test"]
+root = "{d}/b"
+container = "site-b"
+{extra}
+"#,
+        log = log.display(),
+        d = d.display(),
+    );
+    let path = d.join("httpd.toml");
+    std::fs::write(&path, conf).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rescon-httpd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--workers")
+        .arg("2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server printed its address")
+            .unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        addr,
+        dir,
+        log,
+    }
+}
+
+/// Connects from `src` (a 127.0.0.x address).
+fn connect_from(src: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())?;
+    s.connect(&to.into())?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes and reads the response until the server closes.
+fn raw(s: &Server, src: &str, req: &[u8]) -> Option<Resp> {
+    let mut c = connect_from(src, s.addr).unwrap();
+    c.write_all(req).unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Resp {
+        status,
+        head,
+        body: buf[end + 4..].to_vec(),
+    })
+}
+
+fn get(s: &Server, path: &str, headers: &str) -> Resp {
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
+    raw(s, "127.0.0.1", req.as_bytes()).expect("a response")
+}
+
+fn admin(s: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut c = std::os::unix::net::UnixStream::connect(s.dir.path().join("admin.sock")).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+fn json(s: &str) -> serde_json::Value {
+    // A chunked body has size lines; the admin API sends Content-Length, so none here.
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn static_files_ranges_conditionals_and_traversal() {
+    let s = start("", "");
+    let r = get(&s, "/", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "<h1>site a</h1>\n");
+    let etag = r.header("etag").expect("an ETag");
+    assert!(r.header("last-modified").is_some());
+    let r = get(&s, "/file.txt", "Range: bytes=2-5\r\n");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "2345");
+    assert_eq!(r.header("content-range").as_deref(), Some("bytes 2-5/16"));
+    let r = get(&s, "/file.txt", "Range: bytes=100-\r\n");
+    assert_eq!(r.status, 416);
+    let r = get(&s, "/", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    let req = b"HEAD /file.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let r = raw(&s, "127.0.0.1", req).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("16"));
+    assert!(r.body.is_empty());
+    assert_eq!(get(&s, "/nothing-here", "").status, 404);
+    for attack in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/a/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/file.txt%00.html",
+        "/link.txt",
+    ] {
+        let r = get(&s, attack, "");
+        assert!(
+            r.status >= 400 && !r.text().contains("outside the root"),
+            "{attack}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    // Virtual hosts by Host.
+    let req = b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        raw(&s, "127.0.0.1", req).unwrap().text(),
+        "<h1>site b</h1>\n"
+    );
+}
+
+#[test]
+fn cgi_output_body_errors_timeouts_and_cpu() {
+    let s = start("", "");
+    let r = get(&s, "/cgi-bin/env.sh?x=1", "Proxy: http://evil.test/\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    assert!(t.contains("query=x=1"), "{t}");
+    assert!(
+        t.contains("proxy=\n"),
+        "httpoxy: the Proxy header is not passed on: {t}"
+    );
+    let id: u64 = t
+        .lines()
+        .find_map(|l| l.strip_prefix("container="))
+        .unwrap()
+        .parse()
+        .expect("the script ran in a container");
+    assert!(id > 0);
+    let req = b"POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 11\r\n\r\nhello world";
+    let r = raw(&s, "127.0.0.1", req).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    assert_eq!(get(&s, "/cgi-bin/crash.sh", "").status, 502);
+    assert_eq!(get(&s, "/cgi-bin/missing.sh", "").status, 404);
+    // A hung script: 504 after the 1 s timeout, and neither it nor its child is left.
+    let r = get(&s, "/cgi-bin/hang.sh", "");
+    assert_eq!(r.status, 504);
+    let pid = |f: &str| -> i32 {
+        std::fs::read_to_string(s.dir.path().join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let alive = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|st| {
+                !st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let (p, c) = (pid("hang.pid"), pid("hang.child"));
+    let t = Instant::now();
+    while (alive(p) || alive(c)) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(p) && !alive(c),
+        "the script {p} and its child {c} were killed"
+    );
+    // CPU of a CGI run reaches the CGI class container.
+    assert_eq!(get(&s, "/cgi-bin/spin.sh", "").status, 200);
+    let t = Instant::now();
+    loop {
+        let (st, body) = admin(&s, "GET", "/containers/cgi?depth=0", "");
+        assert_eq!(st, 200);
+        let v = json(&body);
+        let u = &v["usage_subtree"];
+        let cpu = u["kernel_cpu_ns"].as_u64().unwrap() + u["cpu_ns"].as_u64().unwrap();
+        if cpu > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no CPU charged to cgi: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_classes_black_hole_and_connection_limit() {
+    let s = start("", "");
+    let req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(&s, "127.0.0.2", req).unwrap().status, 200);
+    assert_eq!(raw(&s, "127.0.0.1", req).unwrap().status, 200);
+    assert!(
+        raw(&s, "127.0.0.66", req).is_none(),
+        "the black hole answers nothing"
+    );
+    // Classes show in the access log.
+    let t = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        if log.lines().count() >= 2 || t.elapsed() > Duration::from_secs(5) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(log.contains("class=premium"), "{log}");
+    assert!(log.contains("class=rest"), "{log}");
+    assert!(!log.contains("127.0.0.66"), "{log}");
+    // limited: one connection at a time; the second gets 503.
+    let mut first = connect_from("127.0.0.3", s.addr).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(first.read(&mut buf).unwrap() > 0, "the first is served");
+    let r = raw(&s, "127.0.0.3", req).unwrap();
+    assert_eq!(r.status, 503);
+    drop(first);
+    let t = Instant::now();
+    let mut last = 0;
+    while t.elapsed() < Duration::from_secs(5) {
+        last = raw(&s, "127.0.0.3", req).map_or(0, |r| r.status);
+        if last == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(last, 200, "served again once the first connection closed");
+}
+
+#[test]
+fn bad_requests_do_not_disturb_the_server() {
+    let s = start("", "");
+    let r = raw(&s, "127.0.0.1", b"GARBAGE\x00\x01 nonsense\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(64 * 1024)
+    );
+    let r = raw(&s, "127.0.0.1", big.as_bytes());
+    assert!(
+        r.as_ref()
+            .is_none_or(|r| r.status == 431 || r.status == 400),
+        "oversized headers are refused"
+    );
+    // A slow client that never finishes its head is cut off by the header timeout (2 s).
+    let mut slow = connect_from("127.0.0.1", s.addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: loc").unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "the slow client was cut off"
+    );
+    // And the server still serves.
+    assert_eq!(get(&s, "/", "").status, 200);
+}
+
+#[test]
+fn admin_api_and_reload() {
+    let s = start("", "");
+    let (st, body) = admin(&s, "GET", "/containers", "");
+    assert_eq!(st, 200);
+    let v = json(&body);
+    assert_eq!(v["name"], "root");
+    // A request names vhost b: its connection's container moves under site-b, usage and all.
+    let r = get(&s, "/", "");
+    assert_eq!(r.status, 200);
+    let req = b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n";
+    let r = raw(&s, "127.0.0.1", req).expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), "<h1>site b</h1>\n");
+    let requests = |c: &str| {
+        let (st, body) = admin(&s, "GET", &format!("/containers/{c}?depth=0"), "");
+        assert_eq!(st, 200, "{body}");
+        json(&body)["usage_subtree"]["requests"].as_u64().unwrap()
+    };
+    assert_eq!(requests("site-b"), 1);
+    assert_eq!(requests("site-a"), 1, "localhost is vhost a");
+    let (st, body) = admin(&s, "GET", "/containers/cgi", "");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json(&body)["attrs"]["cpu_limit"], "0.3");
+    let (st, body) = admin(&s, "PATCH", "/containers/cgi", "cpu_limit=20%");
+    assert_eq!(st, 200, "{body}");
+    let (_, body) = admin(&s, "GET", "/containers/cgi", "");
+    assert_eq!(json(&body)["attrs"]["cpu_limit"], "0.2");
+    let (st, body) = admin(&s, "PATCH", "/containers/cgi", "priority=5000");
+    assert!(st == 422 || st == 400, "{st} {body}");
+    assert!(body.contains("priority"), "{body}");
+    let (st, body) = admin(&s, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(body.contains("cgi"), "{body}");
+    // Reload: a new attribute value applies live; a bad file changes nothing.
+    let conf = s.dir.path().join("httpd.toml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace("cpu_limit = \"30%\"", "cpu_limit = \"40%\""),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    hup(s.child.id());
+    let t = Instant::now();
+    loop {
+        let (_, body) = admin(&s, "GET", "/containers/cgi", "");
+        if json(&body)["attrs"]["cpu_limit"] == "0.4" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "reload applied: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(
+        &conf,
+        text.replace("cpu_limit = \"30%\"", "cpu_limit = \"400%%\""),
+    )
+    .unwrap();
+    hup(s.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, body) = admin(&s, "GET", "/containers/cgi", "");
+    assert_eq!(
+        json(&body)["attrs"]["cpu_limit"],
+        "0.4",
+        "a bad reload keeps the old"
+    );
+    assert_eq!(get(&s, "/", "").status, 200);
+}
