@@ -7,5 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flooder;
+pub mod httpload;
 pub mod loadgen;
+pub mod plot;
 pub mod testbed;
