@@ -291,6 +291,20 @@ fn static_files_ranges_conditionals_and_traversal() {
         raw(&s, "127.0.0.1", req).unwrap().text(),
         "<h1>site b</h1>\n"
     );
+    // A changed file is served changed within a second (the in-memory cache checks again),
+    // with a new entity tag; a removed one is a 404 in the same time.
+    let before = get(&s, "/file.txt", "");
+    assert_eq!(before.text(), "0123456789abcdef");
+    let file = s.dir.path().join("a/file.txt");
+    std::fs::write(file.with_extension("new"), "changed").unwrap();
+    std::fs::rename(file.with_extension("new"), &file).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let after = get(&s, "/file.txt", "");
+    assert_eq!(after.text(), "changed");
+    assert_ne!(after.header("etag"), before.header("etag"));
+    std::fs::remove_file(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&s, "/file.txt", "").status, 404);
 }
 
 #[test]
