@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod flood;
+mod load;
+mod paper;
 mod primitives;
 mod primitives_kernel;
 mod runtime;
@@ -42,6 +44,33 @@ enum Command {
     Runtime(runtime::Args),
     /// The bounded SYN flooder alone, for a test bed's attacker namespace (root).
     Flood(flood::Args),
+    /// The paper's Section 5 on this machine beside nginx and hyper on tokio: report.md,
+    /// results.json and plots in --out.
+    Paper(paper::Args),
+    /// HTTP load from loopback clients, closed or open loop, with latency percentiles.
+    Load(load::Args),
+    /// rescon-httpd itself, for `paper` (the same code as the rescon-httpd binary).
+    #[command(hide = true)]
+    Httpd {
+        /// The configuration file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Serve without containers.
+        #[arg(long)]
+        no_containers: bool,
+    },
+    /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
+    #[command(hide = true)]
+    HyperBaseline,
+    /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
+    #[command(hide = true)]
+    CgiBurn {
+        /// CPU milliseconds to burn.
+        ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +80,25 @@ fn main() -> anyhow::Result<()> {
         Command::Synflood(a) => synflood::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Runtime(a) => runtime::run(a),
+        Command::Paper(a) => paper::run(a),
+        Command::Load(a) => load::run(a),
+        Command::Httpd {
+            config,
+            workers,
+            no_containers,
+        } => {
+            let loaded =
+                rescon_httpd::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            rescon_httpd::server::run(
+                loaded,
+                rescon_httpd::server::Options {
+                    workers,
+                    no_containers,
+                    config_path: Some(config),
+                },
+            )
+        }
+        Command::HyperBaseline => paper::hyper_baseline(),
+        Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }
