@@ -67,8 +67,10 @@
 //! worker. A server that wants shares to hold across the machine gives each worker work from
 //! every class, which placement by load does for many connections.
 //!
-//! I/O is polled without blocking every 61 polls ([`Builder::event_interval`]) and whenever
-//! the worker has nothing to run, so CPU-bound tasks cannot starve I/O.
+//! I/O is polled without blocking every 61 polls ([`Builder::event_interval`]), at least
+//! every 100 us of busy time ([`Builder::event_gap`]), and whenever the worker has nothing to
+//! run, so CPU-bound tasks cannot starve I/O and a high-class task's events are not kept
+//! waiting behind many short tasks of lower classes.
 //!
 //! # Charging
 //!

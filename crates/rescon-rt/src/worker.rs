@@ -244,6 +244,7 @@ pub(crate) struct Config {
     pub(crate) quantum_ns: u64,
     pub(crate) max_burst: u32,
     pub(crate) event_interval: u32,
+    pub(crate) event_gap_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -428,6 +429,8 @@ pub(crate) struct Local {
     now: Cell<u64>,
     next_tick: Cell<u64>,
     io_budget: Cell<u32>,
+    /// When I/O was last polled (runtime clock, ns).
+    last_io: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
     spare: RefCell<Vec<Remote>>,
     cfg: Config,
@@ -467,6 +470,7 @@ impl Local {
             now: Cell::new(now),
             next_tick: Cell::new(now + TICK_NS),
             io_budget: Cell::new(cfg.event_interval),
+            last_io: Cell::new(0),
             wakers: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             cfg,
@@ -493,6 +497,13 @@ impl Local {
             self.fire_timers(now);
             if now >= self.next_tick.get() {
                 self.maintain(now);
+            }
+            // Busy with many short tasks, the poll count alone lets I/O wait for 61 of them:
+            // a high-class connection's request would wait behind them. A time bound keeps
+            // the worker's view of I/O at most `event_gap` old, for the price of an epoll_wait
+            // per gap.
+            if now.saturating_sub(self.last_io.get()) >= self.cfg.event_gap_ns {
+                self.poll_io(Some(Duration::ZERO));
             }
             let pick = {
                 let mut core = self.core.borrow_mut();
@@ -831,6 +842,7 @@ impl Local {
     /// Waits for I/O events (at most `timeout`) and wakes the tasks waiting for them.
     fn poll_io(&self, timeout: Option<Duration>) {
         self.io_budget.set(self.cfg.event_interval);
+        self.last_io.set(self.now.get());
         let mut wakers = self.wakers.borrow_mut();
         {
             let mut io = self.io.borrow_mut();

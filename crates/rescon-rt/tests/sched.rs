@@ -283,3 +283,94 @@ fn with_container_charges_the_inner_future_and_restores() {
     assert_eq!(b.usage().cpu_ns, 20_000_000, "b");
     assert_eq!(a.usage().cpu_ns, 7_000_000, "a");
 }
+
+#[test]
+fn a_high_class_task_sees_its_io_within_the_event_gap() {
+    // Polls of 30 us by 50 normal tasks; I/O is looked at only every 1000 polls (30 ms) by
+    // count, so it is the 100 us time bound that must bring the high task its byte.
+    let registry = Registry::new();
+    let clock = Clock::manual();
+    let rt = Builder::new(&registry)
+        .workers(1)
+        .clock(clock.clone())
+        .event_interval(1000)
+        .event_gap(Duration::from_micros(100))
+        .build()
+        .expect("runtime");
+    let root = registry.root();
+    let normal = child(&root, "normal", &[("class", "normal")]);
+    let high = child(&root, "high", &[("class", "high")]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server_side, _) = l.accept().unwrap();
+    server_side.set_nonblocking(true).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let written_at = Arc::new(AtomicU64::new(0));
+    let peer = server_side.try_clone().unwrap();
+    let client = Arc::new(Mutex::new(Some((client, peer))));
+    let t0 = clock.now_ns();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (clock, done, written_at, client) = (
+            clock.clone(),
+            done.clone(),
+            written_at.clone(),
+            client.clone(),
+        );
+        let ready = ready.clone();
+        tasks.push(rt.spawn_in(&normal, async move {
+            // Nothing moves the clock before the high task waits for its byte.
+            while !ready.load(SeqCst) {
+                rescon_rt::yield_now().await;
+            }
+            while !done.load(SeqCst) {
+                spin(&clock, 30_000);
+                // After 10 ms, one of them sends the byte, noting the time on the worker's
+                // own clock (nothing moves it between the write and the reading).
+                if clock.now_ns() - t0 >= 10_000_000 {
+                    if let Some((mut c, peer)) = client.lock().unwrap().take() {
+                        use std::io::Write;
+                        c.write_all(b"x").unwrap();
+                        // Loopback delivers in the sender's softirq, which a busy machine
+                        // defers: wait (in real time, the manual clock standing still) until
+                        // the byte is there to read, so the time measured is the runtime's.
+                        let mut b = [0u8; 1];
+                        while !matches!(peer.peek(&mut b), Ok(1)) {
+                            std::thread::yield_now();
+                        }
+                        written_at.store(clock.now_ns(), SeqCst);
+                        std::mem::forget(c);
+                    }
+                }
+                rescon_rt::yield_now().await;
+            }
+        }));
+    }
+    let (clock2, done2, high2) = (clock.clone(), done.clone(), high.clone());
+    let seen = rt.spawn_in(&high, async move {
+        let s = rescon_rt::TcpStream::from_std(server_side, &high2).unwrap();
+        let mut b = [0u8; 1];
+        // The read's first poll registers the interest before any normal task runs again.
+        ready.store(true, SeqCst);
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        let at = clock2.now_ns();
+        done2.store(true, SeqCst);
+        at
+    });
+    let seen = rt.block_on(seen).unwrap();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let waited = seen - written_at.load(SeqCst);
+    eprintln!(
+        "the high task saw its byte {} us after it was sent",
+        waited / 1000
+    );
+    assert!(
+        waited <= 100_000 + 2 * 30_000,
+        "waited {waited} ns: more than the 100 us gap and two polls"
+    );
+}
