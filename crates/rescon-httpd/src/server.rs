@@ -20,7 +20,9 @@
 
 use crate::admin::{Admin, FilterTable};
 use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, ScriptDir, meta_variables};
-use crate::config::{AccessLog, Config, ContainerPath, LiveTree, VhostConfig};
+use crate::config::{
+    AccessLog, ClassFilter, Config, ContainerPath, ListenerConfig, LiveTree, VhostConfig,
+};
 use crate::log::AccessLogEntry;
 use crate::routing::{Target, route};
 use crate::static_files::{BodyPlan, DocRoot, Resolved, plan};
@@ -31,6 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rescon::{Attributes, Container, Registry};
 use rescon_linux::cgroup::{self, Manager};
+use rescon_linux::listen::{Filter, ListenerGroup};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -292,10 +295,33 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         if let Some(path) = admin_socket {
             serve_admin(path, admin.clone(), &everything)?;
         }
+        // Kept for the server's life: the member sockets' steering program lives with them.
+        let mut groups = Vec::new();
         for l in listeners {
             let c = everything
                 .create_child(&format!("listener-{}", l.name), Attributes::default())
                 .context("creating a listener container")?;
+            if !shared.options.no_containers {
+                match class_group(&shared, &l, &c) {
+                    Ok(Some((group, members))) => {
+                        println!("listening on {}", group.local_addr());
+                        for (listener, class_c) in members {
+                            let fallback = c.clone();
+                            let task =
+                                accept_loop(shared.clone(), listener, l.name.clone(), fallback);
+                            rescon_rt::spawn_in(&class_c, task);
+                        }
+                        groups.push(group);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!(
+                        "rescon-httpd: listener {}: no per-class sockets ({e:#}); one socket, \
+                         classes chosen after accept",
+                        l.name
+                    ),
+                }
+            }
             let listener = rescon_rt::TcpListener::bind_in(l.addr, &c)
                 .with_context(|| format!("listener {}: binding {}", l.name, l.addr))?;
             let addr = listener.local_addr()?;
@@ -307,8 +333,68 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         }
         std::io::stdout().flush().ok();
         // Serve until killed.
-        std::future::pending::<Result<()>>().await
+        std::future::pending::<Result<()>>().await?;
+        drop(groups);
+        Ok(())
     })
+}
+
+type ClassSockets = (ListenerGroup, Vec<(rescon_rt::TcpListener, Container)>);
+
+/// The paper's prioritized listening: one socket per client class on the listener's address,
+/// the kernel steering each SYN to its class's socket by source address (longest prefix
+/// first), so each class's connections wait in a queue of their own and are accepted by a task
+/// in the class's container: a high class's connections are accepted before a flood of
+/// normal ones, and a black-holed range (a socket whose container has priority 0) has its
+/// SYNs dropped before they cost a SYN-ACK. The user-level classification still decides
+/// where an accepted connection goes, so the admin API's prefix moves take effect at once.
+///
+/// `None` when the listener has no classes.
+fn class_group(
+    shared: &Shared,
+    l: &ListenerConfig,
+    listener_c: &Container,
+) -> Result<Option<ClassSockets>> {
+    if l.classes.is_empty() {
+        return Ok(None);
+    }
+    let mut b = ListenerGroup::builder(l.addr);
+    let mut classes = Vec::new();
+    for class in &l.classes {
+        let c = shared
+            .container(&class.container)
+            .with_context(|| format!("class {}: no container {}", class.name, class.container))?;
+        let filter = match &class.filter {
+            ClassFilter::Prefixes(p) => Filter::prefixes(p.iter().copied()),
+            ClassFilter::Except(e) => Filter::except(e.iter().copied()),
+        }
+        .with_context(|| format!("class {}", class.name))?;
+        b = b.member(&c, filter);
+        classes.push(c);
+    }
+    if !l.black_hole.is_empty() {
+        let mut attrs = Attributes::default();
+        attrs
+            .set("priority", "0")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hole = listener_c
+            .create_child("black-hole", attrs)
+            .context("creating the black-hole container")?;
+        b = b.member(
+            &hole,
+            Filter::prefixes(l.black_hole.iter().copied()).context("black_hole")?,
+        );
+    }
+    let group = b.build().context("building the listener group")?;
+    let mut out = Vec::new();
+    for (member, c) in group.members().into_iter().zip(classes) {
+        // The socket counts its accepts against the listener's container, as the single
+        // socket does; the accept task runs in the class's container, so the class's
+        // scheduling class and share decide when its connections are accepted.
+        let std_l = member.try_clone_listener()?;
+        out.push((rescon_rt::TcpListener::from_std(std_l, listener_c)?, c));
+    }
+    Ok(Some((group, out)))
 }
 
 fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<String> {
