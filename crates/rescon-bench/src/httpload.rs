@@ -51,6 +51,10 @@ pub struct Group {
     pub host: String,
     /// Request paths, taken in turn.
     pub paths: Vec<String>,
+    /// Runs on a thread of its own at the highest nice priority (root only; otherwise at
+    /// the default), so that its latency measures the server, not the load generator's
+    /// queue behind the other groups.
+    pub dedicated: bool,
 }
 
 /// What to run.
@@ -164,20 +168,64 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<GroupResult>> {
         "target {} is not a loopback address",
         plan.target
     );
-    let plan = plan.clone();
-    std::thread::Builder::new()
-        .name("httpload".into())
-        .spawn(move || {
-            if let Some(cpu) = plan.cpu {
-                pin_to(cpu)?;
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            Ok(rt.block_on(drive(plan)))
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
+    // One thread for the shared groups and one for each dedicated group, all counting the
+    // same window.
+    let t0 = Instant::now();
+    let mut parts: Vec<(Vec<usize>, bool)> = Vec::new();
+    let shared: Vec<usize> = (0..plan.groups.len())
+        .filter(|&i| !plan.groups[i].dedicated)
+        .collect();
+    if !shared.is_empty() {
+        parts.push((shared, false));
+    }
+    for (i, g) in plan.groups.iter().enumerate() {
+        if g.dedicated {
+            parts.push((vec![i], true));
+        }
+    }
+    let mut threads = Vec::new();
+    for (k, (idx, dedicated)) in parts.into_iter().enumerate() {
+        let mut part = plan.clone();
+        part.groups = idx.iter().map(|&i| plan.groups[i].clone()).collect();
+        if k > 0 {
+            part.progress = None;
+        }
+        threads.push((
+            idx,
+            std::thread::Builder::new().name("httpload".into()).spawn(
+                move || -> anyhow::Result<Vec<GroupResult>> {
+                    if let Some(cpu) = part.cpu {
+                        pin_to(cpu)?;
+                    }
+                    if dedicated {
+                        // Best effort: a normal user may not raise its priority.
+                        let tid = rustix::thread::gettid();
+                        let _ = rustix::process::setpriority_process(
+                            rustix::process::Pid::from_raw(tid.as_raw_nonzero().get()),
+                            -20,
+                        );
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    Ok(rt.block_on(drive(part, t0)))
+                },
+            )?,
+        ));
+    }
+    let mut out: Vec<Option<GroupResult>> = vec![None; plan.groups.len()];
+    for (idx, t) in threads {
+        let r = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        for (i, g) in idx.into_iter().zip(r) {
+            out[i] = Some(g);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|g| g.expect("every group ran"))
+        .collect())
 }
 
 /// Pins the calling thread (and threads and processes it starts later) to `cpu`.
@@ -188,8 +236,7 @@ pub fn pin_to(cpu: usize) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("pinning to CPU {cpu}: {e}"))
 }
 
-async fn drive(plan: Plan) -> Vec<GroupResult> {
-    let t0 = Instant::now();
+async fn drive(plan: Plan, t0: Instant) -> Vec<GroupResult> {
     let window = Rc::new(Window {
         start: t0 + plan.warmup,
         end: t0 + plan.warmup + plan.duration,
@@ -556,6 +603,7 @@ mod tests {
             mode,
             host: "t".into(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
+            dedicated: false,
         }
     }
 
@@ -588,6 +636,33 @@ mod tests {
         assert_eq!(r[1].latency_us.len(), r[1].ok);
         let counted: u64 = r.iter().map(|g| g.ok + g.non_2xx).sum();
         assert!(served.load(Ordering::Relaxed) >= counted);
+    }
+
+    #[test]
+    fn dedicated_groups_run_beside_the_others_in_the_same_window() {
+        let (addr, _served, stop) = server();
+        let mut plan = Plan::new(
+            addr,
+            vec![
+                group("shared", [127, 0, 0, 1], Mode::KeepAlive, &["/"]),
+                Group {
+                    dedicated: true,
+                    ..group("own", [127, 0, 0, 2], Mode::ConnPerRequest, &["/missing"])
+                },
+                group("shared2", [127, 0, 0, 3], Mode::KeepAlive, &["/"]),
+            ],
+        );
+        plan.warmup = Duration::from_millis(100);
+        plan.duration = Duration::from_millis(300);
+        let r = run(&plan).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let names: Vec<&str> = r.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["shared", "own", "shared2"], "results in plan order");
+        assert!(r[0].ok > 0 && r[2].ok > 0);
+        assert!(
+            r[1].ok == 0 && r[1].non_2xx > 0,
+            "the dedicated group's own statuses"
+        );
     }
 
     #[test]

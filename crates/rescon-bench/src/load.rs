@@ -89,6 +89,7 @@ pub fn run(a: Args) -> Result<()> {
             },
             host: a.host.clone().unwrap_or(authority),
             paths: vec![path],
+            dedicated: false,
         }],
     );
     plan.duration = Duration::from_secs_f64(a.duration);
