@@ -823,7 +823,7 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
         groups.push(group(
             &format!("{v} static"),
             Ipv4Addr::new(127, 0, 1, i as u8 + 1),
-            12,
+            STATIC_PER_VHOST,
             Mode::KeepAlive,
             &host,
             FILE_1K,
