@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rescon::{Attributes, Container, Registry};
 use rescon_linux::cgroup::{self, Manager};
-use rescon_linux::listen::{Filter, ListenerGroup};
+use rescon_linux::listen::{Filter, ListenerGroup, MemberId};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -209,7 +209,11 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let filters = Arc::new(FilterTable::from_config(&config.listeners, |p| {
         tree.get(p).map(|c| c.id())
     }));
-    let admin = Arc::new(Admin::new(root.clone(), filters.clone()));
+    let synced = Arc::new(SyncedFilters {
+        table: filters.clone(),
+        kernel: Mutex::new(HashMap::new()),
+    });
+    let admin = Arc::new(Admin::new(root.clone(), synced.clone()));
     admin.set_declared(&tree);
     let log: Option<Mutex<Box<dyn Write + Send>>> = match &config.server.access_log {
         AccessLog::Off => None,
@@ -305,6 +309,17 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                 match class_group(&shared, &l, &c) {
                     Ok(Some((group, members))) => {
                         println!("listening on {}", group.local_addr());
+                        let group = Arc::new(group);
+                        let mut names: Vec<String> =
+                            l.classes.iter().map(|c| c.name.clone()).collect();
+                        if !l.black_hole.is_empty() {
+                            names.push(crate::admin::BLACK_HOLE.to_string());
+                        }
+                        synced
+                            .kernel
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(l.name.clone(), (group.clone(), names));
                         for (listener, class_c) in members {
                             let fallback = c.clone();
                             let task =
@@ -337,6 +352,59 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         drop(groups);
         Ok(())
     })
+}
+
+/// The filters as the admin API sees them: the user-level table, which places each accepted
+/// connection, and the kernel's steering of each listener group, kept in step with it, so that
+/// a prefix moved to the black hole has its SYNs dropped in the kernel from then on, and one
+/// moved to a class waits in that class's accept queue.
+struct SyncedFilters {
+    table: Arc<FilterTable>,
+    /// Per listener: its group and the name of each member, in member order.
+    kernel: Mutex<HashMap<String, GroupMembers>>,
+}
+
+/// A listener group and the name of each of its members, in member order.
+type GroupMembers = (Arc<ListenerGroup>, Vec<String>);
+
+impl crate::admin::Filters for SyncedFilters {
+    fn listeners(&self) -> Vec<crate::admin::api::ListenerView> {
+        self.table.listeners()
+    }
+
+    fn move_prefix(
+        &self,
+        listener: Option<&str>,
+        prefix: ipnet::IpNet,
+        to: &str,
+        reason: &str,
+    ) -> Result<crate::admin::api::MoveResult, crate::admin::FilterError> {
+        let r = self.table.move_prefix(listener, prefix, to, reason)?;
+        let kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((group, names)) = kernel.get(&r.listener) {
+            let moved = match names.iter().position(|n| n == to) {
+                Some(i) => group
+                    .move_prefixes(&[prefix.trunc()], MemberId::from_index(i))
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("no kernel member {to}")),
+            };
+            if let Err(e) = moved {
+                // The user-level table decides anyway: the connection is accepted from the
+                // old member's queue, then placed (or, for the black hole, closed).
+                eprintln!(
+                    "rescon-httpd: listener {}: the kernel's steering keeps {prefix} where it was \
+                     ({e}); connections from it are placed after accept",
+                    r.listener
+                );
+            }
+        }
+        Ok(r)
+    }
+
+    fn actions(&self) -> Vec<crate::admin::api::FilterAction> {
+        self.table.actions()
+    }
 }
 
 type ClassSockets = (ListenerGroup, Vec<(rescon_rt::TcpListener, Container)>);

@@ -402,6 +402,25 @@ fn client_classes_black_hole_and_connection_limit() {
         ),
         "{err}"
     );
+    // A prefix moved to the black hole through the admin API is dropped in the kernel too.
+    assert_eq!(raw(&s, "127.0.0.5", req).unwrap().status, 200);
+    let (st, body) = admin(
+        &s,
+        "POST",
+        "/filters/move",
+        r#"{"prefix": "127.0.0.5/32", "to": "black-hole"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let moved = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    moved
+        .bind(&"127.0.0.5:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    assert!(
+        moved
+            .connect_timeout(&s.addr.into(), Duration::from_secs(1))
+            .is_err(),
+        "a blocked prefix gets no SYN-ACK"
+    );
     // Classes show in the access log.
     let t = Instant::now();
     let log = loop {
