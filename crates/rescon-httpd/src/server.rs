@@ -21,7 +21,8 @@
 use crate::admin::{Admin, FilterTable};
 use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, ScriptDir, meta_variables};
 use crate::config::{
-    AccessLog, ClassFilter, Config, ContainerPath, ListenerConfig, LiveTree, VhostConfig,
+    AccessLog, ClassFilter, Config, ContainerPath, FloodAction, FloodDefense, ListenerConfig,
+    LiveTree, VhostConfig,
 };
 use crate::log::AccessLogEntry;
 use crate::routing::{Target, route};
@@ -301,6 +302,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         }
         // Kept for the server's life: the member sockets' steering program lives with them.
         let mut groups = Vec::new();
+        let mut defenses = Vec::new();
         for l in listeners {
             let c = everything
                 .create_child(&format!("listener-{}", l.name), Attributes::default())
@@ -312,8 +314,17 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                         let group = Arc::new(group);
                         let mut names: Vec<String> =
                             l.classes.iter().map(|c| c.name.clone()).collect();
-                        if !l.black_hole.is_empty() {
+                        if group.members().len() > names.len() {
                             names.push(crate::admin::BLACK_HOLE.to_string());
+                        }
+                        if let Some(fd) = &l.flood_defense {
+                            match flood_defense(&group, &names, fd) {
+                                Ok(running) => defenses.push(running),
+                                Err(e) => eprintln!(
+                                    "rescon-httpd: listener {}: flood defense off: {e:#}",
+                                    l.name
+                                ),
+                            }
                         }
                         synced
                             .kernel
@@ -349,7 +360,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         std::io::stdout().flush().ok();
         // Serve until killed.
         std::future::pending::<Result<()>>().await?;
-        drop(groups);
+        drop((groups, defenses));
         Ok(())
     })
 }
@@ -407,6 +418,37 @@ impl crate::admin::Filters for SyncedFilters {
     }
 }
 
+/// Starts the automatic SYN-flood defense of a listener group (rescon-linux's `Defender`,
+/// sampling every 100 ms): sources of half-open connections during an attack are moved, in
+/// the kernel's steering, to the black hole or to the class `demote_to` names, for at least
+/// `hold`. `syn_rate` is the growth of the listen queue's pressure per second (SYN drops and
+/// overflows, from /proc/net) that signals an attack. The moves are the kernel's only: the
+/// admin API's table does not list them.
+fn flood_defense(
+    group: &Arc<ListenerGroup>,
+    names: &[String],
+    fd: &FloodDefense,
+) -> Result<rescon_linux::listen::driver::Running> {
+    let to = match &fd.action {
+        FloodAction::BlackHole => crate::admin::BLACK_HOLE,
+        FloodAction::Demote(class) => class.as_str(),
+    };
+    let i = names
+        .iter()
+        .position(|n| n == to)
+        .with_context(|| format!("no member {to} to move offenders to"))?;
+    let mut cfg = rescon_linux::listen::defense::DefenseConfig::new(MemberId::from_index(i));
+    cfg.trigger_pressure_per_s = fd.syn_rate as f64;
+    cfg.min_hold = fd.hold;
+    let defender = rescon_linux::listen::driver::Defender::new(group.clone(), cfg)
+        .with_context(|| format!("moving offenders to {to}"))?;
+    eprintln!(
+        "rescon-httpd: flood defense on {}: offenders go to {to}",
+        group.local_addr()
+    );
+    Ok(Arc::new(defender).spawn(Duration::from_millis(100)))
+}
+
 type ClassSockets = (ListenerGroup, Vec<(rescon_rt::TcpListener, Container)>);
 
 /// The paper's prioritized listening: one socket per client class on the listener's address,
@@ -440,7 +482,14 @@ fn class_group(
         b = b.member(&c, filter);
         classes.push(c);
     }
-    if !l.black_hole.is_empty() {
+    let black_hole_defense = matches!(
+        &l.flood_defense,
+        Some(FloodDefense {
+            action: FloodAction::BlackHole,
+            ..
+        })
+    );
+    if !l.black_hole.is_empty() || black_hole_defense {
         let mut attrs = Attributes::default();
         attrs
             .set("priority", "0")
@@ -448,10 +497,12 @@ fn class_group(
         let hole = listener_c
             .create_child("black-hole", attrs)
             .context("creating the black-hole container")?;
-        b = b.member(
-            &hole,
-            Filter::prefixes(l.black_hole.iter().copied()).context("black_hole")?,
-        );
+        let filter = if l.black_hole.is_empty() {
+            Filter::nothing()
+        } else {
+            Filter::prefixes(l.black_hole.iter().copied()).context("black_hole")?
+        };
+        b = b.member(&hole, filter);
     }
     let group = b.build().context("building the listener group")?;
     let mut out = Vec::new();

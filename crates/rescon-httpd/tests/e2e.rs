@@ -41,6 +41,11 @@ fn write_exec(path: &Path, text: &str) {
 
 /// A site: two vhosts, CGI scripts, and `extra` appended to the configuration.
 fn start(extra_containers: &str, extra: &str) -> Server {
+    start_with(extra_containers, "", extra)
+}
+
+/// [`start`], with `listener_extra` added to the listener's table.
+fn start_with(extra_containers: &str, listener_extra: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for v in ["a", "b"] {
@@ -108,6 +113,7 @@ name = "web"
 address = "127.0.0.1"
 port = 0
 black_hole = ["127.0.0.66/32"]
+{listener_extra}
 
 [[listener.class]]
 name = "premium"
@@ -558,5 +564,33 @@ fn admin_api_and_reload() {
         "0.4",
         "a bad reload keeps the old"
     );
+    assert_eq!(get(&s, "/", "").status, 200);
+}
+
+#[test]
+fn flood_defense_runs_beside_the_listener() {
+    let s = start_with(
+        "",
+        r#"flood_defense = { action = "black-hole", syn_rate = 500, hold = "5s" }"#,
+        "",
+    );
+    // The defender samples on a thread of its own in the server.
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let t = Instant::now();
+    while !threads().iter().any(|t| t == "rescon-defense") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no defense thread among {:?}",
+            threads()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And the listener serves as before.
     assert_eq!(get(&s, "/", "").status, 200);
 }
