@@ -621,10 +621,14 @@ async fn serve_conn(
     let t = &site.config.timeouts;
     let max_header = site.config.limits.max_header_bytes as usize;
     let sh = shared.clone();
+    let state = Arc::new(ConnState {
+        class,
+        placed: Mutex::new(None),
+    });
     let svc = hyper::service::service_fn(move |req| {
         let sh = sh.clone();
-        let class = class.clone();
-        async move { Ok::<_, Infallible>(handle(sh, req, peer, local, &class).await) }
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(sh, req, peer, local, &state).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())
@@ -633,6 +637,14 @@ async fn serve_conn(
         .keep_alive(true)
         .serve_connection(conn, svc)
         .await;
+}
+
+/// What a connection's requests share.
+struct ConnState {
+    /// The client class it was accepted in.
+    class: String,
+    /// The vhost its container was last placed under.
+    placed: Mutex<Option<String>>,
 }
 
 type Body = Full<Bytes>;
@@ -652,8 +664,9 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     local: SocketAddr,
-    class: &str,
+    conn: &ConnState,
 ) -> Response<Body> {
+    let class = conn.class.as_str();
     let start = Instant::now();
     let time = SystemTime::now();
     let me = rescon_rt::current();
@@ -691,7 +704,7 @@ async fn handle(
             match r.target {
                 Target::Static(rel) => {
                     if !shared.options.no_containers {
-                        place_under_vhost(&shared, &me, r.vhost, class);
+                        place_under_vhost(&shared, &me, r.vhost, conn);
                     }
                     let root = site.roots.get(&vhost).cloned();
                     let resp = match root {
@@ -808,8 +821,14 @@ async fn handle(
 /// follows the move, so the vhost's share governs the connection from then on; the usage
 /// moves with it, so what the vhost delivered is its subtree's usage. The class's
 /// connection limit stays taken, as accepted.
-fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, class: &str) {
-    let want = vhost.container.child(class);
+fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, conn: &ConnState) {
+    // Most connections name one vhost: after the first request, one string comparison.
+    let mut placed = conn.placed.lock().unwrap_or_else(|e| e.into_inner());
+    if placed.as_deref() == Some(vhost.name.as_str()) {
+        return;
+    }
+    *placed = Some(vhost.name.clone());
+    let want = vhost.container.child(&conn.class);
     let target = shared
         .container(&want)
         .or_else(|| shared.container(&vhost.container));

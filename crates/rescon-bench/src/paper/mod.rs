@@ -313,41 +313,56 @@ pub fn run(args: Args) -> Result<()> {
 fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
     let kinds = ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::Nginx, Kind::HyperTokio]);
     let conns = 50;
-    let mut rows = Vec::new();
-    let mut json_rows = serde_json::Map::new();
-    for kind in &kinds {
-        let mut rates = [f64::NAN; 2];
-        for (i, mode) in [Mode::ConnPerRequest, Mode::KeepAlive]
-            .into_iter()
-            .enumerate()
-        {
-            let server = ctx.start(*kind)?;
-            let plan = ctx.plan(
-                &server,
-                vec![group("c", LOW, conns, mode, "localhost", FILE_1K)],
-                format!("{} {mode:?}", kind.name()),
-            );
-            let r = httpload::run(&plan)?;
-            drop(server);
-            rates[i] = r[0].per_s();
-            if r[0].errors > 0 || r[0].non_2xx > 0 {
-                eprintln!(
-                    "    {}: {} errors, {} non-2xx",
-                    kind.name(),
-                    r[0].errors,
-                    r[0].non_2xx
+    // Rounds interleave the servers, so that drift on a shared machine hits them alike; the
+    // median of the rounds is reported.
+    let rounds = if ctx.quick { 1 } else { 3 };
+    let mut samples: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; kinds.len()];
+    for round in 0..rounds {
+        for (ki, kind) in kinds.iter().enumerate() {
+            for (i, mode) in [Mode::ConnPerRequest, Mode::KeepAlive]
+                .into_iter()
+                .enumerate()
+            {
+                let server = ctx.start(*kind)?;
+                let plan = ctx.plan(
+                    &server,
+                    vec![group("c", LOW, conns, mode, "localhost", FILE_1K)],
+                    format!("{} {mode:?} (round {}/{rounds})", kind.name(), round + 1),
                 );
+                let r = httpload::run(&plan)?;
+                drop(server);
+                samples[ki][i].push(r[0].per_s());
+                if r[0].errors > 0 || r[0].non_2xx > 0 {
+                    eprintln!(
+                        "    {}: {} errors, {} non-2xx",
+                        kind.name(),
+                        r[0].errors,
+                        r[0].non_2xx
+                    );
+                }
             }
         }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rows = Vec::new();
+    let mut json_rows = serde_json::Map::new();
+    for (ki, kind) in kinds.iter().enumerate() {
+        let rates = [median(&samples[ki][0]), median(&samples[ki][1])];
         json_rows.insert(
             kind.key().into(),
-            json!({"conn_per_request_per_s": rates[0].round(), "keep_alive_per_s": rates[1].round()}),
+            json!({"conn_per_request_per_s": rates[0].round(), "keep_alive_per_s": rates[1].round(),
+                "conn_per_request_rounds": samples[ki][0], "keep_alive_rounds": samples[ki][1]}),
         );
         rows.push((*kind, rates));
     }
     let get = |k: Kind| rows.iter().find(|(x, _)| *x == k).map(|(_, r)| *r);
     let mut s = format!(
-        "\n## 1. Baseline: a 1 KB file\n\n{conns} closed-loop clients; requests per second.\n\n\
+        "\n## 1. Baseline: a 1 KB file\n\n{conns} closed-loop clients; requests per second, the median of \
+         {rounds} interleaved round(s).\n\n\
          | server | a connection per request | keep-alive |\n|---|---|---|\n"
     );
     for (k, r) in &rows {
@@ -481,16 +496,32 @@ fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
         let _ = writeln!(s, "| {k} | {shown} |");
     }
     ctx.report.push_str(&s);
+    // The project's goals (the core and runtime issues): every primitive at least 20x the
+    // paper's, rebinding under 50 ns, pick plus charge among 100,000 containers under 200 ns.
     for (op, _, us) in crate::primitives::PAPER_US {
         if let Some(n) = ns(op) {
+            let bound = if *op == "rebind" {
+                50.0
+            } else {
+                us * 1000.0 / 20.0
+            };
             ctx.goal(
                 2,
-                &format!("{op} faster than the paper's"),
-                &format!("< {:.0} ns", us * 1000.0),
+                &format!("{op}: at least 20x the paper's {us} us"),
+                &format!("< {bound:.0} ns"),
                 Some(n),
-                n < us * 1000.0,
+                n < bound,
             );
         }
+    }
+    if let Some(n) = ns("pick_charge_100k") {
+        ctx.goal(
+            2,
+            "pick + charge among 100,000 containers at depth 3",
+            "< 200 ns",
+            Some(n),
+            n < 200.0,
+        );
     }
     ctx.experiments.insert("2_primitives".into(), v);
     Ok(())
@@ -510,10 +541,13 @@ fn exp3_priority(ctx: &mut Ctx) -> Result<()> {
     let mut js = serde_json::Map::new();
     let mut s = String::from(
         "\n## 3. Prioritized clients\n\nOne high-priority client (from 127.0.0.2, the `high` class) \
-         against N low-priority clients (127.0.0.3) that saturate the server; every client makes a \
-         connection per request for the 1 KB file. The high-priority client has a thread of its \
-         own at nice -20 on the load CPU, so that its times are the server's, not the load \
-         generator's queue. The high-priority client's response time, ms:\n\n\
+         against N low-priority clients (127.0.0.3) that saturate the server, all asking for the 1 KB \
+         file. The high-priority client makes a connection per request, as in the paper, so its \
+         connections are accepted under load too; it has a thread of its own at nice -20 on the load \
+         CPU, so that its times are the server's, not the load generator's queue. The low-priority \
+         clients use keep-alive: with a connection per request one load CPU cannot saturate one \
+         server CPU (measured: 10-11k low requests/s against the server's 21k), and an unsaturated \
+         server shows no priority effect at all. The high-priority client's response time, ms:\n\n\
          | server | low clients | high p50 | high p99 | high req/s | low req/s |\n|---|---|---|---|---|---|\n",
     );
     for kind in &kinds {
@@ -527,7 +561,7 @@ fn exp3_priority(ctx: &mut Ctx) -> Result<()> {
                         dedicated: true,
                         ..group("high", HIGH, 1, Mode::ConnPerRequest, "localhost", FILE_1K)
                     },
-                    group("low", LOW, n, Mode::ConnPerRequest, "localhost", FILE_1K),
+                    group("low", LOW, n, Mode::KeepAlive, "localhost", FILE_1K),
                 ],
                 format!("{} with {n} low", kind.name()),
             );
