@@ -238,6 +238,9 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
     }
 }
 
+/// Most distinct containers a burst's rebindings charge at its end; more are charged at once.
+const DEFERRED_MAX: usize = 8;
+
 /// The worker's tuning, from the [`Builder`](crate::Builder).
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -431,6 +434,10 @@ pub(crate) struct Local {
     io_budget: Cell<u32>,
     /// When I/O was last polled (runtime clock, ns).
     last_io: Cell<u64>,
+    /// CPU of segments that ran before a rebinding in this burst, by slot: charged when the
+    /// burst ends. The policy decides only between bursts, so charging then changes no
+    /// decision, and a task that rebinds often charges each container once per burst.
+    deferred: RefCell<Vec<(u32, u64)>>,
     wakers: RefCell<Vec<Waker>>,
     spare: RefCell<Vec<Remote>>,
     cfg: Config,
@@ -471,6 +478,7 @@ impl Local {
             next_tick: Cell::new(now + TICK_NS),
             io_budget: Cell::new(cfg.event_interval),
             last_io: Cell::new(0),
+            deferred: RefCell::new(Vec::with_capacity(DEFERRED_MAX)),
             wakers: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
             cfg,
@@ -583,6 +591,10 @@ impl Local {
         let mut core = self.core.borrow_mut();
         if !rebound {
             core.charge(k, t.saturating_sub(run.seg_start));
+        }
+        // Before anything can reclaim the slots they name (bound counts keep them until here).
+        for (key, ns) in self.deferred.borrow_mut().drain(..) {
+            core.charge(key, ns);
         }
         let Core {
             slots,
@@ -714,7 +726,17 @@ impl Local {
             return true;
         }
         let now = self.rt.clock.now_ns();
-        core.charge(run.key, now.saturating_sub(run.seg_start));
+        let ns = now.saturating_sub(run.seg_start);
+        {
+            let mut d = self.deferred.borrow_mut();
+            if let Some(e) = d.iter_mut().find(|e| e.0 == run.key) {
+                e.1 += ns;
+            } else if d.len() < DEFERRED_MAX {
+                d.push((run.key, ns));
+            } else {
+                core.charge(run.key, ns);
+            }
+        }
         core.slot(k).bound += 1;
         core.unbind(run.key);
         // SAFETY: `meta` was set from the running task's `Runnable::metadata()` just before

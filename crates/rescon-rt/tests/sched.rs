@@ -374,3 +374,32 @@ fn a_high_class_task_sees_its_io_within_the_event_gap() {
         "waited {waited} ns: more than the 100 us gap and two polls"
     );
 }
+
+#[test]
+fn many_rebinds_in_one_poll_charge_each_container_exactly() {
+    // More containers than the worker defers to the end of a burst, some visited twice: every
+    // segment still lands on the container bound while it ran.
+    let registry = Registry::new();
+    let (rt, clock) = one_worker_manual(&registry);
+    let root = registry.root();
+    let cs: Vec<Container> = (0..12)
+        .map(|i| child(&root, &format!("c{i}"), &[]))
+        .collect();
+    let home = child(&root, "home", &[]);
+    let visits: Vec<usize> = (0..12).chain([3, 7, 11]).collect();
+    let (cs2, visits2) = (cs.clone(), visits.clone());
+    rt.block_on(rt.spawn_in(&home, async move {
+        spin(&clock, 1_000);
+        for &i in &visits2 {
+            rescon_rt::bind(&cs2[i]);
+            spin(&clock, (i as u64 + 1) * 10_000);
+        }
+    }))
+    .unwrap();
+    rt.flush_usage();
+    assert_eq!(home.usage().cpu_ns, 1_000);
+    for (i, c) in cs.iter().enumerate() {
+        let times = visits.iter().filter(|&&v| v == i).count() as u64;
+        assert_eq!(c.usage().cpu_ns, times * (i as u64 + 1) * 10_000, "c{i}");
+    }
+}
