@@ -22,6 +22,12 @@ fn rctl_reads_and_changes_a_running_server() {
     std::fs::create_dir_all(d.join("htdocs")).unwrap();
     std::fs::write(d.join("htdocs/index.html"), "hi\n").unwrap();
     let socket = d.join("admin.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = "rctl-live-token-0123456789";
     let conf = format!(
         r#"
 [server]
@@ -29,6 +35,8 @@ enforcement = "user"
 access_log = "off"
 [admin]
 socket = "{sock}"
+tcp = "127.0.0.1:{port}"
+token = "{token}"
 [containers.clients.premium]
 class = "high"
 [containers.clients.rest]
@@ -118,6 +126,30 @@ default = true
         .find(|l| l.contains("black-hole"))
         .unwrap_or_else(|| panic!("no black-hole line:\n{filters}"));
     assert!(hole.contains("127.0.0.77/32"), "{filters}");
+
+    // The same API over loopback TCP, with the bearer token and without.
+    let url = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no admin TCP listener"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let over_tcp = |args: &[&str]| {
+        let mut argv = vec!["rctl", "--url", url.as_str()];
+        argv.extend_from_slice(args);
+        let args = rctl::cli::Args::try_parse_from(argv).unwrap();
+        let mut out = Vec::new();
+        rctl::cli::run(&args, &mut out)
+            .map(|()| String::from_utf8(out).unwrap())
+            .map_err(|e| format!("{e:#}"))
+    };
+    let tree = over_tcp(&["--token", token, "tree"]).unwrap();
+    assert!(tree.contains("cpu_limit=0.2"), "{tree}");
+    let err = over_tcp(&["--token", "wrong-token-000000000000", "tree"]).unwrap_err();
+    assert!(err.contains("401") || err.contains("token"), "{err}");
 
     let err = rctl(&socket, &["show", "no/such/container"]).unwrap_err();
     assert!(

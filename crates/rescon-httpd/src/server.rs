@@ -22,7 +22,7 @@ use crate::admin::{Admin, FilterTable};
 use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, ScriptDir, meta_variables};
 use crate::config::{
     AccessLog, ClassFilter, Config, ContainerPath, FloodAction, FloodDefense, ListenerConfig,
-    LiveTree, VhostConfig,
+    LiveTree, TokenSource, VhostConfig,
 };
 use crate::log::AccessLogEntry;
 use crate::routing::{Target, route};
@@ -230,6 +230,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     };
     let listeners = config.listeners.clone();
     let admin_socket = config.admin.socket.clone();
+    let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
     let site = open_site(config)?;
     let shared = Arc::new(Shared {
         root: root.clone(),
@@ -299,6 +300,17 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     rt.block_on(async move {
         if let Some(path) = admin_socket {
             serve_admin(path, admin.clone(), &everything)?;
+        }
+        if let Some(addr) = admin_tcp {
+            let token = match &admin_token {
+                Some(TokenSource::Inline(t)) => t.clone(),
+                Some(TokenSource::File(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the admin token file {}", f.display()))?
+                    .trim_end()
+                    .to_string(),
+                None => anyhow::bail!("admin.tcp needs admin.token or admin.token_file"),
+            };
+            serve_admin_tcp(addr, token.into(), admin.clone(), &everything)?;
         }
         // Kept for the server's life: the member sockets' steering program lives with them.
         let mut groups = Vec::new();
@@ -1284,9 +1296,7 @@ fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<(
                 .with_context(|| format!("removing the stale admin socket {}", path.display()));
         }
     }
-    let c = parent
-        .create_child("admin", Attributes::default())
-        .context("creating the admin container")?;
+    let c = admin_container(parent)?;
     let l = rescon_rt::UnixListener::bind_in(&path, &c)
         .with_context(|| format!("binding the admin socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
@@ -1300,40 +1310,92 @@ fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<(
                 continue;
             };
             let admin = admin.clone();
-            rescon_rt::spawn_in(&c2, async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let admin = admin.clone();
-                    async move {
-                        let method = req.method().clone();
-                        let target = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.as_str().to_owned())
-                            .unwrap_or_else(|| "/".into());
-                        let body = Limited::new(req.into_body(), 1 << 20)
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let a = admin.handle(&method, &target, &body);
-                        let mut r = Response::new(Full::new(Bytes::from(a.body)));
-                        *r.status_mut() = a.status;
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static(a.content_type),
-                        );
-                        for (k, v) in a.headers {
-                            r.headers_mut().insert(k, v);
-                        }
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(rescon_rt::HyperTimer::current())
-                    .serve_connection(conn, svc)
-                    .await;
-            });
+            rescon_rt::spawn_in(&c2, serve_admin_conn(conn, admin, None));
         }
     });
     Ok(())
+}
+
+/// The admin API on a loopback TCP address (the configuration refuses any other), every
+/// request needing `Authorization: Bearer TOKEN`.
+fn serve_admin_tcp(
+    addr: SocketAddr,
+    token: Arc<str>,
+    admin: Arc<Admin>,
+    parent: &Container,
+) -> Result<()> {
+    let c = admin_container(parent)?;
+    let l = rescon_rt::TcpListener::bind_in(addr, &c)
+        .with_context(|| format!("binding the admin API's TCP address {addr}"))?;
+    eprintln!(
+        "rescon-httpd: admin API on http://{} (bearer token required)",
+        l.local_addr()?
+    );
+    let c2 = c.clone();
+    rescon_rt::spawn_in(&c, async move {
+        loop {
+            let Ok((conn, _)) = l.accept().await else {
+                rescon_rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let (admin, token) = (admin.clone(), token.clone());
+            rescon_rt::spawn_in(&c2, serve_admin_conn(conn, admin, Some(token)));
+        }
+    });
+    Ok(())
+}
+
+/// The admin container (one for the Unix socket and the TCP address together).
+fn admin_container(parent: &Container) -> Result<Container> {
+    if let Some(c) = parent.children().into_iter().find(|c| c.name() == "admin") {
+        return Ok(c);
+    }
+    parent
+        .create_child("admin", Attributes::default())
+        .context("creating the admin container")
+}
+
+async fn serve_admin_conn<IO>(conn: IO, admin: Arc<Admin>, token: Option<Arc<str>>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (admin, token) = (admin.clone(), token.clone());
+        async move {
+            if let Some(t) = &token
+                && let Err(a) = crate::admin::check_bearer(req.headers(), t)
+            {
+                return Ok::<_, Infallible>(api_response(a));
+            }
+            let method = req.method().clone();
+            let target = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into());
+            let body = Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok(api_response(admin.handle(&method, &target, &body)))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(rescon_rt::HyperTimer::current())
+        .serve_connection(conn, svc)
+        .await;
+}
+
+fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    *r.status_mut() = a.status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
+    for (k, v) in a.headers {
+        r.headers_mut().insert(k, v);
+    }
+    r
 }

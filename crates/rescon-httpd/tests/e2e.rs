@@ -41,11 +41,16 @@ fn write_exec(path: &Path, text: &str) {
 
 /// A site: two vhosts, CGI scripts, and `extra` appended to the configuration.
 fn start(extra_containers: &str, extra: &str) -> Server {
-    start_with(extra_containers, "", extra)
+    start_with(extra_containers, "", extra, "")
 }
 
 /// [`start`], with `listener_extra` added to the listener's table.
-fn start_with(extra_containers: &str, listener_extra: &str, extra: &str) -> Server {
+fn start_with(
+    extra_containers: &str,
+    listener_extra: &str,
+    extra: &str,
+    admin_extra: &str,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for v in ["a", "b"] {
@@ -93,6 +98,7 @@ max_header_bytes = "8KiB"
 
 [admin]
 socket = "{d}/admin.sock"
+{admin_extra}
 
 [containers.clients.premium]
 class = "high"
@@ -573,6 +579,7 @@ fn flood_defense_runs_beside_the_listener() {
         "",
         r#"flood_defense = { action = "black-hole", syn_rate = 500, hold = "5s" }"#,
         "",
+        "",
     );
     // The defender samples on a thread of its own in the server.
     let threads = || -> Vec<String> {
@@ -593,4 +600,56 @@ fn flood_defense_runs_beside_the_listener() {
     }
     // And the listener serves as before.
     assert_eq!(get(&s, "/", "").status, 200);
+}
+
+#[test]
+fn admin_api_over_loopback_tcp_needs_the_token() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = "e2e-token-0123456789abcdef";
+    let s = start_with(
+        "",
+        "",
+        "",
+        &format!("tcp = \"127.0.0.1:{port}\"\ntoken = \"{token}\""),
+    );
+    let api = |auth: &str| -> (u16, String) {
+        let t = Instant::now();
+        let mut c = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(5), "admin TCP: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        write!(
+            c,
+            "GET /containers/cgi?depth=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text)
+    };
+    let (st, text) = api("");
+    assert_eq!(st, 401, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    assert_eq!(
+        api("Authorization: Bearer wrong-token-0000000000\r\n").0,
+        401
+    );
+    let (st, text) = api(&format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("\"cpu_limit\""), "{text}");
+    drop(s);
 }
