@@ -122,6 +122,7 @@ struct Shared {
     log: Option<Mutex<Box<dyn Write + Send>>>,
     next_conn: AtomicU64,
     next_cgi: AtomicU64,
+    next_req: AtomicU64,
 }
 
 impl Shared {
@@ -242,6 +243,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         log,
         next_conn: AtomicU64::new(0),
         next_cgi: AtomicU64::new(0),
+        next_req: AtomicU64::new(0),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {
@@ -682,7 +684,6 @@ async fn handle(
     let start = Instant::now();
     let time = SystemTime::now();
     let me = rescon_rt::current();
-    me.account().add_requests(1);
     let site = shared.site();
     let host = req
         .headers()
@@ -715,15 +716,26 @@ async fn handle(
             let vhost = r.vhost.name.clone();
             match r.target {
                 Target::Static(rel) => {
-                    if !shared.options.no_containers {
+                    let req_c = if shared.options.no_containers {
+                        None
+                    } else if site.config.server.per_request_containers {
+                        request_container(&shared, r.vhost, conn)
+                    } else {
                         place_under_vhost(&shared, &me, r.vhost, conn);
+                        None
+                    };
+                    if let Some(c) = &req_c {
+                        rescon_rt::bind(c);
                     }
                     let root = site.roots.get(&vhost).cloned();
                     let resp = match root {
                         Some(root) => serve_static(&root, &site.files, &vhost, &path, &req, rel),
                         None => simple(StatusCode::INTERNAL_SERVER_ERROR, "no document root"),
                     };
-                    (resp, vhost, me.clone())
+                    if req_c.is_some() {
+                        rescon_rt::bind(&me);
+                    }
+                    (resp, vhost, req_c.unwrap_or_else(|| me.clone()))
                 }
                 Target::Cgi { prefix, rest } => {
                     let dir = site
@@ -810,7 +822,8 @@ async fn handle(
             }
         }
     };
-    let _ = charged;
+    // Logged, and counted, with the container its work was charged to.
+    let cpu0 = if charged.id() == me.id() { cpu0 } else { 0 };
     log_and(
         &shared,
         resp,
@@ -819,7 +832,7 @@ async fn handle(
         &request_line,
         referer.as_deref(),
         ua.as_deref(),
-        &me,
+        &charged,
         cpu0,
         start,
         &vhost,
@@ -859,6 +872,27 @@ fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, conn:
     }
 }
 
+/// With `per_request_containers`: a container for one request, under the one its work is
+/// charged to (the vhost's, or its per-class refinement); the request's processing runs bound
+/// to it and its usage folds into the vhost's when it is dropped. The connection's container
+/// stays under its class.
+fn request_container(shared: &Shared, vhost: &VhostConfig, conn: &ConnState) -> Option<Container> {
+    let parent = shared
+        .container(&vhost.container.child(&conn.class))
+        .or_else(|| shared.container(&vhost.container))?;
+    let n = shared.next_req.fetch_add(1, Relaxed);
+    match parent.create_child(&format!("req-{n}"), Attributes::default()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!(
+                "rescon-httpd: a request container under vhost {}: {e}",
+                vhost.name
+            );
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn log_and(
     shared: &Shared,
@@ -874,6 +908,9 @@ fn log_and(
     vhost: &str,
     class: &str,
 ) -> Response<Body> {
+    // Every request counts once, where its work was charged: the connection's container
+    // (under its vhost), or the request's or CGI run's own.
+    me.account().add_requests(1);
     if let Some(log) = &shared.log {
         let bytes = resp
             .headers()

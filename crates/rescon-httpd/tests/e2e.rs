@@ -41,7 +41,7 @@ fn write_exec(path: &Path, text: &str) {
 
 /// A site: two vhosts, CGI scripts, and `extra` appended to the configuration.
 fn start(extra_containers: &str, extra: &str) -> Server {
-    start_with(extra_containers, "", extra, "")
+    start_with(extra_containers, "", extra, "", "")
 }
 
 /// [`start`], with `listener_extra` added to the listener's table.
@@ -50,6 +50,7 @@ fn start_with(
     listener_extra: &str,
     extra: &str,
     admin_extra: &str,
+    server_extra: &str,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -88,6 +89,7 @@ fn start_with(
 [server]
 enforcement = "auto"
 access_log = "{log}"
+{server_extra}
 
 [timeouts]
 header = "2s"
@@ -580,6 +582,7 @@ fn flood_defense_runs_beside_the_listener() {
         r#"flood_defense = { action = "black-hole", syn_rate = 500, hold = "5s" }"#,
         "",
         "",
+        "",
     );
     // The defender samples on a thread of its own in the server.
     let threads = || -> Vec<String> {
@@ -615,6 +618,7 @@ fn admin_api_over_loopback_tcp_needs_the_token() {
         "",
         "",
         &format!("tcp = \"127.0.0.1:{port}\"\ntoken = \"{token}\""),
+        "",
     );
     let api = |auth: &str| -> (u16, String) {
         let t = Instant::now();
@@ -652,4 +656,52 @@ fn admin_api_over_loopback_tcp_needs_the_token() {
     assert_eq!(st, 200, "{text}");
     assert!(text.contains("\"cpu_limit\""), "{text}");
     drop(s);
+}
+
+#[test]
+fn per_request_containers_charge_each_request_under_its_vhost() {
+    let s = start_with("", "", "", "", "per_request_containers = true");
+    let req = b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\nGET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n";
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(req).unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert_eq!(
+        String::from_utf8_lossy(&buf)
+            .matches("<h1>site b</h1>")
+            .count(),
+        2,
+        "two responses on one connection"
+    );
+    let requests = |c: &str| {
+        let (st, body) = admin(&s, "GET", &format!("/containers/{c}?depth=1"), "");
+        assert_eq!(st, 200, "{body}");
+        json(&body)
+    };
+    // Both requests were charged under site-b (their containers released into it), while the
+    // connection stayed under its class.
+    let b = requests("site-b");
+    assert_eq!(b["usage_subtree"]["requests"].as_u64(), Some(2), "{b}");
+    let rest = requests("clients/rest");
+    assert_eq!(
+        rest["usage_subtree"]["requests"].as_u64(),
+        Some(0),
+        "{rest}"
+    );
+    // The access log names a container of its own for each request.
+    let t = Instant::now();
+    let ids = loop {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        let ids: Vec<String> = log
+            .lines()
+            .filter_map(|l| l.split("container=").nth(1)?.split(' ').next())
+            .map(str::to_owned)
+            .collect();
+        if ids.len() >= 2 {
+            break ids;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(ids[0], ids[1], "one container per request: {ids:?}");
 }
