@@ -1144,14 +1144,45 @@ impl Proc {
         }
     }
 
-    fn wait(&mut self) -> Option<std::process::ExitStatus> {
+    fn wait(&mut self, c: &Container) -> Option<std::process::ExitStatus> {
         match self {
             // The child's CPU reaches the container's usage through the cgroup's counters
             // (the manager samples them after the run).
             Proc::Kernel(ch, _) => ch.wait().ok().map(|e| e.status),
-            Proc::User(ch) => ch.wait().ok(),
+            Proc::User(ch) => {
+                // Without a cgroup: wait for the exit without reaping, read the script's CPU
+                // (its own and its reaped children's) while it is a zombie, then reap it.
+                if let Some(pid) = rustix::process::Pid::from_raw(ch.id() as i32) {
+                    let exited = rustix::process::waitid(
+                        rustix::process::WaitId::Pid(pid),
+                        rustix::process::WaitIdOptions::EXITED
+                            | rustix::process::WaitIdOptions::NOWAIT,
+                    );
+                    if exited.is_ok()
+                        && let Some(ns) = zombie_cpu_ns(ch.id())
+                    {
+                        c.account().add_kernel_cpu_ns(ns);
+                    }
+                }
+                ch.wait().ok()
+            }
         }
     }
+}
+
+/// The CPU of an exited, unreaped process and of the children it reaped (`utime + stime +
+/// cutime + cstime` of /proc/PID/stat), in nanoseconds.
+fn zombie_cpu_ns(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let f: Vec<u64> = text[text.rfind(')')? + 2..]
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let ticks: u64 = f.iter().sum();
+    Some(ticks * 1_000_000_000 / rustix::param::clock_ticks_per_second())
 }
 
 fn run_script(
@@ -1286,7 +1317,7 @@ fn run_script(
             }
         }
     }
-    let status = proc.wait();
+    let status = proc.wait(c);
     if let Some(f) = feeder {
         let _ = f.join();
     }

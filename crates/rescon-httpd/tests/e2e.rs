@@ -87,7 +87,6 @@ fn start_with(
     let conf = format!(
         r#"
 [server]
-enforcement = "auto"
 access_log = "{log}"
 {server_extra}
 
@@ -704,4 +703,24 @@ fn per_request_containers_charge_each_request_under_its_vhost() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_ne!(ids[0], ids[1], "one container per request: {ids:?}");
+}
+
+#[test]
+fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
+    let s = start_with("", "", "", "", r#"enforcement = "user""#);
+    for _ in 0..3 {
+        assert_eq!(get(&s, "/cgi-bin/spin.sh", "").status, 200);
+    }
+    // Read from the exited script before it is reaped: ticks of 10 ms, so some CPU, not none.
+    let (st, body) = admin(&s, "GET", "/containers/cgi?depth=0", "");
+    assert_eq!(st, 200);
+    let v = json(&body);
+    assert!(
+        v["usage_subtree"]["kernel_cpu_ns"].as_u64().unwrap() > 0,
+        "no CPU charged to cgi: {body}"
+    );
+    assert_eq!(
+        v["attrs"]["enforcement"], "kernel",
+        "declared kernel, run user-level"
+    );
 }
