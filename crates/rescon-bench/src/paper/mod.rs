@@ -61,6 +61,8 @@ struct Ctx {
     experiments: serde_json::Map<String, Value>,
     report: String,
     nginx: bool,
+    /// Set by SIGINT or SIGTERM: no new server starts, the report is written with what ran.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 const HIGH: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -102,7 +104,12 @@ impl Ctx {
         });
     }
 
+    /// Starts a server, unless the run was interrupted: then it fails, and the servers still
+    /// running are stopped as the error unwinds (each stops when dropped).
     fn start(&self, kind: Kind) -> Result<Running> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("interrupted (SIGINT or SIGTERM)");
+        }
         servers::start(kind, &self.site, self.server_cpu)
             .with_context(|| format!("starting {}", kind.name()))
     }
@@ -181,6 +188,9 @@ pub fn run(args: Args) -> Result<()> {
         (None, None)
     };
     let nginx = servers::nginx_path().is_some();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let mut ctx = Ctx {
         quick: args.quick,
         out: args.out.clone(),
@@ -193,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         experiments: serde_json::Map::new(),
         report: String::new(),
         nginx,
+        stop: stop.clone(),
     };
     let m = machine();
     let root = rustix::process::geteuid().is_root();
@@ -246,6 +257,10 @@ pub fn run(args: Args) -> Result<()> {
     for (n, name, f) in experiments {
         if !want(n) {
             continue;
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("interrupted: experiment {n} and later not run");
+            break;
         }
         eprintln!(
             "== experiment {n}: {name} ({:.0} s so far)",
