@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     structure: RwLock<()>,
     feeds: RwLock<Vec<Weak<Feed>>>,
     orphans: Counters,
+    /// Whether any container of the namespace has ever had an egress limit: until one does,
+    /// senders skip the walk up the tree ([`Container::egress_limited`]).
+    egress_used: AtomicBool,
 }
 
 impl Shared {
@@ -172,8 +175,11 @@ struct LimitCache {
 }
 
 impl LimitCache {
-    fn store(&self, a: &Attributes) {
+    fn store(&self, a: &Attributes, shared: &Shared) {
         let l = &a.limits;
+        if l.egress_bytes_per_sec.is_some() {
+            shared.egress_used.store(true, Relaxed);
+        }
         self.conns
             .store(l.max_connections.unwrap_or(NO_LIMIT), Relaxed);
         self.memory.store(l.max_memory.unwrap_or(NO_LIMIT), Relaxed);
@@ -486,6 +492,7 @@ impl Registry {
             structure: RwLock::new(()),
             feeds: RwLock::new(Vec::new()),
             orphans: Counters::default(),
+            egress_used: AtomicBool::new(false),
         });
         let root = new_node(&shared, "root", Attributes::default(), None);
         register(&shared, &root);
@@ -585,7 +592,7 @@ fn new_node(
         procs: AtomicU64::new(NO_LIMIT),
         egress: AtomicU64::new(NO_LIMIT),
     };
-    limits.store(&attrs);
+    limits.store(&attrs, shared);
     Arc::new(Node {
         id: ContainerId::next(),
         name: name.into(),
@@ -828,7 +835,7 @@ impl Container {
             let mut attrs = lock(&node.attrs);
             if attrs.share == new.share {
                 *attrs = new;
-                node.limits.store(&new);
+                node.limits.store(&new, &node.shared);
                 drop(attrs);
                 node.notify();
                 return Ok(());
@@ -853,7 +860,7 @@ impl Container {
                 ch.fixed_ppb = sum;
             }
             *attrs = new;
-            node.limits.store(&new);
+            node.limits.store(&new, &node.shared);
         }
         drop(ch);
         node.notify();
@@ -1011,6 +1018,49 @@ impl Container {
         Ok(ProcGuard {
             node: self.node.clone(),
         })
+    }
+
+    /// Whether this container or an ancestor has an egress limit. One atomic load while no
+    /// container of the namespace has ever had one; a walk up the tree after that.
+    pub fn egress_limited(&self) -> bool {
+        if !self.node.shared.egress_used.load(Relaxed) {
+            return false;
+        }
+        self.egress_min_rate().is_some()
+    }
+
+    /// The smallest egress limit (bytes per second) of this container and its ancestors.
+    pub fn egress_min_rate(&self) -> Option<u64> {
+        let mut min = None;
+        let mut cur = Some(self.node.clone());
+        while let Some(n) = cur {
+            let r = n.limits.egress.load(Relaxed);
+            if r != NO_LIMIT {
+                min = Some(min.map_or(r, |m: u64| m.min(r)));
+            }
+            cur = n.parent();
+        }
+        min
+    }
+
+    /// Gives back `bytes` granted by [`egress_grant`](Container::egress_grant) but not sent
+    /// (the socket took fewer, or none), to this container's and its ancestors' buckets.
+    pub fn egress_refund(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut cur = Some(self.node.clone());
+        while let Some(n) = cur {
+            cur = n.parent();
+            let rate = n.limits.egress.load(Relaxed);
+            if rate == NO_LIMIT {
+                continue;
+            }
+            if let Some(b) = lock(&n.buckets).as_mut() {
+                let cap = (rate as f64 / 10.0).max(16384.0);
+                b.egress.tokens = (b.egress.tokens + bytes as f64).min(cap);
+            }
+        }
     }
 
     /// How many of `want` bytes may be sent now under the egress limits of this container and

@@ -375,6 +375,32 @@ fn egress_is_rate_limited_by_every_limited_ancestor() {
     // An unlimited container is never held back.
     let free = child(&root, "free", &[]);
     assert_eq!(free.egress_grant(0, 1 << 40), 1 << 40);
+    assert!(!free.egress_limited() && conn.egress_limited() && class.egress_limited());
+    assert_eq!(conn.egress_min_rate(), Some(1_000_000));
+    // What was granted but not sent goes back, up to the bucket's size.
+    conn.egress_refund(4_000);
+    assert_eq!(conn.egress_grant(10_000_000, 1_000_000), 4_000);
+    conn.egress_refund(1 << 30);
+    assert_eq!(
+        conn.egress_grant(10_000_000, 1 << 30),
+        100_000,
+        "capped at the bucket"
+    );
+}
+
+#[test]
+fn egress_limits_are_not_looked_for_until_one_is_set() {
+    let registry = Registry::new();
+    let root = registry.root();
+    let a = child(&root, "a", &[]);
+    assert!(!a.egress_limited());
+    assert_eq!(a.egress_min_rate(), None);
+    let mut attrs = a.attrs();
+    attrs.set("egress_bytes_per_sec", "64KB").unwrap();
+    root.set_attrs(&a, attrs).unwrap();
+    let b = child(&a, "b", &[]);
+    assert!(b.egress_limited());
+    assert_eq!(b.egress_min_rate(), Some(64_000));
 }
 
 #[test]

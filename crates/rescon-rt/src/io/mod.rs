@@ -365,6 +365,8 @@ pub(crate) struct Sock<S> {
     pub(crate) io: S,
     pub(crate) reg: Registration,
     pub(crate) container: rescon::Container,
+    /// The wait for the egress limit's tokens, while a write is held back by it.
+    egress_wait: std::sync::Mutex<Option<crate::time::Sleep>>,
 }
 
 impl<S: AsRawFd> Sock<S> {
@@ -374,6 +376,7 @@ impl<S: AsRawFd> Sock<S> {
             io,
             reg: Registration::new(fd),
             container: container.unprivileged(),
+            egress_wait: std::sync::Mutex::new(None),
         }
     }
 
@@ -423,9 +426,16 @@ where
     }
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = ready!(self.reg.poll_io(cx, Dir::Write, || (&self.io).write(buf)))?;
-        self.sent(n);
-        Poll::Ready(Ok(n))
+        if !self.container.egress_limited() {
+            let n = ready!(self.reg.poll_io(cx, Dir::Write, || (&self.io).write(buf)))?;
+            self.sent(n);
+            return Poll::Ready(Ok(n));
+        }
+        let grant = ready!(self.poll_egress(cx, buf.len()));
+        let r = self
+            .reg
+            .poll_io(cx, Dir::Write, || (&self.io).write(&buf[..grant]));
+        self.settle(grant, r)
     }
 
     pub(crate) fn poll_write_vectored(
@@ -433,12 +443,82 @@ where
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(
-            self.reg
-                .poll_io(cx, Dir::Write, || (&self.io).write_vectored(bufs))
-        )?;
-        self.sent(n);
-        Poll::Ready(Ok(n))
+        if !self.container.egress_limited() {
+            let n = ready!(
+                self.reg
+                    .poll_io(cx, Dir::Write, || (&self.io).write_vectored(bufs))
+            )?;
+            self.sent(n);
+            return Poll::Ready(Ok(n));
+        }
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let grant = ready!(self.poll_egress(cx, total));
+        // The slices that fit in the grant, the last one cut.
+        let mut left = grant;
+        let mut cut = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if left == 0 {
+                break;
+            }
+            let n = b.len().min(left);
+            cut.push(io::IoSlice::new(&b[..n]));
+            left -= n;
+        }
+        let r = self
+            .reg
+            .poll_io(cx, Dir::Write, || (&self.io).write_vectored(&cut));
+        self.settle(grant, r)
+    }
+
+    /// Waits until the egress limits of the socket's container and its ancestors let some
+    /// of `want` bytes go, and takes them (see [`rescon::Container::egress_grant`]): the
+    /// bytes granted, at least one when `want` is not zero.
+    fn poll_egress(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
+        if want == 0 {
+            return Poll::Ready(0);
+        }
+        let clock = crate::context::clock();
+        let mut wait = self.egress_wait.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = clock.now_ns();
+            let grant = self.container.egress_grant(now, want as u64) as usize;
+            if grant > 0 {
+                *wait = None;
+                return Poll::Ready(grant);
+            }
+            // Come back when the tightest bucket holds a useful amount: 4 KiB (or what is
+            // wanted, if less), at least a millisecond from now.
+            let rate = self.container.egress_min_rate().unwrap_or(u64::MAX).max(1);
+            let chunk = want.min(4096) as u64;
+            let ns = (chunk.saturating_mul(1_000_000_000) / rate).max(1_000_000);
+            let sleep =
+                wait.get_or_insert_with(|| crate::time::Sleep::at_ns(clock.clone(), now + ns));
+            if sleep.is_elapsed() {
+                sleep.reset_ns(now + ns);
+            }
+            if std::pin::Pin::new(&mut *sleep).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Accounts a limited write: what was granted and not sent goes back to the buckets.
+    fn settle(&self, grant: usize, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.container.egress_refund((grant - n.min(grant)) as u64);
+                self.sent(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => {
+                self.container.egress_refund(grant as u64);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                self.container.egress_refund(grant as u64);
+                Poll::Pending
+            }
+        }
     }
 
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
