@@ -661,10 +661,36 @@ struct ConnState {
     placed: Mutex<Option<String>>,
 }
 
-type Body = Full<Bytes>;
+/// Response bodies: whole ([`full`]) or streamed from a CGI script ([`CgiBody`]).
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A CGI script's response body as it comes: chunks from the thread reading the script's
+/// output, which waits while the client is slow (8 chunks of 16 KiB in flight at most). An
+/// error ends the body early, so the client sees a cut response, not a complete one.
+struct CgiBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl hyper::body::Body for CgiBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
 
 fn simple(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    let mut r = Response::new(full(format!("{msg}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1012,7 +1038,7 @@ fn respond(
     body: Bytes,
 ) -> Response<Body> {
     let head = req.method() == Method::HEAD;
-    let mut r = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    let mut r = Response::new(full(if head { Bytes::new() } else { body }));
     *r.status_mut() = p.status;
     *r.headers_mut() = p.headers;
     r
@@ -1075,21 +1101,34 @@ async fn run_cgi(
     let max_head = limits.cgi_max_header_bytes as usize;
     let kernel = shared.kernel.clone();
     let c2 = cgi_c.clone();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
     // The script runs on the blocking pool: its pipes are blocking, and the thread's CPU is
-    // charged to the CGI container.
-    let job = rescon_rt::spawn_blocking_in(cgi_c, move || {
-        run_script(kernel, &c2, &script, env, body, timeout, max_head)
+    // charged to the CGI container. The thread sends the response head as soon as it is
+    // parsed, then streams the body; it outlives this future if the client goes away (then it
+    // stops the script).
+    let _job = rescon_rt::spawn_blocking_in(cgi_c, move || {
+        run_script(
+            kernel, &c2, &script, env, body, timeout, max_head, head_tx, body_tx,
+        )
     });
-    let out = match job.await {
+    let out = match head_rx.await {
         Ok(o) => o,
         Err(_) => return simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI job failed"),
+    };
+    let mut body_rx = Some(body_rx);
+    let mut stream = || {
+        CgiBody {
+            rx: body_rx.take().expect("one body"),
+        }
+        .boxed()
     };
     match out {
         CgiOutcome::TimedOut => simple(StatusCode::GATEWAY_TIMEOUT, "the CGI script took too long"),
         CgiOutcome::Failed(msg) => simple(StatusCode::BAD_GATEWAY, &msg),
-        CgiOutcome::Done(head, body) => match head {
+        CgiOutcome::Done(head) => match head {
             CgiHead::Document { status, headers } => {
-                let mut r = Response::new(Full::new(Bytes::from(body)));
+                let mut r = Response::new(stream());
                 *r.status_mut() = status;
                 for (k, v) in headers.iter() {
                     r.headers_mut().append(k, v.clone());
@@ -1097,7 +1136,7 @@ async fn run_cgi(
                 r
             }
             CgiHead::ClientRedirect { status, headers } => {
-                let mut r = Response::new(Full::new(Bytes::from(body)));
+                let mut r = Response::new(stream());
                 *r.status_mut() = status;
                 for (k, v) in headers.iter() {
                     r.headers_mut().append(k, v.clone());
@@ -1116,7 +1155,8 @@ async fn run_cgi(
 }
 
 enum CgiOutcome {
-    Done(CgiHead, Vec<u8>),
+    /// The head; the body follows on the channel.
+    Done(CgiHead),
     Failed(String),
     TimedOut,
 }
@@ -1185,6 +1225,10 @@ fn zombie_cpu_ns(pid: u32) -> Option<u64> {
     Some(ticks * 1_000_000_000 / rustix::param::clock_ticks_per_second())
 }
 
+/// Runs a script: sends its outcome on `head_tx` as soon as it is known (the head parsed, or
+/// why there is none), then the body's chunks on `body_tx`; a timeout after the head ends the
+/// body with an error.
+#[allow(clippy::too_many_arguments)]
 fn run_script(
     kernel: Option<Arc<Manager>>,
     c: &Container,
@@ -1193,6 +1237,47 @@ fn run_script(
     body: Bytes,
     timeout: Duration,
     max_head: usize,
+    head_tx: tokio::sync::oneshot::Sender<CgiOutcome>,
+    body_tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let mut head_tx = Some(head_tx);
+    let outcome = run_script_inner(
+        kernel,
+        c,
+        script,
+        env,
+        body,
+        timeout,
+        max_head,
+        &mut head_tx,
+        &body_tx,
+    );
+    match head_tx.take() {
+        Some(t) => {
+            let _ = t.send(outcome);
+        }
+        None => {
+            if let CgiOutcome::TimedOut = outcome {
+                let _ = body_tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the CGI script took too long",
+                )));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_script_inner(
+    kernel: Option<Arc<Manager>>,
+    c: &Container,
+    script: &std::path::Path,
+    env: std::collections::BTreeMap<String, std::ffi::OsString>,
+    body: Bytes,
+    timeout: Duration,
+    max_head: usize,
+    head_tx: &mut Option<tokio::sync::oneshot::Sender<CgiOutcome>>,
+    body_tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> CgiOutcome {
     let dir = script.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let spawned = match &kernel {
@@ -1285,9 +1370,8 @@ fn run_script(
             let _ = i.write_all(&body);
         })
     });
-    let mut out = Vec::new();
     let mut parser = CgiHeadParser::new(max_head);
-    let mut head = None;
+    let mut head_sent = false;
     let mut err = None;
     if let Some(mut o) = stdout {
         let mut buf = [0u8; 16384];
@@ -1295,13 +1379,23 @@ fn run_script(
             match o.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if head.is_some() {
-                        out.extend_from_slice(&buf[..n]);
+                    if head_sent {
+                        let chunk = Bytes::copy_from_slice(&buf[..n]);
+                        if body_tx.blocking_send(Ok(chunk)).is_err() {
+                            // The client went away: stop the script.
+                            proc.kill_all(c);
+                            break;
+                        }
                     } else {
                         match parser.feed(&buf[..n]) {
                             Ok(Some((h, rest))) => {
-                                head = Some(h);
-                                out = rest;
+                                if !rest.is_empty() {
+                                    let _ = body_tx.blocking_send(Ok(Bytes::from(rest)));
+                                }
+                                if let Some(t) = head_tx.take() {
+                                    let _ = t.send(CgiOutcome::Done(h));
+                                }
+                                head_sent = true;
                             }
                             Ok(None) => {}
                             Err(e) => {
@@ -1337,18 +1431,17 @@ fn run_script(
     if let Some(e) = err {
         return CgiOutcome::Failed(format!("bad CGI response: {e}"));
     }
-    match head {
-        Some(h) => CgiOutcome::Done(h, out),
-        None => {
-            let how = match status {
-                Some(s) if !s.success() => {
-                    format!("the CGI script failed ({s}) before its response head")
-                }
-                _ => parser.eof().to_string(),
-            };
-            CgiOutcome::Failed(how)
-        }
+    if head_sent {
+        // The head went out; the body ends when the sender is dropped.
+        return CgiOutcome::Failed(String::new());
     }
+    let how = match status {
+        Some(s) if !s.success() => {
+            format!("the CGI script failed ({s}) before its response head")
+        }
+        _ => parser.eof().to_string(),
+    };
+    CgiOutcome::Failed(how)
 }
 
 fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<()> {
@@ -1456,7 +1549,7 @@ where
 }
 
 fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    let mut r = Response::new(full(a.body));
     *r.status_mut() = a.status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -73,6 +73,10 @@ fn start_with(
     );
     write_exec(&cgi.join("crash.sh"), "#!/bin/sh\necho oops >&2\nexit 3\n");
     write_exec(
+        &cgi.join("slow.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nfirst\\n'\nsleep 5\necho never\n",
+    );
+    write_exec(
         &cgi.join("hang.sh"),
         &format!(
             "#!/bin/sh\necho $$ > {0}/hang.pid\nsleep 300 &\necho $! > {0}/hang.child\nwait\n",
@@ -227,11 +231,30 @@ fn raw(s: &Server, src: &str, req: &[u8]) -> Option<Resp> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some(Resp {
-        status,
-        head,
-        body: buf[end + 4..].to_vec(),
-    })
+    let mut body = buf[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Some(Resp { status, head, body })
+}
+
+/// Decodes a chunked body (streamed CGI responses come so); `None` if it is cut short.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
 }
 
 fn get(s: &Server, path: &str, headers: &str) -> Resp {
@@ -722,5 +745,26 @@ fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
     assert_eq!(
         v["attrs"]["enforcement"], "kernel",
         "declared kernel, run user-level"
+    );
+}
+
+#[test]
+fn cgi_output_streams_and_a_timeout_cuts_it() {
+    let s = start("", "");
+    // The script sends its head and a line, then hangs past the 1 s timeout: the head and the
+    // line reach the client (streamed, not held until the end), then the body is cut: no
+    // final chunk, so the client cannot take it for a whole response.
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(b"GET /cgi-bin/slow.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("first"), "{text}");
+    assert!(!text.contains("never"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the body must not look complete: {text:?}"
     );
 }
