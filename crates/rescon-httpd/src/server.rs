@@ -1071,15 +1071,38 @@ async fn run_cgi(
     let limits = &site.config.limits;
     let timeout = site.config.timeouts.cgi;
     let (parts, body) = req.into_parts();
-    let body = match rescon_rt::timeout(
-        site.config.timeouts.body,
-        Limited::new(body, limits.max_body_bytes as usize).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return simple(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-        Err(_) => return simple(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+    // A body of declared length streams into the script as it arrives; one without (chunked)
+    // is read whole first, since CGI gives the script its length (RFC 3875, 4.1.2).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let (stdin, content_length) = match declared {
+        Some(n) if n > limits.max_body_bytes => {
+            return simple(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Some(0) => (Stdin::Whole(Bytes::new()), None),
+        Some(n) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            rescon_rt::spawn(forward_body(body, tx, n, site.config.timeouts.body));
+            (Stdin::Stream(rx), Some(n))
+        }
+        None => {
+            let whole = match rescon_rt::timeout(
+                site.config.timeouts.body,
+                Limited::new(body, limits.max_body_bytes as usize).collect(),
+            )
+            .await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(_)) => {
+                    return simple(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                Err(_) => return simple(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+            };
+            let len = (!whole.is_empty()).then_some(whole.len() as u64);
+            (Stdin::Whole(whole), len)
+        }
     };
     let query = parts.uri.query().unwrap_or("").to_owned();
     let env = meta_variables(&CgiRequest {
@@ -1088,7 +1111,7 @@ async fn run_cgi(
         raw_path: parts.uri.path(),
         query: &query,
         headers: &parts.headers,
-        content_length: (!body.is_empty()).then_some(body.len() as u64),
+        content_length,
         remote: peer,
         local,
         server_name: &server_name,
@@ -1109,7 +1132,7 @@ async fn run_cgi(
     // stops the script).
     let _job = rescon_rt::spawn_blocking_in(cgi_c, move || {
         run_script(
-            kernel, &c2, &script, env, body, timeout, max_head, head_tx, body_tx,
+            kernel, &c2, &script, env, stdin, timeout, max_head, head_tx, body_tx,
         )
     });
     let out = match head_rx.await {
@@ -1151,6 +1174,41 @@ async fn run_cgi(
                 r
             }
         },
+    }
+}
+
+/// What a script reads on its standard input.
+enum Stdin {
+    /// A body read whole (or none).
+    Whole(Bytes),
+    /// Chunks as the client sends them.
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+/// Forwards a request body of declared length `len` to a script, frame by frame, each within
+/// `timeout`; stops at `len` bytes, at the end, or when the client stalls or the script stops
+/// reading (the script then sees the end of its input early).
+async fn forward_body(
+    mut body: Incoming,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    len: u64,
+    timeout: Duration,
+) {
+    let mut left = len;
+    while left > 0 {
+        let frame = match rescon_rt::timeout(timeout, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            _ => return,
+        };
+        if let Ok(mut data) = frame.into_data() {
+            if data.len() as u64 > left {
+                data.truncate(left as usize);
+            }
+            left -= data.len() as u64;
+            if tx.send(data).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -1234,7 +1292,7 @@ fn run_script(
     c: &Container,
     script: &std::path::Path,
     env: std::collections::BTreeMap<String, std::ffi::OsString>,
-    body: Bytes,
+    body: Stdin,
     timeout: Duration,
     max_head: usize,
     head_tx: tokio::sync::oneshot::Sender<CgiOutcome>,
@@ -1273,7 +1331,7 @@ fn run_script_inner(
     c: &Container,
     script: &std::path::Path,
     env: std::collections::BTreeMap<String, std::ffi::OsString>,
-    body: Bytes,
+    body: Stdin,
     timeout: Duration,
     max_head: usize,
     head_tx: &mut Option<tokio::sync::oneshot::Sender<CgiOutcome>>,
@@ -1366,8 +1424,17 @@ fn run_script_inner(
     // Feed the body from another thread so a script that writes before it reads cannot
     // deadlock with us.
     let feeder = stdin.map(|mut i| {
-        std::thread::spawn(move || {
-            let _ = i.write_all(&body);
+        std::thread::spawn(move || match body {
+            Stdin::Whole(b) => {
+                let _ = i.write_all(&b);
+            }
+            Stdin::Stream(mut rx) => {
+                while let Some(chunk) = rx.blocking_recv() {
+                    if i.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
         })
     });
     let mut parser = CgiHeadParser::new(max_head);

@@ -768,3 +768,30 @@ fn cgi_output_streams_and_a_timeout_cuts_it() {
         "the body must not look complete: {text:?}"
     );
 }
+
+#[test]
+fn cgi_request_bodies_stream_in_and_chunked_ones_are_read_whole() {
+    let s = start("", "");
+    // 1 MB through `cat`: in as the client sends it, out as the script writes it.
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut req = format!(
+        "POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let r = raw(&s, "127.0.0.1", &req).expect("a whole response");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == body,
+        "the echo differs: {} bytes back",
+        r.body.len()
+    );
+    // Without a length the body is read first, so the script gets CONTENT_LENGTH.
+    let req = b"POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let r = raw(&s, "127.0.0.1", req).expect("a response");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    // A declared length over the limit is refused before the script starts.
+    let req = b"POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 99999999999\r\n\r\n";
+    assert_eq!(raw(&s, "127.0.0.1", req).unwrap().status, 413);
+}
