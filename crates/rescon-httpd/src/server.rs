@@ -642,7 +642,14 @@ async fn serve_conn(
     let svc = hyper::service::service_fn(move |req| {
         let sh = sh.clone();
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(sh, req, peer, local, &state).await) }
+        let cpu = Arc::new(ReqCpu::default());
+        let cpu2 = cpu.clone();
+        Timed {
+            inner: Box::pin(async move {
+                Ok::<_, Infallible>(handle(sh, req, peer, local, &state, &cpu).await)
+            }),
+            cpu: cpu2,
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())
@@ -663,6 +670,69 @@ struct ConnState {
 
 /// Response bodies: whole ([`full`]) or streamed from a CGI script ([`CgiBody`]).
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// The CPU of one request's handling: the time of each poll of its future, read from the
+/// monotonic clock as the runtime charges polls (the runtime charges containers, not
+/// requests, and flushes usage in 1 ms steps, too coarse for one request).
+#[derive(Default)]
+struct ReqCpu {
+    done_ns: AtomicU64,
+    /// When the poll under way began (ns since [`clock_base`]), 0 between polls.
+    poll_start: AtomicU64,
+}
+
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+impl ReqCpu {
+    /// The CPU so far, including the poll under way.
+    fn so_far_ns(&self) -> u64 {
+        let start = self.poll_start.load(Relaxed);
+        let running = if start == 0 {
+            0
+        } else {
+            (clock_base().elapsed().as_nanos() as u64).saturating_sub(start)
+        };
+        self.done_ns.load(Relaxed) + running
+    }
+}
+
+/// A request's future, timed poll by poll into its [`ReqCpu`].
+struct Timed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    cpu: Arc<ReqCpu>,
+}
+
+impl<F: std::future::Future> std::future::Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let start = (clock_base().elapsed().as_nanos() as u64).max(1);
+        self.cpu.poll_start.store(start, Relaxed);
+        let r = self.inner.as_mut().poll(cx);
+        let end = clock_base().elapsed().as_nanos() as u64;
+        self.cpu.poll_start.store(0, Relaxed);
+        self.cpu
+            .done_ns
+            .fetch_add(end.saturating_sub(start), Relaxed);
+        r
+    }
+}
+
+/// A CGI run's own CPU so far (its reading thread and, as sampled, the script's), added to
+/// the request's; nothing for a request charged to its connection.
+fn own_run_cpu(c: &Container, cgi_run: bool) -> u64 {
+    if !cgi_run {
+        return 0;
+    }
+    let u = c.usage();
+    u.cpu_ns + u.kernel_cpu_ns
+}
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
@@ -705,6 +775,7 @@ async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
     conn: &ConnState,
+    req_cpu: &ReqCpu,
 ) -> Response<Body> {
     let class = conn.class.as_str();
     let start = Instant::now();
@@ -719,7 +790,6 @@ async fn handle(
     let path = req.uri().path().to_owned();
     // What the access log needs, taken before the request is consumed; nothing without a log.
     let logging = shared.log.is_some();
-    let cpu0 = if logging { me.usage().cpu_ns } else { 0 };
     let request_line = if logging {
         format!("{} {} {:?}", req.method(), req.uri(), req.version())
     } else {
@@ -732,11 +802,12 @@ async fn handle(
     };
     let ua = header_bytes(header::USER_AGENT);
     let referer = header_bytes(header::REFERER);
-    let (resp, vhost, charged) = match route(&site.config, host.as_deref(), &path) {
+    let (resp, vhost, charged, cgi_run) = match route(&site.config, host.as_deref(), &path) {
         Err(e) => (
             simple(e.status(), "bad request path"),
             String::new(),
             me.clone(),
+            false,
         ),
         Ok(r) => {
             let vhost = r.vhost.name.clone();
@@ -761,7 +832,7 @@ async fn handle(
                     if req_c.is_some() {
                         rescon_rt::bind(&me);
                     }
-                    (resp, vhost, req_c.unwrap_or_else(|| me.clone()))
+                    (resp, vhost, req_c.unwrap_or_else(|| me.clone()), false)
                 }
                 Target::Cgi { prefix, rest } => {
                     let dir = site
@@ -784,7 +855,8 @@ async fn handle(
                                         referer.as_deref(),
                                         ua.as_deref(),
                                         &me,
-                                        cpu0,
+                                        req_cpu,
+                                        false,
                                         start,
                                         &vhost,
                                         class,
@@ -809,7 +881,8 @@ async fn handle(
                                         referer.as_deref(),
                                         ua.as_deref(),
                                         &me,
-                                        cpu0,
+                                        req_cpu,
+                                        false,
                                         start,
                                         &vhost,
                                         class,
@@ -836,12 +909,13 @@ async fn handle(
                                 local,
                             )
                             .await;
-                            (resp, vhost, cgi_c)
+                            (resp, vhost, cgi_c, true)
                         }
                         _ => (
                             simple(StatusCode::INTERNAL_SERVER_ERROR, "CGI not configured"),
                             vhost,
                             me.clone(),
+                            false,
                         ),
                     }
                 }
@@ -849,7 +923,6 @@ async fn handle(
         }
     };
     // Logged, and counted, with the container its work was charged to.
-    let cpu0 = if charged.id() == me.id() { cpu0 } else { 0 };
     log_and(
         &shared,
         resp,
@@ -859,7 +932,8 @@ async fn handle(
         referer.as_deref(),
         ua.as_deref(),
         &charged,
-        cpu0,
+        req_cpu,
+        cgi_run,
         start,
         &vhost,
         class,
@@ -929,7 +1003,8 @@ fn log_and(
     referer: Option<&[u8]>,
     ua: Option<&[u8]>,
     me: &Container,
-    cpu0: u64,
+    req_cpu: &ReqCpu,
+    cgi_run: bool,
     start: Instant,
     vhost: &str,
     class: &str,
@@ -952,7 +1027,7 @@ fn log_and(
             referer,
             user_agent: ua,
             container: me.id(),
-            cpu: Duration::from_nanos(me.usage().cpu_ns.saturating_sub(cpu0)),
+            cpu: Duration::from_nanos(req_cpu.so_far_ns() + own_run_cpu(me, cgi_run)),
             duration: start.elapsed(),
             vhost,
             class,

@@ -468,6 +468,16 @@ fn client_classes_black_hole_and_connection_limit() {
     };
     assert!(log.contains("class=premium"), "{log}");
     assert!(log.contains("class=rest"), "{log}");
+    // Each line carries the CPU its request took: timed poll by poll, so never zero.
+    for line in log.lines() {
+        let cpu: u64 = line
+            .split("cpu_us=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no cpu_us in {line}"));
+        assert!(cpu > 0, "{line}");
+    }
     assert!(!log.contains("127.0.0.66"), "{log}");
     // limited: one connection at a time; the second gets 503.
     let mut first = connect_from("127.0.0.3", s.addr).unwrap();
