@@ -355,15 +355,16 @@ async fn closed_client(
 ) {
     let mut conn: Option<tokio::net::TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    let reqs = requests(&g, g.mode);
     let mut n = index;
     while Instant::now() < window.end {
-        let path = &g.paths[n % g.paths.len()];
+        let req = &reqs[n % reqs.len()];
         n += 1;
         let due = Instant::now();
         let left = window.end.saturating_duration_since(due) + timeout;
         let res = tokio::time::timeout(
             timeout.min(left),
-            request(target, &g, path, g.mode, &mut conn, &mut buf),
+            request(target, g.src, req, g.mode, &mut conn, &mut buf),
         )
         .await;
         let outcome = match res {
@@ -393,6 +394,10 @@ async fn open_loop(
 ) {
     let period = Duration::from_secs_f64(1.0 / rate);
     let in_flight = Rc::new(std::cell::Cell::new(0usize));
+    let reqs: Vec<Rc<[u8]>> = requests(&g, Mode::ConnPerRequest)
+        .into_iter()
+        .map(Rc::from)
+        .collect();
     let mut due = Instant::now();
     let mut n = 0usize;
     while due < window.end {
@@ -403,13 +408,20 @@ async fn open_loop(
             in_flight.set(in_flight.get() + 1);
             let (g, counts, window, in_flight) =
                 (g.clone(), counts.clone(), window.clone(), in_flight.clone());
-            let path = g.paths[n % g.paths.len()].clone();
+            let req = reqs[n % reqs.len()].clone();
             tokio::task::spawn_local(async move {
                 let mut conn = None;
                 let mut buf = vec![0u8; 16 * 1024];
                 let res = tokio::time::timeout(
                     timeout,
-                    request(target, &g, &path, Mode::ConnPerRequest, &mut conn, &mut buf),
+                    request(
+                        target,
+                        g.src,
+                        &req,
+                        Mode::ConnPerRequest,
+                        &mut conn,
+                        &mut buf,
+                    ),
                 )
                 .await;
                 let outcome = match res {
@@ -433,24 +445,33 @@ async fn connect(target: SocketAddr, src: Ipv4Addr) -> std::io::Result<tokio::ne
     Ok(s)
 }
 
+/// The request of each of a group's paths, made once: the load generator's own work per
+/// request should be as small as it can be.
+fn requests(g: &Group, mode: Mode) -> Vec<Vec<u8>> {
+    let version = match mode {
+        Mode::KeepAlive => "1.1",
+        Mode::ConnPerRequest => "1.0",
+    };
+    g.paths
+        .iter()
+        .map(|path| format!("GET {path} HTTP/{version}\r\nHost: {}\r\n\r\n", g.host).into_bytes())
+        .collect()
+}
+
 /// Sends one request and reads its whole response; returns the status.
 async fn request(
     target: SocketAddr,
-    g: &Group,
-    path: &str,
+    src: Ipv4Addr,
+    req: &[u8],
     mode: Mode,
     conn: &mut Option<tokio::net::TcpStream>,
     buf: &mut [u8],
 ) -> std::io::Result<u16> {
     if conn.is_none() {
-        *conn = Some(connect(target, g.src).await?);
+        *conn = Some(connect(target, src).await?);
     }
     let s = conn.as_mut().expect("connected");
-    let req = match mode {
-        Mode::KeepAlive => format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", g.host),
-        Mode::ConnPerRequest => format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", g.host),
-    };
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(req).await?;
     let (status, close) = read_response(s, buf).await?;
     if mode == Mode::ConnPerRequest || close {
         *conn = None;

@@ -84,7 +84,8 @@ const CACHE_VALID: Duration = Duration::from_secs(1);
 /// confined resolution, which no caching crate knows about.
 #[derive(Default)]
 struct FileCache {
-    map: RwLock<HashMap<(String, String), Arc<CachedFile>>>,
+    /// By vhost, then request path: looked up by borrowed strings, with no allocation.
+    map: RwLock<HashMap<String, HashMap<String, Arc<CachedFile>>>>,
 }
 
 struct CachedFile {
@@ -96,18 +97,18 @@ struct CachedFile {
 impl FileCache {
     fn get(&self, vhost: &str, path: &str, now: Instant) -> Option<Arc<CachedFile>> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        // A lookup by borrowed parts would need a custom key type; the two small allocations
-        // cost less than one system call.
-        let hit = map.get(&(vhost.to_owned(), path.to_owned()))?;
+        let hit = map.get(vhost)?.get(path)?;
         (now.duration_since(hit.checked) < CACHE_VALID).then(|| hit.clone())
     }
 
     fn put(&self, vhost: &str, path: &str, file: Arc<CachedFile>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHE_MAX_ENTRIES {
+        if map.values().map(HashMap::len).sum::<usize>() >= CACHE_MAX_ENTRIES {
             map.clear();
         }
-        map.insert((vhost.to_owned(), path.to_owned()), file);
+        map.entry(vhost.to_owned())
+            .or_default()
+            .insert(path.to_owned(), file);
     }
 }
 
@@ -834,7 +835,8 @@ async fn handle(
                     }
                     (resp, vhost, req_c.unwrap_or_else(|| me.clone()), false)
                 }
-                Target::Cgi { prefix, rest } => {
+                // Refusals inside leave the block with the connection's container.
+                Target::Cgi { prefix, rest } => 'cgi: {
                     let dir = site
                         .scripts
                         .get(&(vhost.clone(), prefix.prefix.clone()))
@@ -845,22 +847,8 @@ async fn handle(
                             let m = match dir.find(&prefix.prefix, &rest) {
                                 Ok(m) => m,
                                 Err(e) => {
-                                    let st = e.status();
-                                    return log_and(
-                                        &shared,
-                                        simple(st, &e.to_string()),
-                                        peer,
-                                        time,
-                                        &request_line,
-                                        referer.as_deref(),
-                                        ua.as_deref(),
-                                        &me,
-                                        req_cpu,
-                                        false,
-                                        start,
-                                        &vhost,
-                                        class,
-                                    );
+                                    let r = simple(e.status(), &e.to_string());
+                                    break 'cgi (r, vhost, me.clone(), false);
                                 }
                             };
                             let n = shared.next_cgi.fetch_add(1, Relaxed);
@@ -872,21 +860,7 @@ async fn handle(
                                 Ok(c) => c,
                                 Err(e) => {
                                     let r = simple(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                                    return log_and(
-                                        &shared,
-                                        r,
-                                        peer,
-                                        time,
-                                        &request_line,
-                                        referer.as_deref(),
-                                        ua.as_deref(),
-                                        &me,
-                                        req_cpu,
-                                        false,
-                                        start,
-                                        &vhost,
-                                        class,
-                                    );
+                                    break 'cgi (r, vhost, me.clone(), false);
                                 }
                             };
                             let script = dir.path().join(&m.rel);
@@ -953,11 +927,7 @@ fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, conn:
         return;
     }
     *placed = Some(vhost.name.clone());
-    let want = vhost.container.child(&conn.class);
-    let target = shared
-        .container(&want)
-        .or_else(|| shared.container(&vhost.container));
-    let Some(target) = target else {
+    let Some(target) = work_container(shared, vhost, &conn.class) else {
         return;
     };
     if me.id() == target.id() || me.parent_id() == Some(target.id()) {
@@ -972,14 +942,21 @@ fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, conn:
     }
 }
 
+/// The live container a static request's work is charged under, as
+/// [`work_parent`](crate::routing::work_parent) places it: the vhost's per-class refinement
+/// if declared, else the vhost's.
+fn work_container(shared: &Shared, vhost: &VhostConfig, class: &str) -> Option<Container> {
+    shared
+        .container(&vhost.container.child(class))
+        .or_else(|| shared.container(&vhost.container))
+}
+
 /// With `per_request_containers`: a container for one request, under the one its work is
 /// charged to (the vhost's, or its per-class refinement); the request's processing runs bound
 /// to it and its usage folds into the vhost's when it is dropped. The connection's container
 /// stays under its class.
 fn request_container(shared: &Shared, vhost: &VhostConfig, conn: &ConnState) -> Option<Container> {
-    let parent = shared
-        .container(&vhost.container.child(&conn.class))
-        .or_else(|| shared.container(&vhost.container))?;
+    let parent = work_container(shared, vhost, &conn.class)?;
     let n = shared.next_req.fetch_add(1, Relaxed);
     match parent.create_child(&format!("req-{n}"), Attributes::default()) {
         Ok(c) => Some(c),
