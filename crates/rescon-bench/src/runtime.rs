@@ -32,7 +32,12 @@ pub struct Args {
     /// Rounds of each case (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Cases to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = CASES)]
+    cases: Vec<String>,
 }
+
+const CASES: [&str; 4] = ["spawn_join", "yield", "tcp_echo_64", "http_keepalive"];
 
 #[derive(Serialize)]
 struct Case {
@@ -406,7 +411,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rounds = args.rounds;
     let mut cases = Vec::new();
     type Pair = (fn() -> f64, fn() -> f64);
-    let measure = |name: &'static str, unit: &'static str, (r, t): Pair| {
+    let wanted = |name: &str| args.cases.is_empty() || args.cases.iter().any(|c| c == name);
+    let mut measure = |name: &'static str, unit: &'static str, (r, t): Pair| {
+        if !wanted(name) {
+            return;
+        }
         let mut rs = Vec::new();
         let mut ts = Vec::new();
         for i in 0..rounds {
@@ -414,37 +423,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rs.push(r());
             ts.push(t());
         }
-        Case {
+        cases.push(Case {
             name,
             unit,
             rescon: median(rs),
             tokio: median(ts),
-        }
+        });
     };
     const N: u64 = 200_000;
-    cases.push(measure(
+    measure(
         "spawn_join",
         "ns",
         (|| spawn_join_rescon(N), || spawn_join_tokio(N)),
-    ));
-    cases.push(measure(
-        "yield",
-        "ns",
-        (|| yield_rescon(N), || yield_tokio(N)),
-    ));
+    );
+    measure("yield", "ns", (|| yield_rescon(N), || yield_tokio(N)));
     // Throughput cases take their duration from the arguments through a static.
     DURATION_MS.store(dur.as_millis() as u64, SeqCst);
-    cases.push(measure(
+    measure(
         "tcp_echo_64",
         "msgs/s",
         (|| echo_rescon(dur_arg()), || echo_tokio(dur_arg())),
-    ));
-    cases.push(measure(
+    );
+    measure(
         "http_keepalive",
         "req/s",
         (|| http_rescon(dur_arg()), || http_tokio(dur_arg())),
-    ));
+    );
     let report = Report { cases };
+    anyhow::ensure!(!report.cases.is_empty(), "no case selected");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -242,6 +242,35 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// [`poll_io`](Registration::poll_io) for a stream socket moving up to `want` bytes: a
+    /// transfer shorter than asked means the kernel's buffer was drained (or filled), so the
+    /// readiness is cleared at once, unless an event came since. The next call then waits for
+    /// the next edge instead of making a system call that would fail with `WouldBlock`: one
+    /// `recv` per request on a keep-alive connection instead of two (tokio does the same).
+    pub(crate) fn poll_stream(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        want: usize,
+        mut op: impl FnMut() -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let seen = ready!(self.poll_ready(cx, dir))?;
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(dir, seen),
+                Ok(n) => {
+                    if n > 0 && n < want {
+                        self.clear(dir, seen);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(Ok((w, token))) = self.worker.get() {
@@ -404,7 +433,11 @@ where
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(self.reg.poll_io(cx, Dir::Read, || (&self.io).read(buf)))?;
+        let want = buf.len();
+        let n = ready!(
+            self.reg
+                .poll_stream(cx, Dir::Read, want, || (&self.io).read(buf))
+        )?;
         self.received(n);
         Poll::Ready(Ok(n))
     }
@@ -416,10 +449,10 @@ where
         cx: &mut Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
     ) -> Poll<io::Result<usize>> {
-        let fd = self.io.as_raw_fd();
+        let (fd, want) = (self.io.as_raw_fd(), buf.len());
         let n = ready!(
             self.reg
-                .poll_io(cx, Dir::Read, || crate::sys::recv_uninit(fd, buf))
+                .poll_stream(cx, Dir::Read, want, || { crate::sys::recv_uninit(fd, buf) })
         )?;
         self.received(n);
         Poll::Ready(Ok(n))
@@ -427,14 +460,17 @@ where
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if !self.container.egress_limited() {
-            let n = ready!(self.reg.poll_io(cx, Dir::Write, || (&self.io).write(buf)))?;
+            let n = ready!(
+                self.reg
+                    .poll_stream(cx, Dir::Write, buf.len(), || (&self.io).write(buf))
+            )?;
             self.sent(n);
             return Poll::Ready(Ok(n));
         }
         let grant = ready!(self.poll_egress(cx, buf.len()));
         let r = self
             .reg
-            .poll_io(cx, Dir::Write, || (&self.io).write(&buf[..grant]));
+            .poll_stream(cx, Dir::Write, grant, || (&self.io).write(&buf[..grant]));
         self.settle(grant, r)
     }
 
@@ -444,9 +480,10 @@ where
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if !self.container.egress_limited() {
+            let total = bufs.iter().map(|b| b.len()).sum();
             let n = ready!(
                 self.reg
-                    .poll_io(cx, Dir::Write, || (&self.io).write_vectored(bufs))
+                    .poll_stream(cx, Dir::Write, total, || (&self.io).write_vectored(bufs))
             )?;
             self.sent(n);
             return Poll::Ready(Ok(n));
@@ -466,7 +503,7 @@ where
         }
         let r = self
             .reg
-            .poll_io(cx, Dir::Write, || (&self.io).write_vectored(&cut));
+            .poll_stream(cx, Dir::Write, grant, || (&self.io).write_vectored(&cut));
         self.settle(grant, r)
     }
 
@@ -592,6 +629,42 @@ mod tests {
             reg.state.readiness.load(SeqCst) & WRITABLE != 0,
             "writes untouched"
         );
+    }
+
+    #[test]
+    fn a_short_transfer_clears_readiness_unless_an_event_came() {
+        let waker = std::task::Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+        let mut cx = Context::from_waker(&waker);
+        let readable = |reg: &Registration| reg.state.readiness.load(SeqCst) & READABLE != 0;
+        // Fewer bytes than asked: the buffer was drained, wait for the next edge.
+        let reg = Registration::new(-1);
+        let r = reg.poll_stream(&mut cx, Dir::Read, 100, || Ok(10));
+        assert!(matches!(r, Poll::Ready(Ok(10))));
+        assert!(!readable(&reg), "a short read clears readiness");
+        // As many as asked: there may be more, stay ready.
+        let reg = Registration::new(-1);
+        let r = reg.poll_stream(&mut cx, Dir::Read, 100, || Ok(100));
+        assert!(matches!(r, Poll::Ready(Ok(100))));
+        assert!(readable(&reg), "a full read keeps readiness");
+        // End of stream: stay ready, so the next read sees it again.
+        let reg = Registration::new(-1);
+        let r = reg.poll_stream(&mut cx, Dir::Read, 100, || Ok(0));
+        assert!(matches!(r, Poll::Ready(Ok(0))));
+        assert!(readable(&reg), "end of stream keeps readiness");
+        // An event during the short read (more data arrived): it is not lost.
+        let reg = Registration::new(-1);
+        let r = reg.poll_stream(&mut cx, Dir::Read, 100, || {
+            reg.state.add(READABLE, &mut Vec::new());
+            Ok(10)
+        });
+        assert!(matches!(r, Poll::Ready(Ok(10))));
+        assert!(readable(&reg), "an event after the observation survives");
+        // Writes alike, and each direction clears only its own bit.
+        let reg = Registration::new(-1);
+        let r = reg.poll_stream(&mut cx, Dir::Write, 100, || Ok(40));
+        assert!(matches!(r, Poll::Ready(Ok(40))));
+        assert_eq!(reg.state.readiness.load(SeqCst) & WRITABLE, 0);
+        assert!(readable(&reg));
     }
 
     #[test]
