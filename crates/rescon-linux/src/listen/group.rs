@@ -2,15 +2,16 @@
 //! container, steered by a classic BPF program in the kernel.
 
 use super::bpf::{self, Program};
+use super::edge::{EdgeFilter, XdpMode};
 use super::error::Error;
 use super::filter::{Filter, Stack, Steering, check_prefix};
 use super::sys;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use rescon::{ConnGuard, Container};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,6 +112,7 @@ impl GroupBuilder {
                 slots: Vec::new(),
                 steering,
                 program,
+                edges: Vec::new(),
             }),
         };
         let st = group.state.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -194,6 +196,42 @@ struct State {
     slots: Vec<Member>,
     steering: Steering,
     program: Program,
+    /// Edge filters mirroring the black holes' IPv4 prefixes (see
+    /// [`ListenerGroup::drop_at_edge`]).
+    edges: Vec<EdgeFilter>,
+}
+
+impl State {
+    /// The IPv4 prefixes listed by active black-hole members: what the edge filters drop.
+    fn edge_prefixes(&self) -> Vec<Ipv4Net> {
+        let mut out = Vec::new();
+        for (m, f) in self.slots.iter().zip(self.steering.filters()) {
+            if !m.is_black_hole() || m.is_retired() {
+                continue;
+            }
+            if let Filter::Prefixes(set) = f {
+                out.extend(set.iter().filter_map(|p| match p {
+                    IpNet::V4(n) => Some(*n),
+                    IpNet::V6(_) => None,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Brings the edge filters in line with the black holes. A failure is logged, not
+    /// returned: the black-hole members still drop those SYNs, only later in the kernel.
+    fn sync_edges(&mut self, addr: SocketAddr) {
+        if self.edges.is_empty() {
+            return;
+        }
+        let want = self.edge_prefixes();
+        for e in &mut self.edges {
+            if let Err(err) = e.set_prefixes(&want) {
+                tracing::warn!(%addr, iface = e.iface(), error = %err, "edge filter not updated; the black-hole members still drop these SYNs");
+            }
+        }
+    }
 }
 
 /// Listening sockets on one address and port, one per member, each with a filter of client
@@ -364,7 +402,48 @@ impl ListenerGroup {
         tracing::info!(addr = %self.local, change = what, program_len = program.len(), "steering program swapped");
         st.steering = steering;
         st.program = program;
+        st.sync_edges(self.local);
         Ok(())
+    }
+
+    /// Also drops the SYNs of black-holed IPv4 sources at interface `iface` (of the calling
+    /// thread's network namespace), with XDP, before the kernel's IP and TCP layers see them:
+    /// see [`edge`](super::edge). The edge filter follows every later change of the black
+    /// holes' prefixes (moves, refreshes, retirements). Only prefixes listed by black-hole
+    /// members are dropped there (a black hole with a complement filter drops only at its
+    /// socket). Needs root; call once per interface the flood may come in on.
+    pub fn drop_at_edge(&self, iface: &str, mode: XdpMode) -> Result<(), Error> {
+        let dst = match self.local.ip() {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) if self.stack == Stack::V6Only => None,
+            IpAddr::V6(a) if a.is_unspecified() => Some(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        let Some(dst) = dst else {
+            return Err(Error::socket(
+                "edge filter (XDP)",
+                self.local,
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the edge filter drops IPv4 SYNs; this group receives IPv6 only",
+                ),
+            ));
+        };
+        let mut st = self.lock();
+        let want = st.edge_prefixes();
+        let edge = EdgeFilter::attach(iface, dst, self.local.port(), &want, mode)
+            .map_err(|e| Error::socket("edge filter (XDP)", self.local, e))?;
+        st.edges.push(edge);
+        Ok(())
+    }
+
+    /// The interfaces with an edge filter, and the prefixes each drops.
+    pub fn edges(&self) -> Vec<(String, Vec<Ipv4Net>)> {
+        self.lock()
+            .edges
+            .iter()
+            .map(|e| (e.iface().to_string(), e.prefixes().to_vec()))
+            .collect()
     }
 
     fn check_active(st: &State, id: MemberId) -> Result<(), Error> {
@@ -489,6 +568,7 @@ impl ListenerGroup {
         self.apply(&mut st, filters, &format!("retire {id}"))?;
         let m = st.slots[id.get()].clone();
         m.0.retired.store(true, Relaxed);
+        st.sync_edges(self.local);
         Ok(m)
     }
 
@@ -496,7 +576,7 @@ impl ListenerGroup {
     /// container now has priority 0 and removes it from the others. Returns the members
     /// changed. Call it when a [`rescon::Watch`] on the members' containers fires.
     pub fn refresh(&self) -> Result<Vec<MemberId>, Error> {
-        let st = self.lock();
+        let mut st = self.lock();
         let mut changed = Vec::new();
         for m in &st.slots {
             let want = m.container().attrs().priority.is_black_hole();
@@ -506,6 +586,9 @@ impl ListenerGroup {
                 tracing::info!(addr = %self.local, member = %m.id(), black_hole = want, "member priority changed");
                 changed.push(m.id());
             }
+        }
+        if !changed.is_empty() {
+            st.sync_edges(self.local);
         }
         Ok(changed)
     }

@@ -47,6 +47,7 @@ pub mod bpf;
 pub mod defense;
 pub mod diag;
 pub mod driver;
+pub mod edge;
 mod error;
 pub mod filter;
 mod group;

@@ -103,3 +103,165 @@ pub(crate) fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
     }
     Ok(mem[libc::SK_MEMINFO_DROPS as usize])
 }
+
+/// `struct bpf_insn` of `linux/bpf.h`: an extended BPF instruction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EbpfInsn {
+    pub code: u8,
+    /// Destination register in the low nibble, source in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+const _: () = assert!(size_of::<EbpfInsn>() == 8);
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+/// `sizeof(union bpf_attr)` of the kernel headers this was written against; the kernel
+/// accepts a shorter or longer union as long as the bytes it does not know are zero.
+const ATTR_SIZE: usize = 144;
+
+/// `union bpf_attr`, as bytes: each command sets the fields it uses at their offsets.
+struct Attr([u64; ATTR_SIZE / 8]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; ATTR_SIZE / 8])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        let word = &mut self.0[off / 8];
+        let shift = (off % 8) * 8;
+        *word = (*word & !(0xffff_ffff << shift)) | (u64::from(v) << shift);
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off / 8] = v;
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        (self.0[off / 8] >> ((off % 8) * 8)) as u32
+    }
+    fn call(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
+        // SAFETY: `bpf(2)` reads (and for some commands writes) `ATTR_SIZE` bytes at the
+        // pointer, which is this live, 8-aligned array; pointers stored in it (instructions,
+        // license, log and packet buffers) are set by the callers below to memory that
+        // outlives the call, with the sizes they pass.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                self.0.as_mut_ptr().cast::<libc::c_void>(),
+                ATTR_SIZE as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+}
+
+fn owned_fd(rc: libc::c_long) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `rc` is a file descriptor the kernel just returned to us and nobody else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) }
+}
+
+/// `bpf(BPF_PROG_LOAD)` of an XDP program. On a verifier refusal the error carries the
+/// verifier's log.
+///
+/// # References
+/// - bpf(2), `BPF_PROG_LOAD`; `Documentation/bpf/verifier.rst`
+pub(crate) fn load_xdp(insns: &[EbpfInsn], name: &str) -> io::Result<std::os::fd::OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_PROG_TYPE_XDP)
+        .u32(4, insns.len() as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .u32(68, BPF_XDP);
+    let mut n = [0u8; 16];
+    for (d, s) in n.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    attr.u64(48, u64::from_ne_bytes(n[..8].try_into().expect("8 bytes")))
+        .u64(56, u64::from_ne_bytes(n[8..].try_into().expect("8 bytes")));
+    match attr.call(BPF_PROG_LOAD) {
+        Ok(fd) => Ok(owned_fd(fd)),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            // Load again with the verifier's log, to say why.
+            attr.u32(24, 1)
+                .u32(28, log.len() as u32)
+                .u64(32, log.as_mut_ptr() as u64);
+            let again = attr.call(BPF_PROG_LOAD);
+            if let Ok(fd) = again {
+                return Ok(owned_fd(fd));
+            }
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}; verifier: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `bpf(BPF_LINK_CREATE)` attaching an XDP program to interface `ifindex`: the program stays
+/// attached while the returned link is open. `flags` 0 lets the kernel take the driver's
+/// XDP when it has one and the generic (skb) one otherwise.
+pub(crate) fn xdp_link(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    flags: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, ifindex)
+        .u32(8, BPF_XDP)
+        .u32(12, flags);
+    attr.call(BPF_LINK_CREATE).map(owned_fd)
+}
+
+/// `bpf(BPF_LINK_UPDATE)`: swaps the program of a link atomically.
+pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.u32(0, link.as_raw_fd() as u32)
+        .u32(4, prog.as_raw_fd() as u32);
+    attr.call(BPF_LINK_UPDATE).map(|_| ())
+}
+
+/// `bpf(BPF_PROG_TEST_RUN)`: runs a loaded program once on `packet`, returns its verdict.
+pub(crate) fn test_run(prog: BorrowedFd<'_>, packet: &[u8]) -> io::Result<u32> {
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_raw_fd() as u32)
+        .u32(8, packet.len() as u32)
+        .u64(16, packet.as_ptr() as u64)
+        .u32(32, 1);
+    attr.call(BPF_PROG_TEST_RUN)?;
+    Ok(attr.get_u32(4))
+}
+
+/// `if_nametoindex(3)`, in the calling thread's network namespace: 0 if there is no such
+/// interface.
+pub(crate) fn if_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+}
