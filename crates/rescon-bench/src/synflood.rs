@@ -6,18 +6,27 @@
 //! Everything runs in the test bed's network namespaces (see `rescon_bench::testbed`): the
 //! attacker spoofs 198.19.0.0/16 towards the server at a paced rate, the client namespace
 //! runs the legitimate clients, the server namespace runs a small accept server on a
-//! listener group with two members: `legit` (every source) and `hole` (priority 0). Each
-//! measurement uses a fresh group on a fresh port, so no half-open connection of one run
-//! survives into the next. Every run is bounded in time; Ctrl-C stops the runs and removes
-//! the namespaces.
+//! listener group with two members: `legit` (every source) and `hole` (priority 0). With the
+//! `filter` and `auto` defenses the group also drops the hole's SYNs at the server's veth with
+//! XDP (the edge filter, `--no-edge` to measure without it). Each measurement uses a fresh
+//! group on a fresh port, so no half-open connection of one run survives into the next.
+//! Every run is bounded in time; Ctrl-C stops the runs and removes the namespaces.
+//!
+//! The machine's noise moves one measurement by 10-20%: `--rounds N` repeats every point,
+//! interleaved, and reports medians. `--clients 0` measures the flood alone: the table's
+//! `CPU ns/SYN` is then what one SYN costs the machine (making it, delivering it, dropping
+//! it). `--placement` says where the attacker runs (see its help).
 
 use anyhow::{Context, bail};
 use rescon::{Attributes, Registry};
 use rescon_bench::flooder::{self, FloodConfig, FloodReport};
 use rescon_bench::loadgen::{ClientReport, Server, run_clients};
-use rescon_bench::testbed::{self, ATTACKER_IFACE, SERVER_ATT, SERVER_CLI, SPOOFED, Testbed};
+use rescon_bench::testbed::{
+    self, ATTACKER_IFACE, SERVER_ATT, SERVER_ATT_IFACE, SERVER_CLI, SPOOFED, Testbed,
+};
 use rescon_linux::listen::defense::DefenseConfig;
 use rescon_linux::listen::driver::Defender;
+use rescon_linux::listen::edge::XdpMode;
 use rescon_linux::listen::{Filter, ListenerGroup};
 use serde::Serialize;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -82,6 +91,87 @@ pub struct Args {
     /// Sampling interval of the automatic defense, milliseconds.
     #[arg(long, default_value_t = 50)]
     defense_interval_ms: u64,
+    /// Drop black-holed SYNs at the black-hole socket only, not also at the interface with
+    /// XDP (the edge filter), to measure what the edge saves.
+    #[arg(long)]
+    no_edge: bool,
+    /// Rounds of every measurement, interleaved; the medians are reported (the machine's
+    /// noise moves one round by 10-20%).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Where the attacker runs. `shared` (the default): every thread on every CPU, so the
+    /// attacker's own cost of making packets is taken from the machine measured, and the
+    /// kernel's receive work for the flood runs in the attacker's context (as veth delivers);
+    /// the edge filter is veth's native XDP there. `split`: the attacker gets CPU 0 to itself,
+    /// as if it were another machine, everything else runs on the other CPUs, and the flood's
+    /// packets are steered (RPS) to those, where a NIC would deliver them; the edge filter is
+    /// generic XDP, which runs after that steering. On a VM each steered batch costs an
+    /// inter-processor interrupt, which a real NIC does not: `split` overstates the server's
+    /// cost per SYN, `shared` charges it the attacker's.
+    #[arg(long, value_enum, default_value_t = Placement::Shared)]
+    placement: Placement,
+}
+
+/// See [`Args::placement`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    Split,
+    Shared,
+}
+
+/// CPUs for the attacker and for the rest, by placement.
+#[derive(Clone, Copy, Debug)]
+struct Cpus {
+    attacker: Option<usize>,
+    /// Mask of the server's and clients' CPUs (also the RPS mask of the flood's interface).
+    rest: u64,
+}
+
+impl Cpus {
+    fn new(p: Placement) -> anyhow::Result<Cpus> {
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(64);
+        Ok(match p {
+            Placement::Shared => Cpus {
+                attacker: None,
+                rest: u64::MAX >> (64 - n),
+            },
+            Placement::Split => {
+                if n < 2 {
+                    bail!(
+                        "--placement split needs two CPUs, this machine has {n}: use --placement shared"
+                    );
+                }
+                Cpus {
+                    attacker: Some(0),
+                    rest: (u64::MAX >> (64 - n)) & !1,
+                }
+            }
+        })
+    }
+
+    fn pin_attacker(&self) -> anyhow::Result<()> {
+        match self.attacker {
+            Some(c) => rescon_bench::httpload::pin_to(c),
+            None => Ok(()),
+        }
+    }
+
+    /// Pins the calling thread (and the threads it starts) to the server's CPUs.
+    fn pin_rest(&self) -> anyhow::Result<()> {
+        if self.attacker.is_none() {
+            return Ok(());
+        }
+        let mut set = rustix::thread::CpuSet::new();
+        for c in 0..64 {
+            if self.rest & (1 << c) != 0 {
+                set.set(c);
+            }
+        }
+        rustix::thread::sched_setaffinity(None, &set)
+            .map_err(|e| anyhow::anyhow!("pinning to CPUs {:#x}: {e}", self.rest))
+    }
 }
 
 #[derive(Serialize)]
@@ -89,6 +179,8 @@ struct Row {
     syn_rate: f64,
     defense: &'static str,
     legit_per_s: f64,
+    /// Whether the black hole's SYNs were also dropped at the interface (XDP).
+    edge: bool,
 }
 
 #[derive(Serialize)]
@@ -98,6 +190,8 @@ struct Report {
 }
 
 struct Point {
+    /// CPU time the whole machine was busy during the measurement (`/proc/stat`).
+    busy_ns: u64,
     flood: FloodReport,
     clients: ClientReport,
     accepted: u64,
@@ -112,6 +206,7 @@ fn is_root() -> bool {
 struct Ctx<'a> {
     tb: &'a Testbed,
     a: &'a Args,
+    cpus: Cpus,
     stop: Arc<AtomicBool>,
     port: u16,
 }
@@ -125,7 +220,7 @@ fn measure(
     clients: bool,
 ) -> anyhow::Result<Point> {
     ctx.port = ctx.port.wrapping_add(1).max(1024);
-    let (tb, a, stop, port) = (ctx.tb, ctx.a, &ctx.stop, ctx.port);
+    let (tb, a, stop, port, cpus) = (ctx.tb, ctx.a, &ctx.stop, ctx.port, ctx.cpus);
     tb.set_syncookies(defense == Defense::Syncookies)?;
     let registry = Registry::new();
     let root = registry.root();
@@ -139,10 +234,12 @@ fn measure(
         Filter::nothing()
     };
     let (backlog, threads, interval) = (a.backlog, a.server_threads, a.defense_interval_ms);
+    let edge = !a.no_edge && matches!(defense, Defense::Filter | Defense::Auto);
     // The group, the server and the defender live in the server namespace.
     let (group, server, defender) = tb
         .server
         .spawn("server", move || -> anyhow::Result<_> {
+            cpus.pin_rest()?;
             let group = Arc::new(
                 ListenerGroup::builder(SocketAddr::from(([0, 0, 0, 0], port)))
                     .backlog(backlog)
@@ -150,6 +247,17 @@ fn measure(
                     .member(&hole, hole_filter)
                     .build()?,
             );
+            if edge {
+                // Split: generic XDP runs where the flood's packets are processed, after RPS,
+                // on the server's CPUs as a NIC's would (veth's native XDP runs in the
+                // sender). Shared: everything runs in the sender anyway; native is cheaper.
+                let mode = if cpus.attacker.is_some() {
+                    XdpMode::Generic
+                } else {
+                    XdpMode::Auto
+                };
+                group.drop_at_edge(SERVER_ATT_IFACE, mode)?;
+            }
             let server = Server::start(group.clone(), threads);
             let defender = if defense == Defense::Auto {
                 let q = group.members()[1].id();
@@ -172,17 +280,22 @@ fn measure(
             iface: ATTACKER_IFACE.to_string(),
         };
         let stop = stop.clone();
-        Some(
-            tb.attacker
-                .spawn("flood", move || flooder::flood(&cfg, &stop))?,
-        )
+        Some(tb.attacker.spawn("flood", move || {
+            cpus.pin_attacker()
+                .map_err(|e| flooder::FloodError::Refused(e.to_string()))?;
+            flooder::flood(&cfg, &stop)
+        })?)
     } else {
         None
     };
-    let clients = if clients {
+    let busy0 = busy_ns()?;
+    let clients = if clients && a.clients > 0 {
         let (n, stop) = (a.clients, stop.clone());
         let target = SocketAddr::from((SERVER_CLI, port));
         Some(tb.client.spawn("clients", move || {
+            if let Err(e) = cpus.pin_rest() {
+                eprintln!("{e}");
+            }
             run_clients(target, n, duration, Duration::from_secs(1), &stop)
         })?)
     } else {
@@ -199,6 +312,7 @@ fn measure(
             .context("flooder")?,
         None => FloodReport::default(),
     };
+    let busy_ns = busy_ns()?.saturating_sub(busy0);
     let accepted = server.accepted();
     let actions = match defender {
         Some((d, running)) => {
@@ -213,11 +327,39 @@ fn measure(
     drop(server);
     drop(group);
     Ok(Point {
+        busy_ns,
         flood,
         clients,
         accepted,
         actions,
     })
+}
+
+/// CPU time all CPUs have been busy since boot (`/proc/stat`: everything but idle and
+/// iowait), in nanoseconds.
+fn busy_ns() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text.lines().next().context("empty /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    anyhow::ensure!(f.len() >= 8, "short cpu line in /proc/stat: {line}");
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(busy * 1_000_000_000 / hz)
+}
+
+/// The median (the mean of the middle two for an even count; NaN for none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -237,7 +379,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if stale > 0 {
         eprintln!("removed {stale} network namespaces left by dead runs");
     }
+    let cpus = Cpus::new(a.placement)?;
     let tb = Testbed::up().context("building the test bed")?;
+    if cpus.attacker.is_some() {
+        tb.server.rps(SERVER_ATT_IFACE, cpus.rest)?;
+    }
     for key in ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"] {
         tb.server.sysctl(key, &a.backlog.max(128).to_string())?;
     }
@@ -256,6 +402,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut ctx = Ctx {
         tb: &tb,
         a: &a,
+        cpus,
         stop: stop.clone(),
         port: a.port,
     };
@@ -278,10 +425,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.rates.clone()
     };
 
-    // Defenses interleaved at each rate, so that drift on a shared machine hits them alike.
-    let total = a.defenses.len() * rates.len();
+    // Defenses interleaved at each rate, rates within a round, so that drift on a shared
+    // machine hits them alike.
+    if !(1..=9).contains(&a.rounds) {
+        bail!("--rounds {}: allowed 1 to 9", a.rounds);
+    }
+    let total = a.defenses.len() * rates.len() * a.rounds;
     let mut done = Vec::new();
-    'outer: for &rate in &rates {
+    'outer: for (&rate, _round) in (0..a.rounds).flat_map(|r| rates.iter().map(move |x| (x, r))) {
         for &d in &a.defenses {
             if stop.load(Ordering::Relaxed) {
                 eprintln!("interrupted: cleaning up");
@@ -305,30 +456,44 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     // The no-flood rate: the median of the rate-0 runs of every defense.
-    let mut zero: Vec<f64> = done
+    let zero: Vec<f64> = done
         .iter()
         .filter(|(_, r, _)| *r == 0)
         .map(|(_, _, p)| p.clients.per_s())
         .collect();
-    zero.sort_by(f64::total_cmp);
-    let no_flood = match zero.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => zero[n / 2],
-        n => (zero[n / 2 - 1] + zero[n / 2]) / 2.0,
-    };
+    let no_flood = median(zero);
     let mut rows = Vec::new();
     let mut table = Vec::new();
-    for (d, rate, p) in &done {
-        let legit = p.clients.per_s();
-        table.push((*d, *rate, p.flood.rate(), legit, p.clients.failed));
-        rows.push(Row {
-            syn_rate: p.flood.rate().round(),
-            defense: d.name(),
-            legit_per_s: legit.round(),
-        });
+    for &d in &a.defenses {
+        for &rate in &rates {
+            let runs: Vec<&Point> = done
+                .iter()
+                .filter(|(d2, r2, _)| *d2 == d && *r2 == rate)
+                .map(|(_, _, p)| p)
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let sent = median(runs.iter().map(|p| p.flood.rate()).collect());
+            let legit = median(runs.iter().map(|p| p.clients.per_s()).collect());
+            let failed = runs.iter().map(|p| p.clients.failed).sum::<u64>();
+            // Machine CPU per SYN sent: the flood's whole cost (making, delivering and
+            // dropping each SYN), meaningful with --clients 0.
+            let per_syn = median(
+                runs.iter()
+                    .filter(|p| p.flood.sent > 0)
+                    .map(|p| p.busy_ns as f64 / p.flood.sent as f64)
+                    .collect(),
+            );
+            table.push((d, rate, sent, legit, failed, per_syn));
+            rows.push(Row {
+                syn_rate: sent.round(),
+                defense: d.name(),
+                legit_per_s: legit.round(),
+                edge: !a.no_edge && matches!(d, Defense::Filter | Defense::Auto),
+            });
+        }
     }
-    rows.sort_by_key(|r| a.defenses.iter().position(|d| d.name() == r.defense));
-    table.sort_by_key(|t| a.defenses.iter().position(|d| *d == t.0));
     drop(tb);
     if a.json {
         let report = Report {
@@ -338,22 +503,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "no flood: {no_flood:.0} legit connections/s (median of the rate-0 runs, {} client threads)",
-            a.clients
+            "no flood: {no_flood:.0} legit connections/s (median of the rate-0 runs, {} client threads); medians of {} round(s); placement {:?}; edge filter (XDP) {}",
+            a.clients,
+            a.rounds,
+            a.placement,
+            if a.no_edge {
+                "off"
+            } else {
+                "on for filter and auto"
+            }
         );
         println!(
-            "{:<11} {:>10} {:>11} {:>10} {:>7} {:>7}",
-            "defense", "asked/s", "SYN/s sent", "legit/s", "% base", "failed"
+            "{:<11} {:>10} {:>11} {:>10} {:>7} {:>7} {:>11}",
+            "defense", "asked/s", "SYN/s sent", "legit/s", "% base", "failed", "CPU ns/SYN"
         );
-        for (d, asked, sent, legit, failed) in table {
+        for (d, asked, sent, legit, failed, per_syn) in table {
             println!(
-                "{:<11} {:>10} {:>11.0} {:>10.0} {:>6.0}% {:>7}",
+                "{:<11} {:>10} {:>11.0} {:>10.0} {:>6.0}% {:>7} {:>11.0}",
                 d.name(),
                 asked,
                 sent,
                 legit,
                 100.0 * legit / no_flood.max(1.0),
-                failed
+                failed,
+                per_syn
+            );
+        }
+        if a.clients > 0 {
+            println!(
+                "(CPU ns/SYN: the machine's busy time per SYN sent, legitimate work included; run with --clients 0 for the flood's cost alone)"
             );
         }
     }

@@ -40,6 +40,8 @@ pub const SPOOFED: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 19, 0, 0), 16
 };
 /// The attacker's veth: the only interface besides `lo` in its namespace.
 pub const ATTACKER_IFACE: &str = "att0";
+/// The server's end of the attacker's veth, where the flood comes in.
+pub const SERVER_ATT_IFACE: &str = "satt";
 
 /// What went wrong building the test bed.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,26 @@ impl Netns {
                 source: io::Error::other("thread panicked"),
             })?
             .map_err(io_err(what))
+    }
+
+    /// Sets the receive packet steering mask of `dev`'s first receive queue, so that packets
+    /// arriving there are processed by those CPUs (`rps_cpus`, a hex mask). sysfs shows the
+    /// namespace it was mounted in, so this goes through `ip netns exec`, which mounts the
+    /// namespace's own.
+    pub fn rps(&self, dev: &str, mask: u64) -> Result<(), Error> {
+        let script = format!("echo {mask:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus");
+        let what = format!("rps_cpus of {dev} in {}", self.name);
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", &script])
+            .status()
+            .map_err(io_err(what.clone()))?;
+        if !st.success() {
+            return Err(Error::Io {
+                what,
+                source: io::Error::other(format!("`sh -c '{script}'` failed: {st}")),
+            });
+        }
+        Ok(())
     }
 
     /// Runs `ip -n <name> args`.

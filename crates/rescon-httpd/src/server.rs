@@ -34,6 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rescon::{Attributes, Container, Registry};
 use rescon_linux::cgroup::{self, Manager};
+use rescon_linux::listen::edge::XdpMode;
 use rescon_linux::listen::{Filter, ListenerGroup, MemberId};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -326,6 +327,18 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                 match class_group(&shared, &l, &c) {
                     Ok(Some((group, members))) => {
                         println!("listening on {}", group.local_addr());
+                        for iface in &l.edge {
+                            match group.drop_at_edge(iface, XdpMode::Auto) {
+                                Ok(()) => println!(
+                                    "listener {}: black-holed SYNs dropped at {iface} (XDP)",
+                                    l.name
+                                ),
+                                Err(e) => eprintln!(
+                                    "rescon-httpd: listener {}: no edge filter on {iface}: {e} (the black hole still drops those SYNs at its socket)",
+                                    l.name
+                                ),
+                            }
+                        }
                         let group = Arc::new(group);
                         let mut names: Vec<String> =
                             l.classes.iter().map(|c| c.name.clone()).collect();

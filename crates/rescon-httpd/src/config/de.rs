@@ -204,6 +204,8 @@ pub(crate) struct ListenerDe {
     pub(crate) classes: Vec<Spanned<ClassDe>>,
     #[serde(default)]
     pub(crate) black_hole: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) edge: Vec<Spanned<String>>,
     pub(crate) flood_defense: Option<Spanned<FloodDe>>,
 }
 

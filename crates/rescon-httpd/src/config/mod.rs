@@ -314,6 +314,9 @@ pub struct ListenerConfig {
     pub classes: Vec<ClientClass>,
     /// Sources whose SYNs are dropped in the kernel.
     pub black_hole: Vec<IpNet>,
+    /// Interfaces where the black hole's IPv4 SYNs are also dropped with XDP, as they
+    /// arrive, before the kernel's IP and TCP layers (the edge filter; needs root).
+    pub edge: Vec<String>,
     /// The automatic flood defense, if enabled.
     pub flood_defense: Option<FloodDefense>,
 }
@@ -1076,6 +1079,29 @@ impl Loader<'_, '_> {
                     black_hole.push(net);
                 }
             }
+            let mut edge = Vec::new();
+            for (n, v) in l.edge.iter().enumerate() {
+                let name = v.get_ref();
+                // IFNAMSIZ is 16 with the NUL; names have no '/', blank or ':'.
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ', '\t', '\0'])
+                {
+                    self.err(
+                        span(v),
+                        &format!("listener[{i}].edge[{n}]"),
+                        format!("invalid interface name {name:?}"),
+                        Some("a network interface as `ip link` lists it, like \"eth0\""),
+                    );
+                } else if edge.contains(name) {
+                    self.err(
+                        span(v),
+                        &format!("listener[{i}].edge[{n}]"),
+                        format!("interface {name:?} is listed twice"),
+                        None,
+                    );
+                } else {
+                    edge.push(name.clone());
+                }
+            }
             let flood_defense = l.flood_defense.as_ref().map(|f| {
                 let fr = f.get_ref();
                 let fk = |x: &str| format!("listener[{i}].flood_defense.{x}");
@@ -1147,6 +1173,7 @@ impl Loader<'_, '_> {
                 addr,
                 classes,
                 black_hole,
+                edge,
                 flood_defense,
             });
         }

@@ -112,6 +112,9 @@ pub(super) fn render(c: &Config) -> String {
             "black_hole = {}",
             list(l.black_hole.iter().map(|n| n.to_string()))
         );
+        if !l.edge.is_empty() {
+            let _ = writeln!(o, "edge = {}", list(l.edge.iter().map(|n| n.to_string())));
+        }
         if let Some(f) = &l.flood_defense {
             let _ = writeln!(o, "\n[listener.flood_defense]");
             match &f.action {

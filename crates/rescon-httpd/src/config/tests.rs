@@ -437,3 +437,31 @@ fn a_reload_applies_the_new_file_and_a_bad_file_changes_nothing() {
     assert_eq!(extra.attrs().priority.get(), 7);
     assert!(live.reload(&new.tree).unwrap().is_empty());
 }
+
+#[test]
+fn edge_interfaces_parse_and_are_checked() {
+    let c = Config::parse(
+        "t.toml",
+        &listener(
+            "",
+            "black_hole = [\"192.0.2.0/24\"]\nedge = [\"eth0\", \"veth-a\"]",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        c.listeners[0].edge,
+        vec!["eth0".to_string(), "veth-a".to_string()]
+    );
+    let again = Config::parse("t.toml", &c.to_toml()).unwrap();
+    assert_eq!(
+        again.listeners[0].edge, c.listeners[0].edge,
+        "rendered and parsed back"
+    );
+    let d = one(&listener("", "edge = [\"eth0/1\"]"));
+    assert_eq!(d.key, "listener[0].edge[0]");
+    assert!(d.message.contains("eth0/1"), "{}", d.message);
+    let d = one(&listener("", "edge = [\"a-name-longer-than-15\"]"));
+    assert_eq!(d.key, "listener[0].edge[0]");
+    let d = one(&listener("", "edge = [\"eth0\", \"eth0\"]"));
+    assert_eq!(d.key, "listener[0].edge[1]");
+}
