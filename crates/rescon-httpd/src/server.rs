@@ -346,7 +346,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                             names.push(crate::admin::BLACK_HOLE.to_string());
                         }
                         if let Some(fd) = &l.flood_defense {
-                            match flood_defense(&group, &names, fd) {
+                            match flood_defense(&group, &names, fd, &synced.table, &l.name) {
                                 Ok(running) => defenses.push(running),
                                 Err(e) => eprintln!(
                                     "rescon-httpd: listener {}: flood defense off: {e:#}",
@@ -450,12 +450,15 @@ impl crate::admin::Filters for SyncedFilters {
 /// sampling every 100 ms): sources of half-open connections during an attack are moved, in
 /// the kernel's steering, to the black hole or to the class `demote_to` names, for at least
 /// `hold`. `syn_rate` is the growth of the listen queue's pressure per second (SYN drops and
-/// overflows, from /proc/net) that signals an attack. The moves are the kernel's only: the
-/// admin API's table does not list them.
+/// overflows, from /proc/net) that signals an attack. Each move is applied to the filter
+/// table too, so accepted connections from a demoted prefix are placed in the class it was
+/// demoted to, and `GET /filters` lists the moves with the defense's reason.
 fn flood_defense(
     group: &Arc<ListenerGroup>,
     names: &[String],
     fd: &FloodDefense,
+    table: &Arc<FilterTable>,
+    listener: &str,
 ) -> Result<rescon_linux::listen::driver::Running> {
     let to = match &fd.action {
         FloodAction::BlackHole => crate::admin::BLACK_HOLE,
@@ -470,11 +473,41 @@ fn flood_defense(
     cfg.min_hold = fd.hold;
     let defender = rescon_linux::listen::driver::Defender::new(group.clone(), cfg)
         .with_context(|| format!("moving offenders to {to}"))?;
+    let (table, listener, names) = (table.clone(), listener.to_string(), names.to_vec());
+    defender.on_action(move |r| mirror_defense(&table, &listener, &names, r));
     eprintln!(
         "rescon-httpd: flood defense on {}: offenders go to {to}",
         group.local_addr()
     );
     Ok(Arc::new(defender).spawn(Duration::from_millis(100)))
+}
+
+/// Applies a flood-defense action (already done in the kernel) to the filter table.
+fn mirror_defense(
+    table: &FilterTable,
+    listener: &str,
+    names: &[String],
+    r: &rescon_linux::listen::driver::Record,
+) {
+    use crate::admin::Filters;
+    use rescon_linux::listen::defense::Action;
+    if r.outcome.is_err() {
+        return;
+    }
+    let prefix = match &r.action {
+        Action::Quarantine { prefix, .. } | Action::Release { prefix, .. } => *prefix,
+    };
+    let reason = format!("flood defense: {}", r.action);
+    match r.to.and_then(|m| names.get(m.get())) {
+        Some(to) => {
+            if let Err(e) = table.move_prefix(Some(listener), prefix, to, &reason) {
+                eprintln!(
+                    "rescon-httpd: listener {listener}: flood defense moved {prefix} to {to} in the kernel, but not in the filter table: {e}"
+                );
+            }
+        }
+        None => table.unlist(listener, prefix, &reason),
+    }
 }
 
 type ClassSockets = (ListenerGroup, Vec<(rescon_rt::TcpListener, Container)>);
@@ -1691,4 +1724,98 @@ fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
         r.headers_mut().insert(k, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnet::IpNet;
+    use rescon_linux::listen::defense::Action;
+    use rescon_linux::listen::driver::Record;
+    use std::net::IpAddr;
+    use std::time::SystemTime;
+
+    fn record(action: Action, to: Option<usize>) -> Record {
+        Record {
+            when: SystemTime::now(),
+            elapsed: Duration::ZERO,
+            action,
+            to: to.map(MemberId::from_index),
+            outcome: Ok(()),
+        }
+    }
+
+    #[test]
+    fn defense_moves_are_mirrored_in_the_filter_table() {
+        let c = Config::parse(
+            "t.toml",
+            r#"
+[containers.premium]
+[containers.bulk]
+[containers.site]
+[[listener]]
+name = "web"
+address = "127.0.0.1"
+port = 8080
+[[listener.class]]
+name = "premium"
+container = "premium"
+prefixes = ["10.0.0.0/8"]
+[[listener.class]]
+name = "bulk"
+container = "bulk"
+except = []
+[[vhost]]
+name = "v"
+root = "/srv"
+container = "site"
+"#,
+        )
+        .unwrap();
+        let table = FilterTable::from_config(&c.listeners, |p| {
+            rescon::ContainerId::from_raw(p.as_str().len() as u64)
+        });
+        // Member order of the group: the classes, then the black hole.
+        let names: Vec<String> = vec!["premium".into(), "bulk".into(), "black-hole".into()];
+        let src: IpAddr = "10.1.2.3".parse().unwrap();
+        let p: IpNet = "10.1.2.0/24".parse().unwrap();
+        assert_eq!(table.classify("web", src).as_deref(), Some("premium"));
+        // Demoted: its accepted connections go to bulk.
+        let q = Action::Quarantine {
+            prefix: p,
+            syn_recv: 40,
+        };
+        mirror_defense(&table, "web", &names, &record(q, Some(1)));
+        assert_eq!(table.classify("web", src).as_deref(), Some("bulk"));
+        // Released to no member that listed it: premium's /8 takes it again.
+        let r = Action::Release {
+            prefix: p,
+            held: Duration::from_secs(60),
+            merged: false,
+        };
+        mirror_defense(&table, "web", &names, &record(r, None));
+        assert_eq!(table.classify("web", src).as_deref(), Some("premium"));
+        // A refused action changes nothing.
+        let mut failed = record(
+            Action::Quarantine {
+                prefix: p,
+                syn_recv: 9,
+            },
+            Some(2),
+        );
+        failed.outcome = Err("refused".into());
+        mirror_defense(&table, "web", &names, &failed);
+        assert_eq!(table.classify("web", src).as_deref(), Some("premium"));
+        // Both moves are listed, with the defense's reason.
+        use crate::admin::Filters;
+        let a = table.actions();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].to.as_str(), a[1].to.as_str()), ("bulk", "(unlisted)"));
+        assert!(
+            a[0].reason
+                .starts_with("flood defense: quarantine 10.1.2.0/24"),
+            "{}",
+            a[0].reason
+        );
+    }
 }

@@ -131,6 +131,9 @@ fn defender_quarantines_flushes_and_releases() {
         cfg.min_hold = Duration::ZERO;
         cfg.calm_for = Duration::from_millis(200);
         let defender = Defender::new(group.clone(), cfg).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        defender.on_action(move |r| s2.lock().unwrap().push(r.clone()));
 
         let d = defender.step().unwrap();
         assert!(d.under_attack);
@@ -173,6 +176,13 @@ fn defender_quarantines_flushes_and_releases() {
         let h = defender.history();
         assert_eq!(h.len(), 2);
         assert!(h.iter().all(|r| r.outcome.is_ok()));
+        assert_eq!(h[0].to, Some(m[1].id()), "quarantined into the black hole");
+        assert_eq!(h[1].to, None, "released to where no member listed it");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            h,
+            "the observer saw every record as it happened"
+        );
         assert!(defender.quarantined().is_empty());
     });
 }

@@ -189,6 +189,38 @@ impl FilterTable {
         }
     }
 
+    /// Takes `prefix` off every member of `listener` that lists it, so its sources go where
+    /// the other prefixes (or the `except` class) take them; recorded like a move, with
+    /// `to` = "(unlisted)". Unknown listeners and prefixes change nothing.
+    pub fn unlist(&self, listener: &str, prefix: IpNet, reason: &str) {
+        let prefix = prefix.trunc();
+        let mut ls = self.lock();
+        let Some(l) = ls.iter_mut().find(|l| l.name == listener) else {
+            return;
+        };
+        for m in l.members.iter_mut() {
+            m.prefixes.retain(|p| *p != prefix);
+        }
+        drop(ls);
+        self.record(FilterAction {
+            at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            listener: listener.to_string(),
+            prefix: prefix.to_string(),
+            to: "(unlisted)".into(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn record(&self, a: FilterAction) {
+        let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
+        if actions.len() == ACTION_HISTORY {
+            actions.remove(0);
+        }
+        actions.push(a);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
         self.listeners.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -285,11 +317,7 @@ impl Filters for FilterTable {
             to: to.to_string(),
         };
         drop(ls);
-        let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
-        if actions.len() == ACTION_HISTORY {
-            actions.remove(0);
-        }
-        actions.push(FilterAction {
+        self.record(FilterAction {
             at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -27,9 +27,17 @@ pub struct Record {
     pub elapsed: Duration,
     /// What was done.
     pub action: Action,
+    /// The member the prefix went to: the quarantine for a quarantine; for a release, the
+    /// member that listed it before, or `None` if none did (then it went to whichever member's
+    /// filter takes it).
+    pub to: Option<MemberId>,
     /// `Err` with the reason if the group refused the change.
     pub outcome: Result<(), String>,
 }
+
+/// A function called with every record, right after the action (see
+/// [`Defender::on_action`]).
+pub type Observer = Box<dyn Fn(&Record) + Send + Sync>;
 
 struct Inner {
     policy: DefensePolicy,
@@ -71,6 +79,7 @@ pub struct Defender {
     start: Instant,
     inner: Mutex<Inner>,
     history: Mutex<VecDeque<Record>>,
+    observers: Mutex<Vec<Observer>>,
 }
 
 impl std::fmt::Debug for Defender {
@@ -113,7 +122,16 @@ impl Defender {
                 flushed: 0,
             }),
             history: Mutex::new(VecDeque::new()),
+            observers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Calls `f` with every action's record, on the defender's thread, right after the
+    /// action: a server that keeps its own view of the filters (the admin API's table, the
+    /// user-level placement of accepted connections) applies the same move there. `f` must not
+    /// call `on_action`.
+    pub fn on_action(&self, f: impl Fn(&Record) + Send + Sync + 'static) {
+        lock(&self.observers).push(Box::new(f));
     }
 
     /// Whether to destroy the half-open connections of quarantined sources (default on).
@@ -166,25 +184,26 @@ impl Defender {
                         inner.origin.insert(p, owner);
                     }
                     for (_, a) in moves {
-                        self.record(a, Ok(()));
+                        self.record(a, Some(self.quarantine), Ok(()));
                     }
                 }
                 Err(e) => {
                     for (p, a) in moves {
                         inner.policy.forget(&p);
-                        self.record(a, Err(e.to_string()));
+                        self.record(a, Some(self.quarantine), Err(e.to_string()));
                     }
                 }
             }
         }
         for (p, a) in releases {
-            let outcome = match inner.origin.remove(&p).flatten() {
+            let owner = inner.origin.remove(&p).flatten();
+            let outcome = match owner {
                 // Listed by the quarantine member's own configuration: it stays.
                 Some(owner) if owner == self.quarantine => Ok(()),
                 Some(owner) => self.group.move_prefixes(&[p], owner).map(drop),
                 None => self.group.remove_prefix(self.quarantine, p),
             };
-            self.record(a, outcome.map_err(|e| e.to_string()));
+            self.record(a, owner, outcome.map_err(|e| e.to_string()));
         }
         if self.flush {
             let held: Vec<IpNet> = inner.policy.quarantined().map(|(p, _)| *p).collect();
@@ -210,23 +229,28 @@ impl Defender {
         Ok(decision)
     }
 
-    fn record(&self, action: Action, outcome: Result<(), String>) {
+    fn record(&self, action: Action, to: Option<MemberId>, outcome: Result<(), String>) {
         match &outcome {
             Ok(()) => tracing::info!(addr = %self.group.local_addr(), %action, "defense action"),
             Err(e) => {
                 tracing::error!(addr = %self.group.local_addr(), %action, error = %e, "defense action failed")
             }
         }
+        let r = Record {
+            when: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            action,
+            to,
+            outcome,
+        };
+        for f in lock(&self.observers).iter() {
+            f(&r);
+        }
         let mut h = lock(&self.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
-        h.push_back(Record {
-            when: SystemTime::now(),
-            elapsed: self.start.elapsed(),
-            action,
-            outcome,
-        });
+        h.push_back(r);
     }
 
     /// Every action taken (the last [`HISTORY`]), oldest first.
