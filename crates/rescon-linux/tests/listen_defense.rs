@@ -186,3 +186,77 @@ fn defender_quarantines_flushes_and_releases() {
         assert!(defender.quarantined().is_empty());
     });
 }
+
+/// SYNs from `from` for `dur`, each on its own socket, given up at once: a flood the edge
+/// filter drops (nothing completes).
+fn syn_burst(from: &str, dst: SocketAddr, dur: Duration) {
+    let end = std::time::Instant::now() + dur;
+    while std::time::Instant::now() < end {
+        let _ = connect_from(ip(from), dst, Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
+    use rescon_linux::listen::edge::XdpMode;
+    if !have(
+        is_root(),
+        "needs root for a private namespace, XDP and SOCK_DESTROY",
+    ) {
+        return;
+    }
+    in_new_netns(&[], || {
+        let reg = Registry::new();
+        let root = reg.root();
+        let mut bh = Attributes::default();
+        bh.set("priority", "0").unwrap();
+        let victim = root.create_child("victim", Attributes::default()).unwrap();
+        let hole = root.create_child("hole", bh).unwrap();
+        let group = Arc::new(
+            ListenerGroup::builder("127.0.0.1:0".parse().unwrap())
+                .member(&victim, Filter::any())
+                .member(&hole, Filter::nothing())
+                .build()
+                .unwrap(),
+        );
+        group.drop_at_edge("lo", XdpMode::Generic).unwrap();
+        let m = group.members();
+        drop_acks(m[0].listener());
+        let dst = group.local_addr();
+        let _flood = half_open("127.0.0.5", dst, 10);
+        let mut cfg = DefenseConfig::new(m[1].id());
+        cfg.trigger_syn_recv = 5;
+        cfg.min_prefix_syn_recv = 3;
+        cfg.v4_len = 32;
+        cfg.aggregate_v4 = None;
+        cfg.min_hold = Duration::ZERO;
+        cfg.calm_for = Duration::from_millis(200);
+        let defender = Defender::new(group.clone(), cfg).unwrap();
+        let d = defender.step().unwrap();
+        assert!(matches!(d.actions.as_slice(), [Action::Quarantine { .. }]));
+        assert_eq!(group.edges()[0].1, vec!["127.0.0.5/32".parse().unwrap()]);
+        // The flood goes on, dropped at the edge only: the defense must still see it.
+        for _ in 0..3 {
+            syn_burst("127.0.0.5", dst, Duration::from_millis(150));
+            let d = defender.step().unwrap();
+            assert!(d.under_attack, "{d:?}");
+            assert!(
+                d.actions.is_empty(),
+                "released while the flood went on: {d:?}"
+            );
+            assert!(d.quarantine_drops_per_s > 50.0, "{d:?}");
+        }
+        assert_eq!(
+            m[1].drops().unwrap(),
+            0,
+            "all of it dropped before the socket"
+        );
+        // It stops: calm, then released, and the edge lets the source through again.
+        let _ = defender.step().unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        let d = defender.step().unwrap();
+        assert!(!d.under_attack, "{d:?}");
+        assert!(matches!(d.actions.as_slice(), [Action::Release { .. }]));
+        assert!(group.edges()[0].1.is_empty());
+    });
+}

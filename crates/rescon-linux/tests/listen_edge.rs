@@ -148,15 +148,20 @@ fn attached_to_an_interface_it_stops_the_handshake_of_black_holed_sources_only()
             }
         };
         assert_eq!(f.prefixes(), prefixes(&["127.0.0.2/32"]).as_slice());
+        assert_eq!(f.drops(), 0);
         assert!(
             times_out(hole, addr),
             "a black-holed source's SYN is dropped"
         );
+        assert!(f.drops() >= 1, "and counted");
         assert!(!times_out(other, addr), "others connect");
-        // Swap: the hole is lifted atomically, another source goes in.
+        // Swap: the hole is lifted atomically, another source goes in; the count goes on.
+        let before = f.drops();
         f.set_prefixes(&prefixes(&["127.0.0.3/32"])).unwrap();
         assert!(!times_out(hole, addr));
+        assert_eq!(f.drops(), before, "a passed SYN is not counted");
         assert!(times_out(other, addr));
+        assert!(f.drops() > before);
         // Detached when dropped.
         drop(f);
         assert!(!times_out(other, addr));
@@ -210,6 +215,7 @@ fn a_group_with_an_edge_drops_its_black_holes_syns_before_the_socket() {
             0,
             "dropped at the edge, not at the socket"
         );
+        assert!(group.edge_drops() >= 1, "counted at the edge");
         // The defense moves another source to the black hole: the edge follows.
         let p2: ipnet::IpNet = "127.0.0.2/32".parse().unwrap();
         group.move_prefixes(&[p2], m[1].id()).unwrap();

@@ -164,7 +164,14 @@ impl Defender {
             at: self.start.elapsed(),
             stats,
             syn_recv: by_prefix(&half_open, cfg.v4_len, cfg.v6_len),
-            quarantine_drops: quarantine.drops().unwrap_or(0),
+            // A black-hole quarantine's SYNs may be dropped at the edge (XDP) before its
+            // socket: both count, or a flood the edge stops would look like calm.
+            quarantine_drops: quarantine.drops().unwrap_or(0)
+                + if quarantine.is_black_hole() {
+                    self.group.edge_drops()
+                } else {
+                    0
+                },
         };
         let decision = inner.policy.observe(&sample);
         let mut moves: Vec<(IpNet, Action)> = Vec::new();

@@ -26,7 +26,7 @@ use ipnet::Ipv4Net;
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// Most prefixes one program holds (3 instructions each; the kernel takes far more, this
 /// bounds the cost per packet).
@@ -82,7 +82,18 @@ const MOV: u8 = 0xb0;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
 const JNE: u8 = 0x50;
+const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
+const STX: u8 = 0x03;
+const ST: u8 = 0x02;
+const LD: u8 = 0x00;
+const DW: u8 = 0x18;
+const IMM: u8 = 0x00;
+const ATOMIC: u8 = 0xc0;
+/// `BPF_PSEUDO_MAP_FD`: a 64-bit immediate load whose value is a map's file descriptor.
+const PSEUDO_MAP_FD: u8 = 1;
+/// `BPF_FUNC_map_lookup_elem`.
+const MAP_LOOKUP: i32 = 1;
 
 // Offsets in an Ethernet frame carrying IPv4 without options and TCP.
 const ETH_TYPE: i16 = 12;
@@ -121,8 +132,9 @@ enum To {
     Drop,
 }
 
-/// Assembles the program for `port` (and `dst`, unless it is unspecified) and `prefixes`.
-fn assemble(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net]) -> Vec<EbpfInsn> {
+/// Assembles the program for `port` (and `dst`, unless it is unspecified) and `prefixes`;
+/// each drop adds one to counter 0 of the array map `counter` (a file descriptor).
+fn assemble(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: i32) -> Vec<EbpfInsn> {
     let mut p = Vec::with_capacity(24 + 3 * prefixes.len());
     let mut fix: Vec<(usize, To)> = Vec::new();
     let jump = |p: &mut Vec<EbpfInsn>, fix: &mut Vec<(usize, To)>, i: EbpfInsn, to: To| {
@@ -197,8 +209,19 @@ fn assemble(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net]) -> Vec<EbpfInsn> {
     p.push(insn(ALU64 | MOV | K, 0, 0, 0, XDP_PASS as i32));
     p.push(insn(JMP | EXIT, 0, 0, 0, 0));
     // Without prefixes nothing jumps to DROP, and the verifier refuses unreachable code.
+    // DROP counts the packet: counter[0] += 1, atomically (so the defense sees a flood it no
+    // longer meets at the socket), then drops it.
     let drop = p.len();
     if !prefixes.is_empty() {
+        p.push(insn(LD | DW | IMM, 1, PSEUDO_MAP_FD, 0, counter));
+        p.push(insn(0, 0, 0, 0, 0));
+        p.push(insn(ST | W | MEM, 10, 0, -4, 0));
+        p.push(insn(ALU64 | MOV | X, 2, 10, 0, 0));
+        p.push(insn(ALU64 | ADD | K, 2, 0, 0, -4));
+        p.push(insn(JMP | CALL, 0, 0, 0, MAP_LOOKUP));
+        p.push(insn(JMP | JEQ | K, 0, 0, 2, 0));
+        p.push(insn(ALU64 | MOV | K, 1, 0, 0, 1));
+        p.push(insn(STX | DW | ATOMIC, 0, 1, 0, 0));
         p.push(insn(ALU64 | MOV | K, 0, 0, 0, XDP_DROP as i32));
         p.push(insn(JMP | EXIT, 0, 0, 0, 0));
     }
@@ -218,7 +241,7 @@ struct Prog {
     prefixes: Vec<Ipv4Net>,
 }
 
-fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net]) -> io::Result<Prog> {
+fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: &OwnedFd) -> io::Result<Prog> {
     if prefixes.len() > MAX_PREFIXES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -231,7 +254,8 @@ fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net]) -> io::Result<Prog> {
     let mut prefixes: Vec<Ipv4Net> = prefixes.iter().map(|n| n.trunc()).collect();
     prefixes.sort();
     prefixes.dedup();
-    let fd = sys::load_xdp(&assemble(port, dst, &prefixes), "rescon_edge")?;
+    let insns = assemble(port, dst, &prefixes, counter.as_raw_fd());
+    let fd = sys::load_xdp(&insns, "rescon_edge")?;
     Ok(Prog { fd, prefixes })
 }
 
@@ -244,6 +268,8 @@ pub struct EdgeFilter {
     dst: Ipv4Addr,
     link: OwnedFd,
     prog: Prog,
+    /// The drop counter, shared by every program this filter loads.
+    counter: OwnedFd,
 }
 
 impl fmt::Debug for EdgeFilter {
@@ -280,7 +306,10 @@ impl EdgeFilter {
         mode: XdpMode,
     ) -> io::Result<EdgeFilter> {
         let ifindex = ifindex(iface)?;
-        let prog = load(port, dst, prefixes).map_err(|e| {
+        let counter = sys::counter_array(1).map_err(|e| {
+            io::Error::new(e.kind(), format!("creating the edge filter's counter: {e}"))
+        })?;
+        let prog = load(port, dst, prefixes, &counter).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("loading the edge filter for {iface}: {e}"),
@@ -306,7 +335,13 @@ impl EdgeFilter {
             dst,
             link,
             prog,
+            counter,
         })
+    }
+
+    /// SYNs dropped so far (by every program this filter has had).
+    pub fn drops(&self) -> u64 {
+        sys::read_counter(self.counter.as_fd(), 0).unwrap_or(0)
     }
 
     /// Replaces the prefixes, atomically: packets see either the old program or the new one.
@@ -318,7 +353,7 @@ impl EdgeFilter {
         if want == self.prog.prefixes {
             return Ok(());
         }
-        let prog = load(self.port, self.dst, &want)?;
+        let prog = load(self.port, self.dst, &want, &self.counter)?;
         sys::link_update(self.link.as_fd(), prog.fd.as_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -360,7 +395,8 @@ pub fn verdict_for(
     prefixes: &[Ipv4Net],
     frame: &[u8],
 ) -> io::Result<u32> {
-    let prog = load(port, dst, prefixes)?;
+    let counter = sys::counter_array(1)?;
+    let prog = load(port, dst, prefixes, &counter)?;
     sys::test_run(prog.fd.as_fd(), frame)
 }
 
@@ -374,20 +410,23 @@ mod tests {
             "10.0.0.0/8".parse().unwrap(),
             "192.0.2.7/32".parse().unwrap(),
         ];
-        let p = assemble(80, Ipv4Addr::UNSPECIFIED, &prefixes);
+        let p = assemble(80, Ipv4Addr::UNSPECIFIED, &prefixes, 3);
         let exits: Vec<usize> = (0..p.len()).filter(|&i| p[i].code == JMP | EXIT).collect();
         assert_eq!(exits.len(), 2);
-        let (pass, drop) = (exits[0] - 1, exits[1] - 1);
-        for (i, x) in p.iter().enumerate() {
+        let pass = exits[0] - 1;
+        let drop = p.iter().position(|x| x.code == LD | DW | IMM).unwrap();
+        assert_eq!(drop, exits[0] + 1, "DROP follows PASS");
+        for (i, x) in p[..pass].iter().enumerate() {
             let cls = x.code & 0x07;
-            if (cls == JMP || cls == JMP32) && x.code != JMP | EXIT {
+            if cls == JMP || cls == JMP32 {
                 let to = i + 1 + x.off as usize;
                 assert!(to == pass || to == drop, "insn {i} jumps to {to}");
                 assert_eq!(to == drop, x.code & 0xf0 == JEQ, "only prefix matches drop");
             }
         }
+        assert_eq!(p[exits[1] - 1].imm, XDP_DROP as i32);
+        assert_eq!(p[drop].imm, 3, "the counter's map");
         assert_eq!(p[pass].imm, XDP_PASS as i32);
-        assert_eq!(p[drop].imm, XDP_DROP as i32);
     }
 
     #[test]

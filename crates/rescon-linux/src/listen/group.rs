@@ -437,6 +437,11 @@ impl ListenerGroup {
         Ok(())
     }
 
+    /// SYNs the edge filters have dropped, all interfaces together.
+    pub fn edge_drops(&self) -> u64 {
+        self.lock().edges.iter().map(EdgeFilter::drops).sum()
+    }
+
     /// The interfaces with an edge filter, and the prefixes each drops.
     pub fn edges(&self) -> Vec<(String, Vec<Ipv4Net>)> {
         self.lock()

@@ -265,3 +265,29 @@ pub(crate) fn if_index(name: &str) -> io::Result<u32> {
     // SAFETY: `c` is a NUL-terminated string that outlives the call.
     Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+/// `bpf(BPF_MAP_CREATE)` of an array of `n` 64-bit counters, zeroed.
+pub(crate) fn counter_array(n: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_MAP_TYPE_ARRAY)
+        .u32(4, 4)
+        .u32(8, 8)
+        .u32(12, n);
+    attr.call(BPF_MAP_CREATE).map(owned_fd)
+}
+
+/// `bpf(BPF_MAP_LOOKUP_ELEM)`: counter `i` of an array made by [`counter_array`].
+pub(crate) fn read_counter(map: BorrowedFd<'_>, i: u32) -> io::Result<u64> {
+    let key = i;
+    let mut value = 0u64;
+    let mut attr = Attr::new();
+    attr.u32(0, map.as_raw_fd() as u32)
+        .u64(8, (&raw const key) as u64)
+        .u64(16, (&raw mut value) as u64);
+    attr.call(BPF_MAP_LOOKUP_ELEM)?;
+    Ok(value)
+}
