@@ -17,6 +17,9 @@
 //!   atomically without losing queued connections. [`Member`] hands a runtime each socket
 //!   (non-blocking) with its container, so that it can run each member's accept loop in
 //!   the member's container.
+//! - [`edge`]: an XDP program on the interfaces a flood comes in on, dropping the black
+//!   holes' IPv4 SYNs before the IP layer ([`ListenerGroup::drop_at_edge`]); it follows every
+//!   prefix move and counts its drops, which the defense reads.
 //! - [`stats`], [`diag`]: SYN-queue pressure from `/proc/net/netstat` and `/proc/net/snmp`,
 //!   and half-open connections by source prefix from `sock_diag`.
 //! - [`defense`], [`driver`]: a pure policy that decides which prefixes to quarantine and
