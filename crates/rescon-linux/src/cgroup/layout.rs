@@ -187,8 +187,8 @@ impl Layout {
         Layout::discover_at(Path::new(DEFAULT_ROOT))
     }
 
-    /// As [`discover`](Layout::discover), with the hierarchies rebased onto `root` (see the
-    /// [module docs](self)).
+    /// As [`discover`](Layout::discover), with the hierarchies rebased onto `root` (a
+    /// bind-mounted or test copy of the cgroup tree).
     pub fn discover_at(root: &Path) -> Result<Layout, Error> {
         let read = |p: &str| {
             std::fs::read_to_string(p)
