@@ -278,6 +278,18 @@ pub fn filters(f: &FiltersView) -> String {
             }
             let _ = writeln!(out, "  {:<14} container {container:<6} {takes}", m.name);
         }
+        for e in &l.edges {
+            let list = if e.prefixes.is_empty() {
+                "(nothing)".to_string()
+            } else {
+                e.prefixes.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  edge {:<9} XDP drops SYNs from {list}: {} dropped",
+                e.iface, e.drops
+            );
+        }
     }
     if !f.actions.is_empty() {
         let _ = writeln!(out, "recent moves:");
@@ -341,6 +353,42 @@ mod tests {
         let v = ContainerView::from_snapshot(&root.snapshot(), None);
         drop((conn, web));
         v
+    }
+
+    #[test]
+    fn filters_show_the_edge_and_its_drops() {
+        use rescon_httpd::admin::api::{EdgeView, ListenerView, MemberView};
+        let f = FiltersView {
+            listeners: vec![ListenerView {
+                name: "web".into(),
+                address: "0.0.0.0:80".into(),
+                members: vec![MemberView {
+                    name: "black-hole".into(),
+                    container: None,
+                    prefixes: vec!["198.19.0.0/16".into()],
+                    except: None,
+                }],
+                edges: vec![EdgeView {
+                    iface: "eth0".into(),
+                    prefixes: vec!["198.19.0.0/16".into()],
+                    drops: 12345,
+                }],
+            }],
+            actions: Vec::new(),
+        };
+        let text = filters(&f);
+        assert!(
+            text.contains("edge eth0      XDP drops SYNs from 198.19.0.0/16: 12345 dropped"),
+            "{text}"
+        );
+        // Old servers send no `edges`: it parses as none.
+        let old = r#"{"listeners":[{"name":"web","address":"0.0.0.0:80","members":[]}]}"#;
+        let v: FiltersView = serde_json::from_str(old).unwrap();
+        assert!(v.listeners[0].edges.is_empty());
+        assert!(
+            !serde_json::to_string(&v).unwrap().contains("edges"),
+            "omitted when empty"
+        );
     }
 
     #[test]

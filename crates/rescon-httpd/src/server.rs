@@ -408,7 +408,22 @@ type GroupMembers = (Arc<ListenerGroup>, Vec<String>);
 
 impl crate::admin::Filters for SyncedFilters {
     fn listeners(&self) -> Vec<crate::admin::api::ListenerView> {
-        self.table.listeners()
+        let mut ls = self.table.listeners();
+        let kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        for l in &mut ls {
+            if let Some((group, _)) = kernel.get(&l.name) {
+                l.edges = group
+                    .edges()
+                    .into_iter()
+                    .map(|(iface, prefixes, drops)| crate::admin::api::EdgeView {
+                        iface,
+                        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                        drops,
+                    })
+                    .collect();
+            }
+        }
+        ls
     }
 
     fn move_prefix(

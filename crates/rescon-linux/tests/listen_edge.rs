@@ -206,7 +206,7 @@ fn a_group_with_an_edge_drops_its_black_holes_syns_before_the_socket() {
         group.drop_at_edge("lo", XdpMode::Generic).unwrap();
         assert_eq!(
             group.edges(),
-            vec![("lo".to_string(), prefixes(&["127.0.0.3/32"]))],
+            vec![("lo".to_string(), prefixes(&["127.0.0.3/32"]), 0)],
             "the edge starts with the black hole's prefixes"
         );
         assert!(times_out(Ipv4Addr::new(127, 0, 0, 3), dst));

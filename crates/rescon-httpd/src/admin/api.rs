@@ -130,6 +130,21 @@ pub struct ListenerView {
     pub address: String,
     /// Its members.
     pub members: Vec<MemberView>,
+    /// The interfaces where its black hole's SYNs are dropped by XDP (`edge` in the
+    /// configuration), with what each drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<EdgeView>,
+}
+
+/// An edge filter (XDP) on one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeView {
+    /// The interface.
+    pub iface: String,
+    /// The IPv4 prefixes whose SYNs it drops now (the black hole's).
+    pub prefixes: Vec<String>,
+    /// SYNs it has dropped.
+    pub drops: u64,
 }
 
 /// An action of the flood defense (or an operator's move), for the record.

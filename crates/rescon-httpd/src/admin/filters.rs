@@ -266,6 +266,7 @@ impl Filters for FilterTable {
         self.lock()
             .iter()
             .map(|l| ListenerView {
+                edges: Vec::new(),
                 name: l.name.clone(),
                 address: l.addr.to_string(),
                 members: l

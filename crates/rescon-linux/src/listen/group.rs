@@ -442,12 +442,13 @@ impl ListenerGroup {
         self.lock().edges.iter().map(EdgeFilter::drops).sum()
     }
 
-    /// The interfaces with an edge filter, and the prefixes each drops.
-    pub fn edges(&self) -> Vec<(String, Vec<Ipv4Net>)> {
+    /// The interfaces with an edge filter: each one's name, the prefixes it drops now and
+    /// the SYNs it has dropped.
+    pub fn edges(&self) -> Vec<(String, Vec<Ipv4Net>, u64)> {
         self.lock()
             .edges
             .iter()
-            .map(|e| (e.iface().to_string(), e.prefixes().to_vec()))
+            .map(|e| (e.iface().to_string(), e.prefixes().to_vec(), e.drops()))
             .collect()
     }
 
