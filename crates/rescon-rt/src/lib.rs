@@ -74,8 +74,9 @@
 //!
 //! # Charging
 //!
-//! Each poll is timed with the runtime's [`Clock`] (`CLOCK_MONOTONIC` through the vDSO, about
-//! 25 ns; the end of one poll is the start of the next, so one read per poll), and the time of
+//! Each poll is timed with the runtime's [`Clock`] (the TSC where the kernel keeps time with
+//! it, about 10 ns, else `CLOCK_MONOTONIC` through the vDSO, about 25 ns; the end of one poll is
+//! the start of the next, so one read per poll), and the time of
 //! a burst of polls of one container is charged with one
 //! [`Policy::charge`](rescon::sched::Policy::charge). Kernel work done inside a poll (send,
 //! recv, accept) is charged with it. Every 10 ms the worker reads its thread CPU clock (about
