@@ -326,7 +326,6 @@ pub fn run(config: Config, options: Options) -> Result<()> {
             if !shared.options.no_containers {
                 match class_group(&shared, &l, &c) {
                     Ok(Some((group, members))) => {
-                        println!("listening on {}", group.local_addr());
                         for iface in &l.edge {
                             match group.drop_at_edge(iface, XdpMode::Auto) {
                                 Ok(()) => println!(
@@ -339,6 +338,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                                 ),
                             }
                         }
+                        println!("listening on {}", group.local_addr());
                         let group = Arc::new(group);
                         let mut names: Vec<String> =
                             l.classes.iter().map(|c| c.name.clone()).collect();

@@ -52,6 +52,25 @@ fn start_with(
     admin_extra: &str,
     server_extra: &str,
 ) -> Server {
+    start_in(
+        None,
+        extra_containers,
+        listener_extra,
+        extra,
+        admin_extra,
+        server_extra,
+    )
+}
+
+/// [`start_with`], the server run in network namespace `netns` (`ip netns exec`) if given.
+fn start_in(
+    netns: Option<&str>,
+    extra_containers: &str,
+    listener_extra: &str,
+    extra: &str,
+    admin_extra: &str,
+    server_extra: &str,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for v in ["a", "b"] {
@@ -165,7 +184,15 @@ container = "site-b"
     );
     let path = d.join("httpd.toml");
     std::fs::write(&path, conf).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rescon-httpd"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_rescon-httpd")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_rescon-httpd")),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&path)
         .arg("--workers")
@@ -804,4 +831,113 @@ fn cgi_request_bodies_stream_in_and_chunked_ones_are_read_whole() {
     // A declared length over the limit is refused before the script starts.
     let req = b"POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 99999999999\r\n\r\n";
     assert_eq!(raw(&s, "127.0.0.1", req).unwrap().status, 413);
+}
+
+/// A named network namespace with `lo` up, deleted when dropped (also when the test fails).
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Netns {
+        let name = format!("rescon-e2e-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ok(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that has joined the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        std::thread::spawn(move || {
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_edge_filter_drops_the_black_holes_syns_at_the_interface() {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        assert!(
+            std::env::var_os("RESCON_REQUIRE_KERNEL").is_none_or(|v| v != "1"),
+            "RESCON_REQUIRE_KERNEL=1 but not root (network namespaces and XDP need it)"
+        );
+        eprintln!("skipped: network namespaces and XDP need root");
+        return;
+    }
+    let ns = Netns::create();
+    let s = std::sync::Arc::new(start_in(Some(&ns.0), "", "edge = [\"lo\"]", "", "", ""));
+    // The listener's kernel group joins the admin API's view just after it listens.
+    let edges = |s: &Server| -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let (st, body) = admin(s, "GET", "/filters", "");
+            assert_eq!(st, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let e = v["listeners"][0]["edges"].clone();
+            if !e.is_null() || t.elapsed() > Duration::from_secs(5) {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let e = edges(&s);
+    assert_eq!(e[0]["iface"], "lo", "{e}");
+    assert_eq!(
+        e[0]["prefixes"],
+        serde_json::json!(["127.0.0.66/32"]),
+        "{e}"
+    );
+    assert_eq!(e[0]["drops"], 0, "{e}");
+    let s2 = s.clone();
+    ns.run(move || {
+        let req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        assert_eq!(raw(&s2, "127.0.0.1", req).unwrap().status, 200);
+        let hole =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        hole.bind(&"127.0.0.66:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        assert!(
+            hole.connect_timeout(&s2.addr.into(), Duration::from_millis(500))
+                .is_err(),
+            "the black hole answers nothing"
+        );
+    });
+    let e = edges(&s);
+    assert!(
+        e[0]["drops"].as_u64().unwrap() >= 1,
+        "dropped at the edge: {e}"
+    );
+    // A prefix the operator moves to the black hole goes to the edge too.
+    let (st, body) = admin(
+        &s,
+        "POST",
+        "/filters/move",
+        r#"{"prefix": "127.0.0.5/32", "to": "black-hole"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let e = edges(&s);
+    assert_eq!(
+        e[0]["prefixes"],
+        serde_json::json!(["127.0.0.5/32", "127.0.0.66/32"]),
+        "{e}"
+    );
+    drop(s);
 }
