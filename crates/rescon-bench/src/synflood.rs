@@ -234,7 +234,7 @@ fn measure(
         Filter::nothing()
     };
     let (backlog, threads, interval) = (a.backlog, a.server_threads, a.defense_interval_ms);
-    let edge = !a.no_edge && matches!(defense, Defense::Filter | Defense::Auto);
+    let edge = uses_edge(a, defense);
     // The group, the server and the defender live in the server namespace.
     let (group, server, defender) = tb
         .server
@@ -333,6 +333,11 @@ fn measure(
         accepted,
         actions,
     })
+}
+
+/// Whether `defense` also drops at the interface (the edge filter) in this run.
+fn uses_edge(a: &Args, defense: Defense) -> bool {
+    !a.no_edge && matches!(defense, Defense::Filter | Defense::Auto)
 }
 
 /// CPU time all CPUs have been busy since boot (`/proc/stat`: everything but idle and
@@ -490,7 +495,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 syn_rate: sent.round(),
                 defense: d.name(),
                 legit_per_s: legit.round(),
-                edge: !a.no_edge && matches!(d, Defense::Filter | Defense::Auto),
+                edge: uses_edge(&a, d),
             });
         }
     }

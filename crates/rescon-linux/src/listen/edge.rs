@@ -16,7 +16,7 @@
 //! applies. [`EdgeFilter::set_prefixes`] swaps in a new program atomically
 //! (`BPF_LINK_UPDATE`); dropping the filter detaches it.
 //!
-//! Written by hand, with `bpf(2)` directly: the program is 20 instructions plus 3 per prefix,
+//! Written by hand, with `bpf(2)` directly: the program is about 30 instructions plus 3 per prefix,
 //! assembled from the prefix list at run time. The Rust eBPF toolchain (aya) compiles
 //! programs ahead of time with its own linker, which fits programs written in Rust, not one
 //! generated from a configuration; libbpf would add a C dependency for three system calls.
@@ -241,7 +241,16 @@ struct Prog {
     prefixes: Vec<Ipv4Net>,
 }
 
-fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: &OwnedFd) -> io::Result<Prog> {
+/// The prefixes as the program holds them: truncated to their length, sorted, once each.
+fn normalize(prefixes: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let mut v: Vec<Ipv4Net> = prefixes.iter().map(|n| n.trunc()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Loads the program for `prefixes`, which [`normalize`] made.
+fn load(port: u16, dst: Ipv4Addr, prefixes: Vec<Ipv4Net>, counter: &OwnedFd) -> io::Result<Prog> {
     if prefixes.len() > MAX_PREFIXES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -251,9 +260,6 @@ fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: &OwnedFd) -> io
             ),
         ));
     }
-    let mut prefixes: Vec<Ipv4Net> = prefixes.iter().map(|n| n.trunc()).collect();
-    prefixes.sort();
-    prefixes.dedup();
     let insns = assemble(port, dst, &prefixes, counter.as_raw_fd());
     let fd = sys::load_xdp(&insns, "rescon_edge")?;
     Ok(Prog { fd, prefixes })
@@ -263,7 +269,6 @@ fn load(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: &OwnedFd) -> io
 /// IPv4 prefixes: see the [module docs](self).
 pub struct EdgeFilter {
     iface: String,
-    ifindex: u32,
     port: u16,
     dst: Ipv4Addr,
     link: OwnedFd,
@@ -309,7 +314,7 @@ impl EdgeFilter {
         let counter = sys::counter_array(1).map_err(|e| {
             io::Error::new(e.kind(), format!("creating the edge filter's counter: {e}"))
         })?;
-        let prog = load(port, dst, prefixes, &counter).map_err(|e| {
+        let prog = load(port, dst, normalize(prefixes), &counter).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("loading the edge filter for {iface}: {e}"),
@@ -330,7 +335,6 @@ impl EdgeFilter {
         );
         Ok(EdgeFilter {
             iface: iface.to_string(),
-            ifindex,
             port,
             dst,
             link,
@@ -347,20 +351,18 @@ impl EdgeFilter {
     /// Replaces the prefixes, atomically: packets see either the old program or the new one.
     /// Unchanged prefixes do nothing.
     pub fn set_prefixes(&mut self, prefixes: &[Ipv4Net]) -> io::Result<()> {
-        let mut want: Vec<Ipv4Net> = prefixes.iter().map(|n| n.trunc()).collect();
-        want.sort();
-        want.dedup();
+        let want = normalize(prefixes);
         if want == self.prog.prefixes {
             return Ok(());
         }
-        let prog = load(self.port, self.dst, &want, &self.counter)?;
+        let prog = load(self.port, self.dst, want, &self.counter)?;
         sys::link_update(self.link.as_fd(), prog.fd.as_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("swapping the edge filter on {}: {e}", self.iface),
             )
         })?;
-        tracing::info!(iface = %self.iface, prefixes = want.len(), "edge filter swapped");
+        tracing::info!(iface = %self.iface, prefixes = prog.prefixes.len(), "edge filter swapped");
         self.prog = prog;
         Ok(())
     }
@@ -370,20 +372,9 @@ impl EdgeFilter {
         &self.iface
     }
 
-    /// Its index.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     /// The prefixes dropped now.
     pub fn prefixes(&self) -> &[Ipv4Net] {
         &self.prog.prefixes
-    }
-
-    /// Runs the current program once on a packet (an Ethernet frame) and returns its verdict,
-    /// [`XDP_DROP`] or [`XDP_PASS`], without sending anything (`BPF_PROG_TEST_RUN`).
-    pub fn verdict(&self, frame: &[u8]) -> io::Result<u32> {
-        sys::test_run(self.prog.fd.as_fd(), frame)
     }
 }
 
@@ -396,7 +387,7 @@ pub fn verdict_for(
     frame: &[u8],
 ) -> io::Result<u32> {
     let counter = sys::counter_array(1)?;
-    let prog = load(port, dst, prefixes, &counter)?;
+    let prog = load(port, dst, normalize(prefixes), &counter)?;
     sys::test_run(prog.fd.as_fd(), frame)
 }
 

@@ -230,13 +230,30 @@ impl Registration {
         &self,
         cx: &mut Context<'_>,
         dir: Dir,
+        op: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.poll_io_until(cx, dir, op, |_| false)
+    }
+
+    /// [`poll_io`](Registration::poll_io) that also clears the readiness after a success
+    /// `drained` says emptied (or filled) the kernel's buffer, unless an event came since.
+    fn poll_io_until<T>(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
         mut op: impl FnMut() -> io::Result<T>,
+        drained: impl Fn(&T) -> bool,
     ) -> Poll<io::Result<T>> {
         loop {
             let seen = ready!(self.poll_ready(cx, dir))?;
             match op() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(dir, seen),
-                r => return Poll::Ready(r),
+                r => {
+                    if r.as_ref().is_ok_and(&drained) {
+                        self.clear(dir, seen);
+                    }
+                    return Poll::Ready(r);
+                }
             }
         }
     }
@@ -253,21 +270,9 @@ impl Registration {
         cx: &mut Context<'_>,
         dir: Dir,
         want: usize,
-        mut op: impl FnMut() -> io::Result<usize>,
+        op: impl FnMut() -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let seen = ready!(self.poll_ready(cx, dir))?;
-            match op() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(dir, seen),
-                Ok(n) => {
-                    if n > 0 && n < want {
-                        self.clear(dir, seen);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_io_until(cx, dir, op, |&n| n > 0 && n < want)
     }
 }
 
