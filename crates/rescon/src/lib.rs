@@ -32,7 +32,7 @@
 //! policy.set_runnable(key, true);
 //! policy.refill(0);
 //! let pick = policy.pick().unwrap();
-//! assert_eq!(pick.container, request.id());
+//! assert_eq!(policy.container(pick.key), request.id());
 //! policy.charge(pick.key, 1_000_000);
 //! policy.flush(); // charges reach usage within a millisecond of policy time, or on flush
 //!

@@ -206,7 +206,7 @@ impl Sim {
                     let leaf = self.by_key[&p.key];
                     on_run(Run {
                         leaf,
-                        container: p.container,
+                        container: self.policy.container(p.key),
                         start_ns: now,
                         len_ns: len,
                     });
@@ -266,7 +266,7 @@ impl Sim {
 
 /// The share of one CPU each container is entitled to when the containers in `backlogged` are
 /// continuously runnable and all others idle, following the model of
-/// [`Share`](crate::Share): strict classes, fixed shares as minimums, the rest to weighted
+/// [`Share`]: strict classes, fixed shares as minimums, the rest to weighted
 /// siblings, priority 0 never, CPU caps.
 ///
 /// `tops` are the top-level containers (siblings at the top). Caps are exact when at most one

@@ -112,10 +112,8 @@ impl Policy for Fifo {
 
     fn pick(&mut self) -> Option<Pick> {
         let k = self.front()?;
-        let container = self.entries[k as usize].node.as_ref().expect("attached").id;
         Some(Pick {
             key: Key(k),
-            container,
             slice_ns: None,
         })
     }

@@ -42,13 +42,13 @@ impl Key {
     }
 }
 
-/// What [`Policy::pick`] chose.
+/// What [`Policy::pick`] chose. The container's id is [`Policy::container`] of the key: a
+/// runtime indexes its own per-container state by key and rarely needs the id, and reading it
+/// here would cost the pick a cache miss when containers are many.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pick {
     /// The container to run.
     pub key: Key,
-    /// Its id.
-    pub container: ContainerId,
     /// If a CPU limit applies, how long it may run before the limit (or the end of the limit's
     /// period) is reached. A caller that can stop work early should; one that cannot may run
     /// over, and the excess is paid back from the next period.
