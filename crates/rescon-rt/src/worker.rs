@@ -858,6 +858,10 @@ impl Local {
         self.shared.sleeping.store(false, SeqCst);
         self.shared.notified.store(false, Release);
         let after = self.rt.clock.now_ns();
+        // The view of I/O is as fresh as the end of the sleep, not its start: otherwise a
+        // sleep longer than the event gap is followed at once by a second, non-blocking
+        // epoll_wait (measured: 1.6 of them per blocking one in the echo benchmark).
+        self.last_io.set(after);
         self.core.borrow_mut().corr.slept(after.saturating_sub(now));
     }
 
