@@ -123,6 +123,6 @@ pub use context::{
 pub use hyper::{HyperExecutor, HyperTimer};
 pub use io::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 pub use prio::{IdlePriority, ThreadPriority};
-pub use runtime::{BuildError, Builder, Handle, Runtime};
+pub use runtime::{BuildError, Builder, Handle, IoPolls, Runtime};
 pub use task::{JoinError, JoinHandle, YieldNow, yield_now};
 pub use time::{Elapsed, Interval, Sleep, interval, sleep, sleep_until, timeout};

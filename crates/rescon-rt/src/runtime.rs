@@ -477,6 +477,16 @@ impl Wake for ThreadWaker {
     }
 }
 
+/// A worker's calls to `epoll_wait` since it started ([`Handle::worker_io_polls`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoPolls {
+    /// Calls that could sleep: the worker had nothing to run.
+    pub sleeps: u64,
+    /// Calls that could not: a busy worker looking at I/O every
+    /// [`event_interval`](Builder::event_interval) polls or [`event_gap`](Builder::event_gap).
+    pub polls: u64,
+}
+
 impl Handle {
     /// The current thread's runtime, if any.
     pub fn try_current() -> Option<Handle> {
@@ -499,6 +509,19 @@ impl Handle {
             .workers
             .iter()
             .map(|w| w.lowered.load(Relaxed))
+            .collect()
+    }
+
+    /// How often each worker has waited for I/O events, in order: a measure of the
+    /// runtime's system-call overhead (divide by the requests served).
+    pub fn worker_io_polls(&self) -> Vec<IoPolls> {
+        self.rt
+            .workers
+            .iter()
+            .map(|w| IoPolls {
+                sleeps: w.io_sleeps.load(Relaxed),
+                polls: w.io_polls.load(Relaxed),
+            })
             .collect()
     }
 

@@ -45,7 +45,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -105,6 +105,10 @@ pub(crate) struct WorkerShared {
     pub(crate) load: AtomicUsize,
     pub(crate) tid: AtomicI32,
     pub(crate) lowered: AtomicBool,
+    /// epoll_wait calls that could sleep, and those that could not (written by the worker
+    /// only; see [`crate::IoPolls`]).
+    pub(crate) io_sleeps: AtomicU64,
+    pub(crate) io_polls: AtomicU64,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -132,6 +136,8 @@ impl WorkerShared {
             load: AtomicUsize::new(0),
             tid: AtomicI32::new(0),
             lowered: AtomicBool::new(false),
+            io_sleeps: AtomicU64::new(0),
+            io_polls: AtomicU64::new(0),
         })
     }
 
@@ -868,6 +874,13 @@ impl Local {
     /// Waits for I/O events (at most `timeout`) and wakes the tasks waiting for them.
     fn poll_io(&self, timeout: Option<Duration>) {
         self.io_budget.set(self.cfg.event_interval);
+        // Only this thread writes the counters: a load and a store, no locked add.
+        let n = if timeout == Some(Duration::ZERO) {
+            &self.shared.io_polls
+        } else {
+            &self.shared.io_sleeps
+        };
+        n.store(n.load(Relaxed) + 1, Relaxed);
         self.last_io.set(self.now.get());
         let mut wakers = self.wakers.borrow_mut();
         {
