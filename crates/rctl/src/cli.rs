@@ -59,7 +59,7 @@ pub enum Command {
     Set {
         /// The container.
         id: String,
-        /// `key=value` pairs (the keys of the configuration's [containers] tables).
+        /// `key=value` pairs (the keys of the configuration's `[containers]` tables).
         #[arg(required = true, value_name = "KEY=VALUE")]
         pairs: Vec<String>,
     },

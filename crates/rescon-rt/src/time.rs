@@ -3,7 +3,7 @@
 //! Each worker keeps a binary heap of deadlines. A [`Sleep`] registers with the worker it is
 //! first polled on (or, outside the workers, with one chosen round robin) and is woken when
 //! that worker's clock passes its deadline. Deadlines are in the runtime's
-//! [`Clock`](crate::Clock), so on a manual clock sleeps end in simulated time. Resolution: the
+//! [`Clock`], so on a manual clock sleeps end in simulated time. Resolution: the
 //! workers wait in `epoll_wait`, which counts in milliseconds, so a sleep ends up to about a
 //! millisecond late when the worker is idle, and on time when it is busy.
 //!

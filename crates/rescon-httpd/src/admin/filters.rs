@@ -127,7 +127,7 @@ impl Listener {
     }
 }
 
-/// The filters of every listener, in memory. See the [module docs](self).
+/// The filters of every listener, in memory. See the module docs above.
 ///
 /// ```
 /// use rescon_httpd::admin::{FilterTable, Filters};

@@ -1,7 +1,7 @@
 //! Static files: safe path resolution, index files, MIME types, and the response decision
 //! (validators, conditional requests, ranges, HEAD).
 //!
-//! - [`normalize`] and [`open_beneath`] ([`resolve`](self::resolve) module docs): a request
+//! - [`normalize`] and [`open_beneath`] (the `resolve` module docs): a request
 //!   path can name nothing outside the document root.
 //! - [`DocRoot::resolve`]: from a request path to an open regular file and its [`FileMeta`],
 //!   trying index files for directories and redirecting `/dir` to `/dir/`.

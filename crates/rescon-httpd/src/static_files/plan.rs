@@ -69,7 +69,7 @@ pub struct ResponsePlan {
     pub body: BodyPlan,
 }
 
-/// Decides the response for a GET or HEAD of a file. See the [module docs](self).
+/// Decides the response for a GET or HEAD of a file. See the module docs.
 ///
 /// ```
 /// use http::{HeaderMap, Method, StatusCode, header};

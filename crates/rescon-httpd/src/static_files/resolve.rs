@@ -158,7 +158,7 @@ pub fn percent_decode_strict(s: &[u8]) -> Result<Vec<u8>, PathError> {
     Ok(out)
 }
 
-/// Checks and decodes a request path (without its query). See the [module docs](self).
+/// Checks and decodes a request path (without its query). See the module docs.
 ///
 /// ```
 /// use rescon_httpd::static_files::{normalize, PathError};

@@ -16,7 +16,7 @@
 //! accept. A listener bound to a container with priority 0, or one throttled by its CPU limit,
 //! accepts nothing: the kernel's accept queue fills and new clients' SYNs are dropped, which
 //! is TCP's own back-pressure. Each accepted connection takes one connection from the
-//! listener container's limit ([`Container::try_open_connection`]); a connection over the
+//! listener container's limit ([`Container::try_open_connection`](rescon::Container::try_open_connection)); a connection over the
 //! limit is closed at once and counted as refused.
 //!
 //! # Readiness
