@@ -301,6 +301,10 @@ pub struct FloodReport {
     pub sent: u64,
     /// How long it ran.
     pub elapsed: Duration,
+    /// CPU time of the flooding thread over that time. The kernel charges a thread the
+    /// softirq work done in its context (this kernel has no IRQ time accounting), so over a
+    /// veth this includes the receive work the SYNs cause on the far side.
+    pub cpu: Duration,
 }
 
 impl FloodReport {
@@ -327,6 +331,7 @@ pub fn flood_with(
     let hosts = 1u64 << (32 - cfg.sources.prefix_len());
     let base = u32::from(cfg.sources.network());
     let mut batch = [[0u8; SYN_LEN]; BATCH];
+    let cpu0 = thread_cpu();
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let mut sent = 0u64;
@@ -361,7 +366,14 @@ pub fn flood_with(
     Ok(FloodReport {
         sent,
         elapsed: start.elapsed(),
+        cpu: thread_cpu().saturating_sub(cpu0),
     })
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Opens the raw socket (after the checks) and floods.

@@ -15,7 +15,10 @@
 //! The machine's noise moves one measurement by 10-20%: `--rounds N` repeats every point,
 //! interleaved, and reports medians. `--clients 0` measures the flood alone: the table's
 //! `CPU ns/SYN` is then what one SYN costs the machine (making it, delivering it, dropping
-//! it). `--placement` says where the attacker runs (see its help).
+//! it). `--placement` says where the attacker runs (see its help). `flood CPU` (JSON:
+//! `flood_cpu_share`) is the flooding thread's share of the machine's CPU time: on one machine
+//! the attacker's work is taken from the server and the clients, which caps what any defense
+//! can keep (with two CPUs, the flooder at its highest rate takes about 30%).
 
 use anyhow::{Context, bail};
 use rescon::{Attributes, Registry};
@@ -181,6 +184,9 @@ struct Row {
     legit_per_s: f64,
     /// Whether the black hole's SYNs were also dropped at the interface (XDP).
     edge: bool,
+    /// The flooding thread's share of the machine's CPU time (0 to 1): the attacker runs on
+    /// the machine measured, and what it takes the server and the clients do not get.
+    flood_cpu_share: f64,
 }
 
 #[derive(Serialize)]
@@ -467,6 +473,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map(|(_, _, p)| p.clients.per_s())
         .collect();
     let no_flood = median(zero);
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     let mut table = Vec::new();
     for &d in &a.defenses {
@@ -490,12 +497,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .map(|p| p.busy_ns as f64 / p.flood.sent as f64)
                     .collect(),
             );
-            table.push((d, rate, sent, legit, failed, per_syn));
+            let share = median(
+                runs.iter()
+                    .map(|p| {
+                        let wall = p.flood.elapsed.as_secs_f64() * ncpus as f64;
+                        if wall > 0.0 {
+                            p.flood.cpu.as_secs_f64() / wall
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            );
+            table.push((d, rate, sent, legit, failed, per_syn, share));
             rows.push(Row {
                 syn_rate: sent.round(),
                 defense: d.name(),
                 legit_per_s: legit.round(),
                 edge: uses_edge(&a, d),
+                flood_cpu_share: (share * 1000.0).round() / 1000.0,
             });
         }
     }
@@ -519,24 +539,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         );
         println!(
-            "{:<11} {:>10} {:>11} {:>10} {:>7} {:>7} {:>11}",
-            "defense", "asked/s", "SYN/s sent", "legit/s", "% base", "failed", "CPU ns/SYN"
+            "{:<11} {:>10} {:>11} {:>10} {:>7} {:>7} {:>11} {:>10}",
+            "defense",
+            "asked/s",
+            "SYN/s sent",
+            "legit/s",
+            "% base",
+            "failed",
+            "CPU ns/SYN",
+            "flood CPU"
         );
-        for (d, asked, sent, legit, failed, per_syn) in table {
+        for (d, asked, sent, legit, failed, per_syn, share) in table {
             println!(
-                "{:<11} {:>10} {:>11.0} {:>10.0} {:>6.0}% {:>7} {:>11.0}",
+                "{:<11} {:>10} {:>11.0} {:>10.0} {:>6.0}% {:>7} {:>11.0} {:>9.0}%",
                 d.name(),
                 asked,
                 sent,
                 legit,
                 100.0 * legit / no_flood.max(1.0),
                 failed,
-                per_syn
+                per_syn,
+                100.0 * share
             );
         }
         if a.clients > 0 {
             println!(
-                "(CPU ns/SYN: the machine's busy time per SYN sent, legitimate work included; run with --clients 0 for the flood's cost alone)"
+                "(CPU ns/SYN: the machine's busy time per SYN sent, legitimate work included; run with --clients 0 for the flood's cost alone. flood CPU: the flooding thread's share of the machine's {ncpus} CPUs, its sends and the receive work veth does for them in its context)"
             );
         }
     }

@@ -182,11 +182,17 @@ fn flood_run(tb: &Testbed, hole_filter: Filter, auto: bool, rate: u64, secs: f64
         .unwrap()
         .join()
         .unwrap();
-    let sent = flood
+    let report = flood
         .join()
         .unwrap()
-        .expect("the flooder runs in the attacker namespace")
-        .sent;
+        .expect("the flooder runs in the attacker namespace");
+    // The flooding thread's CPU time is what it costs the machine: it ran, and it cannot
+    // have used more than the whole of its own run.
+    assert!(
+        report.cpu > Duration::ZERO && report.cpu <= report.elapsed + Duration::from_millis(20),
+        "{report:?}"
+    );
+    let sent = report.sent;
     let hole_drops = group.members()[1].drops().unwrap();
     let spoofed_half_open_on_legit = tb
         .server
