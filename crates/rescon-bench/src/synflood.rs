@@ -125,6 +125,8 @@ pub enum Placement {
 /// CPUs for the attacker and for the rest, by placement.
 #[derive(Clone, Copy, Debug)]
 struct Cpus {
+    /// CPUs of the machine (at most 64).
+    n: usize,
     attacker: Option<usize>,
     /// Mask of the server's and clients' CPUs (also the RPS mask of the flood's interface).
     rest: u64,
@@ -137,6 +139,7 @@ impl Cpus {
             .min(64);
         Ok(match p {
             Placement::Shared => Cpus {
+                n,
                 attacker: None,
                 rest: u64::MAX >> (64 - n),
             },
@@ -147,6 +150,7 @@ impl Cpus {
                     );
                 }
                 Cpus {
+                    n,
                     attacker: Some(0),
                     rest: (u64::MAX >> (64 - n)) & !1,
                 }
@@ -473,7 +477,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map(|(_, _, p)| p.clients.per_s())
         .collect();
     let no_flood = median(zero);
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     let mut table = Vec::new();
     for &d in &a.defenses {
@@ -500,7 +503,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let share = median(
                 runs.iter()
                     .map(|p| {
-                        let wall = p.flood.elapsed.as_secs_f64() * ncpus as f64;
+                        let wall = p.flood.elapsed.as_secs_f64() * cpus.n as f64;
                         if wall > 0.0 {
                             p.flood.cpu.as_secs_f64() / wall
                         } else {
@@ -564,7 +567,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if a.clients > 0 {
             println!(
-                "(CPU ns/SYN: the machine's busy time per SYN sent, legitimate work included; run with --clients 0 for the flood's cost alone. flood CPU: the flooding thread's share of the machine's {ncpus} CPUs, its sends and the receive work veth does for them in its context)"
+                "(CPU ns/SYN: the machine's busy time per SYN sent, legitimate work included; run with --clients 0 for the flood's cost alone. flood CPU: the flooding thread's share of the machine's {} CPUs, its sends and the receive work veth does for them in its context)",
+                cpus.n
             );
         }
     }

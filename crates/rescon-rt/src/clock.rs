@@ -3,7 +3,8 @@
 //! [`Clock::monotonic`] (the default) reads the TSC where the kernel keeps time with it (an
 //! invariant TSC as the clocksource: about 10 ns a read on the reference machine, calibrated
 //! against `CLOCK_MONOTONIC` once), and `CLOCK_MONOTONIC` through the vDSO elsewhere (about
-//! 25 ns); a worker reads it once per poll (the end of one poll is the start of the next). [`Clock::manual`] is a clock that only moves when told to: scheduling
+//! 25 ns); a worker reads it once per poll (the end of one poll is the start of the next).
+//! [`Clock::manual`] is a clock that only moves when told to: scheduling
 //! tests run on it, making each poll cost exactly what the test says, so share ratios are
 //! exact and independent of the machine's load.
 //!

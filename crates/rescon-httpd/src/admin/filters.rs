@@ -202,18 +202,20 @@ impl FilterTable {
             m.prefixes.retain(|p| *p != prefix);
         }
         drop(ls);
-        self.record(FilterAction {
+        self.record(listener, &prefix.to_string(), "(unlisted)", reason);
+    }
+
+    /// Adds an action, stamped now, to the bounded history.
+    fn record(&self, listener: &str, prefix: &str, to: &str, reason: &str) {
+        let a = FilterAction {
             at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             listener: listener.to_string(),
             prefix: prefix.to_string(),
-            to: "(unlisted)".into(),
+            to: to.to_string(),
             reason: reason.to_string(),
-        });
-    }
-
-    fn record(&self, a: FilterAction) {
+        };
         let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
         if actions.len() == ACTION_HISTORY {
             actions.remove(0);
@@ -318,15 +320,7 @@ impl Filters for FilterTable {
             to: to.to_string(),
         };
         drop(ls);
-        self.record(FilterAction {
-            at_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            listener: result.listener.clone(),
-            prefix: result.prefix.clone(),
-            to: result.to.clone(),
-            reason: reason.to_string(),
-        });
+        self.record(&result.listener, &result.prefix, &result.to, reason);
         Ok(result)
     }
 

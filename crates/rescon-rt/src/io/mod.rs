@@ -16,8 +16,9 @@
 //! accept. A listener bound to a container with priority 0, or one throttled by its CPU limit,
 //! accepts nothing: the kernel's accept queue fills and new clients' SYNs are dropped, which
 //! is TCP's own back-pressure. Each accepted connection takes one connection from the
-//! listener container's limit ([`Container::try_open_connection`](rescon::Container::try_open_connection)); a connection over the
-//! limit is closed at once and counted as refused.
+//! listener container's limit
+//! ([`Container::try_open_connection`](rescon::Container::try_open_connection)); a connection
+//! over the limit is closed at once and counted as refused.
 //!
 //! # Readiness
 //!
@@ -257,9 +258,7 @@ impl Registration {
             }
         }
     }
-}
 
-impl Registration {
     /// [`poll_io`](Registration::poll_io) for a stream socket moving up to `want` bytes: a
     /// transfer shorter than asked means the kernel's buffer was drained (or filled), so the
     /// readiness is cleared at once, unless an event came since. The next call then waits for

@@ -42,8 +42,8 @@
 //! re-key per level. A mirrored container takes 96 bytes in four arrays plus, if it has
 //! mirrored children, one block of queues; a pick and charge of a leaf touches 32 of them (its
 //! `SNode`) and its 16-byte entry in its parent's queue (not its id: [`Pick`] gives the key,
-//! and the id is one [`Policy::container`] away for a caller that needs it). Among 100,000 runnable
-//! leaves taking turns, that leaf is cold in every cache: one memory latency (about 150 ns on a
+//! and the id is one [`Policy::container`] away for a caller that needs it). Among 100,000
+//! runnable leaves taking turns, that leaf is cold in every cache: one memory latency (about 150 ns on a
 //! VM whose last-level cache holds 4 MB) is the floor of a pick plus charge there, against
 //! about 85 ns when the tree is cached. `set_runnable` is O(depth x log4 siblings) when it
 //! changes the runnable state of ancestors, O(log4 siblings) otherwise. Attribute changes made
@@ -378,8 +378,8 @@ type Queues = [Group; SchedClass::COUNT];
 #[derive(Debug)]
 pub struct Hierarchical {
     nodes: Vec<SNode>,
-    /// Parallel to `nodes`: the container ids (`None` for the top and for free slots), so a
-    /// pick reads 8 bytes more of a leaf, not a line.
+    /// Parallel to `nodes`: the container ids (`None` for the top and for free slots), apart
+    /// from the nodes so that pick and charge do not carry them through the cache.
     ids: Vec<Option<ContainerId>>,
     /// Parallel to `nodes`.
     inner: Vec<Inner>,
