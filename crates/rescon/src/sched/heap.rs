@@ -1,22 +1,29 @@
-//! A 4-ary min-heap of `(virtual time, entry)` with lazy deletion.
+//! A queue of `(virtual time, entry)` with lazy deletion: a 4-ary min-heap beside a sorted run.
 //!
 //! Written here because the policy's hot path wants what general heaps do not give together:
-//! - Removing a member is O(1): the caller bumps the member's stamp, the heap only counts
-//!   one live member less, and the stale entry is dropped when it reaches the top. Members go
+//! - Removing a member is O(1): the caller bumps the member's stamp, the queue only counts
+//!   one live member less, and the stale entry is dropped when it reaches the front. Members go
 //!   idle and come back all the time (a connection waiting for data), so this matters.
 //! - No position index: an indexed heap (the `priority-queue` crates, or an array of positions)
 //!   must write the position of every entry it moves, a store to a random cache line per level.
-//!   Here a sift touches only the heap's own array, and an entry is 16 bytes, so the four children
-//!   of a slot are one cache line.
-//! - Re-keying the top, the member that just ran, is a single sift down.
+//!   Here a sift touches only the heap's own array, and an entry is 16 bytes.
+//! - Re-keying the front, the member that just ran, is O(1) in the common case. A member that
+//!   ran usually has the largest key afterwards (siblings of equal share take turns), and a
+//!   heap would sift it to the bottom, a cache miss per level when siblings are many. So the
+//!   queue keeps a *run* beside the heap: a FIFO whose keys never decrease. An entry whose key
+//!   is at least the run's last goes to the back of the run; any other goes into the heap; the
+//!   front of the queue is the lesser of the two fronts. Among siblings taking turns every
+//!   operation is then a pop at the front of the run and a push at its back, two cache lines
+//!   that are touched again on the next turns; the heap takes what arrives out of order, so
+//!   the worst case stays O(log n).
 //!
-//! Stale entries are bounded: when they outnumber the live ones (and a few more), the heap is
+//! Stale entries are bounded: when they outnumber the live ones (and a few more), the queue is
 //! rebuilt from its live entries. Keys are non-negative floats compared through their bits, as
-//! integers. Equal keys come out in an order that depends only on the sequence of operations,
-//! so runs are deterministic.
+//! integers. Equal keys come out in an order that depends only on the sequence of operations
+//! (the run's front first on a tie), so runs are deterministic.
 
 /// One entry: a member (`item`) at a key, valid while the member's stamp is `stamp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
     key: u64,
     item: u32,
@@ -32,9 +39,111 @@ fn bits(key: f64) -> u64 {
     key.to_bits()
 }
 
+/// Entries per 64-byte cache line.
+const LINE_ENTRIES: usize = 64 / size_of::<Entry>();
+
+/// The run: a FIFO ring of entries in a power-of-two buffer.
+///
+/// Written here rather than taken from `VecDeque` for one operation: moving the front entry
+/// to the back, which is what a member taking its turn does. `VecDeque` spells it
+/// `pop_front` then `push_back`, each with its own checks and wrap-around; here it is one
+/// store and two masked adds. Measured with cachegrind, pick and charge among 100,000
+/// containers: 1,077 instructions with `VecDeque`, 933 with this ring.
+#[derive(Debug, Default)]
+struct Ring {
+    /// Empty, or a power of two long; slots outside `head .. head + len` (wrapping) are unused.
+    buf: Vec<Entry>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    #[inline]
+    fn at(&self, i: usize) -> &Entry {
+        &self.buf[(self.head + i) & (self.buf.len() - 1)]
+    }
+
+    #[inline]
+    fn front(&self) -> Option<&Entry> {
+        (self.len > 0).then(|| &self.buf[self.head])
+    }
+
+    #[inline]
+    fn back(&self) -> Option<&Entry> {
+        (self.len > 0).then(|| self.at(self.len - 1))
+    }
+
+    #[inline]
+    fn pop_front(&mut self) {
+        debug_assert!(self.len > 0);
+        self.head = (self.head + 1) & (self.buf.len() - 1);
+        self.len -= 1;
+    }
+
+    #[inline]
+    fn push_back(&mut self, e: Entry) {
+        if self.len == self.buf.len() {
+            self.grow();
+        }
+        let i = (self.head + self.len) & (self.buf.len() - 1);
+        self.buf[i] = e;
+        self.len += 1;
+    }
+
+    /// Moves the front entry to the back as `e`.
+    #[inline]
+    fn rotate(&mut self, e: Entry) {
+        debug_assert!(self.len > 0);
+        let mask = self.buf.len() - 1;
+        self.buf[(self.head + self.len) & mask] = e;
+        self.head = (self.head + 1) & mask;
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.buf.len() * 2).max(4);
+        let mut buf = vec![Entry::default(); cap];
+        // Colouring, as slab allocators do: rings of one size sit at a fixed stride in the
+        // allocator, and rings whose members take turns in lockstep (equal siblings under
+        // equal parents) would have their fronts at one offset, all in a few cache sets
+        // that then thrash (cachegrind, pick and charge among 100,000 containers: two
+        // misses of a 1 MB cache per pick that a fully associative one does not have). So
+        // each ring starts at a line picked by a hash of where it is.
+        let block = buf.as_ptr() as usize / (cap * size_of::<Entry>());
+        let line = (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        let head = (line as usize * LINE_ENTRIES) & (cap - 1);
+        for i in 0..self.len {
+            buf[(head + i) & (cap - 1)] = *self.at(i);
+        }
+        self.buf = buf;
+        self.head = head;
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            let e = *self.at(i);
+            if keep(&e) {
+                let j = (self.head + kept) & (self.buf.len() - 1);
+                self.buf[j] = e;
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        (0..self.len).map(|i| self.at(i))
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Heap {
+    /// A 4-ary min-heap of the entries that arrived out of order.
     entries: Vec<Entry>,
+    /// Entries in the order they arrived, their keys never decreasing.
+    run: Ring,
     live: u32,
 }
 
@@ -45,65 +154,120 @@ impl Heap {
         self.live == 0
     }
 
+    #[inline]
+    fn len(&self) -> usize {
+        self.entries.len() + self.run.len
+    }
+
     /// Adds a member at `key`, valid while its stamp is `stamp`.
     pub(crate) fn push(&mut self, key: f64, item: u32, stamp: u32) {
         self.live += 1;
-        self.entries.push(Entry {
+        self.insert(Entry {
             key: bits(key),
             item,
             stamp,
         });
-        self.sift_up(self.entries.len() - 1);
+    }
+
+    /// Puts `e` at the back of the run if it keeps the run sorted, else in the heap.
+    #[inline]
+    fn insert(&mut self, e: Entry) {
+        if self.run.back().is_none_or(|b| e.key >= b.key) {
+            self.run.push_back(e);
+        } else {
+            self.entries.push(e);
+            self.sift_up(self.entries.len() - 1);
+        }
     }
 
     /// Counts one member less: the caller has bumped that member's stamp, so its entry is
-    /// stale. Rebuilds the heap if stale entries pile up.
+    /// stale. Rebuilds the queue if stale entries pile up.
     pub(crate) fn forget(&mut self, valid: impl Fn(u32, u32) -> bool) {
         self.live -= 1;
-        if self.entries.len() > 2 * self.live as usize + 32 {
+        if self.len() > 2 * self.live as usize + 32 {
             self.entries.retain(|e| valid(e.item, e.stamp));
-            debug_assert_eq!(self.entries.len(), self.live as usize);
+            self.run.retain(|e| valid(e.item, e.stamp));
+            debug_assert_eq!(self.len(), self.live as usize);
             for i in (0..self.entries.len()).rev() {
                 self.sift_down(i);
             }
         }
     }
 
-    /// The least live entry as `(key, item)`, dropping stale entries off the top.
+    /// The front entry, and whether it is the run's: the lesser key of the two fronts, the
+    /// run's on a tie.
+    #[inline]
+    fn front(&self) -> Option<(Entry, bool)> {
+        let h = self.entries.first();
+        match self.run.front() {
+            Some(r) if h.is_none_or(|h| r.key <= h.key) => Some((*r, true)),
+            _ => h.map(|h| (*h, false)),
+        }
+    }
+
+    /// The least live entry as `(key, item)`, dropping stale entries off the front.
     #[inline]
     pub(crate) fn top(&mut self, valid: impl Fn(u32, u32) -> bool) -> Option<(f64, u32)> {
-        if self.entries.len() == self.live as usize {
-            // No stale entry: the top is live without asking, which spares the caller a read
-            // of the member (a cache miss, when members are many).
-            let e = self.entries.first()?;
+        if self.len() == self.live as usize {
+            // No stale entry: the front is live without asking, which spares the caller a
+            // read of the member (a cache miss, when members are many).
+            let (e, _) = self.front()?;
             return Some((f64::from_bits(e.key), e.item));
         }
+        self.top_after_stale(valid)
+    }
+
+    /// [`Heap::top`] when there are stale entries: out of line, so that the common case stays
+    /// small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn top_after_stale(&mut self, valid: impl Fn(u32, u32) -> bool) -> Option<(f64, u32)> {
         loop {
-            let e = *self.entries.first()?;
+            let (e, in_run) = self.front()?;
             if valid(e.item, e.stamp) {
                 return Some((f64::from_bits(e.key), e.item));
             }
-            self.pop_top();
+            if in_run {
+                self.run.pop_front();
+            } else {
+                self.pop_top();
+            }
         }
     }
 
-    /// Whether the top entry is `item` at stamp `stamp`.
+    /// If the front entry is `item` at stamp `stamp`, gives it the larger key `key` (it has
+    /// just run) and returns true; else changes nothing and returns false.
     #[inline]
-    pub(crate) fn is_top(&self, item: u32, stamp: u32) -> bool {
-        self.entries
-            .first()
-            .is_some_and(|e| e.item == item && e.stamp == stamp)
-    }
-
-    /// Gives the top entry a larger key (it has just run).
-    #[inline]
-    pub(crate) fn rekey_top(&mut self, key: f64) {
+    pub(crate) fn rekey_if_top(&mut self, item: u32, stamp: u32, key: f64) -> bool {
+        let Some((mut e, in_run)) = self.front() else {
+            return false;
+        };
+        if e.item != item || e.stamp != stamp {
+            return false;
+        }
         let new = bits(key);
-        debug_assert!(new >= self.entries[0].key, "virtual time only grows");
-        self.entries[0].key = new;
-        if self.entries.len() > 1 {
-            self.sift_down(0);
+        debug_assert!(new >= e.key, "virtual time only grows");
+        e.key = new;
+        let in_order = self.run.back().is_none_or(|b| new >= b.key);
+        match (in_run, in_order) {
+            // Its turn taken: to the back of the run (the common case).
+            (true, true) => self.run.rotate(e),
+            (true, false) => {
+                self.run.pop_front();
+                self.entries.push(e);
+                self.sift_up(self.entries.len() - 1);
+            }
+            (false, true) => {
+                self.pop_top();
+                self.run.push_back(e);
+            }
+            // Out of order, and the heap's top already: re-key in place, one sift down.
+            (false, false) => {
+                self.entries[0].key = new;
+                self.sift_down(0);
+            }
         }
+        true
     }
 
     fn pop_top(&mut self) {
@@ -133,8 +297,7 @@ impl Heap {
         loop {
             let first = 4 * i + 1;
             let (least, c) = if first + 4 <= n {
-                // All four children, one cache line: a tournament the compiler turns into
-                // conditional moves.
+                // All four children: a tournament the compiler turns into conditional moves.
                 let k = &self.entries[first..first + 4];
                 let (a, ai) = if k[1].key < k[0].key {
                     (k[1].key, 1)
@@ -176,6 +339,9 @@ impl Heap {
         for i in 1..self.entries.len() {
             assert!(self.entries[i].key >= self.entries[(i - 1) / 4].key);
         }
+        for (a, b) in self.run.iter().zip(self.run.iter().skip(1)) {
+            assert!(a.key <= b.key, "the run is sorted");
+        }
     }
 }
 
@@ -211,9 +377,9 @@ mod tests {
                         // Re-key the top member to something larger, as charging does.
                         if let Some((k, top)) = heap.top(valid) {
                             let g = stamps.borrow()[top as usize];
-                            prop_assert!(heap.is_top(top, g));
                             let new = k as u32 + key;
-                            heap.rekey_top(new as f64);
+                            prop_assert!(!heap.rekey_if_top(top, g.wrapping_add(1), new as f64), "a stale stamp is not the top");
+                            prop_assert!(heap.rekey_if_top(top, g, new as f64));
                             model.insert(top, new);
                         }
                     }
@@ -235,8 +401,41 @@ mod tests {
                 if let Some((k, i)) = top {
                     prop_assert_eq!(model.get(&i).copied(), Some(k as u32));
                 }
-                prop_assert!(heap.entries.len() <= 2 * model.len() + 33, "stale entries are bounded");
+                prop_assert!(heap.len() <= 2 * model.len() + 33, "stale entries are bounded");
             }
         }
+    }
+
+    /// Siblings taking turns at equal keys, as among equal shares, never touch the heap, and
+    /// come out in turn; one that arrives out of order goes into the heap and still comes out
+    /// first.
+    #[test]
+    fn turns_stay_in_the_run() {
+        let mut heap = Heap::default();
+        let all_valid = |_: u32, _: u32| true;
+        for item in 0..100 {
+            heap.push(0.0, item, 0);
+        }
+        for turn in 0..1_000u32 {
+            let (k, item) = heap.top(all_valid).expect("non-empty");
+            assert_eq!(item, turn % 100, "turns in order");
+            assert_eq!(k, f64::from(turn / 100));
+            assert!(heap.rekey_if_top(item, 0, k + 1.0));
+            heap.check();
+        }
+        assert!(heap.entries.is_empty(), "turns never enter the heap");
+        // A key below the run's last goes into the heap, and is the front if it is least.
+        heap.push(3.5, 500, 0);
+        assert_eq!(heap.entries.len(), 1);
+        assert_eq!(heap.top(all_valid), Some((3.5, 500)));
+        heap.push(2.0, 501, 0);
+        assert_eq!(heap.top(all_valid), Some((2.0, 501)));
+        assert!(!heap.rekey_if_top(500, 0, 100.0), "not the front");
+        // Re-keyed past the run's last, the heap's front moves to the run.
+        assert!(heap.rekey_if_top(501, 0, 100.0));
+        assert_eq!(heap.entries.len(), 1);
+        assert_eq!(heap.run.back().map(|e| e.item), Some(501));
+        assert_eq!(heap.top(all_valid), Some((3.5, 500)));
+        heap.check();
     }
 }

@@ -233,8 +233,7 @@ fn advance(
     v: f64,
     valid: impl Fn(u32, u32) -> bool,
 ) -> u32 {
-    if heap.is_top(entry, stamp) {
-        heap.rekey_top(v);
+    if heap.rekey_if_top(entry, stamp, v) {
         stamp
     } else {
         let stamp = stamp.wrapping_add(1);
