@@ -11,13 +11,19 @@
 //! - `yield`: two tasks on one worker each yield in a loop, ns per yield.
 //! - `tcp_echo_64`: 64 connections each echo 1 KiB messages, messages/s.
 //! - `http_keepalive`: hyper HTTP/1.1 serving a 1 KiB body, 50 keep-alive connections, req/s.
+//!
+//! The two load cases also report the server's CPU time per operation: what the server's
+//! threads ran over the measured window (from their `schedstat`, exact), divided by the
+//! operations done. On a two-core machine the client is saturated too, and being the same for
+//! both runtimes it bounds both throughputs alike; the CPU per operation is the server's own
+//! cost, with the kernel's work for its sockets in it.
 
 use rescon::{Attributes, Registry};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,6 +51,39 @@ struct Case {
     unit: &'static str,
     rescon: f64,
     tokio: f64,
+    /// The server threads' CPU time per operation, microseconds (load cases only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rescon_server_cpu_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokio_server_cpu_us: Option<f64>,
+}
+
+/// One round of a case on one runtime: its figure, and for load cases the server's CPU time
+/// per operation.
+#[derive(Clone, Copy)]
+struct Sample {
+    value: f64,
+    server_cpu_us: Option<f64>,
+}
+
+impl From<f64> for Sample {
+    fn from(value: f64) -> Sample {
+        Sample {
+            value,
+            server_cpu_us: None,
+        }
+    }
+}
+
+/// Nanoseconds a thread of this process has run: the first field of its `schedstat`.
+fn task_cpu_ns(tid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The CPU time the threads `tids` have run, together; `None` if one cannot be read.
+fn threads_cpu_ns(tids: &[i32]) -> Option<u64> {
+    tids.iter().map(|&t| task_cpu_ns(t)).sum()
 }
 
 #[derive(Serialize)]
@@ -67,11 +106,24 @@ fn rescon_rt(registry: &Registry) -> rescon_rt::Runtime {
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio_rt_tids().0
+}
+
+/// A tokio runtime as [`tokio_rt`], and the ids of the threads it starts (its worker, and any
+/// blocking thread), filled in as they start.
+fn tokio_rt_tids() -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let t2 = tids.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
+        .on_thread_start(move || {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            t2.lock().expect("tids").push(tid);
+        })
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    (rt, tids)
 }
 
 // ---- spawn and join ----
@@ -165,9 +217,16 @@ fn yield_tokio(n: u64) -> f64 {
 // ---- the client side, identical for both runtimes ----
 
 /// Runs `conns` client tasks on a tokio current-thread runtime in a thread of its own for
-/// `dur`; each calls `one` in a loop on its own connection, which returns false to stop.
-/// Returns operations per second.
-fn client_load(addr: SocketAddr, conns: usize, dur: Duration, kind: ClientKind) -> f64 {
+/// `dur`, each doing `kind`'s operation in a loop on its own connection. Returns operations
+/// per second, and the CPU time the server's threads (`server`, read when the window opens
+/// and closes) ran per operation.
+fn client_load(
+    addr: SocketAddr,
+    conns: usize,
+    dur: Duration,
+    kind: ClientKind,
+    server: impl Fn() -> Vec<i32> + Send + 'static,
+) -> Sample {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -202,14 +261,25 @@ fn client_load(addr: SocketAddr, conns: usize, dur: Duration, kind: ClientKind) 
             }
             // Warm up, then count over the window.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let (t, d0) = (Instant::now(), done.load(SeqCst));
+            let tids = server();
+            let (t, d0, c0) = (Instant::now(), done.load(SeqCst), threads_cpu_ns(&tids));
             tokio::time::sleep(dur).await;
-            let ops = (done.load(SeqCst) - d0) as f64 / t.elapsed().as_secs_f64();
+            let (n, c1) = (done.load(SeqCst) - d0, threads_cpu_ns(&tids));
+            let ops = n as f64 / t.elapsed().as_secs_f64();
             stop.store(true, SeqCst);
             for t in tasks {
                 let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
             }
-            ops
+            let server_cpu_us = match (c0, c1) {
+                (Some(a), Some(b)) if n > 0 && !tids.is_empty() => {
+                    Some(b.saturating_sub(a) as f64 / 1e3 / n as f64)
+                }
+                _ => None,
+            };
+            Sample {
+                value: ops,
+                server_cpu_us,
+            }
         })
     })
     .join()
@@ -256,7 +326,7 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 // ---- TCP echo ----
 
-fn echo_rescon(dur: Duration) -> f64 {
+fn echo_rescon(dur: Duration) -> Sample {
     let registry = Registry::new();
     let rt = rescon_rt(&registry);
     let web = registry
@@ -285,11 +355,12 @@ fn echo_rescon(dur: Duration) -> f64 {
             });
         }
     });
-    client_load(addr, 64, dur, ClientKind::Echo)
+    let tids = rt.handle().worker_tids();
+    client_load(addr, 64, dur, ClientKind::Echo, move || tids.clone())
 }
 
-fn echo_tokio(dur: Duration) -> f64 {
-    let rt = tokio_rt();
+fn echo_tokio(dur: Duration) -> Sample {
+    let (rt, tids) = tokio_rt_tids();
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -311,7 +382,9 @@ fn echo_tokio(dur: Duration) -> f64 {
             });
         }
     });
-    let ops = client_load(addr, 64, dur, ClientKind::Echo);
+    let ops = client_load(addr, 64, dur, ClientKind::Echo, move || {
+        tids.lock().expect("tids").clone()
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     ops
 }
@@ -326,7 +399,7 @@ async fn hello(
     )))
 }
 
-fn http_rescon(dur: Duration) -> f64 {
+fn http_rescon(dur: Duration) -> Sample {
     let registry = Registry::new();
     let rt = rescon_rt(&registry);
     let web = registry
@@ -349,11 +422,12 @@ fn http_rescon(dur: Duration) -> f64 {
             });
         }
     });
-    client_load(addr, 50, dur, ClientKind::Http)
+    let tids = rt.handle().worker_tids();
+    client_load(addr, 50, dur, ClientKind::Http, move || tids.clone())
 }
 
-fn http_tokio(dur: Duration) -> f64 {
-    let rt = tokio_rt();
+fn http_tokio(dur: Duration) -> Sample {
+    let (rt, tids) = tokio_rt_tids();
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -372,7 +446,9 @@ fn http_tokio(dur: Duration) -> f64 {
             });
         }
     });
-    let ops = client_load(addr, 50, dur, ClientKind::Http);
+    let ops = client_load(addr, 50, dur, ClientKind::Http, move || {
+        tids.lock().expect("tids").clone()
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     ops
 }
@@ -410,7 +486,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dur = Duration::from_secs_f64(args.duration);
     let rounds = args.rounds;
     let mut cases = Vec::new();
-    type Pair = (fn() -> f64, fn() -> f64);
+    type Pair = (fn() -> Sample, fn() -> Sample);
     let wanted = |name: &str| args.cases.is_empty() || args.cases.iter().any(|c| c == name);
     let mut measure = |name: &'static str, unit: &'static str, (r, t): Pair| {
         if !wanted(name) {
@@ -423,20 +499,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rs.push(r());
             ts.push(t());
         }
+        let cpu = |v: &[Sample]| {
+            let c: Option<Vec<f64>> = v.iter().map(|s| s.server_cpu_us).collect();
+            c.map(median)
+        };
         cases.push(Case {
             name,
             unit,
-            rescon: median(rs),
-            tokio: median(ts),
+            rescon: median(rs.iter().map(|s| s.value).collect()),
+            tokio: median(ts.iter().map(|s| s.value).collect()),
+            rescon_server_cpu_us: cpu(&rs),
+            tokio_server_cpu_us: cpu(&ts),
         });
     };
     const N: u64 = 200_000;
     measure(
         "spawn_join",
         "ns",
-        (|| spawn_join_rescon(N), || spawn_join_tokio(N)),
+        (
+            || spawn_join_rescon(N).into(),
+            || spawn_join_tokio(N).into(),
+        ),
     );
-    measure("yield", "ns", (|| yield_rescon(N), || yield_tokio(N)));
+    measure(
+        "yield",
+        "ns",
+        (|| yield_rescon(N).into(), || yield_tokio(N).into()),
+    );
     // Throughput cases take their duration from the arguments through a static.
     DURATION_MS.store(dur.as_millis() as u64, SeqCst);
     measure(
@@ -456,8 +545,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:16} {:>8} {:>14} {:>14} {:>8}",
-        "case", "unit", "rescon-rt", "tokio", "ratio"
+        "{:16} {:>8} {:>12} {:>12} {:>7}   {:>16}",
+        "case", "unit", "rescon-rt", "tokio", "ratio", "server CPU/op us"
     );
     for c in &report.cases {
         // Ratios are "how much better rescon is": time units lower is better.
@@ -466,13 +555,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             c.rescon / c.tokio
         };
+        let cpu = match (c.rescon_server_cpu_us, c.tokio_server_cpu_us) {
+            (Some(r), Some(t)) => format!("{r:.2} vs {t:.2}"),
+            _ => String::new(),
+        };
         println!(
-            "{:16} {:>8} {:>14.1} {:>14.1} {:>7.2}x",
-            c.name, c.unit, c.rescon, c.tokio, better
+            "{:16} {:>8} {:>12.1} {:>12.1} {:>6.2}x   {:>16}",
+            c.name, c.unit, c.rescon, c.tokio, better, cpu
         );
     }
     println!(
-        "\nratio: rescon-rt relative to tokio, above 1 is better (1 worker each; client on a tokio current-thread runtime)"
+        "\nratio: rescon-rt relative to tokio, above 1 is better (1 worker each; client on a tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)"
     );
     Ok(())
 }

@@ -1,0 +1,64 @@
+//! `rescon-bench runtime --json`: the report has the shape the issue names, and the load cases
+//! carry the server's CPU time per operation. Figures are not judged here (benchmarks measure,
+//! tests do not time).
+
+use std::process::Command;
+
+#[test]
+fn runtime_json_reports_throughput_and_server_cpu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
+        .args([
+            "runtime",
+            "--json",
+            "--rounds",
+            "1",
+            "--duration",
+            "0.2",
+            "--cases",
+            "yield,tcp_echo_64",
+        ])
+        .output()
+        .expect("run rescon-bench");
+    assert!(
+        out.status.success(),
+        "rescon-bench runtime failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let cases = v["cases"].as_array().expect("cases");
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["yield", "tcp_echo_64"]);
+    for c in cases {
+        for k in ["rescon", "tokio"] {
+            let x = c[k].as_f64().expect("a figure");
+            assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", c["name"]);
+        }
+    }
+    // Only the load case has the server's CPU per operation; some CPU was used per message,
+    // and no more than the window's length per message would allow.
+    assert!(cases[0].get("rescon_server_cpu_us").is_none());
+    let echo = &cases[1];
+    for k in ["rescon_server_cpu_us", "tokio_server_cpu_us"] {
+        let us = echo[k].as_f64().expect(k);
+        assert!(us > 0.0 && us.is_finite(), "{k} = {us}");
+    }
+    for (cpu, rate) in [
+        ("rescon_server_cpu_us", "rescon"),
+        ("tokio_server_cpu_us", "tokio"),
+    ] {
+        let (us, per_s) = (echo[cpu].as_f64().unwrap(), echo[rate].as_f64().unwrap());
+        // One server thread: at most a second of CPU per second, with a margin for the reads
+        // of the window's ends.
+        assert!(
+            us * per_s <= 1.2e6,
+            "{cpu}: {us} us x {per_s}/s exceeds one CPU"
+        );
+    }
+    // Bad input is refused with a message, not a panic.
+    let bad = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
+        .args(["runtime", "--rounds", "0"])
+        .output()
+        .expect("run rescon-bench");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds"));
+}
