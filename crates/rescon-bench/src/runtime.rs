@@ -496,8 +496,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut ts = Vec::new();
         for i in 0..rounds {
             eprintln!("runtime: {name}, round {}/{rounds}", i + 1);
-            rs.push(r());
-            ts.push(t());
+            // Alternate which runtime goes first, so that neither always runs on the
+            // machine the other has just warmed (or heated).
+            if i % 2 == 0 {
+                rs.push(r());
+                ts.push(t());
+            } else {
+                ts.push(t());
+                rs.push(r());
+            }
         }
         let cpu = |v: &[Sample]| {
             let c: Option<Vec<f64>> = v.iter().map(|s| s.server_cpu_us).collect();
