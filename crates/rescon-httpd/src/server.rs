@@ -739,13 +739,15 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 #[derive(Default)]
 struct ReqCpu {
     done_ns: AtomicU64,
-    /// When the poll under way began (ns since [`clock_base`]), 0 between polls.
+    /// When the poll under way began (a [`mono_ns`] reading), 0 between polls.
     poll_start: AtomicU64,
 }
 
-fn clock_base() -> Instant {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *BASE.get_or_init(Instant::now)
+/// The monotonic clock the runtime times polls with: the TSC where the kernel keeps time with
+/// it (no vDSO call; two readings per poll of every request add up), else `CLOCK_MONOTONIC`.
+fn mono_ns() -> u64 {
+    static CLOCK: std::sync::OnceLock<rescon_rt::Clock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(rescon_rt::Clock::monotonic).now_ns()
 }
 
 impl ReqCpu {
@@ -755,7 +757,7 @@ impl ReqCpu {
         let running = if start == 0 {
             0
         } else {
-            (clock_base().elapsed().as_nanos() as u64).saturating_sub(start)
+            mono_ns().saturating_sub(start)
         };
         self.done_ns.load(Relaxed) + running
     }
@@ -774,10 +776,10 @@ impl<F: std::future::Future> std::future::Future for Timed<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        let start = (clock_base().elapsed().as_nanos() as u64).max(1);
+        let start = mono_ns().max(1);
         self.cpu.poll_start.store(start, Relaxed);
         let r = self.inner.as_mut().poll(cx);
-        let end = clock_base().elapsed().as_nanos() as u64;
+        let end = mono_ns();
         self.cpu.poll_start.store(0, Relaxed);
         self.cpu
             .done_ns
@@ -840,8 +842,10 @@ async fn handle(
     req_cpu: &ReqCpu,
 ) -> Response<Body> {
     let class = conn.class.as_str();
-    let start = Instant::now();
-    let time = SystemTime::now();
+    // What the access log needs, taken before the request is consumed; nothing without a log.
+    let logging = shared.log.is_some();
+    let start = logging.then(Instant::now);
+    let time = logging.then(SystemTime::now);
     let me = rescon_rt::current();
     let site = shared.site();
     let host = req
@@ -850,8 +854,6 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
     let path = req.uri().path().to_owned();
-    // What the access log needs, taken before the request is consumed; nothing without a log.
-    let logging = shared.log.is_some();
     let request_line = if logging {
         format!("{} {} {:?}", req.method(), req.uri(), req.version())
     } else {
@@ -1036,14 +1038,14 @@ fn log_and(
     shared: &Shared,
     resp: Response<Body>,
     peer: SocketAddr,
-    time: SystemTime,
+    time: Option<SystemTime>,
     request_line: &str,
     referer: Option<&[u8]>,
     ua: Option<&[u8]>,
     me: &Container,
     req_cpu: &ReqCpu,
     cgi_run: bool,
-    start: Instant,
+    start: Option<Instant>,
     vhost: &str,
     class: &str,
 ) -> Response<Body> {
@@ -1058,7 +1060,8 @@ fn log_and(
             .unwrap_or(0);
         let line = AccessLogEntry {
             remote: peer.ip(),
-            time,
+            // Taken when the request came in, if the log was on then.
+            time: time.unwrap_or_else(SystemTime::now),
             request_line: request_line.as_bytes(),
             status: resp.status().as_u16(),
             bytes,
@@ -1066,7 +1069,7 @@ fn log_and(
             user_agent: ua,
             container: me.id(),
             cpu: Duration::from_nanos(req_cpu.so_far_ns() + own_run_cpu(me, cgi_run)),
-            duration: start.elapsed(),
+            duration: start.map_or(Duration::ZERO, |s| s.elapsed()),
             vhost,
             class,
         }
