@@ -91,6 +91,8 @@ struct FileCache {
 
 struct CachedFile {
     meta: crate::static_files::FileMeta,
+    /// The validators' header values, formatted once per file rather than per response.
+    validators: crate::static_files::Validators,
     body: Bytes,
     checked: Instant,
 }
@@ -1111,6 +1113,7 @@ fn serve_static(
                 Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             };
             let c = Arc::new(CachedFile {
+                validators: crate::static_files::Validators::of(&file.meta),
                 meta: file.meta.clone(),
                 body,
                 checked: now,
@@ -1119,7 +1122,12 @@ fn serve_static(
             c
         }
     };
-    let p = plan(req.method(), req.headers(), &cached.meta);
+    let p = crate::static_files::plan_with(
+        req.method(),
+        req.headers(),
+        &cached.meta,
+        &cached.validators,
+    );
     let body = match p.body {
         BodyPlan::Empty => Bytes::new(),
         BodyPlan::Full => cached.body.clone(),

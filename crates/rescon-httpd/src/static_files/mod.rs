@@ -24,7 +24,9 @@
 mod plan;
 mod resolve;
 
-pub use plan::{BodyPlan, FileMeta, RangeSpec, ResponsePlan, parse_range, plan};
+pub use plan::{
+    BodyPlan, FileMeta, RangeSpec, ResponsePlan, Validators, parse_range, plan, plan_with,
+};
 pub use resolve::{
     Confinement, MAX_PATH_BYTES, PathError, RelPath, encode_path, is_escape, normalize,
     open_beneath, open_root, percent_decode_strict,

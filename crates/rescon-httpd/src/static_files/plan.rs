@@ -84,6 +84,43 @@ pub struct ResponsePlan {
 /// assert_eq!(p.headers[header::CONTENT_RANGE], "bytes 900-999/1000");
 /// ```
 pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
+    plan_with(method, req, meta, &Validators::of(meta))
+}
+
+/// A file's validators, formatted once: its entity tag and its `Last-Modified` date as header
+/// values. Formatting them was a good part of what planning a response cost, so the file
+/// cache keeps them with the file and plans with [`plan_with`].
+#[derive(Clone, Debug)]
+pub struct Validators {
+    etag: String,
+    etag_value: HeaderValue,
+    last_modified: Option<(SystemTime, HeaderValue)>,
+}
+
+impl Validators {
+    /// `meta`'s validators.
+    pub fn of(meta: &FileMeta) -> Validators {
+        let etag = meta.etag();
+        let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
+        let last_modified = meta.modified_secs().map(|m| {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(m)).expect("a date is valid");
+            (m, v)
+        });
+        Validators {
+            etag,
+            etag_value,
+            last_modified,
+        }
+    }
+}
+
+/// [`plan`] with `meta`'s validators already formatted (`v` must be `Validators::of(meta)`).
+pub fn plan_with(
+    method: &Method,
+    req: &HeaderMap,
+    meta: &FileMeta,
+    v: &Validators,
+) -> ResponsePlan {
     let mut headers = HeaderMap::new();
     let is_get_head = method == Method::GET || method == Method::HEAD;
     if !is_get_head {
@@ -94,18 +131,12 @@ pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
             body: BodyPlan::Empty,
         };
     }
-    let etag = meta.etag();
-    let last_modified = meta.modified_secs();
+    let etag = v.etag.as_str();
+    let last_modified = v.last_modified.as_ref().map(|(m, _)| *m);
     let validators = |h: &mut HeaderMap| {
-        h.insert(
-            header::ETAG,
-            HeaderValue::from_str(&etag).expect("hex is a valid header value"),
-        );
-        if let Some(m) = last_modified {
-            h.insert(
-                header::LAST_MODIFIED,
-                HeaderValue::from_str(&httpdate::fmt_http_date(m)).expect("a date is valid"),
-            );
+        h.insert(header::ETAG, v.etag_value.clone());
+        if let Some((_, value)) = &v.last_modified {
+            h.insert(header::LAST_MODIFIED, value.clone());
         }
     };
     let status_only = |status: StatusCode, h: HeaderMap| ResponsePlan {
@@ -116,7 +147,7 @@ pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
 
     // 1 and 2: If-Match, else If-Unmodified-Since.
     if let Some(im) = header_str(req, &header::IF_MATCH) {
-        if !etag_list_matches(im, &etag, true) {
+        if !etag_list_matches(im, etag, true) {
             return status_only(StatusCode::PRECONDITION_FAILED, headers);
         }
     } else if let Some(ius) = header_date(req, &header::IF_UNMODIFIED_SINCE) {
@@ -126,7 +157,7 @@ pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
     }
     // 3 and 4: If-None-Match, else If-Modified-Since.
     if let Some(inm) = header_str(req, &header::IF_NONE_MATCH) {
-        if etag_list_matches(inm, &etag, false) {
+        if etag_list_matches(inm, etag, false) {
             validators(&mut headers);
             return status_only(StatusCode::NOT_MODIFIED, headers);
         }
@@ -158,7 +189,7 @@ pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
         Some(Ok(v)) => {
             let v = v.trim();
             if v.starts_with('"') || v.starts_with("W/") {
-                strong_eq(v, &etag)
+                strong_eq(v, etag)
             } else {
                 httpdate::parse_http_date(v)
                     .ok()
