@@ -935,7 +935,10 @@ async fn handle(
                                 .map(|h| h.split(':').next().unwrap_or(h).to_owned())
                                 .or_else(|| site.config.server.server_name.clone())
                                 .unwrap_or_else(|| "localhost".into());
-                            let resp = run_cgi(
+                            // Boxed: inline, the CGI run's state would make every request's
+                            // future 2,760 bytes (moved into its box per request) instead of
+                            // its own few hundred; a CGI run can afford an allocation.
+                            let resp = Box::pin(run_cgi(
                                 &shared,
                                 req,
                                 &cgi_c,
@@ -946,7 +949,7 @@ async fn handle(
                                 server_name,
                                 peer,
                                 local,
-                            )
+                            ))
                             .await;
                             (resp, vhost, cgi_c, true)
                         }
