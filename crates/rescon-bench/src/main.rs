@@ -20,6 +20,13 @@ mod runtime;
 mod sim;
 mod synflood;
 
+/// Nanoseconds a task has run, exactly: the first field of its `schedstat` file
+/// (`/proc/<pid>/schedstat`, or `/proc/self/task/<tid>/schedstat` for a thread).
+fn schedstat_run_ns(path: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 #[derive(Parser)]
 #[command(
     name = "rescon-bench",

@@ -75,15 +75,12 @@ impl From<f64> for Sample {
     }
 }
 
-/// Nanoseconds a thread of this process has run: the first field of its `schedstat`.
-fn task_cpu_ns(tid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    s.split_whitespace().next()?.parse().ok()
-}
-
-/// The CPU time the threads `tids` have run, together; `None` if one cannot be read.
+/// The CPU time the threads `tids` of this process have run, together; `None` if one cannot
+/// be read.
 fn threads_cpu_ns(tids: &[i32]) -> Option<u64> {
-    tids.iter().map(|&t| task_cpu_ns(t)).sum()
+    tids.iter()
+        .map(|t| crate::schedstat_run_ns(&format!("/proc/self/task/{t}/schedstat")))
+        .sum()
 }
 
 #[derive(Serialize)]

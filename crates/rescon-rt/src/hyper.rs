@@ -40,8 +40,6 @@ use crate::time::Sleep;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -118,34 +116,13 @@ where
 
 /// hyper's timers on the runtime's clock.
 ///
-/// hyper asks a server's timer for `now` and sets a deadline from it on every request (its
-/// header-read timeout). Converting between [`Instant`] and the runtime's clock by reading both
-/// clocks cost two `clock_gettime` calls per request, one more than tokio's timer needs (perf:
-/// the vDSO clock took 2.5% of a server thread's samples under hyper on rescon-rt, 0.8% on
-/// tokio). On the monotonic clock the timer instead keeps the offset between the two clocks,
-/// measured again when it is a second old (so the TSC's drift from `CLOCK_MONOTONIC`, a few
-/// parts per million, cannot build up), and converts with arithmetic: `now` reads the TSC
-/// once and a deadline reads no clock. On a manual clock, which jumps, it reads both clocks
-/// each time, as before.
+/// hyper asks a server's timer for `now` and resets its header-read timeout from it on every
+/// request; on the monotonic clock both conversions go through [`Clock`]'s kept offset between
+/// `Instant` and the clock, so they read only the runtime's clock (the TSC, where the kernel
+/// keeps time with it).
 #[derive(Clone, Debug)]
 pub struct HyperTimer {
     clock: Clock,
-    anchor: Arc<Anchor>,
-}
-
-/// How old the offset between `Instant` and the runtime's clock may get.
-const REANCHOR_NS: u64 = 1_000_000_000;
-
-/// The offset between `Instant` and the runtime's clock, shared by a timer's clones.
-#[derive(Debug)]
-struct Anchor {
-    /// The origin of the instants' side: an instant is `base` plus nanoseconds.
-    base: Instant,
-    /// The clock's reading at `base`: clock ns = ns since `base` + `offset` (wrapping).
-    offset: AtomicU64,
-    /// The clock's reading when `offset` was measured; 0 before the first time. Read apart
-    /// from `offset`: a pair from two measurements is still a pair of good measurements.
-    at: AtomicU64,
 }
 
 impl HyperTimer {
@@ -154,52 +131,16 @@ impl HyperTimer {
     /// # Panics
     /// Outside a runtime.
     pub fn current() -> HyperTimer {
-        HyperTimer::on(crate::context::clock())
+        HyperTimer {
+            clock: crate::context::clock(),
+        }
     }
 
     /// A timer on `handle`'s clock.
     pub fn new(handle: &crate::Handle) -> HyperTimer {
-        HyperTimer::on(handle.clock().clone())
-    }
-
-    fn on(clock: Clock) -> HyperTimer {
         HyperTimer {
-            clock,
-            anchor: Arc::new(Anchor {
-                base: Instant::now(),
-                offset: AtomicU64::new(0),
-                at: AtomicU64::new(0),
-            }),
+            clock: handle.clock().clone(),
         }
-    }
-
-    /// The offset, measured again if it is older than [`REANCHOR_NS`] at clock time `now`.
-    fn offset(&self, now: u64) -> u64 {
-        let a = &self.anchor;
-        let at = a.at.load(Relaxed);
-        if at != 0 && now.wrapping_sub(at) < REANCHOR_NS {
-            return a.offset.load(Relaxed);
-        }
-        let i = Instant::now();
-        let n = self.clock.now_ns();
-        let off = n.wrapping_sub(i.saturating_duration_since(a.base).as_nanos() as u64);
-        a.offset.store(off, Relaxed);
-        a.at.store(n.max(1), Relaxed);
-        off
-    }
-
-    /// The clock's nanoseconds at `at`.
-    fn to_ns(&self, at: Instant) -> u64 {
-        if self.clock.is_manual() {
-            return self.clock.instant_to_ns(at);
-        }
-        let a = &self.anchor;
-        let off = if a.at.load(Relaxed) == 0 {
-            self.offset(self.clock.now_ns())
-        } else {
-            a.offset.load(Relaxed)
-        };
-        (at.saturating_duration_since(a.base).as_nanos() as u64).wrapping_add(off)
     }
 }
 
@@ -215,29 +156,21 @@ impl hyper::rt::Timer for HyperTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Sleep::at_ns(self.clock.clone(), self.to_ns(deadline)))
+        Box::pin(Sleep::at_ns(
+            self.clock.clone(),
+            self.clock.instant_to_ns(deadline),
+        ))
     }
 
     fn now(&self) -> Instant {
-        let now = self.clock.now_ns();
-        if self.clock.is_manual() {
-            return self.clock.ns_to_instant(now);
-        }
-        let since = now.wrapping_sub(self.offset(now));
-        // A clock reading before `base` (only by the measurement's error) is `base`.
-        if since > u64::MAX / 2 {
-            self.anchor.base
-        } else {
-            self.anchor.base + Duration::from_nanos(since)
-        }
+        self.clock.ns_to_instant(self.clock.now_ns())
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        let ns = self.to_ns(new_deadline);
         if let Some(s) = sleep.as_mut().downcast_mut_pin::<Sleep>() {
-            s.get_mut().reset_ns(ns);
+            s.get_mut().reset(new_deadline);
         } else {
-            *sleep = Box::pin(Sleep::at_ns(self.clock.clone(), ns));
+            *sleep = self.sleep_until(new_deadline);
         }
     }
 }

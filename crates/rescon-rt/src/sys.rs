@@ -50,7 +50,8 @@ pub(crate) fn monotonic_ns() -> u64 {
 /// 20 ms at first use, and the time is anchored there: it agrees with `CLOCK_MONOTONIC` to the
 /// measurement's few parts per million, and drifts from it by what NTP slews that clock
 /// (at most 500 ppm, 30 ms over a minute; typically a few ppm). The runtime converts
-/// `Instant` deadlines relative to now, so the drift does not accumulate in timers.
+/// `Instant` deadlines through an offset measured again every second (`clock::Anchor`), so
+/// the drift does not accumulate in timers.
 pub(crate) mod tsc {
     use std::sync::OnceLock;
 

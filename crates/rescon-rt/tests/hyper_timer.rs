@@ -1,5 +1,5 @@
 //! `HyperTimer`: hyper's view of time (`now`, deadlines as `Instant`s) agrees with the runtime's
-//! clock, on the monotonic clock (where the timer converts through a kept offset) and on the
+//! clock, on the monotonic clock (where the clock converts through a kept offset) and on the
 //! manual one (where it reads both clocks).
 
 #![cfg(feature = "hyper")]

@@ -426,11 +426,7 @@ impl Running {
             };
             if let Ok(st) = proc_stat(pid)
                 && st.ppid == self.pid
-                && let Ok(sched) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-                && let Some(run_ns) = sched
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
+                && let Some(run_ns) = crate::schedstat_run_ns(&format!("/proc/{pid}/schedstat"))
             {
                 ns += run_ns + ((st.cutime + st.cstime) as f64 * tick_ns) as u64;
             }

@@ -92,24 +92,18 @@ pub fn plan(method: &Method, req: &HeaderMap, meta: &FileMeta) -> ResponsePlan {
 /// cache keeps them with the file and plans with [`plan_with`].
 #[derive(Clone, Debug)]
 pub struct Validators {
-    etag: String,
-    etag_value: HeaderValue,
-    last_modified: Option<(SystemTime, HeaderValue)>,
+    etag: HeaderValue,
+    last_modified: Option<HeaderValue>,
 }
 
 impl Validators {
     /// `meta`'s validators.
     pub fn of(meta: &FileMeta) -> Validators {
-        let etag = meta.etag();
-        let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
-        let last_modified = meta.modified_secs().map(|m| {
-            let v = HeaderValue::from_str(&httpdate::fmt_http_date(m)).expect("a date is valid");
-            (m, v)
-        });
         Validators {
-            etag,
-            etag_value,
-            last_modified,
+            etag: HeaderValue::from_str(&meta.etag()).expect("hex is a valid header value"),
+            last_modified: meta.modified_secs().map(|m| {
+                HeaderValue::from_str(&httpdate::fmt_http_date(m)).expect("a date is valid")
+            }),
         }
     }
 }
@@ -131,11 +125,11 @@ pub fn plan_with(
             body: BodyPlan::Empty,
         };
     }
-    let etag = v.etag.as_str();
-    let last_modified = v.last_modified.as_ref().map(|(m, _)| *m);
+    let etag = v.etag.to_str().expect("an entity tag is text");
+    let last_modified = meta.modified_secs();
     let validators = |h: &mut HeaderMap| {
-        h.insert(header::ETAG, v.etag_value.clone());
-        if let Some((_, value)) = &v.last_modified {
+        h.insert(header::ETAG, v.etag.clone());
+        if let Some(value) = &v.last_modified {
             h.insert(header::LAST_MODIFIED, value.clone());
         }
     };
