@@ -102,8 +102,8 @@ impl Clock {
 
     /// Converts an [`Instant`] to this clock's nanoseconds (for deadlines given as instants).
     ///
-    /// On the monotonic clock through the kept offset between the two clocks (see
-    /// [`Anchor`]): no `clock_gettime` call. On a manual clock, which jumps, relative to both
+    /// On the monotonic clock through a kept offset between the two clocks, measured again
+    /// every second: no second clock read. On a manual clock, which jumps, relative to both
     /// clocks read now.
     pub fn instant_to_ns(&self, at: Instant) -> u64 {
         let (base, base_ns) = match &self.kind {
