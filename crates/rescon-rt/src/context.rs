@@ -221,8 +221,13 @@ fn in_worker_task() -> bool {
     worker::with_local(|l| l.in_task()).unwrap_or(false)
 }
 
-/// Spawns a task bound to the current container, on the current worker (or, outside the
-/// workers, on one chosen for it).
+/// Spawns a task bound to the current container.
+///
+/// A task stays on the worker it is placed on. Spawned on a worker, it stays there unless
+/// that worker has clearly more tasks than the least loaded one (more than one task and an
+/// eighth more), and then goes to that one; outside the workers, it goes on the least loaded
+/// worker. So an accept loop that spawns a task per connection spreads the connections
+/// across the workers, and a task's helpers mostly stay beside it.
 ///
 /// # Panics
 /// Outside a runtime.
@@ -231,10 +236,17 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    if worker::with_local(|_| ()).is_some() {
-        let mut fut = Some(fut);
-        return worker::with_local(|l| l.spawn_local(None, fut.take().expect("once")))
-            .expect("on a worker");
+    if let Some(w) = worker::with_local(|l| {
+        let w = l.rt.place_near(l.shared.index);
+        (w != l.shared.index).then(|| (l.rt.clone(), w))
+    }) {
+        let Some((rt, w)) = w else {
+            let mut fut = Some(fut);
+            return worker::with_local(|l| l.spawn_local(None, fut.take().expect("once")))
+                .expect("on a worker");
+        };
+        let c = try_current().unwrap_or_else(|| rt.default_container.clone());
+        return rt.spawn_remote(w, c, fut);
     }
     let rt = expect_runtime();
     let c = try_current().unwrap_or_else(|| rt.default_container.clone());
@@ -245,9 +257,10 @@ where
 /// Spawns a task bound to `container`.
 ///
 /// A task stays on the worker it is placed on. Spawned from a task already bound to
-/// `container`, it goes on the same worker; otherwise on the least loaded worker (ties go to
-/// the current worker, then round robin), which spreads new connections' tasks across the
-/// workers.
+/// `container`, it is placed as by [`spawn`]: on the same worker unless that worker has
+/// clearly more tasks than the least loaded one. Otherwise it goes on the least loaded worker
+/// (ties go to the current worker, then round robin). Both spread new connections' tasks
+/// across the workers.
 ///
 /// # Panics
 /// Outside a runtime.
@@ -258,13 +271,12 @@ where
 {
     let local = worker::with_local(|l| (l.rt.clone(), l.shared.index, l.is_bound_to(container)));
     match local {
-        Some((_, _, Some(true))) => {
-            let mut fut = Some(fut);
-            worker::with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))
-                .expect("on a worker")
-        }
-        Some((rt, idx, _)) => {
-            let w = rt.place(Some(idx));
+        Some((rt, idx, same)) => {
+            let w = if same == Some(true) {
+                rt.place_near(idx)
+            } else {
+                rt.place(Some(idx))
+            };
             if w == idx {
                 let mut fut = Some(fut);
                 worker::with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))

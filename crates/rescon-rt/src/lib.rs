@@ -48,8 +48,10 @@
 //! There are N workers (default: the available cores), each a thread with its own epoll
 //! instance, its own [`Hierarchical`](rescon::sched::Hierarchical) policy and its own run queue
 //! per container. A task stays on the worker it was placed on (its binding is a key into that
-//! worker's queues; moving it would need the other worker's policy); new tasks of a container
-//! not yet on the current worker go to the least loaded worker, which spreads connections.
+//! worker's queues; moving it would need the other worker's policy). A new task of a container
+//! not yet on the current worker goes to the least loaded worker; one that could stay (by
+//! [`spawn`], or into the spawner's container) stays unless the current worker has clearly
+//! more tasks than the least loaded. Either way an accept loop's connections spread.
 //!
 //! On each worker the policy's guarantees hold between that worker's containers:
 //! - a runnable container of a higher class always runs before one of a lower class (among

@@ -61,6 +61,25 @@ impl RtShared {
         best
     }
 
+    /// Chooses a worker for a new task that could stay on the worker `local` spawning it (it
+    /// is spawned by `spawn`, or bound to the spawner's container): `local`, for locality,
+    /// unless `local` has clearly more tasks than the least loaded worker (more than one
+    /// task and an eighth more), and then that one. So an accept loop that spawns its
+    /// connections where it runs still spreads them across the workers.
+    pub(crate) fn place_near(&self, local: usize) -> usize {
+        if self.workers.len() == 1 {
+            return 0;
+        }
+        let here = self.workers[local].load.load(Relaxed);
+        let best = self.place(Some(local));
+        let least = self.workers[best].load.load(Relaxed);
+        if here <= least + 1 + least / 8 {
+            local
+        } else {
+            best
+        }
+    }
+
     /// Spawns on worker `w` from another thread.
     pub(crate) fn spawn_remote<F>(&self, w: usize, c: Container, fut: F) -> JoinHandle<F::Output>
     where
