@@ -1,10 +1,9 @@
 //! `runtime`: rescon-rt beside tokio, measured in one run on the same machine and load.
 //!
-//! Each case runs its server side on one worker thread of each runtime (a multi-threaded
-//! tokio runtime with one worker, a rescon-rt runtime with one worker), and its load, where
-//! there is one, from the same client in both: a tokio current-thread runtime on its own
-//! thread, so the load generator is identical and only the runtime under test differs. On a
-//! two-core machine the server and the client each get about a core. Traffic stays on
+//! Each case runs its server side on worker threads of each runtime (a multi-threaded tokio
+//! runtime, a rescon-rt runtime, with the same number of workers), and its load, where there
+//! is one, from the same client in both: a tokio current-thread runtime on its own thread, so
+//! the load generator is identical and only the runtime under test differs. Traffic stays on
 //! 127.0.0.1; every case is bounded in time.
 //!
 //! - `spawn_join`: a task spawns a trivial task and awaits it, ns per pair.
@@ -12,11 +11,21 @@
 //! - `tcp_echo_64`: 64 connections each echo 1 KiB messages, messages/s.
 //! - `http_keepalive`: hyper HTTP/1.1 serving a 1 KiB body, 50 keep-alive connections, req/s.
 //!
-//! The two load cases also report the server's CPU time per operation: what the server's
-//! threads ran over the measured window (from their `schedstat`, exact), divided by the
-//! operations done. On a two-core machine the client is saturated too, and being the same for
-//! both runtimes it bounds both throughputs alike; the CPU per operation is the server's own
-//! cost, with the kernel's work for its sockets in it.
+//! These four give each runtime one worker: the cost of a worker thread, with a core left for
+//! the client on a two-core machine. Two more run the load cases as each runtime is built by
+//! default, one worker per core, sharing the cores with the client:
+//!
+//! - `tcp_echo_64_per_core`, `http_keepalive_per_core`.
+//!
+//! There the designs part: tokio's workers share one I/O driver and steal each other's tasks,
+//! waking each other through futexes; a rescon-rt worker has its own epoll and keeps its
+//! connections, so its workers do not hand work to each other.
+//!
+//! The load cases also report the server's CPU time per operation: what the server's threads
+//! ran over the measured window (from their `schedstat`, exact), divided by the operations
+//! done. With one worker on a two-core machine the client is saturated too, and being the same
+//! for both runtimes it bounds both throughputs alike; the CPU per operation is the server's
+//! own cost, with the kernel's work for its sockets in it.
 
 use rescon::{Attributes, Registry};
 use serde::Serialize;
@@ -43,12 +52,21 @@ pub struct Args {
     cases: Vec<String>,
 }
 
-const CASES: [&str; 4] = ["spawn_join", "yield", "tcp_echo_64", "http_keepalive"];
+const CASES: [&str; 6] = [
+    "spawn_join",
+    "yield",
+    "tcp_echo_64",
+    "http_keepalive",
+    "tcp_echo_64_per_core",
+    "http_keepalive_per_core",
+];
 
 #[derive(Serialize)]
 struct Case {
     name: &'static str,
     unit: &'static str,
+    /// Worker threads of each runtime.
+    workers: usize,
     rescon: f64,
     tokio: f64,
     /// The server threads' CPU time per operation, microseconds (load cases only).
@@ -95,24 +113,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn rescon_rt(registry: &Registry) -> rescon_rt::Runtime {
+fn rescon_rt(registry: &Registry, workers: usize) -> rescon_rt::Runtime {
     rescon_rt::Builder::new(registry)
-        .workers(1)
+        .workers(workers)
         .build()
         .expect("rescon-rt runtime")
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio_rt_tids().0
+    tokio_rt_tids(1).0
 }
 
-/// A tokio runtime as [`tokio_rt`], and the ids of the threads it starts (its worker, and any
-/// blocking thread), filled in as they start.
-fn tokio_rt_tids() -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
+/// A multi-threaded tokio runtime with `workers` workers, and the ids of the threads it starts
+/// (its workers, and any blocking thread), filled in as they start.
+fn tokio_rt_tids(workers: usize) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
     let tids = Arc::new(Mutex::new(Vec::new()));
     let t2 = tids.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .on_thread_start(move || {
             let tid = rustix::thread::gettid().as_raw_nonzero().get();
@@ -127,7 +145,7 @@ fn tokio_rt_tids() -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
 
 fn spawn_join_rescon(n: u64) -> f64 {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry);
+    let rt = rescon_rt(&registry, 1);
     let c = registry
         .root()
         .create_child("bench", Attributes::default())
@@ -163,7 +181,7 @@ fn spawn_join_tokio(n: u64) -> f64 {
 
 fn yield_rescon(n: u64) -> f64 {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry);
+    let rt = rescon_rt(&registry, 1);
     let c = registry
         .root()
         .create_child("bench", Attributes::default())
@@ -323,9 +341,9 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 // ---- TCP echo ----
 
-fn echo_rescon(dur: Duration) -> Sample {
+fn echo_rescon(dur: Duration, workers: usize) -> Sample {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry);
+    let rt = rescon_rt(&registry, workers);
     let web = registry
         .root()
         .create_child("echo", Attributes::default())
@@ -356,8 +374,8 @@ fn echo_rescon(dur: Duration) -> Sample {
     client_load(addr, 64, dur, ClientKind::Echo, move || tids.clone())
 }
 
-fn echo_tokio(dur: Duration) -> Sample {
-    let (rt, tids) = tokio_rt_tids();
+fn echo_tokio(dur: Duration, workers: usize) -> Sample {
+    let (rt, tids) = tokio_rt_tids(workers);
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -396,9 +414,9 @@ async fn hello(
     )))
 }
 
-fn http_rescon(dur: Duration) -> Sample {
+fn http_rescon(dur: Duration, workers: usize) -> Sample {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry);
+    let rt = rescon_rt(&registry, workers);
     let web = registry
         .root()
         .create_child("web", Attributes::default())
@@ -423,8 +441,8 @@ fn http_rescon(dur: Duration) -> Sample {
     client_load(addr, 50, dur, ClientKind::Http, move || tids.clone())
 }
 
-fn http_tokio(dur: Duration) -> Sample {
-    let (rt, tids) = tokio_rt_tids();
+fn http_tokio(dur: Duration, workers: usize) -> Sample {
+    let (rt, tids) = tokio_rt_tids(workers);
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -453,7 +471,7 @@ fn http_tokio(dur: Duration) -> Sample {
 /// `rebind` for `primitives`: a task switching its binding between two containers.
 pub fn rebind_ns(n: u64) -> crate::primitives::Op {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry);
+    let rt = rescon_rt(&registry, 1);
     let a = registry
         .root()
         .create_child("a", Attributes::default())
@@ -482,10 +500,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let dur = Duration::from_secs_f64(args.duration);
     let rounds = args.rounds;
+    let per_core = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cases = Vec::new();
-    type Pair = (fn() -> Sample, fn() -> Sample);
     let wanted = |name: &str| args.cases.is_empty() || args.cases.iter().any(|c| c == name);
-    let mut measure = |name: &'static str, unit: &'static str, (r, t): Pair| {
+    let mut measure = |name: &'static str,
+                       unit: &'static str,
+                       workers: usize,
+                       r: &dyn Fn() -> Sample,
+                       t: &dyn Fn() -> Sample| {
         if !wanted(name) {
             return;
         }
@@ -510,6 +532,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cases.push(Case {
             name,
             unit,
+            workers,
             rescon: median(rs.iter().map(|s| s.value).collect()),
             tokio: median(ts.iter().map(|s| s.value).collect()),
             rescon_server_cpu_us: cpu(&rs),
@@ -520,28 +543,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     measure(
         "spawn_join",
         "ns",
-        (
-            || spawn_join_rescon(N).into(),
-            || spawn_join_tokio(N).into(),
-        ),
+        1,
+        &|| spawn_join_rescon(N).into(),
+        &|| spawn_join_tokio(N).into(),
     );
-    measure(
-        "yield",
-        "ns",
-        (|| yield_rescon(N).into(), || yield_tokio(N).into()),
-    );
-    // Throughput cases take their duration from the arguments through a static.
-    DURATION_MS.store(dur.as_millis() as u64, SeqCst);
-    measure(
-        "tcp_echo_64",
-        "msgs/s",
-        (|| echo_rescon(dur_arg()), || echo_tokio(dur_arg())),
-    );
-    measure(
-        "http_keepalive",
-        "req/s",
-        (|| http_rescon(dur_arg()), || http_tokio(dur_arg())),
-    );
+    measure("yield", "ns", 1, &|| yield_rescon(N).into(), &|| {
+        yield_tokio(N).into()
+    });
+    for (name, w) in [("tcp_echo_64", 1), ("tcp_echo_64_per_core", per_core)] {
+        measure(name, "msgs/s", w, &|| echo_rescon(dur, w), &|| {
+            echo_tokio(dur, w)
+        });
+    }
+    for (name, w) in [("http_keepalive", 1), ("http_keepalive_per_core", per_core)] {
+        measure(name, "req/s", w, &|| http_rescon(dur, w), &|| {
+            http_tokio(dur, w)
+        });
+    }
     let report = Report { cases };
     anyhow::ensure!(!report.cases.is_empty(), "no case selected");
     if args.json {
@@ -549,8 +567,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:16} {:>8} {:>12} {:>12} {:>7}   {:>16}",
-        "case", "unit", "rescon-rt", "tokio", "ratio", "server CPU/op us"
+        "{:24} {:>8} {:>7} {:>12} {:>12} {:>7}   {:>16}",
+        "case", "unit", "workers", "rescon-rt", "tokio", "ratio", "server CPU/op us"
     );
     for c in &report.cases {
         // Ratios are "how much better rescon is": time units lower is better.
@@ -564,18 +582,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!(
-            "{:16} {:>8} {:>12.1} {:>12.1} {:>6.2}x   {:>16}",
-            c.name, c.unit, c.rescon, c.tokio, better, cpu
+            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x   {:>16}",
+            c.name, c.unit, c.workers, c.rescon, c.tokio, better, cpu
         );
     }
     println!(
-        "\nratio: rescon-rt relative to tokio, above 1 is better (1 worker each; client on a tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)"
+        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)"
     );
     Ok(())
-}
-
-static DURATION_MS: AtomicU64 = AtomicU64::new(3000);
-
-fn dur_arg() -> Duration {
-    Duration::from_millis(DURATION_MS.load(SeqCst))
 }

@@ -15,7 +15,7 @@ fn runtime_json_reports_throughput_and_server_cpu() {
             "--duration",
             "0.2",
             "--cases",
-            "yield,tcp_echo_64",
+            "yield,tcp_echo_64,tcp_echo_64_per_core",
         ])
         .output()
         .expect("run rescon-bench");
@@ -27,32 +27,38 @@ fn runtime_json_reports_throughput_and_server_cpu() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let cases = v["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["yield", "tcp_echo_64"]);
+    assert_eq!(names, ["yield", "tcp_echo_64", "tcp_echo_64_per_core"]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<u64> = cases
+        .iter()
+        .map(|c| c["workers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers, [1, 1, cores as u64]);
     for c in cases {
         for k in ["rescon", "tokio"] {
             let x = c[k].as_f64().expect("a figure");
             assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", c["name"]);
         }
     }
-    // Only the load case has the server's CPU per operation; some CPU was used per message,
-    // and no more than the window's length per message would allow.
+    // Only the load cases have the server's CPU per operation; some CPU was used per message,
+    // and no more than the window's length per message and worker would allow.
     assert!(cases[0].get("rescon_server_cpu_us").is_none());
-    let echo = &cases[1];
-    for k in ["rescon_server_cpu_us", "tokio_server_cpu_us"] {
-        let us = echo[k].as_f64().expect(k);
-        assert!(us > 0.0 && us.is_finite(), "{k} = {us}");
-    }
-    for (cpu, rate) in [
-        ("rescon_server_cpu_us", "rescon"),
-        ("tokio_server_cpu_us", "tokio"),
-    ] {
-        let (us, per_s) = (echo[cpu].as_f64().unwrap(), echo[rate].as_f64().unwrap());
-        // One server thread: at most a second of CPU per second, with a margin for the reads
-        // of the window's ends.
-        assert!(
-            us * per_s <= 1.2e6,
-            "{cpu}: {us} us x {per_s}/s exceeds one CPU"
-        );
+    for echo in &cases[1..] {
+        let workers = echo["workers"].as_f64().unwrap();
+        for (cpu, rate) in [
+            ("rescon_server_cpu_us", "rescon"),
+            ("tokio_server_cpu_us", "tokio"),
+        ] {
+            let (us, per_s) = (echo[cpu].as_f64().expect(cpu), echo[rate].as_f64().unwrap());
+            assert!(us > 0.0 && us.is_finite(), "{cpu} = {us}");
+            // At most a second of CPU per second and worker, with a margin for the reads of
+            // the window's ends.
+            assert!(
+                us * per_s <= 1.2e6 * workers,
+                "{}: {cpu}: {us} us x {per_s}/s exceeds {workers} CPUs",
+                echo["name"]
+            );
+        }
     }
     // Bad input is refused with a message, not a panic.
     let bad = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
