@@ -236,21 +236,25 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    if let Some(w) = worker::with_local(|l| {
+    // On a worker: `None` to stay, else the runtime and the worker to go to.
+    let away = worker::with_local(|l| {
         let w = l.rt.place_near(l.shared.index);
         (w != l.shared.index).then(|| (l.rt.clone(), w))
-    }) {
-        let Some((rt, w)) = w else {
+    });
+    let (rt, w) = match away {
+        Some(None) => {
             let mut fut = Some(fut);
             return worker::with_local(|l| l.spawn_local(None, fut.take().expect("once")))
                 .expect("on a worker");
-        };
-        let c = try_current().unwrap_or_else(|| rt.default_container.clone());
-        return rt.spawn_remote(w, c, fut);
-    }
-    let rt = expect_runtime();
+        }
+        Some(Some(to)) => to,
+        None => {
+            let rt = expect_runtime();
+            let w = rt.place(None);
+            (rt, w)
+        }
+    };
     let c = try_current().unwrap_or_else(|| rt.default_container.clone());
-    let w = rt.place(None);
     rt.spawn_remote(w, c, fut)
 }
 

@@ -70,13 +70,14 @@ impl RtShared {
         if self.workers.len() == 1 {
             return 0;
         }
+        // A plain scan first: staying, the common case, takes no round-robin ticket (a
+        // read-modify-write of a line every worker's spawns share).
         let here = self.workers[local].load.load(Relaxed);
-        let best = self.place(Some(local));
-        let least = self.workers[best].load.load(Relaxed);
-        if here <= least + 1 + least / 8 {
+        let least = self.workers.iter().map(|w| w.load.load(Relaxed)).min();
+        if least.is_none_or(|l| here <= l + 1 + l / 8) {
             local
         } else {
-            best
+            self.place(Some(local))
         }
     }
 

@@ -2,23 +2,29 @@
 //! stays beside its spawner while the workers are balanced, and goes to a less loaded worker
 //! when they are not, so an accept loop's connections spread across the workers.
 
-use rescon::{Attributes, Registry};
-use rescon_rt::Builder;
+use rescon::{Attributes, Container, Registry};
+use rescon_rt::{Builder, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+/// A runtime with two workers and a container under the root.
+fn two_workers() -> (Registry, Runtime, Container) {
+    let registry = Registry::new();
+    let rt = Builder::new(&registry).workers(2).build().unwrap();
+    let c = registry
+        .root()
+        .create_child("web", Attributes::default())
+        .unwrap();
+    (registry, rt, c)
+}
+
 /// Spawns 32 tasks from one task on a two-worker runtime, as an accept loop spawns its
 /// connections, and counts the tasks each thread ran. Each task lives 300 ms, so none ends
 /// while the loop (microseconds) is still placing.
 fn placed(into_same_container: bool) -> HashMap<ThreadId, usize> {
-    let registry = Registry::new();
-    let rt = Builder::new(&registry).workers(2).build().unwrap();
-    let web = registry
-        .root()
-        .create_child("web", Attributes::default())
-        .unwrap();
+    let (_registry, rt, web) = two_workers();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let (web2, seen2) = (web.clone(), seen.clone());
     rt.block_on(rt.spawn_in(&web, async move {
@@ -62,12 +68,7 @@ fn spawned_connections_spread_across_workers() {
 
 #[test]
 fn a_helper_stays_beside_its_spawner_while_workers_are_balanced() {
-    let registry = Registry::new();
-    let rt = Builder::new(&registry).workers(2).build().unwrap();
-    let c = registry
-        .root()
-        .create_child("c", Attributes::default())
-        .unwrap();
+    let (_registry, rt, c) = two_workers();
     let c2 = c.clone();
     let (here, by_spawn, by_spawn_in) = rt
         .block_on(rt.spawn_in(&c, async move {

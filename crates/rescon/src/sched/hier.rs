@@ -41,15 +41,15 @@
 //! `pick` is O(depth): one look at the front of a queue per level. `charge` is O(depth) when
 //! the charged containers take turns with their siblings (each becomes the last of its queue,
 //! a step of a ring), O(depth x log4 siblings) at worst (a heap re-key per level): see the
-//! queue's module (`sched/heap.rs`). A mirrored container takes 96 bytes in four arrays plus, if it has
-//! mirrored children, one block of queues; a pick and charge of a leaf touches 32 of them (its
-//! `SNode`) and its 16-byte entry in its parent's queue (not its id: [`Pick`] gives the key,
-//! and the id is one [`Policy::container`] away for a caller that needs it). Among 100,000
-//! runnable leaves taking turns, that leaf's node is cold in every cache but the last:
-//! cachegrind counts 933 instructions and one miss of a 1 MB cache per pick and charge there.
-//! `set_runnable` is O(depth x log4 siblings) when it changes the runnable state of ancestors,
-//! O(log4 siblings) otherwise. Attribute changes made elsewhere reach the policy through a
-//! change feed checked with one atomic load per `pick`.
+//! queue's module (`sched/heap.rs`). A mirrored container takes 96 bytes in four arrays
+//! plus, if it has mirrored children, one block of queues; a pick and charge of a leaf touches
+//! 32 of them (its `SNode`) and its 16-byte entry in its parent's queue (not its id: [`Pick`]
+//! gives the key, and the id is one [`Policy::container`] away for a caller that needs it).
+//! Among 100,000 runnable leaves taking turns, that leaf's node is cold in every cache but the
+//! last: cachegrind counts 933 instructions and one miss of a 1 MB cache per pick and charge
+//! there. `set_runnable` is O(depth x log4 siblings) when it changes the runnable state of
+//! ancestors, O(log4 siblings) otherwise. Attribute changes made elsewhere reach the policy
+//! through a change feed checked with one atomic load per `pick`.
 
 use super::heap::Heap;
 use super::{Key, Pick, Policy};
