@@ -17,6 +17,12 @@
 //!
 //! - `tcp_echo_64_per_core`, `http_keepalive_per_core`.
 //!
+//! And one runs the paper's model, a container per connection as rescon-httpd does, against
+//! the same tokio server (tokio has no containers): what charging and scheduling each
+//! connection separately costs, one worker each.
+//!
+//! - `http_container_per_conn`.
+//!
 //! There the designs part: tokio's workers share one I/O driver and steal each other's tasks,
 //! waking each other through futexes; a rescon-rt worker has its own epoll and keeps its
 //! connections, so its workers do not hand work to each other.
@@ -52,13 +58,14 @@ pub struct Args {
     cases: Vec<String>,
 }
 
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "spawn_join",
     "yield",
     "tcp_echo_64",
     "http_keepalive",
     "tcp_echo_64_per_core",
     "http_keepalive_per_core",
+    "http_container_per_conn",
 ];
 
 #[derive(Serialize)]
@@ -414,7 +421,9 @@ async fn hello(
     )))
 }
 
-fn http_rescon(dur: Duration, workers: usize) -> Sample {
+/// The hyper server on rescon-rt; with `per_conn`, each connection runs in a container of its
+/// own under the listener's, as in rescon-httpd.
+fn http_rescon(dur: Duration, workers: usize, per_conn: bool) -> Sample {
     let registry = Registry::new();
     let rt = rescon_rt(&registry, workers);
     let web = registry
@@ -427,9 +436,18 @@ fn http_rescon(dur: Duration, workers: usize) -> Sample {
     let addr = l.local_addr().unwrap();
     let w2 = web.clone();
     rt.spawn_in(&web, async move {
-        while let Ok((conn, _)) = l.accept().await {
+        while let Ok((mut conn, _)) = l.accept().await {
             let _ = conn.set_nodelay(true);
-            rescon_rt::spawn_in(&w2, async move {
+            let c = if per_conn {
+                let c = w2
+                    .create_child("conn", Attributes::default())
+                    .expect("connection container");
+                conn.set_container(&c);
+                c
+            } else {
+                w2.clone()
+            };
+            rescon_rt::spawn_in(&c, async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(rescon_rt::HyperTimer::current())
                     .serve_connection(conn, hyper::service::service_fn(hello))
@@ -556,10 +574,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     for (name, w) in [("http_keepalive", 1), ("http_keepalive_per_core", per_core)] {
-        measure(name, "req/s", w, &|| http_rescon(dur, w), &|| {
+        measure(name, "req/s", w, &|| http_rescon(dur, w, false), &|| {
             http_tokio(dur, w)
         });
     }
+    measure(
+        "http_container_per_conn",
+        "req/s",
+        1,
+        &|| http_rescon(dur, 1, true),
+        &|| http_tokio(dur, 1),
+    );
     let report = Report { cases };
     anyhow::ensure!(!report.cases.is_empty(), "no case selected");
     if args.json {

@@ -15,7 +15,7 @@ fn runtime_json_reports_throughput_and_server_cpu() {
             "--duration",
             "0.2",
             "--cases",
-            "yield,tcp_echo_64,tcp_echo_64_per_core",
+            "yield,tcp_echo_64,tcp_echo_64_per_core,http_container_per_conn",
         ])
         .output()
         .expect("run rescon-bench");
@@ -27,36 +27,44 @@ fn runtime_json_reports_throughput_and_server_cpu() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let cases = v["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["yield", "tcp_echo_64", "tcp_echo_64_per_core"]);
+    assert_eq!(
+        names,
+        [
+            "yield",
+            "tcp_echo_64",
+            "tcp_echo_64_per_core",
+            "http_container_per_conn"
+        ]
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers: Vec<u64> = cases
         .iter()
         .map(|c| c["workers"].as_u64().unwrap())
         .collect();
-    assert_eq!(workers, [1, 1, cores as u64]);
+    assert_eq!(workers, [1, 1, cores as u64, 1]);
     for c in cases {
         for k in ["rescon", "tokio"] {
             let x = c[k].as_f64().expect("a figure");
             assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", c["name"]);
         }
     }
-    // Only the load cases have the server's CPU per operation; some CPU was used per message,
-    // and no more than the window's length per message and worker would allow.
+    // Only the load cases have the server's CPU per operation; some CPU was used per operation,
+    // and no more than the window's length per operation and worker would allow.
     assert!(cases[0].get("rescon_server_cpu_us").is_none());
-    for echo in &cases[1..] {
-        let workers = echo["workers"].as_f64().unwrap();
+    for load in &cases[1..] {
+        let workers = load["workers"].as_f64().unwrap();
         for (cpu, rate) in [
             ("rescon_server_cpu_us", "rescon"),
             ("tokio_server_cpu_us", "tokio"),
         ] {
-            let (us, per_s) = (echo[cpu].as_f64().expect(cpu), echo[rate].as_f64().unwrap());
+            let (us, per_s) = (load[cpu].as_f64().expect(cpu), load[rate].as_f64().unwrap());
             assert!(us > 0.0 && us.is_finite(), "{cpu} = {us}");
             // At most a second of CPU per second and worker, with a margin for the reads of
             // the window's ends.
             assert!(
                 us * per_s <= 1.2e6 * workers,
                 "{}: {cpu}: {us} us x {per_s}/s exceeds {workers} CPUs",
-                echo["name"]
+                load["name"]
             );
         }
     }
