@@ -29,7 +29,8 @@
 //!
 //! The load cases also report the server's CPU time per operation: what the server's threads
 //! ran over the measured window (from their `schedstat`, exact), divided by the operations
-//! done. With one worker on a two-core machine the client is saturated too, and being the same
+//! done; and how many times per operation a server thread was switched onto a CPU (from the
+//! same file), which is where the designs differ with a worker per core. With one worker on a two-core machine the client is saturated too, and being the same
 //! for both runtimes it bounds both throughputs alike; the CPU per operation is the server's
 //! own cost, with the kernel's work for its sockets in it.
 
@@ -81,6 +82,13 @@ struct Case {
     rescon_server_cpu_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokio_server_cpu_us: Option<f64>,
+    /// How many times per operation a server thread was switched onto a CPU (load cases
+    /// only): a thread that sleeps and is woken for every few requests pays a context switch
+    /// and a wakeup each time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rescon_server_switches: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokio_server_switches: Option<f64>,
 }
 
 /// One round of a case on one runtime: its figure, and for load cases the server's CPU time
@@ -89,6 +97,7 @@ struct Case {
 struct Sample {
     value: f64,
     server_cpu_us: Option<f64>,
+    server_switches: Option<f64>,
 }
 
 impl From<f64> for Sample {
@@ -96,16 +105,25 @@ impl From<f64> for Sample {
         Sample {
             value,
             server_cpu_us: None,
+            server_switches: None,
         }
     }
 }
 
-/// The CPU time the threads `tids` of this process have run, together; `None` if one cannot
-/// be read.
-fn threads_cpu_ns(tids: &[i32]) -> Option<u64> {
+/// What the threads `tids` of this process have run, together, from their `schedstat`: CPU
+/// time (ns) and the number of times they were switched onto a CPU. `None` if one cannot be
+/// read.
+fn threads_sched(tids: &[i32]) -> Option<(u64, u64)> {
     tids.iter()
-        .map(|t| crate::schedstat_run_ns(&format!("/proc/self/task/{t}/schedstat")))
-        .sum()
+        .map(|t| {
+            let s = std::fs::read_to_string(format!("/proc/self/task/{t}/schedstat")).ok()?;
+            // "run time (ns), run-queue wait (ns), timeslices"
+            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            let run = f.next()??;
+            let slices = f.nth(1)??;
+            Some((run, slices))
+        })
+        .try_fold((0, 0), |(r, n), x| x.map(|(a, b)| (r + a, n + b)))
 }
 
 #[derive(Serialize)]
@@ -284,23 +302,25 @@ fn client_load(
             // Warm up, then count over the window.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let tids = server();
-            let (t, d0, c0) = (Instant::now(), done.load(SeqCst), threads_cpu_ns(&tids));
+            let (t, d0, c0) = (Instant::now(), done.load(SeqCst), threads_sched(&tids));
             tokio::time::sleep(dur).await;
-            let (n, c1) = (done.load(SeqCst) - d0, threads_cpu_ns(&tids));
+            let (n, c1) = (done.load(SeqCst) - d0, threads_sched(&tids));
             let ops = n as f64 / t.elapsed().as_secs_f64();
             stop.store(true, SeqCst);
             for t in tasks {
                 let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
             }
-            let server_cpu_us = match (c0, c1) {
-                (Some(a), Some(b)) if n > 0 && !tids.is_empty() => {
-                    Some(b.saturating_sub(a) as f64 / 1e3 / n as f64)
-                }
-                _ => None,
+            let (server_cpu_us, server_switches) = match (c0, c1) {
+                (Some(a), Some(b)) if n > 0 && !tids.is_empty() => (
+                    Some(b.0.saturating_sub(a.0) as f64 / 1e3 / n as f64),
+                    Some(b.1.saturating_sub(a.1) as f64 / n as f64),
+                ),
+                _ => (None, None),
             };
             Sample {
                 value: ops,
                 server_cpu_us,
+                server_switches,
             }
         })
     })
@@ -543,8 +563,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 rs.push(r());
             }
         }
-        let cpu = |v: &[Sample]| {
-            let c: Option<Vec<f64>> = v.iter().map(|s| s.server_cpu_us).collect();
+        let med = |v: &[Sample], f: fn(&Sample) -> Option<f64>| {
+            let c: Option<Vec<f64>> = v.iter().map(f).collect();
             c.map(median)
         };
         cases.push(Case {
@@ -553,8 +573,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             workers,
             rescon: median(rs.iter().map(|s| s.value).collect()),
             tokio: median(ts.iter().map(|s| s.value).collect()),
-            rescon_server_cpu_us: cpu(&rs),
-            tokio_server_cpu_us: cpu(&ts),
+            rescon_server_cpu_us: med(&rs, |s| s.server_cpu_us),
+            tokio_server_cpu_us: med(&ts, |s| s.server_cpu_us),
+            rescon_server_switches: med(&rs, |s| s.server_switches),
+            tokio_server_switches: med(&ts, |s| s.server_switches),
         });
     };
     const N: u64 = 200_000;
@@ -592,8 +614,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:24} {:>8} {:>7} {:>12} {:>12} {:>7}   {:>16}",
-        "case", "unit", "workers", "rescon-rt", "tokio", "ratio", "server CPU/op us"
+        "{:24} {:>8} {:>7} {:>12} {:>12} {:>7}   {:>16}   {:>16}",
+        "case", "unit", "workers", "rescon-rt", "tokio", "ratio", "server CPU/op us", "switches/op"
     );
     for c in &report.cases {
         // Ratios are "how much better rescon is": time units lower is better.
@@ -602,17 +624,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             c.rescon / c.tokio
         };
-        let cpu = match (c.rescon_server_cpu_us, c.tokio_server_cpu_us) {
-            (Some(r), Some(t)) => format!("{r:.2} vs {t:.2}"),
+        let pair = |r: Option<f64>, t: Option<f64>, digits: usize| match (r, t) {
+            (Some(r), Some(t)) => format!("{r:.digits$} vs {t:.digits$}"),
             _ => String::new(),
         };
+        let cpu = pair(c.rescon_server_cpu_us, c.tokio_server_cpu_us, 2);
+        let switches = pair(c.rescon_server_switches, c.tokio_server_switches, 3);
         println!(
-            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x   {:>16}",
-            c.name, c.unit, c.workers, c.rescon, c.tokio, better, cpu
+            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x   {:>16}   {:>16}",
+            c.name, c.unit, c.workers, c.rescon, c.tokio, better, cpu, switches
         );
     }
     println!(
-        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)"
+        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)\nswitches/op: times a server thread was switched onto a CPU, per operation (each one a wakeup or a preemption)"
     );
     Ok(())
 }

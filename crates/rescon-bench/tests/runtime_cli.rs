@@ -51,6 +51,7 @@ fn runtime_json_reports_throughput_and_server_cpu() {
     // Only the load cases have the server's CPU per operation; some CPU was used per operation,
     // and no more than the window's length per operation and worker would allow.
     assert!(cases[0].get("rescon_server_cpu_us").is_none());
+    assert!(cases[0].get("rescon_server_switches").is_none());
     for load in &cases[1..] {
         let workers = load["workers"].as_f64().unwrap();
         for (cpu, rate) in [
@@ -66,6 +67,12 @@ fn runtime_json_reports_throughput_and_server_cpu() {
                 "{}: {cpu}: {us} us x {per_s}/s exceeds {workers} CPUs",
                 load["name"]
             );
+        }
+        // Switches per operation: present, and a count (how many depends on the machine's
+        // load, so no bound is judged).
+        for sw in ["rescon_server_switches", "tokio_server_switches"] {
+            let x = load[sw].as_f64().expect(sw);
+            assert!(x.is_finite() && x >= 0.0, "{}: {sw} = {x}", load["name"]);
         }
     }
     // Bad input is refused with a message, not a panic.
