@@ -272,6 +272,13 @@ impl Heap {
         }
     }
 
+    /// The member at the front of the run, live or not: the one that takes the next turn
+    /// among siblings taking turns.
+    #[inline]
+    pub(crate) fn run_front_item(&self) -> Option<u32> {
+        self.run.front().map(|e| e.item)
+    }
+
     /// If the front entry is `item` at stamp `stamp`, gives it the larger key `key` (it has
     /// just run) and returns true; else changes nothing and returns false.
     #[inline]

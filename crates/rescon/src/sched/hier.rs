@@ -46,11 +46,15 @@
 //! 32 of them (its `SNode`) and its 16-byte entry in its parent's queue (not its id: [`Pick`]
 //! gives the key, and the id is one [`Policy::container`] away for a caller that needs it).
 //! Among 100,000 runnable leaves taking turns, that leaf's node is cold in every cache but the
-//! last: cachegrind counts 933 instructions and one miss of a 1 MB cache per pick and charge
-//! there. `set_runnable` is O(depth x log4 siblings) when it changes the runnable state of
-//! ancestors, O(log4 siblings) otherwise, and O(1) per level in the common case of a
-//! container that wakes at its siblings' floor and sleeps after its turn. Attribute changes made elsewhere reach the policy
-//! through a change feed checked with one atomic load per `pick`.
+//! last: cachegrind counts 970 instructions and one miss of a 1 MB cache per pick and charge
+//! there. Charging reads the node of the sibling that takes the next turn (it will be picked
+//! a round later), so that the miss happens while the processor has other work, not when
+//! pick and charge wait for it: 16% less time per pick and charge among 100,000 leaves, for
+//! 40 more instructions. `set_runnable` is O(depth x log4 siblings) when it changes the
+//! runnable state of ancestors, O(log4 siblings) otherwise, and O(1) per level in the common
+//! case of a container that wakes at its siblings' floor and sleeps after its turn. Attribute
+//! changes made elsewhere reach the policy through a change feed checked with one atomic load
+//! per `pick`.
 
 use super::heap::Heap;
 use super::{Key, Pick, Policy};
@@ -75,6 +79,14 @@ const OWN_CLASS: usize = SchedClass::NORMAL.get() as usize;
 /// idle or is detached. Batching saves an atomic add on a line of the container's that is
 /// otherwise cold, per charge.
 pub const FLUSH_NS: u64 = 1_000_000;
+
+/// Reads a node so that it is in the cache when it is next used (see `charge`). A load whose
+/// value nothing waits for: the processor goes on with the rest of the charge while it misses.
+/// A prefetch instruction would do it without the load, but takes a raw pointer (unsafe).
+#[inline]
+fn touch(n: &SNode) {
+    std::hint::black_box(n.flags);
+}
 
 /// The larger of two virtual times (never NaN, so without `f64::max`'s NaN handling).
 #[inline]
@@ -1027,6 +1039,12 @@ impl Policy for Hierarchical {
                 if queued {
                     let heap = if fixed { &mut g.fixed } else { &mut g.pool };
                     stamp_now = advance(heap, as_child(i), stamp, v, valid(nodes, inner));
+                    // The sibling whose turn is next: in the cache by then (module docs, Cost).
+                    if i == leaf
+                        && let Some(next) = heap.run_front_item()
+                    {
+                        touch(&nodes[(next >> 1) as usize]);
+                    }
                 }
                 if !fixed {
                     g.pool_vtime += e * g.inv_pool_weight;
