@@ -9,6 +9,7 @@
 //!     now = clock; fire due timers; every millisecond: maintenance
 //!     policy.refill(now); pick = policy.pick()
 //!     Some(pick) => run a burst of the picked container's queue, charge it
+//!     None, first time since a burst => yield the CPU, poll I/O without blocking
 //!     None       => flush usage, release idle containers, sleep in epoll_wait until the
 //!                   next timer, the next CPU-limit refill, an I/O event or a remote wake-up
 //!     every 61 polls: poll I/O without blocking
@@ -254,6 +255,12 @@ pub(crate) struct Config {
     pub(crate) max_burst: u32,
     pub(crate) event_interval: u32,
     pub(crate) event_gap_ns: u64,
+    /// With nothing to run, yield the CPU once and look for events again before sleeping in
+    /// `epoll_wait`. Where threads outnumber cores (a load generator beside a worker per
+    /// core), the thread that yields to is often the one about to send this worker work, and
+    /// the worker then finds it without a sleep and a wakeup; where they do not, it costs a
+    /// `sched_yield` and an `epoll_wait` that does not block, once per idle spell.
+    pub(crate) yield_before_sleep: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -438,6 +445,8 @@ pub(crate) struct Local {
     now: Cell<u64>,
     next_tick: Cell<u64>,
     io_budget: Cell<u32>,
+    /// Yielded the CPU since it last ran a task (see `main_loop`).
+    yielded: Cell<bool>,
     /// When I/O was last polled (runtime clock, ns).
     last_io: Cell<u64>,
     /// CPU of segments that ran before a rebinding in this burst, by slot: charged when the
@@ -483,6 +492,7 @@ impl Local {
             now: Cell::new(now),
             next_tick: Cell::new(now + TICK_NS),
             io_budget: Cell::new(cfg.event_interval),
+            yielded: Cell::new(false),
             last_io: Cell::new(0),
             deferred: RefCell::new(Vec::with_capacity(DEFERRED_MAX)),
             wakers: RefCell::new(Vec::new()),
@@ -526,10 +536,18 @@ impl Local {
             };
             match pick {
                 Some(p) => {
+                    self.yielded.set(false);
                     self.run_burst(p);
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
                     }
+                }
+                None if self.cfg.yield_before_sleep
+                    && !self.yielded.get()
+                    && !self.rt.clock.is_manual() =>
+                {
+                    self.yielded.set(true);
+                    self.yield_cpu(now);
                 }
                 None => self.park(now),
             }
@@ -869,6 +887,17 @@ impl Local {
         // epoll_wait (measured: 1.6 of them per blocking one in the echo benchmark).
         self.last_io.set(after);
         self.core.borrow_mut().corr.slept(after.saturating_sub(now));
+    }
+
+    /// Before sleeping: lets another runnable thread have this CPU, then looks for events
+    /// once more (see [`Config::yield_before_sleep`]). The time away counts as slept for the
+    /// CPU correction, as a sleep in `epoll_wait` does.
+    fn yield_cpu(&self, now: u64) {
+        std::thread::yield_now();
+        let after = self.rt.clock.now_ns();
+        self.core.borrow_mut().corr.slept(after.saturating_sub(now));
+        self.now.set(after);
+        self.poll_io(Some(Duration::ZERO));
     }
 
     /// Waits for I/O events (at most `timeout`) and wakes the tasks waiting for them.
