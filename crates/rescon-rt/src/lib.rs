@@ -76,7 +76,8 @@
 //! CPU and looks at I/O once more ([`Builder::yield_before_sleep`]): the thread it yields to
 //! is often the one about to send it work. `rescon-bench runtime`, `http_keepalive_per_core`
 //! (a worker per core beside the load generator, on two cores): 0.03 context switches per
-//! request (tokio: 0.08; 0.33 without the yield).
+//! request (tokio: 0.05-0.08; 0.33 without the yield). A worker whose yields go to a
+//! CPU-bound thread on its core stops yielding for a while (see the option).
 //!
 //! I/O is polled without blocking every 61 polls ([`Builder::event_interval`]), at least
 //! every 100 us of busy time ([`Builder::event_gap`]), and whenever the worker has nothing to
