@@ -89,6 +89,19 @@ struct Case {
     rescon_server_switches: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokio_server_switches: Option<f64>,
+    /// The ratio of each round on its own (rescon-rt relative to tokio, above 1 is better):
+    /// each round runs both runtimes back to back, so its ratio is the one least moved by
+    /// the machine's load changing, and their spread says how far to trust the medians.
+    round_ratios: Vec<f64>,
+}
+
+/// How much better rescon-rt did than tokio: for times lower is better, for rates higher.
+fn better(unit: &str, rescon: f64, tokio: f64) -> f64 {
+    if unit == "ns" {
+        tokio / rescon
+    } else {
+        rescon / tokio
+    }
 }
 
 /// One round of a case on one runtime: its figure, and for load cases the server's CPU time
@@ -577,6 +590,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tokio_server_cpu_us: med(&ts, |s| s.server_cpu_us),
             rescon_server_switches: med(&rs, |s| s.server_switches),
             tokio_server_switches: med(&ts, |s| s.server_switches),
+            round_ratios: rs
+                .iter()
+                .zip(&ts)
+                .map(|(r, t)| better(unit, r.value, t.value))
+                .collect(),
         });
     };
     const N: u64 = 200_000;
@@ -614,16 +632,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:24} {:>8} {:>7} {:>12} {:>12} {:>7}   {:>16}   {:>16}",
-        "case", "unit", "workers", "rescon-rt", "tokio", "ratio", "server CPU/op us", "switches/op"
+        "{:24} {:>8} {:>7} {:>12} {:>12} {:>7} {:>11}   {:>16}   {:>16}",
+        "case",
+        "unit",
+        "workers",
+        "rescon-rt",
+        "tokio",
+        "ratio",
+        "rounds",
+        "server CPU/op us",
+        "switches/op"
     );
     for c in &report.cases {
-        // Ratios are "how much better rescon is": time units lower is better.
-        let better = if c.unit == "ns" {
-            c.tokio / c.rescon
-        } else {
-            c.rescon / c.tokio
-        };
+        let ratio = better(c.unit, c.rescon, c.tokio);
+        let (lo, hi) = c
+            .round_ratios
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
         let pair = |r: Option<f64>, t: Option<f64>, digits: usize| match (r, t) {
             (Some(r), Some(t)) => format!("{r:.digits$} vs {t:.digits$}"),
             _ => String::new(),
@@ -631,12 +658,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cpu = pair(c.rescon_server_cpu_us, c.tokio_server_cpu_us, 2);
         let switches = pair(c.rescon_server_switches, c.tokio_server_switches, 3);
         println!(
-            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x   {:>16}   {:>16}",
-            c.name, c.unit, c.workers, c.rescon, c.tokio, better, cpu, switches
+            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x {:>11}   {:>16}   {:>16}",
+            c.name,
+            c.unit,
+            c.workers,
+            c.rescon,
+            c.tokio,
+            ratio,
+            format!("{lo:.2}-{hi:.2}"),
+            cpu,
+            switches
         );
     }
     println!(
-        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)\nswitches/op: times a server thread was switched onto a CPU, per operation (each one a wakeup or a preemption)"
+        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nrounds: the lowest and highest ratio of a single round (both runtimes back to back)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)\nswitches/op: times a server thread was switched onto a CPU, per operation (each one a wakeup or a preemption)"
     );
     Ok(())
 }

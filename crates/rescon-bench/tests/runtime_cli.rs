@@ -47,6 +47,17 @@ fn runtime_json_reports_throughput_and_server_cpu() {
             let x = c[k].as_f64().expect("a figure");
             assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", c["name"]);
         }
+        // One ratio per round (one round here), and with one round it is the median's.
+        let rounds = c["round_ratios"].as_array().expect("round_ratios");
+        assert_eq!(rounds.len(), 1, "{}", c["name"]);
+        let (r, t) = (c["rescon"].as_f64().unwrap(), c["tokio"].as_f64().unwrap());
+        let want = if c["unit"] == "ns" { t / r } else { r / t };
+        let got = rounds[0].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want,
+            "{}: {got} vs {want}",
+            c["name"]
+        );
     }
     // Only the load cases have the server's CPU per operation; some CPU was used per operation,
     // and no more than the window's length per operation and worker would allow.
