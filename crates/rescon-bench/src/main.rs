@@ -20,11 +20,16 @@ mod runtime;
 mod sim;
 mod synflood;
 
-/// Nanoseconds a task has run, exactly: the first field of its `schedstat` file
-/// (`/proc/<pid>/schedstat`, or `/proc/self/task/<tid>/schedstat` for a thread).
-fn schedstat_run_ns(path: &str) -> Option<u64> {
+/// What a task has run, from its `schedstat` file (`/proc/<pid>/schedstat`, or
+/// `/proc/self/task/<tid>/schedstat` for a thread): nanoseconds on a CPU, exactly, and the
+/// number of times it was switched onto one. The file's fields are run time, run-queue wait
+/// and timeslices.
+fn schedstat(path: &str) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(path).ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    let run_ns = f.next()??;
+    let slices = f.nth(1)??;
+    Some((run_ns, slices))
 }
 
 #[derive(Parser)]

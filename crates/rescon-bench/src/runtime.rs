@@ -17,22 +17,23 @@
 //!
 //! - `tcp_echo_64_per_core`, `http_keepalive_per_core`.
 //!
+//! There the designs part: tokio's workers share one I/O driver and steal each other's tasks,
+//! waking each other through futexes; a rescon-rt worker has its own epoll and keeps its
+//! connections, so its workers do not hand work to each other.
+//!
 //! And one runs the paper's model, a container per connection as rescon-httpd does, against
 //! the same tokio server (tokio has no containers): what charging and scheduling each
 //! connection separately costs, one worker each.
 //!
 //! - `http_container_per_conn`.
 //!
-//! There the designs part: tokio's workers share one I/O driver and steal each other's tasks,
-//! waking each other through futexes; a rescon-rt worker has its own epoll and keeps its
-//! connections, so its workers do not hand work to each other.
-//!
 //! The load cases also report the server's CPU time per operation: what the server's threads
 //! ran over the measured window (from their `schedstat`, exact), divided by the operations
 //! done; and how many times per operation a server thread was switched onto a CPU (from the
-//! same file), which is where the designs differ with a worker per core. With one worker on a two-core machine the client is saturated too, and being the same
-//! for both runtimes it bounds both throughputs alike; the CPU per operation is the server's
-//! own cost, with the kernel's work for its sockets in it.
+//! same file), which is where the designs differ with a worker per core. With one worker on a
+//! two-core machine the client is saturated too, and being the same for both runtimes it
+//! bounds both throughputs alike; the CPU per operation is the server's own cost, with the
+//! kernel's work for its sockets in it.
 
 use rescon::{Attributes, Registry};
 use serde::Serialize;
@@ -128,14 +129,7 @@ impl From<f64> for Sample {
 /// read.
 fn threads_sched(tids: &[i32]) -> Option<(u64, u64)> {
     tids.iter()
-        .map(|t| {
-            let s = std::fs::read_to_string(format!("/proc/self/task/{t}/schedstat")).ok()?;
-            // "run time (ns), run-queue wait (ns), timeslices"
-            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-            let run = f.next()??;
-            let slices = f.nth(1)??;
-            Some((run, slices))
-        })
+        .map(|t| crate::schedstat(&format!("/proc/self/task/{t}/schedstat")))
         .try_fold((0, 0), |(r, n), x| x.map(|(a, b)| (r + a, n + b)))
 }
 

@@ -100,16 +100,22 @@ impl Clock {
         }
     }
 
+    /// An [`Instant`] and this clock's reading at it, for the conversions: the kept offset on
+    /// the monotonic clock, both clocks read now on a manual one.
+    fn meeting(&self) -> (Instant, u64) {
+        match &self.kind {
+            Kind::Monotonic => anchor().get(),
+            Kind::Manual(_) => (Instant::now(), self.now_ns()),
+        }
+    }
+
     /// Converts an [`Instant`] to this clock's nanoseconds (for deadlines given as instants).
     ///
     /// On the monotonic clock through a kept offset between the two clocks, measured again
     /// every second: no second clock read. On a manual clock, which jumps, relative to both
     /// clocks read now.
     pub fn instant_to_ns(&self, at: Instant) -> u64 {
-        let (base, base_ns) = match &self.kind {
-            Kind::Monotonic => anchor().get(),
-            Kind::Manual(_) => (Instant::now(), self.now_ns()),
-        };
+        let (base, base_ns) = self.meeting();
         match at.checked_duration_since(base) {
             Some(ahead) => base_ns.saturating_add(ahead.as_nanos() as u64),
             None => base_ns.saturating_sub(base.duration_since(at).as_nanos() as u64),
@@ -120,10 +126,7 @@ impl Clock {
     /// measurement on the monotonic clock; on a manual one the two clocks are read one after
     /// the other).
     pub fn ns_to_instant(&self, ns: u64) -> Instant {
-        let (base, base_ns) = match &self.kind {
-            Kind::Monotonic => anchor().get(),
-            Kind::Manual(_) => (Instant::now(), self.now_ns()),
-        };
+        let (base, base_ns) = self.meeting();
         if ns >= base_ns {
             base + Duration::from_nanos(ns - base_ns)
         } else {

@@ -255,11 +255,7 @@ pub(crate) struct Config {
     pub(crate) max_burst: u32,
     pub(crate) event_interval: u32,
     pub(crate) event_gap_ns: u64,
-    /// With nothing to run, yield the CPU once and look for events again before sleeping in
-    /// `epoll_wait`. Where threads outnumber cores (a load generator beside a worker per
-    /// core), the thread that yields to is often the one about to send this worker work, and
-    /// the worker then finds it without a sleep and a wakeup; where they do not, it costs a
-    /// `sched_yield` and an `epoll_wait` that does not block, once per idle spell.
+    /// See `Builder::yield_before_sleep`.
     pub(crate) yield_before_sleep: bool,
 }
 
@@ -954,7 +950,7 @@ impl Local {
     }
 
     /// Before sleeping: lets another runnable thread have this CPU, then looks for events
-    /// once more (see [`Config::yield_before_sleep`]). The time away counts as slept for the
+    /// once more (see `Builder::yield_before_sleep`). The time away counts as slept for the
     /// CPU correction, as a sleep in `epoll_wait` does.
     fn yield_cpu(&self, now: u64) {
         std::thread::yield_now();

@@ -5,6 +5,17 @@ use rescon_rt::{Builder, IoPolls, TcpStream};
 use std::io::Write;
 use std::time::Duration;
 
+/// One worker, with an event gap of 20 ms: only a stall of the worker thread that long (not a
+/// slow machine in general) could make a poll due between its wake-up and its next sleep.
+fn one_worker(registry: &Registry, yield_before_sleep: bool) -> rescon_rt::Runtime {
+    Builder::new(registry)
+        .workers(1)
+        .event_gap(Duration::from_millis(20))
+        .yield_before_sleep(yield_before_sleep)
+        .build()
+        .unwrap()
+}
+
 /// A worker of `rt` serving one connection: the client's end, and the reader task's handle.
 struct Served {
     client: std::net::TcpStream,
@@ -54,14 +65,7 @@ fn wake_once(rt: &rescon_rt::Runtime, mut s: Served) -> (IoPolls, IoPolls) {
 #[test]
 fn a_long_sleep_is_not_followed_by_an_extra_poll() {
     let registry = Registry::new();
-    // A gap of 20 ms: only a stall of the worker thread that long (not a slow machine in
-    // general) could make a poll due between its wake-up and its next sleep.
-    let rt = Builder::new(&registry)
-        .workers(1)
-        .event_gap(Duration::from_millis(20))
-        .yield_before_sleep(false)
-        .build()
-        .unwrap();
+    let rt = one_worker(&registry, false);
     let served = serve_one(&rt, &registry);
     let (before, after) = wake_once(&rt, served);
     assert_eq!(
@@ -76,11 +80,7 @@ fn a_long_sleep_is_not_followed_by_an_extra_poll() {
 #[test]
 fn an_idle_spell_yields_once_then_sleeps() {
     let registry = Registry::new();
-    let rt = Builder::new(&registry)
-        .workers(1)
-        .event_gap(Duration::from_millis(20))
-        .build()
-        .unwrap();
+    let rt = one_worker(&registry, true);
     let served = serve_one(&rt, &registry);
     let (before, after) = wake_once(&rt, served);
     assert_eq!(

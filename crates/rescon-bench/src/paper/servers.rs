@@ -426,7 +426,7 @@ impl Running {
             };
             if let Ok(st) = proc_stat(pid)
                 && st.ppid == self.pid
-                && let Some(run_ns) = crate::schedstat_run_ns(&format!("/proc/{pid}/schedstat"))
+                && let Some((run_ns, _)) = crate::schedstat(&format!("/proc/{pid}/schedstat"))
             {
                 ns += run_ns + ((st.cutime + st.cstime) as f64 * tick_ns) as u64;
             }
