@@ -2,9 +2,16 @@
 //!
 //! Each case runs its server side on worker threads of each runtime (a multi-threaded tokio
 //! runtime, a rescon-rt runtime, with the same number of workers), and its load, where there
-//! is one, from the same client in both: a tokio current-thread runtime on its own thread, so
+//! is one, from the same client for both: a tokio current-thread runtime on its own thread, so
 //! the load generator is identical and only the runtime under test differs. Traffic stays on
 //! 127.0.0.1; every case is bounded in time.
+//!
+//! The two runtimes are measured in pairs taken back to back, and the ratio reported is the
+//! median of the pairs' ratios, with a 95% confidence interval. On a shared VM the machine's
+//! speed moves by tens of percent over seconds, so two figures taken seconds apart compare
+//! the machine as much as the runtimes. For the load cases both servers are up at once and the
+//! client's connections to them take turns in windows of a quarter second, in the order ABBA
+//! ABBA..; spawn and yield pair a run of each per round.
 //!
 //! - `spawn_join`: a task spawns a trivial task and awaits it, ns per pair.
 //! - `yield`: two tasks on one worker each yield in a loop, ns per yield.
@@ -31,15 +38,16 @@
 //! ran over the measured window (from their `schedstat`, exact), divided by the operations
 //! done; and how many times per operation a server thread was switched onto a CPU (from the
 //! same file), which is where the designs differ with a worker per core. With one worker on a
-//! two-core machine the client is saturated too, and being the same for both runtimes it
-//! bounds both throughputs alike; the CPU per operation is the server's own cost, with the
-//! kernel's work for its sockets in it.
+//! two-core machine the server's thread is busy all the time and the client's nearly so
+//! (measured: 99% and 89-92% of a CPU), so the throughputs of the two runtimes stay close
+//! together; the CPU per operation is the server's own cost, with the kernel's work for its
+//! sockets in it (above 80% of it, measured with `perf`).
 
 use rescon::{Attributes, Registry};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,12 +57,16 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Seconds of load for each throughput case and runtime.
+    /// Seconds of load for each throughput case, runtime and round.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
-    /// Rounds of each case (the median is reported).
+    /// Rounds of each case: fresh servers (and for spawn and yield, a fresh run) each round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Milliseconds of one load window: within a round the two servers take turns, a window
+    /// each.
+    #[arg(long, default_value_t = 250)]
+    window_ms: u64,
     /// Cases to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_parser = CASES)]
     cases: Vec<String>,
@@ -90,10 +102,17 @@ struct Case {
     rescon_server_switches: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokio_server_switches: Option<f64>,
-    /// The ratio of each round on its own (rescon-rt relative to tokio, above 1 is better):
-    /// each round runs both runtimes back to back, so its ratio is the one least moved by
-    /// the machine's load changing, and their spread says how far to trust the medians.
-    round_ratios: Vec<f64>,
+    /// rescon-rt relative to tokio, above 1 is better: the median of `pair_ratios`.
+    ratio: f64,
+    /// A 95% confidence interval for that median (from the order statistics of
+    /// `pair_ratios`; with few pairs, their whole range).
+    ratio_ci95: [f64; 2],
+    /// The ratio of each pair of measurements taken back to back, one of each runtime: for
+    /// load cases a pair of windows next to each other, for the others a round. Taken so
+    /// close together, each is little moved by the machine's speed changing (on a shared VM
+    /// it moves by tens of percent over seconds), and their spread says how far to trust
+    /// the ratio.
+    pair_ratios: Vec<f64>,
 }
 
 /// How much better rescon-rt did than tokio: for times lower is better, for rates higher.
@@ -105,8 +124,8 @@ fn better(unit: &str, rescon: f64, tokio: f64) -> f64 {
     }
 }
 
-/// One round of a case on one runtime: its figure, and for load cases the server's CPU time
-/// per operation.
+/// One measurement of a case on one runtime (a round, or for load cases a window): its
+/// figure, and for load cases the server's CPU time and switches per operation.
 #[derive(Clone, Copy)]
 struct Sample {
     value: f64,
@@ -143,6 +162,19 @@ const BODY: &[u8; 1024] = &[b'x'; 1024];
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// A 95% confidence interval for the median of `v`: how many values fall below the median is
+/// binomial (n, 1/2), so with the normal approximation the interval runs from the value of
+/// rank n/2 - 0.98 sqrt(n) to that of rank 1 + n/2 + 0.98 sqrt(n) (ranks from 1). No
+/// assumption on how the values are distributed; with few values it is their whole range.
+fn median_ci95(mut v: Vec<f64>) -> [f64; 2] {
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let half = 0.98 * n.sqrt();
+    let lo = ((n / 2.0 - half).floor().max(1.0) as usize).min(v.len());
+    let hi = ((1.0 + n / 2.0 + half).ceil() as usize).clamp(1, v.len());
+    [v[lo - 1], v[hi - 1]]
 }
 
 fn rescon_rt(registry: &Registry, workers: usize) -> rescon_rt::Runtime {
@@ -261,74 +293,277 @@ fn yield_tokio(n: u64) -> f64 {
     })
 }
 
+// ---- the servers ----
+
+/// A server under test, listening on `addr`, with the ids of its threads (filled in as they
+/// start). Dropping it stops its runtime.
+struct Server {
+    addr: SocketAddr,
+    tids: Arc<Mutex<Vec<i32>>>,
+    rt: ServerRt,
+}
+
+enum ServerRt {
+    Rescon(#[allow(dead_code)] rescon_rt::Runtime),
+    Tokio(Option<tokio::runtime::Runtime>),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let ServerRt::Tokio(rt) = &mut self.rt {
+            if let Some(rt) = rt.take() {
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn rescon_server(rt: rescon_rt::Runtime, addr: SocketAddr) -> Server {
+    let tids = Arc::new(Mutex::new(rt.handle().worker_tids()));
+    Server {
+        addr,
+        tids,
+        rt: ServerRt::Rescon(rt),
+    }
+}
+
+fn echo_rescon(workers: usize) -> Server {
+    let registry = Registry::new();
+    let rt = rescon_rt(&registry, workers);
+    let web = registry
+        .root()
+        .create_child("echo", Attributes::default())
+        .unwrap();
+    let l = rt
+        .block_on(async { rescon_rt::TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &web) })
+        .expect("bind");
+    let addr = l.local_addr().unwrap();
+    let w2 = web.clone();
+    rt.spawn_in(&web, async move {
+        while let Ok((conn, _)) = l.accept().await {
+            rescon_rt::spawn_in(&w2, async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    rescon_server(rt, addr)
+}
+
+fn echo_tokio(workers: usize) -> Server {
+    let (rt, tids) = tokio_rt_tids(workers);
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = l.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((mut conn, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Server {
+        addr,
+        tids,
+        rt: ServerRt::Tokio(Some(rt)),
+    }
+}
+
+async fn hello(
+    _req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, Infallible> {
+    Ok(hyper::Response::new(http_body_util::Full::new(
+        hyper::body::Bytes::from_static(BODY),
+    )))
+}
+
+/// The hyper server on rescon-rt; with `per_conn`, each connection runs in a container of its
+/// own under the listener's, as in rescon-httpd.
+fn http_rescon(workers: usize, per_conn: bool) -> Server {
+    let registry = Registry::new();
+    let rt = rescon_rt(&registry, workers);
+    let web = registry
+        .root()
+        .create_child("web", Attributes::default())
+        .unwrap();
+    let l = rt
+        .block_on(async { rescon_rt::TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &web) })
+        .expect("bind");
+    let addr = l.local_addr().unwrap();
+    let w2 = web.clone();
+    rt.spawn_in(&web, async move {
+        while let Ok((mut conn, _)) = l.accept().await {
+            let _ = conn.set_nodelay(true);
+            let c = if per_conn {
+                let c = w2
+                    .create_child("conn", Attributes::default())
+                    .expect("connection container");
+                conn.set_container(&c);
+                c
+            } else {
+                w2.clone()
+            };
+            rescon_rt::spawn_in(&c, async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(rescon_rt::HyperTimer::current())
+                    .serve_connection(conn, hyper::service::service_fn(hello))
+                    .await;
+            });
+        }
+    });
+    rescon_server(rt, addr)
+}
+
+fn http_tokio(workers: usize) -> Server {
+    let (rt, tids) = tokio_rt_tids(workers);
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = l.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((conn, _)) = l.accept().await {
+            let _ = conn.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(conn),
+                        hyper::service::service_fn(hello),
+                    )
+                    .await;
+            });
+        }
+    });
+    Server {
+        addr,
+        tids,
+        rt: ServerRt::Tokio(Some(rt)),
+    }
+}
+
 // ---- the client side, identical for both runtimes ----
 
-/// Runs `conns` client tasks on a tokio current-thread runtime in a thread of its own for
-/// `dur`, each doing `kind`'s operation in a loop on its own connection. Returns operations
-/// per second, and the CPU time the server's threads (`server`, read when the window opens
-/// and closes) ran per operation.
-fn client_load(
-    addr: SocketAddr,
+/// How long a server's turn runs before its window opens: the other server's operations in
+/// flight finish, and the connections that waited get going.
+const SETTLE: Duration = Duration::from_millis(25);
+
+/// Which server the client's connections may use: 0 (rescon-rt), 1 (tokio), or none.
+const IDLE: u8 = 2;
+const STOP: u8 = 3;
+
+/// Loads both servers in turn from one client, a tokio current-thread runtime on its own
+/// thread: `conns` connections to each, each doing `kind`'s operation in a loop while its
+/// server's turn lasts (the other server's connections wait, idle). `dur` of load for each
+/// server, in windows of about `window`, in the order ABBA ABBA.. so that a drift of the
+/// machine's speed falls on both alike; the windows of each pair are next to each other.
+/// Returns each server's windows: operations per second, and the CPU time and switches of the
+/// server's threads per operation.
+fn ab_load(
+    servers: &[Server; 2],
     conns: usize,
     dur: Duration,
+    window: Duration,
     kind: ClientKind,
-    server: impl Fn() -> Vec<i32> + Send + 'static,
-) -> Sample {
+) -> [Vec<Sample>; 2] {
+    let addrs = [servers[0].addr, servers[1].addr];
+    let tids = [servers[0].tids.clone(), servers[1].tids.clone()];
+    let windows = (dur.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as u32;
+    let window = dur / windows;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("client runtime");
         rt.block_on(async move {
-            let stop = Arc::new(AtomicBool::new(false));
-            let done = Arc::new(AtomicU64::new(0));
+            let phase = Arc::new(AtomicU8::new(IDLE));
+            let (turn, turns) = tokio::sync::watch::channel(IDLE);
+            let done = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
             let mut tasks = Vec::new();
-            for _ in 0..conns {
-                let (stop, done) = (stop.clone(), done.clone());
-                tasks.push(tokio::spawn(async move {
+            for (me, addr) in addrs.into_iter().enumerate() {
+                for _ in 0..conns {
                     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
                     s.set_nodelay(true).ok();
-                    let mut buf = vec![0u8; 4096];
-                    while !stop.load(SeqCst) {
-                        match kind {
-                            ClientKind::Echo => {
-                                s.write_all(BODY).await.expect("write");
-                                s.read_exact(&mut buf[..BODY.len()]).await.expect("read");
+                    let (phase, mut turns, done) = (phase.clone(), turns.clone(), done[me].clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        loop {
+                            // One relaxed load per operation while it is this server's turn;
+                            // the channel only to wait for the next turn.
+                            if phase.load(Relaxed) != me as u8 {
+                                loop {
+                                    match *turns.borrow_and_update() {
+                                        STOP => return,
+                                        p if p == me as u8 => break,
+                                        _ => {}
+                                    }
+                                    if turns.changed().await.is_err() {
+                                        return;
+                                    }
+                                }
                             }
-                            ClientKind::Http => {
-                                s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-                                    .await
-                                    .expect("write");
-                                read_response(&mut s, &mut buf).await;
-                            }
+                            client_op(kind, &mut s, &mut buf).await;
+                            done.fetch_add(1, Relaxed);
                         }
-                        done.fetch_add(1, SeqCst);
-                    }
-                }));
+                    }));
+                }
             }
-            // Warm up, then count over the window.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let tids = server();
-            let (t, d0, c0) = (Instant::now(), done.load(SeqCst), threads_sched(&tids));
-            tokio::time::sleep(dur).await;
-            let (n, c1) = (done.load(SeqCst) - d0, threads_sched(&tids));
-            let ops = n as f64 / t.elapsed().as_secs_f64();
-            stop.store(true, SeqCst);
+            let set = |p: u8| {
+                phase.store(p, Relaxed);
+                turn.send_replace(p);
+            };
+            // Warm both up (connections accepted, buffers grown), then measure.
+            for me in [0, 1] {
+                set(me);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let mut out = [Vec::new(), Vec::new()];
+            for w in 0..2 * windows {
+                let me = (w.div_ceil(2) % 2) as usize; // 0 1 1 0 0 1 1 0 ..
+                set(me as u8);
+                tokio::time::sleep(SETTLE).await;
+                let ids = tids[me].lock().expect("tids").clone();
+                let (t, d0, c0) = (Instant::now(), done[me].load(SeqCst), threads_sched(&ids));
+                tokio::time::sleep(window).await;
+                let (n, c1) = (done[me].load(SeqCst) - d0, threads_sched(&ids));
+                let ops = n as f64 / t.elapsed().as_secs_f64();
+                let (server_cpu_us, server_switches) = match (c0, c1) {
+                    (Some(a), Some(b)) if n > 0 && !ids.is_empty() => (
+                        Some(b.0.saturating_sub(a.0) as f64 / 1e3 / n as f64),
+                        Some(b.1.saturating_sub(a.1) as f64 / n as f64),
+                    ),
+                    _ => (None, None),
+                };
+                out[me].push(Sample {
+                    value: ops,
+                    server_cpu_us,
+                    server_switches,
+                });
+            }
+            set(STOP);
             for t in tasks {
                 let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
             }
-            let (server_cpu_us, server_switches) = match (c0, c1) {
-                (Some(a), Some(b)) if n > 0 && !tids.is_empty() => (
-                    Some(b.0.saturating_sub(a.0) as f64 / 1e3 / n as f64),
-                    Some(b.1.saturating_sub(a.1) as f64 / n as f64),
-                ),
-                _ => (None, None),
-            };
-            Sample {
-                value: ops,
-                server_cpu_us,
-                server_switches,
-            }
+            out
         })
     })
     .join()
@@ -339,6 +574,21 @@ fn client_load(
 enum ClientKind {
     Echo,
     Http,
+}
+
+async fn client_op(kind: ClientKind, s: &mut tokio::net::TcpStream, buf: &mut [u8]) {
+    match kind {
+        ClientKind::Echo => {
+            s.write_all(BODY).await.expect("write");
+            s.read_exact(&mut buf[..BODY.len()]).await.expect("read");
+        }
+        ClientKind::Http => {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .await
+                .expect("write");
+            read_response(s, buf).await;
+        }
+    }
 }
 
 /// Reads one response with a Content-Length body.
@@ -373,146 +623,6 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-// ---- TCP echo ----
-
-fn echo_rescon(dur: Duration, workers: usize) -> Sample {
-    let registry = Registry::new();
-    let rt = rescon_rt(&registry, workers);
-    let web = registry
-        .root()
-        .create_child("echo", Attributes::default())
-        .unwrap();
-    let l = rt
-        .block_on(async { rescon_rt::TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &web) })
-        .expect("bind");
-    let addr = l.local_addr().unwrap();
-    let w2 = web.clone();
-    rt.spawn_in(&web, async move {
-        while let Ok((conn, _)) = l.accept().await {
-            rescon_rt::spawn_in(&w2, async move {
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let tids = rt.handle().worker_tids();
-    client_load(addr, 64, dur, ClientKind::Echo, move || tids.clone())
-}
-
-fn echo_tokio(dur: Duration, workers: usize) -> Sample {
-    let (rt, tids) = tokio_rt_tids(workers);
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = l.local_addr().unwrap();
-    rt.spawn(async move {
-        while let Ok((mut conn, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let ops = client_load(addr, 64, dur, ClientKind::Echo, move || {
-        tids.lock().expect("tids").clone()
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    ops
-}
-
-// ---- hyper keep-alive ----
-
-async fn hello(
-    _req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, Infallible> {
-    Ok(hyper::Response::new(http_body_util::Full::new(
-        hyper::body::Bytes::from_static(BODY),
-    )))
-}
-
-/// The hyper server on rescon-rt; with `per_conn`, each connection runs in a container of its
-/// own under the listener's, as in rescon-httpd.
-fn http_rescon(dur: Duration, workers: usize, per_conn: bool) -> Sample {
-    let registry = Registry::new();
-    let rt = rescon_rt(&registry, workers);
-    let web = registry
-        .root()
-        .create_child("web", Attributes::default())
-        .unwrap();
-    let l = rt
-        .block_on(async { rescon_rt::TcpListener::bind_in("127.0.0.1:0".parse().unwrap(), &web) })
-        .expect("bind");
-    let addr = l.local_addr().unwrap();
-    let w2 = web.clone();
-    rt.spawn_in(&web, async move {
-        while let Ok((mut conn, _)) = l.accept().await {
-            let _ = conn.set_nodelay(true);
-            let c = if per_conn {
-                let c = w2
-                    .create_child("conn", Attributes::default())
-                    .expect("connection container");
-                conn.set_container(&c);
-                c
-            } else {
-                w2.clone()
-            };
-            rescon_rt::spawn_in(&c, async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(rescon_rt::HyperTimer::current())
-                    .serve_connection(conn, hyper::service::service_fn(hello))
-                    .await;
-            });
-        }
-    });
-    let tids = rt.handle().worker_tids();
-    client_load(addr, 50, dur, ClientKind::Http, move || tids.clone())
-}
-
-fn http_tokio(dur: Duration, workers: usize) -> Sample {
-    let (rt, tids) = tokio_rt_tids(workers);
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = l.local_addr().unwrap();
-    rt.spawn(async move {
-        while let Ok((conn, _)) = l.accept().await {
-            let _ = conn.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .serve_connection(
-                        hyper_util::rt::TokioIo::new(conn),
-                        hyper::service::service_fn(hello),
-                    )
-                    .await;
-            });
-        }
-    });
-    let ops = client_load(addr, 50, dur, ClientKind::Http, move || {
-        tids.lock().expect("tids").clone()
-    });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    ops
-}
-
 /// `rebind` for `primitives`: a task switching its binding between two containers.
 pub fn rebind_ns(n: u64) -> crate::primitives::Op {
     let registry = Registry::new();
@@ -543,82 +653,141 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.rounds >= 1 && args.rounds <= 20,
         "--rounds must be in 1..=20"
     );
+    anyhow::ensure!(
+        (10..=10_000).contains(&args.window_ms),
+        "--window-ms must be in 10..=10000"
+    );
     let dur = Duration::from_secs_f64(args.duration);
+    let window = Duration::from_millis(args.window_ms);
     let rounds = args.rounds;
     let per_core = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cases = Vec::new();
     let wanted = |name: &str| args.cases.is_empty() || args.cases.iter().any(|c| c == name);
-    let mut measure = |name: &'static str,
-                       unit: &'static str,
-                       workers: usize,
-                       r: &dyn Fn() -> Sample,
-                       t: &dyn Fn() -> Sample| {
+    let mut report =
+        |name: &'static str, unit: &'static str, workers, rs: Vec<Sample>, ts: Vec<Sample>| {
+            let med = |v: &[Sample], f: fn(&Sample) -> Option<f64>| {
+                let c: Option<Vec<f64>> = v.iter().map(f).collect();
+                c.map(median)
+            };
+            let pair_ratios: Vec<f64> = rs
+                .iter()
+                .zip(&ts)
+                .map(|(r, t)| better(unit, r.value, t.value))
+                .collect();
+            cases.push(Case {
+                name,
+                unit,
+                workers,
+                rescon: median(rs.iter().map(|s| s.value).collect()),
+                tokio: median(ts.iter().map(|s| s.value).collect()),
+                rescon_server_cpu_us: med(&rs, |s| s.server_cpu_us),
+                tokio_server_cpu_us: med(&ts, |s| s.server_cpu_us),
+                rescon_server_switches: med(&rs, |s| s.server_switches),
+                tokio_server_switches: med(&ts, |s| s.server_switches),
+                ratio: median(pair_ratios.clone()),
+                ratio_ci95: median_ci95(pair_ratios.clone()),
+                pair_ratios,
+            });
+        };
+    // Spawn and yield: a run of each runtime per round, back to back.
+    const N: u64 = 200_000;
+    type Run = fn(u64) -> f64;
+    let micro: [(&'static str, Run, Run); 2] = [
+        ("spawn_join", spawn_join_rescon, spawn_join_tokio),
+        ("yield", yield_rescon, yield_tokio),
+    ];
+    for (name, r, t) in micro {
         if !wanted(name) {
-            return;
+            continue;
         }
-        let mut rs = Vec::new();
-        let mut ts = Vec::new();
+        let (mut rs, mut ts) = (Vec::new(), Vec::new());
         for i in 0..rounds {
             eprintln!("runtime: {name}, round {}/{rounds}", i + 1);
             // Alternate which runtime goes first, so that neither always runs on the
             // machine the other has just warmed (or heated).
             if i % 2 == 0 {
-                rs.push(r());
-                ts.push(t());
+                rs.push(r(N).into());
+                ts.push(t(N).into());
             } else {
-                ts.push(t());
-                rs.push(r());
+                ts.push(t(N).into());
+                rs.push(r(N).into());
             }
         }
-        let med = |v: &[Sample], f: fn(&Sample) -> Option<f64>| {
-            let c: Option<Vec<f64>> = v.iter().map(f).collect();
-            c.map(median)
-        };
-        cases.push(Case {
-            name,
-            unit,
-            workers,
-            rescon: median(rs.iter().map(|s| s.value).collect()),
-            tokio: median(ts.iter().map(|s| s.value).collect()),
-            rescon_server_cpu_us: med(&rs, |s| s.server_cpu_us),
-            tokio_server_cpu_us: med(&ts, |s| s.server_cpu_us),
-            rescon_server_switches: med(&rs, |s| s.server_switches),
-            tokio_server_switches: med(&ts, |s| s.server_switches),
-            round_ratios: rs
-                .iter()
-                .zip(&ts)
-                .map(|(r, t)| better(unit, r.value, t.value))
-                .collect(),
-        });
-    };
-    const N: u64 = 200_000;
-    measure(
-        "spawn_join",
-        "ns",
-        1,
-        &|| spawn_join_rescon(N).into(),
-        &|| spawn_join_tokio(N).into(),
-    );
-    measure("yield", "ns", 1, &|| yield_rescon(N).into(), &|| {
-        yield_tokio(N).into()
-    });
-    for (name, w) in [("tcp_echo_64", 1), ("tcp_echo_64_per_core", per_core)] {
-        measure(name, "msgs/s", w, &|| echo_rescon(dur, w), &|| {
-            echo_tokio(dur, w)
-        });
+        report(name, "ns", 1, rs, ts);
     }
-    for (name, w) in [("http_keepalive", 1), ("http_keepalive_per_core", per_core)] {
-        measure(name, "req/s", w, &|| http_rescon(dur, w, false), &|| {
-            http_tokio(dur, w)
-        });
+    // Load: both servers up, taking turns in windows (`ab_load`).
+    struct Load {
+        name: &'static str,
+        unit: &'static str,
+        workers: usize,
+        conns: usize,
+        kind: ClientKind,
+        build: Box<dyn Fn() -> [Server; 2]>,
     }
-    measure(
-        "http_container_per_conn",
-        "req/s",
-        1,
-        &|| http_rescon(dur, 1, true),
-        &|| http_tokio(dur, 1),
-    );
+    let load = [
+        Load {
+            name: "tcp_echo_64",
+            unit: "msgs/s",
+            workers: 1,
+            conns: 64,
+            kind: ClientKind::Echo,
+            build: Box::new(|| [echo_rescon(1), echo_tokio(1)]),
+        },
+        Load {
+            name: "http_keepalive",
+            unit: "req/s",
+            workers: 1,
+            conns: 50,
+            kind: ClientKind::Http,
+            build: Box::new(|| [http_rescon(1, false), http_tokio(1)]),
+        },
+        Load {
+            name: "tcp_echo_64_per_core",
+            unit: "msgs/s",
+            workers: per_core,
+            conns: 64,
+            kind: ClientKind::Echo,
+            build: Box::new(move || [echo_rescon(per_core), echo_tokio(per_core)]),
+        },
+        Load {
+            name: "http_keepalive_per_core",
+            unit: "req/s",
+            workers: per_core,
+            conns: 50,
+            kind: ClientKind::Http,
+            build: Box::new(move || [http_rescon(per_core, false), http_tokio(per_core)]),
+        },
+        Load {
+            name: "http_container_per_conn",
+            unit: "req/s",
+            workers: 1,
+            conns: 50,
+            kind: ClientKind::Http,
+            build: Box::new(|| [http_rescon(1, true), http_tokio(1)]),
+        },
+    ];
+    for Load {
+        name,
+        unit,
+        workers,
+        conns,
+        kind,
+        build,
+    } in load
+    {
+        if !wanted(name) {
+            continue;
+        }
+        let (mut rs, mut ts) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            eprintln!("runtime: {name}, round {}/{rounds}", i + 1);
+            let servers = build();
+            let [r, t] = ab_load(&servers, conns, dur, window, kind);
+            rs.extend(r);
+            ts.extend(t);
+        }
+        report(name, unit, workers, rs, ts);
+    }
     let report = Report { cases };
     anyhow::ensure!(!report.cases.is_empty(), "no case selected");
     if args.json {
@@ -633,18 +802,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "rescon-rt",
         "tokio",
         "ratio",
-        "rounds",
+        "95% CI",
         "server CPU/op us",
         "switches/op"
     );
     for c in &report.cases {
-        let ratio = better(c.unit, c.rescon, c.tokio);
-        let (lo, hi) = c
-            .round_ratios
-            .iter()
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            });
+        let [lo, hi] = c.ratio_ci95;
         let pair = |r: Option<f64>, t: Option<f64>, digits: usize| match (r, t) {
             (Some(r), Some(t)) => format!("{r:.digits$} vs {t:.digits$}"),
             _ => String::new(),
@@ -652,20 +815,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let cpu = pair(c.rescon_server_cpu_us, c.tokio_server_cpu_us, 2);
         let switches = pair(c.rescon_server_switches, c.tokio_server_switches, 3);
         println!(
-            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.2}x {:>11}   {:>16}   {:>16}",
+            "{:24} {:>8} {:>7} {:>12.1} {:>12.1} {:>6.3}x {:>11}   {:>16}   {:>16}",
             c.name,
             c.unit,
             c.workers,
             c.rescon,
             c.tokio,
-            ratio,
+            c.ratio,
             format!("{lo:.2}-{hi:.2}"),
             cpu,
             switches
         );
     }
     println!(
-        "\nratio: rescon-rt relative to tokio, above 1 is better (workers: each runtime's; the client: one tokio current-thread runtime)\nrounds: the lowest and highest ratio of a single round (both runtimes back to back)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)\nswitches/op: times a server thread was switched onto a CPU, per operation (each one a wakeup or a preemption)"
+        "\nrescon-rt, tokio: medians of the rounds (spawn, yield) or of the load windows\nratio: rescon-rt relative to tokio, above 1 is better: the median of the pairs' ratios (each pair measured back to back)\n95% CI: a 95% confidence interval for that median (from the pairs' order statistics)\nserver CPU/op: CPU time of the server's threads per operation, rescon-rt vs tokio (lower is better)\nswitches/op: times a server thread was switched onto a CPU, per operation (each one a wakeup or a preemption)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_ci95;
+
+    #[test]
+    fn the_median_interval_comes_from_order_statistics() {
+        // 36 pairs: ranks 12 and 25 (18 - 5.88 and 1 + 18 + 5.88).
+        let v: Vec<f64> = (1..=36).rev().map(f64::from).collect();
+        assert_eq!(median_ci95(v), [12.0, 25.0]);
+        // Few values: their whole range.
+        assert_eq!(median_ci95(vec![1.1]), [1.1, 1.1]);
+        assert_eq!(median_ci95(vec![3.0, 1.0, 2.0]), [1.0, 3.0]);
+    }
 }

@@ -47,15 +47,21 @@ fn runtime_json_reports_throughput_and_server_cpu() {
             let x = c[k].as_f64().expect("a figure");
             assert!(x.is_finite() && x > 0.0, "{}: {k} = {x}", c["name"]);
         }
-        // One ratio per round (one round here), and with one round it is the median's.
-        let rounds = c["round_ratios"].as_array().expect("round_ratios");
-        assert_eq!(rounds.len(), 1, "{}", c["name"]);
+        // One pair per round (one round here; a 0.2 s load is one window of each server),
+        // and with one pair its ratio is the medians' ratio, the reported one, and the
+        // whole confidence interval.
+        let pairs = c["pair_ratios"].as_array().expect("pair_ratios");
+        assert_eq!(pairs.len(), 1, "{}", c["name"]);
         let (r, t) = (c["rescon"].as_f64().unwrap(), c["tokio"].as_f64().unwrap());
         let want = if c["unit"] == "ns" { t / r } else { r / t };
-        let got = rounds[0].as_f64().unwrap();
+        let close = |x: f64| (x - want).abs() < 1e-9 * want;
+        let got = pairs[0].as_f64().unwrap();
+        assert!(close(got), "{}: {got} vs {want}", c["name"]);
+        assert!(close(c["ratio"].as_f64().unwrap()), "{}", c["name"]);
+        let ci = c["ratio_ci95"].as_array().expect("ratio_ci95");
         assert!(
-            (got - want).abs() < 1e-9 * want,
-            "{}: {got} vs {want}",
+            ci.iter().all(|x| close(x.as_f64().unwrap())),
+            "{}",
             c["name"]
         );
     }
@@ -93,4 +99,57 @@ fn runtime_json_reports_throughput_and_server_cpu() {
         .expect("run rescon-bench");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
+        .args(["runtime", "--window-ms", "5"])
+        .output()
+        .expect("run rescon-bench");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--window-ms"));
+}
+
+/// With a longer load, each round is several pairs of windows, and the ratio reported is their
+/// median, inside its confidence interval.
+#[test]
+fn runtime_load_is_measured_in_pairs_of_windows() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
+        .args([
+            "runtime",
+            "--json",
+            "--rounds",
+            "2",
+            "--duration",
+            "0.2",
+            "--window-ms",
+            "50",
+            "--cases",
+            "tcp_echo_64",
+        ])
+        .output()
+        .expect("run rescon-bench");
+    assert!(
+        out.status.success(),
+        "rescon-bench runtime failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let c = &v["cases"][0];
+    let mut pairs: Vec<f64> = c["pair_ratios"]
+        .as_array()
+        .expect("pair_ratios")
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    // Four windows of 50 ms for each server, in each of two rounds.
+    assert_eq!(pairs.len(), 8);
+    assert!(pairs.iter().all(|x| x.is_finite() && *x > 0.0), "{pairs:?}");
+    pairs.sort_by(f64::total_cmp);
+    let ratio = c["ratio"].as_f64().unwrap();
+    assert_eq!(ratio, pairs[4], "the median of the pairs");
+    let ci: Vec<f64> = c["ratio_ci95"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(ci[0] <= ratio && ratio <= ci[1], "{ci:?} around {ratio}");
 }
