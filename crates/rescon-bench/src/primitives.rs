@@ -181,7 +181,8 @@ fn user_level_ops(scale: f64) -> BTreeMap<&'static str, Op> {
 /// ready, is picked, charged for the poll and goes idle again. `conns` containers under one
 /// parent; batches of 1 to 16 of them wake together, in a pseudo-random order (a fixed
 /// sequence, so runs compare), as an epoll batch does; each is charged 2 to 20 us. The figure
-/// is per request: the wake, the pick, the charge and the sleep.
+/// is per request: the wake, the pick, the sleep and the charge (in the runtime's order: a
+/// container whose queue a burst emptied goes idle before it is charged).
 fn wake_pick_charge_sleep(scale: f64, conns: usize) -> Op {
     let registry = Registry::new();
     let web = registry
@@ -226,8 +227,9 @@ fn wake_pick_charge_sleep(scale: f64, conns: usize) -> Op {
         let p = policy.pick().expect("runnable");
         let ns = 2_000 + next() % 18_000;
         now += ns;
-        policy.charge(p.key, ns);
+        // Idle first, then charged: the runtime's order (`Policy::charge`).
         policy.set_runnable(p.key, false);
+        policy.charge(p.key, ns);
         let c = conn_of[p.key.index()];
         is_awake[c] = false;
         awake -= 1;

@@ -67,6 +67,12 @@ pub trait Policy: Send + fmt::Debug {
     /// is runnable, or everything runnable is throttled or has priority 0).
     fn pick(&mut self) -> Option<Pick>;
     /// Charges `elapsed_ns` of CPU to a container: its usage and its scheduling state.
+    ///
+    /// A container whose queue the work just emptied may be marked idle first and charged
+    /// after: the result is the same as charging it then marking it idle, and for
+    /// [`Hierarchical`] it is cheaper (the container leaves its queue from the front, where
+    /// the pick found it, instead of being re-keyed into the queue's middle and then
+    /// forgotten there).
     fn charge(&mut self, key: Key, elapsed_ns: u64);
     /// Advances the policy's time to `now_ns` (monotonic, caller's clock), refilling CPU-limit
     /// budgets whose period has begun.
@@ -74,7 +80,8 @@ pub trait Policy: Send + fmt::Debug {
     /// Adds CPU charged but not yet recorded to the containers' usage. A policy may batch the
     /// recording of charges ([`Hierarchical`] does, for at most [`hier::FLUSH_NS`] of its time,
     /// and flushes a container when it goes idle, when it is detached, and when the policy is
-    /// dropped); the default records at once and has nothing to flush.
+    /// dropped; a charge that comes after the container went idle waits for the next flush);
+    /// the default records at once and has nothing to flush.
     fn flush(&mut self) {}
     /// The earliest time a throttled container gets budget again, if any is throttled.
     fn next_refill(&self) -> Option<u64>;
