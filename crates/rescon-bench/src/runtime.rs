@@ -13,6 +13,12 @@
 //! client's connections to them take turns in windows of a quarter second, in the order ABBA
 //! ABBA..; spawn and yield pair a run of each per round.
 //!
+//! The interval treats the pairs as independent draws. They are not quite: the machine's
+//! state drifts over minutes too, and two runs of the whole benchmark can give intervals
+//! that do not overlap (measured for `tcp_echo_64_per_core`: 0.85-1.00 in one run, 1.02-1.10
+//! in another, same binary). It says how well one run pinned its median, not how the next
+//! run will come out; compare runs before trusting a difference of a few percent.
+//!
 //! - `spawn_join`: a task spawns a trivial task and awaits it, ns per pair.
 //! - `yield`: two tasks on one worker each yield in a loop, ns per yield.
 //! - `tcp_echo_64`: 64 connections each echo 1 KiB messages, messages/s.
