@@ -19,6 +19,7 @@ mod primitives_kernel;
 mod runtime;
 mod sim;
 mod synflood;
+mod uring;
 
 /// What a task has run, from its `schedstat` file (`/proc/<pid>/schedstat`, or
 /// `/proc/self/task/<tid>/schedstat` for a thread): nanoseconds on a CPU, exactly, and the
@@ -54,6 +55,9 @@ enum Command {
     Synflood(synflood::Args),
     /// rescon-rt beside tokio: spawn, yield, TCP echo and hyper keep-alive, in one run.
     Runtime(runtime::Args),
+    /// What io_uring would save a server thread over epoll: one-thread echo servers, same
+    /// client, loopback.
+    Uring(uring::Args),
     /// The bounded SYN flooder alone, for a test bed's attacker namespace (root).
     Flood(flood::Args),
     /// The paper's Section 5 on this machine beside nginx and hyper on tokio: report.md,
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Synflood(a) => synflood::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Runtime(a) => runtime::run(a),
+        Command::Uring(a) => uring::run(a),
         Command::Paper(a) => paper::run(a),
         Command::Load(a) => load::run(a),
         Command::Httpd {

@@ -165,7 +165,7 @@ struct Report {
 
 const BODY: &[u8; 1024] = &[b'x'; 1024];
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -174,7 +174,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// binomial (n, 1/2), so with the normal approximation the interval runs from the value of
 /// rank n/2 - 0.98 sqrt(n) to that of rank 1 + n/2 + 0.98 sqrt(n) (ranks from 1). No
 /// assumption on how the values are distributed; with few values it is their whole range.
-fn median_ci95(mut v: Vec<f64>) -> [f64; 2] {
+pub(crate) fn median_ci95(mut v: Vec<f64>) -> [f64; 2] {
     v.sort_by(f64::total_cmp);
     let n = v.len() as f64;
     let half = 0.98 * n.sqrt();
