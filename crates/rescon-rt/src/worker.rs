@@ -110,6 +110,9 @@ pub(crate) struct WorkerShared {
     /// only; see [`crate::IoPolls`]).
     pub(crate) io_sleeps: AtomicU64,
     pub(crate) io_polls: AtomicU64,
+    /// Timers dropped while queued on this worker, since its timer heap last compacted (see
+    /// `TimerHeap::register`).
+    pub(crate) timers_dropped: AtomicUsize,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -139,6 +142,7 @@ impl WorkerShared {
             lowered: AtomicBool::new(false),
             io_sleeps: AtomicU64::new(0),
             io_polls: AtomicU64::new(0),
+            timers_dropped: AtomicUsize::new(0),
         })
     }
 
@@ -211,7 +215,7 @@ pub(crate) fn register_timer(w: &Arc<WorkerShared>, t: Arc<TimerShared>) {
     let t = if CTX.is_set() {
         CTX.with(|l| {
             if Arc::ptr_eq(&l.shared, w) {
-                l.core.borrow_mut().timers.register(t);
+                l.core.borrow_mut().timers.register(t, &w.timers_dropped);
                 None
             } else {
                 Some(t)
@@ -243,6 +247,12 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
     } else {
         None
     }
+}
+
+/// Entries in the running worker's timer heap (live, stale and dropped), for tests.
+#[cfg(test)]
+pub(crate) fn timer_entries() -> Option<usize> {
+    with_local(|l| l.core.borrow().timers.len())
 }
 
 /// Most distinct containers a burst's rebindings charge at its end; more are charged at once.
@@ -861,7 +871,7 @@ impl Local {
                         let k = r.metadata().key();
                         core.push(k, r, now);
                     }
-                    Remote::Timer(t) => core.timers.register(t),
+                    Remote::Timer(t) => core.timers.register(t, &self.shared.timers_dropped),
                     Remote::Flush(f) => flushes.push(f),
                 }
             }
