@@ -430,6 +430,35 @@ fn watch_reports_attribute_and_parent_changes() {
 }
 
 #[test]
+fn a_watch_read_late_reports_every_watched_container_rather_than_miss_one() {
+    // A watch lists changes up to a bound; past it, it cannot tell which containers changed,
+    // and holds no more (memory stays bounded however long nobody reads it).
+    let registry = Registry::new();
+    let root = registry.root();
+    let (a, b, c) = (
+        child(&root, "a", &[]),
+        child(&root, "b", &[]),
+        child(&root, "c", &[]),
+    );
+    let watch = registry.watch();
+    watch.add(&a);
+    watch.add(&b);
+    watch.add(&c);
+    for i in 0..5_000 {
+        root.update(&c, |x| x.set("priority", &(1 + i % 100).to_string()))
+            .unwrap();
+    }
+    assert_eq!(
+        watch.changed(),
+        vec![a, b, c.clone()],
+        "all watched, in id order"
+    );
+    root.update(&c, |x| x.set("priority", "3")).unwrap();
+    assert_eq!(watch.changed(), vec![c], "listed again after the read");
+    assert!(watch.changed().is_empty());
+}
+
+#[test]
 fn snapshot_is_the_subtree_in_creation_order() {
     let registry = Registry::new();
     let root = registry.root();

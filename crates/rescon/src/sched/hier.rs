@@ -836,7 +836,11 @@ impl Hierarchical {
     }
 
     fn sync(&mut self) {
-        self.feed.drain(&mut self.changed);
+        if self.feed.drain(&mut self.changed) {
+            // Too many changes to list: any mirrored container may have changed.
+            self.changed.clear();
+            self.changed.extend(self.by_id.keys().copied());
+        }
         if self.changed.is_empty() {
             return;
         }
@@ -1168,6 +1172,41 @@ mod tests {
     #[test]
     fn hot_node_is_half_a_cache_line() {
         assert_eq!(std::mem::size_of::<SNode>(), 32);
+    }
+
+    #[test]
+    fn a_feed_nobody_drains_stays_bounded_and_a_late_reader_misses_no_change() {
+        let registry = Registry::new();
+        let root = registry.root();
+        let a = root.create_child("a", Attributes::default()).unwrap();
+        let b = root.create_child("b", Attributes::default()).unwrap();
+        let x = root.create_child("x", Attributes::default()).unwrap();
+        // `busy` serves connections; `idle` never picks; `late` picks only at the end.
+        let mut busy = Hierarchical::new(&registry);
+        let idle = Hierarchical::new(&registry);
+        let mut late = Hierarchical::new(&registry);
+        let kx = late.attach(&x);
+        late.set_runnable(kx, true);
+        assert_eq!(late.pick().map(|p| p.key), Some(kx));
+        for i in 0..10_000 {
+            // rescon-httpd's pattern: a connection's container moves under its vhost.
+            let c = a.create_child("conn", Attributes::default()).unwrap();
+            let k = busy.attach(&c);
+            root.reparent(&c, Some(&b)).unwrap();
+            busy.set_runnable(k, true);
+            assert_eq!(busy.pick().map(|p| p.key), Some(k));
+            busy.set_runnable(k, false);
+            busy.detach(k);
+            if i == 5_000 {
+                root.update(&x, |a| a.set("priority", "0")).unwrap();
+            }
+        }
+        assert!(busy.feed.listed() <= 1, "drained at each pick");
+        // Without a bound, 10,001 ids each (one per move, one for the priority).
+        assert!(idle.feed.listed() <= 1_024, "{}", idle.feed.listed());
+        assert!(late.feed.listed() <= 1_024, "{}", late.feed.listed());
+        // Told only that anything may have changed, `late` still sees x at priority 0.
+        assert_eq!(late.pick(), None);
     }
 
     /// Everything that decides later picks: each node's times and flags, each group's floors
