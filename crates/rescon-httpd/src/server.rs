@@ -1618,6 +1618,12 @@ fn run_script_inner(
     if let Some(m) = &kernel {
         let _ = m.kill(c);
         let _ = m.sample();
+        // The run's cgroups go with it: the manager keeps what it mirrors (the container,
+        // its cgroup directories and their open counter files, about ten) until detached,
+        // and a run's container is made for this run only.
+        if let Err(e) = m.detach(c) {
+            eprintln!("rescon-httpd: removing the cgroups of {}: {e}", c.name());
+        }
     }
     if timed_out.load(Relaxed) {
         return CgiOutcome::TimedOut;

@@ -766,6 +766,44 @@ fn per_request_containers_charge_each_request_under_its_vhost() {
 }
 
 #[test]
+fn cgi_runs_leave_no_container_cgroup_or_open_file_behind() {
+    // Each run has a container of its own (with kernel enforcement, cgroups and their open
+    // counter files): all of it goes when the run ends, and what it used stays in cgi's
+    // subtree. Before, each run kept about ten descriptors and its cgroup directories.
+    let s = start("", "");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(get(&s, "/cgi-bin/env.sh", "").status, 200);
+    let first = fds();
+    for _ in 0..30 {
+        assert_eq!(get(&s, "/cgi-bin/env.sh", "").status, 200);
+    }
+    let t = Instant::now();
+    loop {
+        let (st, body) = admin(&s, "GET", "/containers/cgi?depth=1", "");
+        assert_eq!(st, 200, "{body}");
+        let v = json(&body);
+        let runs = v["children"].as_array().map_or(0, Vec::len);
+        if runs == 0 && v["usage_subtree"]["requests"].as_u64() == Some(31) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{runs} run containers left, or requests not kept: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let now = fds();
+    assert!(
+        now <= first + 4,
+        "{first} descriptors after one run, {now} after 31"
+    );
+}
+
+#[test]
 fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
     let s = start_with("", "", "", "", r#"enforcement = "user""#);
     for _ in 0..3 {
