@@ -226,6 +226,17 @@ impl Registration {
         });
     }
 
+    /// Like [`clear`](Registration::clear), and also drops the closed and error bits of `dir`:
+    /// the kernel has just said the operation would block, which a closed or failed socket
+    /// does not (it returns end of stream or the error). Bits that say otherwise came from an
+    /// event that was not this socket's, and left set they would make every later wait
+    /// return at once: a task spinning on `WouldBlock` inside one poll, its worker stuck.
+    pub(crate) fn clear_would_block(&self, dir: Dir, seen: usize) {
+        let _ = self.state.readiness.fetch_update(AcqRel, Acquire, |cur| {
+            (cur & TICK_MASK == seen & TICK_MASK).then_some(cur & !dir.mask())
+        });
+    }
+
     /// Runs `op` when the socket is ready in `dir`, waiting again while it would block.
     pub(crate) fn poll_io<T>(
         &self,
@@ -248,7 +259,9 @@ impl Registration {
         loop {
             let seen = ready!(self.poll_ready(cx, dir))?;
             match op() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(dir, seen),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.clear_would_block(dir, seen)
+                }
                 r => {
                     if r.as_ref().is_ok_and(&drained) {
                         self.clear(dir, seen);
@@ -393,10 +406,18 @@ impl Drop for AcceptPause {
 }
 
 /// A socket with its registration and its container: the shared part of the socket types.
+///
+/// `reg` comes before `io`, so a dropped socket leaves the worker's epoll set while its
+/// descriptor is still open, and only then closes. The other order leaves it there whenever
+/// another reference to the socket's file lives on (a child between fork and exec holds all
+/// of the parent's descriptors, CGI runs fork all the time): the file's later events come with
+/// its old token, which the next socket has taken, and set that socket's closed bits. And by
+/// the time `deregister` names the descriptor's number, another thread may have opened a new
+/// file under it, whose registration it would remove.
 #[derive(Debug)]
 pub(crate) struct Sock<S> {
-    pub(crate) io: S,
     pub(crate) reg: Registration,
+    pub(crate) io: S,
     pub(crate) container: rescon::Container,
     /// The wait for the egress limit's tokens, while a write is held back by it.
     egress_wait: std::sync::Mutex<Option<crate::time::Sleep>>,
@@ -406,8 +427,8 @@ impl<S: AsRawFd> Sock<S> {
     pub(crate) fn new(io: S, container: rescon::Container) -> Sock<S> {
         let fd = io.as_raw_fd();
         Sock {
-            io,
             reg: Registration::new(fd),
+            io,
             container: container.unprivileged(),
             egress_wait: std::sync::Mutex::new(None),
         }
@@ -607,6 +628,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::task::Wake;
+    use std::time::Duration;
 
     struct Flag(AtomicBool);
     impl Wake for Flag {
@@ -697,6 +719,78 @@ mod tests {
             (c & TICK_MASK == seen & TICK_MASK).then_some(c & !Dir::Read.clearable())
         });
         assert!(st.readiness.load(SeqCst) & Dir::Read.mask() != 0);
+    }
+
+    #[test]
+    fn a_would_block_drops_closed_and_error_bits_so_the_wait_does_not_spin() {
+        // Closed and error bits that the kernel contradicts (the read would block) came from
+        // an event that was not this socket's. Kept, they made the wait return at once: the
+        // read looped inside one poll, its worker stuck at 100% CPU.
+        let reg = Registration::new(-1);
+        let mut out = Vec::new();
+        reg.state.add(READ_CLOSED | ERROR, &mut out);
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag);
+        let mut cx = Context::from_waker(&waker);
+        let mut calls = 0;
+        let r = reg.poll_io(&mut cx, Dir::Read, || {
+            calls += 1;
+            if calls < 1000 {
+                Err::<usize, _>(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(0) // ends the loop the old code would not leave
+            }
+        });
+        // The worker is not registered (fd -1), so waiting fails to register: what matters is
+        // that the loop made one call and stopped.
+        assert_eq!(calls, 1, "{r:?}");
+        assert_eq!(reg.state.readiness.load(SeqCst) & Dir::Read.mask(), 0);
+        // A clear after a short transfer keeps a real end of stream for the next read.
+        let reg = Registration::new(-1);
+        reg.state.add(READ_CLOSED, &mut out);
+        let seen = reg.state.readiness.load(SeqCst);
+        reg.clear(Dir::Read, seen);
+        assert_ne!(reg.state.readiness.load(SeqCst) & READ_CLOSED, 0);
+    }
+
+    /// A socket dropped while another reference to its file lives (a forked child holds one
+    /// until it execs) leaves the worker's epoll set at once: its file's later events must not
+    /// reach the socket that takes its token next.
+    #[test]
+    fn a_dropped_socket_s_file_sends_no_event_to_the_next_socket() {
+        use std::os::fd::AsFd;
+        let registry = rescon::Registry::new();
+        let rt = crate::Builder::new(&registry).workers(1).build().unwrap();
+        rt.block_on(rt.handle().spawn(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let mut buf = [0u8; 16];
+            let quiet = Duration::from_millis(5);
+            let a = crate::TcpStream::connect(addr).await.unwrap();
+            let (a_peer, _) = l.accept().unwrap();
+            // Registered by a read that would block.
+            assert!(crate::timeout(quiet, a.read(&mut buf)).await.is_err());
+            let held = a.sock.io.as_fd().try_clone_to_owned().unwrap();
+            drop(a);
+            let b = crate::TcpStream::connect(addr).await.unwrap();
+            let (mut b_peer, _) = l.accept().unwrap();
+            assert!(crate::timeout(quiet, b.read(&mut buf)).await.is_err());
+            // An event on the dropped socket's file (still open through `held`): its peer
+            // closes. The worker polls epoll meanwhile.
+            drop(a_peer);
+            crate::sleep(Duration::from_millis(20)).await;
+            let bits = b.sock.reg.state.readiness.load(SeqCst);
+            assert_eq!(
+                bits & Dir::Read.mask(),
+                0,
+                "the next socket got the dropped one's end of stream"
+            );
+            // And the next socket works.
+            std::io::Write::write_all(&mut b_peer, b"x").unwrap();
+            assert_eq!(b.read(&mut buf).await.unwrap(), 1);
+            drop(held);
+        }))
+        .unwrap();
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl TcpListener {
 
 /// A TCP connection bound to a container: its bytes in and out are charged to it.
 pub struct TcpStream {
-    sock: Sock<mio::net::TcpStream>,
+    pub(crate) sock: Sock<mio::net::TcpStream>,
     _conn: Option<ConnGuard>,
 }
 
@@ -181,7 +181,7 @@ impl TcpStream {
                         if e.kind() == io::ErrorKind::NotConnected
                             || e.raw_os_error() == Some(libc::EINPROGRESS) =>
                     {
-                        s.sock.reg.clear(Dir::Write, seen)
+                        s.sock.reg.clear_would_block(Dir::Write, seen)
                     }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
