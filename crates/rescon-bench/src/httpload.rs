@@ -483,8 +483,9 @@ fn bad(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
 }
 
-/// Reads one response: its head, then `Content-Length` bytes of body, or to the end of the
-/// stream when there is none. Returns the status and whether the connection is finished.
+/// Reads one response: its head, then its body (chunked, `Content-Length` bytes, or to the end
+/// of the stream when it has neither). Returns the status and whether the connection is
+/// finished.
 async fn read_response(
     s: &mut tokio::net::TcpStream,
     buf: &mut [u8],
@@ -506,9 +507,14 @@ async fn read_response(
             httparse::Status::Complete(head_len) => {
                 let status = resp.code.unwrap_or(0);
                 let mut length = None;
+                let mut chunked = false;
                 let mut close = resp.version == Some(0);
                 for h in resp.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
+                    if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = String::from_utf8_lossy(h.value)
+                            .to_ascii_lowercase()
+                            .contains("chunked");
+                    } else if h.name.eq_ignore_ascii_case("content-length") {
                         length = std::str::from_utf8(h.value)
                             .ok()
                             .and_then(|v| v.trim().parse::<usize>().ok());
@@ -520,6 +526,14 @@ async fn read_response(
                             close = false;
                         }
                     }
+                }
+                if chunked {
+                    // A CGI response, streamed: chunked wins over any length (RFC 9112 6.3).
+                    skip_chunked(s, buf, buf[head_len..have].to_vec()).await?;
+                    if close {
+                        while s.read(buf).await? > 0 {}
+                    }
+                    return Ok((status, close));
                 }
                 let mut body = have - head_len;
                 match length {
@@ -544,6 +558,63 @@ async fn read_response(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads a chunked body to its end (the last chunk and any trailers), given what was read past
+/// the head; what follows it on the connection is not read.
+async fn skip_chunked(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut [u8],
+    mut have: Vec<u8>,
+) -> std::io::Result<()> {
+    async fn more(
+        s: &mut tokio::net::TcpStream,
+        buf: &mut [u8],
+        have: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let n = s.read(buf).await?;
+        if n == 0 {
+            return Err(bad("connection closed inside the body"));
+        }
+        have.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+    loop {
+        let (used, size) = loop {
+            match httparse::parse_chunk_size(&have) {
+                Ok(httparse::Status::Complete((used, size))) => break (used, size),
+                Ok(httparse::Status::Partial) if have.len() < 1024 => {
+                    more(s, buf, &mut have).await?
+                }
+                _ => return Err(bad("bad chunk size line")),
+            }
+        };
+        have.drain(..used);
+        if size == 0 {
+            // Trailer lines, then an empty one.
+            loop {
+                match have.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => return Ok(()),
+                    Some(i) => drop(have.drain(..i + 2)),
+                    None if have.len() < 8192 => more(s, buf, &mut have).await?,
+                    None => return Err(bad("trailers too long")),
+                }
+            }
+        }
+        // The data and its CRLF.
+        let mut skip = usize::try_from(size)
+            .ok()
+            .and_then(|n| n.checked_add(2))
+            .ok_or_else(|| bad("chunk too large"))?;
+        while skip > 0 {
+            if have.is_empty() {
+                more(s, buf, &mut have).await?;
+            }
+            let k = skip.min(have.len());
+            have.drain(..k);
+            skip -= k;
         }
     }
 }
@@ -596,11 +667,19 @@ mod tests {
                             }
                             ("200 OK", "hello\n")
                         };
-                        let resp = format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{}\r\n{body}",
-                            body.len(),
-                            if v10 { "Connection: close\r\n" } else { "" }
-                        );
+                        let close = if v10 { "Connection: close\r\n" } else { "" };
+                        let resp = if head.starts_with("GET /chunked") {
+                            // Two chunks (one with an extension) and a trailer, as a
+                            // streamed CGI response comes.
+                            format!(
+                                "HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n{close}\r\n3;x=1\r\nhel\r\n3\r\nlo\n\r\n0\r\nX-Done: 1\r\n\r\n"
+                            )
+                        } else {
+                            format!(
+                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{close}\r\n{body}",
+                                body.len()
+                            )
+                        };
                         if c.write_all(resp.as_bytes()).is_err() {
                             return;
                         }
@@ -657,6 +736,34 @@ mod tests {
         assert_eq!(r[1].latency_us.len(), r[1].ok);
         let counted: u64 = r.iter().map(|g| g.ok + g.non_2xx).sum();
         assert!(served.load(Ordering::Relaxed) >= counted);
+    }
+
+    #[test]
+    fn chunked_responses_are_read_to_their_end_on_kept_alive_connections() {
+        // rescon-httpd streams CGI output chunked; a client that waited for the connection to
+        // close counted nothing (each request hung until the window ended).
+        let (addr, served, stop) = server();
+        let mut plan = Plan::new(
+            addr,
+            vec![group(
+                "chunked",
+                [127, 0, 0, 1],
+                Mode::KeepAlive,
+                &["/chunked"],
+            )],
+        );
+        plan.warmup = Duration::from_millis(50);
+        plan.duration = Duration::from_millis(300);
+        let r = run(&plan).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        // Two connections: far more responses than two means each was read to its end and
+        // the connection reused.
+        assert!(
+            r[0].ok > 20 && r[0].errors == 0,
+            "{:?}",
+            (r[0].ok, r[0].errors)
+        );
+        assert!(served.load(Ordering::Relaxed) >= r[0].ok);
     }
 
     #[test]
