@@ -359,7 +359,9 @@ fn epoll_server(socks: &[TcpStream], stop: &AtomicBool) -> anyhow::Result<()> {
 /// asynchronously, and one may still write into a buffer after the drop returns, so the
 /// memory must never be reused (1 MiB a window, at most 50 windows a run).
 struct Provided {
-    bufs: &'static mut [u8],
+    /// NBUF buffers of BUFSZ bytes. A raw pointer, not a slice: the kernel writes them behind
+    /// Rust's back, and Rust never reads them (a send hands them back to the kernel).
+    bufs: *mut u8,
     ring: *mut types::BufRingEntry,
     tail: u16,
 }
@@ -372,7 +374,7 @@ impl Provided {
         let base = unsafe { std::alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
         ensure!(!base.is_null(), "out of memory");
         let mut p = Provided {
-            bufs: Vec::leak(vec![0u8; NBUF * BUFSZ]),
+            bufs: Vec::leak(vec![0u8; NBUF * BUFSZ]).as_mut_ptr(),
             ring: base,
             tail: 0,
         };
@@ -389,7 +391,8 @@ impl Provided {
     }
 
     fn addr(&self, bid: u16) -> *const u8 {
-        self.bufs[bid as usize * BUFSZ..].as_ptr()
+        assert!((bid as usize) < NBUF, "buffer id {bid} out of range");
+        self.bufs.wrapping_add(bid as usize * BUFSZ)
     }
 
     /// Returns buffer `bid` to the ring.
