@@ -29,7 +29,7 @@ use rustix::event::epoll;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -245,11 +245,39 @@ fn after_stop_is_fine(r: anyhow::Result<()>, stop: &AtomicBool) -> anyhow::Resul
     if stop.load(Relaxed) { Ok(()) } else { r }
 }
 
-fn timeout() -> rustix::time::Timespec {
-    rustix::time::Timespec {
+/// An epoll instance watching `socks` for `flags`, each event carrying the socket's index.
+fn watch(socks: &[TcpStream], flags: epoll::EventFlags) -> std::io::Result<OwnedFd> {
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for (i, s) in socks.iter().enumerate() {
+        epoll::add(&ep, s, epoll::EventData::new_u64(i as u64), flags)?;
+    }
+    Ok(ep)
+}
+
+/// What the servers watch for: edge-triggered, both directions and the peer's close, as mio
+/// registers a socket for the runtimes.
+const SERVER_EVENTS: epoll::EventFlags = epoll::EventFlags::IN
+    .union(epoll::EventFlags::OUT)
+    .union(epoll::EventFlags::RDHUP)
+    .union(epoll::EventFlags::ET);
+
+/// Waits up to 50 ms for events; returns the indices of the sockets that became readable.
+fn wait_readable<'a>(
+    ep: &OwnedFd,
+    events: &'a mut Vec<epoll::Event>,
+) -> std::io::Result<impl Iterator<Item = usize> + 'a> {
+    let timeout = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: 50_000_000,
-    }
+    };
+    events.clear();
+    epoll::wait(ep, rustix::buffer::spare_capacity(events), Some(&timeout))?;
+    Ok(events.iter().filter_map(|ev| {
+        let (flags, data) = (ev.flags, ev.data);
+        flags
+            .contains(epoll::EventFlags::IN)
+            .then_some(data.u64() as usize)
+    }))
 }
 
 /// The client: each connection sends a message and waits for all of it to come back, in a loop.
@@ -258,16 +286,10 @@ fn client_loop(
     stop: &AtomicBool,
     done: &AtomicU64,
 ) -> anyhow::Result<()> {
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    for (i, c) in clients.iter().enumerate() {
+    for c in clients.iter() {
         c.set_nonblocking(true)?;
-        epoll::add(
-            &ep,
-            c,
-            epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN | epoll::EventFlags::ET,
-        )?;
     }
+    let ep = watch(clients, epoll::EventFlags::IN | epoll::EventFlags::ET)?;
     let msg = [b'x'; MSG];
     let mut have = vec![0usize; clients.len()];
     let mut buf = [0u8; BUFSZ];
@@ -276,15 +298,7 @@ fn client_loop(
     }
     let mut events = Vec::with_capacity(CONNS);
     while !stop.load(Relaxed) {
-        events.clear();
-        epoll::wait(
-            &ep,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&timeout()),
-        )?;
-        for ev in &events {
-            let data = ev.data;
-            let i = data.u64() as usize;
+        for i in wait_readable(&ep, &mut events)? {
             loop {
                 match clients[i].read(&mut buf) {
                     Ok(0) if stop.load(Relaxed) => return Ok(()),
@@ -307,33 +321,12 @@ fn client_loop(
 }
 
 fn epoll_server(socks: &[TcpStream], stop: &AtomicBool) -> anyhow::Result<()> {
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    for (i, s) in socks.iter().enumerate() {
-        epoll::add(
-            &ep,
-            s,
-            epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN
-                | epoll::EventFlags::OUT
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ET,
-        )?;
-    }
+    let ep = watch(socks, SERVER_EVENTS)?;
     let mut buf = [0u8; BUFSZ];
     let mut events = Vec::with_capacity(1024);
     while !stop.load(Relaxed) {
-        events.clear();
-        epoll::wait(
-            &ep,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&timeout()),
-        )?;
-        for ev in &events {
-            let (flags, data) = (ev.flags, ev.data);
-            if !flags.contains(epoll::EventFlags::IN) {
-                continue;
-            }
-            let mut s = &socks[data.u64() as usize];
+        for i in wait_readable(&ep, &mut events)? {
+            let mut s = &socks[i];
             // As the runtimes do: one read, and a short one means the socket is drained.
             loop {
                 match s.read(&mut buf) {
@@ -508,18 +501,7 @@ fn hybrid_server(socks: &[TcpStream], stop: &AtomicBool) -> anyhow::Result<()> {
         .setup_single_issuer()
         .setup_cqsize(4 * NBUF as u32)
         .build(NBUF as u32)?;
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    for (i, s) in socks.iter().enumerate() {
-        epoll::add(
-            &ep,
-            s,
-            epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN
-                | epoll::EventFlags::OUT
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ET,
-        )?;
-    }
+    let ep = watch(socks, SERVER_EVENTS)?;
     let mut bufs = vec![0u8; NBUF * BUFSZ];
     let mut free: Vec<u16> = (0..NBUF as u16).collect();
     let mut sent = [0i32; NBUF];
@@ -536,18 +518,7 @@ fn hybrid_server(socks: &[TcpStream], stop: &AtomicBool) -> anyhow::Result<()> {
             );
             free.push(bid);
         }
-        events.clear();
-        epoll::wait(
-            &ep,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&timeout()),
-        )?;
-        for ev in &events {
-            let (flags, data) = (ev.flags, ev.data);
-            if !flags.contains(epoll::EventFlags::IN) {
-                continue;
-            }
-            let i = data.u64() as usize;
+        for i in wait_readable(&ep, &mut events)? {
             let Some(bid) = free.pop() else {
                 bail!("out of send buffers");
             };

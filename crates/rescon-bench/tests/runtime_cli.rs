@@ -2,29 +2,53 @@
 //! carry the server's CPU time per operation. Figures are not judged here (benchmarks measure,
 //! tests do not time).
 
-use std::process::Command;
+use std::process::{Command, Output};
 
-#[test]
-fn runtime_json_reports_throughput_and_server_cpu() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
-        .args([
-            "runtime",
-            "--json",
-            "--rounds",
-            "1",
-            "--duration",
-            "0.2",
-            "--cases",
-            "yield,tcp_echo_64,tcp_echo_64_per_core,http_container_per_conn",
-        ])
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
+        .args(args)
         .output()
-        .expect("run rescon-bench");
+        .expect("run rescon-bench")
+}
+
+/// The JSON report of a run that must succeed.
+fn report(args: &[&str]) -> serde_json::Value {
+    let out = bench(args);
     assert!(
         out.status.success(),
         "rescon-bench runtime failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// A run refused with a message naming `flag`.
+fn refused(args: &[&str], flag: &str) {
+    let bad = bench(args);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains(flag));
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn runtime_json_reports_throughput_and_server_cpu() {
+    let v = report(&[
+        "runtime",
+        "--json",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.2",
+        "--cases",
+        "yield,tcp_echo_64,tcp_echo_64_per_core,http_container_per_conn",
+    ]);
     let cases = v["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
@@ -93,63 +117,34 @@ fn runtime_json_reports_throughput_and_server_cpu() {
         }
     }
     // Bad input is refused with a message, not a panic.
-    let bad = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
-        .args(["runtime", "--rounds", "0"])
-        .output()
-        .expect("run rescon-bench");
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds"));
-    let bad = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
-        .args(["runtime", "--window-ms", "5"])
-        .output()
-        .expect("run rescon-bench");
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--window-ms"));
+    refused(&["runtime", "--rounds", "0"], "--rounds");
+    refused(&["runtime", "--window-ms", "5"], "--window-ms");
 }
 
 /// With a longer load, each round is several pairs of windows, and the ratio reported is their
 /// median, inside its confidence interval.
 #[test]
 fn runtime_load_is_measured_in_pairs_of_windows() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rescon-bench"))
-        .args([
-            "runtime",
-            "--json",
-            "--rounds",
-            "2",
-            "--duration",
-            "0.2",
-            "--window-ms",
-            "50",
-            "--cases",
-            "tcp_echo_64",
-        ])
-        .output()
-        .expect("run rescon-bench");
-    assert!(
-        out.status.success(),
-        "rescon-bench runtime failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let v = report(&[
+        "runtime",
+        "--json",
+        "--rounds",
+        "2",
+        "--duration",
+        "0.2",
+        "--window-ms",
+        "50",
+        "--cases",
+        "tcp_echo_64",
+    ]);
     let c = &v["cases"][0];
-    let mut pairs: Vec<f64> = c["pair_ratios"]
-        .as_array()
-        .expect("pair_ratios")
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let mut pairs = floats(&c["pair_ratios"]);
     // Four windows of 50 ms for each server, in each of two rounds.
     assert_eq!(pairs.len(), 8);
     assert!(pairs.iter().all(|x| x.is_finite() && *x > 0.0), "{pairs:?}");
     pairs.sort_by(f64::total_cmp);
     let ratio = c["ratio"].as_f64().unwrap();
     assert_eq!(ratio, pairs[4], "the median of the pairs");
-    let ci: Vec<f64> = c["ratio_ci95"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let ci = floats(&c["ratio_ci95"]);
     assert!(ci[0] <= ratio && ratio <= ci[1], "{ci:?} around {ratio}");
 }

@@ -221,9 +221,7 @@ impl Registration {
 
     /// Clears readiness in `dir` after a `WouldBlock`, unless an event came since `seen`.
     pub(crate) fn clear(&self, dir: Dir, seen: usize) {
-        let _ = self.state.readiness.fetch_update(AcqRel, Acquire, |cur| {
-            (cur & TICK_MASK == seen & TICK_MASK).then_some(cur & !dir.clearable())
-        });
+        self.clear_bits(dir.clearable(), seen);
     }
 
     /// Like [`clear`](Registration::clear), and also drops the closed and error bits of `dir`:
@@ -232,8 +230,13 @@ impl Registration {
     /// event that was not this socket's, and left set they would make every later wait
     /// return at once: a task spinning on `WouldBlock` inside one poll, its worker stuck.
     pub(crate) fn clear_would_block(&self, dir: Dir, seen: usize) {
+        self.clear_bits(dir.mask(), seen);
+    }
+
+    /// Clears `bits` of the readiness, unless an event came since `seen`.
+    fn clear_bits(&self, bits: usize, seen: usize) {
         let _ = self.state.readiness.fetch_update(AcqRel, Acquire, |cur| {
-            (cur & TICK_MASK == seen & TICK_MASK).then_some(cur & !dir.mask())
+            (cur & TICK_MASK == seen & TICK_MASK).then_some(cur & !bits)
         });
     }
 
