@@ -25,7 +25,7 @@ pub struct AccessLogEntry<'a> {
     pub request_line: &'a [u8],
     /// The status sent.
     pub status: u16,
-    /// Body bytes sent.
+    /// Body bytes sent: fewer than its length if the body was cut, none for `HEAD`.
     pub bytes: u64,
     /// The `Referer` header.
     pub referer: Option<&'a [u8]>,

@@ -841,7 +841,7 @@ async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
     conn: &ConnState,
-    req_cpu: &ReqCpu,
+    req_cpu: &Arc<ReqCpu>,
 ) -> Response<Body> {
     let class = conn.class.as_str();
     // What the access log needs, taken before the request is consumed; nothing without a log.
@@ -970,14 +970,14 @@ async fn handle(
         resp,
         peer,
         time,
-        &request_line,
-        referer.as_deref(),
-        ua.as_deref(),
-        &charged,
-        req_cpu,
+        request_line,
+        referer,
+        ua,
+        charged,
+        req_cpu.clone(),
         cgi_run,
         start,
-        &vhost,
+        vhost,
         class,
     )
 }
@@ -1040,49 +1040,133 @@ fn request_container(shared: &Shared, vhost: &VhostConfig, conn: &ConnState) -> 
 
 #[allow(clippy::too_many_arguments)]
 fn log_and(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     resp: Response<Body>,
     peer: SocketAddr,
     time: Option<SystemTime>,
-    request_line: &str,
-    referer: Option<&[u8]>,
-    ua: Option<&[u8]>,
-    me: &Container,
-    req_cpu: &ReqCpu,
+    request_line: String,
+    referer: Option<Vec<u8>>,
+    ua: Option<Vec<u8>>,
+    me: Container,
+    req_cpu: Arc<ReqCpu>,
     cgi_run: bool,
     start: Option<Instant>,
-    vhost: &str,
+    vhost: String,
     class: &str,
 ) -> Response<Body> {
     // Every request counts once, where its work was charged: the connection's container
     // (under its vhost), or the request's or CGI run's own.
     me.account().add_requests(1);
-    if let Some(log) = &shared.log {
-        let bytes = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
+    if shared.log.is_none() {
+        return resp;
+    }
+    let pending = PendingLog {
+        shared: shared.clone(),
+        remote: peer.ip(),
+        // Taken when the request came in, if the log was on then.
+        time: time.unwrap_or_else(SystemTime::now),
+        request_line,
+        status: resp.status().as_u16(),
+        referer,
+        ua,
+        container: me,
+        req_cpu,
+        cgi_run,
+        start,
+        vhost,
+        class: class.to_owned(),
+        sent: 0,
+    };
+    resp.map(|body| {
+        LoggedBody {
+            inner: body,
+            log: pending,
+        }
+        .boxed()
+    })
+}
+
+/// One access-log line, written when its response's body has gone to the connection or is
+/// dropped (cut by an error, abandoned by the client, or never sent, as for `HEAD`): so it
+/// counts the body bytes that went out and the time until then, as nginx's
+/// `$body_bytes_sent` and `$request_time` do, for streamed CGI output as for files.
+struct PendingLog {
+    shared: Arc<Shared>,
+    remote: std::net::IpAddr,
+    time: SystemTime,
+    request_line: String,
+    status: u16,
+    referer: Option<Vec<u8>>,
+    ua: Option<Vec<u8>>,
+    container: Container,
+    req_cpu: Arc<ReqCpu>,
+    cgi_run: bool,
+    start: Option<Instant>,
+    vhost: String,
+    class: String,
+    /// Body bytes handed to the connection so far.
+    sent: u64,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        let Some(log) = &self.shared.log else {
+            return;
+        };
         let line = AccessLogEntry {
-            remote: peer.ip(),
-            // Taken when the request came in, if the log was on then.
-            time: time.unwrap_or_else(SystemTime::now),
-            request_line: request_line.as_bytes(),
-            status: resp.status().as_u16(),
-            bytes,
-            referer,
-            user_agent: ua,
-            container: me.id(),
-            cpu: Duration::from_nanos(req_cpu.so_far_ns() + own_run_cpu(me, cgi_run)),
-            duration: start.map_or(Duration::ZERO, |s| s.elapsed()),
-            vhost,
-            class,
+            remote: self.remote,
+            time: self.time,
+            request_line: self.request_line.as_bytes(),
+            status: self.status,
+            bytes: self.sent,
+            referer: self.referer.as_deref(),
+            user_agent: self.ua.as_deref(),
+            container: self.container.id(),
+            cpu: Duration::from_nanos(
+                self.req_cpu.so_far_ns() + own_run_cpu(&self.container, self.cgi_run),
+            ),
+            duration: self.start.map_or(Duration::ZERO, |s| s.elapsed()),
+            vhost: &self.vhost,
+            class: &self.class,
         }
         .format();
         let mut w = log.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(w, "{line}");
     }
-    resp
+}
+
+/// A response body that counts what it yields into its [`PendingLog`], which writes the
+/// line when the body is dropped.
+struct LoggedBody {
+    inner: Body,
+    log: PendingLog,
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.log.sent += data.len() as u64;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn serve_static(

@@ -842,6 +842,65 @@ fn cgi_output_streams_and_a_timeout_cuts_it() {
         !text.ends_with("0\r\n\r\n"),
         "the body must not look complete: {text:?}"
     );
+    // The log counts what went out of the cut body ("first\n"), and the time until the cut.
+    let line = log_line(&s, "/cgi-bin/slow.sh");
+    assert_eq!(logged_bytes(&line), 6, "{line}");
+    let dur_us: u64 = field(&line, "dur_us=").parse().unwrap();
+    assert!(dur_us >= 1_000_000, "logged when the body ended: {line}");
+}
+
+/// The access log's line for the request whose line contains `needle`, waited for: it is
+/// written when the response's body has gone out.
+fn log_line(s: &Server, needle: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no {needle} in {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The body bytes of a Combined Log Format line (after the quoted request line and status).
+fn logged_bytes(line: &str) -> u64 {
+    let after = line.split("\" ").nth(1).expect("a request line");
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The value after `key` in a log line, up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(key)
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+}
+
+#[test]
+fn the_access_log_counts_the_body_bytes_that_went_out() {
+    let s = start("", "");
+    // Streamed (chunked) CGI output: the body's length, not 0 for want of a Content-Length.
+    let r = get(&s, "/cgi-bin/env.sh?streamed", "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    );
+    let line = log_line(&s, "/cgi-bin/env.sh?streamed");
+    assert_eq!(logged_bytes(&line), r.body.len() as u64, "{line}");
+    // A whole file, a range of it, and HEAD (no body goes out).
+    let r = get(&s, "/file.txt", "");
+    assert_eq!(r.body.len(), 16);
+    assert_eq!(logged_bytes(&log_line(&s, "GET /file.txt ")), 16);
+    let r = get(&s, "/file.txt?part", "Range: bytes=2-5\r\n");
+    assert_eq!((r.status, r.body.len()), (206, 4));
+    assert_eq!(logged_bytes(&log_line(&s, "/file.txt?part")), 4);
+    let head = b"HEAD /file.txt?head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let r = raw(&s, "127.0.0.1", head).expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(logged_bytes(&log_line(&s, "/file.txt?head")), 0);
 }
 
 #[test]
