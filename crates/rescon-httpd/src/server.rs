@@ -127,6 +127,8 @@ struct Shared {
     next_conn: AtomicU64,
     next_cgi: AtomicU64,
     next_req: AtomicU64,
+    /// Kills CGI runs that outlive their timeout.
+    cgi_watchdog: Arc<crate::cgi::Watchdog>,
 }
 
 impl Shared {
@@ -248,6 +250,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         next_conn: AtomicU64::new(0),
         next_cgi: AtomicU64::new(0),
         next_req: AtomicU64::new(0),
+        cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {
@@ -1334,6 +1337,7 @@ async fn run_cgi(
     });
     let max_head = limits.cgi_max_header_bytes as usize;
     let kernel = shared.kernel.clone();
+    let watchdog = shared.cgi_watchdog.clone();
     let c2 = cgi_c.clone();
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
@@ -1343,7 +1347,7 @@ async fn run_cgi(
     // stops the script).
     let _job = rescon_rt::spawn_blocking_in(cgi_c, move || {
         run_script(
-            kernel, &c2, &script, env, stdin, timeout, max_head, head_tx, body_tx,
+            kernel, &watchdog, &c2, &script, env, stdin, timeout, max_head, head_tx, body_tx,
         )
     });
     let out = match head_rx.await {
@@ -1387,6 +1391,9 @@ async fn run_cgi(
         },
     }
 }
+
+/// What a new pipe holds at least (a page): a write this size into it cannot block.
+const PIPE_BUF: usize = 4096;
 
 /// What a script reads on its standard input.
 enum Stdin {
@@ -1453,26 +1460,33 @@ impl Proc {
         }
     }
 
-    fn wait(&mut self, c: &Container) -> Option<std::process::ExitStatus> {
+    /// Waits for the script to exit; `exited` runs once it has, before it is reaped (with a
+    /// cgroup, after: the cgroup, not the pid, names what a kill reaches).
+    fn wait(&mut self, c: &Container, exited: impl FnOnce()) -> Option<std::process::ExitStatus> {
         match self {
             // The child's CPU reaches the container's usage through the cgroup's counters
             // (the manager samples them after the run).
-            Proc::Kernel(ch, _) => ch.wait().ok().map(|e| e.status),
+            Proc::Kernel(ch, _) => {
+                let status = ch.wait().ok().map(|e| e.status);
+                exited();
+                status
+            }
             Proc::User(ch) => {
                 // Without a cgroup: wait for the exit without reaping, read the script's CPU
                 // (its own and its reaped children's) while it is a zombie, then reap it.
                 if let Some(pid) = rustix::process::Pid::from_raw(ch.id() as i32) {
-                    let exited = rustix::process::waitid(
+                    let zombie = rustix::process::waitid(
                         rustix::process::WaitId::Pid(pid),
                         rustix::process::WaitIdOptions::EXITED
                             | rustix::process::WaitIdOptions::NOWAIT,
                     );
-                    if exited.is_ok()
+                    if zombie.is_ok()
                         && let Some(ns) = zombie_cpu_ns(ch.id())
                     {
                         c.account().add_kernel_cpu_ns(ns);
                     }
                 }
+                exited();
                 ch.wait().ok()
             }
         }
@@ -1500,6 +1514,7 @@ fn zombie_cpu_ns(pid: u32) -> Option<u64> {
 #[allow(clippy::too_many_arguments)]
 fn run_script(
     kernel: Option<Arc<Manager>>,
+    watchdog: &crate::cgi::Watchdog,
     c: &Container,
     script: &std::path::Path,
     env: std::collections::BTreeMap<String, std::ffi::OsString>,
@@ -1512,6 +1527,7 @@ fn run_script(
     let mut head_tx = Some(head_tx);
     let outcome = run_script_inner(
         kernel,
+        watchdog,
         c,
         script,
         env,
@@ -1539,6 +1555,7 @@ fn run_script(
 #[allow(clippy::too_many_arguments)]
 fn run_script_inner(
     kernel: Option<Arc<Manager>>,
+    watchdog: &crate::cgi::Watchdog,
     c: &Container,
     script: &std::path::Path,
     env: std::collections::BTreeMap<String, std::ffi::OsString>,
@@ -1595,47 +1612,36 @@ fn run_script_inner(
         Ok(x) => x,
         Err(e) => return CgiOutcome::Failed(format!("the CGI script could not start: {e}")),
     };
-    // A watchdog kills the script and its descendants when the timeout passes.
-    let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let killer = {
-        let done = done.clone();
-        let timed_out = timed_out.clone();
+    // The watchdog kills the script and its descendants when the timeout passes: its cgroup,
+    // or its process group (the pid stays its own until it is reaped, after the watch ends).
+    let watch = {
         let c = c.clone();
         let kernel = kernel.clone();
         let pid = match &proc {
             Proc::Kernel(ch, _) => ch.id() as i32,
             Proc::User(ch) => ch.id() as i32,
         };
-        std::thread::spawn(move || {
-            let (lock, cv) = &*done;
-            let g = lock.lock().unwrap_or_else(|e| e.into_inner());
-            let (g, res) = cv
-                .wait_timeout_while(g, timeout, |d| !*d)
-                .unwrap_or_else(|e| e.into_inner());
-            drop(g);
-            if res.timed_out() {
-                timed_out.store(true, Relaxed);
-                match kernel {
-                    Some(m) => {
-                        let _ = m.kill(&c);
-                    }
-                    None => {
-                        if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                            let _ = rustix::process::kill_process_group(
-                                p,
-                                rustix::process::Signal::KILL,
-                            );
-                        }
-                    }
+        watchdog.watch(Instant::now() + timeout, move || match kernel {
+            Some(m) => {
+                let _ = m.kill(&c);
+            }
+            None => {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
                 }
             }
         })
     };
-    // Feed the body from another thread so a script that writes before it reads cannot
-    // deadlock with us.
-    let feeder = stdin.map(|mut i| {
-        std::thread::spawn(move || match body {
+    // A body that fits in a new pipe (at least a page, PIPE_BUF) is written here without
+    // blocking, as is the close that ends it (most requests have none); a larger one from a
+    // thread, so a script that writes before it reads cannot deadlock with us.
+    let feeder = match (stdin, body) {
+        (None, _) => None,
+        (Some(mut i), Stdin::Whole(b)) if b.len() <= PIPE_BUF => {
+            let _ = i.write_all(&b);
+            None
+        }
+        (Some(mut i), body) => Some(std::thread::spawn(move || match body {
             Stdin::Whole(b) => {
                 let _ = i.write_all(&b);
             }
@@ -1646,8 +1652,8 @@ fn run_script_inner(
                     }
                 }
             }
-        })
-    });
+        })),
+    };
     let mut parser = CgiHeadParser::new(max_head);
     let mut head_sent = false;
     let mut err = None;
@@ -1689,16 +1695,12 @@ fn run_script_inner(
             }
         }
     }
-    let status = proc.wait(c);
+    // The watch ends when the script has exited, before it is reaped.
+    let mut timed_out = false;
+    let status = proc.wait(c, || timed_out = watch.disarm());
     if let Some(f) = feeder {
         let _ = f.join();
     }
-    {
-        let (lock, cv) = &*done;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
-    }
-    let _ = killer.join();
     if let Some(m) = &kernel {
         let _ = m.kill(c);
         let _ = m.sample();
@@ -1709,7 +1711,7 @@ fn run_script_inner(
             eprintln!("rescon-httpd: removing the cgroups of {}: {e}", c.name());
         }
     }
-    if timed_out.load(Relaxed) {
+    if timed_out {
         return CgiOutcome::TimedOut;
     }
     if let Some(e) = err {

@@ -393,36 +393,7 @@ fn cgi_output_body_errors_timeouts_and_cpu() {
     assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
     assert_eq!(get(&s, "/cgi-bin/crash.sh", "").status, 502);
     assert_eq!(get(&s, "/cgi-bin/missing.sh", "").status, 404);
-    // A hung script: 504 after the 1 s timeout, and neither it nor its child is left.
-    let r = get(&s, "/cgi-bin/hang.sh", "");
-    assert_eq!(r.status, 504);
-    let pid = |f: &str| -> i32 {
-        std::fs::read_to_string(s.dir.path().join(f))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let alive = |p: i32| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .map(|st| {
-                !st.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-    };
-    let (p, c) = (pid("hang.pid"), pid("hang.child"));
-    let t = Instant::now();
-    while (alive(p) || alive(c)) && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        !alive(p) && !alive(c),
-        "the script {p} and its child {c} were killed"
-    );
+    a_hung_script_is_cut_and_killed(&s);
     // CPU of a CGI run reaches the CGI class container.
     assert_eq!(get(&s, "/cgi-bin/spin.sh", "").status, 200);
     let t = Instant::now();
@@ -803,6 +774,39 @@ fn cgi_runs_leave_no_container_cgroup_or_open_file_behind() {
     );
 }
 
+/// A hung script gets 504 after the 1 s timeout, and neither it nor its child is left.
+fn a_hung_script_is_cut_and_killed(s: &Server) {
+    let r = get(s, "/cgi-bin/hang.sh", "");
+    assert_eq!(r.status, 504);
+    let pid = |f: &str| -> i32 {
+        std::fs::read_to_string(s.dir.path().join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let alive = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|st| {
+                !st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let (p, c) = (pid("hang.pid"), pid("hang.child"));
+    let t = Instant::now();
+    while (alive(p) || alive(c)) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(p) && !alive(c),
+        "the script {p} and its child {c} were killed"
+    );
+}
+
 #[test]
 fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
     let s = start_with("", "", "", "", r#"enforcement = "user""#);
@@ -821,6 +825,8 @@ fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
         v["attrs"]["enforcement"], "kernel",
         "declared kernel, run user-level"
     );
+    // Without a cgroup the timeout kills the script's process group.
+    a_hung_script_is_cut_and_killed(&s);
 }
 
 #[test]

@@ -7,13 +7,17 @@
 //! - [`CgiHeadParser`]: the response head, parsed incrementally so the body streams; a
 //!   document without `Content-Type` and every other malformed head is a [`CgiError`] (502).
 //!
+//! - [`Watchdog`]: one thread that kills every CGI run that outlives its timeout.
+//!
 //! Running the script (in its container's cgroup, with timeouts, killing its process tree) is
 //! the server's, on the runtime and the cgroup backend.
 
 mod env;
 mod response;
 mod script;
+mod watchdog;
 
 pub use env::{CGI_PATH, CgiRequest, meta_variables};
 pub use response::{CgiError, CgiHead, CgiHeadParser, MAX_CGI_HEADERS};
 pub use script::{Lookup, ScriptDir, ScriptError, ScriptMatch, find_script, under_prefix};
+pub use watchdog::{Watch, Watchdog};
