@@ -463,7 +463,7 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
 // ---- 2. primitives ----
 
 fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = &ctx.site.exe;
     let scale = if ctx.quick { "0.2" } else { "1" };
     eprintln!("    running `rescon-bench primitives --json --scale {scale}`");
     let out = std::process::Command::new(exe)
@@ -778,7 +778,7 @@ fn exp5_synflood(ctx: &mut Ctx) -> Result<()> {
             "the SYN-flood experiment needs root (network namespaces and raw sockets inside them)"
         );
     }
-    let exe = std::env::current_exe()?;
+    let exe = &ctx.site.exe;
     let dur = if ctx.quick { "2" } else { "4" };
     let steps = if ctx.quick { "2" } else { "4" };
     let rounds = if ctx.quick { "1" } else { "3" };

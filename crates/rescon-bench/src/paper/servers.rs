@@ -50,6 +50,10 @@ pub struct Site {
     pub dir: PathBuf,
     /// The CPU-burning CGI script's CPU time per request, milliseconds.
     pub cgi_ms: u64,
+    /// This program, copied into `dir`: what the run executes again (as the servers, the CGI
+    /// script, the primitives and the SYN-flood experiment). The copy, not the built file, so
+    /// a `cargo build` during the run (which replaces the built file) cannot break it.
+    pub exe: PathBuf,
 }
 
 /// The 1 KB file's path on every server.
@@ -61,7 +65,15 @@ impl Site {
     /// Writes the document roots (the main one and vhosts a, b, c), each with the 1 KB file
     /// and a CGI script that burns `cgi_ms` of CPU (by calling this binary's `cgi-burn`).
     pub fn create(dir: &Path, cgi_ms: u64) -> Result<Site> {
-        let exe = std::env::current_exe().context("locating rescon-bench")?;
+        let built = std::env::current_exe().context("locating rescon-bench")?;
+        let exe = dir.join("rescon-bench");
+        std::fs::copy(&built, &exe).with_context(|| {
+            format!(
+                "copying {} to {} for the run",
+                built.display(),
+                exe.display()
+            )
+        })?;
         let body: String = "rescon paper experiment, a 1 KB file.\n"
             .chars()
             .cycle()
@@ -85,6 +97,7 @@ impl Site {
         Ok(Site {
             dir: dir.to_path_buf(),
             cgi_ms,
+            exe,
         })
     }
 
@@ -302,13 +315,13 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
 
 /// Starts `kind` on the server CPU.
 pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
-    let exe = std::env::current_exe()?;
+    let exe = &site.exe;
     match kind {
         Kind::Rescon | Kind::ResconOff => {
             let conf = site.dir.join("rescon-httpd.toml");
             std::fs::write(&conf, site.rescon_config())?;
             let _ = std::fs::remove_file(site.dir.join("admin.sock"));
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             cmd.arg("httpd")
                 .arg("--config")
                 .arg(&conf)
@@ -329,7 +342,7 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             })
         }
         Kind::HyperTokio => {
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             cmd.arg("hyper-baseline")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
