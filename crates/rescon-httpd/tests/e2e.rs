@@ -884,6 +884,31 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
+fn a_file_too_large_for_the_cache_streams_whole_ranged_and_headless() {
+    let s = start("", "");
+    // Larger than the server's cache (256 KiB): read a chunk at a time as the client takes it.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(s.dir.path().join("a/large.bin"), &data).unwrap();
+    let r = get(&s, "/large.bin", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("3000000"));
+    assert!(r.body == data, "the whole file, byte for byte");
+    let r = get(&s, "/large.bin", "Range: bytes=65500-1000000\r\n");
+    assert_eq!(r.status, 206);
+    assert!(r.body == data[65500..=1_000_000], "exactly the range");
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 65500-1000000/3000000")
+    );
+    let head = b"HEAD /large.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let r = raw(&s, "127.0.0.1", head).expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("3000000"));
+    assert!(r.body.is_empty());
+    assert_eq!(logged_bytes(&log_line(&s, "GET /large.bin ")), 3_000_000);
+}
+
+#[test]
 fn the_access_log_counts_the_body_bytes_that_went_out() {
     let s = start("", "");
     // Streamed (chunked) CGI output: the body's length, not 0 for want of a Content-Length.
