@@ -45,19 +45,32 @@ use std::time::{Duration, Instant};
 
 macro_rules! hyper_io {
     ($t:ty) => {
-        impl hyper::rt::Read for $t {
-            fn poll_read(
-                self: Pin<&mut Self>,
+        impl $t {
+            /// Reads into hyper's buffer as the stream's [`hyper::rt::Read`] does, and says how
+            /// many bytes came (0: the end of the stream), for wrappers that need to know, such
+            /// as an idle timeout that must stop once a request begins to arrive.
+            pub fn poll_read_hyper(
+                &self,
                 cx: &mut Context<'_>,
                 mut buf: hyper::rt::ReadBufCursor<'_>,
-            ) -> Poll<io::Result<()>> {
+            ) -> Poll<io::Result<usize>> {
                 // SAFETY: the slice is only written to (by recv(2)), never read, and only the
                 // bytes recv reports written are marked initialised below.
                 let dst = unsafe { buf.as_mut() };
                 let n = ready!(self.sock().poll_read_uninit(cx, dst))?;
                 // SAFETY: recv wrote exactly `n` bytes at the start of `dst`.
                 unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(n))
+            }
+        }
+
+        impl hyper::rt::Read for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: hyper::rt::ReadBufCursor<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.poll_read_hyper(cx, buf).map_ok(|_| ())
             }
         }
 
