@@ -705,25 +705,37 @@ async fn serve_conn(
     let state = Arc::new(ConnState {
         class,
         placed: Mutex::new(None),
+        started: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        done_ns: AtomicU64::new(0),
+        born: Instant::now(),
     });
+    let io = IdleClose::new(conn, state.clone(), t);
     let svc = hyper::service::service_fn(move |req| {
         let sh = sh.clone();
         let state = state.clone();
+        state.started.fetch_add(1, Relaxed);
         let cpu = Arc::new(ReqCpu::default());
         let cpu2 = cpu.clone();
         Timed {
             inner: Box::pin(async move {
-                Ok::<_, Infallible>(handle(sh, req, peer, local, &state, &cpu).await)
+                let (resp, log) = handle(sh, req, peer, local, &state, &cpu).await;
+                Ok::<_, Infallible>(resp.map(|inner| ResBody {
+                    inner,
+                    log,
+                    _done: ReqDone(state),
+                }))
             }),
             cpu: cpu2,
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())
-        .header_read_timeout(t.header)
+        // The head's timeout is IdleClose's, with the keep-alive one.
+        .header_read_timeout(None)
         .max_buf_size(max_header.max(8192))
         .keep_alive(true)
-        .serve_connection(conn, svc)
+        .serve_connection(io, svc)
         .await;
 }
 
@@ -733,6 +745,187 @@ struct ConnState {
     class: String,
     /// The vhost its container was last placed under.
     placed: Mutex<Option<String>>,
+    /// Requests whose head has arrived, and those whose response has gone out (or been
+    /// dropped): equal between requests.
+    started: AtomicU64,
+    done: AtomicU64,
+    /// When the last response was done, in nanoseconds after `born`.
+    done_ns: AtomicU64,
+    born: Instant,
+}
+
+impl ConnState {
+    fn done_at(&self) -> Instant {
+        self.born + Duration::from_nanos(self.done_ns.load(Relaxed))
+    }
+}
+
+/// Counts a response as done, and when, as hyper drops its body.
+struct ReqDone(Arc<ConnState>);
+
+impl Drop for ReqDone {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.done_ns.store(c.born.elapsed().as_nanos() as u64, Relaxed);
+        c.done.fetch_add(1, Relaxed);
+    }
+}
+
+/// A connection's reads, under the two timeouts of waiting for a request: `timeouts.header`
+/// for a request's head (from the connection's start for the first, from its first byte for
+/// the next ones), and `timeouts.keep_alive` for the quiet between a response and the next
+/// request's first byte.
+///
+/// hyper has one timer, the head's, which it also runs between requests: with it, an idle
+/// kept-alive connection stayed open for the header timeout and `keep_alive` did nothing.
+/// Both are kept here instead, with one timer per connection moved from deadline to deadline
+/// (hyper made a new one for every request). hyper does not read again when a response ends
+/// (its last read, during the request, is still pending), so while a request is served the
+/// timer is set a keep-alive period ahead, and when it fires the wait is judged from when the
+/// response ended. When the quiet runs out, reading reports the end of the stream, which
+/// hyper takes, between requests, as the client closing: the connection ends cleanly. A head
+/// that runs out of time is an error: the connection ends, as it did with hyper's timer.
+struct IdleClose {
+    io: rescon_rt::TcpStream,
+    conn: Arc<ConnState>,
+    header: Duration,
+    keep_alive: Duration,
+    /// The connection's `done` count when this wait began.
+    seen_done: u64,
+    /// A byte has come since then.
+    read_since: bool,
+    /// What the timer is set for, and until when.
+    deadline: Option<(Waiting, Instant)>,
+    /// Made by the first wait, moved for the later ones.
+    timer: Option<rescon_rt::Sleep>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Waiting {
+    /// For a response: only to look again then.
+    Serving,
+    /// For the next request's first byte.
+    Quiet,
+    /// For the rest of a request's head.
+    Head,
+}
+
+impl IdleClose {
+    fn new(io: rescon_rt::TcpStream, conn: Arc<ConnState>, t: &crate::config::Timeouts) -> Self {
+        IdleClose {
+            io,
+            conn,
+            header: t.header,
+            keep_alive: t.keep_alive,
+            seen_done: 0,
+            read_since: false,
+            deadline: None,
+            timer: None,
+        }
+    }
+
+    /// What the connection waits for now, and until when.
+    fn wait(&mut self, done: u64) -> (Waiting, Instant) {
+        let waiting = if self.conn.started.load(Relaxed) != done {
+            Waiting::Serving
+        } else if done > 0 && !self.read_since {
+            Waiting::Quiet
+        } else {
+            Waiting::Head
+        };
+        let d = match (waiting, self.deadline) {
+            (Waiting::Quiet, _) => self.conn.done_at() + self.keep_alive,
+            (w, Some((was, d))) if w == was => d,
+            (Waiting::Serving, _) => Instant::now() + self.keep_alive,
+            (Waiting::Head, _) => Instant::now() + self.header,
+        };
+        self.deadline = Some((waiting, d));
+        (waiting, d)
+    }
+}
+
+impl hyper::rt::Read for IdleClose {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let done = this.conn.done.load(Relaxed);
+        if done != this.seen_done {
+            // A response went out: a new wait begins.
+            this.seen_done = done;
+            this.read_since = false;
+            this.deadline = None;
+        }
+        match this.io.poll_read_hyper(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.read_since |= n > 0;
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        loop {
+            let (waiting, deadline) = this.wait(done);
+            let timer = this
+                .timer
+                .get_or_insert_with(|| rescon_rt::sleep_until(deadline));
+            timer.reset(deadline);
+            if std::pin::Pin::new(timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match waiting {
+                // Still serving after a keep-alive period: look again in another.
+                Waiting::Serving => this.deadline = None,
+                // The end of the stream, with nothing read: hyper closes the connection.
+                Waiting::Quiet => return Poll::Ready(Ok(())),
+                Waiting::Head => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request head took longer than timeouts.header",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Write for IdleClose {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        hyper::rt::Write::poll_write(std::pin::Pin::new(&mut self.io), cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        hyper::rt::Write::poll_write_vectored(std::pin::Pin::new(&mut self.io), cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.io)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        hyper::rt::Write::poll_flush(std::pin::Pin::new(&mut self.io), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        hyper::rt::Write::poll_shutdown(std::pin::Pin::new(&mut self.io), cx)
+    }
 }
 
 /// Response bodies: whole ([`full`]) or streamed from a CGI script ([`CgiBody`]).
@@ -845,7 +1038,7 @@ async fn handle(
     local: SocketAddr,
     conn: &ConnState,
     req_cpu: &Arc<ReqCpu>,
-) -> Response<Body> {
+) -> (Response<Body>, Option<PendingLog>) {
     let class = conn.class.as_str();
     // What the access log needs, taken before the request is consumed; nothing without a log.
     let logging = shared.log.is_some();
@@ -1056,12 +1249,12 @@ fn log_and(
     start: Option<Instant>,
     vhost: String,
     class: &str,
-) -> Response<Body> {
+) -> (Response<Body>, Option<PendingLog>) {
     // Every request counts once, where its work was charged: the connection's container
     // (under its vhost), or the request's or CGI run's own.
     me.account().add_requests(1);
     if shared.log.is_none() {
-        return resp;
+        return (resp, None);
     }
     let pending = PendingLog {
         shared: shared.clone(),
@@ -1080,13 +1273,7 @@ fn log_and(
         class: class.to_owned(),
         sent: 0,
     };
-    resp.map(|body| {
-        LoggedBody {
-            inner: body,
-            log: pending,
-        }
-        .boxed()
-    })
+    (resp, Some(pending))
 }
 
 /// One access-log line, written when its response's body has gone to the connection or is
@@ -1138,14 +1325,16 @@ impl Drop for PendingLog {
     }
 }
 
-/// A response body that counts what it yields into its [`PendingLog`], which writes the
-/// line when the body is dropped.
-struct LoggedBody {
+/// The body of every response to a client: counts what it yields into its [`PendingLog`]
+/// (if the log is on), which writes the line when the body is dropped, and marks the
+/// connection's request done then.
+struct ResBody {
     inner: Body,
-    log: PendingLog,
+    log: Option<PendingLog>,
+    _done: ReqDone,
 }
 
-impl hyper::body::Body for LoggedBody {
+impl hyper::body::Body for ResBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -1155,9 +1344,9 @@ impl hyper::body::Body for LoggedBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         let frame = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(f))) = &frame {
+        if let (Some(log), std::task::Poll::Ready(Some(Ok(f)))) = (&mut this.log, &frame) {
             if let Some(data) = f.data_ref() {
-                this.log.sent += data.len() as u64;
+                log.sent += data.len() as u64;
             }
         }
         frame

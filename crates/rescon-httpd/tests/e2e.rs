@@ -115,6 +115,7 @@ access_log = "{log}"
 
 [timeouts]
 header = "2s"
+keep_alive = "4s"
 cgi = "1s"
 
 [limits]
@@ -526,6 +527,70 @@ fn bad_requests_do_not_disturb_the_server() {
     );
     // And the server still serves.
     assert_eq!(get(&s, "/", "").status, 200);
+}
+
+/// Reads one response with a Content-Length from a kept-alive connection: its status.
+fn read_one(c: &mut TcpStream) -> std::io::Result<u16> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body)?;
+    Ok(head.split(' ').nth(1).unwrap().parse().unwrap())
+}
+
+#[test]
+fn kept_alive_connections_wait_keep_alive_for_a_request_and_header_for_its_head() {
+    // header = 2 s, keep_alive = 4 s. Before, hyper's head timer ran between requests too:
+    // an idle connection closed at 2 s, and keep_alive did nothing.
+    let s = start("", "");
+    let req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(req).unwrap();
+    assert_eq!(read_one(&mut c).unwrap(), 200);
+    // Quiet past the header timeout, within keep-alive: the connection still serves.
+    std::thread::sleep(Duration::from_secs(3));
+    c.write_all(req).unwrap();
+    assert_eq!(
+        read_one(&mut c).expect("still open after 3 s of quiet"),
+        200
+    );
+    // Then the server closes it, cleanly, once keep_alive passes.
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.read_to_end(&mut rest)
+        .expect("a clean close, not a reset");
+    let waited = t.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_millis(3500) && waited < Duration::from_secs(15),
+        "closed after {waited:?} of quiet"
+    );
+    // A next request's head that stalls is cut by the header timeout from its first byte,
+    // not left for keep_alive.
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(req).unwrap();
+    assert_eq!(read_one(&mut c).unwrap(), 200);
+    c.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let t = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = c.read_to_end(&mut rest);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_millis(3900),
+        "cut after {waited:?}"
+    );
 }
 
 #[test]
