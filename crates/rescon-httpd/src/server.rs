@@ -798,6 +798,10 @@ struct IdleClose {
     deadline: Option<(Waiting, Instant)>,
     /// Made by the first wait, moved for the later ones.
     timer: Option<rescon_rt::Sleep>,
+    send: Duration,
+    /// Until when the write under way may wait for the client to take data.
+    send_deadline: Option<Instant>,
+    send_timer: Option<rescon_rt::Sleep>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -821,6 +825,38 @@ impl IdleClose {
             read_since: false,
             deadline: None,
             timer: None,
+            send: t.send,
+            send_deadline: None,
+            send_timer: None,
+        }
+    }
+
+    /// A write made progress (`Ready`) or waits for room: the connection ends with an error
+    /// once a write has waited `timeouts.send`, as nginx's `send_timeout` does, so a client
+    /// that stops reading does not hold its connection (and its class's connection slot)
+    /// for ever.
+    fn sent<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.send_deadline = None;
+            return r;
+        }
+        let deadline = *self
+            .send_deadline
+            .get_or_insert_with(|| Instant::now() + self.send);
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| rescon_rt::sleep_until(deadline));
+        timer.reset(deadline);
+        match std::pin::Pin::new(timer).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no data for timeouts.send",
+            ))),
         }
     }
 
@@ -898,7 +934,8 @@ impl hyper::rt::Write for IdleClose {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        hyper::rt::Write::poll_write(std::pin::Pin::new(&mut self.io), cx, buf)
+        let r = hyper::rt::Write::poll_write(std::pin::Pin::new(&mut self.io), cx, buf);
+        self.sent(cx, r)
     }
 
     fn poll_write_vectored(
@@ -906,7 +943,8 @@ impl hyper::rt::Write for IdleClose {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        hyper::rt::Write::poll_write_vectored(std::pin::Pin::new(&mut self.io), cx, bufs)
+        let r = hyper::rt::Write::poll_write_vectored(std::pin::Pin::new(&mut self.io), cx, bufs);
+        self.sent(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -116,6 +116,7 @@ access_log = "{log}"
 [timeouts]
 header = "2s"
 keep_alive = "4s"
+send = "2s"
 cgi = "1s"
 
 [limits]
@@ -971,6 +972,37 @@ fn a_file_too_large_for_the_cache_streams_whole_ranged_and_headless() {
     assert_eq!(r.header("content-length").as_deref(), Some("3000000"));
     assert!(r.body.is_empty());
     assert_eq!(logged_bytes(&log_line(&s, "GET /large.bin ")), 3_000_000);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_by_the_send_timeout() {
+    let s = start("", "");
+    // 64 MiB (sparse: quick to make, zeros to read), far more than the socket buffers hold.
+    let size = 64 << 20;
+    let f = std::fs::File::create(s.dir.path().join("a/huge.bin")).unwrap();
+    f.set_len(size).unwrap();
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    // Take nothing for twice the send timeout (2 s): the server's writes wait, then it gives up.
+    std::thread::sleep(Duration::from_secs(4));
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n as u64,
+        }
+    }
+    assert!(
+        got < size,
+        "the connection ended before the whole file ({got} bytes of {size})"
+    );
+    // The server serves on, and logged the cut response with what went out.
+    assert_eq!(get(&s, "/", "").status, 200);
+    let sent = logged_bytes(&log_line(&s, "GET /huge.bin "));
+    assert!(sent < size, "{sent}");
 }
 
 #[test]

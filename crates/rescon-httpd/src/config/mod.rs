@@ -129,6 +129,9 @@ pub struct Timeouts {
     pub body: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keep_alive: Duration,
+    /// A response the client does not take: the connection is closed when a write has
+    /// waited this long for room (nginx's `send_timeout`).
+    pub send: Duration,
     /// A CGI script that has not finished by then gets 504 and is killed with its children.
     pub cgi: Duration,
 }
@@ -139,6 +142,7 @@ impl Default for Timeouts {
             header: Duration::from_secs(10),
             body: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            send: Duration::from_secs(60),
             cgi: Duration::from_secs(30),
         }
     }
@@ -572,6 +576,11 @@ impl Loader<'_, '_> {
                 &raw.timeouts.keep_alive,
                 "timeouts.keep_alive",
                 Timeouts::default().keep_alive,
+            ),
+            send: self.duration(
+                &raw.timeouts.send,
+                "timeouts.send",
+                Timeouts::default().send,
             ),
             cgi: self.duration(&raw.timeouts.cgi, "timeouts.cgi", Timeouts::default().cgi),
         };
