@@ -123,7 +123,10 @@ struct Shared {
     filters: Arc<FilterTable>,
     kernel: Option<Arc<Manager>>,
     options: Options,
-    log: Option<Mutex<Box<dyn Write + Send>>>,
+    /// The access log, reopened by each reload (so a rotated file is let go).
+    log: Mutex<Option<Box<dyn Write + Send>>>,
+    /// Whether `log` is open: read by every request, without the lock.
+    log_on: std::sync::atomic::AtomicBool,
     next_conn: AtomicU64,
     next_cgi: AtomicU64,
     next_req: AtomicU64,
@@ -223,18 +226,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     });
     let admin = Arc::new(Admin::new(root.clone(), synced.clone()));
     admin.set_declared(&tree);
-    let log: Option<Mutex<Box<dyn Write + Send>>> = match &config.server.access_log {
-        AccessLog::Off => None,
-        AccessLog::Stdout => Some(Mutex::new(Box::new(std::io::stdout()))),
-        AccessLog::File(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening the access log {}", p.display()))?;
-            Some(Mutex::new(Box::new(f)))
-        }
-    };
+    let log = open_log(&config.server.access_log)?;
     let listeners = config.listeners.clone();
     let admin_socket = config.admin.socket.clone();
     let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
@@ -246,7 +238,8 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         filters,
         kernel,
         options: options.clone(),
-        log,
+        log_on: std::sync::atomic::AtomicBool::new(log.is_some()),
+        log: Mutex::new(log),
         next_conn: AtomicU64::new(0),
         next_cgi: AtomicU64::new(0),
         next_req: AtomicU64::new(0),
@@ -597,12 +590,32 @@ fn class_group(
     Ok(Some((group, out)))
 }
 
+/// Opens the access log (appending to a file): `None` when it is off.
+fn open_log(how: &AccessLog) -> Result<Option<Box<dyn Write + Send>>> {
+    Ok(match how {
+        AccessLog::Off => None,
+        AccessLog::Stdout => Some(Box::new(std::io::stdout())),
+        AccessLog::File(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening the access log {}", p.display()))?;
+            Some(Box::new(f))
+        }
+    })
+}
+
 fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<String> {
     let mut config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     if config.uses_demo() {
         let dir = crate::demo::unpack_cached()?;
         config.set_demo_dir(&dir);
     }
+    // Opened anew, as the file now says: after a rotation (the file renamed, then SIGHUP) the
+    // log goes to a new file at the configured path. Before anything changes, so a log that
+    // cannot be opened changes nothing.
+    let log = open_log(&config.server.access_log)?;
     let site = open_site(config)?;
     let summary = {
         let mut tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
@@ -619,6 +632,14 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
         )
     };
     *shared.site.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(site);
+    {
+        let mut l = shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = l.as_mut() {
+            let _ = old.flush();
+        }
+        shared.log_on.store(log.is_some(), Relaxed);
+        *l = log;
+    }
     Ok(summary)
 }
 
@@ -1079,7 +1100,7 @@ async fn handle(
 ) -> (Response<Body>, Option<PendingLog>) {
     let class = conn.class.as_str();
     // What the access log needs, taken before the request is consumed; nothing without a log.
-    let logging = shared.log.is_some();
+    let logging = shared.log_on.load(Relaxed);
     let start = logging.then(Instant::now);
     let time = logging.then(SystemTime::now);
     let me = rescon_rt::current();
@@ -1291,7 +1312,7 @@ fn log_and(
     // Every request counts once, where its work was charged: the connection's container
     // (under its vhost), or the request's or CGI run's own.
     me.account().add_requests(1);
-    if shared.log.is_none() {
+    if !shared.log_on.load(Relaxed) {
         return (resp, None);
     }
     let pending = PendingLog {
@@ -1338,9 +1359,9 @@ struct PendingLog {
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        let Some(log) = &self.shared.log else {
+        if !self.shared.log_on.load(Relaxed) {
             return;
-        };
+        }
         let line = AccessLogEntry {
             remote: self.remote,
             time: self.time,
@@ -1358,8 +1379,10 @@ impl Drop for PendingLog {
             class: &self.class,
         }
         .format();
-        let mut w = log.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(w, "{line}");
+        let mut log = self.shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = log.as_mut() {
+            let _ = writeln!(w, "{line}");
+        }
     }
 }
 

@@ -1006,6 +1006,33 @@ fn a_client_that_stops_reading_is_cut_off_by_the_send_timeout() {
 }
 
 #[test]
+fn a_reload_reopens_the_access_log_so_it_can_be_rotated() {
+    let s = start("", "");
+    assert_eq!(get(&s, "/?before", "").status, 200);
+    log_line(&s, "/?before");
+    // logrotate's way: rename the file, then SIGHUP.
+    let rotated = s.log.with_extension("log.1");
+    std::fs::rename(&s.log, &rotated).unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    while !s.log.exists() {
+        assert!(t.elapsed() < Duration::from_secs(5), "no new log file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&s, "/?after", "").status, 200);
+    log_line(&s, "/?after");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("/?before") && !old.contains("/?after"),
+        "{old}"
+    );
+}
+
+#[test]
 fn the_access_log_counts_the_body_bytes_that_went_out() {
     let s = start("", "");
     // Streamed (chunked) CGI output: the body's length, not 0 for want of a Content-Length.
