@@ -132,6 +132,90 @@ struct Shared {
     next_req: AtomicU64,
     /// Kills CGI runs that outlive their timeout.
     cgi_watchdog: Arc<crate::cgi::Watchdog>,
+    stop: Arc<Stop>,
+}
+
+/// A graceful stop: set once (by SIGQUIT); the accept loops and connections registered here
+/// are woken to look, and each connection is counted until it ends.
+#[derive(Default)]
+struct Stop {
+    on: std::sync::atomic::AtomicBool,
+    /// The wakers of the tasks that watch, under their keys.
+    waiters: Mutex<HashMap<u64, std::task::Waker>>,
+    next: AtomicU64,
+    /// Connections that have not ended.
+    live: std::sync::atomic::AtomicUsize,
+}
+
+impl Stop {
+    /// Sets the stop and wakes every watcher.
+    fn begin(&self) {
+        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in waiters.into_values() {
+            w.wake();
+        }
+    }
+
+    fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A watch for one task; `counted` for a connection (ended when the watch drops).
+    fn watch(self: &Arc<Self>, counted: bool) -> StopWatch {
+        if counted {
+            self.live.fetch_add(1, Relaxed);
+        }
+        StopWatch {
+            stop: self.clone(),
+            key: None,
+            counted,
+        }
+    }
+}
+
+/// One task's view of the [`Stop`]: registers its waker on the first look.
+struct StopWatch {
+    stop: Arc<Stop>,
+    key: Option<u64>,
+    counted: bool,
+}
+
+impl StopWatch {
+    /// Whether the stop has begun; if not, the task is woken when it does. A task's waker
+    /// stays valid for the task's life, so it is registered once.
+    fn stopping(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.stop.is_on() {
+            return true;
+        }
+        if self.key.is_none() {
+            let key = self.stop.next.fetch_add(1, Relaxed);
+            self.stop
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, cx.waker().clone());
+            self.key = Some(key);
+            // Begun between the look and the registration: its wake-up went by.
+            return self.stop.is_on();
+        }
+        false
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.stop
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+        if self.counted {
+            self.stop.live.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -244,6 +328,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         next_cgi: AtomicU64::new(0),
         next_req: AtomicU64::new(0),
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
+        stop: Arc::new(Stop::default()),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {
@@ -254,6 +339,20 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         .create_child("server", Attributes::default())
         .context("creating the server container")?;
 
+    // SIGQUIT: a graceful stop (below, in the serving loop).
+    {
+        let stop = shared.stop.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGQUIT])
+            .context("installing the SIGQUIT handler")?;
+        std::thread::Builder::new()
+            .name("rescon-httpd-quit".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    stop.begin();
+                }
+            })
+            .context("starting the signal thread")?;
+    }
     // SIGTERM and SIGINT: stop CGI runs and remove our cgroups, then exit.
     {
         let kernel = shared.kernel.clone();
@@ -384,11 +483,57 @@ pub fn run(config: Config, options: Options) -> Result<()> {
             rescon_rt::spawn_in(&c, accept_loop(shared, listener, name, fallback));
         }
         std::io::stdout().flush().ok();
-        // Serve until killed.
-        std::future::pending::<Result<()>>().await?;
-        drop((groups, defenses));
+        // Serve until killed (SIGTERM, SIGINT) or stopped (SIGQUIT).
+        let mut watch = shared.stop.watch(false);
+        std::future::poll_fn(|cx| {
+            if watch.stopping(cx) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        // The groups' sockets close with the last reference: the admin API's too.
+        synced
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        graceful_stop(&shared, (groups, defenses)).await;
         Ok(())
     })
+}
+
+/// The rest of a graceful stop, once it has begun: the accept loops have returned (closing
+/// their sockets) and each connection finishes the request under way, then closes; the
+/// listener groups' sockets are closed here, so new connections are refused. Waits up to
+/// `timeouts.shutdown` for the connections, then stops the CGI runs, removes the cgroups and
+/// exits, as SIGTERM does at once.
+async fn graceful_stop(shared: &Shared, listeners: impl Sized) {
+    drop(listeners);
+    let live = || shared.stop.live.load(Relaxed);
+    let grace = shared.site().config.timeouts.shutdown;
+    eprintln!(
+        "rescon-httpd: SIGQUIT, stopping: no new connections; waiting up to {grace:?} for {} under way",
+        live()
+    );
+    let deadline = Instant::now() + grace;
+    while live() > 0 && Instant::now() < deadline {
+        rescon_rt::sleep(Duration::from_millis(20)).await;
+    }
+    if live() > 0 {
+        eprintln!(
+            "rescon-httpd: {} connections still open at timeouts.shutdown: cut",
+            live()
+        );
+    }
+    if let Some(m) = &shared.kernel {
+        if let Err(e) = m.shutdown() {
+            eprintln!("rescon-httpd: removing the cgroups: {e}");
+        }
+    }
+    eprintln!("rescon-httpd: stopped");
+    std::process::exit(0);
 }
 
 /// The filters as the admin API sees them: the user-level table, which places each accepted
@@ -649,8 +794,20 @@ async fn accept_loop(
     name: String,
     fallback: Container,
 ) {
+    let mut watch = shared.stop.watch(false);
     loop {
-        let (mut conn, peer) = match listener.accept().await {
+        // A graceful stop ends the loop, and the listener closes with it.
+        let accepted = std::future::poll_fn(|cx| {
+            if watch.stopping(cx) {
+                return std::task::Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let (mut conn, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("rescon-httpd: listener {name}: accept: {e}");
@@ -722,6 +879,7 @@ async fn serve_conn(
     let site = shared.site();
     let t = &site.config.timeouts;
     let max_header = site.config.limits.max_header_bytes as usize;
+    let mut stop = shared.stop.watch(true);
     let sh = shared.clone();
     let state = Arc::new(ConnState {
         class,
@@ -750,14 +908,24 @@ async fn serve_conn(
             cpu: cpu2,
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())
         // The head's timeout is IdleClose's, with the keep-alive one.
         .header_read_timeout(None)
         .max_buf_size(max_header.max(8192))
         .keep_alive(true)
-        .serve_connection(io, svc)
-        .await;
+        .serve_connection(io, svc);
+    // A graceful stop lets the request under way finish, then closes (at once if idle).
+    let mut conn = std::pin::pin!(conn);
+    let mut told = false;
+    let _ = std::future::poll_fn(|cx| {
+        if !told && stop.stopping(cx) {
+            told = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
 }
 
 /// What a connection's requests share.
@@ -2316,5 +2484,53 @@ container = "site"
         assert_eq!(got[0].as_ref().unwrap().len(), FILE_CHUNK);
         let e = got[1].as_ref().unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    struct CountWake(AtomicU64);
+
+    impl std::task::Wake for CountWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_stop_wakes_its_watchers_once_and_counts_connections() {
+        let stop = Arc::new(Stop::default());
+        let wakes = Arc::new(CountWake(AtomicU64::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut conn = stop.watch(true);
+        let mut loop_ = stop.watch(false);
+        assert!(!conn.stopping(&mut cx) && !loop_.stopping(&mut cx));
+        assert!(
+            !conn.stopping(&mut cx),
+            "registered once, still not stopping"
+        );
+        assert_eq!(stop.live.load(Relaxed), 1, "only connections count");
+        stop.begin();
+        assert_eq!(wakes.0.load(Relaxed), 2, "each watcher woken");
+        assert!(conn.stopping(&mut cx) && loop_.stopping(&mut cx));
+        // A watch that first looks after the stop began sees it at once.
+        let mut late = stop.watch(true);
+        assert!(late.stopping(&mut cx));
+        assert_eq!(stop.live.load(Relaxed), 2);
+        drop((conn, late, loop_));
+        assert_eq!(stop.live.load(Relaxed), 0);
+        assert!(stop.waiters.lock().unwrap().is_empty());
+        assert_eq!(wakes.0.load(Relaxed), 2, "no wake after the stop");
+    }
+
+    #[test]
+    fn a_dropped_watch_leaves_no_waker_behind() {
+        let stop = Arc::new(Stop::default());
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for _ in 0..3 {
+            let mut w = stop.watch(true);
+            assert!(!w.stopping(&mut cx));
+        }
+        assert!(stop.waiters.lock().unwrap().is_empty());
+        assert_eq!(stop.live.load(Relaxed), 0);
     }
 }

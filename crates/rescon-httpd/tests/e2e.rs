@@ -19,6 +19,9 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -101,6 +104,10 @@ fn start_in(
             "#!/bin/sh\necho $$ > {0}/hang.pid\nsleep 300 &\necho $! > {0}/hang.child\nwait\n",
             d.display()
         ),
+    );
+    write_exec(
+        &cgi.join("nap.sh"),
+        "#!/bin/sh\nsleep 0.6\nprintf 'Content-Type: text/plain\\n\\nrested\\n'\n",
     );
     write_exec(
         &cgi.join("spin.sh"),
@@ -1030,6 +1037,60 @@ fn a_reload_reopens_the_access_log_so_it_can_be_rotated() {
         old.contains("/?before") && !old.contains("/?after"),
         "{old}"
     );
+}
+
+#[test]
+fn sigquit_finishes_the_requests_under_way_refuses_new_ones_and_exits() {
+    let mut s = start("", "");
+    // Idle kept-alive, and mid-request (a script that takes 0.6 s).
+    let mut idle = connect_from("127.0.0.1", s.addr).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one(&mut idle).unwrap(), 200);
+    let mut busy = connect_from("127.0.0.1", s.addr).unwrap();
+    busy.write_all(b"GET /cgi-bin/nap.sh HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let st = Command::new("kill")
+        .args(["-QUIT", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // While the script still runs, new connections are refused.
+    let t = Instant::now();
+    while TcpStream::connect_timeout(&s.addr, Duration::from_millis(300)).is_ok() {
+        assert!(t.elapsed() < Duration::from_millis(300), "still accepting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The request under way is answered whole, and its connection then closed.
+    let mut out = Vec::new();
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    busy.read_to_end(&mut out)
+        .expect("a clean close after the response");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("rested"), "{text}");
+    // The idle connection is closed without waiting for keep_alive.
+    let t = Instant::now();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty() && t.elapsed() < Duration::from_secs(3),
+        "{rest:?}"
+    );
+    // The server exits by itself, successfully.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -175,6 +175,7 @@ pub(crate) struct TimeoutsDe {
     pub(crate) body: S<Scalar>,
     pub(crate) keep_alive: S<Scalar>,
     pub(crate) send: S<Scalar>,
+    pub(crate) shutdown: S<Scalar>,
     pub(crate) cgi: S<Scalar>,
 }
 

@@ -132,6 +132,8 @@ pub struct Timeouts {
     /// A response the client does not take: the connection is closed when a write has
     /// waited this long for room (nginx's `send_timeout`).
     pub send: Duration,
+    /// A graceful stop (SIGQUIT) waits this long for the requests under way.
+    pub shutdown: Duration,
     /// A CGI script that has not finished by then gets 504 and is killed with its children.
     pub cgi: Duration,
 }
@@ -143,6 +145,7 @@ impl Default for Timeouts {
             body: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             send: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
             cgi: Duration::from_secs(30),
         }
     }
@@ -581,6 +584,11 @@ impl Loader<'_, '_> {
                 &raw.timeouts.send,
                 "timeouts.send",
                 Timeouts::default().send,
+            ),
+            shutdown: self.duration(
+                &raw.timeouts.shutdown,
+                "timeouts.shutdown",
+                Timeouts::default().shutdown,
             ),
             cgi: self.duration(&raw.timeouts.cgi, "timeouts.cgi", Timeouts::default().cgi),
         };
