@@ -2286,6 +2286,9 @@ fn admin_container(parent: &Container) -> Result<Container> {
         .context("creating the admin container")
 }
 
+/// The largest admin request body read.
+const ADMIN_MAX_BODY: usize = 1 << 20;
+
 async fn serve_admin_conn<IO>(conn: IO, admin: Arc<Admin>, token: Option<Arc<str>>)
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -2304,11 +2307,27 @@ where
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_else(|| "/".into());
-            let body = Limited::new(req.into_body(), 1 << 20)
+            let body = match Limited::new(req.into_body(), ADMIN_MAX_BODY)
                 .collect()
                 .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            {
+                Ok(b) => b.to_bytes(),
+                // Not read as empty: a cut body must not pass for a request without one.
+                Err(e) => {
+                    let (status, msg) = if e.is::<http_body_util::LengthLimitError>() {
+                        (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("the request body is over {ADMIN_MAX_BODY} bytes"),
+                        )
+                    } else {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            format!("reading the request body: {e}"),
+                        )
+                    };
+                    return Ok(api_response(crate::admin::ApiResponse::error(status, msg)));
+                }
+            };
             Ok(api_response(admin.handle(&method, &target, &body)))
         }
     });

@@ -635,6 +635,17 @@ fn admin_api_and_reload() {
     let (st, body) = admin(&s, "GET", "/metrics", "");
     assert_eq!(st, 200);
     assert!(body.contains("cgi"), "{body}");
+    // A body over the API's 1 MiB is refused as such, not read as an empty one.
+    let mut c = std::os::unix::net::UnixStream::connect(s.dir.path().join("admin.sock")).unwrap();
+    let big = 2usize << 20;
+    let head = format!(
+        "PATCH /containers/cgi HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {big}\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(&vec![b'x'; big]); // the server may stop reading at 1 MiB
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     // Reload: a new attribute value applies live; a bad file changes nothing.
     let conf = s.dir.path().join("httpd.toml");
     let text = std::fs::read_to_string(&conf).unwrap();

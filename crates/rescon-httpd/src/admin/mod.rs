@@ -78,7 +78,8 @@ impl ApiResponse {
         }
     }
 
-    fn error(status: StatusCode, msg: impl Into<String>) -> ApiResponse {
+    /// A JSON error document: `{"error": msg}`.
+    pub fn error(status: StatusCode, msg: impl Into<String>) -> ApiResponse {
         ApiResponse::json(
             status,
             &ErrorBody {
