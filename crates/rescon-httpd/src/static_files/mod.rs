@@ -5,7 +5,7 @@
 //!   path can name nothing outside the document root.
 //! - [`DocRoot::resolve`]: from a request path to an open regular file and its [`FileMeta`],
 //!   trying index files for directories and redirecting `/dir` to `/dir/`.
-//! - [`plan`]: a pure function from (method, request headers, file metadata) to a
+//! - [`plan()`]: a pure function from (method, request headers, file metadata) to a
 //!   [`ResponsePlan`]; the server sends what it says.
 //!
 //! ```
@@ -79,7 +79,7 @@ pub enum Resolved {
 pub struct OpenFile {
     /// The file.
     pub file: File,
-    /// Its metadata for [`plan`].
+    /// Its metadata for [`plan()`].
     pub meta: FileMeta,
     /// Its path relative to the root.
     pub rel: RelPath,
