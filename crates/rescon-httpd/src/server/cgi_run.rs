@@ -463,7 +463,10 @@ pub(super) fn run_script_inner(
         // The run's cgroups go with it: the manager keeps what it mirrors (the container,
         // its cgroup directories and their open counter files, about ten) until detached,
         // and a run's container is made for this run only.
-        if let Err(e) = m.detach(c) {
+        // (After SIGTERM the manager has removed every cgroup already.)
+        if let Err(e) = m.detach(c)
+            && e.kind() != cgroup::ErrorKind::ShutDown
+        {
             eprintln!("rescon-httpd: removing the cgroups of {}: {e}", c.name());
         }
     }
