@@ -1070,7 +1070,7 @@ fn sigquit_finishes_the_requests_under_way_refuses_new_ones_and_exits() {
     // While the script still runs, new connections are refused.
     let t = Instant::now();
     while TcpStream::connect_timeout(&s.addr, Duration::from_millis(300)).is_ok() {
-        assert!(t.elapsed() < Duration::from_millis(300), "still accepting");
+        assert!(t.elapsed() < Duration::from_secs(1), "still accepting");
         std::thread::sleep(Duration::from_millis(10));
     }
     // The request under way is answered whole, and its connection then closed.
