@@ -194,6 +194,10 @@ impl Drop for ReqDone {
 /// response ended. When the quiet runs out, reading reports the end of the stream, which
 /// hyper takes, between requests, as the client closing: the connection ends cleanly. A head
 /// that runs out of time is an error: the connection ends, as it did with hyper's timer.
+///
+/// One case is judged wrong: a next request's head sent before the response (pipelined) and
+/// left incomplete waits under `keep_alive`, not `header`, since the bytes that hyper holds
+/// unparsed cannot be told from the request's own.
 pub(super) struct IdleClose {
     pub(super) io: rescon_rt::TcpStream,
     pub(super) conn: Arc<ConnState>,
