@@ -114,11 +114,11 @@ pub(super) async fn serve_conn(
         let sh = sh.clone();
         let state = state.clone();
         state.started.fetch_add(1, Relaxed);
-        let cpu = Arc::new(ReqCpu::default());
+        let cpu = sh.log_on.load(Relaxed).then(|| Arc::new(ReqCpu::default()));
         let cpu2 = cpu.clone();
         Timed {
-            inner: Box::pin(async move {
-                let (resp, log) = handle(sh, req, peer, local, &state, &cpu).await;
+            inner: (async move {
+                let (resp, log) = handle(sh, req, peer, local, &state, cpu.as_ref()).await;
                 Ok::<_, Infallible>(resp.map(|inner| ResBody {
                     inner,
                     log,

@@ -35,27 +35,35 @@ impl ReqCpu {
     }
 }
 
-/// A request's future, timed poll by poll into its [`ReqCpu`].
-pub(super) struct Timed<F> {
-    pub(super) inner: std::pin::Pin<Box<F>>,
-    pub(super) cpu: Arc<ReqCpu>,
+pin_project_lite::pin_project! {
+    /// A request's future, timed poll by poll into its [`ReqCpu`] when there is one: only
+    /// the access log reads it, so without a log nothing is timed. Pinned in place (hyper
+    /// keeps each connection's request future in one box, reused), not boxed again per
+    /// request.
+    pub(super) struct Timed<F> {
+        #[pin]
+        pub(super) inner: F,
+        pub(super) cpu: Option<Arc<ReqCpu>>,
+    }
 }
 
 impl<F: std::future::Future> std::future::Future for Timed<F> {
     type Output = F::Output;
 
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let Some(cpu) = this.cpu else {
+            return this.inner.poll(cx);
+        };
         let start = mono_ns().max(1);
-        self.cpu.poll_start.store(start, Relaxed);
-        let r = self.inner.as_mut().poll(cx);
+        cpu.poll_start.store(start, Relaxed);
+        let r = this.inner.poll(cx);
         let end = mono_ns();
-        self.cpu.poll_start.store(0, Relaxed);
-        self.cpu
-            .done_ns
-            .fetch_add(end.saturating_sub(start), Relaxed);
+        cpu.poll_start.store(0, Relaxed);
+        cpu.done_ns.fetch_add(end.saturating_sub(start), Relaxed);
         r
     }
 }
@@ -90,7 +98,7 @@ pub(super) async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
     conn: &ConnState,
-    req_cpu: &Arc<ReqCpu>,
+    req_cpu: Option<&Arc<ReqCpu>>,
 ) -> (Response<Body>, Option<PendingLog>) {
     let class = conn.class.as_str();
     // What the access log needs, taken before the request is consumed; nothing without a log.
@@ -223,7 +231,7 @@ pub(super) async fn handle(
         referer,
         ua,
         charged,
-        req_cpu.clone(),
+        req_cpu.cloned(),
         cgi_run,
         start,
         vhost,
@@ -310,7 +318,7 @@ pub(super) fn log_and(
     referer: Option<Vec<u8>>,
     ua: Option<Vec<u8>>,
     me: Container,
-    req_cpu: Arc<ReqCpu>,
+    req_cpu: Option<Arc<ReqCpu>>,
     cgi_run: bool,
     start: Option<Instant>,
     vhost: String,
@@ -355,7 +363,7 @@ pub(super) struct PendingLog {
     pub(super) referer: Option<Vec<u8>>,
     pub(super) ua: Option<Vec<u8>>,
     pub(super) container: Container,
-    pub(super) req_cpu: Arc<ReqCpu>,
+    pub(super) req_cpu: Option<Arc<ReqCpu>>,
     pub(super) cgi_run: bool,
     pub(super) start: Option<Instant>,
     pub(super) vhost: String,
@@ -379,7 +387,8 @@ impl Drop for PendingLog {
             user_agent: self.ua.as_deref(),
             container: self.container.id(),
             cpu: Duration::from_nanos(
-                self.req_cpu.so_far_ns() + own_run_cpu(&self.container, self.cgi_run),
+                self.req_cpu.as_ref().map_or(0, |c| c.so_far_ns())
+                    + own_run_cpu(&self.container, self.cgi_run),
             ),
             duration: self.start.map_or(Duration::ZERO, |s| s.elapsed()),
             vhost: &self.vhost,
