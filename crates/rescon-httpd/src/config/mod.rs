@@ -492,8 +492,9 @@ impl Config {
     }
 }
 
-/// Lowercases a Host header value and strips its port and trailing dot.
-pub fn normalize_host(host: &str) -> String {
+/// Lowercases a Host header value and strips its port and trailing dot; borrowed when it is
+/// lowercase already (as clients send it), since every request asks.
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let h = if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
@@ -503,7 +504,12 @@ pub fn normalize_host(host: &str) -> String {
     } else {
         h
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 struct Loader<'s, 'a> {

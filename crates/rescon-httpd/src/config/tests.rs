@@ -308,6 +308,11 @@ fn vhost_selection() {
     assert_eq!(name(None), Some("b"));
     assert_eq!(normalize_host("[::1]:8080"), "::1");
     assert_eq!(normalize_host("::1"), "::1");
+    assert_eq!(normalize_host("WWW.A.Example.:80"), "www.a.example");
+    assert!(matches!(
+        normalize_host("a.example:80"),
+        std::borrow::Cow::Borrowed("a.example")
+    ));
 }
 
 #[test]
