@@ -65,7 +65,7 @@ pub(super) fn serve_admin_tcp(
 }
 
 /// The admin container (one for the Unix socket and the TCP address together).
-pub(super) fn admin_container(parent: &Container) -> Result<Container> {
+fn admin_container(parent: &Container) -> Result<Container> {
     if let Some(c) = parent.children().into_iter().find(|c| c.name() == "admin") {
         return Ok(c);
     }
@@ -75,9 +75,9 @@ pub(super) fn admin_container(parent: &Container) -> Result<Container> {
 }
 
 /// The largest admin request body read.
-pub(super) const ADMIN_MAX_BODY: usize = 1 << 20;
+const ADMIN_MAX_BODY: usize = 1 << 20;
 
-pub(super) async fn serve_admin_conn<IO>(conn: IO, admin: Arc<Admin>, token: Option<Arc<str>>)
+async fn serve_admin_conn<IO>(conn: IO, admin: Arc<Admin>, token: Option<Arc<str>>)
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -125,7 +125,7 @@ where
         .await;
 }
 
-pub(super) fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
+fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
     let mut r = Response::new(full(a.body));
     *r.status_mut() = a.status;
     r.headers_mut().insert(

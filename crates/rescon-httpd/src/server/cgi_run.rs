@@ -6,8 +6,8 @@ use super::*;
 /// A CGI script's response body as it comes: chunks from the thread reading the script's
 /// output, which waits while the client is slow (8 chunks of 16 KiB in flight at most). An
 /// error ends the body early, so the client sees a cut response, not a complete one.
-pub(super) struct CgiBody {
-    pub(super) rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+struct CgiBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
 }
 
 impl hyper::body::Body for CgiBody {
@@ -149,10 +149,10 @@ pub(super) async fn run_cgi(
 }
 
 /// What a new pipe holds at least (a page): a write this size into it cannot block.
-pub(super) const PIPE_BUF: usize = 4096;
+const PIPE_BUF: usize = 4096;
 
 /// What a script reads on its standard input.
-pub(super) enum Stdin {
+enum Stdin {
     /// A body read whole (or none).
     Whole(Bytes),
     /// Chunks as the client sends them.
@@ -162,7 +162,7 @@ pub(super) enum Stdin {
 /// Forwards a request body of declared length `len` to a script, frame by frame, each within
 /// `timeout`; stops at `len` bytes, at the end, or when the client stalls or the script stops
 /// reading (the script then sees the end of its input early).
-pub(super) async fn forward_body(
+async fn forward_body(
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     len: u64,
@@ -186,7 +186,7 @@ pub(super) async fn forward_body(
     }
 }
 
-pub(super) enum CgiOutcome {
+enum CgiOutcome {
     /// The head; the body follows on the channel.
     Done(CgiHead),
     Failed(String),
@@ -194,7 +194,7 @@ pub(super) enum CgiOutcome {
 }
 
 /// A running script, in its cgroup or a process group of its own.
-pub(super) enum Proc {
+enum Proc {
     Kernel(cgroup::Child, Arc<Manager>),
     User(std::process::Child),
 }
@@ -251,7 +251,7 @@ impl Proc {
 
 /// The CPU of an exited, unreaped process and of the children it reaped (`utime + stime +
 /// cutime + cstime` of /proc/PID/stat), in nanoseconds.
-pub(super) fn zombie_cpu_ns(pid: u32) -> Option<u64> {
+fn zombie_cpu_ns(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let f: Vec<u64> = text[text.rfind(')')? + 2..]
@@ -268,7 +268,7 @@ pub(super) fn zombie_cpu_ns(pid: u32) -> Option<u64> {
 /// why there is none), then the body's chunks on `body_tx`; a timeout after the head ends the
 /// body with an error.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run_script(
+fn run_script(
     kernel: Option<Arc<Manager>>,
     watchdog: &crate::cgi::Watchdog,
     c: &Container,
@@ -309,7 +309,7 @@ pub(super) fn run_script(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run_script_inner(
+fn run_script_inner(
     kernel: Option<Arc<Manager>>,
     watchdog: &crate::cgi::Watchdog,
     c: &Container,

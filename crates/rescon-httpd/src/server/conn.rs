@@ -2,31 +2,32 @@
 //! (request head, keep-alive quiet, stalled sends), and the graceful stop.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 /// A graceful stop: set once (by SIGQUIT); the accept loops and connections registered here
 /// are woken to look, and each connection is counted until it ends.
 #[derive(Default)]
 pub(super) struct Stop {
-    on: std::sync::atomic::AtomicBool,
+    on: AtomicBool,
     /// The wakers of the tasks that watch, under their keys.
     waiters: Mutex<HashMap<u64, std::task::Waker>>,
     next: AtomicU64,
     /// Connections that have not ended.
-    pub(super) live: std::sync::atomic::AtomicUsize,
+    pub(super) live: AtomicUsize,
 }
 
 impl Stop {
     /// Sets the stop and wakes every watcher.
     pub(super) fn begin(&self) {
-        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.on.store(true, SeqCst);
         let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
         for w in waiters.into_values() {
             w.wake();
         }
     }
 
-    pub(super) fn is_on(&self) -> bool {
-        self.on.load(std::sync::atomic::Ordering::SeqCst)
+    fn is_on(&self) -> bool {
+        self.on.load(SeqCst)
     }
 
     /// A watch for one task; `counted` for a connection (ended when the watch drops).
@@ -44,9 +45,9 @@ impl Stop {
 
 /// One task's view of the [`Stop`]: registers its waker on the first look.
 pub(super) struct StopWatch {
-    pub(super) stop: Arc<Stop>,
-    pub(super) key: Option<u64>,
-    pub(super) counted: bool,
+    stop: Arc<Stop>,
+    key: Option<u64>,
+    counted: bool,
 }
 
 impl StopWatch {
@@ -117,14 +118,14 @@ pub(super) async fn serve_conn(
         let cpu = sh.log_on.load(Relaxed).then(|| Arc::new(ReqCpu::default()));
         let cpu2 = cpu.clone();
         Timed {
-            inner: (async move {
+            inner: async move {
                 let (resp, log) = handle(sh, req, peer, local, &state, cpu.as_ref()).await;
                 Ok::<_, Infallible>(resp.map(|inner| ResBody {
                     inner,
                     log,
                     _done: ReqDone(state),
                 }))
-            }),
+            },
             cpu: cpu2,
         }
     });
@@ -156,11 +157,11 @@ pub(super) struct ConnState {
     pub(super) placed: Mutex<Option<String>>,
     /// Requests whose head has arrived, and those whose response has gone out (or been
     /// dropped): equal between requests.
-    pub(super) started: AtomicU64,
-    pub(super) done: AtomicU64,
+    started: AtomicU64,
+    done: AtomicU64,
     /// When the last response was done, in nanoseconds after `born`.
-    pub(super) done_ns: AtomicU64,
-    pub(super) born: Instant,
+    done_ns: AtomicU64,
+    born: Instant,
 }
 
 impl ConnState {
@@ -198,27 +199,27 @@ impl Drop for ReqDone {
 /// One case is judged wrong: a next request's head sent before the response (pipelined) and
 /// left incomplete waits under `keep_alive`, not `header`, since the bytes that hyper holds
 /// unparsed cannot be told from the request's own.
-pub(super) struct IdleClose {
-    pub(super) io: rescon_rt::TcpStream,
-    pub(super) conn: Arc<ConnState>,
-    pub(super) header: Duration,
-    pub(super) keep_alive: Duration,
+struct IdleClose {
+    io: rescon_rt::TcpStream,
+    conn: Arc<ConnState>,
+    header: Duration,
+    keep_alive: Duration,
     /// The connection's `done` count when this wait began.
-    pub(super) seen_done: u64,
+    seen_done: u64,
     /// A byte has come since then.
-    pub(super) read_since: bool,
+    read_since: bool,
     /// What the timer is set for, and until when.
-    pub(super) deadline: Option<(Waiting, Instant)>,
+    deadline: Option<(Waiting, Instant)>,
     /// Made by the first wait, moved for the later ones.
-    pub(super) timer: Option<rescon_rt::Sleep>,
-    pub(super) send: Duration,
+    timer: Option<rescon_rt::Sleep>,
+    send: Duration,
     /// Until when the write under way may wait for the client to take data.
-    pub(super) send_deadline: Option<Instant>,
-    pub(super) send_timer: Option<rescon_rt::Sleep>,
+    send_deadline: Option<Instant>,
+    send_timer: Option<rescon_rt::Sleep>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Waiting {
+enum Waiting {
     /// For a response: only to look again then.
     Serving,
     /// For the next request's first byte.

@@ -10,14 +10,14 @@ pub(super) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Erro
 /// requests, and flushes usage in 1 ms steps, too coarse for one request).
 #[derive(Default)]
 pub(super) struct ReqCpu {
-    pub(super) done_ns: AtomicU64,
+    done_ns: AtomicU64,
     /// When the poll under way began (a [`mono_ns`] reading), 0 between polls.
-    pub(super) poll_start: AtomicU64,
+    poll_start: AtomicU64,
 }
 
 /// The monotonic clock the runtime times polls with: the TSC where the kernel keeps time with
 /// it (no vDSO call; two readings per poll of every request add up), else `CLOCK_MONOTONIC`.
-pub(super) fn mono_ns() -> u64 {
+fn mono_ns() -> u64 {
     static CLOCK: std::sync::OnceLock<rescon_rt::Clock> = std::sync::OnceLock::new();
     CLOCK.get_or_init(rescon_rt::Clock::monotonic).now_ns()
 }
@@ -70,7 +70,7 @@ impl<F: std::future::Future> std::future::Future for Timed<F> {
 
 /// A CGI run's own CPU so far (its reading thread and, as sampled, the script's), added to
 /// the request's; nothing for a request charged to its connection.
-pub(super) fn own_run_cpu(c: &Container, cgi_run: bool) -> u64 {
+fn own_run_cpu(c: &Container, cgi_run: bool) -> u64 {
     if !cgi_run {
         return 0;
     }
@@ -266,12 +266,7 @@ pub(super) async fn handle(
 /// follows the move, so the vhost's share governs the connection from then on; the usage
 /// moves with it, so what the vhost delivered is its subtree's usage. The class's
 /// connection limit stays taken, as accepted.
-pub(super) fn place_under_vhost(
-    shared: &Shared,
-    me: &Container,
-    vhost: &VhostConfig,
-    conn: &ConnState,
-) {
+fn place_under_vhost(shared: &Shared, me: &Container, vhost: &VhostConfig, conn: &ConnState) {
     // Most connections name one vhost: after the first request, one string comparison.
     let mut placed = conn.placed.lock().unwrap_or_else(|e| e.into_inner());
     if placed.as_deref() == Some(vhost.name.as_str()) {
@@ -296,11 +291,7 @@ pub(super) fn place_under_vhost(
 /// The live container a static request's work is charged under, as
 /// [`work_parent`](crate::routing::work_parent) places it: the vhost's per-class refinement
 /// if declared, else the vhost's.
-pub(super) fn work_container(
-    shared: &Shared,
-    vhost: &VhostConfig,
-    class: &str,
-) -> Option<Container> {
+fn work_container(shared: &Shared, vhost: &VhostConfig, class: &str) -> Option<Container> {
     shared
         .container(&vhost.container.child(class))
         .or_else(|| shared.container(&vhost.container))
@@ -310,11 +301,7 @@ pub(super) fn work_container(
 /// charged to (the vhost's, or its per-class refinement); the request's processing runs bound
 /// to it and its usage folds into the vhost's when it is dropped. The connection's container
 /// stays under its class.
-pub(super) fn request_container(
-    shared: &Shared,
-    vhost: &VhostConfig,
-    conn: &ConnState,
-) -> Option<Container> {
+fn request_container(shared: &Shared, vhost: &VhostConfig, conn: &ConnState) -> Option<Container> {
     let parent = work_container(shared, vhost, &conn.class)?;
     let n = shared.next_req.fetch_add(1, Relaxed);
     match parent.create_child(&format!("req-{n}"), Attributes::default()) {
@@ -330,7 +317,7 @@ pub(super) fn request_container(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn log_and(
+fn log_and(
     shared: &Arc<Shared>,
     resp: Response<Body>,
     peer: SocketAddr,
@@ -376,21 +363,21 @@ pub(super) fn log_and(
 /// counts the body bytes that went out and the time until then, as nginx's
 /// `$body_bytes_sent` and `$request_time` do, for streamed CGI output as for files.
 pub(super) struct PendingLog {
-    pub(super) shared: Arc<Shared>,
-    pub(super) remote: std::net::IpAddr,
-    pub(super) time: SystemTime,
-    pub(super) request_line: String,
-    pub(super) status: u16,
-    pub(super) referer: Option<Vec<u8>>,
-    pub(super) ua: Option<Vec<u8>>,
-    pub(super) container: Container,
-    pub(super) req_cpu: Option<Arc<ReqCpu>>,
-    pub(super) cgi_run: bool,
-    pub(super) start: Option<Instant>,
-    pub(super) vhost: String,
-    pub(super) class: String,
+    shared: Arc<Shared>,
+    remote: std::net::IpAddr,
+    time: SystemTime,
+    request_line: String,
+    status: u16,
+    referer: Option<Vec<u8>>,
+    ua: Option<Vec<u8>>,
+    container: Container,
+    req_cpu: Option<Arc<ReqCpu>>,
+    cgi_run: bool,
+    start: Option<Instant>,
+    vhost: String,
+    class: String,
     /// Body bytes handed to the connection so far.
-    pub(super) sent: u64,
+    sent: u64,
 }
 
 impl Drop for PendingLog {
@@ -470,12 +457,12 @@ enum Work<'c> {
 }
 
 /// A static file request: its file from the cache, or its path to resolve.
-pub(super) enum StaticReq {
+enum StaticReq {
     Cached(Arc<CachedFile>),
     Path(crate::static_files::RelPath),
 }
 
-pub(super) fn serve_static(
+fn serve_static(
     root: &DocRoot,
     cache: &FileCache,
     vhost: &str,
@@ -530,10 +517,7 @@ pub(super) fn serve_static(
 }
 
 /// A file too large for the cache: streamed, a chunk at a time (see [`FileBody`]).
-pub(super) fn serve_open_file(
-    file: crate::static_files::OpenFile,
-    req: &Request<Incoming>,
-) -> Response<Body> {
+fn serve_open_file(file: crate::static_files::OpenFile, req: &Request<Incoming>) -> Response<Body> {
     let p = plan(req.method(), req.headers(), &file.meta);
     let (start, end) = match p.body {
         _ if req.method() == Method::HEAD => (0, 0),
@@ -556,7 +540,7 @@ pub(super) fn serve_open_file(
 
 /// How much of a large file one frame carries: 256 KiB downloads a 300 MB file at 2.3-2.7
 /// GB/s on loopback, 64 KiB at 1.6-2.1, reading it whole at 1.9-2.6.
-pub(super) const FILE_CHUNK: usize = 256 * 1024;
+const FILE_CHUNK: usize = 256 * 1024;
 
 /// A large file's body, read a chunk at a time as the connection takes it: hyper asks for the
 /// next frame only when its write buffer has room, so a download holds a few chunks of memory
@@ -565,10 +549,10 @@ pub(super) const FILE_CHUNK: usize = 256 * 1024;
 /// instead of the whole file while its other connections wait. The reads are charged to the
 /// connection's poll, like the copies they feed. A file that shrinks under the download ends
 /// the body with an error, so the client sees a cut response, not a complete one.
-pub(super) struct FileBody {
-    pub(super) file: std::fs::File,
-    pub(super) pos: u64,
-    pub(super) end: u64,
+struct FileBody {
+    file: std::fs::File,
+    pos: u64,
+    end: u64,
 }
 
 impl hyper::body::Body for FileBody {
@@ -618,7 +602,7 @@ impl hyper::body::Body for FileBody {
     }
 }
 
-pub(super) fn respond(
+fn respond(
     req: &Request<Incoming>,
     p: crate::static_files::ResponsePlan,
     body: Bytes,
@@ -632,7 +616,7 @@ pub(super) fn respond(
 
 /// Reads `start..end` of a file (buffered: measured faster than sendfile for the small files
 /// a web site is mostly made of, and it keeps the CPU of the copy in the connection's poll).
-pub(super) fn read_range(f: &std::fs::File, start: u64, end: u64) -> std::io::Result<Bytes> {
+fn read_range(f: &std::fs::File, start: u64, end: u64) -> std::io::Result<Bytes> {
     let mut f = f;
     f.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::with_capacity((end - start) as usize);
