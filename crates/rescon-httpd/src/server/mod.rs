@@ -114,6 +114,8 @@ struct CachedFile {
     meta: crate::static_files::FileMeta,
     /// The validators' header values, formatted once per file rather than per response.
     validators: crate::static_files::Validators,
+    /// The headers of a plain 200 ([`is_plain`](crate::static_files::is_plain)), built once.
+    plain: http::HeaderMap,
     body: Bytes,
     checked: Instant,
 }

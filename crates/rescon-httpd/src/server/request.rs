@@ -492,8 +492,17 @@ fn serve_static(
                 Ok(b) => b,
                 Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             };
+            let validators = crate::static_files::Validators::of(&file.meta);
+            let plain = crate::static_files::plan_with(
+                &Method::GET,
+                &http::HeaderMap::new(),
+                &file.meta,
+                &validators,
+            )
+            .headers;
             let c = Arc::new(CachedFile {
-                validators: crate::static_files::Validators::of(&file.meta),
+                validators,
+                plain,
                 meta: file.meta.clone(),
                 body,
                 checked: now,
@@ -502,6 +511,16 @@ fn serve_static(
             c
         }
     };
+    if crate::static_files::is_plain(req.method(), req.headers()) {
+        let head = req.method() == Method::HEAD;
+        let mut r = Response::new(full(if head {
+            Bytes::new()
+        } else {
+            cached.body.clone()
+        }));
+        *r.headers_mut() = cached.plain.clone();
+        return r;
+    }
     let p = crate::static_files::plan_with(
         req.method(),
         req.headers(),

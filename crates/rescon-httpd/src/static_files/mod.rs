@@ -25,7 +25,7 @@ mod plan;
 mod resolve;
 
 pub use plan::{
-    BodyPlan, FileMeta, RangeSpec, ResponsePlan, Validators, parse_range, plan, plan_with,
+    BodyPlan, FileMeta, RangeSpec, ResponsePlan, Validators, is_plain, parse_range, plan, plan_with,
 };
 pub use resolve::{
     Confinement, MAX_PATH_BYTES, PathError, RelPath, encode_path, is_escape, normalize,

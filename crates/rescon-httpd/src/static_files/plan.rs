@@ -226,6 +226,25 @@ pub fn plan_with(
     }
 }
 
+/// The request headers that [`plan_with`] reads (besides the method).
+const PLAN_HEADERS: [header::HeaderName; 6] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::RANGE,
+    header::IF_RANGE,
+];
+
+/// Whether [`plan_with`] answers this request as it answers a bare `GET`: a `GET` or `HEAD`
+/// without a conditional or range header, which is most requests. Its headers can then be
+/// made once per file and reused (the status is 200; the body the whole file, none for
+/// `HEAD`).
+pub fn is_plain(method: &Method, req: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && !req.keys().any(|k| PLAN_HEADERS.contains(k))
+}
+
 fn header_str<'a>(h: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
     // Several fields of one name form one comma-separated list; only the first is used for
     // these headers, and one that is not text is ignored, as if absent.
@@ -350,6 +369,38 @@ mod tests {
     }
 
     const LM: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+
+    #[test]
+    fn a_plain_request_gets_a_bare_gets_headers() {
+        let bare = plan(&Method::GET, &HeaderMap::new(), &meta());
+        // The method, the request's headers, and whether it is plain.
+        type Case<'a> = (Method, &'a [(header::HeaderName, &'a str)], bool);
+        let cases: &[Case<'_>] = &[
+            (Method::GET, &[], true),
+            (Method::HEAD, &[], true),
+            (
+                Method::GET,
+                &[(header::USER_AGENT, "x"), (header::ACCEPT, "*/*")],
+                true,
+            ),
+            (Method::POST, &[], false),
+            (Method::GET, &[(header::RANGE, "bytes=0-1")], false),
+            (Method::GET, &[(header::IF_NONE_MATCH, "\"x\"")], false),
+            (Method::GET, &[(header::IF_MATCH, "\"x\"")], false),
+            (Method::GET, &[(header::IF_MODIFIED_SINCE, LM)], false),
+            (Method::GET, &[(header::IF_UNMODIFIED_SINCE, LM)], false),
+            (Method::GET, &[(header::IF_RANGE, LM)], false),
+        ];
+        for (method, pairs, plain) in cases {
+            let h = req(pairs);
+            assert_eq!(is_plain(method, &h), *plain, "{method} {pairs:?}");
+            if *plain {
+                let p = plan(method, &h, &meta());
+                assert_eq!(p.status, StatusCode::OK);
+                assert_eq!(p.headers, bare.headers, "{method} {pairs:?}");
+            }
+        }
+    }
 
     #[test]
     fn plain_get_and_head() {
