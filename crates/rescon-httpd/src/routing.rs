@@ -78,7 +78,11 @@ pub fn route<'c>(
     host: Option<&str>,
     path: &str,
 ) -> Result<Route<'c>, RouteError> {
-    let vhost = config.vhost_for(host).ok_or(RouteError::NoVhost)?;
+    route_in(config.vhost_for(host).ok_or(RouteError::NoVhost)?, path)
+}
+
+/// [`route`] within a vhost already chosen.
+pub fn route_in<'c>(vhost: &'c VhostConfig, path: &str) -> Result<Route<'c>, RouteError> {
     let rel = normalize(path).map_err(RouteError::Path)?;
     // The longest prefix wins when prefixes nest.
     let mut best: Option<(&CgiPrefix, RelPath, usize)> = None;

@@ -171,11 +171,11 @@ impl Inner {
 impl Entry {
     fn fire(&self) {
         let mut slot = lock(&self.action);
-        if let Slot::Armed(action) = std::mem::replace(&mut *slot, Slot::Fired) {
+        if matches!(*slot, Slot::Armed(_))
+            && let Slot::Armed(action) = std::mem::replace(&mut *slot, Slot::Fired)
+        {
             // A panicking action must not take the watchdog down with it.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(action));
-        } else {
-            *slot = Slot::Disarmed;
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::config::{
     LiveTree, TokenSource, VhostConfig,
 };
 use crate::log::AccessLogEntry;
-use crate::routing::{Target, route};
+use crate::routing::{RouteError, Target, route_in};
 use crate::static_files::{BodyPlan, DocRoot, Resolved, plan};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;

@@ -130,20 +130,20 @@ pub(super) async fn handle(
     // site's, replaced on reload): served without routing again, which costs a tenth of a
     // request (normalizing the path allocates per segment).
     let now = Instant::now();
-    let hit = site
+    let routed = site
         .config
         .vhost_for(host.as_deref())
-        .and_then(|v| Some((v, site.files.get(&v.name, &path, now)?)));
-    let routed = match hit {
-        Some((vhost, file)) => Ok((vhost, Work::Static(StaticReq::Cached(file)))),
-        None => route(&site.config, host.as_deref(), &path).map(|r| {
-            let work = match r.target {
-                Target::Static(rel) => Work::Static(StaticReq::Path(rel)),
-                Target::Cgi { prefix, rest } => Work::Cgi { prefix, rest },
-            };
-            (r.vhost, work)
-        }),
-    };
+        .ok_or(RouteError::NoVhost)
+        .and_then(|vhost| match site.files.get(&vhost.name, &path, now) {
+            Some(file) => Ok((vhost, Work::Static(StaticReq::Cached(file)))),
+            None => route_in(vhost, &path).map(|r| {
+                let work = match r.target {
+                    Target::Static(rel) => Work::Static(StaticReq::Path(rel)),
+                    Target::Cgi { prefix, rest } => Work::Cgi { prefix, rest },
+                };
+                (r.vhost, work)
+            }),
+        });
     let (resp, vhost, charged, cgi_run) = match routed {
         Err(e) => (
             simple(e.status(), "bad request path"),
@@ -512,14 +512,12 @@ fn serve_static(
         }
     };
     if crate::static_files::is_plain(req.method(), req.headers()) {
-        let head = req.method() == Method::HEAD;
-        let mut r = Response::new(full(if head {
-            Bytes::new()
-        } else {
-            cached.body.clone()
-        }));
-        *r.headers_mut() = cached.plain.clone();
-        return r;
+        let p = crate::static_files::ResponsePlan {
+            status: StatusCode::OK,
+            headers: cached.plain.clone(),
+            body: BodyPlan::Full,
+        };
+        return respond(req, p, cached.body.clone());
     }
     let p = crate::static_files::plan_with(
         req.method(),
@@ -589,24 +587,16 @@ impl hyper::body::Body for FileBody {
         }
         let want = (this.end - this.pos).min(FILE_CHUNK as u64) as usize;
         let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match this.file.read_at(&mut buf[got..], this.pos + got as u64) {
-                Ok(0) => {
-                    // Past the end before the promised length: stop for good.
-                    this.end = this.pos;
-                    return std::task::Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the file shrank while it was being sent",
-                    ))));
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    this.end = this.pos;
-                    return std::task::Poll::Ready(Some(Err(e)));
-                }
-            }
+        if let Err(e) = this.file.read_exact_at(&mut buf, this.pos) {
+            // An error, or the end before the promised length: stop for good.
+            this.end = this.pos;
+            return std::task::Poll::Ready(Some(Err(
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    std::io::Error::new(e.kind(), "the file shrank while it was being sent")
+                } else {
+                    e
+                },
+            )));
         }
         this.pos += want as u64;
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(buf)))))
