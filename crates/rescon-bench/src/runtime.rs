@@ -40,6 +40,16 @@
 //!
 //! - `http_container_per_conn`.
 //!
+//! The last measures latency, not throughput: a server's worker sharing its core with a
+//! CPU-bound thread. A worker that yields its CPU before it sleeps (`Builder::yield_before_sleep`)
+//! would hand that thread whole time slices while its events wait; rescon-rt's worker stops
+//! yielding when its yields take that long, and this case checks that it then answers as
+//! promptly as tokio's, which sleeps in `epoll_wait` and is woken by the kernel.
+//!
+//! - `rtt_beside_busy_loop`: each runtime's one worker and a spinning thread on one CPU, a
+//!   blocking client on another making 64-byte round trips one at a time on one connection,
+//!   the 99th percentile round trip of each window, microseconds (lower is better).
+//!
 //! The load cases also report the server's CPU time per operation: what the server's threads
 //! ran over the measured window (from their `schedstat`, exact), divided by the operations
 //! done; and how many times per operation a server thread was switched onto a CPU (from the
@@ -53,7 +63,7 @@ use rescon::{Attributes, Registry};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,7 +88,7 @@ pub struct Args {
     cases: Vec<String>,
 }
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "spawn_join",
     "yield",
     "tcp_echo_64",
@@ -86,6 +96,7 @@ const CASES: [&str; 7] = [
     "tcp_echo_64_per_core",
     "http_keepalive_per_core",
     "http_container_per_conn",
+    "rtt_beside_busy_loop",
 ];
 
 #[derive(Serialize)]
@@ -123,7 +134,7 @@ struct Case {
 
 /// How much better rescon-rt did than tokio: for times lower is better, for rates higher.
 fn better(unit: &str, rescon: f64, tokio: f64) -> f64 {
-    if unit == "ns" {
+    if unit == "ns" || unit == RTT_UNIT {
         tokio / rescon
     } else {
         rescon / tokio
@@ -184,10 +195,18 @@ pub(crate) fn median_ci95(mut v: Vec<f64>) -> [f64; 2] {
 }
 
 fn rescon_rt(registry: &Registry, workers: usize) -> rescon_rt::Runtime {
-    rescon_rt::Builder::new(registry)
-        .workers(workers)
-        .build()
-        .expect("rescon-rt runtime")
+    rescon_rt_pinned(registry, workers, None)
+}
+
+/// A rescon-rt runtime whose workers run on CPU `pin`, if given.
+fn rescon_rt_pinned(registry: &Registry, workers: usize, pin: Option<usize>) -> rescon_rt::Runtime {
+    let mut b = rescon_rt::Builder::new(registry).workers(workers);
+    if let Some(cpu) = pin {
+        b = b.on_worker_start(move |_| {
+            rescon_bench::httpload::pin_to(cpu).expect("pinning a rescon-rt worker");
+        });
+    }
+    b.build().expect("rescon-rt runtime")
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
@@ -197,12 +216,23 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 /// A multi-threaded tokio runtime with `workers` workers, and the ids of the threads it starts
 /// (its workers, and any blocking thread), filled in as they start.
 fn tokio_rt_tids(workers: usize) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
+    tokio_rt_pinned(workers, None)
+}
+
+/// [`tokio_rt_tids`], with the runtime's threads on CPU `pin`, if given.
+fn tokio_rt_pinned(
+    workers: usize,
+    pin: Option<usize>,
+) -> (tokio::runtime::Runtime, Arc<Mutex<Vec<i32>>>) {
     let tids = Arc::new(Mutex::new(Vec::new()));
     let t2 = tids.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .on_thread_start(move || {
+            if let Some(cpu) = pin {
+                rescon_bench::httpload::pin_to(cpu).expect("pinning a tokio worker");
+            }
             let tid = rustix::thread::gettid().as_raw_nonzero().get();
             t2.lock().expect("tids").push(tid);
         })
@@ -333,9 +363,9 @@ fn rescon_server(rt: rescon_rt::Runtime, addr: SocketAddr) -> Server {
     }
 }
 
-fn echo_rescon(workers: usize) -> Server {
+fn echo_rescon(workers: usize, pin: Option<usize>) -> Server {
     let registry = Registry::new();
-    let rt = rescon_rt(&registry, workers);
+    let rt = rescon_rt_pinned(&registry, workers, pin);
     let web = registry
         .root()
         .create_child("echo", Attributes::default())
@@ -365,8 +395,8 @@ fn echo_rescon(workers: usize) -> Server {
     rescon_server(rt, addr)
 }
 
-fn echo_tokio(workers: usize) -> Server {
-    let (rt, tids) = tokio_rt_tids(workers);
+fn echo_tokio(workers: usize, pin: Option<usize>) -> Server {
+    let (rt, tids) = tokio_rt_pinned(workers, pin);
     let l = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -629,6 +659,91 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
+// ---- round trips beside a busy loop ----
+
+/// The figure of `rtt_beside_busy_loop`: a time, so lower is better.
+const RTT_UNIT: &str = "p99 us";
+/// Bytes each way in a round trip of `rtt_beside_busy_loop`.
+const PING: usize = 64;
+
+/// The first two CPUs this thread may run on, if it may run on two.
+fn two_cpus() -> Option<[usize; 2]> {
+    let set = rustix::thread::sched_getaffinity(None).ok()?;
+    let mut it = (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c));
+    Some([it.next()?, it.next()?])
+}
+
+/// `rtt_beside_busy_loop`: a thread spins on CPU `cpus[0]`, where each server's one worker
+/// runs too, and a blocking client on `cpus[1]` makes 64-byte round trips one at a time on a
+/// connection to each server, the servers taking turns in windows (ABBA..) as in `ab_load`.
+/// Returns the 99th percentile round trip of each server's windows, in microseconds. The spin
+/// stops when the client is done, and after `2 dur + 10 s` whatever happens.
+fn rtt_beside_busy_loop(
+    servers: &[Server; 2],
+    cpus: [usize; 2],
+    dur: Duration,
+    window: Duration,
+) -> [Vec<Sample>; 2] {
+    use std::io::{Read, Write};
+    let stop = Arc::new(AtomicBool::new(false));
+    let limit = Instant::now() + 2 * dur + Duration::from_secs(10);
+    let spin = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            rescon_bench::httpload::pin_to(cpus[0]).expect("pinning the busy loop");
+            while !stop.load(Relaxed) && Instant::now() < limit {
+                for _ in 0..10_000 {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let addrs = [servers[0].addr, servers[1].addr];
+    let windows = (dur.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as u32;
+    let window = dur / windows;
+    let client = std::thread::spawn(move || {
+        rescon_bench::httpload::pin_to(cpus[1]).expect("pinning the client");
+        let mut conns = addrs.map(|a| {
+            let s = std::net::TcpStream::connect(a).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("read timeout");
+            s
+        });
+        let (msg, mut buf) = ([b'x'; PING], [0u8; PING]);
+        let mut rtt = |s: &mut std::net::TcpStream| {
+            let t = Instant::now();
+            s.write_all(&msg).expect("write");
+            s.read_exact(&mut buf).expect("read");
+            t.elapsed().as_nanos() as u64
+        };
+        // Warm both up, then measure.
+        for c in &mut conns {
+            let end = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < end {
+                rtt(c);
+            }
+        }
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("histogram bounds");
+        let mut out = [Vec::new(), Vec::new()];
+        for w in 0..2 * windows {
+            let me = (w.div_ceil(2) % 2) as usize; // 0 1 1 0 0 1 1 0 ..
+            hist.reset();
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                hist.saturating_record(rtt(&mut conns[me]));
+            }
+            out[me].push(Sample::from(hist.value_at_quantile(0.99) as f64 / 1e3));
+        }
+        out
+    })
+    .join();
+    stop.store(true, Relaxed);
+    spin.join().expect("busy loop");
+    client.expect("client thread")
+}
+
 /// `rebind` for `primitives`: a task switching its binding between two containers.
 pub fn rebind_ns(n: u64) -> crate::primitives::Op {
     let registry = Registry::new();
@@ -737,7 +852,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             workers: 1,
             conns: 64,
             kind: ClientKind::Echo,
-            build: Box::new(|| [echo_rescon(1), echo_tokio(1)]),
+            build: Box::new(|| [echo_rescon(1, None), echo_tokio(1, None)]),
         },
         Load {
             name: "http_keepalive",
@@ -753,7 +868,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             workers: per_core,
             conns: 64,
             kind: ClientKind::Echo,
-            build: Box::new(move || [echo_rescon(per_core), echo_tokio(per_core)]),
+            build: Box::new(move || [echo_rescon(per_core, None), echo_tokio(per_core, None)]),
         },
         Load {
             name: "http_keepalive_per_core",
@@ -793,6 +908,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ts.extend(t);
         }
         report(name, unit, workers, rs, ts);
+    }
+    let name = "rtt_beside_busy_loop";
+    if wanted(name) {
+        match two_cpus() {
+            Some(cpus) => {
+                let (mut rs, mut ts) = (Vec::new(), Vec::new());
+                for i in 0..rounds {
+                    eprintln!("runtime: {name}, round {}/{rounds}", i + 1);
+                    let servers = [echo_rescon(1, Some(cpus[0])), echo_tokio(1, Some(cpus[0]))];
+                    let [r, t] = rtt_beside_busy_loop(&servers, cpus, dur, window);
+                    rs.extend(r);
+                    ts.extend(t);
+                }
+                report(name, RTT_UNIT, 1, rs, ts);
+            }
+            None => {
+                eprintln!("runtime: {name} skipped: it needs two CPUs, this process may use one")
+            }
+        }
     }
     let report = Report { cases };
     anyhow::ensure!(!report.cases.is_empty(), "no case selected");
