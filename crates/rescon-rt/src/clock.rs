@@ -104,8 +104,21 @@ impl Clock {
     /// the monotonic clock, both clocks read now on a manual one.
     fn meeting(&self) -> (Instant, u64) {
         match &self.kind {
-            Kind::Monotonic => anchor().get(),
+            Kind::Monotonic => anchor().get_at(crate::sys::monotonic_ns()),
             Kind::Manual(_) => (Instant::now(), self.now_ns()),
+        }
+    }
+
+    /// The clock's time now as an [`Instant`]: `ns_to_instant(now_ns())` with one reading of
+    /// the clock instead of two (hyper asks for it on every request).
+    pub(crate) fn now_instant(&self) -> Instant {
+        match &self.kind {
+            Kind::Monotonic => {
+                let now = crate::sys::monotonic_ns();
+                let (base, base_ns) = anchor().get_at(now);
+                from_meeting(base, base_ns, now)
+            }
+            Kind::Manual(_) => self.ns_to_instant(self.now_ns()),
         }
     }
 
@@ -127,12 +140,17 @@ impl Clock {
     /// the other).
     pub fn ns_to_instant(&self, ns: u64) -> Instant {
         let (base, base_ns) = self.meeting();
-        if ns >= base_ns {
-            base + Duration::from_nanos(ns - base_ns)
-        } else {
-            base.checked_sub(Duration::from_nanos(base_ns - ns))
-                .unwrap_or(base)
-        }
+        from_meeting(base, base_ns, ns)
+    }
+}
+
+/// The [`Instant`] of clock reading `ns`, given that `base` was at `base_ns`.
+fn from_meeting(base: Instant, base_ns: u64, ns: u64) -> Instant {
+    if ns >= base_ns {
+        base + Duration::from_nanos(ns - base_ns)
+    } else {
+        base.checked_sub(Duration::from_nanos(base_ns - ns))
+            .unwrap_or(base)
     }
 }
 
@@ -172,9 +190,9 @@ fn anchor() -> &'static Anchor {
 }
 
 impl Anchor {
-    /// `base` and the clock's reading then, measured again if the last measurement is old.
-    fn get(&self) -> (Instant, u64) {
-        let now = crate::sys::monotonic_ns();
+    /// `base` and the clock's reading then, measured again if the last measurement is old
+    /// at `now` (the monotonic clock's reading).
+    fn get_at(&self, now: u64) -> (Instant, u64) {
         let base_ns = if now.wrapping_sub(self.at.load(Relaxed)) < REANCHOR_NS {
             self.base_ns.load(Relaxed)
         } else {
@@ -312,5 +330,25 @@ mod tests {
         let back = c.ns_to_instant(ns);
         let diff = if back > at { back - at } else { at - back };
         assert!(diff < Duration::from_millis(1), "{diff:?}");
+    }
+
+    #[test]
+    fn now_as_an_instant_agrees_with_the_std_clock_and_the_conversion() {
+        let c = Clock::monotonic();
+        let before = Instant::now();
+        let now = c.now_instant();
+        let after = Instant::now();
+        // Within the offset's measurement error of the interval the call took.
+        let slack = Duration::from_millis(1);
+        assert!(
+            now + slack >= before && now <= after + slack,
+            "{now:?} not in {before:?}..{after:?}"
+        );
+        let ns = c.instant_to_ns(now);
+        assert!(c.now_ns() >= ns.saturating_sub(1_000_000));
+        let m = Clock::manual();
+        // A manual clock's conversions read `Instant::now` each: equal within their interval.
+        let back = m.instant_to_ns(m.now_instant());
+        assert!(m.now_ns().abs_diff(back) < 1_000_000, "{back}");
     }
 }

@@ -176,7 +176,7 @@ impl hyper::rt::Timer for HyperTimer {
     }
 
     fn now(&self) -> Instant {
-        self.clock.ns_to_instant(self.clock.now_ns())
+        self.clock.now_instant()
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {

@@ -215,7 +215,11 @@ pub(crate) fn register_timer(w: &Arc<WorkerShared>, t: Arc<TimerShared>) {
     let t = if CTX.is_set() {
         CTX.with(|l| {
             if Arc::ptr_eq(&l.shared, w) {
-                l.core.borrow_mut().timers.register(t, &w.timers_dropped);
+                let now = l.now.get();
+                l.core
+                    .borrow_mut()
+                    .timers
+                    .register_local(t, now, &w.timers_dropped);
                 None
             } else {
                 Some(t)
@@ -906,6 +910,7 @@ impl Local {
     fn maintain(&self, now: u64) {
         self.next_tick.set(now + TICK_NS);
         let mut core = self.core.borrow_mut();
+        core.timers.promote();
         core.flush_counters();
         core.reclaim();
         core.corr.tick(now);
@@ -928,6 +933,7 @@ impl Local {
             let mut core = self.core.borrow_mut();
             core.flush_all();
             core.reclaim();
+            core.timers.promote();
             let t = core.timers.next_deadline();
             let r = core.policy.next_refill();
             match (t, r) {
