@@ -77,7 +77,11 @@
 //! is often the one about to send it work. `rescon-bench runtime`, `http_keepalive_per_core`
 //! (a worker per core beside the load generator, on two cores): 0.03 context switches per
 //! request (tokio: 0.05-0.08; 0.33 without the yield). A worker whose yields go to a
-//! CPU-bound thread on its core stops yielding for a while (see the option).
+//! CPU-bound thread on its core stops yielding for a while (see the option), which keeps its
+//! round trips beside a busy loop as short as tokio's (`rtt_beside_busy_loop`). It cannot tell
+//! a load generator that keeps the core for whole slices, because it is busy, from such a
+//! thread: in `tcp_echo_64_per_core` the worker then sleeps and is woken about once per five
+//! messages (tokio: once per sixteen), and its throughput there is at or below tokio's.
 //!
 //! I/O is polled without blocking every 61 polls ([`Builder::event_interval`]), at least
 //! every 100 us of busy time ([`Builder::event_gap`]), and whenever the worker has nothing to
