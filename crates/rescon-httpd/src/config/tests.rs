@@ -313,6 +313,33 @@ fn vhost_selection() {
         normalize_host("a.example:80"),
         std::borrow::Cow::Borrowed("a.example")
     ));
+    assert!(matches!(
+        normalize_host("localhost"),
+        std::borrow::Cow::Borrowed("localhost")
+    ));
+    for (raw, want) in [
+        ("", ""),
+        ("a.example.", "a.example"),
+        ("host:", "host"),
+        ("host:x1", "host"),
+        (" a.example ", "a.example"),
+        (":80", ""),
+        ("a:b:c", "a:b:c"),
+    ] {
+        assert_eq!(normalize_host(raw), want, "{raw:?}");
+    }
+}
+
+proptest::proptest! {
+    /// The one-pass way for plain names gives what the general way gives, for any value.
+    #[test]
+    fn normalizing_a_host_takes_the_fast_way_without_changing_the_answer(
+        host in "[a-zA-Z0-9.:\\[\\] -]{0,24}",
+        plain in "[a-z0-9.:-]{0,12}",
+    ) {
+        proptest::prop_assert_eq!(normalize_host(&host), normalize_host_general(&host));
+        proptest::prop_assert_eq!(normalize_host(&plain), normalize_host_general(&plain));
+    }
 }
 
 #[test]
