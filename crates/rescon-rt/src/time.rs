@@ -335,19 +335,17 @@ impl Sleep {
     }
 
     fn register(&mut self) {
-        if let Some((w, d)) = &self.registered {
-            if *d == self.deadline {
+        let deadline = self.deadline;
+        if let Some((w, d)) = &mut self.registered {
+            if *d == deadline {
                 return;
             }
-            if self.deadline > *d && self.timer.queued.load(Acquire) != NONE {
-                // The live entry comes up first and moves itself to the new deadline. (Once
-                // it has fired, as an interval's has at each tick, there is none: register.)
-                self.registered = Some((w.clone(), self.deadline));
-                return;
+            // The live entry comes up first and moves itself to the new deadline. (Once it
+            // has fired, as an interval's has at each tick, there is none: register.)
+            if deadline < *d || self.timer.queued.load(Acquire) == NONE {
+                crate::worker::register_timer(w, self.timer.clone());
             }
-            let w = w.clone();
-            crate::worker::register_timer(&w, self.timer.clone());
-            self.registered = Some((w, self.deadline));
+            *d = deadline;
             return;
         }
         let w = crate::context::timer_worker();
