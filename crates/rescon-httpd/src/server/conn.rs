@@ -210,8 +210,8 @@ struct IdleClose {
     read_since: bool,
     /// What the timer is set for, and until when.
     deadline: Option<(Waiting, Instant)>,
-    /// Made by the first wait, moved for the later ones.
-    timer: Option<rescon_rt::Sleep>,
+    /// Made by the first wait, moved for the later ones; with the deadline it is set for.
+    timer: Option<(rescon_rt::Sleep, Instant)>,
     send: Duration,
     /// Until when the write under way may wait for the client to take data.
     send_deadline: Option<Instant>,
@@ -319,10 +319,21 @@ impl hyper::rt::Read for IdleClose {
         }
         loop {
             let (waiting, deadline) = this.wait(done);
-            let timer = this
-                .timer
-                .get_or_insert_with(|| rescon_rt::sleep_until(deadline));
-            timer.reset(deadline);
+            let timer = match &mut this.timer {
+                // Set already for this deadline (a wait polled again): no conversion.
+                Some((t, at)) if *at == deadline => t,
+                Some((t, at)) => {
+                    t.reset(deadline);
+                    *at = deadline;
+                    t
+                }
+                None => {
+                    &mut this
+                        .timer
+                        .insert((rescon_rt::sleep_until(deadline), deadline))
+                        .0
+                }
+            };
             if std::pin::Pin::new(timer).poll(cx).is_pending() {
                 return Poll::Pending;
             }
