@@ -328,17 +328,38 @@ pub fn run(args: Args) -> Result<()> {
 fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
     let kinds = ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::Nginx, Kind::HyperTokio]);
     let conns = 50;
-    // Rounds interleave the servers, so that drift on a shared machine hits them alike; the
-    // median of the rounds is reported.
-    let rounds = if ctx.quick { 1 } else { 3 };
+    let modes = [Mode::ConnPerRequest, Mode::KeepAlive];
+    // The goals compare rescon-httpd with another server: its containers-off self in both
+    // modes, nginx with a connection per request, hyper with keep-alive. Each round runs a
+    // mode's servers in an order that puts every compared pair back to back, reversed every
+    // other round (ABBA) so that neither of a pair always goes first; a goal's figure is the
+    // median of the rounds' ratios. On a shared VM the machine's speed moves by tens of
+    // percent over seconds, so a ratio of two runs taken far apart (or of medians over
+    // rounds) measures the machine as much as the servers.
+    let order = |mode: Mode| -> Vec<Kind> {
+        let rival = match mode {
+            Mode::ConnPerRequest => [Kind::Nginx, Kind::HyperTokio],
+            _ => [Kind::HyperTokio, Kind::Nginx],
+        };
+        [Kind::ResconOff, Kind::Rescon, rival[0], rival[1]]
+            .into_iter()
+            .filter(|k| kinds.contains(k))
+            .collect()
+    };
+    let rounds = if ctx.quick { 2 } else { 5 };
     let mut samples: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; kinds.len()];
     for round in 0..rounds {
-        for (ki, kind) in kinds.iter().enumerate() {
-            for (i, mode) in [Mode::ConnPerRequest, Mode::KeepAlive]
-                .into_iter()
-                .enumerate()
-            {
-                let server = ctx.start(*kind)?;
+        for (i, mode) in modes.into_iter().enumerate() {
+            let mut seq = order(mode);
+            if round % 2 == 1 {
+                seq.reverse();
+            }
+            for kind in seq {
+                let ki = kinds
+                    .iter()
+                    .position(|k| *k == kind)
+                    .expect("a wanted server");
+                let server = ctx.start(kind)?;
                 let plan = ctx.plan(
                     &server,
                     vec![group("c", LOW, conns, mode, "localhost", FILE_1K)],
@@ -361,7 +382,12 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
     let median = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     let mut rows = Vec::new();
     let mut json_rows = serde_json::Map::new();
@@ -374,10 +400,21 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
         );
         rows.push((*kind, rates));
     }
-    let get = |k: Kind| rows.iter().find(|(x, _)| *x == k).map(|(_, r)| *r);
+    // The rounds' ratios of `a` to `b` in mode `i` (each pair measured back to back), and
+    // their median.
+    let paired = |a: Kind, b: Kind, i: usize| -> Option<(f64, Vec<f64>)> {
+        let (x, y) = (
+            &samples[kinds.iter().position(|k| *k == a)?][i],
+            &samples[kinds.iter().position(|k| *k == b)?][i],
+        );
+        let r: Vec<f64> = x.iter().zip(y).map(|(x, y)| x / y).collect();
+        Some((median(&r), r))
+    };
+    let mut pairs = serde_json::Map::new();
     let mut s = format!(
         "\n## 1. Baseline: a 1 KB file\n\n{conns} closed-loop clients; requests per second, the median of \
-         {rounds} interleaved round(s).\n\n\
+         {rounds} interleaved rounds. The goals' ratios are medians of the rounds' ratios, each \
+         of two runs back to back (the order reversed every other round).\n\n\
          | server | a connection per request | keep-alive |\n|---|---|---|\n"
     );
     for (k, r) in &rows {
@@ -389,9 +426,10 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
          connections; a container per request left throughput \"effectively unchanged\"."
     );
     ctx.report.push_str(&s);
-    if let (Some(on), Some(off)) = (get(Kind::Rescon), get(Kind::ResconOff)) {
-        let a = on[0] / off[0];
-        let b = on[1] / off[1];
+    if let (Some((a, ra)), Some((b, rb))) = (
+        paired(Kind::Rescon, Kind::ResconOff, 0),
+        paired(Kind::Rescon, Kind::ResconOff, 1),
+    ) {
         ctx.goal(
             1,
             "containers on / off, a connection per request",
@@ -406,9 +444,10 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
             Some(b),
             b >= 0.97,
         );
+        pairs.insert("on_off_conn_per_request".into(), json!(ra));
+        pairs.insert("on_off_keep_alive".into(), json!(rb));
     }
-    if let (Some(on), Some(h)) = (get(Kind::Rescon), get(Kind::HyperTokio)) {
-        let x = on[1] / h[1];
+    if let Some((x, r)) = paired(Kind::Rescon, Kind::HyperTokio, 1) {
         ctx.goal(
             1,
             "keep-alive, rescon-httpd / hyper on tokio",
@@ -416,10 +455,10 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
             Some(x),
             x >= 1.0,
         );
+        pairs.insert("rescon_hyper_keep_alive".into(), json!(r));
     }
-    match (get(Kind::Rescon), get(Kind::Nginx)) {
-        (Some(on), Some(n)) => {
-            let x = on[0] / n[0];
+    match paired(Kind::Rescon, Kind::Nginx, 0) {
+        Some((x, r)) => {
             ctx.goal(
                 1,
                 "a connection per request, rescon-httpd / nginx",
@@ -427,8 +466,9 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
                 Some(x),
                 x >= 1.0,
             );
+            pairs.insert("rescon_nginx_conn_per_request".into(), json!(r));
         }
-        _ => ctx.goal(
+        None => ctx.goal(
             1,
             "a connection per request, rescon-httpd / nginx (nginx not installed)",
             ">= 1.0",
@@ -436,6 +476,7 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
             false,
         ),
     }
+    json_rows.insert("pair_ratios".into(), Value::Object(pairs));
     let groups: Vec<plot::BarGroup> = ["a connection per request", "keep-alive"]
         .iter()
         .enumerate()
