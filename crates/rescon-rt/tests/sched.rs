@@ -85,6 +85,123 @@ fn weights_3_to_1_share_one_worker_3_to_1() {
     );
 }
 
+/// Wakers of `serving` tasks waiting for their next request.
+type Parked = Arc<Mutex<Vec<std::task::Waker>>>;
+
+/// A connection's task: once `go` is set, a poll of 50 us, then a wait for its next request
+/// (its container's queue empty meanwhile) until `feeder` wakes it, until the clock reaches
+/// `until_ns`.
+async fn serving(clock: Clock, until_ns: u64, go: Arc<AtomicBool>, parked: Parked) {
+    while !go.load(SeqCst) {
+        rescon_rt::yield_now().await;
+    }
+    while clock.now_ns() < until_ns {
+        spin(&clock, 50_000);
+        let mut asked = false;
+        std::future::poll_fn(|cx| {
+            if std::mem::replace(&mut asked, true) {
+                std::task::Poll::Ready(())
+            } else {
+                parked.lock().unwrap().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// The clients: polls of 1 us that wake every waiting `serving` task, until `until_ns`.
+async fn feeder(clock: Clock, until_ns: u64, parked: Parked) {
+    loop {
+        let done = clock.now_ns() >= until_ns;
+        let wakers = std::mem::take(&mut *parked.lock().unwrap());
+        wakers.into_iter().for_each(std::task::Waker::wake);
+        if done {
+            return;
+        }
+        spin(&clock, 1_000);
+        rescon_rt::yield_now().await;
+    }
+}
+
+#[test]
+fn containers_emptied_by_every_poll_keep_their_shares() {
+    // Each connection's container goes empty after every poll and has work again, woken by
+    // the clients, before its next turn: it lingers, runnable for the policy, instead of
+    // going idle and waking. Its share holds.
+    let registry = Registry::new();
+    let (rt, clock) = one_worker_manual(&registry);
+    let root = registry.root();
+    let a = child(&root, "a", &[("share", "weight:300")]);
+    let b = child(&root, "b", &[("share", "weight:100")]);
+    let clients = child(&root, "clients", &[]);
+    let until = clock.now_ns() + 400_000_000;
+    let go = Arc::new(AtomicBool::new(false));
+    let parked = Parked::default();
+    let mut tasks: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|c| rt.spawn_in(c, serving(clock.clone(), until, go.clone(), parked.clone())))
+        .collect();
+    tasks.push(rt.spawn_in(&clients, feeder(clock.clone(), until, parked.clone())));
+    go.store(true, SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    rt.flush_usage();
+    let (ua, ub) = (a.usage().cpu_ns as f64, b.usage().cpu_ns as f64);
+    let ratio = ua / ub;
+    assert!(ua + ub >= 200e6, "they ran most of the 400 ms: {}", ua + ub);
+    assert!(
+        (ratio / 3.0 - 1.0).abs() <= 0.02,
+        "ratio {ratio:.3}, want 3 within 2%"
+    );
+}
+
+#[test]
+fn a_waiting_high_class_container_holds_up_nothing_and_is_released_at_its_end() {
+    // A high-class connection waits a millisecond between requests, its container empty;
+    // a normal-class task keeps the CPU in between. When the connection ends, its container
+    // is released, though it was waiting when its last request came.
+    let registry = Registry::new();
+    let before = registry.len();
+    let (rt, clock) = one_worker_manual(&registry);
+    let root = registry.root();
+    let high = child(&root, "high", &[("class", "high")]);
+    let normal = child(&root, "normal", &[("class", "normal")]);
+    let start = clock.now_ns();
+    let until = start + 20_000_000;
+    let go = Arc::new(AtomicBool::new(false));
+    let served = {
+        let (clock, go) = (clock.clone(), go.clone());
+        rt.spawn_in(&high, async move {
+            while !go.load(SeqCst) {
+                rescon_rt::yield_now().await;
+            }
+            for _ in 0..10 {
+                spin(&clock, 10_000);
+                rescon_rt::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let cpu = rt.spawn_in(&normal, busy(clock.clone(), until, go.clone()));
+    go.store(true, SeqCst);
+    rt.block_on(async {
+        served.await.unwrap();
+        cpu.await.unwrap();
+    });
+    rt.flush_usage();
+    let (uh, un) = (high.usage().cpu_ns, normal.usage().cpu_ns);
+    assert_eq!(uh, 100_000, "ten requests of 10 us");
+    assert!(un >= 19_000_000, "the normal task ran in between: {un} ns");
+    drop((high, normal));
+    // The worker releases unused containers at its next maintenance or sleep.
+    rt.block_on(async { rescon_rt::sleep(Duration::from_millis(5)).await });
+    rt.flush_usage();
+    assert_eq!(registry.len(), before, "both containers were released");
+}
+
 #[test]
 fn higher_class_runs_first() {
     let registry = Registry::new();
