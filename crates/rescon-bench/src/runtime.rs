@@ -499,6 +499,17 @@ fn http_tokio(workers: usize) -> Server {
 
 // ---- the client side, identical for both runtimes ----
 
+/// `dur` of load for each server split into windows of about `window`: how many, and how long.
+fn windows_of(dur: Duration, window: Duration) -> (u32, Duration) {
+    let n = (dur.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as u32;
+    (n, dur / n)
+}
+
+/// The server whose turn window `w` is: 0 1 1 0 0 1 1 0 .. (ABBA).
+fn abba(w: u32) -> usize {
+    (w.div_ceil(2) % 2) as usize
+}
+
 /// How long a server's turn runs before its window opens: the other server's operations in
 /// flight finish, and the connections that waited get going.
 const SETTLE: Duration = Duration::from_millis(25);
@@ -523,8 +534,7 @@ fn ab_load(
 ) -> [Vec<Sample>; 2] {
     let addrs = [servers[0].addr, servers[1].addr];
     let tids = [servers[0].tids.clone(), servers[1].tids.clone()];
-    let windows = (dur.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as u32;
-    let window = dur / windows;
+    let (windows, window) = windows_of(dur, window);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -574,7 +584,7 @@ fn ab_load(
             }
             let mut out = [Vec::new(), Vec::new()];
             for w in 0..2 * windows {
-                let me = (w.div_ceil(2) % 2) as usize; // 0 1 1 0 0 1 1 0 ..
+                let me = abba(w);
                 set(me as u8);
                 tokio::time::sleep(SETTLE).await;
                 let ids = tids[me].lock().expect("tids").clone();
@@ -699,8 +709,7 @@ fn rtt_beside_busy_loop(
         })
     };
     let addrs = [servers[0].addr, servers[1].addr];
-    let windows = (dur.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as u32;
-    let window = dur / windows;
+    let (windows, window) = windows_of(dur, window);
     let client = std::thread::spawn(move || {
         rescon_bench::httpload::pin_to(cpus[1]).expect("pinning the client");
         let mut conns = addrs.map(|a| {
@@ -728,7 +737,7 @@ fn rtt_beside_busy_loop(
             .expect("histogram bounds");
         let mut out = [Vec::new(), Vec::new()];
         for w in 0..2 * windows {
-            let me = (w.div_ceil(2) % 2) as usize; // 0 1 1 0 0 1 1 0 ..
+            let me = abba(w);
             hist.reset();
             let end = Instant::now() + window;
             while Instant::now() < end {

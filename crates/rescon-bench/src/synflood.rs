@@ -368,7 +368,7 @@ fn busy_ns() -> anyhow::Result<u64> {
 }
 
 /// The median (the mean of the middle two for an even count; NaN for none).
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,

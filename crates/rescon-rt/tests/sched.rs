@@ -36,13 +36,18 @@ fn spin(clock: &Clock, ns: u64) {
     clock.advance(Duration::from_nanos(ns));
 }
 
-/// A CPU-bound task: once `go` is set, slices of 50 us with a yield between, until the clock
-/// reaches `until_ns`. The gate lets a test spawn all its tasks before any of them moves the
+/// Yields until `go` is set: lets a test spawn all its tasks before any of them moves the
 /// clock.
-async fn busy(clock: Clock, until_ns: u64, go: Arc<AtomicBool>) {
+async fn wait_for(go: &AtomicBool) {
     while !go.load(SeqCst) {
         rescon_rt::yield_now().await;
     }
+}
+
+/// A CPU-bound task: once `go` is set, slices of 50 us with a yield between, until the clock
+/// reaches `until_ns`.
+async fn busy(clock: Clock, until_ns: u64, go: Arc<AtomicBool>) {
+    wait_for(&go).await;
     while clock.now_ns() < until_ns {
         spin(&clock, 50_000);
         rescon_rt::yield_now().await;
@@ -92,9 +97,7 @@ type Parked = Arc<Mutex<Vec<std::task::Waker>>>;
 /// (its container's queue empty meanwhile) until `feeder` wakes it, until the clock reaches
 /// `until_ns`.
 async fn serving(clock: Clock, until_ns: u64, go: Arc<AtomicBool>, parked: Parked) {
-    while !go.load(SeqCst) {
-        rescon_rt::yield_now().await;
-    }
+    wait_for(&go).await;
     while clock.now_ns() < until_ns {
         spin(&clock, 50_000);
         let mut asked = false;
@@ -176,9 +179,7 @@ fn a_waiting_high_class_container_holds_up_nothing_and_is_released_at_its_end() 
     let served = {
         let (clock, go) = (clock.clone(), go.clone());
         rt.spawn_in(&high, async move {
-            while !go.load(SeqCst) {
-                rescon_rt::yield_now().await;
-            }
+            wait_for(&go).await;
             for _ in 0..10 {
                 spin(&clock, 10_000);
                 rescon_rt::sleep(Duration::from_millis(1)).await;

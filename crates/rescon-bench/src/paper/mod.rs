@@ -379,16 +379,7 @@ fn exp1_baseline(ctx: &mut Ctx) -> Result<()> {
             }
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
+    let median = |v: &[f64]| crate::synflood::median(v.to_vec());
     let mut rows = Vec::new();
     let mut json_rows = serde_json::Map::new();
     for (ki, kind) in kinds.iter().enumerate() {
