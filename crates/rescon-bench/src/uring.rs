@@ -524,7 +524,11 @@ fn hybrid_server(socks: &[TcpStream], stop: &AtomicBool) -> anyhow::Result<()> {
             };
             let buf = &mut bufs[bid as usize * BUFSZ..][..BUFSZ];
             let n = match (&socks[i]).read(buf) {
-                Ok(0) if stop.load(Relaxed) => break,
+                Ok(0) if stop.load(Relaxed) => {
+                    // No send for this buffer: the wait below counts only those in flight.
+                    free.push(bid);
+                    break;
+                }
                 Ok(0) => bail!("client closed"),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
