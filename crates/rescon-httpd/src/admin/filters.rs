@@ -23,8 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The name of every listener's black hole.
-pub const BLACK_HOLE: &str = "black-hole";
+use rescon_admin::BLACK_HOLE;
 
 /// What the admin API needs from the filters.
 pub trait Filters: Send + Sync {
