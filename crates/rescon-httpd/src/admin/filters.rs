@@ -62,6 +62,11 @@ pub enum FilterError {
         /// The members there are.
         known: Vec<String>,
     },
+    /// The kernel refused the new steering (nothing changed).
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for FilterError {
@@ -80,6 +85,9 @@ impl fmt::Display for FilterError {
             ),
             FilterError::NoMember { asked, known } => {
                 write!(f, "no class {asked:?}; members: {}", known.join(", "))
+            }
+            FilterError::Refused { reason } => {
+                write!(f, "the listener's steering was not changed: {reason}")
             }
         }
     }

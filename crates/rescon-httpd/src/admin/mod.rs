@@ -364,6 +364,9 @@ impl Admin {
                     Some(&known),
                 )
             }
+            Err(e @ FilterError::Refused { .. }) => {
+                ApiResponse::error(StatusCode::CONFLICT, e.to_string())
+            }
         }
     }
 
