@@ -81,6 +81,7 @@ pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>
         me: conn.container,
         site: RefCell::new(site),
         placed: Cell::new(Placed::default()),
+        last_host: RefCell::new((0, Vec::new(), 0)),
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())

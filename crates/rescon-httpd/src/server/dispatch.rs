@@ -1,12 +1,12 @@
-//! Stage: dispatch, where a request goes. Over the compiled [`Site`]: the vhost of its Host
-//! header, then a small file the vhost's cache holds under this path, else the route of the
+//! Stage: dispatch, where a request goes. Over the compiled site: the vhost of its Host
+//! header ([`Site::vhost_for`](super::site::Site::vhost_for)), then a small file the vhost's cache holds under this path, else the route of the
 //! path ([`route_in`]: a static file, or a script under a CGI prefix).
 //!
 //! A cached file was routed as static and its path checked when it was cached, under this
 //! site (the cache is the site's, replaced on reload): it is served without normalizing the
 //! path again, which costs a tenth of a request (normalizing allocates per segment).
 
-use super::site::{CgiMount, Site, Vhost};
+use super::site::{CgiMount, Vhost};
 use super::static_file::StaticTarget;
 use crate::routing::{RouteError, Target, route_in};
 use crate::static_files::RelPath;
@@ -35,14 +35,14 @@ impl<'s> Dispatch<'s> {
     }
 }
 
-/// Dispatches a request by its Host header and raw path (percent-encoded, without query).
+/// Dispatches a request to `vhost` (the site's answer for its Host header,
+/// [`Site::vhost_for`]) by its raw path (percent-encoded, without query).
 pub(crate) fn dispatch<'s>(
-    site: &'s Site,
-    host: Option<&str>,
+    vhost: Option<&'s Vhost>,
     path: &str,
     now: Instant,
 ) -> Result<Dispatch<'s>, RouteError> {
-    let vhost = site.vhost_for(host).ok_or(RouteError::NoVhost)?;
+    let vhost = vhost.ok_or(RouteError::NoVhost)?;
     if let Some(file) = vhost.files.get(path, now) {
         return Ok(Dispatch::Static {
             vhost,
@@ -69,11 +69,11 @@ pub(crate) fn dispatch<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::site::tests::compiled;
+    use crate::server::site::{Site, tests::compiled};
     use crate::static_files::PathError;
 
     fn target(site: &Site, host: &str, path: &str) -> Result<(String, String), RouteError> {
-        dispatch(site, Some(host), path, Instant::now()).map(|d| match d {
+        dispatch(site.vhost_for(Some(host)), path, Instant::now()).map(|d| match d {
             Dispatch::Static { vhost, target } => (
                 vhost.name.to_string(),
                 match target {
@@ -130,7 +130,7 @@ mod tests {
         let now = Instant::now();
         let req = http::Request::get("/x.html").body(()).unwrap();
         let Ok(Dispatch::Static { vhost, target }) =
-            dispatch(&site, Some("b.test"), "/x.html", now)
+            dispatch(site.vhost_for(Some("b.test")), "/x.html", now)
         else {
             panic!("static")
         };
@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn target_name(site: &Site, host: &str, path: &str, now: Instant) -> &'static str {
-        match dispatch(site, Some(host), path, now) {
+        match dispatch(site.vhost_for(Some(host)), path, now) {
             Ok(Dispatch::Static {
                 target: StaticTarget::Cached(_),
                 ..

@@ -49,6 +49,9 @@ pub(crate) struct ConnCtx {
     pub(crate) site: RefCell<Arc<Site>>,
     /// Where the connection's container was last placed.
     pub(crate) placed: Cell<Placed>,
+    /// The last request's Host header and the vhost it chose, under its site generation:
+    /// clients send the same Host on every request of a connection.
+    pub(crate) last_host: RefCell<(u64, Vec<u8>, usize)>,
 }
 
 /// A request's answer: ready at once (static files, errors), or a CGI run under way.
@@ -95,7 +98,7 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    let to = match dispatch(site, host, req.uri().path(), now) {
+    let to = match dispatch(conn.vhost_for(site, host), req.uri().path(), now) {
         Ok(d) => d,
         Err(e) => {
             let resp = simple(e.status(), "bad request path");
@@ -153,6 +156,25 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
 }
 
 impl ConnCtx {
+    /// The vhost of a Host header: the last request's when the header is the same.
+    fn vhost_for<'s>(&self, site: &'s Site, host: Option<&str>) -> Option<&'s Vhost> {
+        let mut last = self.last_host.borrow_mut();
+        if let Some(h) = host
+            && last.0 == site.generation
+            && last.1 == h.as_bytes()
+        {
+            return site.vhosts.get(last.2);
+        }
+        let v = site.vhost_for(host)?;
+        if let Some(h) = host {
+            last.0 = site.generation;
+            last.1.clear();
+            last.1.extend_from_slice(h.as_bytes());
+            last.2 = v.index;
+        }
+        Some(v)
+    }
+
     /// The connection's own container as the one a request was charged to.
     fn charged(&self, vhost: Option<&Vhost>) -> Charged {
         Charged {
@@ -180,13 +202,13 @@ fn place_static(conn: &ConnCtx, site: &Site, vhost: &Vhost) -> Option<Container>
     if shared.options.no_containers {
         return None;
     }
-    let work = vhost.work_container(&conn.class);
     if site.config.server.per_request_containers {
+        let work = vhost.work_container(&conn.class);
         return placement::request_container(work, &shared.seq.req);
     }
     if !conn.placed.get().is(site.generation, vhost.index) {
         conn.placed.set(Placed::at(site.generation, vhost.index));
-        placement::move_connection(&shared.root, &conn.me, work);
+        placement::move_connection(&shared.root, &conn.me, vhost.work_container(&conn.class));
     }
     None
 }
