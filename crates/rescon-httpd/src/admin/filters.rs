@@ -23,8 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The name of every listener's black hole.
-pub const BLACK_HOLE: &str = "black-hole";
+use rescon_admin::BLACK_HOLE;
 
 /// What the admin API needs from the filters.
 pub trait Filters: Send + Sync {
@@ -63,6 +62,11 @@ pub enum FilterError {
         /// The members there are.
         known: Vec<String>,
     },
+    /// The kernel refused the new steering (nothing changed).
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for FilterError {
@@ -81,6 +85,9 @@ impl fmt::Display for FilterError {
             ),
             FilterError::NoMember { asked, known } => {
                 write!(f, "no class {asked:?}; members: {}", known.join(", "))
+            }
+            FilterError::Refused { reason } => {
+                write!(f, "the listener's steering was not changed: {reason}")
             }
         }
     }

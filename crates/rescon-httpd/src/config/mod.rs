@@ -239,34 +239,15 @@ impl Default for AdminConfig {
 /// The admin socket of the default configuration: `$XDG_RUNTIME_DIR/rescon-httpd/admin.sock`,
 /// or under `/run` for root, or `/tmp/rescon-httpd-UID/` for other users.
 pub fn default_admin_socket() -> PathBuf {
-    expand_runtime_dir("{runtime_dir}/rescon-httpd/admin.sock")
+    rescon_admin::default_socket()
 }
 
 /// The directory `{runtime_dir}` stands for (see [`default_admin_socket`]).
 pub(crate) fn runtime_dir() -> PathBuf {
-    expand_runtime_dir("{runtime_dir}")
+    rescon_admin::runtime_dir()
 }
 
-/// Replaces a leading `{runtime_dir}` (see [`default_admin_socket`]).
-fn expand_runtime_dir(s: &str) -> PathBuf {
-    let Some(rest) = s.strip_prefix("{runtime_dir}") else {
-        return PathBuf::from(s);
-    };
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        _ => {
-            let uid = rustix::process::getuid();
-            if uid.is_root() {
-                PathBuf::from("/run")
-            } else {
-                PathBuf::from(format!("/tmp/rescon-httpd-{}", uid.as_raw()))
-            }
-        }
-    };
-    let mut p = base.into_os_string();
-    p.push(rest);
-    PathBuf::from(p)
-}
+use rescon_admin::expand_runtime_dir;
 
 /// Which addresses a client class takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
