@@ -16,6 +16,8 @@
 //! - [`server`]: the server on rescon-rt: the request path in stages (accept, connection,
 //!   dispatch, placement, static, CGI, response and log) over a compiled site, the listeners'
 //!   steering tables, the admin sockets.
+//! - [`service`]: running as a service: sd_notify, socket activation, the switch to
+//!   `[server] user`, the open-file limit.
 //! - [`logging`]: the `tracing` subscriber the binaries install.
 
 #![deny(unsafe_code)]
@@ -29,4 +31,5 @@ pub mod log;
 pub mod logging;
 pub mod routing;
 pub mod server;
+pub mod service;
 pub mod static_files;

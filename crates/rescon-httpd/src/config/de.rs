@@ -152,6 +152,8 @@ pub(crate) struct FileDe {
     pub(crate) limits: LimitsDe,
     #[serde(default)]
     pub(crate) admin: AdminDe,
+    #[serde(default)]
+    pub(crate) metrics: MetricsDe,
     pub(crate) containers: Option<Spanned<NodeDe>>,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Spanned<ListenerDe>>,
@@ -166,6 +168,11 @@ pub(crate) struct ServerDe {
     pub(crate) access_log: S<String>,
     pub(crate) per_request_containers: S<bool>,
     pub(crate) server_name: S<String>,
+    pub(crate) user: S<String>,
+    pub(crate) group: S<String>,
+    pub(crate) cgroup_parent: S<String>,
+    pub(crate) cgroup_v2_mode: S<String>,
+    pub(crate) nofile: S<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +201,12 @@ pub(crate) struct AdminDe {
     pub(crate) tcp: S<String>,
     pub(crate) token: S<String>,
     pub(crate) token_file: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsDe {
+    pub(crate) listen: S<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,6 +107,66 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
+/// Where the server makes its cgroup subtree (`[server] cgroup_parent`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CgroupParent {
+    /// The server's own cgroup (`"own"`): a systemd unit's cgroup with `Delegate=yes`.
+    #[default]
+    Own,
+    /// The parent of its own cgroup (`"own-parent"`): under systemd's `DelegateSubgroup=`,
+    /// beside the leaf the service's processes sit in.
+    OwnParent,
+    /// A cgroup path from each hierarchy's root (`"/rescon.slice"`).
+    Path(PathBuf),
+}
+
+impl CgroupParent {
+    const ALLOWED: &'static str =
+        "own, own-parent, or an absolute cgroup path such as /rescon.slice";
+
+    fn parse(s: &str) -> Option<CgroupParent> {
+        match s {
+            "own" => Some(CgroupParent::Own),
+            "own-parent" => Some(CgroupParent::OwnParent),
+            p if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
+                Some(CgroupParent::Path(PathBuf::from(p)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The keyword or path, as written in the file.
+    pub fn as_text(&self) -> String {
+        match self {
+            CgroupParent::Own => "own".into(),
+            CgroupParent::OwnParent => "own-parent".into(),
+            CgroupParent::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How the server's subtree is typed in cgroup v2 (`[server] cgroup_v2_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CgroupV2Mode {
+    /// Domain cgroups: memory limits and `cgroup.kill`.
+    #[default]
+    Domain,
+    /// A threaded subtree: threads can be bound in v2, no memory limits.
+    Threaded,
+}
+
+impl CgroupV2Mode {
+    const ALLOWED: &'static str = "domain, threaded";
+
+    /// The keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupV2Mode::Domain => "domain",
+            CgroupV2Mode::Threaded => "threaded",
+        }
+    }
+}
+
 /// `[server]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -118,6 +178,25 @@ pub struct ServerConfig {
     pub per_request_containers: bool,
     /// `SERVER_NAME` for CGI when the request has no Host header.
     pub server_name: Option<String>,
+    /// The user to run as once the listeners are bound and the cgroups made (started as
+    /// root); CGI scripts run as this user too.
+    pub user: Option<String>,
+    /// The group to run as (default: the user's primary group).
+    pub group: Option<String>,
+    /// Where the cgroup subtree is made.
+    pub cgroup_parent: CgroupParent,
+    /// How the subtree is typed in cgroup v2.
+    pub cgroup_v2_mode: CgroupV2Mode,
+    /// The open-file limit to ask for (`None`: what the configuration needs, at least the
+    /// hard limit's soft value raised to it).
+    pub nofile: Option<u64>,
+}
+
+/// `[metrics]`: an HTTP listener serving `GET /metrics` only, for a remote scraper.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where it listens (`None`: no listener; `/metrics` stays on the admin API).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[timeouts]`.
@@ -353,6 +432,8 @@ pub struct Config {
     pub limits: RequestLimits,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[containers]`.
     pub tree: TreeSpec,
     /// `[[listener]]`.
@@ -621,6 +702,7 @@ impl Loader<'_, '_> {
             ),
         };
         let admin = self.admin(&raw);
+        let metrics = self.metrics(&raw);
         let tree = self.tree(raw.containers.as_ref());
         let listeners = self.listeners(&raw, &tree);
         let vhosts = self.vhosts(&raw, &tree);
@@ -638,6 +720,7 @@ impl Loader<'_, '_> {
             timeouts,
             limits,
             admin,
+            metrics,
             tree,
             listeners,
             vhosts,
@@ -679,6 +762,98 @@ impl Loader<'_, '_> {
         }
         if let Some(n) = &s.server_name {
             out.server_name = Some(n.get_ref().clone());
+        }
+        for (v, key, slot) in [
+            (&s.user, "server.user", &mut out.user),
+            (&s.group, "server.group", &mut out.group),
+        ] {
+            if let Some(v) = v {
+                let name = v.get_ref();
+                // What useradd accepts (and a numeric id); the lookup happens at start.
+                let ok = !name.is_empty()
+                    && name.len() <= 32
+                    && !name.starts_with('-')
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b));
+                if ok {
+                    *slot = Some(name.clone());
+                } else {
+                    self.err(
+                        span(v),
+                        key,
+                        format!("invalid name {name:?}"),
+                        Some("a user or group name (letters, digits, _ . -) or a numeric id"),
+                    );
+                }
+            }
+        }
+        if let (Some(g), None) = (&s.group, &s.user) {
+            self.err(
+                span(g),
+                "server.group",
+                "group is given without user".into(),
+                Some("set server.user too (the group defaults to the user's primary group)"),
+            );
+        }
+        if let Some(p) = &s.cgroup_parent {
+            match CgroupParent::parse(p.get_ref()) {
+                Some(c) => out.cgroup_parent = c,
+                None => self.err(
+                    span(p),
+                    "server.cgroup_parent",
+                    format!("invalid value {:?}", p.get_ref()),
+                    Some(CgroupParent::ALLOWED),
+                ),
+            }
+        }
+        if let Some(m) = &s.cgroup_v2_mode {
+            match m.get_ref().as_str() {
+                "domain" => out.cgroup_v2_mode = CgroupV2Mode::Domain,
+                "threaded" => out.cgroup_v2_mode = CgroupV2Mode::Threaded,
+                other => self.err(
+                    span(m),
+                    "server.cgroup_v2_mode",
+                    format!("invalid value {other:?}"),
+                    Some(CgroupV2Mode::ALLOWED),
+                ),
+            }
+        }
+        if let Some(n) = &s.nofile {
+            match u64::try_from(*n.get_ref()) {
+                Ok(v) if (64..=1 << 30).contains(&v) => out.nofile = Some(v),
+                _ => self.err(
+                    span(n),
+                    "server.nofile",
+                    format!("invalid open-file limit {}", n.get_ref()),
+                    Some("64..=1073741824 (descriptors)"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn metrics(&mut self, raw: &FileDe) -> MetricsConfig {
+        let mut out = MetricsConfig::default();
+        let Some(l) = &raw.metrics.listen else {
+            return out;
+        };
+        let text = l.get_ref().text();
+        // A bare port is on loopback: a remote scraper needs an address written out.
+        let parsed = match text.parse::<u16>() {
+            Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(_) => text.parse::<SocketAddr>().ok(),
+        };
+        match parsed {
+            Some(a) => out.listen = Some(a),
+            None => self.err(
+                span(l),
+                "metrics.listen",
+                format!("invalid listen address {text:?}"),
+                Some(
+                    "a port (on 127.0.0.1), or ADDRESS:PORT such as 127.0.0.1:9464 or 0.0.0.0:9464",
+                ),
+            ),
         }
         out
     }

@@ -63,6 +63,25 @@ pub(super) fn render(c: &Config) -> String {
     if let Some(n) = &c.server.server_name {
         let _ = writeln!(o, "server_name = {}", q(n));
     }
+    if let Some(u) = &c.server.user {
+        let _ = writeln!(o, "user = {}", q(u));
+    }
+    if let Some(g) = &c.server.group {
+        let _ = writeln!(o, "group = {}", q(g));
+    }
+    let _ = writeln!(
+        o,
+        "cgroup_parent = {}",
+        q(&c.server.cgroup_parent.as_text())
+    );
+    let _ = writeln!(
+        o,
+        "cgroup_v2_mode = {}",
+        q(c.server.cgroup_v2_mode.as_str())
+    );
+    if let Some(n) = c.server.nofile {
+        let _ = writeln!(o, "nofile = {n}");
+    }
     let t = &c.timeouts;
     let _ = writeln!(o, "\n[timeouts]");
     let _ = writeln!(o, "header = {}", q(&dur(t.header)));
@@ -96,6 +115,9 @@ pub(super) fn render(c: &Config) -> String {
             let _ = writeln!(o, "token_file = {}", qp(p));
         }
         None => {}
+    }
+    if let Some(a) = c.metrics.listen {
+        let _ = writeln!(o, "\n[metrics]\nlisten = {}", q(&a.to_string()));
     }
     let _ = writeln!(o, "\n[containers]");
     attrs(&mut o, &c.tree.root);

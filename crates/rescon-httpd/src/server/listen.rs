@@ -124,6 +124,7 @@ impl Group {
         l: &ListenerConfig,
         class_container: impl Fn(&str) -> Option<Container>,
         listener_c: &Container,
+        passed: &mut Option<std::net::TcpListener>,
     ) -> Result<Group> {
         let (members, dropped) = members(l);
         if !dropped.is_empty() {
@@ -136,7 +137,12 @@ impl Group {
         let hole = listener_c
             .create_child("black-hole", attrs)
             .context("creating the black-hole container")?;
-        let mut b = ListenerGroup::builder(l.addr);
+        // A passed socket named for this listener sets the address (its port may differ).
+        let addr = passed
+            .as_ref()
+            .and_then(|p| p.local_addr().ok())
+            .unwrap_or(l.addr);
+        let mut b = ListenerGroup::builder(addr);
         let mut roles = Vec::new();
         for (role, filter) in members {
             let c = if role.is_black_hole() {
@@ -148,7 +154,13 @@ impl Group {
             b = b.member(&c, filter);
             roles.push(role);
         }
+        // A socket the service manager passed is the first member's; a copy of it is given,
+        // so that it stays for the one-socket fallback if the group cannot be built.
+        if let Some(p) = passed.as_ref() {
+            b = b.adopt(p.try_clone().context("duplicating the passed socket")?);
+        }
         let group = b.build().context("building the listener group")?;
+        passed.take();
         Ok(Group {
             group: Arc::new(group),
             roles,

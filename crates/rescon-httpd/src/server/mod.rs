@@ -98,14 +98,21 @@ pub(crate) struct Shared {
 /// Runs the server until it is killed. Says `listening on ADDR` (an info event on standard
 /// error) for each listener once it accepts.
 pub fn run(config: Config, options: Options) -> Result<()> {
+    // As a service: passed sockets, the open-file limit, the user to become (see `service`).
+    let notify = crate::service::notifier();
+    let mut start = crate::service::Startup::begin(&config)?;
     let registry = Registry::new();
     let root = registry.root();
     let tree = LiveTree::build(&registry, &config.tree).context("building the container tree")?;
-    let kernel = start_kernel(&config, &options, &registry)?;
+    let kernel = start_kernel(&config, &options, &registry, start.drops_privileges())?;
     let listeners = Arc::new(Listeners::default());
     let admin = Arc::new(Admin::new(root.clone(), listeners.clone()));
     admin.set_declared(&tree);
     let log = open_log(&config.server.access_log)?;
+    let access_log_path = match &config.server.access_log {
+        LogConfig::File(p) => Some(p.clone()),
+        _ => None,
+    };
     let listener_configs = config.listeners.clone();
     let admin_socket = config.admin.socket.clone();
     let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
@@ -148,9 +155,31 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         }
         // Kept for the server's life: the defenses sample and move prefixes until dropped.
         let mut defenses = Vec::new();
+        // Every socket bound first; accepting starts once the process runs as the
+        // configured user, so that no request (no CGI run) is ever served as root.
+        let mut loops = AcceptLoops::new();
         for l in &listener_configs {
-            start_listener(&shared, &listeners, l, &everything, &mut defenses)?;
+            let passed = start.passed.take(l);
+            start_listener(
+                &shared,
+                &listeners,
+                l,
+                &everything,
+                &mut defenses,
+                passed,
+                &mut loops,
+            )?;
         }
+        start.finish(shared.kernel.as_deref(), access_log_path.as_deref())?;
+        for (c, accept) in loops {
+            rescon_rt::spawn_in(&c, accept);
+        }
+        crate::service::watchdog(notify, &everything);
+        notify.ready(&format!(
+            "serving {} listener(s) on {} worker(s)",
+            listener_configs.len(),
+            rescon_rt::Handle::try_current().map_or(0, |h| h.workers())
+        ));
         // Serve until killed (SIGTERM, SIGINT) or stopped (SIGQUIT).
         let mut watch = shared.stop.watch(false);
         std::future::poll_fn(|cx| {
@@ -168,11 +197,18 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     })
 }
 
+/// Accept loops made while the sockets are bound, spawned once privileges are dropped.
+type AcceptLoops = Vec<(
+    Container,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+)>;
+
 /// Kernel enforcement: cgroups where the configuration asks and the kernel allows.
 fn start_kernel(
     config: &Config,
     options: &Options,
     registry: &Registry,
+    own_leaf: bool,
 ) -> Result<Option<Arc<Manager>>> {
     use crate::config::EnforcementMode;
     let wants = !options.no_containers
@@ -185,8 +221,12 @@ fn start_kernel(
         return Ok(None);
     }
     let required = config.server.enforcement == EnforcementMode::Kernel;
-    match Manager::start(registry, cgroup::Config::default(), required)
-        .context("starting kernel enforcement (cgroups)")?
+    match Manager::start(
+        registry,
+        crate::service::cgroup_config(&config.server, own_leaf),
+        required,
+    )
+    .context("starting kernel enforcement (cgroups)")?
     {
         cgroup::Start::Kernel(m) => {
             let m = Arc::new(m);
@@ -219,6 +259,7 @@ fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
         "rescon-httpd-quit",
         Box::new(move || {
             if quit.forever().next().is_some() {
+                crate::service::notifier().stopping("stopping gracefully (SIGQUIT)");
                 stop.begin();
             }
         }),
@@ -230,6 +271,7 @@ fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
         Box::new(move || {
             if let Some(sig) = term.forever().next() {
                 tracing::info!(signal = sig, "stopping");
+                crate::service::notifier().stopping("stopping at once");
                 if let Some(m) = kernel {
                     if let Err(e) = m.shutdown() {
                         tracing::error!(error = %e, "removing the cgroups failed");
@@ -246,7 +288,14 @@ fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
             "rescon-httpd-reload",
             Box::new(move || {
                 for _ in hup.forever() {
-                    match reload(&shared, &admin, &path) {
+                    let notify = crate::service::notifier();
+                    notify.reloading();
+                    let result = reload(&shared, &admin, &path);
+                    notify.ready(match &result {
+                        Ok(_) => "reloaded",
+                        Err(_) => "reload failed; the running configuration stays",
+                    });
+                    match result {
                         Ok(summary) => {
                             tracing::info!(config = %path.display(), %summary, "reloaded")
                         }
@@ -271,6 +320,8 @@ fn start_listener(
     l: &ListenerConfig,
     parent: &Container,
     defenses: &mut Vec<Running>,
+    passed: Option<std::net::TcpListener>,
+    loops: &mut AcceptLoops,
 ) -> Result<()> {
     let c = parent
         .create_child(&format!("listener-{}", l.name), Attributes::default())
@@ -291,18 +342,30 @@ fn start_listener(
         let tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
         FilterTable::from_config(std::slice::from_ref(l), |p| tree.get(p).map(|c| c.id()))
     };
-    let one_socket = |classes: Classes| -> Result<SocketAddr> {
-        let socket = rescon_rt::TcpListener::bind_in(l.addr, &c)
-            .with_context(|| format!("listener {}: binding {}", l.name, l.addr))?;
+    // A socket the service manager passed serves as this listener's (first) socket.
+    let mut passed = passed;
+    let bind = |passed: &mut Option<std::net::TcpListener>| -> Result<rescon_rt::TcpListener> {
+        match passed.take() {
+            Some(s) => rescon_rt::TcpListener::from_std(s, &c)
+                .with_context(|| format!("listener {}: the passed socket", l.name)),
+            None => rescon_rt::TcpListener::bind_in(l.addr, &c)
+                .with_context(|| format!("listener {}: binding {}", l.name, l.addr)),
+        }
+    };
+    let one_socket = |classes: Classes,
+                      passed: &mut Option<std::net::TcpListener>,
+                      loops: &mut AcceptLoops|
+     -> Result<SocketAddr> {
+        let socket = bind(passed)?;
         let addr = socket.local_addr()?;
-        rescon_rt::spawn_in(
-            &c,
-            accept_loop(shared.clone(), socket, name.clone(), classes),
-        );
+        loops.push((
+            c.clone(),
+            Box::pin(accept_loop(shared.clone(), socket, name.clone(), classes)),
+        ));
         Ok(addr)
     };
     if shared.options.no_containers {
-        let addr = one_socket(Classes::None(c.clone()))?;
+        let addr = one_socket(Classes::None(c.clone()), &mut passed, loops)?;
         let source = Source::Table(table());
         listeners.add(
             Arc::new(Listener {
@@ -315,13 +378,18 @@ fn start_listener(
         listening(l, addr);
         return Ok(());
     }
-    let group = match Group::open(l, |class| site.class_container(&l.name, class).cloned(), &c) {
+    let opened = Group::open(
+        l,
+        |class| site.class_container(&l.name, class).cloned(),
+        &c,
+        &mut passed,
+    );
+    let group = match opened {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(listener = %l.name, error = format!("{e:#}"), "no per-class sockets; one socket, classes chosen after accept");
             // Registered before it accepts, so its loop finds its table.
-            let socket = rescon_rt::TcpListener::bind_in(l.addr, &c)
-                .with_context(|| format!("listener {}: binding {}", l.name, l.addr))?;
+            let socket = bind(&mut passed)?;
             let addr = socket.local_addr()?;
             let listener = Arc::new(Listener {
                 config: l.clone(),
@@ -330,7 +398,7 @@ fn start_listener(
             });
             listeners.add(listener.clone(), ids);
             let loop_ = accept_loop(shared.clone(), socket, name, Classes::Table(listener));
-            rescon_rt::spawn_in(&c, loop_);
+            loops.push((c.clone(), Box::pin(loop_)));
             listening(l, addr);
             return Ok(());
         }
@@ -358,10 +426,10 @@ fn start_listener(
         // class and share decide when its connections are accepted.
         let socket = rescon_rt::TcpListener::from_std(m.try_clone_listener()?, &c)?;
         let classes = Classes::Member(role.name.clone());
-        rescon_rt::spawn_in(
-            class_c,
-            accept_loop(shared.clone(), socket, name.clone(), classes),
-        );
+        loops.push((
+            class_c.clone(),
+            Box::pin(accept_loop(shared.clone(), socket, name.clone(), classes)),
+        ));
     }
     if let Some(fd) = &l.flood_defense {
         match listen::flood_defense(&group, fd, listeners, &l.name) {

@@ -83,6 +83,14 @@ pub struct Config {
     pub remove_stale: bool,
     /// How long [`Manager::kill`] and shutdown wait for processes to go away.
     pub kill_timeout: Duration,
+    /// Whether this process moves itself into the leaf of the subtree's root in the unified
+    /// (v2) hierarchy (`<parent>/<name>/self`). Needed when the process gives up root after
+    /// start: the kernel lets an unprivileged process put a child into a v2 cgroup only if it
+    /// may write `cgroup.procs` of the cgroup that holds both, which is then the subtree's
+    /// root, handed to it by [`Manager::chown`]. The move also happens, whatever this says,
+    /// when the parent is this process's own v2 cgroup and controllers must be enabled for
+    /// its children (the kernel refuses while the parent holds a process: EBUSY).
+    pub own_leaf: bool,
     #[cfg(test)]
     pub(crate) emulate: bool,
 }
@@ -99,6 +107,7 @@ impl Default for Config {
             root_weight: None,
             remove_stale: true,
             kill_timeout: Duration::from_secs(5),
+            own_leaf: false,
             #[cfg(test)]
             emulate: false,
         }
@@ -193,6 +202,8 @@ struct Roles {
 struct Hier {
     version: Version,
     controllers: Vec<String>,
+    /// Where the hierarchy is mounted.
+    mount: PathBuf,
     parent_dir: PathBuf,
     root_dir: PathBuf,
     origin: PathBuf,
@@ -295,6 +306,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     kill_timeout: Duration,
     own_pid: i32,
+    /// The hierarchy (v2) in which this process moved itself into the subtree root's leaf.
+    own_leaf: Option<usize>,
 }
 
 /// rescon's cgroup subtree: mirrors containers with `enforcement = "kernel"` as cgroups,
@@ -539,6 +552,7 @@ impl Manager {
             hiers.push(Hier {
                 version: h.version(),
                 controllers,
+                mount: h.mount_point().to_path_buf(),
                 root_dir: parent_dir.join(&name),
                 parent_dir,
                 origin: h.own_cgroup().to_path_buf(),
@@ -557,8 +571,9 @@ impl Manager {
 
         // Remove stale subtrees, then make ours; on failure remove what was made.
         let mut made: Vec<PathBuf> = Vec::new();
+        let mut own_leaf: Option<usize> = None;
         let result = (|| -> Result<(), Error> {
-            for h in &mut hiers {
+            for (hi, h) in hiers.iter_mut().enumerate() {
                 if config.remove_stale {
                     remove_stale(&fs, h, &config.prefix, &name, config.kill_timeout)?;
                 }
@@ -573,11 +588,36 @@ impl Manager {
                     drop(f);
                     remove_tree(&fs, h, &h.root_dir, config.kill_timeout)?;
                 }
-                if h.version == Version::V2 && !h.enable.is_empty() {
-                    enable_in_parent(&fs, h)?;
+                let holds_us = h.parent_dir == h.origin && h.origin != h.mount;
+                if h.version == Version::V2
+                    && (config.own_leaf || (holds_us && !h.enable.is_empty()))
+                {
+                    // Out of the parent first, so that it may enable controllers for its
+                    // children (no internal processes), into a cgroup of our own.
+                    create_cgroup(&fs, h, &h.root_dir, false)?;
+                    made.push(h.root_dir.clone());
+                    let leaf = h.root_dir.join(LEAF);
+                    create_cgroup(&fs, h, &leaf, false)?;
+                    made.push(leaf.clone());
+                    fs.write(&leaf, "cgroup.procs", &std::process::id().to_string())
+                        .map_err(|e| {
+                            e.detail(
+                                "moving the server into its own leaf, out of its parent cgroup",
+                            )
+                        })?;
+                    own_leaf = Some(hi);
+                    if !h.enable.is_empty() {
+                        enable_in_parent(&fs, h)?;
+                        let v: Vec<String> = h.enable.iter().map(|c| format!("+{c}")).collect();
+                        fs.write(&h.root_dir, "cgroup.subtree_control", &v.join(" "))?;
+                    }
+                } else {
+                    if h.version == Version::V2 && !h.enable.is_empty() {
+                        enable_in_parent(&fs, h)?;
+                    }
+                    create_cgroup(&fs, h, &h.root_dir, true)?;
+                    made.push(h.root_dir.clone());
                 }
-                create_cgroup(&fs, h, &h.root_dir, true)?;
-                made.push(h.root_dir.clone());
                 let f = open_lock(&h.root_dir)?;
                 if !try_lock(&f, &h.root_dir)? {
                     return Err(Error::new(ErrorKind::InUse, "lock subtree").path(&h.root_dir));
@@ -595,6 +635,10 @@ impl Manager {
             Ok(())
         })();
         if let Err(e) = result {
+            if let Some(hi) = own_leaf {
+                let h = &hiers[hi];
+                let _ = fs.write(&h.origin, "cgroup.procs", &std::process::id().to_string());
+            }
             for dir in made.iter().rev() {
                 let _ = fs.rmdir(dir);
             }
@@ -620,6 +664,7 @@ impl Manager {
                 state: Mutex::new(State::default()),
                 kill_timeout: config.kill_timeout,
                 own_pid: std::process::id() as i32,
+                own_leaf,
             }),
             background: Mutex::new(None),
         })
@@ -642,6 +687,47 @@ impl Manager {
             .iter()
             .map(|h| h.root_dir.clone())
             .collect()
+    }
+
+    /// The cgroup this process sits in, in the unified hierarchy, if it moved itself into
+    /// the subtree root's leaf (see [`Config::own_leaf`]).
+    pub fn own_leaf(&self) -> Option<PathBuf> {
+        self.inner
+            .own_leaf
+            .map(|h| self.inner.hiers[h].root_dir.join(LEAF))
+    }
+
+    /// Hands the subtree to `uid` and `gid` (as systemd does with a delegated cgroup): every
+    /// directory and file of it in every hierarchy, so that after giving up root the process
+    /// can still make, configure and remove its cgroups and spawn into them. Cgroups made
+    /// later by the process belong to it anyway.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), Error> {
+        self.hand_over(uid, gid, || ())
+    }
+
+    /// [`chown`](Manager::chown), then `switch` (the change of user), with no cgroup made in
+    /// between: no cgroup made by the background thread as root escapes the hand-over.
+    pub fn hand_over<T>(&self, uid: u32, gid: u32, switch: impl FnOnce() -> T) -> Result<T, Error> {
+        let _st = lock(&self.inner.state);
+        self.chown_all(uid, gid)?;
+        Ok(switch())
+    }
+
+    fn chown_all(&self, uid: u32, gid: u32) -> Result<(), Error> {
+        for h in &self.inner.hiers {
+            for dir in fs::walk(&h.root_dir)? {
+                let entries = std::fs::read_dir(&dir)
+                    .map_err(|e| Error::io(ErrorKind::Io, "list cgroup", &dir, e))?;
+                let files = entries.flatten().map(|e| e.path()).filter(|p| !p.is_dir());
+                for p in std::iter::once(dir.clone()).chain(files) {
+                    std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| {
+                        Error::io(ErrorKind::PermissionDenied, "chown", &p, e)
+                            .value(format!("{uid}:{gid}"))
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Mirrors a container with `enforcement = "kernel"` as a cgroup in every hierarchy used,
@@ -928,7 +1014,7 @@ fn resolve_parent(mount: &Path, own: &Path, parent: &Parent) -> Result<PathBuf, 
                 return Err(Error::new(ErrorKind::Unavailable, "find parent cgroup")
                     .path(own)
                     .detail(
-                        "this process is in the root cgroup, which has no parent: use Parent::Own",
+                        "this process is in the root cgroup, which has no parent: set [server] cgroup_parent = \"own\" (Parent::Own)",
                     ));
             }
             own.parent().unwrap_or(mount).to_path_buf()
@@ -960,7 +1046,7 @@ fn enable_in_parent(fs: &Fs, h: &Hier) -> Result<(), Error> {
     fs.write(&h.parent_dir, "cgroup.subtree_control", &missing.join(" "))
         .map_err(|e| match e.kind() {
             ErrorKind::Busy => e.detail(
-                "the parent cgroup holds processes, so the kernel will not enable domain controllers (memory) for its children: under systemd add DelegateSubgroup=supervisor to the unit and use Parent::OwnParent, or use V2Mode::Threaded (no memory limits)",
+                "the parent cgroup holds processes other than this server, so the kernel will not enable domain controllers (memory) for its children: give the server a cgroup of its own (a systemd unit with Delegate=yes, as deploy/rescon-httpd.service; docker run --cgroupns=private), or point [server] cgroup_parent at an empty delegated cgroup, or set [server] cgroup_v2_mode = \"threaded\" (no memory limits)",
             ),
             _ => e,
         })
@@ -1301,8 +1387,12 @@ impl Inner {
             return Ok(());
         }
         let mut made: Vec<PathBuf> = Vec::new();
-        for h in &self.hiers {
+        for (hi, h) in self.hiers.iter().enumerate() {
             let dir = h.root_dir.join(&rel).join(LEAF);
+            if id.is_none() && self.own_leaf == Some(hi) {
+                // Made at start, with this process in it.
+                continue;
+            }
             if let Err(e) = create_cgroup(&self.fs, h, &dir, false) {
                 for d in made.iter().rev() {
                     let _ = self.fs.rmdir(d);
@@ -2343,13 +2433,41 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        // Out of our own leaf, back where this process came from; after giving up root it
+        // may not (the kernel wants write access to the origin's cgroup.procs): then the
+        // subtree's root and leaf stay, empty once the process exits, and are removed as a
+        // dead instance's at the next start (or by systemd with the unit's cgroup).
+        let mut keep: Vec<PathBuf> = Vec::new();
+        if let Some(hi) = self.own_leaf {
+            let h = &self.hiers[hi];
+            if self
+                .fs
+                .write(&h.origin, "cgroup.procs", &self.own_pid.to_string())
+                .is_err()
+            {
+                keep.push(h.root_dir.clone());
+                keep.push(h.root_dir.join(LEAF));
+            }
+        }
         for h in &self.hiers {
             match fs::walk(&h.root_dir) {
                 Ok(mut all) => {
                     all.reverse();
                     for d in all {
-                        if let Err(e) = self.fs.rmdir(&d) {
-                            errs.push(e);
+                        if keep.contains(&d) {
+                            continue;
+                        }
+                        match self.fs.rmdir(&d) {
+                            // The subtree's root sits in a cgroup this process may no longer
+                            // write to (it gave up root): left, empty, for the next start.
+                            Err(e)
+                                if d == h.root_dir
+                                    && matches!(
+                                        e.raw_os_error(),
+                                        Some(libc::EACCES | libc::EPERM)
+                                    ) => {}
+                            Err(e) => errs.push(e),
+                            Ok(()) => {}
                         }
                     }
                 }

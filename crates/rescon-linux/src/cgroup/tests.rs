@@ -21,6 +21,7 @@ impl Fake {
             if h.version() == Version::V2 {
                 std::fs::write(h.own_cgroup().join("cgroup.controllers"), v2_controllers).unwrap();
                 std::fs::write(h.own_cgroup().join("cgroup.subtree_control"), "").unwrap();
+                std::fs::write(h.own_cgroup().join("cgroup.procs"), "").unwrap();
             }
         }
         Fake { tmp, layout }
@@ -500,4 +501,82 @@ fn probe_on_a_fake_tree() {
     assert_eq!(e.error().unwrap().kind(), ErrorKind::Unavailable);
     assert!(e.error().unwrap().to_string().contains("no cpu controller"));
     assert!(Manager::new(&Registry::new(), cfg).is_err());
+}
+
+#[test]
+fn v2_own_parent_is_emptied_into_a_leaf_before_controllers_are_enabled() {
+    let fake = Fake::v2();
+    let own = fake.path("system.slice/x.service");
+    std::fs::write(own.join("cgroup.procs"), "").unwrap();
+    let registry = Registry::new();
+    let m = Manager::new(
+        &registry,
+        Config {
+            name: Some("leafy".into()),
+            ..fake.config()
+        },
+    )
+    .unwrap();
+    let leaf = own.join("leafy").join(LEAF);
+    assert_eq!(m.own_leaf(), Some(leaf.clone()));
+    assert_eq!(
+        read(&leaf.join("cgroup.procs")),
+        std::process::id().to_string(),
+        "the server moved out of its parent first"
+    );
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "+cpu +memory +pids"
+    );
+    assert_eq!(
+        read(&own.join("leafy/cgroup.subtree_control")),
+        "+cpu +memory +pids"
+    );
+    m.shutdown().unwrap();
+    assert_eq!(
+        read(&own.join("cgroup.procs")),
+        std::process::id().to_string(),
+        "moved back on shutdown"
+    );
+    assert!(!own.join("leafy").exists(), "{:?}", fake.dirs());
+}
+
+#[test]
+fn hybrid_moves_into_its_leaf_only_when_asked_and_chowns_its_subtree() {
+    let fake = Fake::hybrid();
+    let registry = Registry::new();
+    let m = Manager::new(&registry, fake.config()).unwrap();
+    assert_eq!(m.own_leaf(), None, "nothing to enable: no move");
+    drop(m);
+    std::fs::write(fake.path("unified/cgroup.procs"), "").unwrap();
+    let m = Manager::new(
+        &registry,
+        Config {
+            own_leaf: true,
+            ..fake.config()
+        },
+    )
+    .unwrap();
+    let leaf = m.own_leaf().expect("asked for");
+    assert!(leaf.starts_with(fake.path("unified")), "{leaf:?}");
+    // The root container's own leaf in the other hierarchies does not trip over it.
+    let mut a = Attributes::default();
+    a.set("enforcement", "kernel").unwrap();
+    let c = registry.root().create_child("cgi", a).unwrap();
+    m.attach(&c).unwrap();
+    // Handing the subtree over to the user it runs as (here: root to root, as a test
+    // cannot give files away and take them back without root).
+    let meta =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(fake.path("unified")).unwrap());
+    let gid =
+        std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(fake.path("unified")).unwrap());
+    m.chown(meta, gid).unwrap();
+    m.shutdown().unwrap();
+    assert!(
+        fake.dirs()
+            .iter()
+            .all(|d| !d.to_string_lossy().contains("rescon-")),
+        "{:?}",
+        fake.dirs()
+    );
 }

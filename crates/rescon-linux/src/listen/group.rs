@@ -50,6 +50,7 @@ pub struct GroupBuilder {
     backlog: u32,
     dual: Option<bool>,
     members: Vec<(Container, Filter, Option<u32>)>,
+    adopted: Option<TcpListener>,
 }
 
 impl GroupBuilder {
@@ -70,6 +71,16 @@ impl GroupBuilder {
     /// Adds a member: its container and its filter. Members are numbered in the order added.
     pub fn member(mut self, container: &Container, filter: Filter) -> Self {
         self.members.push((container.clone(), filter, None));
+        self
+    }
+
+    /// Uses `socket`, listening already (passed by a service manager, with `SO_REUSEPORT`
+    /// set: `ReusePort=yes` in a systemd socket unit), as the first member's socket, so that
+    /// connections queued in it while the server was (re)starting are served; the other
+    /// members bind beside it. Refused at [`build`](GroupBuilder::build) if the socket is
+    /// not bound to the group's address or lacks `SO_REUSEPORT`.
+    pub fn adopt(mut self, socket: TcpListener) -> Self {
+        self.adopted = Some(socket);
         self
     }
 
@@ -116,6 +127,7 @@ impl GroupBuilder {
             }),
         };
         let st = group.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut adopted = self.adopted;
         for (i, (container, _, backlog)) in self.members.into_iter().enumerate() {
             let prog = (i == 0).then_some(&st.program);
             let member = open_member(
@@ -125,6 +137,7 @@ impl GroupBuilder {
                 &container,
                 backlog.unwrap_or(self.backlog),
                 prog,
+                adopted.take(),
             )?;
             st.slots.push(member);
         }
@@ -146,6 +159,7 @@ fn open_member(
     container: &Container,
     backlog: u32,
     steering: Option<&Program>,
+    adopted: Option<TcpListener>,
 ) -> Result<Member, Error> {
     let at = *addr;
     let err = |op| move |e| Error::socket(op, at, e);
@@ -154,15 +168,47 @@ fn open_member(
     } else {
         Domain::IPV6
     };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err("socket"))?;
-    s.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
-    s.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
-    if stack != Stack::V4 {
-        s.set_only_v6(stack == Stack::V6Only)
-            .map_err(err("IPV6_V6ONLY"))?;
-    }
-    s.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
-    s.bind(&(*addr).into()).map_err(err("bind"))?;
+    let s = if let Some(l) = adopted {
+        let s = Socket::from(std::os::fd::OwnedFd::from(l));
+        let reuse = s.reuse_port().map_err(err("SO_REUSEPORT"))?;
+        let bound = s.local_addr().map_err(err("getsockname"))?.as_socket();
+        let same = bound
+            .is_some_and(|b| b.ip() == addr.ip() && (addr.port() == 0 || b.port() == addr.port()));
+        if !reuse || !same {
+            return Err(Error::socket(
+                "adopt",
+                at,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the passed socket (bound to {}) {}: the group's other sockets cannot join it",
+                        bound.map_or("?".into(), |b| b.to_string()),
+                        if reuse {
+                            "is bound elsewhere"
+                        } else {
+                            "has no SO_REUSEPORT (ReusePort=yes in the socket unit)"
+                        }
+                    ),
+                ),
+            ));
+        }
+        if let Some(b) = bound {
+            addr.set_port(b.port());
+        }
+        s.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
+        s
+    } else {
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err("socket"))?;
+        s.set_reuse_address(true).map_err(err("SO_REUSEADDR"))?;
+        s.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
+        if stack != Stack::V4 {
+            s.set_only_v6(stack == Stack::V6Only)
+                .map_err(err("IPV6_V6ONLY"))?;
+        }
+        s.set_nonblocking(true).map_err(err("O_NONBLOCK"))?;
+        s.bind(&(*addr).into()).map_err(err("bind"))?;
+        s
+    };
     if addr.port() == 0 {
         let bound = s.local_addr().map_err(err("getsockname"))?;
         if let Some(b) = bound.as_socket() {
@@ -312,6 +358,7 @@ impl ListenerGroup {
     /// Starts a group on `addr` (port 0: an ephemeral port, shared by all members).
     pub fn builder(addr: SocketAddr) -> GroupBuilder {
         GroupBuilder {
+            adopted: None,
             addr,
             backlog: DEFAULT_BACKLOG,
             dual: None,
@@ -549,7 +596,15 @@ impl ListenerGroup {
         let steering = Steering::new(self.stack, filters.clone())?;
         bpf::compile(&steering)?;
         let mut addr = self.local;
-        let member = open_member(&mut addr, self.stack, id, container, self.backlog, None)?;
+        let member = open_member(
+            &mut addr,
+            self.stack,
+            id,
+            container,
+            self.backlog,
+            None,
+            None,
+        )?;
         st.slots.push(member.clone());
         if let Err(e) = self.apply(&mut st, filters, &format!("add {id}")) {
             // Nothing steers to it: keep it as retired so indices stay in step with the kernel.
