@@ -209,3 +209,20 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed: Option<String>,
 }
+
+/// `POST /filters/unblock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnblockRequest {
+    /// The listener (may be left out when there is only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// A CIDR prefix or an address.
+    pub prefix: String,
+}
+
+/// The answer to `POST /reload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// What changed (`2 containers added, 0 removed, 1 changed`).
+    pub summary: String,
+}

@@ -27,6 +27,10 @@ pub enum Endpoint {
     MoveFilter,
     /// Prometheus metrics.
     Metrics,
+    /// Take a prefix off the black hole.
+    Unblock,
+    /// Reload the configuration file.
+    Reload,
 }
 
 /// One row of the route table.
@@ -79,7 +83,19 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         pattern: "/metrics",
         endpoint: Endpoint::Metrics,
-        doc: "Prometheus text: per container CPU, bytes, requests, connections, waits",
+        doc: "Prometheus text: each declared container's own and subtree usage, request durations, SYN drops",
+    },
+    Route {
+        method: "POST",
+        pattern: "/filters/unblock",
+        endpoint: Endpoint::Unblock,
+        doc: "take a prefix off the black hole: `{\"prefix\": \"10.1.0.0/16\"}` (back to the class the configuration lists it in)",
+    },
+    Route {
+        method: "POST",
+        pattern: "/reload",
+        endpoint: Endpoint::Reload,
+        doc: "reload the configuration file, as SIGHUP does; a bad file changes nothing",
     },
 ];
 
@@ -224,7 +240,7 @@ mod tests {
         assert!(
             RouteError::NotFound { path: "/x".into() }
                 .to_string()
-                .contains("/containers, /containers/{id}, /filters, /filters/move, /metrics")
+                .contains("/containers, /containers/{id}, /filters, /filters/move, /metrics, /filters/unblock, /reload")
         );
     }
 

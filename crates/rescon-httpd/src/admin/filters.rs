@@ -39,11 +39,29 @@ pub trait Filters: Send + Sync {
         reason: &str,
     ) -> Result<MoveResult, FilterError>;
 
+    /// Takes `prefix` off the black hole of `listener` (`None`: the only listener): back to
+    /// the class the configuration lists it in, if one does, else to wherever the other
+    /// prefixes (or the `except` class) take its sources.
+    fn unblock(
+        &self,
+        listener: Option<&str>,
+        prefix: IpNet,
+        reason: &str,
+    ) -> Result<MoveResult, FilterError>;
+
     /// Recent moves, oldest first.
     fn actions(&self) -> Vec<FilterAction> {
         Vec::new()
     }
+
+    /// SYNs the kernel dropped, per listener, prefix group and stage (`/metrics`).
+    fn drop_counts(&self) -> Vec<super::DropCount> {
+        Vec::new()
+    }
 }
+
+/// What an unblock that finds nothing to take off says it moved the prefix to.
+pub const UNLISTED: &str = "(unlisted)";
 
 /// Why a move was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -325,6 +343,34 @@ impl Filters for FilterTable {
             prefix: prefix.to_string(),
             from,
             to: to.to_string(),
+        };
+        drop(ls);
+        self.record(&result.listener, &result.prefix, &result.to, reason);
+        Ok(result)
+    }
+
+    fn unblock(
+        &self,
+        listener: Option<&str>,
+        prefix: IpNet,
+        reason: &str,
+    ) -> Result<MoveResult, FilterError> {
+        let prefix = prefix.trunc();
+        let mut ls = self.lock();
+        let l = pick(&mut ls, listener)?;
+        let mut from = Vec::new();
+        for m in l.members.iter_mut().filter(|m| m.name == BLACK_HOLE) {
+            let before = m.prefixes.len();
+            m.prefixes.retain(|p| *p != prefix);
+            if m.prefixes.len() != before {
+                from.push(m.name.clone());
+            }
+        }
+        let result = MoveResult {
+            listener: l.name.clone(),
+            prefix: prefix.to_string(),
+            from,
+            to: UNLISTED.to_string(),
         };
         drop(ls);
         self.record(&result.listener, &result.prefix, &result.to, reason);

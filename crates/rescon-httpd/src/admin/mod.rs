@@ -36,14 +36,16 @@
 mod filters;
 mod metrics;
 
-pub use filters::{ACTION_HISTORY, FilterError, FilterTable, Filters};
-pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, escape_label};
+pub use filters::{ACTION_HISTORY, FilterError, FilterTable, Filters, UNLISTED};
+pub use metrics::{
+    CONTENT_TYPE as METRICS_CONTENT_TYPE, DropCount, HttpStats, Ledger, RequestCell, escape_label,
+};
 pub use rescon_admin::BLACK_HOLE;
 pub use rescon_admin::api;
 pub use rescon_admin::api::ErrorBody;
 
 use crate::config::LiveTree;
-use api::{ContainerView, FiltersView, MoveRequest};
+use api::{ContainerView, FiltersView, MoveRequest, ReloadResult};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use ipnet::IpNet;
@@ -159,7 +161,12 @@ pub struct Admin {
     handle: Container,
     filters: Arc<dyn Filters>,
     declared: RwLock<HashMap<String, ContainerId>>,
+    metrics: metrics::MetricsState,
+    reloader: RwLock<Option<Reloader>>,
 }
+
+/// What `POST /reload` calls: reloads the configuration, `Ok(summary)` or `Err(why)`.
+pub type Reloader = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,12 +183,24 @@ impl Admin {
             handle,
             filters,
             declared: RwLock::new(HashMap::new()),
+            metrics: metrics::MetricsState::default(),
+            reloader: RwLock::new(None),
         }
+    }
+
+    /// The requests' statistics `/metrics` reports: the server records each response in them.
+    pub fn http_stats(&self) -> Arc<HttpStats> {
+        self.metrics.http.clone()
+    }
+
+    /// What `POST /reload` does (without one, it answers 409: nothing to reload from).
+    pub fn set_reloader(&self, f: Reloader) {
+        *self.reloader.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Records the declared containers (after start-up and each reload): they can be named by
     /// path, and `/metrics` reports them (and only them, so per-connection containers do not
-    /// make series come and go). Without declared containers, `/metrics` reports every one.
+    /// make series come and go). Without declared containers, `/metrics` reports the root alone.
     pub fn set_declared(&self, tree: &LiveTree) {
         let map = tree
             .iter()
@@ -226,6 +245,8 @@ impl Admin {
             ),
             Endpoint::MoveFilter => self.move_prefix(body),
             Endpoint::Metrics => self.metrics(),
+            Endpoint::Unblock => self.unblock(body),
+            Endpoint::Reload => self.reload(),
         }
     }
 
@@ -319,78 +340,123 @@ impl Admin {
                 );
             }
         };
-        let prefix = match req
-            .prefix
-            .trim()
-            .parse::<IpNet>()
-            .or_else(|_| req.prefix.trim().parse::<IpAddr>().map(IpNet::from))
-        {
+        let prefix = match parse_prefix(&req.prefix) {
             Ok(p) => p,
-            Err(_) => {
-                return ApiResponse::field_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("invalid prefix {:?}", req.prefix),
-                    "prefix",
-                    Some("a CIDR prefix such as 10.1.0.0/16 or an address"),
-                );
-            }
+            Err(r) => return r,
         };
         match self
             .filters
             .move_prefix(req.listener.as_deref(), prefix, &req.to, "operator")
         {
             Ok(r) => ApiResponse::json(StatusCode::OK, &r),
-            Err(e @ FilterError::NoListener { .. }) => {
-                let known = match &e {
-                    FilterError::NoListener { known, .. } => known.join(", "),
-                    _ => unreachable!(),
-                };
-                ApiResponse::field_error(
-                    StatusCode::NOT_FOUND,
-                    e.to_string(),
-                    "listener",
-                    Some(&known),
-                )
-            }
-            Err(e @ FilterError::NoMember { .. }) => {
-                let known = match &e {
-                    FilterError::NoMember { known, .. } => known.join(", "),
-                    _ => unreachable!(),
-                };
-                ApiResponse::field_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    e.to_string(),
-                    "to",
-                    Some(&known),
-                )
-            }
-            Err(e @ FilterError::Refused { .. }) => {
-                ApiResponse::error(StatusCode::CONFLICT, e.to_string())
-            }
+            Err(e) => filter_error(e),
         }
     }
 
     fn metrics(&self) -> ApiResponse {
-        let tree = ContainerView::from_snapshot(&self.handle.snapshot(), None);
-        let declared = self.declared.read().unwrap_or_else(|e| e.into_inner());
-        let paths: HashMap<u64, String> = declared
-            .iter()
-            .map(|(p, id)| (id.get(), p.clone()))
-            .collect();
-        let all = tree.walk();
-        let chosen: Vec<&ContainerView> = if paths.is_empty() {
-            all
-        } else {
-            all.into_iter()
-                .filter(|c| paths.contains_key(&c.id))
-                .collect()
-        };
         ApiResponse {
             status: StatusCode::OK,
             content_type: metrics::CONTENT_TYPE,
             headers: Vec::new(),
-            body: metrics::render(&chosen, &paths).into_bytes(),
+            body: self.metrics_text().into_bytes(),
         }
+    }
+
+    /// The Prometheus text of `/metrics` (see [`metrics`](self) for its families).
+    pub fn metrics_text(&self) -> String {
+        let tree = ContainerView::from_snapshot(&self.handle.snapshot(), None);
+        let mut paths: HashMap<u64, String> = {
+            let declared = self.declared.read().unwrap_or_else(|e| e.into_inner());
+            declared
+                .iter()
+                .map(|(p, id)| (id.get(), p.clone()))
+                .collect()
+        };
+        paths.entry(tree.id).or_default();
+        let scrape = self
+            .metrics
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .scrape(&tree, &paths);
+        let mut out = String::new();
+        scrape.render(&mut out);
+        self.metrics.http.render(&mut out);
+        metrics::render_drops(&self.filters.drop_counts(), &mut out);
+        metrics::render_build_info(&mut out);
+        out
+    }
+
+    fn reload(&self) -> ApiResponse {
+        let r = self.reloader.read().unwrap_or_else(|e| e.into_inner());
+        match &*r {
+            None => ApiResponse::error(
+                StatusCode::CONFLICT,
+                "this server runs the embedded default configuration: there is no file to reload (start it with --config FILE)",
+            ),
+            Some(f) => match f() {
+                Ok(summary) => ApiResponse::json(StatusCode::OK, &ReloadResult { summary }),
+                Err(e) => ApiResponse::error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload failed; the running configuration stays: {e}"),
+                ),
+            },
+        }
+    }
+
+    fn unblock(&self, body: &[u8]) -> ApiResponse {
+        let req: api::UnblockRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return ApiResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body must be JSON like {{\"prefix\": \"10.1.0.0/16\"}}: {e}"),
+                );
+            }
+        };
+        let prefix = match parse_prefix(&req.prefix) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match self
+            .filters
+            .unblock(req.listener.as_deref(), prefix, "operator")
+        {
+            Ok(r) => ApiResponse::json(StatusCode::OK, &r),
+            Err(e) => filter_error(e),
+        }
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<IpNet, ApiResponse> {
+    s.trim()
+        .parse::<IpNet>()
+        .or_else(|_| s.trim().parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            ApiResponse::field_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid prefix {s:?}"),
+                "prefix",
+                Some("a CIDR prefix such as 10.1.0.0/16 or an address"),
+            )
+        })
+}
+
+fn filter_error(e: FilterError) -> ApiResponse {
+    match &e {
+        FilterError::NoListener { known, .. } => ApiResponse::field_error(
+            StatusCode::NOT_FOUND,
+            e.to_string(),
+            "listener",
+            Some(&known.join(", ")),
+        ),
+        FilterError::NoMember { known, .. } => ApiResponse::field_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+            "to",
+            Some(&known.join(", ")),
+        ),
+        FilterError::Refused { .. } => ApiResponse::error(StatusCode::CONFLICT, e.to_string()),
     }
 }
 

@@ -307,6 +307,7 @@ fn filters_list_and_move() {
 fn metrics_in_prometheus_text() {
     let w = world();
     let cgi = container(&w, "cgi");
+    let premium = container(&w, "clients/premium");
     {
         let run = cgi
             .create_child("run \"1\"\n", Attributes::default())
@@ -315,54 +316,59 @@ fn metrics_in_prometheus_text() {
         run.account().add_bytes_out(4096);
         run.account().add_throttled_ns(250_000_000);
     } // released: its usage stays in cgi's subtree
+    // A live per-connection container: charged to its class, never a series of its own.
+    let conn = premium
+        .create_child("conn-7", Attributes::default())
+        .unwrap();
+    conn.account().add_cpu_ns(500_000_000);
+    conn.account().add_requests(3);
     let r = w.admin.handle(&Method::GET, "/metrics", b"");
     assert_eq!(r.status, 200);
     assert_eq!(r.content_type, METRICS_CONTENT_TYPE);
     let text = String::from_utf8(r.body).unwrap();
-    let id = cgi.id();
-    assert!(
-        text.contains(&format!(
-            "rescon_cpu_seconds_total{{id=\"{id}\",name=\"cgi\",path=\"cgi\"}} 1.5\n"
-        )),
-        "{text}"
-    );
-    assert!(text.contains(&format!(
-        "rescon_transmit_bytes_total{{id=\"{id}\",name=\"cgi\",path=\"cgi\"}} 4096\n"
-    )));
-    assert!(text.contains(&format!(
-        "rescon_throttled_seconds_total{{id=\"{id}\",name=\"cgi\",path=\"cgi\"}} 0.25\n"
-    )));
-    assert!(text.contains("# TYPE rescon_open_connections gauge\n"));
-    assert!(text.contains("# TYPE rescon_connections_refused_total counter\n"));
-    let root = w.registry.root().id();
-    assert!(
-        text.contains(&format!(
-            "rescon_cpu_seconds_total{{id=\"{root}\",name=\"root\",path=\"\"}} 1.5\n"
-        )),
-        "subtree usage: {text}"
-    );
-    // Every sample line is `name{labels} value`, and labels are declared containers only.
+    for want in [
+        "rescon_cpu_seconds_total{container=\"cgi\"} 1.5\n",
+        "rescon_transmit_bytes_total{container=\"cgi\"} 4096\n",
+        "rescon_throttled_seconds_total{container=\"cgi\"} 0.25\n",
+        "rescon_cpu_seconds_total{container=\"clients/premium\"} 0.5\n",
+        "rescon_requests_total{container=\"clients/premium\"} 3\n",
+        "rescon_cpu_seconds_total{container=\"clients\"} 0\n",
+        "rescon_subtree_cpu_seconds_total{container=\"clients\"} 0.5\n",
+        "rescon_cpu_seconds_total{container=\"/\"} 0\n",
+        "rescon_subtree_cpu_seconds_total{container=\"/\"} 2\n",
+        "# TYPE rescon_open_connections gauge\n",
+        "# TYPE rescon_connections_refused_total counter\n",
+        "# TYPE rescon_http_request_duration_seconds histogram\n",
+        "# TYPE rescon_listener_dropped_syns_total counter\n",
+        "rescon_build_info{version=\"",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    // Every sample line is `name{labels} value`; containers are declared paths only.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok(), "{line}");
-        assert!(series.contains("path=\""), "{line}");
+        assert!(
+            !series.contains("conn-7") && !series.contains("run "),
+            "{line}"
+        );
     }
-    // Undeclared containers are reported when nothing is declared, with escaped labels.
+    // Nothing declared: the root alone, whatever lives below it.
     let plain = Admin::new(
         w.registry.root(),
         Arc::new(FilterTable::from_config(&[], |_| None)),
     );
-    let keep = cgi
-        .create_child("a\"b\\c\nd", Attributes::default())
-        .unwrap();
     let text = String::from_utf8(plain.handle(&Method::GET, "/metrics", b"").body).unwrap();
-    assert!(
-        text.contains(&format!(
-            "{{id=\"{}\",name=\"a\\\"b\\\\c\\nd\"}}",
-            keep.id()
-        )),
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rescon_cpu_seconds_total"))
+        .collect();
+    assert_eq!(
+        series,
+        ["rescon_cpu_seconds_total{container=\"/\"} 2"],
         "{text}"
     );
+    drop(conn);
 }
 
 #[test]

@@ -386,11 +386,112 @@ impl Filters for Listeners {
         Ok(result)
     }
 
+    fn unblock(
+        &self,
+        listener: Option<&str>,
+        prefix: IpNet,
+        reason: &str,
+    ) -> Result<MoveResult, FilterError> {
+        let all = self.all();
+        let l = pick_listener(&all, listener)?;
+        let prefix = prefix.trunc();
+        // Listed in a class by the configuration: back there.
+        let listed = l
+            .config
+            .classes
+            .iter()
+            .find(|c| matches!(&c.filter, ClassFilter::Prefixes(p) if p.contains(&prefix)));
+        if let Some(c) = listed {
+            return self.move_prefix(Some(&l.config.name), prefix, &c.name.clone(), reason);
+        }
+        let result = match &l.source {
+            Source::Table(t) => t.unblock(Some(&l.config.name), prefix, reason)?,
+            Source::Kernel(g) => {
+                let mut from = Vec::new();
+                for (id, f) in g.group.filters() {
+                    let r = &g.roles[id.get()];
+                    if r.is_black_hole() && !r.complement && f.prefix_set().contains(&prefix) {
+                        g.group
+                            .remove_prefix(id, prefix)
+                            .map_err(|e| FilterError::Refused {
+                                reason: e.to_string(),
+                            })?;
+                        from.push(r.name.to_string());
+                    }
+                }
+                MoveResult {
+                    listener: l.config.name.clone(),
+                    prefix: prefix.to_string(),
+                    from,
+                    to: crate::admin::UNLISTED.to_string(),
+                }
+            }
+        };
+        self.record(&result.listener, &result.prefix, &result.to, reason);
+        Ok(result)
+    }
+
     fn actions(&self) -> Vec<FilterAction> {
         self.actions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn drop_counts(&self) -> Vec<crate::admin::DropCount> {
+        let mut out = Vec::new();
+        for l in self.all() {
+            let Source::Kernel(g) = &l.source else {
+                continue;
+            };
+            for m in g.group.members() {
+                let Some(role) = g.roles.get(m.id().get()) else {
+                    continue;
+                };
+                out.push(crate::admin::DropCount {
+                    listener: l.config.name.clone(),
+                    group: role.name.to_string(),
+                    stage: "socket".into(),
+                    dropped: m.drops().unwrap_or(0),
+                });
+            }
+            for (iface, _, drops) in g.group.edges() {
+                let _ = iface;
+                out.push(crate::admin::DropCount {
+                    listener: l.config.name.clone(),
+                    group: BLACK_HOLE.into(),
+                    stage: "edge".into(),
+                    dropped: drops,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The listener a request names (`None`: the only one).
+fn pick_listener<'a>(
+    all: &'a [Arc<Listener>],
+    name: Option<&str>,
+) -> Result<&'a Arc<Listener>, FilterError> {
+    let known = || {
+        all.iter()
+            .map(|l| l.config.name.clone())
+            .collect::<Vec<_>>()
+    };
+    match name {
+        Some(n) => all
+            .iter()
+            .find(|l| l.config.name == n)
+            .ok_or(FilterError::NoListener {
+                asked: Some(n.to_string()),
+                known: known(),
+            }),
+        None if all.len() == 1 => Ok(&all[0]),
+        None => Err(FilterError::NoListener {
+            asked: None,
+            known: known(),
+        }),
     }
 }
 
