@@ -898,14 +898,14 @@ mod tests {
         std::env::var_os("RESCON_REQUIRE_KERNEL").is_some_and(|v| v == "1")
     }
 
-    fn listener(addr: &str, stack: Stack) -> Socket {
+    fn listener(addr: &str, stack: Stack) -> io::Result<Socket> {
         let addr: SocketAddr = addr.parse().unwrap();
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         if stack != Stack::V4 {
-            s.set_only_v6(stack == Stack::V6Only).unwrap();
+            s.set_only_v6(stack == Stack::V6Only)?;
         }
-        s.bind(&addr.into()).unwrap();
-        s
+        s.bind(&addr.into())?;
+        Ok(s)
     }
 
     fn connects(to: SocketAddr) -> bool {
@@ -925,7 +925,17 @@ mod tests {
             ("[::1]:0", Stack::V6Only, &["::1"]),
         ];
         for (addr, stack, clients) in cases {
-            let s = listener(addr, stack);
+            let s = match listener(addr, stack) {
+                Ok(s) => s,
+                Err(e) => {
+                    assert!(
+                        !required(),
+                        "RESCON_REQUIRE_KERNEL=1 but binding {addr}: {e}"
+                    );
+                    eprintln!("skipped {addr}: {e} (no IPv6 here?)");
+                    continue;
+                }
+            };
             if let Err(e) = drop_with_md5(SockRef::from(&s), stack) {
                 assert!(
                     !required(),
