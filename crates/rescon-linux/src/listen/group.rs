@@ -862,8 +862,9 @@ impl Member {
         sys::listener_queue(self.0.listener.as_fd())
     }
 
-    /// Packets the kernel dropped on this socket: SYNs its black-hole filter dropped, and
-    /// SYNs dropped because its queues were full. Counts since the socket was opened.
+    /// Packets the kernel dropped on this socket: SYNs its black hole dropped (by filter or
+    /// TCP-MD5 key, see [`SynDrop`]), and SYNs dropped because its queues were full. Counts
+    /// since the socket was opened.
     pub fn drops(&self) -> io::Result<u64> {
         sys::socket_drops(self.0.listener.as_fd()).map(u64::from)
     }
