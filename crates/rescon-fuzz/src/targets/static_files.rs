@@ -162,43 +162,55 @@ fn run_path(data: &[u8]) {
     resolve(&path);
 }
 
-/// A document root with what a path might try to reach, made once per process.
+/// A document root with what a path might try to reach.
 struct Root {
-    _dir: tempfile::TempDir,
     root: DocRoot,
     secret_ino: u64,
 }
 
+/// The root, made once per user in the temporary directory and shared by every process that
+/// fuzzes (a fuzzer starts many, and a directory per process would pile up): built in a
+/// directory of its own, then renamed into place, so that it is complete or absent.
 fn root() -> &'static Root {
     static ROOT: OnceLock<Root> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("rescon-fuzz-root-")
-            .tempdir()
-            .expect("a temporary directory");
-        let d = dir.path();
-        let htdocs = d.join("htdocs");
-        std::fs::create_dir_all(htdocs.join("sub/.well-known")).unwrap();
-        std::fs::write(d.join("secret"), "the secret beside the root").unwrap();
-        std::fs::write(htdocs.join("index.html"), "<h1>index</h1>").unwrap();
-        std::fs::write(htdocs.join("file.txt"), "a file").unwrap();
-        std::fs::write(htdocs.join(".hidden"), "a dotfile").unwrap();
-        std::fs::write(htdocs.join("sub/index.html"), "sub index").unwrap();
-        std::fs::write(htdocs.join("sub/.well-known/x"), "well known").unwrap();
-        let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, htdocs.join(name));
-        link(Path::new("../secret"), "up").unwrap();
-        link(&d.join("secret"), "abs").unwrap();
-        link(Path::new(".."), "parent").unwrap();
-        link(Path::new("loop"), "loop").unwrap();
-        link(Path::new("sub"), "in").unwrap();
-        let secret_ino = std::fs::metadata(d.join("secret")).unwrap().ino();
-        let root = DocRoot::open(&htdocs, vec!["index.html".into()]).unwrap();
-        Root {
-            _dir: dir,
-            root,
-            secret_ino,
+        let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+        let base = std::env::temp_dir().join(format!("rescon-fuzz-{uid}"));
+        let d = base.join("static-root-v1");
+        if !d.join("htdocs").is_dir() {
+            std::fs::create_dir_all(&base).expect("a directory for the fuzz fixture");
+            let tmp = tempfile::Builder::new()
+                .prefix("building-")
+                .tempdir_in(&base)
+                .expect("a temporary directory");
+            build(tmp.path(), &d);
+            if std::fs::rename(tmp.path(), &d).is_ok() {
+                let _ = tmp.keep();
+            } // else another process put its copy there first; this one is removed.
         }
+        let secret_ino = std::fs::metadata(d.join("secret")).unwrap().ino();
+        let root = DocRoot::open(&d.join("htdocs"), vec!["index.html".into()]).unwrap();
+        Root { root, secret_ino }
     })
+}
+
+/// Writes the fixture into `at`, its absolute symbolic link pointing to where it will be,
+/// `final_dir`.
+fn build(at: &Path, final_dir: &Path) {
+    let htdocs = at.join("htdocs");
+    std::fs::create_dir_all(htdocs.join("sub/.well-known")).unwrap();
+    std::fs::write(at.join("secret"), "the secret beside the root").unwrap();
+    std::fs::write(htdocs.join("index.html"), "<h1>index</h1>").unwrap();
+    std::fs::write(htdocs.join("file.txt"), "a file").unwrap();
+    std::fs::write(htdocs.join(".hidden"), "a dotfile").unwrap();
+    std::fs::write(htdocs.join("sub/index.html"), "sub index").unwrap();
+    std::fs::write(htdocs.join("sub/.well-known/x"), "well known").unwrap();
+    let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, htdocs.join(name));
+    link(Path::new("../secret"), "up").unwrap();
+    link(&final_dir.join("secret"), "abs").unwrap();
+    link(Path::new(".."), "parent").unwrap();
+    link(Path::new("loop"), "loop").unwrap();
+    link(Path::new("sub"), "in").unwrap();
 }
 
 fn resolve(path: &str) {
