@@ -1,0 +1,104 @@
+//! Container handles as file descriptors: a resource container held by another process.
+//!
+//! In RCLinux "tasks identify resource containers through file descriptors ... the child
+//! inherits the descriptors from the parent, and it can be passed between unrelated processes
+//! through the Unix-domain socket file descriptor passing mechanisms ... an application can
+//! access only those resource containers that it can reference through its file descriptors."
+//! rescon's containers live in the server's memory ([`rescon`]); this crate gives another
+//! process a descriptor that stands for one of them, served by the process that owns it.
+//!
+//! # Design
+//!
+//! A handle is one end of a Unix `SOCK_SEQPACKET` socket pair; the owner (the server) keeps the
+//! other end with an unprivileged [`rescon::Container`] for it ([`owner::Owner::issue`]).
+//!
+//! - **A descriptor, with a descriptor's life.** It is close-on-exec unless
+//!   [`pass::inherit`] passes it to a child (clearing the flag in that child only); it travels
+//!   to any process with `SCM_RIGHTS` ([`Handle::send_to`], [`pass::send_fd`]). The kernel
+//!   counts the copies: when the last one closes, in whatever process (a holder that dies
+//!   closes its own), the owner's end reads end of file, and the owner drops its reference:
+//!   the container is released by the model's rules, its usage folded into its parent's.
+//! - **The only way in.** The owner answers only on handles it issued, and acts with the
+//!   rights of an unprivileged model handle on the handle's container: read its usage and
+//!   attributes and its descendants', create children (each with a handle of its own), lower
+//!   its own attributes, change its descendants'. A sibling, a parent, any id outside the
+//!   subtree is refused by the model ([`rescon::container`]), whatever the bytes sent.
+//! - **Charging without waiting.** [`Handle::charge`] is one message with no answer (a
+//!   `sendmsg`); [`Handle::meter`] maps a page of counters shared with the owner (a sealed
+//!   memfd), and charging is then one atomic add. The owner adds what a page grew by when it
+//!   serves the handle, every [`owner::Config::harvest_interval`], and after the last close:
+//!   nothing charged is lost.
+//! - **Calls on a session.** Reading usage, creating a child, changing attributes, binding a
+//!   thread are calls: the first in a process opens a session (a socket pair whose end goes to
+//!   the owner over the handle), private to that process, so that processes sharing one handle
+//!   never read each other's answers; the owner learns the caller's pid from the session's
+//!   `SO_PEERCRED`, which is what lets it bind only the caller's own threads.
+//! - **Kernel binding** goes through the owner's [`owner::Enforcer`] (the cgroup manager of
+//!   `rescon-linux` with the `cgroup` feature): the holder needs no privilege, and binds only
+//!   where the owner enforces the container in the kernel.
+//! - **Any event loop.** The owner's sockets sit in one epoll set ([`owner::Owner::poll_fd`]);
+//!   a thread of its own ([`owner::Owner::spawn`]) or the server's loop drives it. The owner
+//!   side depends on no runtime.
+//!
+//! # Costs (measured with `rescon-bench primitives`, see the crate's report)
+//!
+//! - moving a handle to another process (send, receive, and a first use there, a charge):
+//!   `move_between_processes`; with the receiver asleep and an acknowledgement back:
+//!   `move_between_processes_roundtrip`;
+//! - a charge message: `handle_charge`; a charge through the page: `handle_meter_charge`;
+//! - a call answered by the owner (reading usage): `handle_call_usage`;
+//! - issuing a handle: `handle_issue`.
+//!
+//! The owner pays two descriptors per handle until it is passed on (then one), one per session
+//! and one per page, and an epoll registration; handles and sessions are bounded
+//! ([`owner::Config`]).
+//!
+//! # Features
+//!
+//! `owner` (default): the owner side. `cgroup`: [`owner::Enforcer`] for
+//! `rescon_linux::cgroup::Manager`. An application that only holds handles builds with
+//! `default-features = false`: the client depends on `rescon` (the model's types) and `rustix`.
+//!
+//! ```
+//! # #[cfg(feature = "owner")] {
+//! use rescon_handle::{Charge, Handle, ErrorKind, owner::Owner};
+//!
+//! let registry = rescon::Registry::new();
+//! let mut attrs = rescon::Attributes::default();
+//! attrs.set("cpu_limit", "30%").unwrap();
+//! let cgi = registry.root().create_child("cgi", attrs).unwrap();
+//! let owner = Owner::new(Default::default()).unwrap();
+//! let _server = owner.spawn("rescon-handles").unwrap();
+//!
+//! // The server issues a handle for a request and passes it on (here it stays in-process).
+//! let handle = Handle::from_fd(owner.issue(&cgi).unwrap()).unwrap();
+//! handle.charge(Charge { requests: 1, ..Default::default() }).unwrap();
+//! let info = handle.info().unwrap();
+//! assert_eq!((info.name.as_str(), info.usage.requests), ("cgi", 1));
+//!
+//! // Lowering its own limit is allowed, raising it is not.
+//! handle.set(&[("cpu_limit", "20%")]).unwrap();
+//! let e = handle.set(&[("cpu_limit", "50%")]).unwrap_err();
+//! assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+//! # }
+//! ```
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+pub mod meter;
+#[cfg(feature = "owner")]
+pub mod owner;
+pub mod pass;
+mod sys;
+pub mod wire;
+
+#[cfg(feature = "cgroup")]
+mod cgroup;
+
+pub use client::{DEFAULT_TIMEOUT, Handle};
+pub use error::{Error, ErrorKind, Result};
+pub use meter::Meter;
+pub use wire::{Charge, Info};
