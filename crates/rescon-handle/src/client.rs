@@ -29,10 +29,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// the owner enforces it in the kernel. The owner checks every call; nothing else of the
 /// owner's namespace can be reached.
 ///
-/// Charging is one message with no answer ([`charge`](Handle::charge), about a microsecond)
-/// or one atomic add on a shared page ([`meter`](Handle::meter), a few nanoseconds). Other
-/// operations are calls answered by the owner on a session socket private to the calling
-/// process, opened at the first call.
+/// Charging is one message with no answer that wakes nobody ([`charge`](Handle::charge),
+/// well under a microsecond) or one atomic add on a shared page ([`meter`](Handle::meter), a
+/// few nanoseconds). Other operations are calls answered by the owner on a session private to
+/// the calling process: a connection to the owner's listening socket (an abstract Unix
+/// address found from the handle), opened at the first call and proven by sending the handle
+/// on it.
 ///
 /// ```no_run
 /// use rescon_handle::{Charge, Handle};
@@ -93,12 +95,7 @@ impl Handle {
                 "not a container handle: a handle is a Unix SOCK_SEQPACKET socket",
             ));
         }
-        Ok(Handle {
-            fd,
-            session: Mutex::new(None),
-            meter: OnceLock::new(),
-            timeout: DEFAULT_TIMEOUT,
-        })
+        Ok(Handle::unchecked(fd))
     }
 
     /// The handle this process was started with: the descriptor named by the environment
@@ -133,17 +130,44 @@ impl Handle {
     }
 
     /// Receives a handle sent with [`send_to`](Handle::send_to) (or by an owner with
-    /// [`pass::send_fd`](crate::pass::send_fd)), waiting for it.
+    /// [`pass::send_fd`](crate::pass::send_fd)), waiting for it. The message that carries it
+    /// says it is a handle: the descriptor is not checked again (two system calls saved on
+    /// the way a handle moves between processes; one that is not a handle fails at its first
+    /// use).
     pub fn recv_from(sock: impl AsFd) -> Result<Handle> {
-        Handle::from_fd(crate::pass::recv_fd(sock.as_fd())?)
+        Ok(Handle::unchecked(crate::pass::recv_fd(sock.as_fd())?))
     }
 
-    /// Charges usage to the container: one message to the owner, no answer waited for. A
-    /// charge sent before the handle's last descriptor closes is counted, even if the owner
-    /// reads it after the close.
+    fn unchecked(fd: OwnedFd) -> Handle {
+        Handle {
+            fd,
+            session: Mutex::new(None),
+            meter: OnceLock::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Charges usage to the container: one message to the owner, no answer waited for and
+    /// nobody woken. The owner reads charges when it harvests (every
+    /// [`harvest_interval`](crate::owner::Config::harvest_interval)), before it answers a call
+    /// on the handle (so a holder reads its own charges back), and after the handle's last
+    /// descriptor closes: a charge sent before the close is counted. A holder that sends some
+    /// hundreds of charges within one harvest interval fills the socket; the next charge then
+    /// asks the owner to read them (one call). Charge that often through the
+    /// [`meter`](Handle::meter).
     pub fn charge(&self, c: Charge) -> Result<()> {
         let msg = wire::encode_request(0, &Request::Charge(c));
-        sys::send(self.fd.as_fd(), &msg, &[], true).map_err(|e| Error::io("charge", e))
+        match sys::send(self.fd.as_fd(), &msg, &[], false) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // The socket is full of charges the owner has not read yet: ask it to read
+                // them now (a call wakes it), rather than wait for its next harvest; where no
+                // call can be made, wait for room.
+                let _ = self.call(Request::Flush);
+                sys::send(self.fd.as_fd(), &msg, &[], true)
+            }
+            r => r,
+        }
+        .map_err(|e| Error::io("charge", e))
     }
 
     /// The page of counters shared with the owner (mapped at the first call): charging
@@ -274,22 +298,38 @@ impl Handle {
         }
     }
 
+    /// Opens this process's session: a connection to the owner's listener (its address
+    /// derived from the owner's end of the handle), proven by sending the handle on it.
     fn open_session(&self, pid: i32) -> Result<Session> {
-        let (mine, theirs) = sys::seqpacket_pair().map_err(|e| Error::io("open a session", e))?;
+        let name = sys::peer_abstract_name(self.fd.as_fd())
+            .map_err(|e| Error::io("find the owner", e))?
+            .ok_or_else(|| Error::released("find the owner"))?;
+        let listener = wire::listener_of(&name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the handle's owner has the address {:?}, not a rescon-handle owner's",
+                    String::from_utf8_lossy(&name)
+                ),
+            )
+        })?;
+        let sock = sys::connect_abstract(listener).map_err(|e| {
+            Error::io(
+                "connect to the owner (calls need the owner's network namespace: its address \
+                 is an abstract Unix socket)",
+                e,
+            )
+        })?;
         rustix::net::sockopt::set_socket_timeout(
-            &mine,
+            &sock,
             rustix::net::sockopt::Timeout::Recv,
             Some(self.timeout),
         )
         .map_err(|e| Error::io("open a session", e.into()))?;
         let msg = wire::encode_request(0, &Request::OpenSession);
-        sys::send(self.fd.as_fd(), &msg, &[theirs.as_fd()], true)
+        sys::send(sock.as_fd(), &msg, &[self.fd.as_fd()], true)
             .map_err(|e| Error::io("open a session with the owner", e))?;
-        Ok(Session {
-            sock: mine,
-            pid,
-            tag: 0,
-        })
+        Ok(Session { sock, pid, tag: 0 })
     }
 }
 
@@ -299,7 +339,12 @@ fn exchange(sock: &OwnedFd, tag: u32, req: &Request) -> Result<(Reply, Vec<Owned
     let mut buf = [0u8; MAX_MESSAGE];
     let r = match sys::recv(sock.as_fd(), &mut buf, true) {
         Ok(Some(r)) => r,
-        Ok(None) => return Err(Error::released("call")),
+        Ok(None) => {
+            return Err(Error::new(
+                ErrorKind::Released,
+                "the owner closed the session: the handle was released, or the owner refused it",
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             return Err(Error::new(
                 ErrorKind::Timeout,

@@ -2,32 +2,57 @@
 //!
 //! An [`Owner`] keeps a table of the handles it issued. Each is the owner's end of a socket
 //! pair (the other end is the handle) and an unprivileged [`rescon::Container`]: the rights of
-//! the holder are exactly those of that model handle, checked by the model on every call. The
-//! sockets sit in one epoll set, so the owner is driven by whatever loop the process has:
+//! the holder are exactly those of that model handle, checked by the model on every call.
+//!
+//! # Who wakes the owner
+//!
+//! Charges do not. A handle's socket is watched for its close only; the charges queued on it
+//! are read when the owner harvests ([`Owner::harvest`], every [`Config::harvest_interval`]),
+//! before it answers a call on the handle, and after the close. Waking a sleeping thread on
+//! another CPU costs the sender several microseconds on a virtual machine (measured: a
+//! `sendmsg` to a socket watched by a thread asleep in `epoll_wait` took 6 us, 1.4 us with
+//! nobody woken), more than the charge itself; charges are accounting, not requests, and are
+//! cheaper read in batches. What a holder waits for does wake the owner: a call (on a
+//! session) and a close.
+//!
+//! # Sessions
+//!
+//! Calls go on a session, a connection of the calling process to the owner's listening
+//! socket (an abstract Unix address). The holder finds the address from its handle: the
+//! owner's end of every handle is bound to `rescon-handle/<owner>/<handle>`, and the listener
+//! is `rescon-handle/<owner>`. The first message on a connection must carry the handle's
+//! descriptor; the owner takes the session for that handle only if the descriptor is one of
+//! the handles it issued (the kernel's socket cookie, the same in every process, says which):
+//! a connection proves nothing, a descriptor does. The connection's `SO_PEERCRED` is the
+//! calling process, whose threads alone a call may bind.
+//!
+//! # Driving it
+//!
+//! The sockets sit in one epoll set, so the owner is driven by whatever loop the process has:
 //!
 //! - [`Owner::spawn`] starts a thread of its own that serves and harvests (the simple way);
-//! - or an event loop registers [`Owner::poll_fd`] (readable when a handle needs serving) and
-//!   calls [`Owner::serve`] with a zero timeout when it is, and [`Owner::harvest`] from time to
-//!   time (every [`Config::harvest_interval`]).
+//! - or an event loop registers [`Owner::poll_fd`] (readable when something waits to be
+//!   served) and calls [`Owner::serve`] with a zero timeout when it is, and
+//!   [`Owner::harvest`] every [`Config::harvest_interval`].
 //!
-//! Nothing here depends on a runtime. Serving one message takes the handle's own lock, never a
-//! lock of the whole table for longer than a lookup, so a slow call (a thread moved between
-//! cgroups can take milliseconds) holds up only its own handle.
+//! Nothing here depends on a runtime. Serving takes the handle's own lock, never the table's
+//! for longer than a lookup, so a slow call (a thread moved between cgroups can take
+//! milliseconds) holds up only its own handle.
 //!
 //! # Release
 //!
 //! When every copy of a handle's descriptor is closed, in any process (a holder that dies
 //! closes its copies), the owner reads what is still queued on the socket (charges sent
-//! before the close count), harvests the handle's page, closes the handle's sessions, and
-//! drops its reference to the container. The container is then released by the model's rules
-//! when nothing else holds it: its usage goes to its parent's, so nothing charged is lost.
+//! before the close count), harvests the handle's page, closes its sessions, and drops its
+//! reference to the container. The container is then released by the model's rules when
+//! nothing else holds it: its usage goes to its parent's, so nothing charged is lost.
 //!
 //! # Costs
 //!
 //! A handle costs the owner two descriptors (the pair's ends until the handle is passed on:
-//! then one), an epoll registration and about 200 bytes; a session one descriptor more per
-//! process that makes calls; a meter a page of memory and one descriptor. The numbers of
-//! handles and sessions are bounded ([`Config`]).
+//! then one), two epoll registrations, an abstract address and about 300 bytes; a session one
+//! descriptor per process that makes calls; a meter a page and one descriptor. Handles,
+//! sessions and connections not yet proven are bounded ([`Config`]).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::meter::Page;
@@ -37,9 +62,10 @@ use rescon::{Attributes, Container, ContainerId, Enforcement};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use slab::Slab;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (`rescon_linux::cgroup::Manager` with the `cgroup` feature), or none.
 pub trait Enforcer: Send + Sync + fmt::Debug {
     /// The enforcement actually in force for `c`'s limits on processes, in words for a
-    /// holder or an operator (for instance `kernel (cgroups: cpu, cpuacct, pids, memory)`).
+    /// holder or an operator (for instance `kernel (cgroups)`).
     fn describe(&self, c: &Container) -> String;
 
     /// Binds thread `tid` of process `pid` to `c`'s cgroups. The owner has checked that the
@@ -71,8 +97,12 @@ pub struct Config {
     pub max_handles: usize,
     /// The most sessions (processes making calls) per handle.
     pub max_sessions_per_handle: usize,
-    /// How often [`Owner::spawn`]'s thread reads the pages of counters (an event loop driving
-    /// the owner calls [`Owner::harvest`] at this interval).
+    /// The most connections to the listener that have not yet shown a handle.
+    pub max_unproven: usize,
+    /// How often charges and pages of counters are read ([`Owner::spawn`]'s thread does it;
+    /// an event loop driving the owner calls [`Owner::harvest`] at this interval). It bounds
+    /// how late a charge reaches the container's usage, and how long a holder that fills its
+    /// socket with charges (some hundreds) waits to send more.
     pub harvest_interval: Duration,
     /// Whether holders may set `enforcement` on their descendants (which would make the
     /// owner's kernel backend create cgroups for them). Off by default: kernel enforcement is
@@ -85,7 +115,8 @@ impl Default for Config {
         Config {
             max_handles: 65_536,
             max_sessions_per_handle: 64,
-            harvest_interval: Duration::from_millis(100),
+            max_unproven: 256,
+            harvest_interval: Duration::from_millis(10),
             allow_enforcement_changes: false,
         }
     }
@@ -96,24 +127,25 @@ impl Default for Config {
 pub struct Stats {
     /// Handles alive.
     pub handles: usize,
-    /// Sessions open.
+    /// Sessions open (connections proven by a handle).
     pub sessions: usize,
     /// Pages of counters mapped.
     pub meters: usize,
     /// Handles released (their last descriptor closed) since the start.
     pub released: u64,
-    /// Messages refused as malformed since the start.
+    /// Messages and connections refused as malformed or unproven since the start.
     pub malformed: u64,
 }
 
-/// The token of the stop event in the epoll set (slab keys never reach it).
+/// Tokens of the epoll set's fixed members (slab keys never reach them).
 const STOP: u64 = u64::MAX;
-/// Messages served per handle or session per turn, so that one busy holder cannot keep the
-/// others waiting (the epoll set is level-triggered: the rest waits for the next turn).
+const LISTENER: u64 = u64::MAX - 1;
+/// Messages served per session per turn, so that one busy holder cannot keep the others
+/// waiting (the epoll set is level-triggered: the rest waits for the next turn).
 const BATCH: usize = 64;
-/// Charges read before a call is answered: every one a well-behaved holder can have queued
-/// (a socket's buffer holds a few hundred), without letting a flood hold the call forever.
-const DRAIN_BEFORE_CALL: usize = 4096;
+/// Charges read from one handle at a time: every one a holder can have queued (a socket's
+/// buffer holds some hundreds), without letting a flood hold the owner forever.
+const DRAIN: usize = 4096;
 
 /// Issues handles on containers and serves them. Cheap to clone (all clones are one owner).
 ///
@@ -141,8 +173,16 @@ pub struct Owner {
 }
 
 struct Shared {
+    /// Handles' closes, sessions, the listener: what wakes the owner.
     epoll: OwnedFd,
+    /// Handles with charges queued: looked at when harvesting, never waited on.
+    charges: OwnedFd,
+    listener: OwnedFd,
+    /// `rescon-handle/<random>`: the listener's address and the prefix of the handles'.
+    name: String,
     table: Mutex<Table>,
+    /// Handles with a page of counters, harvested every interval.
+    metered: Mutex<Vec<Arc<HandleEntry>>>,
     enforcer: Option<Arc<dyn Enforcer>>,
     config: Config,
     released: AtomicU64,
@@ -152,6 +192,7 @@ struct Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Owner")
+            .field("name", &self.name)
             .field("config", &self.config)
             .field("enforcer", &self.enforcer)
             .finish_non_exhaustive()
@@ -163,8 +204,11 @@ struct Table {
     slab: Slab<Slot>,
     /// Bumped at every insert: a token names one entry, never a later one in the same slot.
     generation: u32,
+    /// The handles by the cookie of their holders' end.
+    by_cookie: HashMap<u64, Arc<HandleEntry>>,
     handles: usize,
     sessions: usize,
+    unproven: usize,
 }
 
 struct Slot {
@@ -181,6 +225,7 @@ enum Entry {
 struct HandleEntry {
     token: u64,
     sock: OwnedFd,
+    cookie: u64,
     container: Container,
     state: Mutex<HandleState>,
 }
@@ -192,12 +237,12 @@ struct HandleState {
     released: bool,
 }
 
+/// A connection to the listener: unproven until its first message shows a handle.
 struct SessionEntry {
     token: u64,
     sock: OwnedFd,
-    handle: Arc<HandleEntry>,
-    /// The process that made the session's socket (`SO_PEERCRED`): the one whose threads
-    /// calls may bind.
+    handle: OnceLock<Arc<HandleEntry>>,
+    /// The process that connected (`SO_PEERCRED`): the one whose threads calls may bind.
     pid: i32,
 }
 
@@ -223,12 +268,32 @@ impl Owner {
     }
 
     fn build(config: Config, enforcer: Option<Arc<dyn Enforcer>>) -> Result<Owner> {
+        let io = |what: &'static str| move |e: std::io::Error| Error::io(what, e);
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|e| Error::io("create the owner's epoll set", e.into()))?;
+        let charges = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::io("create the owner's epoll set", e.into()))?;
+        let name = format!(
+            "{}{:016x}",
+            wire::ADDRESS_PREFIX,
+            sys::random_u64().map_err(io("name the owner"))?
+        );
+        let listener = sys::listener(name.as_bytes()).map_err(io("listen for sessions"))?;
+        epoll::add(
+            &epoll,
+            &listener,
+            epoll::EventData::new_u64(LISTENER),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::io("watch the listener", e.into()))?;
         Ok(Owner {
             shared: Arc::new(Shared {
                 epoll,
+                charges,
+                listener,
+                name,
                 table: Mutex::new(Table::default()),
+                metered: Mutex::new(Vec::new()),
                 enforcer,
                 config,
                 released: AtomicU64::new(0),
@@ -242,33 +307,11 @@ impl Owner {
     /// then close this copy). The holder gets the rights of an unprivileged model handle on
     /// `c`, whatever `c`'s own. The owner holds `c` until the handle is released.
     pub fn issue(&self, c: &Container) -> Result<OwnedFd> {
-        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| Error::io("issue a handle", e))?;
-        self.insert(|token| {
-            Entry::Handle(Arc::new(HandleEntry {
-                token,
-                sock: ours,
-                container: c.unprivileged(),
-                state: Mutex::new(HandleState::default()),
-            }))
-        })?;
-        Ok(theirs)
-    }
-
-    /// Adds an entry to the table and its socket to the epoll set.
-    fn insert(&self, make: impl FnOnce(u64) -> Entry) -> Result<u64> {
         let s = &self.shared;
+        let (ours, theirs) = sys::seqpacket_pair().map_err(|e| Error::io("issue a handle", e))?;
+        let cookie = sys::cookie(theirs.as_fd()).map_err(|e| Error::io("issue a handle", e))?;
         let mut t = lock(&s.table);
-        let entry_slot = t.slab.vacant_entry();
-        let key = entry_slot.key();
-        t.generation = t.generation.wrapping_add(1);
-        let generation = t.generation;
-        let tok = token(key, generation);
-        let entry = make(tok);
-        let (is_handle, fd) = match &entry {
-            Entry::Handle(h) => (true, h.sock.as_fd()),
-            Entry::Session(x) => (false, x.sock.as_fd()),
-        };
-        if is_handle && t.handles >= s.config.max_handles {
+        if t.handles >= s.config.max_handles {
             return Err(Error::new(
                 ErrorKind::Limit,
                 format!(
@@ -277,23 +320,45 @@ impl Owner {
                 ),
             ));
         }
+        let (key, generation) = next_slot(&mut t);
+        let tok = token(key, generation);
+        // The holder finds the listener from this address (`getpeername` on its end).
+        sys::bind_abstract(ours.as_fd(), format!("{}/{tok:x}", s.name).as_bytes())
+            .map_err(|e| Error::io("name a handle", e))?;
+        // Its close wakes the owner; its charges are only noted, in the other set.
         epoll::add(
             &s.epoll,
-            fd,
+            &ours,
             epoll::EventData::new_u64(tok),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            epoll::EventFlags::RDHUP,
         )
         .map_err(|e| Error::io("watch a handle", e.into()))?;
-        if is_handle {
-            t.handles += 1;
-        } else {
-            t.sessions += 1;
+        if let Err(e) = epoll::add(
+            &s.charges,
+            &ours,
+            epoll::EventData::new_u64(tok),
+            epoll::EventFlags::IN,
+        ) {
+            let _ = epoll::delete(&s.epoll, &ours);
+            return Err(Error::io("watch a handle", e.into()));
         }
-        t.slab.insert(Slot { generation, entry });
-        Ok(tok)
+        let h = Arc::new(HandleEntry {
+            token: tok,
+            sock: ours,
+            cookie,
+            container: c.unprivileged(),
+            state: Mutex::new(HandleState::default()),
+        });
+        t.by_cookie.insert(cookie, h.clone());
+        t.handles += 1;
+        t.slab.insert(Slot {
+            generation,
+            entry: Entry::Handle(h),
+        });
+        Ok(theirs)
     }
 
-    /// Removes entries from the table and the epoll set. Their sockets close when the last
+    /// Removes entries from the table and the epoll sets. Their sockets close when the last
     /// reference goes (a turn serving them may still hold one).
     fn remove(&self, tokens: &[u64]) {
         let s = &self.shared;
@@ -302,19 +367,27 @@ impl Owner {
             let mut t = lock(&s.table);
             for &tok in tokens {
                 let (key, generation) = split(tok);
-                if t.slab.get(key).is_some_and(|x| x.generation == generation) {
-                    let slot = t.slab.remove(key);
-                    let fd_ok = match &slot.entry {
-                        Entry::Handle(h) => epoll::delete(&s.epoll, &h.sock),
-                        Entry::Session(x) => epoll::delete(&s.epoll, &x.sock),
-                    };
-                    debug_assert!(fd_ok.is_ok());
-                    match slot.entry {
-                        Entry::Handle(_) => t.handles -= 1,
-                        Entry::Session(_) => t.sessions -= 1,
-                    }
-                    gone.push(slot);
+                if t.slab.get(key).is_none_or(|x| x.generation != generation) {
+                    continue;
                 }
+                let slot = t.slab.remove(key);
+                match &slot.entry {
+                    Entry::Handle(h) => {
+                        let _ = epoll::delete(&s.epoll, &h.sock);
+                        let _ = epoll::delete(&s.charges, &h.sock);
+                        t.by_cookie.remove(&h.cookie);
+                        t.handles -= 1;
+                    }
+                    Entry::Session(x) => {
+                        let _ = epoll::delete(&s.epoll, &x.sock);
+                        if x.handle.get().is_some() {
+                            t.sessions -= 1;
+                        } else {
+                            t.unproven -= 1;
+                        }
+                    }
+                }
+                gone.push(slot);
             }
         }
         // Dropped outside the table's lock: the last reference to a container releases it.
@@ -330,49 +403,55 @@ impl Owner {
             .map(|s| s.entry.clone())
     }
 
-    /// The epoll set of the owner's sockets: readable when [`serve`](Owner::serve) has work.
-    /// Register it in an event loop to drive the owner without a thread of its own.
+    /// The owner's epoll set: readable when [`serve`](Owner::serve) has work (a call, a
+    /// connection, a handle closed). Register it in an event loop to drive the owner without a
+    /// thread of its own.
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.shared.epoll.as_fd()
     }
 
     /// Serves what is ready: waits up to `timeout` (`None`: until something is ready) for
-    /// handles and sessions with messages or closes, then serves each. Returns how many were
-    /// served. With a zero timeout it never blocks.
+    /// calls, connections and closes, then serves each. Returns how many were served. With a
+    /// zero timeout it never blocks. Charges wait for [`harvest`](Owner::harvest).
     pub fn serve(&self, timeout: Option<Duration>) -> Result<usize> {
-        let mut events = Vec::with_capacity(64);
-        let ts = timeout.map(|d| rustix::time::Timespec {
-            tv_sec: d.as_secs() as _,
-            tv_nsec: d.subsec_nanos() as _,
-        });
-        match epoll::wait(
-            &self.shared.epoll,
-            rustix::buffer::spare_capacity(&mut events),
-            ts.as_ref(),
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(0),
-            Err(e) => return Err(Error::io("wait for handles", e.into())),
-        }
+        let events = wait(&self.shared.epoll, timeout)?;
         let mut served = 0;
-        for ev in &events {
-            let tok = ev.data.u64();
-            if tok == STOP {
-                continue;
-            }
-            match self.lookup(tok) {
-                Some(Entry::Handle(h)) => self.serve_handle(&h),
-                Some(Entry::Session(x)) => self.serve_session(&x),
-                None => continue,
+        for tok in events {
+            match tok {
+                STOP => continue,
+                LISTENER => self.accept(),
+                tok => match self.lookup(tok) {
+                    Some(Entry::Handle(h)) => self.serve_handle(&h),
+                    Some(Entry::Session(x)) => self.serve_session(&x),
+                    None => continue,
+                },
             }
             served += 1;
         }
         Ok(served)
     }
 
-    /// Reads every handle's page of counters and adds what grew to its container.
+    /// Reads the charges queued on every handle and every page of counters, and adds them to
+    /// the containers. Call it every [`Config::harvest_interval`] (the thread of
+    /// [`spawn`](Owner::spawn) does).
     pub fn harvest(&self) {
-        for h in self.handles() {
+        while let Ok(ready) = wait(&self.shared.charges, Some(Duration::ZERO)) {
+            let n = ready.len();
+            for tok in ready {
+                if let Some(Entry::Handle(h)) = self.lookup(tok) {
+                    let st = lock(&h.state);
+                    if !st.released && self.drain(&h) {
+                        self.release(&h, st);
+                    }
+                }
+            }
+            // A full batch may have left more behind.
+            if n < EVENTS {
+                break;
+            }
+        }
+        let metered: Vec<Arc<HandleEntry>> = lock(&self.shared.metered).clone();
+        for h in metered {
             let mut st = lock(&h.state);
             if let Some(p) = st.page.as_mut() {
                 p.harvest().apply(&h.container);
@@ -380,41 +459,22 @@ impl Owner {
         }
     }
 
-    /// Every live handle entry (collected under the table's lock, used after it).
-    fn handles(&self) -> Vec<Arc<HandleEntry>> {
-        let t = lock(&self.shared.table);
-        t.slab
-            .iter()
-            .filter_map(|(_, s)| match &s.entry {
-                Entry::Handle(h) => Some(h.clone()),
-                Entry::Session(_) => None,
-            })
-            .collect()
-    }
-
     /// What the owner serves now.
     pub fn stats(&self) -> Stats {
-        // Handles' states are locked after the table's lock is let go (the order everywhere
-        // else is a handle's state, then the table).
         let (handles, sessions) = {
             let t = lock(&self.shared.table);
             (t.handles, t.sessions)
         };
-        let entries = self.handles();
-        let meters = entries
-            .iter()
-            .filter(|h| lock(&h.state).page.is_some())
-            .count();
         Stats {
             handles,
             sessions,
-            meters,
+            meters: lock(&self.shared.metered).len(),
             released: self.shared.released.load(Ordering::Relaxed),
             malformed: self.shared.malformed.load(Ordering::Relaxed),
         }
     }
 
-    /// Starts a thread that serves the handles and harvests their pages until the returned
+    /// Starts a thread that serves the handles and harvests their charges until the returned
     /// [`Server`] is dropped (or stopped). Only one thread (or event loop) should drive an
     /// owner.
     pub fn spawn(&self, name: &str) -> Result<Server> {
@@ -461,33 +521,67 @@ impl Owner {
                 next = Instant::now() + every;
             }
         }
+        // Charges sent before the stop are counted.
+        self.harvest();
     }
 
-    /// Serves a handle's socket: charges, sessions opened, and its close.
+    /// Accepts connections to the listener; each must show a handle in its first message.
+    fn accept(&self) {
+        let s = &self.shared;
+        while let Ok(Some(sock)) = sys::accept(s.listener.as_fd()) {
+            let Ok(cred) = rustix::net::sockopt::socket_peercred(&sock) else {
+                continue;
+            };
+            let mut t = lock(&s.table);
+            if t.unproven >= s.config.max_unproven {
+                self.malformed();
+                continue;
+            }
+            let (key, generation) = next_slot(&mut t);
+            let tok = token(key, generation);
+            if epoll::add(
+                &s.epoll,
+                &sock,
+                epoll::EventData::new_u64(tok),
+                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            t.unproven += 1;
+            t.slab.insert(Slot {
+                generation,
+                entry: Entry::Session(Arc::new(SessionEntry {
+                    token: tok,
+                    sock,
+                    handle: OnceLock::new(),
+                    pid: cred.pid.as_raw_nonzero().get(),
+                })),
+            });
+        }
+    }
+
+    /// A handle's socket hung up: every copy of it is closed.
     fn serve_handle(&self, h: &Arc<HandleEntry>) {
         let mut st = lock(&h.state);
         if st.released {
             return;
         }
-        let closed = self.drain(h, &mut st, BATCH);
+        let closed = self.drain(h);
         if let Some(p) = st.page.as_mut() {
             p.harvest().apply(&h.container);
         }
-        if closed {
+        if closed || sys::hung_up(h.sock.as_fd()) {
             self.release(h, st);
         }
     }
 
-    /// Reads up to `max` one-way messages from a handle's socket. Returns whether the handle
-    /// was closed (every copy of it, in every process).
-    fn drain(&self, h: &Arc<HandleEntry>, st: &mut HandleState, max: usize) -> bool {
+    /// Reads the charges queued on a handle's socket (up to [`DRAIN`]). Returns whether the
+    /// handle was closed (every copy of it, in every process) and all of them read.
+    fn drain(&self, h: &HandleEntry) -> bool {
         let mut buf = [0u8; MAX_MESSAGE];
-        let mut n = 0;
-        loop {
-            if n == max {
-                return false;
-            }
-            n += 1;
+        for _ in 0..DRAIN {
             let r = match sys::recv(h.sock.as_fd(), &mut buf, false) {
                 Ok(Some(r)) => r,
                 Ok(None) => return true,
@@ -501,46 +595,16 @@ impl Owner {
             }
             match wire::decode_request(&buf[..r.len]) {
                 Ok((_, Request::Charge(c))) => c.apply(&h.container),
-                Ok((_, Request::OpenSession)) => {
-                    let mut fds = r.fds;
-                    match fds.pop() {
-                        Some(fd) if fds.is_empty() && sys::is_seqpacket_unix(fd.as_fd()) => {
-                            self.open_session(h, st, fd)
-                        }
-                        _ => self.malformed(),
-                    }
-                }
                 // Calls belong on a session; descriptors that came with anything else are
                 // closed as `r` drops.
                 Ok(_) | Err(_) => self.malformed(),
             }
         }
+        false
     }
 
     fn malformed(&self) {
         self.shared.malformed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn open_session(&self, h: &Arc<HandleEntry>, st: &mut HandleState, sock: OwnedFd) {
-        if st.sessions.len() >= self.shared.config.max_sessions_per_handle {
-            // Refused by closing it: the holder's call sees the close.
-            return;
-        }
-        let Ok(cred) = rustix::net::sockopt::socket_peercred(&sock) else {
-            return;
-        };
-        let pid = cred.pid.as_raw_nonzero().get();
-        let handle = h.clone();
-        if let Ok(tok) = self.insert(|token| {
-            Entry::Session(Arc::new(SessionEntry {
-                token,
-                sock,
-                handle,
-                pid,
-            }))
-        }) {
-            st.sessions.push(tok);
-        }
     }
 
     /// Drops the owner's reference to a closed handle, after its last charges.
@@ -548,12 +612,22 @@ impl Owner {
         st.released = true;
         let mut tokens = std::mem::take(&mut st.sessions);
         tokens.push(h.token);
+        let metered = match st.page.take() {
+            Some(mut p) => {
+                p.harvest().apply(&h.container);
+                true
+            }
+            None => false,
+        };
         drop(st);
+        if metered {
+            lock(&self.shared.metered).retain(|m| !Arc::ptr_eq(m, h));
+        }
         self.remove(&tokens);
         self.shared.released.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Serves a session's calls.
+    /// Serves a session's calls (its first message must show its handle).
     fn serve_session(&self, x: &Arc<SessionEntry>) {
         let mut buf = [0u8; MAX_MESSAGE];
         for _ in 0..BATCH {
@@ -562,6 +636,19 @@ impl Owner {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Ok(None) | Err(_) => return self.close_session(x),
             };
+            let Some(h) = x.handle.get() else {
+                // Unproven: this message must be the handle, or the connection goes.
+                let decoded = wire::decode_request(&buf[..r.len]);
+                let proven = match (decoded, r.fds.as_slice()) {
+                    (Ok((_, Request::OpenSession)), [fd]) if !r.truncated => self.prove(x, fd),
+                    _ => false,
+                };
+                if !proven {
+                    self.malformed();
+                    return self.close_session(x);
+                }
+                continue;
+            };
             let (tag, reply, fd) = if r.truncated {
                 self.malformed();
                 let msg = format!("a call longer than {MAX_MESSAGE} bytes");
@@ -569,7 +656,7 @@ impl Owner {
             } else {
                 match wire::decode_request(&buf[..r.len]) {
                     Ok((tag, req)) => {
-                        let (reply, fd) = self.call(x, req);
+                        let (reply, fd) = self.call(x, h, req);
                         (tag, reply, fd)
                     }
                     Err(e) => {
@@ -588,18 +675,49 @@ impl Owner {
         }
     }
 
+    /// Takes a connection as a session of the handle `fd` is, if it is one of ours.
+    fn prove(&self, x: &Arc<SessionEntry>, fd: &OwnedFd) -> bool {
+        let Ok(cookie) = sys::cookie(fd.as_fd()) else {
+            return false;
+        };
+        let h = {
+            let t = lock(&self.shared.table);
+            match t.by_cookie.get(&cookie) {
+                Some(h) => h.clone(),
+                None => return false,
+            }
+        };
+        let mut st = lock(&h.state);
+        if st.released || st.sessions.len() >= self.shared.config.max_sessions_per_handle {
+            return false;
+        }
+        st.sessions.push(x.token);
+        drop(st);
+        let _ = x.handle.set(h);
+        let mut t = lock(&self.shared.table);
+        t.unproven -= 1;
+        t.sessions += 1;
+        true
+    }
+
     fn close_session(&self, x: &Arc<SessionEntry>) {
-        lock(&x.handle.state).sessions.retain(|t| *t != x.token);
+        if let Some(h) = x.handle.get() {
+            lock(&h.state).sessions.retain(|t| *t != x.token);
+        }
         self.remove(&[x.token]);
     }
 
     /// Answers one call: the reply, and a descriptor to send with it.
-    fn call(&self, x: &SessionEntry, req: Request) -> (Reply, Option<OwnedFd>) {
-        let h = &x.handle;
+    fn call(
+        &self,
+        x: &SessionEntry,
+        h: &Arc<HandleEntry>,
+        req: Request,
+    ) -> (Reply, Option<OwnedFd>) {
         let mut st = lock(&h.state);
         // Charges the holder sent before this call are counted before it is answered, so a
         // holder reads its own charges back.
-        let closed = !st.released && self.drain(h, &mut st, DRAIN_BEFORE_CALL);
+        let closed = !st.released && self.drain(h);
         if let Some(p) = st.page.as_mut() {
             p.harvest().apply(&h.container);
         }
@@ -615,7 +733,7 @@ impl Owner {
                 None,
             );
         }
-        match self.act(x, &mut st, req) {
+        match self.act(x, h, &mut st, req) {
             Ok(r) => r,
             Err(e) => (Reply::Error(e.kind(), e.message().to_string()), None),
         }
@@ -624,10 +742,11 @@ impl Owner {
     fn act(
         &self,
         x: &SessionEntry,
+        h: &Arc<HandleEntry>,
         st: &mut HandleState,
         req: Request,
     ) -> Result<(Reply, Option<OwnedFd>)> {
-        let c = &x.handle.container;
+        let c = &h.container;
         let target = |id: Option<ContainerId>| -> Result<Container> {
             match id {
                 None => Ok(c.clone()),
@@ -667,6 +786,7 @@ impl Owner {
                     st.page = Some(
                         Page::new(c.id()).map_err(|e| Error::io("make a page of counters", e))?,
                     );
+                    lock(&self.shared.metered).push(h.clone());
                 }
                 let fd = st
                     .page
@@ -698,10 +818,12 @@ impl Owner {
                 self.enforcer()?.bind_process(x.pid, c)?;
                 (Reply::Ok, None)
             }
+            // The charges were read before the call was answered (see `call`).
+            Request::Flush => (Reply::Ok, None),
             Request::Charge(_) | Request::OpenSession => {
                 return Err(Error::new(
                     ErrorKind::Protocol,
-                    "charges and sessions go on the handle itself, not on a session",
+                    "charges go on the handle itself, and a session is opened once",
                 ));
             }
         })
@@ -731,6 +853,34 @@ impl Owner {
                     .to_string(),
             },
         }
+    }
+}
+
+/// The next slot's key and a fresh generation (the slot is filled by the caller, under the
+/// same lock).
+fn next_slot(t: &mut Table) -> (usize, u32) {
+    t.generation = t.generation.wrapping_add(1);
+    (t.slab.vacant_key(), t.generation)
+}
+
+/// Events per wait.
+const EVENTS: usize = 64;
+
+/// Waits on an epoll set and returns the tokens ready.
+fn wait(set: &OwnedFd, timeout: Option<Duration>) -> Result<Vec<u64>> {
+    let mut events = Vec::with_capacity(EVENTS);
+    let ts = timeout.map(|d| rustix::time::Timespec {
+        tv_sec: d.as_secs() as _,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    match epoll::wait(
+        set,
+        rustix::buffer::spare_capacity(&mut events),
+        ts.as_ref(),
+    ) {
+        Ok(_) => Ok(events.iter().map(|e| e.data.u64()).collect()),
+        Err(rustix::io::Errno::INTR) => Ok(Vec::new()),
+        Err(e) => Err(Error::io("wait for handles", e.into())),
     }
 }
 
@@ -777,5 +927,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_keep_key_and_generation() {
+        for (k, g) in [(0, 1), (5, u32::MAX), (0xffff_fffe, 7)] {
+            assert_eq!(split(token(k, g)), (k, g));
+        }
     }
 }

@@ -30,6 +30,89 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// A `SOCK_SEQPACKET` socket listening on the abstract Unix address `name` (close-on-exec,
+/// non-blocking: the owner accepts from its event loop).
+#[cfg(feature = "owner")]
+pub fn listener(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new_abstract_name(name)?)?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(fd)
+}
+
+/// Gives a socket the abstract Unix address `name`.
+#[cfg(feature = "owner")]
+pub fn bind_abstract(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rustix::net::bind(
+        fd,
+        &rustix::net::SocketAddrUnix::new_abstract_name(name)?,
+    )?)
+}
+
+/// A new non-blocking connection accepted from `listener` (close-on-exec), or `None` when
+/// none is waiting.
+#[cfg(feature = "owner")]
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::INTR | Errno::CONNABORTED) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A `SOCK_SEQPACKET` connection to the abstract Unix address `name` (close-on-exec).
+pub fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = rustix::net::SocketAddrUnix::new_abstract_name(name)?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => return Ok(fd),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The abstract Unix address of `fd`'s peer, if it has one.
+pub fn peer_abstract_name(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    let Some(addr) = rustix::net::getpeername(fd)? else {
+        return Ok(None);
+    };
+    let unix = rustix::net::SocketAddrUnix::try_from(addr).ok();
+    Ok(unix.and_then(|u| u.abstract_name().map(<[u8]>::to_vec)))
+}
+
+/// The socket's cookie (`SO_COOKIE`): a number the kernel gives each socket, never reused,
+/// and the same for every descriptor of it in any process.
+#[cfg(feature = "owner")]
+pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::net::sockopt::socket_cookie(fd)?)
+}
+
+/// 64 random bits from the kernel.
+#[cfg(feature = "owner")]
+pub fn random_u64() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    let mut got = 0;
+    while got < b.len() {
+        got += rustix::rand::getrandom(&mut b[got..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(u64::from_ne_bytes(b))
+}
+
 /// Whether `fd` is a Unix `SOCK_SEQPACKET` socket, as every handle and session is.
 pub fn is_seqpacket_unix(fd: BorrowedFd<'_>) -> bool {
     matches!(
@@ -140,7 +223,7 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], wait: bool) -> io::Result<Opti
 }
 
 /// Whether the peer of `sock` has closed (its last copy).
-fn hung_up(sock: BorrowedFd<'_>) -> bool {
+pub fn hung_up(sock: BorrowedFd<'_>) -> bool {
     let mut p = [PollFd::new(&sock, PollFlags::IN)];
     match rustix::event::poll(&mut p, Some(&rustix::time::Timespec::default())) {
         Ok(_) => p[0]

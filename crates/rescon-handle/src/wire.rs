@@ -13,9 +13,10 @@
 //! panics and never allocates more than the message's size, whatever the bytes (the owner reads
 //! messages from processes it does not trust); a message with bytes left over is refused.
 //!
-//! One-way messages (tag 0) go on the handle's own socket: [`Request::Charge`] and
-//! [`Request::OpenSession`] (which carries the session's socket as `SCM_RIGHTS`). Calls go on a
-//! session and are answered there with the same tag.
+//! One-way messages (tag 0) go on the handle's own socket: [`Request::Charge`], nothing else.
+//! A session is a connection to the owner's listener (found with [`listener_of`]) whose first
+//! message is [`Request::OpenSession`], carrying the handle's descriptor (`SCM_RIGHTS`) as
+//! proof; calls follow on it and are answered there with the same tag.
 
 use crate::error::{Error, ErrorKind};
 use rescon::{Attributes, ContainerId, Usage};
@@ -38,6 +39,7 @@ mod kind {
     pub const OPEN_METER: u8 = 19;
     pub const BIND_THREAD: u8 = 20;
     pub const BIND_PROCESS: u8 = 21;
+    pub const FLUSH: u8 = 22;
     pub const OK: u8 = 128;
     pub const INFO_REPLY: u8 = 129;
     pub const HANDLE: u8 = 130;
@@ -115,7 +117,8 @@ pub struct Info {
 pub enum Request {
     /// One-way, on the handle socket: add usage.
     Charge(Charge),
-    /// One-way, on the handle socket, with one fd: serve calls on this socket.
+    /// The first message on a connection to the owner's listener, with the handle's
+    /// descriptor: serve calls on this connection for that handle.
     OpenSession,
     /// Describe the container, or a descendant of it.
     Info {
@@ -145,6 +148,8 @@ pub enum Request {
     },
     /// Move the calling process (all its threads) into the container's cgroups.
     BindProcess,
+    /// Read the charges queued on the handle now (the holder's socket is full).
+    Flush,
 }
 
 /// A message from the owner to a holder, on a session.
@@ -345,6 +350,21 @@ fn header(b: &[u8]) -> Result<(u8, u32, Dec<'_>), Error> {
     Ok((kind, tag, d))
 }
 
+/// The prefix of an owner's abstract Unix addresses: its listener is
+/// `rescon-handle/<owner>`, the owner's end of each handle `rescon-handle/<owner>/<handle>`.
+pub const ADDRESS_PREFIX: &str = "rescon-handle/";
+
+/// The owner's listener address, from the address of the owner's end of a handle (which the
+/// holder reads with `getpeername`), or `None` if it is not one.
+pub fn listener_of(handle_address: &[u8]) -> Option<&[u8]> {
+    let s = std::str::from_utf8(handle_address).ok()?;
+    let (owner, handle) = s.strip_prefix(ADDRESS_PREFIX)?.split_once('/')?;
+    if owner.is_empty() || handle.is_empty() || handle.contains('/') {
+        return None;
+    }
+    Some(&handle_address[..ADDRESS_PREFIX.len() + owner.len()])
+}
+
 /// Attributes as `key=value` pairs, in the model's syntax.
 pub fn attr_pairs(a: &Attributes) -> Vec<(String, String)> {
     a.to_pairs()
@@ -393,6 +413,7 @@ pub fn encode_request(tag: u32, r: &Request) -> Vec<u8> {
             e.u32(*tid as u32);
         }
         Request::BindProcess => e = Enc::new(kind::BIND_PROCESS, tag),
+        Request::Flush => e = Enc::new(kind::FLUSH, tag),
     }
     e.finish()
 }
@@ -424,6 +445,7 @@ pub fn decode_request(b: &[u8]) -> Result<(u32, Request), Error> {
             tid: d.u32("tid")? as i32,
         },
         kind::BIND_PROCESS => Request::BindProcess,
+        kind::FLUSH => Request::Flush,
         k => return Err(bad(&format!("unknown request kind {k}"))),
     };
     d.finish()?;
@@ -550,6 +572,7 @@ mod tests {
             Request::OpenMeter,
             Request::BindThread { tid: 12345 },
             Request::BindProcess,
+            Request::Flush,
         ];
         for (i, r) in cases.iter().enumerate() {
             let b = encode_request(i as u32, r);
@@ -637,6 +660,24 @@ mod tests {
         b.u64(0);
         b.u8(200);
         assert!(decode_request(&b.finish()).is_err());
+    }
+
+    #[test]
+    fn listener_address_from_a_handle_address() {
+        assert_eq!(
+            listener_of(b"rescon-handle/00ff/1a2b"),
+            Some(&b"rescon-handle/00ff"[..])
+        );
+        for bad in [
+            &b"rescon-handle/00ff"[..],
+            b"rescon-handle//1",
+            b"rescon-handle/00ff/",
+            b"rescon-handle/a/b/c",
+            b"other/00ff/1",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(listener_of(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use common::{owner, wait_until};
 use rescon::{Attributes, Registry};
 use rescon_handle::owner::{Config, Enforcer, Owner};
-use rescon_handle::{Charge, ErrorKind, Handle};
+use rescon_handle::{Charge, ErrorKind, Handle, wire};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
@@ -278,46 +278,102 @@ fn binding_goes_through_the_enforcer_for_the_caller_only() {
     );
     assert_eq!(h.info().unwrap().enforcement, "recorded");
 
-    // A thread of another process (pid 1's) is refused before the enforcer sees it: calls
-    // made by hand on a session, since the client only ever sends its own tid.
-    let (mine, theirs) = rustix::net::socketpair(
+    // A thread of another process (pid 1's) is refused before the enforcer sees it: a call
+    // made by hand on a session of our own, since the client only ever sends its own tid.
+    let peer = rustix::net::getpeername(h.as_fd()).unwrap().unwrap();
+    let peer = rustix::net::SocketAddrUnix::try_from(peer).unwrap();
+    let listener = wire::listener_of(peer.abstract_name().unwrap()).unwrap();
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(
+        &sock,
+        &rustix::net::SocketAddrUnix::new_abstract_name(listener).unwrap(),
+    )
+    .unwrap();
+    send_with_fd(
+        &sock,
+        &wire::encode_request(0, &wire::Request::OpenSession),
+        h.as_fd(),
+    );
+    let call = wire::encode_request(9, &wire::Request::BindThread { tid: 1 });
+    rustix::net::send(&sock, &call, rustix::net::SendFlags::empty()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty())
+        .unwrap()
+        .0;
+    let (tag, reply) = wire::decode_reply(&buf[..n]).unwrap();
+    assert_eq!(tag, 9);
+    assert!(
+        matches!(reply, wire::Reply::Error(ErrorKind::PermissionDenied, _)),
+        "{reply:?}"
+    );
+    assert_eq!(rec.binds.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_session_needs_a_handle_of_the_owner() {
+    let (owner, _server) = owner();
+    let registry = Registry::new();
+    let c = registry
+        .root()
+        .create_child("c", Attributes::default())
+        .unwrap();
+    let h = Handle::from_fd(owner.issue(&c).unwrap()).unwrap();
+    let peer = rustix::net::getpeername(h.as_fd()).unwrap().unwrap();
+    let peer = rustix::net::SocketAddrUnix::try_from(peer).unwrap();
+    let listener = wire::listener_of(peer.abstract_name().unwrap())
+        .unwrap()
+        .to_vec();
+    let call = |first: &dyn Fn(&std::os::fd::OwnedFd)| {
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(
+            &sock,
+            &rustix::net::SocketAddrUnix::new_abstract_name(&listener).unwrap(),
+        )
+        .unwrap();
+        first(&sock);
+        let info = wire::encode_request(1, &wire::Request::Info { target: None });
+        let _ = rustix::net::send(&sock, &info, rustix::net::SendFlags::NOSIGNAL);
+        let mut buf = [0u8; 4096];
+        rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty())
+            .map(|(n, _)| n)
+            .unwrap_or(0)
+    };
+    // A call with no handle shown first: the connection is closed, nothing answered.
+    assert_eq!(call(&|_| {}), 0);
+    // A descriptor that is not one of the owner's handles (another socket pair's end).
+    let (stranger, _other) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::SEQPACKET,
         rustix::net::SocketFlags::CLOEXEC,
         None,
     )
     .unwrap();
-    let open = rescon_handle::wire::encode_request(0, &rescon_handle::wire::Request::OpenSession);
-    send_with_fd(&h, &open, &theirs);
-    let call = rescon_handle::wire::encode_request(
-        9,
-        &rescon_handle::wire::Request::BindThread { tid: 1 },
-    );
-    rustix::net::send(&mine, &call, rustix::net::SendFlags::empty()).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = rustix::net::recv(&mine, &mut buf, rustix::net::RecvFlags::empty())
-        .unwrap()
-        .0;
-    let (tag, reply) = rescon_handle::wire::decode_reply(&buf[..n]).unwrap();
-    assert_eq!(tag, 9);
-    assert!(
-        matches!(
-            reply,
-            rescon_handle::wire::Reply::Error(ErrorKind::PermissionDenied, _)
-        ),
-        "{reply:?}"
-    );
-    assert_eq!(rec.binds.lock().unwrap().len(), 2);
+    let open = wire::encode_request(0, &wire::Request::OpenSession);
+    assert_eq!(call(&|s| send_with_fd(s, &open, stranger.as_fd())), 0);
+    assert!(owner.stats().malformed >= 2);
+    assert_eq!(owner.stats().sessions, 0);
+    // With the handle itself: answered.
+    assert!(call(&|s| send_with_fd(s, &open, h.as_fd())) > 0);
 }
 
-fn send_with_fd(h: &Handle, msg: &[u8], fd: &std::os::fd::OwnedFd) {
+fn send_with_fd(sock: &std::os::fd::OwnedFd, msg: &[u8], fd: std::os::fd::BorrowedFd<'_>) {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd.as_fd()];
+    let fds = [fd];
     assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
     rustix::net::sendmsg(
-        h.as_fd(),
+        sock,
         &[std::io::IoSlice::new(msg)],
         &mut control,
         SendFlags::empty(),
