@@ -59,6 +59,28 @@
 //! and one per page, and an epoll registration; handles and sessions are bounded
 //! ([`owner::Config`]).
 //!
+//! # For a server
+//!
+//! - **Start**: `Owner::with_enforcer(config, enforcer)`, the enforcer being the server's
+//!   `Arc<rescon_linux::cgroup::Manager>` where kernel enforcement is on, or its
+//!   `Arc<rescon_linux::usermode::Limiter>` where it is not (feature `cgroup`); then
+//!   [`owner::Owner::spawn`], or register [`owner::Owner::poll_fd`] in the server's own loop,
+//!   call `serve(Some(Duration::ZERO))` when it is readable and `harvest()` every
+//!   [`owner::Config::harvest_interval`].
+//! - **Traditional CGI**: per request, `let fd = owner.issue(&request)?`; with rescon-linux's
+//!   `Command` (in cgroups, or `Command::without_cgroups`) `let n = cmd.inherit_fd(fd.as_fd())?`
+//!   and `cmd.env(pass::ENV, n.to_string())`, or [`pass::inherit`] with std's `Command`; spawn,
+//!   then drop `fd`. The script's [`Handle::from_env`] finds it; when the script and what it
+//!   started exit, the handle is released with its charges.
+//! - **Persistent CGI (FastCGI)**: per request, `owner.issue(&request)` and
+//!   [`pass::send_with`] on a Unix connection to the application, the descriptor riding on the
+//!   request's first record (`FCGI_BEGIN_REQUEST`); drop the server's copy. A rescon-aware
+//!   application reads that record with [`pass::recv_with`] and gets the request's handle;
+//!   one that is not (php-fpm) reads it with `read` and the kernel closes the descriptor, which
+//!   releases the handle: the server then charges the worker's CPU itself.
+//! - **Show** [`Info::enforcement`] (or `rescon_linux::enforcement::report`), the enforcement
+//!   in force, rather than the `enforcement` attribute.
+//!
 //! # Features
 //!
 //! `owner` (default): the owner side. `cgroup`: [`owner::Enforcer`] for

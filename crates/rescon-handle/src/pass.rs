@@ -7,7 +7,8 @@
 //! by the environment variable [`ENV`]. Over a Unix socket, [`send_fd`] sends one message with
 //! the descriptor attached (`SCM_RIGHTS`) and [`recv_fd`] receives it; the kernel gives the
 //! receiver a new descriptor for the same open socket, so the container lives until the last
-//! copy anywhere is closed.
+//! copy anywhere is closed. [`send_with`] attaches a handle to the bytes of another protocol
+//! (a FastCGI request's first record on a Unix connection).
 
 #![allow(unsafe_code)]
 
@@ -49,6 +50,23 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd> {
         ));
     }
     Ok(r.fds.into_iter().next().expect("one fd"))
+}
+
+/// Sends `bytes` on a Unix socket with the handle `fd` attached (`SCM_RIGHTS`): for a
+/// protocol that already flows on the socket, such as a FastCGI connection, where the handle
+/// rides on the request's first record. A receiver that reads with `read` rather than
+/// [`recv_with`] never sees the descriptor: the kernel closes it, so a peer that does not know
+/// rescon releases the handle without noticing.
+pub fn send_with(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<()> {
+    sys::send(sock, bytes, &[fd], true).map_err(|e| Error::io("send a handle", e))
+}
+
+/// Receives bytes sent with [`send_with`] into `buf`, and the handle that came with them, if
+/// any. `Ok(None)` is end of file. On a stream socket the bytes are what one read gives (up to
+/// the sender's message); the descriptor arrives with the first of them.
+pub fn recv_with(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Option<OwnedFd>)>> {
+    let r = sys::recv(sock, buf, true).map_err(|e| Error::io("receive a handle", e))?;
+    Ok(r.map(|r| (r.len, r.fds.into_iter().next())))
 }
 
 /// Makes `cmd`'s child inherit the handle `fd` across `execve`, and sets [`ENV`] so that

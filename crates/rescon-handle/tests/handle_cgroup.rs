@@ -52,6 +52,27 @@ fn child() {
 }
 
 #[test]
+fn without_cgroups_the_limiter_describes_and_refuses_binding() {
+    let registry = Registry::new();
+    let mut a = Attributes::default();
+    a.set("cpu_limit", "30%").unwrap();
+    a.set("enforcement", "kernel").unwrap();
+    let cgi = registry.root().create_child("cgi", a).unwrap();
+    let limiter =
+        Arc::new(rescon_linux::usermode::Limiter::start(&registry, Default::default()).unwrap());
+    let owner = Owner::with_enforcer(Config::default(), limiter).unwrap();
+    let _server = owner.spawn("test-usermode-handles").unwrap();
+    let h = Handle::from_fd(owner.issue(&cgi).unwrap()).unwrap();
+    let said = h.info().unwrap().enforcement;
+    // The attribute says kernel; what is in force is the user-mode limiter.
+    assert!(said.starts_with("user-mode: cpu_limit user-mode"), "{said}");
+    assert_eq!(
+        h.bind_current_thread().unwrap_err().kind(),
+        ErrorKind::NotEnforced
+    );
+}
+
+#[test]
 fn holders_bind_threads_and_processes_to_kernel_containers() {
     let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
     let config = cgroup::Config::default();
@@ -96,10 +117,20 @@ fn holders_bind_threads_and_processes_to_kernel_containers() {
         h.bind_current_thread().unwrap_err().kind(),
         ErrorKind::NotEnforced
     );
-    assert!(h.info().unwrap().enforcement.starts_with("user-level"));
+    assert!(
+        h.info().unwrap().enforcement.starts_with("user:"),
+        "{}",
+        h.info().unwrap().enforcement
+    );
     drop(h);
 
     let fd = owner.issue(&pool).unwrap();
+    let said = Handle::from_fd(fd.try_clone().unwrap())
+        .unwrap()
+        .info()
+        .unwrap()
+        .enforcement;
+    assert!(said.starts_with("kernel: cpu_limit kernel"), "{said}");
     let mut cmd = run_as("bind");
     pass::inherit(&mut cmd, fd.as_fd());
     let out = cmd.output().unwrap();

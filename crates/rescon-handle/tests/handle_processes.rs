@@ -222,3 +222,48 @@ fn a_process_that_dies_holding_a_handle() {
     assert_eq!((u.requests, u.bytes_in), (7, 4096));
     assert_eq!(owner.stats().released, 1);
 }
+
+#[test]
+fn a_handle_rides_on_another_protocol_and_an_unaware_peer_releases_it() {
+    let (owner, _server) = owner();
+    let registry = Registry::new();
+    let pool = registry
+        .root()
+        .create_child("fastcgi", Attributes::default())
+        .unwrap();
+    let record = b"\x01\x01\x00\x01\x00\x08\x00\x00begin-request";
+    // A rescon-aware peer reads the record and the handle that came with it.
+    let (server_end, app_end) = UnixStream::pair().unwrap();
+    {
+        let request = pool
+            .create_child("request-1", Attributes::default())
+            .unwrap();
+        let fd = owner.issue(&request).unwrap();
+        pass::send_with(server_end.as_fd(), record, fd.as_fd()).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    let (n, fd) = pass::recv_with(app_end.as_fd(), &mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..n], record);
+    let h = Handle::from_fd(fd.expect("the handle came with the record")).unwrap();
+    h.charge(Charge {
+        requests: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(h.info().unwrap().name, "request-1");
+    drop(h);
+    // An unaware peer reads the bytes with read(2): the kernel closes the descriptor.
+    {
+        let request = pool
+            .create_child("request-2", Attributes::default())
+            .unwrap();
+        let fd = owner.issue(&request).unwrap();
+        pass::send_with(server_end.as_fd(), record, fd.as_fd()).unwrap();
+    }
+    let mut plain = [0u8; 64];
+    let n = std::io::Read::read(&mut &app_end, &mut plain).unwrap();
+    assert_eq!(&plain[..n], record);
+    wait_until("both releases", || owner.stats().handles == 0);
+    wait_until("both containers' releases", || pool.children().is_empty());
+    assert_eq!(pool.usage_subtree().requests, 1);
+}
