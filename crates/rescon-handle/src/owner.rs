@@ -138,7 +138,7 @@ pub struct Stats {
 }
 
 /// Tokens of the epoll set's fixed members (slab keys never reach them).
-const STOP: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX;
 const LISTENER: u64 = u64::MAX - 1;
 /// Messages served per session per turn, so that one busy holder cannot keep the others
 /// waiting (the epoll set is level-triggered: the rest waits for the next turn).
@@ -178,6 +178,11 @@ struct Shared {
     /// Handles with charges queued: looked at when harvesting, never waited on.
     charges: OwnedFd,
     listener: OwnedFd,
+    /// An eventfd in `epoll`: written to wake a thread waiting in [`Owner::serve`].
+    wake: OwnedFd,
+    /// Whether the owner's thread waits with no handle to harvest (and so no timeout): a new
+    /// handle must wake it.
+    idle: AtomicBool,
     /// `rescon-handle/<random>`: the listener's address and the prefix of the handles'.
     name: String,
     table: Mutex<Table>,
@@ -187,6 +192,12 @@ struct Shared {
     config: Config,
     released: AtomicU64,
     malformed: AtomicU64,
+}
+
+impl Shared {
+    fn kick(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -286,11 +297,25 @@ impl Owner {
             epoll::EventFlags::IN,
         )
         .map_err(|e| Error::io("watch the listener", e.into()))?;
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::io("create the owner's wake event", e.into()))?;
+        epoll::add(
+            &epoll,
+            &wake,
+            epoll::EventData::new_u64(WAKE),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::io("watch the wake event", e.into()))?;
         Ok(Owner {
             shared: Arc::new(Shared {
                 epoll,
                 charges,
                 listener,
+                wake,
+                idle: AtomicBool::new(false),
                 name,
                 table: Mutex::new(Table::default()),
                 metered: Mutex::new(Vec::new()),
@@ -355,6 +380,10 @@ impl Owner {
             generation,
             entry: Entry::Handle(h),
         });
+        drop(t);
+        if s.idle.swap(false, Ordering::SeqCst) {
+            s.kick();
+        }
         Ok(theirs)
     }
 
@@ -418,7 +447,11 @@ impl Owner {
         let mut served = 0;
         for tok in events {
             match tok {
-                STOP => continue,
+                WAKE => {
+                    let mut b = [0u8; 8];
+                    let _ = rustix::io::read(&self.shared.wake, &mut b);
+                    continue;
+                }
                 LISTENER => self.accept(),
                 tok => match self.lookup(tok) {
                     Some(Entry::Handle(h)) => self.serve_handle(&h),
@@ -478,18 +511,6 @@ impl Owner {
     /// [`Server`] is dropped (or stopped). Only one thread (or event loop) should drive an
     /// owner.
     pub fn spawn(&self, name: &str) -> Result<Server> {
-        let stop_fd = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )
-        .map_err(|e| Error::io("create the owner's stop event", e.into()))?;
-        epoll::add(
-            &self.shared.epoll,
-            &stop_fd,
-            epoll::EventData::new_u64(STOP),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| Error::io("watch the stop event", e.into()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let owner = self.clone();
         let flag = stop.clone();
@@ -500,19 +521,27 @@ impl Owner {
         Ok(Server {
             owner: self.clone(),
             stop,
-            stop_fd,
             thread: Some(thread),
         })
     }
 
     fn run(&self, stop: &AtomicBool) {
-        let every = self
-            .shared
-            .config
-            .harvest_interval
-            .max(Duration::from_millis(1));
+        let s = &self.shared;
+        let every = s.config.harvest_interval.max(Duration::from_millis(1));
         let mut next = Instant::now() + every;
         while !stop.load(Ordering::Acquire) {
+            if self.stats().handles == 0 {
+                // Nothing to harvest: wait for a call, a close or a new handle, with no tick
+                // (`issue` wakes this thread; the flag is set before the last look, so a handle
+                // issued in between is seen either here or by `issue`).
+                s.idle.store(true, Ordering::SeqCst);
+                if self.stats().handles == 0 && !stop.load(Ordering::Acquire) {
+                    let _ = self.serve(None);
+                }
+                s.idle.store(false, Ordering::SeqCst);
+                next = Instant::now() + every;
+                continue;
+            }
             let wait = next.saturating_duration_since(Instant::now());
             // An error of epoll_wait on a valid set is not expected; keep serving.
             let _ = self.serve(Some(wait));
@@ -899,7 +928,6 @@ fn enforcement_refused(id: ContainerId) -> Error {
 pub struct Server {
     owner: Owner,
     stop: Arc<AtomicBool>,
-    stop_fd: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -916,11 +944,10 @@ impl Server {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
-        let _ = rustix::io::write(&self.stop_fd, &1u64.to_ne_bytes());
+        self.owner.shared.kick();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = epoll::delete(&self.owner.shared.epoll, &self.stop_fd);
     }
 }
 
@@ -938,6 +965,7 @@ mod tests {
     fn tokens_keep_key_and_generation() {
         for (k, g) in [(0, 1), (5, u32::MAX), (0xffff_fffe, 7)] {
             assert_eq!(split(token(k, g)), (k, g));
+            assert!(token(k, g) != WAKE && token(k, g) != LISTENER);
         }
     }
 }

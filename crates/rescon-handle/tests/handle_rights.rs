@@ -380,3 +380,29 @@ fn send_with_fd(sock: &std::os::fd::OwnedFd, msg: &[u8], fd: std::os::fd::Borrow
     )
     .unwrap();
 }
+
+#[test]
+fn charges_reach_the_container_without_a_call() {
+    let (owner, _server) = owner();
+    let registry = Registry::new();
+    let c = registry
+        .root()
+        .create_child("c", Attributes::default())
+        .unwrap();
+    // The owner's thread has had nothing to do: it waits with no tick, and a new handle wakes
+    // it so that its charges are harvested.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let h = Handle::from_fd(owner.issue(&c).unwrap()).unwrap();
+    h.charge(Charge {
+        bytes_in: 10,
+        ..Default::default()
+    })
+    .unwrap();
+    h.meter().unwrap().add_bytes_out(20);
+    wait_until("the harvest", || {
+        let u = c.usage();
+        u.bytes_in == 10 && u.bytes_out == 20
+    });
+    // The holder is still there: nothing was released.
+    assert_eq!(owner.stats().handles, 1);
+}
