@@ -532,7 +532,7 @@ fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
     }
     let _ = writeln!(
         s,
-        "\n| kernel equivalent or policy cost | rescon |\n|---|---|"
+        "\n| kernel equivalents, handle and policy costs | rescon |\n|---|---|"
     );
     for (k, v) in ops {
         if crate::primitives::PAPER_US.iter().any(|(o, _, _)| o == k) {
