@@ -46,14 +46,22 @@
 //!   a thread of its own ([`owner::Owner::spawn`]) or the server's loop drives it. The owner
 //!   side depends on no runtime.
 //!
-//! # Costs (measured with `rescon-bench primitives`, see the crate's report)
+//! # Costs
 //!
-//! - moving a handle to another process (send, receive, and a first use there, a charge):
-//!   `move_between_processes`; with the receiver asleep and an acknowledgement back:
-//!   `move_between_processes_roundtrip`;
-//! - a charge message: `handle_charge`; a charge through the page: `handle_meter_charge`;
-//! - a call answered by the owner (reading usage): `handle_call_usage`;
-//! - issuing a handle: `handle_issue`.
+//! Measured with `rescon-bench primitives` (two processes on a 2-vCPU virtual machine; the
+//! owner's thread and the sender on one CPU, the receiver on the other):
+//!
+//! | operation | row | time |
+//! |---|---|---|
+//! | move a handle to another process: send, receive, first charge there | `move_between_processes` | 2.0 us (send 0.65, receive and charge 1.3) |
+//! | the same, one at a time to a receiver asleep, acknowledged | `move_between_processes_roundtrip` | 5.4 us |
+//! | a charge message (the holder's side) | `handle_charge` | 1.0 us |
+//! | a charge on the page of counters | `handle_meter_charge` | 7 ns |
+//! | a call answered by the owner (reading usage) | `handle_call_usage` | 9 us |
+//! | issuing a handle (socket pair, name, two epoll registrations) | `handle_issue` | 6 us |
+//!
+//! The paper's "move container between processes" took 3.15 us (a system call on a 500 MHz
+//! Alpha). A call pays two wake-ups (about 5 us each here), which is why charges avoid them.
 //!
 //! The owner pays two descriptors per handle until it is passed on (then one), one per session
 //! and one per page, and an epoll registration; handles and sessions are bounded
