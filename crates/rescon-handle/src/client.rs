@@ -278,24 +278,45 @@ impl Handle {
     fn call(&self, req: Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let mut guard = lock(&self.session);
         let pid = rustix::process::getpid().as_raw_nonzero().get();
+        let mut fresh = false;
         if guard.as_ref().is_none_or(|s| s.pid != pid) {
             // None yet, or one inherited from the parent across fork: this process's own.
             *guard = Some(self.open_session(pid)?);
+            fresh = true;
         }
-        let s = guard.as_mut().expect("just made");
-        s.tag = s.tag.wrapping_add(1).max(1);
-        let tag = s.tag;
-        let result = exchange(&s.sock, tag, &req);
-        if result.is_err() {
-            // A session that failed once (a timeout whose answer may still come, a closed
-            // owner) is not trusted again.
-            *guard = None;
+        let mut result = self.exchange_on(&mut guard, &req);
+        if fresh
+            && result
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::Released)
+        {
+            // A new session closed before its first answer: the owner may have dropped it
+            // among connections that had shown nothing yet (it keeps a bounded number). One
+            // more try tells that from a released handle.
+            *guard = Some(self.open_session(pid)?);
+            result = self.exchange_on(&mut guard, &req);
         }
         let (reply, fds) = result?;
         match reply {
             Reply::Error(kind, msg) => Err(Error::new(kind, msg)),
             r => Ok((r, fds)),
         }
+    }
+
+    fn exchange_on(
+        &self,
+        guard: &mut MutexGuard<'_, Option<Session>>,
+        req: &Request,
+    ) -> Result<(Reply, Vec<OwnedFd>)> {
+        let s = guard.as_mut().expect("a session");
+        s.tag = s.tag.wrapping_add(1).max(1);
+        let result = exchange(&s.sock, s.tag, req);
+        if result.is_err() {
+            // A session that failed once (a timeout whose answer may still come, a closed
+            // owner) is not trusted again.
+            **guard = None;
+        }
+        result
     }
 
     /// Opens this process's session: a connection to the owner's listener (its address

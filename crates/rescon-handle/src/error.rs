@@ -93,11 +93,12 @@ impl Error {
         }
     }
 
-    /// An I/O error while doing `what`. A closed peer becomes [`ErrorKind::Released`], a
-    /// receive timeout [`ErrorKind::Timeout`].
+    /// An I/O error while doing `what`. A closed peer (or an owner no longer listening)
+    /// becomes [`ErrorKind::Released`], a receive timeout [`ErrorKind::Timeout`].
     pub fn io(what: impl Into<String>, e: io::Error) -> Error {
         let kind = match e.kind() {
             io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::NotConnected
             | io::ErrorKind::UnexpectedEof => ErrorKind::Released,

@@ -220,6 +220,9 @@ struct Table {
     handles: usize,
     sessions: usize,
     unproven: usize,
+    /// Unproven connections, oldest first (tokens of entries since proven or gone are skipped
+    /// when met).
+    unproven_order: std::collections::VecDeque<u64>,
 }
 
 struct Slot {
@@ -555,39 +558,60 @@ impl Owner {
     }
 
     /// Accepts connections to the listener; each must show a handle in its first message.
+    ///
+    /// A holder sends its handle right after it connects, so the first message is usually
+    /// there when the connection is accepted, and is served at once. Connections that show
+    /// nothing are bounded ([`Config::max_unproven`]): beyond, the oldest is closed, so that
+    /// connections made to fill the table cannot keep holders out.
     fn accept(&self) {
         let s = &self.shared;
         while let Ok(Some(sock)) = sys::accept(s.listener.as_fd()) {
             let Ok(cred) = rustix::net::sockopt::socket_peercred(&sock) else {
                 continue;
             };
-            let mut t = lock(&s.table);
-            if t.unproven >= s.config.max_unproven {
-                self.malformed();
-                continue;
-            }
-            let (key, generation) = next_slot(&mut t);
-            let tok = token(key, generation);
-            if epoll::add(
-                &s.epoll,
-                &sock,
-                epoll::EventData::new_u64(tok),
-                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-            )
-            .is_err()
-            {
-                continue;
-            }
-            t.unproven += 1;
-            t.slab.insert(Slot {
-                generation,
-                entry: Entry::Session(Arc::new(SessionEntry {
+            let mut evict = None;
+            let x = {
+                let mut t = lock(&s.table);
+                if t.unproven >= s.config.max_unproven.max(1) {
+                    evict = oldest_unproven(&mut t);
+                }
+                let (key, generation) = next_slot(&mut t);
+                let tok = token(key, generation);
+                if epoll::add(
+                    &s.epoll,
+                    &sock,
+                    epoll::EventData::new_u64(tok),
+                    epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+                )
+                .is_err()
+                {
+                    continue;
+                }
+                let x = Arc::new(SessionEntry {
                     token: tok,
                     sock,
                     handle: OnceLock::new(),
                     pid: cred.pid.as_raw_nonzero().get(),
-                })),
-            });
+                });
+                t.unproven += 1;
+                t.unproven_order.push_back(tok);
+                // Most connections are proven at once: forget them now and then, so the list
+                // stays as short as the connections it is for.
+                if t.unproven_order.len() > 2 * s.config.max_unproven + 16 {
+                    let order = std::mem::take(&mut t.unproven_order);
+                    t.unproven_order = order.into_iter().filter(|k| is_unproven(&t, *k)).collect();
+                }
+                t.slab.insert(Slot {
+                    generation,
+                    entry: Entry::Session(x.clone()),
+                });
+                x
+            };
+            if let Some(old) = evict {
+                self.malformed();
+                self.remove(&[old]);
+            }
+            self.serve_session(&x);
         }
     }
 
@@ -883,6 +907,25 @@ impl Owner {
             },
         }
     }
+}
+
+/// Whether `tok` names a connection that has not shown a handle yet.
+fn is_unproven(t: &Table, tok: u64) -> bool {
+    let (key, generation) = split(tok);
+    t.slab.get(key).is_some_and(|slot| {
+        slot.generation == generation
+            && matches!(&slot.entry, Entry::Session(x) if x.handle.get().is_none())
+    })
+}
+
+/// The oldest connection still unproven, taken off the list.
+fn oldest_unproven(t: &mut Table) -> Option<u64> {
+    while let Some(tok) = t.unproven_order.pop_front() {
+        if is_unproven(t, tok) {
+            return Some(tok);
+        }
+    }
+    None
 }
 
 /// The next slot's key and a fresh generation (the slot is filled by the caller, under the

@@ -406,3 +406,46 @@ fn charges_reach_the_container_without_a_call() {
     // The holder is still there: nothing was released.
     assert_eq!(owner.stats().handles, 1);
 }
+
+#[test]
+fn silent_connections_cannot_keep_holders_out() {
+    let registry = Registry::new();
+    let c = registry
+        .root()
+        .create_child("c", Attributes::default())
+        .unwrap();
+    let owner = Owner::new(Config {
+        max_unproven: 2,
+        ..Config::default()
+    })
+    .unwrap();
+    let _server = owner.spawn("unproven").unwrap();
+    let h = Handle::from_fd(owner.issue(&c).unwrap()).unwrap();
+    let peer = rustix::net::getpeername(h.as_fd()).unwrap().unwrap();
+    let peer = rustix::net::SocketAddrUnix::try_from(peer).unwrap();
+    let listener = wire::listener_of(peer.abstract_name().unwrap())
+        .unwrap()
+        .to_vec();
+    // Ten connections that never show a handle, held open.
+    let silent: Vec<_> = (0..10)
+        .map(|_| {
+            let s = rustix::net::socket(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                None,
+            )
+            .unwrap();
+            rustix::net::connect(
+                &s,
+                &rustix::net::SocketAddrUnix::new_abstract_name(&listener).unwrap(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // A holder still gets its session and its answer.
+    assert_eq!(h.info().unwrap().name, "c");
+    assert_eq!(owner.stats().sessions, 1);
+    assert!(owner.stats().malformed >= 8, "{:?}", owner.stats());
+    drop(silent);
+}
