@@ -75,7 +75,7 @@ fn a_busy_process_group_is_held_near_its_cap() {
         pid,
         "the child leads its own group"
     );
-    let capped = limiter.cap(Target::ProcessGroup(pid), &cgi);
+    let capped = limiter.cap(Target::ProcessGroup(pid), &cgi).unwrap();
     // Let the first budget go, then measure.
     std::thread::sleep(Duration::from_millis(300));
     let share = share_over(pid, Duration::from_secs(2));
@@ -89,6 +89,13 @@ fn a_busy_process_group_is_held_near_its_cap() {
         "a busy loop capped at 25% got {share:.3} of a CPU"
     );
     assert!(share > 0.02, "the capped process hardly ran: {share:.3}");
+    // The limiter refuses to cap what holds itself.
+    let own_group = stat(std::process::id() as i32).unwrap().pgrp;
+    assert!(limiter.cap(Target::ProcessGroup(own_group), &cgi).is_err());
+    assert!(
+        limiter.cap(Target::Tree(1), &cgi).is_err(),
+        "init's tree holds us"
+    );
     assert!(limiter.stats().stops > 0);
     assert!(cgi.usage().throttled_ns > 0, "stopped time is reported");
 
@@ -121,7 +128,7 @@ fn a_process_tree_shares_one_cap() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let _capped = limiter.cap(Target::Tree(pid), &cgi);
+    let _capped = limiter.cap(Target::Tree(pid), &cgi).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let share = share_over(pid, Duration::from_secs(2));
     eprintln!("two busy processes capped at 20%: got {share:.3} of a CPU");

@@ -109,7 +109,7 @@ pub struct Stats {
 /// let cgi = registry.root().create_child("cgi", a).unwrap();
 /// let limiter = Limiter::start(&registry, Config::default())?;
 /// let mut child = Command::without_cgroups(&cgi, "/usr/lib/cgi-bin/report").spawn()?;
-/// let _capped = limiter.cap(Target::ProcessGroup(child.id() as i32), &cgi);
+/// let _capped = limiter.cap(Target::ProcessGroup(child.id() as i32), &cgi)?;
 /// child.wait()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -211,8 +211,21 @@ impl Limiter {
     /// Holds `target` to the CPU limits of `c` and of its ancestors, until the returned
     /// [`Capped`] is dropped. The limits are read at every look, so a change applies at once.
     /// Cap only processes no cgroup limits already (a kernel-enforced container's).
-    pub fn cap(&self, target: Target, c: &Container) -> Capped {
+    ///
+    /// Refused (`InvalidInput`) for a target this process belongs to (its own process group,
+    /// or a tree it is in): stopping it would stop the limiter.
+    pub fn cap(&self, target: Target, c: &Container) -> std::io::Result<Capped> {
         let s = &self.shared;
+        if contains_self(&s.config.proc_root, target) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{target:?} holds this process: capping it would stop the limiter itself; \
+                     start the processes to cap in a process group of their own \
+                     (cgroup::Command::without_cgroups does)"
+                ),
+            ));
+        }
         let mut st = lock(&s.state);
         let id = st.next_id;
         st.next_id += 1;
@@ -237,10 +250,10 @@ impl Limiter {
         st.ctl.set_caps(id, &caps_of(&s.root, c), now);
         st.next_scan = now;
         s.wake.notify_all();
-        Capped {
+        Ok(Capped {
             shared: Arc::downgrade(s),
             id,
-        }
+        })
     }
 
     /// What the limiter is doing.
@@ -279,6 +292,31 @@ impl Drop for Limiter {
         self.shared.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Whether this process is one of `target`'s.
+fn contains_self(proc_root: &std::path::Path, target: Target) -> bool {
+    let me = std::process::id() as i32;
+    let Some(mine) = procfs::read(proc_root, me) else {
+        return false;
+    };
+    match target {
+        Target::ProcessGroup(pgid) => pgid == mine.pgrp,
+        Target::Tree(root) => {
+            // This process or one of its ancestors is the root.
+            let mut cur = Some(mine);
+            while let Some(p) = cur {
+                if p.pid == root {
+                    return true;
+                }
+                if p.ppid <= 0 || p.ppid == p.pid {
+                    return false;
+                }
+                cur = procfs::read(proc_root, p.ppid);
+            }
+            false
         }
     }
 }
