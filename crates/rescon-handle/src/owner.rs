@@ -471,7 +471,11 @@ impl Owner {
     /// the containers. Call it every [`Config::harvest_interval`] (the thread of
     /// [`spawn`](Owner::spawn) does).
     pub fn harvest(&self) {
-        while let Ok(ready) = wait(&self.shared.charges, Some(Duration::ZERO)) {
+        // Bounded, so that holders charging as fast as this thread reads cannot keep it here.
+        for _ in 0..HARVEST_ROUNDS {
+            let Ok(ready) = wait(&self.shared.charges, Some(Duration::ZERO)) else {
+                break;
+            };
             let n = ready.len();
             for tok in ready {
                 if let Some(Entry::Handle(h)) = self.lookup(tok) {
@@ -621,11 +625,19 @@ impl Owner {
         if st.released {
             return;
         }
-        let closed = self.drain(h);
+        // Once every copy is closed nothing more can come: read all that is queued.
+        let closed = loop {
+            if self.drain(h) {
+                break true;
+            }
+            if !sys::hung_up(h.sock.as_fd()) {
+                break false;
+            }
+        };
         if let Some(p) = st.page.as_mut() {
             p.harvest().apply(&h.container);
         }
-        if closed || sys::hung_up(h.sock.as_fd()) {
+        if closed {
             self.release(h, st);
         }
     }
@@ -937,6 +949,8 @@ fn next_slot(t: &mut Table) -> (usize, u32) {
 
 /// Events per wait.
 const EVENTS: usize = 64;
+/// Waits on the set of handles with charges per harvest (each gives up to [`EVENTS`]).
+const HARVEST_ROUNDS: usize = 1024;
 
 /// Waits on an epoll set and returns the tokens ready.
 fn wait(set: &OwnedFd, timeout: Option<Duration>) -> Result<Vec<u64>> {
