@@ -390,6 +390,9 @@ impl RequestCell {
     }
 }
 
+/// The `vhost` label of a request no vhost answered.
+pub static NO_VHOST: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
+
 /// The requests' histograms and status counts by (vhost, class), for the life of the server.
 #[derive(Debug, Default)]
 pub struct HttpStats {

@@ -38,7 +38,8 @@ mod metrics;
 
 pub use filters::{ACTION_HISTORY, FilterError, FilterTable, Filters, UNLISTED};
 pub use metrics::{
-    CONTENT_TYPE as METRICS_CONTENT_TYPE, DropCount, HttpStats, Ledger, RequestCell, escape_label,
+    CONTENT_TYPE as METRICS_CONTENT_TYPE, DropCount, HttpStats, Ledger, NO_VHOST, RequestCell,
+    escape_label,
 };
 pub use rescon_admin::BLACK_HOLE;
 pub use rescon_admin::api;

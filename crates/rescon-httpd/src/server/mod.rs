@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     /// Kills CGI runs that outlive their timeout.
     pub(crate) cgi_watchdog: Arc<crate::cgi::Watchdog>,
     pub(crate) stop: Arc<Stop>,
+    /// Request durations and statuses by vhost and class (`/metrics`).
+    pub(crate) http: Arc<crate::admin::HttpStats>,
 }
 
 /// Runs the server until it is killed. Says `listening on ADDR` (an info event on standard
@@ -127,6 +129,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         seq: Seq::default(),
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
         stop: Arc::new(Stop::default()),
+        http: admin.http_stats(),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {

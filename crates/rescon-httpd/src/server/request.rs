@@ -17,7 +17,7 @@ use super::conn::{ConnState, ReqDone};
 use super::dispatch::{Dispatch, dispatch};
 use super::placement::{self, Placed};
 use super::respond::{
-    Body, Charged, LogStart, ReqCpu, RequestLog, ResBody, Timed, finish, mono_ns, simple,
+    Body, Charged, LogStart, Observe, ReqCpu, RequestLog, ResBody, Timed, finish, mono_ns, simple,
 };
 use super::site::{CgiMount, Site, Vhost};
 use super::{Shared, static_file};
@@ -89,6 +89,11 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
         class: conn.class.clone(),
     });
     let now = Instant::now();
+    let observe = Observe {
+        stats: shared.http.clone(),
+        class: conn.class.clone(),
+        began: now,
+    };
     // 1. One snapshot of the site, to the end of the request.
     let mut snapshot = conn.site.borrow_mut();
     shared.site.refresh(&mut snapshot);
@@ -102,7 +107,7 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
         Ok(d) => d,
         Err(e) => {
             let resp = simple(e.status(), "bad request path");
-            return answer(resp, conn.charged(None), log, done);
+            return answer(resp, conn.charged(None), log, done, observe);
         }
     };
     let vhost = to.vhost();
@@ -126,13 +131,13 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
                 }
                 None => conn.charged(Some(vhost)),
             };
-            answer(resp, charged, log, done)
+            answer(resp, charged, log, done, observe)
         }
         Dispatch::Cgi { mount, rest, .. } => {
             // 3. Placement: the run's own container under the CGI class.
             let run = match cgi_run(conn, site, vhost, mount, &rest, host) {
                 Ok(run) => run,
-                Err(resp) => return answer(resp, conn.charged(Some(vhost)), log, done),
+                Err(resp) => return answer(resp, conn.charged(Some(vhost)), log, done, observe),
             };
             let charged = Charged {
                 container: run.container.clone(),
@@ -147,7 +152,7 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
             Reply::Pending(Box::pin(Timed {
                 inner: async move {
                     let resp = run.run(req).await;
-                    finish(resp, charged, log, done)
+                    finish(resp, charged, log, done, observe)
                 },
                 cpu,
             }))
@@ -186,11 +191,17 @@ impl ConnCtx {
 }
 
 /// The last step of a request answered within its call: its CPU (this call) for the log.
-fn answer(resp: Response<Body>, charged: Charged, log: Option<RequestLog>, done: ReqDone) -> Reply {
+fn answer(
+    resp: Response<Body>,
+    charged: Charged,
+    log: Option<RequestLog>,
+    done: ReqDone,
+    observe: Observe,
+) -> Reply {
     if let Some(l) = &log {
         l.cpu.add(mono_ns().saturating_sub(l.start.mono()));
     }
-    Reply::Ready(Some(finish(resp, charged, log, done)))
+    Reply::Ready(Some(finish(resp, charged, log, done, observe)))
 }
 
 /// Where a static request's work is charged (the [`placement`] rule, compiled into the

@@ -224,18 +224,50 @@ pub(crate) struct RequestLog {
     pub(crate) class: Arc<str>,
 }
 
-/// Counts the request where its work was charged and wraps the response's body for the log
-/// and the connection's bookkeeping: the last step of every request.
+/// Where a request's duration and status go (`/metrics`): the server's statistics, the
+/// connection's class, and when the request's head was read.
+pub(crate) struct Observe {
+    pub(crate) stats: Arc<crate::admin::HttpStats>,
+    pub(crate) class: Arc<str>,
+    pub(crate) began: Instant,
+}
+
+/// A response's entry in the request statistics, made when its body is dropped (as the
+/// access-log line is), so the duration runs to the last byte.
+struct Observed {
+    cell: Arc<crate::admin::RequestCell>,
+    status: u16,
+    began: Instant,
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.cell
+            .record(self.status, self.began.elapsed().as_nanos() as u64);
+    }
+}
+
+/// Counts the request where its work was charged and wraps the response's body for the log,
+/// the statistics and the connection's bookkeeping: the last step of every request.
 pub(crate) fn finish(
     resp: Response<Body>,
     charged: Charged,
     log: Option<RequestLog>,
     done: ReqDone,
+    observe: Observe,
 ) -> Response<ResBody> {
     // Every request counts once, where its work was charged: the connection's container
     // (under its vhost), or the request's or CGI run's own.
     charged.container.account().add_requests(1);
     let status = resp.status().as_u16();
+    let observed = Observed {
+        cell: observe.stats.cell(
+            charged.vhost.as_ref().unwrap_or(&*crate::admin::NO_VHOST),
+            &observe.class,
+        ),
+        status,
+        began: observe.began,
+    };
     let pending = log.map(
         |RequestLog {
              out,
@@ -259,6 +291,7 @@ pub(crate) fn finish(
     resp.map(|body| ResBody {
         body,
         log: pending,
+        _observed: observed,
         _done: done,
     })
 }
@@ -323,6 +356,7 @@ impl Drop for PendingLog {
 pub(crate) struct ResBody {
     pub(crate) body: Body,
     log: Option<PendingLog>,
+    _observed: Observed,
     _done: ReqDone,
 }
 
