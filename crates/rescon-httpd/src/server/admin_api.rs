@@ -74,6 +74,55 @@ pub(crate) fn serve_admin_tcp(
     Ok(())
 }
 
+/// `[metrics] listen`: `GET /metrics` (and `HEAD`) for a remote scraper, without a token,
+/// and nothing else of the admin API: every other path is 404, every other method 405.
+pub(crate) fn serve_metrics(addr: SocketAddr, admin: Arc<Admin>, parent: &Container) -> Result<()> {
+    let c = admin_container(parent)?;
+    let l = rescon_rt::TcpListener::bind_in(addr, &c)
+        .with_context(|| format!("binding the metrics listener {addr} ([metrics] listen)"))?;
+    tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
+    let c2 = c.clone();
+    rescon_rt::spawn_in(&c, async move {
+        loop {
+            let Ok((conn, _)) = l.accept().await else {
+                rescon_rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let admin = admin.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let admin = admin.clone();
+                async move {
+                    use crate::admin::ApiResponse;
+                    let a = if req.uri().path() != "/metrics" {
+                        ApiResponse::error(StatusCode::NOT_FOUND, "only /metrics is served here")
+                    } else if req.method() != http::Method::GET
+                        && req.method() != http::Method::HEAD
+                    {
+                        let mut a = ApiResponse::error(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET /metrics is served here",
+                        );
+                        a.headers
+                            .push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+                        a
+                    } else {
+                        admin.handle(&http::Method::GET, "/metrics", b"")
+                    };
+                    Ok::<_, Infallible>(api_response(a))
+                }
+            });
+            rescon_rt::spawn_in(&c2, async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(rescon_rt::HyperTimer::current())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(conn, svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
 /// The admin container (one for the Unix socket and the TCP address together).
 fn admin_container(parent: &Container) -> Result<Container> {
     if let Some(c) = parent.children().into_iter().find(|c| c.name() == "admin") {

@@ -118,6 +118,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let listener_configs = config.listeners.clone();
     let admin_socket = config.admin.socket.clone();
     let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
+    let metrics_listen = config.metrics.listen;
     let site = Site::compile(config, &tree)?;
     let shared = Arc::new(Shared {
         root: root.clone(),
@@ -155,6 +156,9 @@ pub fn run(config: Config, options: Options) -> Result<()> {
                 None => anyhow::bail!("admin.tcp needs admin.token or admin.token_file"),
             };
             admin_api::serve_admin_tcp(addr, token.into(), admin.clone(), &everything)?;
+        }
+        if let Some(addr) = metrics_listen {
+            admin_api::serve_metrics(addr, admin.clone(), &everything)?;
         }
         // Kept for the server's life: the defenses sample and move prefixes until dropped.
         let mut defenses = Vec::new();
@@ -285,34 +289,55 @@ fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
         }),
     )?;
     if let Some(path) = shared.options.config_path.clone() {
+        // POST /reload does what SIGHUP does (the admin holds its reloader: a weak handle
+        // back to it, so neither keeps the other alive).
+        let (s2, weak, p2) = (shared.clone(), Arc::downgrade(admin), path.clone());
+        admin.set_reloader(Box::new(move || match weak.upgrade() {
+            Some(admin) => reload_notified(&s2, &admin, &p2),
+            None => Err("the server is stopping".into()),
+        }));
         let (shared, admin) = (shared.clone(), admin.clone());
         let mut hup = Signals::new([SIGHUP]).context("installing the SIGHUP handler")?;
         thread(
             "rescon-httpd-reload",
             Box::new(move || {
                 for _ in hup.forever() {
-                    let notify = crate::service::notifier();
-                    notify.reloading();
-                    let result = reload(&shared, &admin, &path);
-                    notify.ready(match &result {
-                        Ok(_) => "reloaded",
-                        Err(_) => "reload failed; the running configuration stays",
-                    });
-                    match result {
-                        Ok(summary) => {
-                            tracing::info!(config = %path.display(), %summary, "reloaded")
-                        }
-                        Err(e) => tracing::error!(
-                            config = %path.display(),
-                            error = format!("{e:#}"),
-                            "reload failed; the running configuration stays"
-                        ),
-                    }
+                    let _ = reload_notified(&shared, &admin, &path);
                 }
             }),
         )?;
     }
     Ok(())
+}
+
+/// A reload as a service manager sees it (RELOADING, then READY) and as the log says it.
+fn reload_notified(
+    shared: &Shared,
+    admin: &Admin,
+    path: &std::path::Path,
+) -> std::result::Result<String, String> {
+    let notify = crate::service::notifier();
+    notify.reloading();
+    let result = reload(shared, admin, path);
+    notify.ready(match &result {
+        Ok(_) => "reloaded",
+        Err(_) => "reload failed; the running configuration stays",
+    });
+    match result {
+        Ok(summary) => {
+            tracing::info!(config = %path.display(), %summary, "reloaded");
+            Ok(summary)
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::error!(
+                config = %path.display(),
+                error = %e,
+                "reload failed; the running configuration stays"
+            );
+            Err(e)
+        }
+    }
 }
 
 /// Opens listener `l`: its group of class sockets (or, if the kernel refuses, one socket with
