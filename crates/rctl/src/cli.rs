@@ -4,7 +4,9 @@ use crate::client::{Endpoint as Server, Response};
 use crate::render;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rescon_admin::api::{ContainerView, FiltersView, MoveRequest, MoveResult};
+use rescon_admin::api::{
+    ContainerView, FiltersView, MoveRequest, MoveResult, ReloadResult, UnblockRequest,
+};
 use rescon_admin::routes::Endpoint;
 use std::io::Write;
 use std::path::PathBuf;
@@ -74,6 +76,29 @@ pub enum Command {
         #[arg(long)]
         listener: Option<String>,
     },
+    /// Take a prefix off the black hole: back to the class the configuration lists it in,
+    /// or to wherever the other prefixes take its sources.
+    Unblock {
+        /// A CIDR prefix or an address.
+        prefix: String,
+        /// The listener (needed when there are several).
+        #[arg(long)]
+        listener: Option<String>,
+    },
+    /// Move a prefix to a client class (or `black-hole`).
+    Move {
+        /// A CIDR prefix or an address.
+        prefix: String,
+        /// The class's name.
+        class: String,
+        /// The listener (needed when there are several).
+        #[arg(long)]
+        listener: Option<String>,
+    },
+    /// Reload the server's configuration file, as SIGHUP does (a bad file changes nothing).
+    Reload,
+    /// Print the Prometheus metrics.
+    Metrics,
     /// A live view of the containers sorted by CPU, like top; q quits.
     Top {
         /// Seconds between refreshes.
@@ -202,11 +227,59 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             let f: FiltersView = decode(&resp)?;
             out.write_all(render::filters(&f).as_bytes())?;
         }
-        Command::Block { prefix, listener } => {
+        Command::Unblock { prefix, listener } => {
+            let req = UnblockRequest {
+                listener: listener.clone(),
+                prefix: prefix.clone(),
+            };
+            let body = serde_json::to_vec(&req)?;
+            let resp = check(ep.request(
+                Endpoint::Unblock.method(),
+                &Endpoint::Unblock.path(None),
+                Some(("application/json", &body)),
+            )?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let r: MoveResult = decode(&resp)?;
+            out.write_all(render::moved(&r).as_bytes())?;
+        }
+        Command::Reload => {
+            let resp = check(ep.request(
+                Endpoint::Reload.method(),
+                &Endpoint::Reload.path(None),
+                None,
+            )?)?;
+            if args.json {
+                return raw(&resp, out);
+            }
+            let r: ReloadResult = decode(&resp)?;
+            writeln!(out, "reloaded: {}", r.summary)?;
+        }
+        Command::Metrics => {
+            let resp = check(ep.request(
+                Endpoint::Metrics.method(),
+                &Endpoint::Metrics.path(None),
+                None,
+            )?)?;
+            return raw(&resp, out);
+        }
+        Command::Block { .. } | Command::Move { .. } => {
+            let (prefix, listener, to) = match &args.command {
+                Command::Block { prefix, listener } => {
+                    (prefix, listener, rescon_admin::BLACK_HOLE.to_string())
+                }
+                Command::Move {
+                    prefix,
+                    class,
+                    listener,
+                } => (prefix, listener, class.clone()),
+                _ => unreachable!("matched above"),
+            };
             let req = MoveRequest {
                 listener: listener.clone(),
                 prefix: prefix.clone(),
-                to: rescon_admin::BLACK_HOLE.to_string(),
+                to,
             };
             let body = serde_json::to_vec(&req)?;
             let resp = check(ep.request(

@@ -126,6 +126,27 @@ default = true
         .find(|l| l.contains("black-hole"))
         .unwrap_or_else(|| panic!("no black-hole line:\n{filters}"));
     assert!(hole.contains("127.0.0.77/32"), "{filters}");
+    // unblock takes it off again; move puts a prefix in a class.
+    rctl(&socket, &["unblock", "127.0.0.77"]).unwrap();
+    rctl(&socket, &["move", "127.0.0.9/32", "premium"]).unwrap();
+    let filters = rctl(&socket, &["filters"]).unwrap();
+    let line = |name: &str| {
+        filters
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} line:\n{filters}"))
+            .to_string()
+    };
+    assert!(!line("black-hole").contains("127.0.0.77/32"), "{filters}");
+    assert!(line("premium").contains("127.0.0.9/32"), "{filters}");
+    // metrics: the Prometheus text; reload: refused, as this server has no file.
+    let metrics = rctl(&socket, &["metrics"]).unwrap();
+    assert!(
+        metrics.contains("rescon_subtree_requests_total{container=\"/\"}"),
+        "{metrics}"
+    );
+    let err = rctl(&socket, &["reload"]).unwrap_err();
+    assert!(err.contains("no file to reload"), "{err}");
 
     // The same API over loopback TCP, with the bearer token and without.
     let url = format!("http://127.0.0.1:{port}");

@@ -217,10 +217,13 @@ fn scrape_text(s: &Server) -> String {
     body.to_string()
 }
 
+/// A sample's labels and value.
+type Sample = (BTreeMap<String, String>, f64);
+
 /// A scrape, parsed: family types and samples by name, then by their labels.
 struct Scrape {
     types: BTreeMap<String, String>,
-    samples: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    samples: BTreeMap<String, Vec<Sample>>,
 }
 
 impl Scrape {

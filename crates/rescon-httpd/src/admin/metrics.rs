@@ -194,11 +194,20 @@ pub struct Ledger {
     charged: HashMap<String, [u64; N]>,
 }
 
+/// A declared container's own counters and gauges.
+type Row = ([u64; N], [u64; GAUGES.len()]);
+
+/// Requests' cells by (vhost, class).
+type Cells = HashMap<(Arc<str>, Arc<str>), Arc<RequestCell>>;
+
+/// A thread's last cell looked up: (vhost, class, the stats' address, the cell).
+type LastCell = Option<(Arc<str>, Arc<str>, usize, Arc<RequestCell>)>;
+
 /// One scrape's view of the declared containers: own counters (from the ledger) and gauges.
 #[derive(Debug, Default)]
 pub struct Scrape {
     /// Declared path to (own counters, own gauges), in path order.
-    rows: BTreeMap<String, ([u64; N], [u64; 4])>,
+    rows: BTreeMap<String, Row>,
 }
 
 impl Ledger {
@@ -229,8 +238,8 @@ impl Ledger {
             while let Some(p) = up {
                 if is_live.contains_key(&p) {
                     let a = already.entry(p).or_insert([0; N]);
-                    for i in 0..N {
-                        a[i] += s.own[i];
+                    for (x, o) in a.iter_mut().zip(s.own) {
+                        *x += o;
                     }
                     break;
                 }
@@ -288,7 +297,7 @@ fn under(p: &str, parent: &str) -> bool {
 impl Scrape {
     /// Writes the container families: own and subtree, counters and gauges.
     pub fn render(&self, out: &mut String) {
-        let subtree = |f: &dyn Fn(&([u64; N], [u64; 4])) -> u64, p: &str| -> u64 {
+        let subtree = |f: &dyn Fn(&Row) -> u64, p: &str| -> u64 {
             self.rows
                 .iter()
                 .filter(|(q, _)| under(q, p))
@@ -396,13 +405,13 @@ pub static NO_VHOST: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(||
 /// The requests' histograms and status counts by (vhost, class), for the life of the server.
 #[derive(Debug, Default)]
 pub struct HttpStats {
-    cells: RwLock<HashMap<(Arc<str>, Arc<str>), Arc<RequestCell>>>,
+    cells: RwLock<Cells>,
 }
 
 thread_local! {
     /// The last cell this thread looked up: a connection's requests go to the same one. The
     /// key's `Arc`s are kept, so their addresses cannot be reused for other names meanwhile.
-    static LAST: std::cell::RefCell<Option<(Arc<str>, Arc<str>, usize, Arc<RequestCell>)>> =
+    static LAST: std::cell::RefCell<LastCell> =
         const { std::cell::RefCell::new(None) };
 }
 
