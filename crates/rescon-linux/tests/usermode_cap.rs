@@ -62,7 +62,9 @@ fn share_over(root: i32, wall: Duration) -> f64 {
 #[test]
 fn a_busy_process_group_is_held_near_its_cap() {
     let registry = Registry::new();
-    let cgi = container(&registry, &[("cpu_limit", "25%")]);
+    // A cap well below what a busy loop gets even on a loaded machine (a CI runner with every
+    // core taken still gives it more than 5%), so that the limiter must act whatever the load.
+    let cgi = container(&registry, &[("cpu_limit", "5%")]);
     let limiter = Limiter::start(&registry, Config::default()).unwrap();
     let mut child = Command::without_cgroups(&cgi, "/bin/sh")
         .args(["-c", BUSY])
@@ -80,15 +82,15 @@ fn a_busy_process_group_is_held_near_its_cap() {
     std::thread::sleep(Duration::from_millis(300));
     let share = share_over(pid, Duration::from_secs(2));
     eprintln!(
-        "capped at 25%: got {share:.3} of a CPU; {:?}",
+        "capped at 5%: got {share:.3} of a CPU; {:?}",
         limiter.stats()
     );
     // Loose: the controller's accuracy is tested deterministically; here, that it holds.
     assert!(
-        share < 0.4,
-        "a busy loop capped at 25% got {share:.3} of a CPU"
+        share < 0.15,
+        "a busy loop capped at 5% got {share:.3} of a CPU"
     );
-    assert!(share > 0.02, "the capped process hardly ran: {share:.3}");
+    assert!(share > 0.005, "the capped process hardly ran: {share:.3}");
     // The limiter refuses to cap what holds itself.
     let own_group = stat(std::process::id() as i32).unwrap().pgrp;
     assert!(limiter.cap(Target::ProcessGroup(own_group), &cgi).is_err());
@@ -96,7 +98,11 @@ fn a_busy_process_group_is_held_near_its_cap() {
         limiter.cap(Target::Tree(1), &cgi).is_err(),
         "init's tree holds us"
     );
-    assert!(limiter.stats().stops > 0);
+    assert!(
+        limiter.stats().stops > 0,
+        "the limiter never stopped a busy loop capped at 5%: {:?}",
+        limiter.stats()
+    );
     assert!(cgi.usage().throttled_ns > 0, "stopped time is reported");
 
     // The cap ends with its guard: the process is continued and runs free.
