@@ -225,7 +225,8 @@ pub fn run(args: Args) -> Result<()> {
          - every server has 1 worker (process or thread); windows of {:.1} s after {:.1} s of warm-up\n\
          - servers: rescon-httpd with containers; the same binary with `--no-containers` (one \
          container, no classes, no cgroups); {}; hyper 1 on tokio (current-thread) serving the \
-         1 KB body from memory\n\
+         1 KB body from memory with the headers a file server sends (type, length, validators, \
+         `Accept-Ranges`, date), as rescon-httpd and nginx do\n\
          - run as {}\n",
         if args.quick { " --quick" } else { "" },
         m["cpu"].as_str().unwrap_or("?"),
