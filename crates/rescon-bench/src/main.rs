@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod flood;
 mod load;
+mod memory;
 mod paper;
 mod primitives;
 mod primitives_kernel;
@@ -65,6 +66,9 @@ enum Command {
     Paper(paper::Args),
     /// HTTP load from loopback clients, closed or open loop, with latency percentiles.
     Load(load::Args),
+    /// Resident memory per idle connection (kept alive after a request, and never sent a
+    /// byte) in rescon-httpd, nginx and hyper on tokio, and per container in the model.
+    Memory(memory::Args),
     /// rescon-httpd itself, for `paper` (the same code as the rescon-httpd binary).
     #[command(hide = true)]
     Httpd {
@@ -80,7 +84,11 @@ enum Command {
     },
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
-    HyperBaseline,
+    HyperBaseline {
+        /// hyper's wait for a request head, seconds (default: hyper's own, 30 s).
+        #[arg(long)]
+        header_timeout: Option<u64>,
+    },
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -99,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::Uring(a) => uring::run(a),
         Command::Paper(a) => paper::run(a),
         Command::Load(a) => load::run(a),
+        Command::Memory(a) => memory::run(a),
         Command::Httpd {
             config,
             workers,
@@ -117,7 +126,9 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::HyperBaseline => paper::hyper_baseline(),
+        Command::HyperBaseline { header_timeout } => {
+            paper::hyper_baseline(header_timeout.map(std::time::Duration::from_secs))
+        }
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }
