@@ -46,6 +46,11 @@ pub struct Args {
     /// Only these servers: rescon, rescon_off, nginx, hyper_tokio (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Internal: measure one in-process figure (`containers` or `tasks`) in this process and
+    /// print it. Each runs in a process of its own, since memory freed by one measurement
+    /// stays resident in the allocator and would hide the next one's.
+    #[arg(long, hide = true)]
+    probe: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +75,18 @@ const SPARE_FDS: u64 = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn run(args: Args) -> Result<()> {
+    match args.probe.as_deref() {
+        Some("containers") => {
+            println!("{}", container_bytes(args.containers)?);
+            return Ok(());
+        }
+        Some("tasks") => {
+            println!("{}", container_with_task_bytes(args.containers)?);
+            return Ok(());
+        }
+        Some(other) => bail!("unknown probe {other:?}"),
+        None => {}
+    }
     let n = fit_to_rlimit(args.conns)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -123,8 +140,8 @@ pub fn run(args: Args) -> Result<()> {
             rows.push((kind, case, m));
         }
     }
-    let model = container_bytes(args.containers)?;
-    let with_task = container_with_task_bytes(args.containers.min(50_000))?;
+    let model = probe("containers", args.containers)?;
+    let with_task = probe("tasks", args.containers)?;
 
     if args.json {
         let servers: Vec<_> = rows
@@ -379,6 +396,23 @@ fn settled_rss(pid: u32) -> Result<u64> {
         }
         last = now;
     }
+}
+
+/// Runs `--probe what` in a child process of this program and returns its figure.
+fn probe(what: &str, containers: usize) -> Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["memory", "--probe", what, "--containers"])
+        .arg(containers.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the {what} probe"))?;
+    if !out.status.success() {
+        bail!("the {what} probe failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("the {what} probe's output"))
 }
 
 /// Resident bytes per container of `m` children of one container, kept by their handles.

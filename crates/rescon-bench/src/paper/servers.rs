@@ -227,7 +227,10 @@ container = "sites/c/cgi"
 
     fn nginx_config(&self, port: u16) -> String {
         let d = self.dir.display();
-        let conns = self.max_conns.max(8192);
+        // nginx closes idle kept-alive connections once fewer than a sixteenth of its
+        // connections are free ("worker_connections are not enough, reusing connections"):
+        // room for an eighth more than the run holds.
+        let conns = (self.max_conns + self.max_conns / 8 + 512).max(8192);
         let files = conns + 256;
         let (keepalive, header) = match self.idle_timeout {
             Some(t) => (t.as_secs(), t.as_secs()),
