@@ -16,6 +16,7 @@ mod load;
 mod memory;
 mod paper;
 mod primitives;
+mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
 mod sim;
@@ -89,6 +90,10 @@ enum Command {
         #[arg(long)]
         header_timeout: Option<u64>,
     },
+    /// The other process of `primitives`' handle measurements (orders on stdout, handles on
+    /// stdin).
+    #[command(hide = true)]
+    HandlePeer,
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Command::HyperBaseline { header_timeout } => {
             paper::hyper_baseline(header_timeout.map(std::time::Duration::from_secs))
         }
+        Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }
