@@ -243,7 +243,7 @@ fn closed_by_server(c: &mut TcpStream) -> Duration {
 
 #[test]
 fn a_woken_connection_serves_pipelined_and_split_requests() {
-    let s = start("header = \"2s\"\nkeep_alive = \"10s\"");
+    let s = start("header = \"2s\"\nkeep_alive = \"10s\"\npark = \"0s\"");
     let mut c = connect_from("127.0.0.1", s.addr);
     c.write_all(GET).unwrap();
     file_ok(&mut c);
@@ -297,7 +297,7 @@ fn a_woken_connection_serves_pipelined_and_split_requests() {
 
 #[test]
 fn a_parked_connection_has_no_container_and_its_usage_is_kept() {
-    let s = start("header = \"2s\"\nkeep_alive = \"10s\"");
+    let s = start("header = \"2s\"\nkeep_alive = \"10s\"\npark = \"0s\"");
     // A silent connection (no byte sent yet) has no container either.
     let _silent = connect_from("127.0.0.1", s.addr);
     let mut c = connect_from("127.0.0.1", s.addr);
@@ -342,7 +342,7 @@ fn a_parked_connection_has_no_container_and_its_usage_is_kept() {
 
 #[test]
 fn a_client_closing_while_parked_ends_its_connection() {
-    let s = start("header = \"2s\"\nkeep_alive = \"10s\"");
+    let s = start("header = \"2s\"\nkeep_alive = \"10s\"\npark = \"0s\"");
     // 127.0.0.3's class holds one connection: a second is refused while the first lives.
     let mut c = connect_from("127.0.0.3", s.addr);
     c.write_all(GET).unwrap();
@@ -376,7 +376,7 @@ fn a_client_closing_while_parked_ends_its_connection() {
 
 #[test]
 fn parked_connections_keep_their_timeouts() {
-    let s = start("header = \"1s\"\nkeep_alive = \"2s\"");
+    let s = start("header = \"1s\"\nkeep_alive = \"2s\"\npark = \"0s\"");
     // Quiet after a response: closed once keep_alive has passed since the response, not
     // before, though the connection parked at once.
     let mut c = connect_from("127.0.0.1", s.addr);
@@ -416,8 +416,9 @@ fn parked_connections_keep_their_timeouts() {
 }
 
 #[test]
-fn with_a_park_time_a_connection_parks_after_that_much_quiet() {
-    let s = start("header = \"2s\"\nkeep_alive = \"10s\"\npark = \"1s\"");
+fn a_connection_parks_after_a_second_of_quiet_by_default() {
+    // timeouts.park is 1 s unless set.
+    let s = start("header = \"2s\"\nkeep_alive = \"10s\"");
     let mut c = connect_from("127.0.0.1", s.addr);
     c.write_all(GET).unwrap();
     file_ok(&mut c);
@@ -436,7 +437,7 @@ fn with_a_park_time_a_connection_parks_after_that_much_quiet() {
 
 #[test]
 fn a_graceful_stop_closes_parked_connections_at_once() {
-    let s = start("header = \"30s\"\nkeep_alive = \"30s\"");
+    let s = start("header = \"30s\"\nkeep_alive = \"30s\"\npark = \"0s\"");
     let mut kept = connect_from("127.0.0.1", s.addr);
     kept.write_all(GET).unwrap();
     file_ok(&mut kept);

@@ -9,8 +9,8 @@
 //! class's container or where placement moved it); each request goes to
 //! [`request::serve`](super::request::serve).
 //!
-//! Once a response is done and the connection has stayed quiet for `timeouts.park` (nothing
-//! read since, no request under way, nothing left to send), it *parks*: hyper is stopped
+//! Once a response is done and the connection has stayed quiet for `timeouts.park` (1 s by
+//! default; nothing read since, no request under way, nothing left to send), it *parks*: hyper is stopped
 //! between requests (`graceful_shutdown` closes an idle HTTP/1 connection at once, and
 //! `without_shutdown` gives back the socket and any bytes hyper read but did not parse), its
 //! container is let go (its usage folds into its parent's, so nothing charged is lost), and
@@ -23,6 +23,14 @@
 //! wake-up that finds nothing to read (a new socket is taken as readable until a read says
 //! otherwise, and an event may be one a read already consumed) parks again at once: that hyper
 //! has read nothing and begun nothing, so it is dropped as it is.
+//!
+//! Why not park at once after every response, as nginx frees its buffers: waking costs a new
+//! hyper connection (its buffers are allocated again) and a new container, and a client that
+//! sends its next request as soon as it has the response would pay that on every request
+//! (`rescon-bench paper --quick --only 1`, keep-alive: about 30% fewer requests per second
+//! with `park = "0s"`). A second of quiet costs a busy client nothing and an idle one a
+//! second of its old footprint. A connection that has not been answered yet has no such
+//! client to wait for: it parks at once, whatever `timeouts.park` says.
 //!
 //! What parking keeps exact: the timeouts (a parked connection waits until the deadline it had:
 //! `keep_alive` after the response's end, or for a first request `header` after the
