@@ -5,8 +5,9 @@
 //! tokio; one worker each, pinned to the last CPU as in `paper`) and each case, a fresh
 //! server is started and warmed up (a few connections and requests, then closed); the run
 //! reads its resident set (`/proc/PID/statm`), opens N connections from loopback, waits
-//! until the server holds them all (its descriptors in `/proc/PID/fd`) and its resident set
-//! has settled, and reads it again: the difference over N is the figure. The cases:
+//! until the server holds them all (its descriptors in `/proc/PID/fd`), leaves them alone
+//! for 2 s (rescon-httpd parks a kept-alive connection after a second of quiet) and until its
+//! resident set has settled, and reads it again: the difference over N is the figure. The cases:
 //! - `keepalive`: each connection sends one request for the 1 KB file, reads the whole
 //!   response, and stays open;
 //! - `silent`: each connection is opened and never sends a byte.
@@ -71,6 +72,9 @@ impl Case {
 /// Descriptors the run keeps for itself beyond the connections (and each server beyond its
 /// connections: listeners, epoll, logs, the admin socket).
 const SPARE_FDS: u64 = 256;
+/// How long the run leaves the connections alone before it reads the resident set: more than
+/// rescon-httpd's default `timeouts.park`.
+const PARK_WAIT: Duration = Duration::from_secs(2);
 /// How long every server lets a connection wait for a request during the run.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -275,6 +279,9 @@ fn measure(
     if held == 0 {
         bail!("the server holds none of the connections");
     }
+    // Idle means idle for a while: rescon-httpd parks a kept-alive connection after
+    // `timeouts.park` (1 s) of quiet, so the last ones answered are given that and more.
+    std::thread::sleep(PARK_WAIT);
     let rss1 = settled_rss(pid)?;
 
     // The connections still work: one in a hundred asks for the file.
