@@ -175,6 +175,9 @@ pub(crate) struct ServeConn<S>(Phase<S>);
 /// What a boxed busy connection gives back: the record to park, or `None` when it ended.
 type Busy<S> = Pin<Box<dyn Future<Output = Option<Parked<S>>> + Send>>;
 
+// The parked record is inline on purpose: a parked connection is this future and nothing
+// else on the heap (the busy state, which is large and short-lived, is the one boxed).
+#[allow(clippy::large_enum_variant)]
 enum Phase<S> {
     Parked(Parked<S>),
     Busy(Busy<S>),
