@@ -19,6 +19,12 @@
 //! figures are of connections that still work. For nginx the worker process is measured (the
 //! master only starts it).
 //!
+//! What a server frees is not always given back to the system at once: mimalloc (rescon-httpd's
+//! allocator) purges freed pages lazily, on the thread's later allocations, so a server that
+//! went idle right after its connections parked still holds what they used while busy. To see
+//! the parked connections' own footprint, run with `MIMALLOC_PURGE_DELAY=0` in the environment
+//! (the servers inherit it).
+//!
 //! The container figure is measured in this process: the resident growth of making
 //! `--containers` children of one container, kept by their handles, over their number (the
 //! node, its usage counters and attributes, its name and its slot in the registry's
