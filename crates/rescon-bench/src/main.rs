@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod flood;
 mod load;
+mod memory;
 mod paper;
 mod primitives;
 mod primitives_handle;
@@ -66,6 +67,9 @@ enum Command {
     Paper(paper::Args),
     /// HTTP load from loopback clients, closed or open loop, with latency percentiles.
     Load(load::Args),
+    /// Resident memory per idle connection (kept alive after a request, and never sent a
+    /// byte) in rescon-httpd, nginx and hyper on tokio, and per container in the model.
+    Memory(memory::Args),
     /// rescon-httpd itself, for `paper` (the same code as the rescon-httpd binary).
     #[command(hide = true)]
     Httpd {
@@ -81,7 +85,11 @@ enum Command {
     },
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
-    HyperBaseline,
+    HyperBaseline {
+        /// hyper's wait for a request head, seconds (default: hyper's own, 30 s).
+        #[arg(long)]
+        header_timeout: Option<u64>,
+    },
     /// The other process of `primitives`' handle measurements (orders on stdout, handles on
     /// stdin).
     #[command(hide = true)]
@@ -104,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Uring(a) => uring::run(a),
         Command::Paper(a) => paper::run(a),
         Command::Load(a) => load::run(a),
+        Command::Memory(a) => memory::run(a),
         Command::Httpd {
             config,
             workers,
@@ -122,7 +131,9 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::HyperBaseline => paper::hyper_baseline(),
+        Command::HyperBaseline { header_timeout } => {
+            paper::hyper_baseline(header_timeout.map(std::time::Duration::from_secs))
+        }
         Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }

@@ -7,7 +7,7 @@
 //! server as in the paper's uniprocessor); with one CPU they share it. The report states the
 //! placement, the machine and the durations.
 
-mod servers;
+pub(crate) mod servers;
 
 use anyhow::{Context, Result, bail};
 use rescon_bench::httpload::{self, Group, Mode, Plan};

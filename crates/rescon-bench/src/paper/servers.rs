@@ -55,6 +55,11 @@ pub struct Site {
     /// script, the primitives and the SYN-flood experiment). The copy, not the built file, so
     /// a `cargo build` during the run (which replaces the built file) cannot break it.
     pub exe: PathBuf,
+    /// How long every server lets a connection wait for a request (its head, or the next one
+    /// on a kept-alive connection) before closing it; `None`: each server's own default.
+    pub idle_timeout: Option<Duration>,
+    /// Connections each server must be able to hold at once.
+    pub max_conns: usize,
 }
 
 /// The 1 KB file's path on every server.
@@ -99,6 +104,8 @@ impl Site {
             dir: dir.to_path_buf(),
             cgi_ms,
             exe,
+            idle_timeout: None,
+            max_conns: 8192,
         })
     }
 
@@ -107,6 +114,10 @@ impl Site {
     /// a.test, b.test, c.test with fixed shares 50/30/20 of what the sites get, CGI included.
     pub fn rescon_config(&self) -> String {
         let d = self.dir.display();
+        let idle = match self.idle_timeout {
+            Some(t) => format!("header = \"{0}s\"\nkeep_alive = \"{0}s\"\n", t.as_secs()),
+            None => String::new(),
+        };
         format!(
             r#"# Written by rescon-bench paper.
 [server]
@@ -115,7 +126,7 @@ access_log = "off"
 
 [timeouts]
 cgi = "120s"
-
+{idle}
 [admin]
 socket = "{d}/admin.sock"
 
@@ -217,21 +228,32 @@ container = "sites/c/cgi"
 
     fn nginx_config(&self, port: u16) -> String {
         let d = self.dir.display();
+        // nginx closes idle kept-alive connections once fewer than a sixteenth of its
+        // connections are free ("worker_connections are not enough, reusing connections"):
+        // room for an eighth more than the run holds.
+        let conns = (self.max_conns + self.max_conns / 8 + 512).max(8192);
+        let files = conns + 256;
+        let (keepalive, header) = match self.idle_timeout {
+            Some(t) => (t.as_secs(), t.as_secs()),
+            None => (60, 60),
+        };
         format!(
             r#"# Written by rescon-bench paper: one worker, access log off, sendfile and an open-file
 # cache (nginx at its best on a 1 KB file).
 worker_processes 1;
+worker_rlimit_nofile {files};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
+events {{ worker_connections {conns}; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
     open_file_cache max=1000;
     keepalive_requests 1000000;
-    keepalive_timeout 60s;
+    keepalive_timeout {keepalive}s;
+    client_header_timeout {header}s;
     client_body_temp_path {d}/nginx-body;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -360,9 +382,11 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
         }
         Kind::HyperTokio => {
             let mut cmd = Command::new(exe);
-            cmd.arg("hyper-baseline")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
+            cmd.arg("hyper-baseline");
+            if let Some(t) = site.idle_timeout {
+                cmd.arg("--header-timeout").arg(t.as_secs().to_string());
+            }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
             let addr = read_address(&mut child, "the hyper baseline")?;
@@ -465,13 +489,13 @@ impl Running {
     }
 }
 
-struct ProcStat {
-    ppid: u32,
+pub(crate) struct ProcStat {
+    pub(crate) ppid: u32,
     cutime: u64,
     cstime: u64,
 }
 
-fn proc_stat(pid: u32) -> Result<ProcStat> {
+pub(crate) fn proc_stat(pid: u32) -> Result<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: the fields start after the last ')'.
     let rest = &text[text.rfind(')').context("bad /proc stat")? + 2..];
@@ -495,13 +519,14 @@ fn clock_ticks() -> u64 {
 }
 
 /// The hidden `hyper-baseline` subcommand: hyper 1 on a tokio current-thread runtime serving
-/// the 1 KB body from memory on a free loopback port, until killed.
+/// the 1 KB body from memory on a free loopback port, until killed. `header_timeout` replaces
+/// hyper's own (30 s) wait for a request head, on a new connection and between requests.
 ///
 /// It sends the response a static file server sends for that file (rescon-httpd and nginx
 /// both do): the validators, the type and `Accept-Ranges` beside the length and date hyper
 /// adds, made once at start. Without them the peer would answer a different, smaller response
 /// (two headers instead of six) and the keep-alive ratio would compare two operations.
-pub fn hyper_baseline() -> Result<()> {
+pub fn hyper_baseline(header_timeout: Option<Duration>) -> Result<()> {
     use hyper::body::Bytes;
     use hyper::header::{self, HeaderValue};
     let body = Bytes::from(vec![b'x'; 1024]);
@@ -540,8 +565,12 @@ pub fn hyper_baseline() -> Result<()> {
                     }
                     async move { Ok::<_, std::convert::Infallible>(res) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new());
+                if let Some(t) = header_timeout {
+                    b.header_read_timeout(t);
+                }
+                let _ = b
                     .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
                     .await;
             });

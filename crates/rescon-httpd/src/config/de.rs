@@ -174,6 +174,7 @@ pub(crate) struct TimeoutsDe {
     pub(crate) header: S<Scalar>,
     pub(crate) body: S<Scalar>,
     pub(crate) keep_alive: S<Scalar>,
+    pub(crate) park: S<Scalar>,
     pub(crate) send: S<Scalar>,
     pub(crate) shutdown: S<Scalar>,
     pub(crate) cgi: S<Scalar>,

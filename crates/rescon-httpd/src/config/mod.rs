@@ -129,6 +129,11 @@ pub struct Timeouts {
     pub body: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keep_alive: Duration,
+    /// A kept-alive connection quiet this long after a response parks: its buffers, protocol
+    /// state and container are let go until it becomes readable (zero: at once). Waking costs
+    /// a new hyper connection and container, too much to pay between the requests of a busy
+    /// client; a connection that has not been answered yet parks at once whatever this is.
+    pub park: Duration,
     /// A response the client does not take: the connection is closed when a write has
     /// waited this long for room (nginx's `send_timeout`).
     pub send: Duration,
@@ -144,6 +149,7 @@ impl Default for Timeouts {
             header: Duration::from_secs(10),
             body: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            park: Duration::from_secs(1),
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
             cgi: Duration::from_secs(30),
@@ -555,6 +561,29 @@ impl Loader<'_, '_> {
         }
     }
 
+    /// A duration that may be zero.
+    fn duration_or_zero(
+        &mut self,
+        v: &Option<Spanned<Scalar>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        let text = v.get_ref().text();
+        match rescon::attr::parse_duration(&text) {
+            Some(d) => d,
+            None => {
+                self.err(
+                    span(v),
+                    key,
+                    format!("invalid duration {text:?}"),
+                    Some("a duration such as 0s, 500ms or 2s (a bare number is seconds)"),
+                );
+                default
+            }
+        }
+    }
+
     fn bytes(&mut self, v: &Option<Spanned<Scalar>>, key: &str, default: u64) -> u64 {
         let Some(v) = v else { return default };
         let text = v.get_ref().text();
@@ -589,6 +618,11 @@ impl Loader<'_, '_> {
                 &raw.timeouts.keep_alive,
                 "timeouts.keep_alive",
                 Timeouts::default().keep_alive,
+            ),
+            park: self.duration_or_zero(
+                &raw.timeouts.park,
+                "timeouts.park",
+                Timeouts::default().park,
             ),
             send: self.duration(
                 &raw.timeouts.send,

@@ -68,6 +68,7 @@ pub(super) fn render(c: &Config) -> String {
     let _ = writeln!(o, "header = {}", q(&dur(t.header)));
     let _ = writeln!(o, "body = {}", q(&dur(t.body)));
     let _ = writeln!(o, "keep_alive = {}", q(&dur(t.keep_alive)));
+    let _ = writeln!(o, "park = {}", q(&dur(t.park)));
     let _ = writeln!(o, "send = {}", q(&dur(t.send)));
     let _ = writeln!(o, "shutdown = {}", q(&dur(t.shutdown)));
     let _ = writeln!(o, "cgi = {}", q(&dur(t.cgi)));

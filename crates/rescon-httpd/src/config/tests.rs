@@ -539,3 +539,15 @@ fn edge_interfaces_parse_and_are_checked() {
     let d = one(&listener("", "edge = [\"eth0\", \"eth0\"]"));
     assert_eq!(d.key, "listener[0].edge[1]");
 }
+
+#[test]
+fn park_is_a_duration_that_may_be_zero() {
+    let c = Config::parse("t.toml", "").unwrap();
+    assert_eq!(c.timeouts.park, Duration::from_secs(1));
+    let c = Config::parse("t.toml", "[timeouts]\npark = \"250ms\"\n").unwrap();
+    assert_eq!(c.timeouts.park, Duration::from_millis(250));
+    let c = Config::parse("t.toml", "[timeouts]\npark = \"0s\"\n").unwrap();
+    assert_eq!(c.timeouts.park, Duration::ZERO);
+    let d = one("[timeouts]\npark = \"soon\"\n");
+    assert_eq!(d.key, "timeouts.park", "{d}");
+}

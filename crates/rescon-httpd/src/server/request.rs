@@ -43,8 +43,11 @@ pub(crate) struct ConnCtx {
     pub(crate) local: SocketAddr,
     /// The client class it was accepted in.
     pub(crate) class: Arc<str>,
-    /// The connection's container, which its task runs in.
+    /// The connection's container, which its task runs in while it is busy.
     pub(crate) me: Container,
+    /// The container `me` is under (where placement last moved it): the connection is
+    /// charged to it while parked, and its next container is made under it.
+    pub(crate) home: RefCell<Container>,
     /// The site snapshot of the last request, brought up to date by each new one.
     pub(crate) site: RefCell<Arc<Site>>,
     /// Where the connection's container was last placed.
@@ -79,7 +82,7 @@ impl Future for Reply {
 /// Serves one request of connection `conn`.
 pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
     let shared = &conn.shared;
-    let done = ReqDone::begin(&conn.state);
+    let done = ReqDone::begin(&conn.state, !hyper::body::Body::is_end_stream(req.body()));
     // What the access log needs, taken before the request is consumed; nothing without a log.
     let log = shared.log.is_on().then(|| RequestLog {
         out: shared.log.clone(),
@@ -208,7 +211,10 @@ fn place_static(conn: &ConnCtx, site: &Site, vhost: &Vhost) -> Option<Container>
     }
     if !conn.placed.get().is(site.generation, vhost.index) {
         conn.placed.set(Placed::at(site.generation, vhost.index));
-        placement::move_connection(&shared.root, &conn.me, vhost.work_container(&conn.class));
+        let target = vhost.work_container(&conn.class);
+        if placement::move_connection(&shared.root, &conn.me, target) {
+            *conn.home.borrow_mut() = target.clone();
+        }
     }
     None
 }
