@@ -14,6 +14,17 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+/// Kills a busy child's whole process group when dropped, so that a failing assertion does not
+/// leave busy loops running (stopped or not) after the test.
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; the group is the child's own (it leads it).
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
 fn container(registry: &Registry, pairs: &[(&str, &str)]) -> Container {
     let mut a = Attributes::default();
     for (k, v) in pairs {
@@ -72,6 +83,7 @@ fn a_busy_process_group_is_held_near_its_cap() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    let _kill = KillGroup(pid);
     assert_eq!(
         stat(pid).unwrap().pgrp,
         pid,
@@ -134,6 +146,7 @@ fn a_process_tree_shares_one_cap() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    let _kill = KillGroup(pid);
     let _capped = limiter.cap(Target::Tree(pid), &cgi).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let share = share_over(pid, Duration::from_secs(2));
