@@ -118,27 +118,29 @@
 
 pub mod blocking;
 mod clock;
-mod context;
+mod driver;
 #[cfg(feature = "hyper")]
 mod hyper;
 pub mod io;
 pub mod prio;
 mod runtime;
+mod scheduler;
+mod spawn;
 mod sys;
 mod task;
 pub mod time;
-mod worker;
 
 pub use blocking::{BlockingPool, BlockingPoolBuilder};
 pub use clock::Clock;
-pub use context::{
-    EnterGuard, WithContainer, bind, current, spawn, spawn_blocking_in, spawn_in, try_current,
-    with_container,
-};
 #[cfg(feature = "hyper")]
 pub use hyper::{HyperExecutor, HyperTimer};
 pub use io::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 pub use prio::{IdlePriority, ThreadPriority};
 pub use runtime::{BuildError, Builder, Handle, IoPolls, Runtime};
+pub use scheduler::context::EnterGuard;
+pub use scheduler::policy::PolicyEnv;
+pub use spawn::{
+    WithContainer, bind, current, spawn, spawn_blocking_in, spawn_in, try_current, with_container,
+};
 pub use task::{JoinError, JoinHandle, YieldNow, yield_now};
 pub use time::{Elapsed, Interval, Sleep, interval, sleep, sleep_until, timeout};

@@ -212,7 +212,11 @@ impl IdleLowering {
     }
 
     /// Lowers if the served containers' fresh classes are all idle; raises if some is not.
-    pub(crate) fn confirm_lower(&mut self, fresh_mask: u8, shared: &crate::worker::WorkerShared) {
+    pub(crate) fn confirm_lower(
+        &mut self,
+        fresh_mask: u8,
+        lowered: &std::sync::atomic::AtomicBool,
+    ) {
         if fresh_mask != 0 && fresh_mask != IDLE_MASK {
             self.idle_windows = 0;
             if self.lowered {
@@ -221,9 +225,7 @@ impl IdleLowering {
         } else if !self.lowered && fresh_mask == IDLE_MASK {
             self.lower();
         }
-        shared
-            .lowered
-            .store(self.lowered, std::sync::atomic::Ordering::Relaxed);
+        lowered.store(self.lowered, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lower(&mut self) {

@@ -1,0 +1,426 @@
+//! Run queues over a policy: one queue of runnable tasks per container (a *slot*), and the
+//! policy that says whose queue runs next. A worker has one; so has the blocking pool.
+//!
+//! # Invariants
+//!
+//! - A slot exists while a task is bound to it, its queue is non-empty, or it waits in the
+//!   reclaim list; [`reclaim`](RunQueues::reclaim) releases it (detaches its policy key and
+//!   drops its `Container` handle) once none of that holds.
+//! - A slot is runnable for the policy while its queue is non-empty, and also while it
+//!   *lingers*: a burst emptied its queue while a task is still bound to it (see the worker).
+//! - A slot's key in the policy is its index here, so a task's metadata holds one number for
+//!   both.
+
+use super::policy::AnyPolicy;
+use crate::task::Runnable;
+use rescon::sched::balance::Offer;
+use rescon::sched::{Key, Pick, Standing};
+use rescon::{Container, ContainerId};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+
+/// One container's place: its queue of runnable tasks (each with the time it was queued).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) container: Container,
+    pub(crate) key: Key,
+    pub(crate) queue: VecDeque<(Runnable, u64)>,
+    /// Tasks bound to it.
+    pub(crate) bound: u32,
+    /// Whether the policy has it runnable.
+    pub(crate) runnable: bool,
+    /// Runnable for the policy with an empty queue (see the module docs).
+    pub(crate) lingering: bool,
+    /// Effective scheduling class (the lowest on its path), for idle lowering.
+    pub(crate) class: u8,
+    in_reclaim: bool,
+    dirty: bool,
+    /// In [`RunQueues::queued`].
+    listed: bool,
+    /// Polls and wait time not yet added to the container's usage.
+    pub(crate) polls: u64,
+    pub(crate) wait_ns: u64,
+    /// The longest a task of it waited, of those that ran since the last offer.
+    pub(crate) max_wait: u64,
+    /// When its queue last became non-empty.
+    backlog_since: u64,
+}
+
+/// A worker's (or the blocking pool's) run queues: see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct RunQueues {
+    pub(crate) policy: AnyPolicy,
+    slots: Vec<Option<Slot>>,
+    by_id: FxHashMap<ContainerId, u32>,
+    reclaim: Vec<u32>,
+    dirty: Vec<u32>,
+    /// Slots whose queue became non-empty since the last [`offers`](RunQueues::offers) (some
+    /// may have emptied since).
+    queued: Vec<u32>,
+}
+
+impl RunQueues {
+    pub(crate) fn new(policy: AnyPolicy) -> RunQueues {
+        RunQueues {
+            policy,
+            slots: Vec::new(),
+            by_id: FxHashMap::default(),
+            reclaim: Vec::new(),
+            dirty: Vec::new(),
+            queued: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn slot(&mut self, k: u32) -> &mut Slot {
+        self.slots[k as usize].as_mut().expect("live slot")
+    }
+
+    /// The slot of a container, if it has one.
+    pub(crate) fn find(&self, id: ContainerId) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// The slot of a container, made (and attached to the policy) if needed; `moved` if the
+    /// work comes from another worker ([`Policy::attach_moved`](rescon::sched::Policy)).
+    /// `class` gives the slot's effective class, when one is made.
+    pub(crate) fn slot_for(
+        &mut self,
+        c: &Container,
+        moved: bool,
+        class: impl FnOnce() -> u8,
+    ) -> u32 {
+        if let Some(&k) = self.by_id.get(&c.id()) {
+            return k;
+        }
+        let key = if moved {
+            self.policy.attach_moved(c)
+        } else {
+            self.policy.attach(c)
+        };
+        let k = key.index() as u32;
+        if self.slots.len() <= k as usize {
+            self.slots.resize_with(k as usize + 1, || None);
+        }
+        self.slots[k as usize] = Some(Slot {
+            container: c.unprivileged(),
+            key,
+            queue: VecDeque::new(),
+            bound: 0,
+            runnable: false,
+            lingering: false,
+            class: class(),
+            in_reclaim: false,
+            dirty: false,
+            listed: false,
+            polls: 0,
+            wait_ns: 0,
+            max_wait: 0,
+            backlog_since: 0,
+        });
+        self.by_id.insert(c.id(), k);
+        k
+    }
+
+    /// Queues a runnable task at `now`; returns its slot's class if the slot became runnable
+    /// (from idle, or from lingering: runnable for the policy already, but with nothing to
+    /// run).
+    #[inline]
+    pub(crate) fn push(&mut self, k: u32, r: Runnable, now: u64) -> Option<u8> {
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        if s.queue.is_empty() {
+            s.backlog_since = now;
+            if !s.listed {
+                s.listed = true;
+                self.queued.push(k);
+            }
+        }
+        s.queue.push_back((r, now));
+        if s.runnable {
+            if !s.lingering {
+                return None;
+            }
+            s.lingering = false;
+            return Some(s.class);
+        }
+        s.runnable = true;
+        let (key, class) = (s.key, s.class);
+        self.policy.set_runnable(key, true);
+        Some(class)
+    }
+
+    /// The next task of a slot, and when it was queued.
+    #[inline]
+    pub(crate) fn pop(&mut self, k: u32) -> Option<(Runnable, u64)> {
+        self.slot(k).queue.pop_front()
+    }
+
+    /// Drops a task's binding to a slot.
+    pub(crate) fn unbind(&mut self, k: u32) {
+        let s = self.slot(k);
+        s.bound -= 1;
+        if s.bound == 0 && s.lingering {
+            self.end_linger(k);
+            return;
+        }
+        let s = self.slot(k);
+        if s.bound == 0 && s.queue.is_empty() && !s.in_reclaim {
+            s.in_reclaim = true;
+            self.reclaim.push(k);
+        }
+    }
+
+    /// Makes a lingering slot idle, for the policy too; returns whether it was lingering.
+    pub(crate) fn end_linger(&mut self, k: u32) -> bool {
+        let s = self.slot(k);
+        if !s.lingering {
+            return false;
+        }
+        s.lingering = false;
+        s.runnable = false;
+        let key = s.key;
+        let unused = s.bound == 0 && !s.in_reclaim;
+        if unused {
+            s.in_reclaim = true;
+        }
+        self.policy.set_runnable(key, false);
+        if unused {
+            self.reclaim.push(k);
+        }
+        true
+    }
+
+    /// After a burst of slot `k`: if the burst emptied its queue, the slot lingers while a
+    /// task is bound to it, and goes idle otherwise (before its charge: the same result, and
+    /// the cheaper order for the policy). Then charges `ns` (unless `charge` is false: the
+    /// burst ended in a rebinding, charged already), and records the burst's polls and wait.
+    pub(crate) fn end_burst(&mut self, k: u32, ns: u64, charge: bool, polls: u32, wait: u64) {
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        let emptied = s.queue.is_empty();
+        if emptied {
+            if s.bound > 0 {
+                s.lingering = true;
+            } else {
+                s.runnable = false;
+                let key = s.key;
+                self.policy.set_runnable(key, false);
+            }
+        }
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        if charge {
+            let key = s.key;
+            self.policy.charge(key, ns);
+        }
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        s.polls += polls as u64;
+        s.wait_ns += wait;
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(k);
+        }
+        if emptied && s.bound == 0 && !s.in_reclaim {
+            s.in_reclaim = true;
+            self.reclaim.push(k);
+        }
+    }
+
+    /// A task of slot `k` was taken to run outside a burst (by a blocking-pool thread): the
+    /// slot goes idle for the policy if its queue is empty. It does not linger: the task stays
+    /// bound until it has run, and a pool thread takes one task at a time.
+    pub(crate) fn idle_if_empty(&mut self, k: u32) {
+        let s = self.slot(k);
+        if s.queue.is_empty() && s.runnable {
+            s.runnable = false;
+            let key = s.key;
+            self.policy.set_runnable(key, false);
+        }
+    }
+
+    /// Notes a task of slot `k` that waited `ns` before it ran (for the offers).
+    #[inline]
+    pub(crate) fn waited(&mut self, k: u32, ns: u64) {
+        let s = self.slot(k);
+        if ns > s.max_wait {
+            s.max_wait = ns;
+        }
+    }
+
+    pub(crate) fn charge(&mut self, k: u32, ns: u64) {
+        let key = self.slot(k).key;
+        self.policy.charge(key, ns);
+    }
+
+    /// Asks the policy for the next slot to run. A lingering slot whose turn came before new
+    /// work did goes idle, and the policy is asked again.
+    pub(crate) fn pick(&mut self) -> Option<Pick> {
+        loop {
+            match self.policy.pick() {
+                Some(p) if self.end_linger(p.key.index() as u32) => {}
+                p => return p,
+            }
+        }
+    }
+
+    /// Records pending polls and wait time into the containers' usage.
+    pub(crate) fn flush_counters(&mut self) {
+        for k in std::mem::take(&mut self.dirty) {
+            if let Some(s) = self.slots[k as usize].as_mut() {
+                flush_slot(s);
+            }
+        }
+    }
+
+    pub(crate) fn flush_all(&mut self) {
+        self.flush_counters();
+        self.policy.flush();
+    }
+
+    /// Releases the slots nobody uses any more.
+    pub(crate) fn reclaim(&mut self) {
+        let list = std::mem::take(&mut self.reclaim);
+        for k in list {
+            let Some(s) = self.slots[k as usize].as_mut() else {
+                continue;
+            };
+            s.in_reclaim = false;
+            if s.bound > 0 || !s.queue.is_empty() || s.runnable {
+                continue;
+            }
+            flush_slot(s);
+            let s = self.slots[k as usize].take().expect("checked");
+            self.by_id.remove(&s.container.id());
+            self.policy.detach(s.key);
+        }
+        // Keep the vector for the next round.
+        if self.reclaim.capacity() == 0 {
+            self.reclaim = Vec::with_capacity(16);
+        }
+    }
+
+    /// Takes up to `n` queued tasks of a container from the back of its queue, for another
+    /// worker, with the container and when each was queued. The policy first
+    /// [publishes](rescon::sched::Policy::publish) where the container stands, so that it
+    /// keeps its place there. The tasks' bindings are dropped here.
+    pub(crate) fn take(
+        &mut self,
+        id: ContainerId,
+        n: u32,
+    ) -> Option<(Container, Vec<(Runnable, u64)>)> {
+        let k = self.find(id)?;
+        let s = self.slot(k);
+        let keep = s.queue.len().saturating_sub(n as usize);
+        if keep == s.queue.len() {
+            return None;
+        }
+        let taken: Vec<(Runnable, u64)> = s.queue.drain(keep..).collect();
+        let (key, c) = (s.key, s.container.clone());
+        self.policy.publish(key);
+        for _ in 0..taken.len() {
+            self.unbind(k);
+        }
+        let s = self.slot(k);
+        if s.queue.is_empty() && s.runnable && !s.lingering {
+            if s.bound > 0 {
+                s.lingering = true;
+            } else {
+                s.runnable = false;
+                self.policy.set_runnable(key, false);
+                let s = self.slot(k);
+                if !s.in_reclaim {
+                    s.in_reclaim = true;
+                    self.reclaim.push(k);
+                }
+            }
+        }
+        Some((c, taken))
+    }
+
+    /// Lists the containers with tasks queued, for other workers, at most `max`: the highest
+    /// classes first, then those that waited longest. Containers the policy says may not run
+    /// now are left out.
+    pub(crate) fn offers(&mut self, now: u64, max: usize, out: &mut Vec<Offer>) {
+        out.clear();
+        let mut i = 0;
+        while i < self.queued.len() {
+            let k = self.queued[i];
+            let Some(s) = self.slots[k as usize].as_mut() else {
+                self.queued.swap_remove(i);
+                continue;
+            };
+            if s.queue.is_empty() {
+                s.listed = false;
+                self.queued.swap_remove(i);
+                continue;
+            }
+            i += 1;
+            let waited = std::mem::take(&mut s.max_wait)
+                .max(now.saturating_sub(s.queue.front().map_or(now, |q| q.1)));
+            let (key, container, waiting, backlog) = (
+                s.key,
+                s.container.id(),
+                s.queue.len() as u32,
+                now.saturating_sub(s.backlog_since),
+            );
+            let mut standing = Standing::default();
+            if !self.policy.standing(key, &mut standing) {
+                continue;
+            }
+            out.push(Offer {
+                container,
+                waiting,
+                waited_ns: waited,
+                backlog_ns: backlog,
+                standing,
+            });
+        }
+        out.sort_by(|a, b| {
+            (b.standing.class_key(), b.waited_ns).cmp(&(a.standing.class_key(), a.waited_ns))
+        });
+        out.truncate(max);
+    }
+
+    /// Where the slot the policy would run next stands (for comparison with other workers'
+    /// offers), if it would run any.
+    pub(crate) fn best(&mut self, now: u64, out: &mut Standing) -> bool {
+        self.policy.refill(now);
+        match self.pick() {
+            Some(p) => self.policy.standing(p.key, out),
+            None => false,
+        }
+    }
+
+    /// Takes every queued task (at shutdown).
+    pub(crate) fn drain(&mut self, out: &mut Vec<Runnable>) {
+        for s in self.slots.iter_mut().flatten() {
+            out.extend(s.queue.drain(..).map(|(r, _)| r));
+        }
+    }
+
+    /// Detaches every slot (at shutdown) and records what is pending.
+    pub(crate) fn detach_all(&mut self) {
+        self.flush_counters();
+        let slots = std::mem::take(&mut self.slots);
+        self.by_id.clear();
+        for mut s in slots.into_iter().flatten() {
+            flush_slot(&mut s);
+            self.policy.detach(s.key);
+        }
+        self.policy.flush();
+    }
+
+    /// The live slots (for idle lowering's class refresh).
+    pub(crate) fn get_mut(&mut self, k: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(k as usize).and_then(Option::as_mut)
+    }
+}
+
+fn flush_slot(s: &mut Slot) {
+    if s.polls > 0 || s.wait_ns > 0 {
+        let a = s.container.account();
+        a.add_polls(s.polls);
+        a.add_wait_ns(s.wait_ns);
+        s.polls = 0;
+        s.wait_ns = 0;
+    }
+    s.dirty = false;
+}
