@@ -140,7 +140,7 @@ impl BlockingPoolBuilder {
         };
         let shared = Arc::new_cyclic(|me| PoolShared {
             state: Mutex::new(PoolState {
-                queues: RunQueues::new(self.policy.make(&env)),
+                queues: RunQueues::new(self.policy.make(&env), false),
                 threads: 0,
                 idle: 0,
                 shutdown: false,
@@ -333,6 +333,7 @@ impl PoolShared {
                 .account()
                 .add_wait_ns(self.clock.now_ns().saturating_sub(queued_at));
             container.account().add_polls(1);
+            let job_container = container.clone();
             let cpu0 = self.cpu_now();
             let guard = context::enter(Entered {
                 rt: self.rt.upgrade(),
@@ -345,6 +346,22 @@ impl PoolShared {
             let cpu1 = self.cpu_now();
             let entered = guard.take();
             st = lock(&self.state);
+            if st.shutdown {
+                // The pool shut down while the job ran, and released its slots: the job's CPU
+                // goes straight to the containers' usage.
+                if let Some(e) = entered {
+                    let first = match e.mode {
+                        Mode::Blocking { first_ns: Some(f) } => f,
+                        _ => 0,
+                    };
+                    let rest = cpu1.saturating_sub(e.seg_start);
+                    if first > 0 {
+                        job_container.account().add_cpu_ns(first);
+                    }
+                    e.binding.account().add_cpu_ns(rest);
+                }
+                break;
+            }
             match entered {
                 Some(Entered {
                     mode:

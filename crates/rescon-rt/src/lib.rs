@@ -46,28 +46,36 @@
 //! # Workers and guarantees
 //!
 //! There are N workers (default: the available cores), each a thread with its own epoll
-//! instance, its own [`Hierarchical`](rescon::sched::Hierarchical) policy and its own run queue
-//! per container. A task stays on the worker it was placed on (its binding is a key into that
-//! worker's queues; moving it would need the other worker's policy). A new task of a container
-//! not yet on the current worker goes to the least loaded worker; one that could stay (by
-//! [`spawn`], or into the spawner's container) stays unless the current worker has clearly
-//! more tasks than the least loaded. Either way an accept loop's connections spread.
+//! instance, its own policy ([`Hierarchical`](rescon::sched::Hierarchical) by default, or any
+//! other: [`Builder::policy`]) and its own run queue per container, so that running tasks
+//! touches no lock shared with other workers. A new task of a container not yet on the current
+//! worker goes to the least loaded worker; one that could stay (by [`spawn`], or into the
+//! spawner's container) stays unless the current worker has clearly more tasks than the least
+//! loaded. Either way an accept loop's connections spread.
 //!
-//! On each worker the policy's guarantees hold between that worker's containers:
-//! - a runnable container of a higher class always runs before one of a lower class (among
-//!   siblings); a container with priority 0 is never run, and neither is a listener's accept
-//!   in it (see [`io`]);
-//! - backlogged containers share the worker's CPU by their fixed shares and weights, within
-//!   one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs longer) of
-//!   error per level of the tree;
+//! The policy's guarantees hold over the whole runtime, not per worker (the
+//! [scheduler's docs](scheduler) state them with their error bounds):
+//! - a backlogged container receives its hierarchical entitlement of all the workers' time
+//!   (fixed shares, weights, water-filled by how many tasks it can run at once), whatever
+//!   worker its tasks were placed on: the workers' policies keep the virtual times of the
+//!   containers they share in step, and work waiting on one worker that should run on another
+//!   moves there (every millisecond, by [`rescon::sched::balance`]);
+//! - a runnable container of a higher class does not wait while another worker runs a lower
+//!   class (beyond a balancing interval and a burst), and a container with priority 0 is
+//!   never run on any worker, and neither is a listener's accept in it (see [`io`]);
+//! - within one worker, backlogged containers share its CPU by their fixed shares and weights
+//!   within one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs
+//!   longer) of error per level of the tree;
 //! - a CPU limit holds across all workers: they take leases of the container's shared budget
 //!   (1 ms by default when there are several workers), so per period a capped subtree runs at
 //!   most its budget plus what the running polls overrun (a poll is never interrupted; the
 //!   overrun is paid back from the next period).
 //!
-//! Shares are per worker: two containers whose tasks sit on different workers each get their
-//! worker. A server that wants shares to hold across the machine gives each worker work from
-//! every class, which placement by load does for many connections.
+//! Work moves only when the shares call for it, or to a worker that has nothing to run, and
+//! then only work that has been queued for a while: a connection's task stays on the worker
+//! whose epoll instance has its socket, and one that moves takes its sockets along at their
+//! next wait. `rescon-bench shares` measures the shares on real runtimes; with one worker
+//! none of this runs.
 //!
 //! What keeping tasks costs: a worker with nothing to run sleeps in its own epoll and is woken
 //! for its own connections, where a work-stealing runtime keeps one thread in the kernel and
@@ -124,7 +132,7 @@ mod hyper;
 pub mod io;
 pub mod prio;
 mod runtime;
-mod scheduler;
+pub mod scheduler;
 mod spawn;
 mod sys;
 mod task;

@@ -28,6 +28,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Handle {
     /// The worker this driver belongs to.
     pub(crate) index: usize,
+    /// Whether that worker is its runtime's only one (then sockets never move).
+    pub(crate) alone: bool,
     registry: mio::Registry,
     io: Mutex<Slab<Arc<IoState>>>,
     waker: mio::Waker,
@@ -91,11 +93,12 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// A driver and its handle, for worker `index`.
-    pub(crate) fn new(index: usize) -> std::io::Result<(Driver, Arc<Handle>)> {
+    /// A driver and its handle, for worker `index` of `workers`.
+    pub(crate) fn new(index: usize, workers: usize) -> std::io::Result<(Driver, Arc<Handle>)> {
         let poll = mio::Poll::new()?;
         let handle = Handle {
             index,
+            alone: workers == 1,
             registry: poll.registry().try_clone()?,
             io: Mutex::new(Slab::new()),
             waker: mio::Waker::new(poll.registry(), WAKE_TOKEN)?,

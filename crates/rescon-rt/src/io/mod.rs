@@ -59,8 +59,10 @@ fn shut_down_error() -> io::Error {
     io::Error::other("the rescon-rt runtime this socket was registered with has shut down")
 }
 
-/// A worker index no driver has.
+/// A worker index no driver has: not registered yet.
 const UNHOMED: u32 = u32::MAX;
+/// Registered with the only worker of its runtime: it never moves.
+const ALONE: u32 = u32::MAX - 1;
 
 /// A socket's registration with a worker's epoll instance, made on first wait, and moved to
 /// the worker of a later wait if that is another (a task that moved to another worker takes
@@ -96,8 +98,10 @@ impl Registration {
     /// any, on a thread that is not a worker).
     fn ensure_registered(&self) -> io::Result<()> {
         let at = self.at.load(Acquire);
-        let here = context::current_worker();
-        if at != UNHOMED && here.is_none_or(|w| w as u32 == at) {
+        if at == ALONE {
+            return Ok(());
+        }
+        if at != UNHOMED && context::current_worker().is_none_or(|w| w as u32 == at) {
             return Ok(());
         }
         let mut home = lock(&self.home);
@@ -115,7 +119,12 @@ impl Registration {
         }
         match target.register(self.fd, self.state.clone()) {
             Ok(token) => {
-                self.at.store(target.index as u32, Release);
+                let at = if target.alone {
+                    ALONE
+                } else {
+                    target.index as u32
+                };
+                self.at.store(at, Release);
                 *home = Some((target, token));
                 Ok(())
             }

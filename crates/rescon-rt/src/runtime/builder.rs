@@ -274,7 +274,7 @@ impl Builder {
         let mut drivers = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for i in 0..n {
-            let (driver, handle) = Driver::new(i).map_err(BuildError::Io)?;
+            let (driver, handle) = Driver::new(i, n).map_err(BuildError::Io)?;
             shared.push(Arc::new(WorkerShared::new(i, handle)));
             drivers.push(driver);
         }
@@ -342,7 +342,7 @@ impl Builder {
                         wake: Arc::new(move || nudge.nudge()),
                         lease_ns: lease,
                     };
-                    let queues = RunQueues::new(rt2.policy.make(&env));
+                    let queues = RunQueues::new(rt2.policy.make(&env), rt2.cfg.balance);
                     let idle = IdleLowering::for_current_thread(idle);
                     let local = Local::new(shared, rt2, driver, queues, idle);
                     let _ = ready.send(());

@@ -2,12 +2,13 @@
 //! pool, and the rules that move work between workers so that containers' shares hold over
 //! the whole runtime.
 //!
-//! - [`queues`]: run queues over a policy (a worker's, and the blocking pool's);
-//! - [`policy`]: which policy runs, and the dispatch to it;
-//! - [`worker`]: the worker loop, and balancing between workers;
-//! - [`inbox`]: what other threads see of a worker;
-//! - [`shared`]: what the whole runtime shares;
-//! - [`context`]: how the rest of the crate finds the current worker, driver and container.
+//! Its parts (private to the crate):
+//! - `queues`: run queues over a policy (a worker's, and the blocking pool's);
+//! - `policy`: which policy runs, and the dispatch to it ([`PolicyEnv`](crate::PolicyEnv));
+//! - `worker`: the worker loop, and balancing between workers;
+//! - `inbox`: what other threads see of a worker;
+//! - `shared`: what the whole runtime shares;
+//! - `context`: how the rest of the crate finds the current worker, driver and container.
 //!
 //! # The guarantee
 //!
@@ -27,7 +28,7 @@
 //!   worker offers its waiting work and takes from the others what
 //!   [`balance::choose`](rescon::sched::balance::choose) says should run there: work of a
 //!   higher class than it runs, work behind in virtual time by more than 2 ms of running, and,
-//!   when it has nothing to run, work backlogged for 500 µs. Error bound: when every
+//!   when it has nothing to run, work backlogged for 2 ms. Error bound: when every
 //!   container has at least as many runnable tasks as there are workers, a container's
 //!   received CPU never lags its entitlement by more than 12 ms of CPU at any time (the slack,
 //!   a balancing interval, the exchange interval and a quantum per worker; checked on random

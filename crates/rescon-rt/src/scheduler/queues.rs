@@ -55,12 +55,15 @@ pub(crate) struct RunQueues {
     reclaim: Vec<u32>,
     dirty: Vec<u32>,
     /// Slots whose queue became non-empty since the last [`offers`](RunQueues::offers) (some
-    /// may have emptied since).
+    /// may have emptied since), kept only when `offers` is used.
     queued: Vec<u32>,
+    track: bool,
 }
 
 impl RunQueues {
-    pub(crate) fn new(policy: AnyPolicy) -> RunQueues {
+    /// Run queues over `policy`; `offers` says whether [`offers`](RunQueues::offers) will be
+    /// asked for (a worker of a runtime with several).
+    pub(crate) fn new(policy: AnyPolicy, offers: bool) -> RunQueues {
         RunQueues {
             policy,
             slots: Vec::new(),
@@ -68,6 +71,7 @@ impl RunQueues {
             reclaim: Vec::new(),
             dirty: Vec::new(),
             queued: Vec::new(),
+            track: offers,
         }
     }
 
@@ -128,7 +132,7 @@ impl RunQueues {
     #[inline]
     pub(crate) fn push(&mut self, k: u32, r: Runnable, now: u64) -> Option<u8> {
         let s = self.slots[k as usize].as_mut().expect("live slot");
-        if s.queue.is_empty() {
+        if self.track && s.queue.is_empty() {
             s.backlog_since = now;
             if !s.listed {
                 s.listed = true;
@@ -338,7 +342,9 @@ impl RunQueues {
     /// Lists the containers with tasks queued, for other workers, at most `max`: the highest
     /// classes first, then those that waited longest. Containers the policy says may not run
     /// now are left out.
-    pub(crate) fn offers(&mut self, now: u64, max: usize, out: &mut Vec<Offer>) {
+    /// `busy_ns` is how long the worker has had work without a break: a container's backlog
+    /// counts no longer than that.
+    pub(crate) fn offers(&mut self, now: u64, busy_ns: u64, max: usize, out: &mut Vec<Offer>) {
         out.clear();
         let mut i = 0;
         while i < self.queued.len() {
@@ -359,7 +365,7 @@ impl RunQueues {
                 s.key,
                 s.container.id(),
                 s.queue.len() as u32,
-                now.saturating_sub(s.backlog_since),
+                now.saturating_sub(s.backlog_since).min(busy_ns),
             );
             let mut standing = Standing::default();
             if !self.policy.standing(key, &mut standing) {

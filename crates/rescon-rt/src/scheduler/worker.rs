@@ -76,8 +76,15 @@ const TICK_NS: u64 = 1_000_000;
 const OFFERS: usize = 8;
 
 /// The schedule function of every task: routes a wake-up to the owning worker's run queue.
-pub(crate) fn schedule(workers: &[Arc<WorkerShared>], r: Runnable, info: async_task::ScheduleInfo) {
-    let owner = &workers[r.metadata().owner()];
+/// `home` is the worker the task was spawned on, where it usually still is.
+pub(crate) fn schedule(
+    home: &Arc<WorkerShared>,
+    workers: &[Arc<WorkerShared>],
+    r: Runnable,
+    info: async_task::ScheduleInfo,
+) {
+    let i = r.metadata().owner();
+    let owner = if i == home.index { home } else { &workers[i] };
     let r = if CTX.is_set() {
         CTX.with(|l| {
             if Arc::ptr_eq(&l.shared, owner) {
@@ -101,8 +108,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let workers = rt.workers.clone();
-    let (r, h) = task::build(fut, Some(w), move |r, info| schedule(&workers, r, info));
+    let (home, workers) = (rt.workers[w].clone(), rt.workers.clone());
+    let (r, h) = task::build(fut, Some(w), move |r, info| {
+        schedule(&home, &workers, r, info)
+    });
     let owner = &rt.workers[w];
     owner.load.fetch_add(1, Relaxed);
     owner.push(Remote::Spawn(r, c));
@@ -291,6 +300,8 @@ pub(crate) struct Local {
     next_balance: Cell<u64>,
     /// When it last looked for work on other workers because it had none.
     last_look: Cell<u64>,
+    /// When it last had nothing to run: its queued work is a backlog only since then.
+    busy_since: Cell<u64>,
     io_budget: Cell<u32>,
     /// Yielded the CPU since it last ran a task (see `main_loop`).
     yielded: Cell<bool>,
@@ -341,6 +352,7 @@ impl Local {
             next_tick: Cell::new(now + TICK_NS),
             next_balance: Cell::new(now + BALANCE_NS),
             last_look: Cell::new(0),
+            busy_since: Cell::new(now),
             io_budget: Cell::new(cfg.event_interval),
             yielded: Cell::new(false),
             yield_gate: Cell::new(YieldGate::default()),
@@ -390,22 +402,31 @@ impl Local {
             };
             match pick {
                 Some(p) => {
+                    if self.busy_since.get() == u64::MAX {
+                        self.busy_since.set(now);
+                    }
                     self.yielded.set(false);
                     self.run_burst(p);
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
                     }
                 }
-                None if !self.yielded.get() && self.look_for_work(now) => {}
-                None if self.cfg.yield_before_sleep
-                    && !self.yielded.get()
-                    && self.yield_gate.get().open(now)
-                    && !self.rt.clock.is_manual() =>
-                {
-                    self.yielded.set(true);
-                    self.yield_cpu(now);
+                None => {
+                    self.busy_since.set(u64::MAX);
+                    if !self.yielded.get() {
+                        self.look_for_work(now);
+                    }
+                    if self.cfg.yield_before_sleep
+                        && !self.yielded.get()
+                        && self.yield_gate.get().open(now)
+                        && !self.rt.clock.is_manual()
+                    {
+                        self.yielded.set(true);
+                        self.yield_cpu(now);
+                    } else {
+                        self.park(now);
+                    }
                 }
-                None => self.park(now),
             }
         }
     }
@@ -542,9 +563,9 @@ impl Local {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let workers = self.rt.workers.clone();
+        let (home, workers) = (self.shared.clone(), self.rt.workers.clone());
         let (r, h) = task::build(fut, Some(self.shared.index), move |r, info| {
-            schedule(&workers, r, info)
+            schedule(&home, &workers, r, info)
         });
         self.shared.load.fetch_add(1, Relaxed);
         if self.closing.get() {
@@ -715,7 +736,8 @@ impl Local {
         let mut mine = self.mine.borrow_mut();
         let has_best = {
             let mut core = self.core.borrow_mut();
-            core.queues.offers(now, OFFERS, &mut offers);
+            let busy = now.saturating_sub(self.busy_since.get().min(now));
+            core.queues.offers(now, busy, OFFERS, &mut offers);
             !idle && core.queues.best(now, &mut mine)
         };
         {
@@ -766,15 +788,14 @@ impl Local {
     }
 
     /// Nothing to run here: before yielding or sleeping, looks for work waiting on other
-    /// workers (at most once a balancing interval). Returns whether it asked for some (then
-    /// the worker sleeps until it comes, or other work does).
-    fn look_for_work(&self, now: u64) -> bool {
+    /// workers (at most once a balancing interval); what it asks for comes through its
+    /// inbox, waking it.
+    fn look_for_work(&self, now: u64) {
         if !self.cfg.balance || now.saturating_sub(self.last_look.get()) < BALANCE_NS {
-            return false;
+            return;
         }
         self.last_look.set(now);
         self.balance(now, true);
-        false
     }
 
     fn fire_timers(&self, now: u64) {

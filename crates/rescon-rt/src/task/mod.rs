@@ -88,18 +88,17 @@ pin_project! {
 
     impl<F> PinnedDrop for TaskFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if this.meta_id != 0 && RUNNING.get() == this.meta_id {
-                ENDED.set(true);
+            if this.meta_id != 0 {
+                DROPPED.set(this.meta_id);
             }
         }
     }
 }
 
 thread_local! {
-    /// The metadata address of the task this thread is running (0: none).
-    static RUNNING: Cell<usize> = const { Cell::new(0) };
-    /// Set when that task's future is dropped during its poll.
-    static ENDED: Cell<bool> = const { Cell::new(false) };
+    /// The metadata address of the last worker task whose future this thread dropped (0:
+    /// none since [`Running::run`] cleared it).
+    static DROPPED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A task being run by a worker: see [`Running::run`].
@@ -111,13 +110,12 @@ impl Running {
     #[inline]
     pub(crate) fn run(r: Runnable) -> bool {
         let id = r.metadata() as *const TaskMeta as usize;
-        RUNNING.set(id);
-        ENDED.set(false);
+        DROPPED.set(0);
         // A panic escaping `run` (only from a future's destructor: polls are caught in
         // `TaskFuture`) must not take the worker down.
         let _ = catch_unwind(AssertUnwindSafe(|| r.run()));
-        RUNNING.set(0);
-        ENDED.replace(false)
+        // Another task's future dropped in this poll (one it owned) is not this one.
+        DROPPED.get() == id
     }
 }
 

@@ -68,7 +68,7 @@ impl Default for Rules {
     fn default() -> Self {
         Rules {
             slack_ns: 2_000_000,
-            idle_wait_ns: 500_000,
+            idle_wait_ns: 2_000_000,
             min_wait_ns: 100_000,
         }
     }

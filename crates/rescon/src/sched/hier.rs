@@ -36,6 +36,19 @@
 //!   never exceeds the cap in any period.
 //! - The policy is work-conserving: `pick` returns `None` only when nothing runnable may run.
 //!
+//! # Shared mode
+//!
+//! With [`HierarchicalConfig::shared`], the policy is one of several serving the workers of a
+//! runtime ([`global`](super::global)): it exchanges the virtual times of the containers it
+//! mirrors in common with the others every [`SYNC_NS`](super::SYNC_NS) of its time (in
+//! [`refill`](Policy::refill)), weighs the pool by the fixed siblings runnable on any worker,
+//! lets a container that is runnable on another worker (or whose work moved here:
+//! [`Policy::attach_moved`]) enter its parent's queue where it stands instead of at the floor,
+//! and tells where a container stands ([`Policy::standing`]). None of this touches pick or
+//! charge: the exchange walks only the shared containers, and the enqueue of a shared or
+//! fixed-share container does an atomic add or two. The guarantees above then hold over all
+//! workers' time, within the bounds stated by rescon-rt's scheduler.
+//!
 //! # Cost
 //!
 //! `pick` is O(depth): one look at the front of a queue per level. `charge` is O(depth) when

@@ -3,8 +3,8 @@
 //! A policy decides which container runs next. It is pure: it does no I/O and reads no clock;
 //! the caller (the runtime, or the [simulator](crate::sim)) tells it what is runnable, what ran
 //! for how long, and what time it is. One policy instance serves one worker thread; several
-//! workers each have their own and share only the containers (attributes, usage, and the CPU
-//! limit's budget).
+//! workers each have their own and share the containers (attributes, usage, the CPU limit's
+//! budget, and in shared mode their virtual times: see [`global`]).
 //!
 //! The protocol:
 //!
