@@ -232,9 +232,9 @@ impl Jobs for PoolShared {
             drop(job);
             return;
         }
-        let k = st
-            .queues
-            .slot_for(container, false, || rescon::SchedClass::NORMAL.get());
+        let k = st.queues.slot_for(container, false, || {
+            (rescon::SchedClass::NORMAL.get(), false)
+        });
         st.queues.slot(k).bound += 1;
         job.metadata().set_key(k);
         let now = self.clock.now_ns();

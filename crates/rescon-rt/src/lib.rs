@@ -116,10 +116,22 @@
 //!   descriptor exhaustion.
 //! - [`blocking`]: the multi-threaded model, a thread pool ordered by the same policy.
 //! - [`prio`]: scheduler binding, a worker that serves only idle-class work lowers its own
-//!   kernel priority.
+//!   kernel priority, and one that hosts high-class work raises it.
 //! - `hyper` (feature): hyper 1.x runs on this runtime.
 //! - Dropping the [`Runtime`] cancels every task and releases every container reference it
 //!   held.
+//!
+//! # Layout
+//!
+//! The crate is laid out by role, each layer using only those below it:
+//! - `sys` (what rustix lacks) and `clock`;
+//! - `task`: the task cell with its binding in the metadata, join handles; no scheduler in it;
+//! - `driver`: each worker's epoll instance (its readiness per socket) and timer heap;
+//! - [`scheduler`]: run queues over a policy (a worker's and the blocking pool's), the worker
+//!   loop and the balancing between workers, and the thread's context, through which the
+//!   layers above reach the current worker's driver and container;
+//! - [`blocking`], [`io`], [`time`], `hyper`: built on the scheduler and the drivers;
+//! - the API: [`Builder`], [`Runtime`], [`Handle`] and the free functions.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -143,7 +155,7 @@ pub use clock::Clock;
 #[cfg(feature = "hyper")]
 pub use hyper::{HyperExecutor, HyperTimer};
 pub use io::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
-pub use prio::{IdlePriority, ThreadPriority};
+pub use prio::{HighPriority, IdlePriority, ThreadPriority};
 pub use runtime::{BuildError, Builder, Handle, IoPolls, Runtime};
 pub use scheduler::context::EnterGuard;
 pub use scheduler::policy::PolicyEnv;

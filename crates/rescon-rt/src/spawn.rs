@@ -69,7 +69,8 @@ pub fn bind(container: &Container) {
 
 /// Spawns a task bound to the current container.
 ///
-/// A task stays on the worker it is placed on. Spawned on a worker, it stays there unless
+/// A task is placed on a worker, and moves only when the scheduler's balancing moves it (see the
+/// [crate docs](crate#workers-and-guarantees)). Spawned on a worker, it stays there unless
 /// that worker has clearly more tasks than the least loaded one (more than one task and an
 /// eighth more), and then goes to that one; outside the workers, it goes on the least loaded
 /// worker. So an accept loop that spawns a task per connection spreads the connections
@@ -106,11 +107,14 @@ where
 
 /// Spawns a task bound to `container`.
 ///
-/// A task stays on the worker it is placed on. Spawned from a task already bound to
-/// `container`, it is placed as by [`spawn`]: on the same worker unless that worker has
-/// clearly more tasks than the least loaded one. Otherwise it goes on the least loaded worker
-/// (ties go to the current worker, then round robin). Both spread new connections' tasks
-/// across the workers.
+/// A task is placed on a worker, and moves only when the scheduler's balancing moves it.
+/// Spawned from a task already bound to `container`, or from high-class work (a class above
+/// normal on its path: a high-priority listener's accept loop), it is placed as by [`spawn`]:
+/// on the same worker unless that worker has clearly more tasks than the least loaded one
+/// (high-class work stays together, on the worker whose kernel priority it raises: see
+/// [`prio`](crate::prio)). Otherwise it goes on the least loaded worker (ties go to the
+/// current worker, then round robin). Both spread new connections' tasks across the
+/// workers.
 ///
 /// # Panics
 /// Outside a runtime.
@@ -119,10 +123,13 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let local = with_local(|l| (l.rt.clone(), l.shared.index, l.is_bound_to(container)));
+    let local = with_local(|l| {
+        let near = l.is_bound_to(container) == Some(true) || l.in_high_work();
+        (l.rt.clone(), l.shared.index, near)
+    });
     match local {
-        Some((rt, idx, same)) => {
-            let w = if same == Some(true) {
+        Some((rt, idx, near)) => {
+            let w = if near {
                 rt.place_near(idx)
             } else {
                 rt.place(Some(idx))

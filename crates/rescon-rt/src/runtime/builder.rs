@@ -4,7 +4,7 @@ use super::{Handle, Runtime};
 use crate::Clock;
 use crate::blocking::{BlockingPool, BlockingPoolBuilder};
 use crate::driver::Driver;
-use crate::prio::{IdleLowering, IdlePriority};
+use crate::prio::{Boost, HighPriority, IdleLowering, IdlePriority};
 use crate::scheduler::inbox::WorkerShared;
 use crate::scheduler::policy::{PolicyChoice, PolicyEnv};
 use crate::scheduler::queues::RunQueues;
@@ -42,6 +42,7 @@ pub struct Builder {
     yield_before_sleep: bool,
     lease: Option<Duration>,
     idle: IdlePriority,
+    high: HighPriority,
     correct_cpu: bool,
     default_container: Option<Container>,
     thread_name: String,
@@ -78,6 +79,7 @@ impl Builder {
             yield_before_sleep: true,
             lease: None,
             idle: IdlePriority::default(),
+            high: HighPriority::default(),
             correct_cpu: true,
             default_container: None,
             thread_name: "rescon-worker".into(),
@@ -218,6 +220,13 @@ impl Builder {
         self
     }
 
+    /// What a worker does with its kernel priority while containers of the high or critical
+    /// class have tasks on it (default: nothing; see [`prio`](crate::prio)).
+    pub fn high_priority(mut self, p: HighPriority) -> Self {
+        self.high = p;
+        self
+    }
+
     /// Whether charges are corrected with the thread CPU clock (default on; see
     /// [the crate docs](crate#charging)). Always off with a manual clock.
     pub fn correct_cpu(mut self, on: bool) -> Self {
@@ -324,7 +333,7 @@ impl Builder {
             let rt2 = rt.clone();
             let ready = ready_tx.clone();
             let hook = self.on_worker_start.clone();
-            let idle = self.idle;
+            let (idle, high) = (self.idle, self.high);
             let registry = self.registry.clone();
             let t = std::thread::Builder::new()
                 .name(format!("{}-{i}", self.thread_name))
@@ -344,7 +353,8 @@ impl Builder {
                     };
                     let queues = RunQueues::new(rt2.policy.make(&env), rt2.cfg.balance);
                     let idle = IdleLowering::for_current_thread(idle);
-                    let local = Local::new(shared, rt2, driver, queues, idle);
+                    let boost = Boost::for_current_thread(high);
+                    let local = Local::new(shared, rt2, driver, queues, idle, boost);
                     let _ = ready.send(());
                     local.run();
                 });

@@ -33,6 +33,8 @@ pub(crate) struct Slot {
     pub(crate) lingering: bool,
     /// Effective scheduling class (the lowest on its path), for idle lowering.
     pub(crate) class: u8,
+    /// Whether it is high-class work (`prio::is_high`), for raising the worker.
+    high: bool,
     in_reclaim: bool,
     dirty: bool,
     /// In [`RunQueues::queued`].
@@ -44,6 +46,14 @@ pub(crate) struct Slot {
     pub(crate) max_wait: u64,
     /// When its queue last became non-empty.
     backlog_since: u64,
+}
+
+impl Slot {
+    /// Whether it is high-class work (`prio::is_high`; known only where a worker raises its
+    /// priority for it or lowers it for idle work).
+    pub(crate) fn is_high(&self) -> bool {
+        self.high
+    }
 }
 
 /// A worker's (or the blocking pool's) run queues: see the [module docs](self).
@@ -58,6 +68,8 @@ pub(crate) struct RunQueues {
     /// may have emptied since), kept only when `offers` is used.
     queued: Vec<u32>,
     track: bool,
+    /// Live slots of a class above normal (see `prio::Boost`).
+    high: u32,
 }
 
 impl RunQueues {
@@ -72,6 +84,7 @@ impl RunQueues {
             dirty: Vec::new(),
             queued: Vec::new(),
             track: offers,
+            high: 0,
         }
     }
 
@@ -92,7 +105,7 @@ impl RunQueues {
         &mut self,
         c: &Container,
         moved: bool,
-        class: impl FnOnce() -> u8,
+        class: impl FnOnce() -> (u8, bool),
     ) -> u32 {
         if let Some(&k) = self.by_id.get(&c.id()) {
             return k;
@@ -106,6 +119,10 @@ impl RunQueues {
         if self.slots.len() <= k as usize {
             self.slots.resize_with(k as usize + 1, || None);
         }
+        let (class, high) = class();
+        if high {
+            self.high += 1;
+        }
         self.slots[k as usize] = Some(Slot {
             container: c.unprivileged(),
             key,
@@ -113,7 +130,8 @@ impl RunQueues {
             bound: 0,
             runnable: false,
             lingering: false,
-            class: class(),
+            class,
+            high,
             in_reclaim: false,
             dirty: false,
             listed: false,
@@ -292,6 +310,9 @@ impl RunQueues {
             }
             flush_slot(s);
             let s = self.slots[k as usize].take().expect("checked");
+            if s.high {
+                self.high -= 1;
+            }
             self.by_id.remove(&s.container.id());
             self.policy.detach(s.key);
         }
@@ -407,11 +428,32 @@ impl RunQueues {
         self.flush_counters();
         let slots = std::mem::take(&mut self.slots);
         self.by_id.clear();
+        self.high = 0;
         for mut s in slots.into_iter().flatten() {
             flush_slot(&mut s);
             self.policy.detach(s.key);
         }
         self.policy.flush();
+    }
+
+    /// Sets a slot's effective class and whether it is high-class work (read again from the
+    /// tree).
+    pub(crate) fn set_class(&mut self, k: u32, class: u8, high: bool) {
+        let Some(s) = self.slots.get_mut(k as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        match (s.high, high) {
+            (false, true) => self.high += 1,
+            (true, false) => self.high -= 1,
+            _ => {}
+        }
+        s.class = class;
+        s.high = high;
+    }
+
+    /// Whether a container of a class above normal has a slot here.
+    pub(crate) fn hosts_high(&self) -> bool {
+        self.high > 0
     }
 
     /// The live slots (for idle lowering's class refresh).

@@ -56,7 +56,7 @@ use super::shared::{Config, Shared};
 use crate::clock::Correction;
 use crate::driver::timer::{TimerHeap, TimerShared};
 use crate::driver::{Driver, lock};
-use crate::prio::IdleLowering;
+use crate::prio::{Boost, IdleLowering};
 use crate::task::{self, JoinHandle, Runnable, Running, TaskMeta, UNPLACED};
 use rescon::Container;
 use rescon::sched::Standing;
@@ -236,6 +236,7 @@ pub(crate) struct Core {
     pub(crate) timers: TimerHeap,
     corr: Correction,
     idle: IdleLowering,
+    boost: Boost,
     served: Vec<u32>,
 }
 
@@ -243,12 +244,13 @@ impl Core {
     /// The slot of a container, made if needed (`moved`: its work comes from another
     /// worker).
     fn slot_for(&mut self, c: &Container, rt: &Shared, moved: bool) -> u32 {
-        let idle = self.idle.enabled();
+        let classes = self.idle.enabled() || self.boost.enabled();
         self.queues.slot_for(c, moved, || {
-            if idle {
-                crate::prio::effective_class(&rt.registry, c)
+            if classes {
+                let p = crate::prio::path_classes(&rt.registry, c);
+                (p.0, crate::prio::is_high(p))
             } else {
-                rescon::SchedClass::NORMAL.get()
+                (rescon::SchedClass::NORMAL.get(), false)
             }
         })
     }
@@ -275,8 +277,9 @@ impl Core {
         let mut mask = 0u8;
         for k in std::mem::take(&mut self.served) {
             if let Some(s) = self.queues.get_mut(k) {
-                s.class = crate::prio::effective_class(&rt.registry, &s.container);
-                mask |= 1 << s.class;
+                let p = crate::prio::path_classes(&rt.registry, &s.container);
+                self.queues.set_class(k, p.0, crate::prio::is_high(p));
+                mask |= 1 << p.0;
             }
         }
         mask
@@ -328,6 +331,7 @@ impl Local {
         driver: Driver,
         queues: RunQueues,
         idle: IdleLowering,
+        boost: Boost,
     ) -> Local {
         let now = rt.clock.now_ns();
         let cfg = rt.cfg.clone();
@@ -341,6 +345,7 @@ impl Local {
                 timers: TimerHeap::default(),
                 corr: Correction::new(correct, now),
                 idle,
+                boost,
                 served: Vec::new(),
             }),
             driver: RefCell::new(driver),
@@ -598,6 +603,15 @@ impl Local {
         Some(core.queues.slot(run.key).container.clone())
     }
 
+    /// Whether the running task's container is high-class work (see `prio::is_high`).
+    pub(crate) fn in_high_work(&self) -> bool {
+        let run = self.running.get();
+        if run.key == UNPLACED {
+            return false;
+        }
+        self.core.borrow_mut().queues.slot(run.key).is_high()
+    }
+
     /// Whether the running task is bound to `c` (`None` if no task is running).
     pub(crate) fn is_bound_to(&self, c: &Container) -> Option<bool> {
         let run = self.running.get();
@@ -835,6 +849,10 @@ impl Local {
             if core.idle.enabled() {
                 self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
             }
+            if core.boost.enabled() {
+                let want = core.queues.hosts_high();
+                core.boost.set(want);
+            }
         }
         if self.cfg.balance && now >= self.next_balance.get() {
             self.next_balance.set(now + BALANCE_NS);
@@ -848,6 +866,10 @@ impl Local {
             let mut core = self.core.borrow_mut();
             core.queues.flush_all();
             core.queues.reclaim();
+            if core.boost.enabled() {
+                let want = core.queues.hosts_high();
+                core.boost.set(want);
+            }
             core.timers.promote();
             let t = core.timers.next_deadline();
             let r = core.queues.policy.next_refill();
