@@ -15,6 +15,7 @@ mod flood;
 mod load;
 mod paper;
 mod primitives;
+mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
 mod shares;
@@ -85,6 +86,10 @@ enum Command {
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
     HyperBaseline,
+    /// The other process of `primitives`' handle measurements (orders on stdout, handles on
+    /// stdin).
+    #[command(hide = true)]
+    HandlePeer,
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -109,6 +114,8 @@ fn main() -> anyhow::Result<()> {
             workers,
             no_containers,
         } => {
+            rescon_httpd::logging::init(rescon_httpd::logging::Format::Text, None)
+                .map_err(|e| anyhow::anyhow!(e))?;
             let loaded =
                 rescon_httpd::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             rescon_httpd::server::run(
@@ -121,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Command::HyperBaseline => paper::hyper_baseline(),
+        Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }
