@@ -306,3 +306,99 @@ fn fifo_ignores_weights_but_charges_every_container() {
         "a {ua} b {ub}: Fifo gave them turns"
     );
 }
+
+/// Two workers on a manual clock that nothing moves: the balancing every millisecond never
+/// comes, so what moves, moves by the class hand-off (which counts bursts, not time).
+fn two_workers_stopped_clock(registry: &Registry) -> (Runtime, Clock, u64) {
+    let clock = Clock::manual();
+    let start = clock.now_ns();
+    let rt = Builder::new(registry)
+        .workers(2)
+        .clock(clock.clone())
+        .idle_priority(rescon_rt::IdlePriority::Off)
+        .build()
+        .unwrap();
+    (rt, clock, start)
+}
+
+#[test]
+fn a_waiting_high_class_task_is_handed_over_without_waiting_for_a_balancing_interval() {
+    let registry = Registry::new();
+    let (rt, clock, start) = two_workers_stopped_clock(&registry);
+    let root = registry.root();
+    let high = child(&root, "high", &[("class", "high")]);
+    let normal = child(&root, "normal", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (high_threads, normal_threads) = (
+        Arc::new(Mutex::new(HashSet::new())),
+        Arc::new(Mutex::new(HashSet::new())),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(
+            rt.handle()
+                .spawn_on(1, &normal, burn(stop.clone(), normal_threads.clone())),
+        );
+    }
+    eventually("normal work runs on worker 1", || {
+        !normal_threads.lock().unwrap().is_empty()
+    });
+    // Two high tasks on worker 0: one waits while the other runs, and worker 1 runs normal
+    // work, which the high class outclasses.
+    for _ in 0..2 {
+        tasks.push(
+            rt.handle()
+                .spawn_on(0, &high, burn(stop.clone(), high_threads.clone())),
+        );
+    }
+    eventually("the high class runs on both workers", || {
+        high_threads.lock().unwrap().len() == 2
+    });
+    assert_eq!(clock.now_ns(), start, "no time passed: no balancing ran");
+    let moves = rt.handle().worker_moves();
+    assert!(
+        moves[0].0 >= 1,
+        "worker 0 handed over a high task: {moves:?}"
+    );
+    stop.store(true, SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn work_of_one_class_is_not_handed_over_for_its_class() {
+    let registry = Registry::new();
+    let (rt, clock, start) = two_workers_stopped_clock(&registry);
+    let root = registry.root();
+    // Two classes in the tree, so the hand-off is on; but each worker runs high work.
+    let a = child(&root, "a", &[("class", "high")]);
+    let b = child(&root, "b", &[("class", "high")]);
+    let low = child(&root, "low", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = vec![rt.handle().spawn_on(0, &low, async {})];
+    rt.block_on(tasks.pop().unwrap()).unwrap();
+    for _ in 0..2 {
+        tasks.push(
+            rt.handle()
+                .spawn_on(0, &a, burn(stop.clone(), threads.clone())),
+        );
+        tasks.push(
+            rt.handle()
+                .spawn_on(1, &b, burn(stop.clone(), threads.clone())),
+        );
+    }
+    eventually("both workers run", || threads.lock().unwrap().len() == 2);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(clock.now_ns(), start);
+    assert_eq!(rt.handle().worker_moves(), [(0, 0), (0, 0)]);
+    stop.store(true, SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}

@@ -8,7 +8,7 @@ use crate::task::Runnable;
 use atomic_waker::AtomicWaker;
 use rescon::sched::balance::Offer;
 use rescon::{Container, ContainerId};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 
 /// Work handed to a worker by another thread.
@@ -77,6 +77,12 @@ pub(crate) struct WorkerShared {
     /// The waiting work this worker offers the others (`sched::balance`), as of its last
     /// balancing.
     pub(crate) board: Mutex<Vec<Offer>>,
+    /// The class path of the container it runs, and the lowest class on it (`u8::MAX`: it
+    /// runs nothing that work could displace), published while classes are mixed, for the
+    /// class hand-off (see the worker's docs). Read and written without a lock: a torn read
+    /// can only cause one hand-off too many or too few, which the balancing corrects.
+    pub(crate) run_path: [AtomicU64; crate::scheduler::queues::PATH_LEVELS],
+    pub(crate) run_min: AtomicU8,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -108,6 +114,8 @@ impl WorkerShared {
             moved_in: AtomicU64::new(0),
             timers_dropped: AtomicUsize::new(0),
             board: Mutex::new(Vec::new()),
+            run_path: Default::default(),
+            run_min: AtomicU8::new(u8::MAX),
         }
     }
 

@@ -36,11 +36,21 @@
 //!   fewer tasks than workers, work keeps moving to approach the water-filled entitlement; a
 //!   placement that reaches it is not always found (measured: 99% of containers within 2
 //!   points, the worst 10 points off, on 200 random trees).
-//! - **Classes hold over the runtime.** A runnable container of a higher class does not wait
-//!   for a lower class while any worker runs the lower class for longer than one balancing
-//!   interval and one burst: the worker running the lower class takes the higher-class work at
-//!   its next balancing (and a worker never gives away the last task of a container if that
-//!   would leave it running work the container outclasses).
+//! - **Classes hold over the runtime.** A task of a higher class waiting on one worker while
+//!   another worker runs a lower class (where their paths part within the top four levels of
+//!   the tree) waits there at most until its worker's current burst ends (one quantum, 200 µs
+//!   by default, or one poll if a poll runs longer), then one poll of the other worker: at
+//!   every burst start a worker with waiting work compares the highest class on its path with
+//!   what the other workers publish they run, and hands the outclassing work (half of a
+//!   container's waiting tasks, at least one) to such a worker at once (the *class hand-off*;
+//!   it counts bursts, not time, and `rescon-rt/tests/sched_workers.rs` checks it with a
+//!   clock that never moves). Work of a higher class never waits on its own worker behind a
+//!   lower class for more than one poll (a wake-up of a runnable container ends the burst).
+//!   Deeper in the tree, and for an idle worker, the balancing interval bound holds: the
+//!   worker running the lower class takes the higher-class work at its next balancing, one
+//!   interval and one burst (and a worker never gives away the last task of a container if
+//!   that would leave it running work the container outclasses). While every container is
+//!   of one class, none of this runs (one atomic load per burst).
 //! - **Priority 0** never runs on any worker, and its work never moves.
 //! - **CPU limits** hold across workers as before: they lease from the container's shared
 //!   budget.

@@ -19,6 +19,43 @@ use rescon::{Container, ContainerId};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
+/// Levels of a container's path that the class hand-off compares (see the worker's docs).
+pub(crate) const PATH_LEVELS: usize = 4;
+
+/// A container's path from the top, as the class hand-off compares it: per level
+/// `id << 3 | own << 2 | class`, zero past the end, all zero for work that may not run now
+/// (priority 0, a spent CPU limit) or that the policy gives no standing.
+pub(crate) type ClassPath = [u64; PATH_LEVELS];
+
+/// Whether work at path `a` outclasses work at path `b`: at the first level where they part,
+/// `a`'s class is higher. Paths that do not part within [`PATH_LEVELS`] levels, or where one
+/// ends first, do not.
+pub(crate) fn outclasses(a: &ClassPath, b: &ClassPath) -> bool {
+    for (x, y) in a.iter().zip(b) {
+        if *x == 0 || *y == 0 {
+            return false;
+        }
+        if x >> 2 != y >> 2 {
+            return (x & 3) > (y & 3);
+        }
+    }
+    false
+}
+
+/// The class path of a standing, with the highest and lowest class on it (the lowest is
+/// `u8::MAX` for an empty path).
+pub(crate) fn class_path(st: &Standing) -> (ClassPath, u8, u8) {
+    let mut path = [0u64; PATH_LEVELS];
+    let (mut max, mut min) = (0u8, u8::MAX);
+    for (slot, l) in path.iter_mut().zip(&st.levels) {
+        let class = l.class & 3;
+        *slot = (l.id.get() << 3) | ((l.own as u64) << 2) | class as u64;
+        max = max.max(class);
+        min = min.min(class);
+    }
+    (path, max, min)
+}
+
 /// One container's place: its queue of runnable tasks (each with the time it was queued).
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -46,6 +83,10 @@ pub(crate) struct Slot {
     pub(crate) max_wait: u64,
     /// When its queue last became non-empty.
     backlog_since: u64,
+    /// Its class path, and the highest and lowest class on it (kept only with `offers`).
+    pub(crate) path: ClassPath,
+    pub(crate) pmax: u8,
+    pub(crate) pmin: u8,
 }
 
 impl Slot {
@@ -70,6 +111,11 @@ pub(crate) struct RunQueues {
     track: bool,
     /// Live slots of a class above normal (see `prio::Boost`).
     high: u32,
+    /// Slots with tasks queued, by the highest class on their path (kept only with `offers`).
+    waiting: [u32; 4],
+    /// The classes seen on the paths of this worker's slots, a bit each.
+    pub(crate) classes: u8,
+    scratch: Standing,
 }
 
 impl RunQueues {
@@ -85,6 +131,9 @@ impl RunQueues {
             queued: Vec::new(),
             track: offers,
             high: 0,
+            waiting: [0; 4],
+            classes: 0,
+            scratch: Standing::default(),
         }
     }
 
@@ -139,9 +188,70 @@ impl RunQueues {
             wait_ns: 0,
             max_wait: 0,
             backlog_since: 0,
+            path: [0; PATH_LEVELS],
+            pmax: 0,
+            pmin: u8::MAX,
         });
         self.by_id.insert(c.id(), k);
+        if self.track {
+            let mut st = std::mem::take(&mut self.scratch);
+            if self.policy.standing(key, &mut st) {
+                self.set_path(k, &st);
+            }
+            self.scratch = st;
+        }
         k
+    }
+
+    /// Records a slot's class path (from its standing).
+    fn set_path(&mut self, k: u32, st: &Standing) {
+        let (path, max, min) = class_path(st);
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        if s.path == path {
+            return;
+        }
+        if !s.queue.is_empty() {
+            self.waiting[s.pmax as usize] -= 1;
+            self.waiting[max as usize] += 1;
+        }
+        s.path = path;
+        s.pmax = max;
+        s.pmin = min;
+        for l in st.levels.iter().take(PATH_LEVELS) {
+            self.classes |= 1 << (l.class & 3);
+        }
+    }
+
+    /// The highest class on the path of work queued here that waits while slot `running`
+    /// runs (its own further tasks count; the task it is about to run does not), if any.
+    pub(crate) fn top_waiting(&self, running: u32) -> Option<u8> {
+        let s = self.slots[running as usize].as_ref()?;
+        (0..4u8).rev().find(|&c| {
+            let own = (c == s.pmax && s.queue.len() < 2) as u32;
+            self.waiting[c as usize] > own
+        })
+    }
+
+    /// Work queued here that outclasses work at `theirs` (whose lowest class is
+    /// `their_min`) and waits while slot `running` runs: the container and how many of its
+    /// waiting tasks to hand over (half, at least one).
+    pub(crate) fn handoff(
+        &self,
+        running: u32,
+        theirs: &ClassPath,
+        their_min: u8,
+    ) -> Option<(ContainerId, u32)> {
+        for &k in &self.queued {
+            let Some(s) = self.slots[k as usize].as_ref() else {
+                continue;
+            };
+            let avail = s.queue.len() - (k == running) as usize;
+            if avail == 0 || s.pmax <= their_min || !outclasses(&s.path, theirs) {
+                continue;
+            }
+            return Some((s.container.id(), avail.div_ceil(2) as u32));
+        }
+        None
     }
 
     /// Queues a runnable task at `now`; returns its slot's class if the slot became runnable
@@ -151,6 +261,7 @@ impl RunQueues {
     pub(crate) fn push(&mut self, k: u32, r: Runnable, now: u64) -> Option<u8> {
         let s = self.slots[k as usize].as_mut().expect("live slot");
         if self.track && s.queue.is_empty() {
+            self.waiting[s.pmax as usize] += 1;
             s.backlog_since = now;
             if !s.listed {
                 s.listed = true;
@@ -174,7 +285,12 @@ impl RunQueues {
     /// The next task of a slot, and when it was queued.
     #[inline]
     pub(crate) fn pop(&mut self, k: u32) -> Option<(Runnable, u64)> {
-        self.slot(k).queue.pop_front()
+        let s = self.slots[k as usize].as_mut().expect("live slot");
+        let r = s.queue.pop_front();
+        if self.track && r.is_some() && s.queue.is_empty() {
+            self.waiting[s.pmax as usize] -= 1;
+        }
+        r
     }
 
     /// Drops a task's binding to a slot.
@@ -338,7 +454,10 @@ impl RunQueues {
             return None;
         }
         let taken: Vec<(Runnable, u64)> = s.queue.drain(keep..).collect();
-        let (key, c) = (s.key, s.container.clone());
+        let (key, c, pmax) = (s.key, s.container.clone(), s.pmax as usize);
+        if self.track && keep == 0 {
+            self.waiting[pmax] -= 1;
+        }
         self.policy.publish(key);
         for _ in 0..taken.len() {
             self.unbind(k);
@@ -390,8 +509,12 @@ impl RunQueues {
             );
             let mut standing = Standing::default();
             if !self.policy.standing(key, &mut standing) {
+                // It may not run now: nor may it be handed over for its class.
+                standing.levels.clear();
+                self.set_path(k, &standing);
                 continue;
             }
+            self.set_path(k, &standing);
             out.push(Offer {
                 container,
                 waiting,
@@ -421,6 +544,7 @@ impl RunQueues {
         for s in self.slots.iter_mut().flatten() {
             out.extend(s.queue.drain(..).map(|(r, _)| r));
         }
+        self.waiting = [0; 4];
     }
 
     /// Detaches every slot (at shutdown) and records what is pending.
@@ -456,6 +580,11 @@ impl RunQueues {
         self.high > 0
     }
 
+    /// A live slot.
+    pub(crate) fn get(&self, k: u32) -> Option<&Slot> {
+        self.slots.get(k as usize).and_then(Option::as_ref)
+    }
+
     /// The live slots (for idle lowering's class refresh).
     pub(crate) fn get_mut(&mut self, k: u32) -> Option<&mut Slot> {
         self.slots.get_mut(k as usize).and_then(Option::as_mut)
@@ -471,4 +600,56 @@ fn flush_slot(s: &mut Slot) {
         s.wait_ns = 0;
     }
     s.dirty = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rescon::sched::Level;
+    use rescon::{Attributes, Registry};
+
+    fn path(levels: &[(&Container, u8)]) -> ClassPath {
+        let st = Standing {
+            levels: levels
+                .iter()
+                .map(|(c, class)| Level {
+                    id: c.id(),
+                    own: false,
+                    class: *class,
+                    fixed: false,
+                    vtime: 0.0,
+                    inv_share: 1.0,
+                    pool_vtime: 0.0,
+                    inv_pool: 1.0,
+                })
+                .collect(),
+        };
+        class_path(&st).0
+    }
+
+    #[test]
+    fn a_path_outclasses_another_only_where_they_part() {
+        let registry = Registry::new();
+        let root = registry.root();
+        let mk = |p: &Container, n: &str| p.create_child(n, Attributes::default()).unwrap();
+        let (a, b) = (mk(&root, "a"), mk(&root, "b"));
+        let (ax, ay, bz) = (mk(&a, "x"), mk(&a, "y"), mk(&b, "z"));
+        // Siblings of different classes: the higher outclasses the lower, not the reverse.
+        assert!(outclasses(&path(&[(&a, 2)]), &path(&[(&b, 1)])));
+        assert!(!outclasses(&path(&[(&b, 1)]), &path(&[(&a, 2)])));
+        // Parting at the top in one class: a high class below does not count.
+        assert!(!outclasses(
+            &path(&[(&a, 1), (&ax, 2)]),
+            &path(&[(&b, 1), (&bz, 1)])
+        ));
+        // Parting below a common parent: the classes there decide.
+        assert!(outclasses(
+            &path(&[(&a, 1), (&ax, 2)]),
+            &path(&[(&a, 1), (&ay, 1)])
+        ));
+        // The same container, an ancestor's path, or work that may not run: never.
+        assert!(!outclasses(&path(&[(&a, 2)]), &path(&[(&a, 2)])));
+        assert!(!outclasses(&path(&[(&a, 2), (&ax, 3)]), &path(&[(&a, 2)])));
+        assert!(!outclasses(&[0; PATH_LEVELS], &path(&[(&b, 0)])));
+    }
 }

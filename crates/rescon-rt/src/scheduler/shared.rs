@@ -9,7 +9,7 @@ use rescon::sched::balance::Rules;
 use rescon::{Container, Registry};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::*};
 
 /// The worker's tuning, from the [`Builder`](crate::Builder).
 #[derive(Clone, Debug)]
@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     /// The blocking pool.
     pub(crate) jobs: Arc<dyn Jobs>,
     rr: AtomicUsize,
+    /// The classes seen on the paths of the workers' containers, a bit each: with one only,
+    /// no class can wait for another, and the class hand-off stays off.
+    pub(crate) classes: AtomicU8,
 }
 
 impl fmt::Debug for Shared {
@@ -78,6 +81,7 @@ impl Shared {
             policy,
             jobs,
             rr: AtomicUsize::new(0),
+            classes: AtomicU8::new(0),
         }
     }
 

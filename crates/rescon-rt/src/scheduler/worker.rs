@@ -40,6 +40,21 @@
 //! busy worker gives work to a sleeping one directly. A task moves only while queued: its
 //! metadata gets the new owner, and its wake-ups go there from then on.
 //!
+//! # The class hand-off
+//!
+//! Balancing every millisecond would let a high-class task wait that long on a worker busy
+//! with other high-class work while another worker runs normal work. So once the runtime's
+//! containers are of more than one class (`Shared::classes`), a worker at the start of every
+//! burst publishes the class path of the container it runs (`WorkerShared::run_path`: the top
+//! four levels' ids and classes, a few relaxed stores, only when it changes), and, if work of a
+//! higher class than the lowest class some other worker runs waits in its own queues (counted
+//! per class as queues fill and empty, so this costs nothing when none waits), looks among its
+//! queued containers for one that outclasses what that worker runs where their paths part,
+//! and hands it half of that container's waiting tasks (`Remote::Adopt`; the receiver's burst
+//! ends at its next poll, since remote work arrived). Not again to the same worker until it
+//! has taken them in; after a search that found nothing, not for a few bursts. No lock, no
+//! clock: it counts bursts.
+//!
 //! # Invariants
 //!
 //! - The core (`Local::core`) is borrowed only for short stretches that never poll a task,
@@ -51,7 +66,7 @@
 //!   that worker's `tasks` (for cancellation at shutdown).
 
 use super::inbox::{Remote, WorkerShared};
-use super::queues::RunQueues;
+use super::queues::{ClassPath, PATH_LEVELS, RunQueues};
 use super::shared::{Config, Shared};
 use crate::clock::Correction;
 use crate::driver::timer::{TimerHeap, TimerShared};
@@ -74,6 +89,8 @@ scoped_tls::scoped_thread_local!(static CTX: Local);
 const TICK_NS: u64 = 1_000_000;
 /// Containers a worker offers on its board at most.
 const OFFERS: usize = 8;
+/// Bursts a worker lets pass after a search for a class hand-off that found nothing.
+const HANDOFF_SKIP: u32 = 8;
 
 /// The schedule function of every task: routes a wake-up to the owning worker's run queue.
 /// `home` is the worker the task was spawned on, where it usually still is.
@@ -321,6 +338,14 @@ pub(crate) struct Local {
     offers: RefCell<Vec<Offer>>,
     boards: RefCell<Vec<Vec<Offer>>>,
     mine: RefCell<Standing>,
+    /// The class hand-off: the classes told to the runtime, the path last published, bursts
+    /// to wait before the next search after one that found nothing, and per worker how many
+    /// tasks it had taken in when this worker last handed it work (none again until it has
+    /// taken that in).
+    classes_told: Cell<u8>,
+    published: Cell<(ClassPath, u8)>,
+    handoff_skip: Cell<u32>,
+    handed: RefCell<Vec<u64>>,
     cfg: Config,
 }
 
@@ -368,6 +393,10 @@ impl Local {
             offers: RefCell::new(Vec::new()),
             boards: RefCell::new(vec![Vec::new(); n]),
             mine: RefCell::new(Standing::default()),
+            classes_told: Cell::new(0),
+            published: Cell::new(([0; PATH_LEVELS], u8::MAX)),
+            handoff_skip: Cell::new(0),
+            handed: RefCell::new(vec![u64::MAX; n]),
             cfg,
             rt,
         }
@@ -411,6 +440,9 @@ impl Local {
                         self.busy_since.set(now);
                     }
                     self.yielded.set(false);
+                    if self.cfg.balance {
+                        self.class_handoff(p.key.index() as u32);
+                    }
                     self.run_burst(p);
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
@@ -418,6 +450,9 @@ impl Local {
                 }
                 None => {
                     self.busy_since.set(u64::MAX);
+                    if self.cfg.balance {
+                        self.publish([0; PATH_LEVELS], u8::MAX);
+                    }
                     if !self.yielded.get() {
                         self.look_for_work(now);
                     }
@@ -799,6 +834,69 @@ impl Local {
         }
         std::mem::swap(&mut boards[me], &mut offers);
         asked
+    }
+
+    /// Before a burst of slot `k`, while the runtime's containers are of mixed classes:
+    /// publishes what this worker runs, and hands work waiting here to a worker that runs
+    /// work it outclasses (see the module docs).
+    fn class_handoff(&self, k: u32) {
+        let (path, min, top, classes) = {
+            let core = self.core.borrow();
+            let q = &core.queues;
+            let Some(s) = q.get(k) else { return };
+            (s.path, s.pmin, q.top_waiting(k), q.classes)
+        };
+        if classes & !self.classes_told.get() != 0 {
+            self.classes_told.set(classes);
+            self.rt.classes.fetch_or(classes, Relaxed);
+        }
+        if self.rt.classes.load(Relaxed).count_ones() < 2 {
+            return;
+        }
+        self.publish(path, min);
+        let Some(top) = top else { return };
+        let skip = self.handoff_skip.get();
+        if skip > 0 {
+            self.handoff_skip.set(skip - 1);
+            return;
+        }
+        let me = self.shared.index;
+        let mut handed = self.handed.borrow_mut();
+        for (w, other) in self.rt.workers.iter().enumerate() {
+            let their_min = other.run_min.load(Relaxed);
+            if w == me || their_min >= top {
+                continue;
+            }
+            let taken_in = other.moved_in.load(Relaxed);
+            if handed[w] == taken_in {
+                continue;
+            }
+            let theirs: ClassPath = std::array::from_fn(|i| other.run_path[i].load(Relaxed));
+            let mut core = self.core.borrow_mut();
+            let Some((c, n)) = core.queues.handoff(k, &theirs, their_min) else {
+                continue;
+            };
+            if let Some((c, list)) = self.give(&mut core, c, n, w) {
+                drop(core);
+                handed[w] = taken_in;
+                other.push(Remote::Adopt(c, list));
+                return;
+            }
+        }
+        // Nothing found: do not look again for a few bursts.
+        self.handoff_skip.set(HANDOFF_SKIP);
+    }
+
+    /// Publishes the class path of what this worker runs (if it changed).
+    fn publish(&self, path: ClassPath, min: u8) {
+        if self.published.get() == (path, min) {
+            return;
+        }
+        self.published.set((path, min));
+        for (a, v) in self.shared.run_path.iter().zip(path) {
+            a.store(v, Relaxed);
+        }
+        self.shared.run_min.store(min, Relaxed);
     }
 
     /// Nothing to run here: before yielding or sleeping, looks for work waiting on other
