@@ -840,12 +840,7 @@ impl Local {
     /// publishes what this worker runs, and hands work waiting here to a worker that runs
     /// work it outclasses (see the module docs).
     fn class_handoff(&self, k: u32) {
-        let (path, min, top, classes) = {
-            let core = self.core.borrow();
-            let q = &core.queues;
-            let Some(s) = q.get(k) else { return };
-            (s.path, s.pmin, q.top_waiting(k), q.classes)
-        };
+        let classes = self.core.borrow().queues.classes;
         if classes & !self.classes_told.get() != 0 {
             self.classes_told.set(classes);
             self.rt.classes.fetch_or(classes, Relaxed);
@@ -853,6 +848,12 @@ impl Local {
         if self.rt.classes.load(Relaxed).count_ones() < 2 {
             return;
         }
+        let (path, min, top) = {
+            let core = self.core.borrow();
+            let q = &core.queues;
+            let Some(s) = q.get(k) else { return };
+            (s.path, s.pmin, q.top_waiting(k))
+        };
         self.publish(path, min);
         let Some(top) = top else { return };
         let skip = self.handoff_skip.get();
