@@ -28,7 +28,9 @@
 //!   worker offers its waiting work and takes from the others what
 //!   [`balance::choose`](rescon::sched::balance::choose) says should run there: work of a
 //!   higher class than it runs, work behind in virtual time by more than 2 ms of running, and,
-//!   when it has nothing to run, work backlogged for 2 ms. Error bound: when every
+//!   when it has nothing to run, work backlogged for 2 ms; never, while it has work, more
+//!   tasks of a container it has tasks of queued itself
+//!   ([`choose_except`](rescon::sched::balance::choose_except)). Error bound: when every
 //!   container has at least as many runnable tasks as there are workers, a container's
 //!   received CPU never lags its entitlement by more than 12 ms of CPU at any time (the slack,
 //!   a balancing interval, the exchange interval and a quantum per worker; checked on random

@@ -580,6 +580,13 @@ impl RunQueues {
         self.high > 0
     }
 
+    /// Whether a container has tasks queued here.
+    pub(crate) fn has_queued(&self, id: ContainerId) -> bool {
+        self.find(id)
+            .and_then(|k| self.get(k))
+            .is_some_and(|s| !s.queue.is_empty())
+    }
+
     /// A live slot.
     pub(crate) fn get(&self, k: u32) -> Option<&Slot> {
         self.slots.get(k as usize).and_then(Option::as_ref)

@@ -75,7 +75,7 @@ use crate::prio::{Boost, IdleLowering};
 use crate::task::{self, JoinHandle, Runnable, Running, TaskMeta, UNPLACED};
 use rescon::Container;
 use rescon::sched::Standing;
-use rescon::sched::balance::{BALANCE_NS, Offer, choose};
+use rescon::sched::balance::{BALANCE_NS, Offer, choose, choose_except};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -803,9 +803,15 @@ impl Local {
         }
         let mut asked = false;
         let mine_ref = (has_best).then_some(&*mine);
-        if (idle || has_best)
-            && let Some(take) = choose(me, mine_ref, &boards, &rules)
-        {
+        let take = (idle || has_best)
+            .then(|| {
+                let core = self.core.borrow();
+                choose_except(me, mine_ref, &boards, &rules, |id| {
+                    core.queues.has_queued(id)
+                })
+            })
+            .flatten();
+        if let Some(take) = take {
             self.rt.workers[take.from].push(Remote::Steal {
                 container: take.container,
                 tasks: take.tasks,

@@ -110,6 +110,23 @@ pub fn choose(
     offers: &[Vec<Offer>],
     rules: &Rules,
 ) -> Option<Take> {
+    choose_except(me, mine, offers, rules, |_| false)
+}
+
+/// [`choose`], where `here` says which containers have runnable work on worker `me` already:
+/// a busy worker takes none of theirs. It can serve such a container itself, as much as its
+/// policy says; more of its tasks would add no parallelism, only moves (measured on real
+/// runtimes: with every container's tasks spread evenly, a worker that the kernel kept off
+/// its CPU for a slice had its waiting tasks taken by the other, which then had two of a
+/// container's tasks and the first none, and back, hundreds of moves a second, each costing
+/// the container a worker for a while).
+pub fn choose_except(
+    me: usize,
+    mine: Option<&Standing>,
+    offers: &[Vec<Offer>],
+    rules: &Rules,
+    here: impl Fn(ContainerId) -> bool,
+) -> Option<Take> {
     /// (class key, tasks waiting, waited), higher is better.
     type Rank = (u32, u32, u64);
     let mut best: Option<(Rank, usize, &Offer, u32)> = None;
@@ -131,7 +148,7 @@ pub fn choose(
                     tasks -= 1;
                 }
             }
-            if tasks == 0 {
+            if tasks == 0 || (mine.is_some() && here(o.container)) {
                 continue;
             }
             let qualifies = match mine {

@@ -39,7 +39,7 @@
 //! ```
 
 use super::entitlements_on;
-use crate::sched::balance::{BALANCE_NS, Offer, Rules, choose};
+use crate::sched::balance::{BALANCE_NS, Offer, Rules, choose_except};
 use crate::sched::{Key, Policy, Standing};
 use crate::{Container, ContainerId, Snapshot};
 use rustc_hash::FxHashMap;
@@ -316,7 +316,10 @@ impl MultiSim {
         }
         #[allow(clippy::needless_range_loop)] // `me` indexes three vectors and a worker
         for me in 0..self.workers.len() {
-            let Some(take) = choose(me, bests[me].as_ref(), &offers, &self.rules) else {
+            let here = &self.workers[me].slots;
+            let Some(take) = choose_except(me, bests[me].as_ref(), &offers, &self.rules, |id| {
+                here.get(&id).is_some_and(|s| !s.queue.is_empty())
+            }) else {
                 continue;
             };
             let (c, queued) = self.workers[take.from].remove(take.container, take.tasks);
