@@ -19,6 +19,7 @@ mod primitives;
 mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
+mod shares;
 mod sim;
 mod synflood;
 mod uring;
@@ -57,6 +58,9 @@ enum Command {
     Synflood(synflood::Args),
     /// rescon-rt beside tokio: spawn, yield, TCP echo and hyper keep-alive, in one run.
     Runtime(runtime::Args),
+    /// Containers' shares of a real rescon-rt runtime's CPU with 1, 2 and one worker per core,
+    /// tasks placed evenly or all on one worker: entitled vs delivered.
+    Shares(shares::Args),
     /// What io_uring would save a server thread over epoll: one-thread echo servers, same
     /// client, loopback.
     Uring(uring::Args),
@@ -109,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         Command::Synflood(a) => synflood::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Runtime(a) => runtime::run(a),
+        Command::Shares(a) => shares::run(a),
         Command::Uring(a) => uring::run(a),
         Command::Paper(a) => paper::run(a),
         Command::Load(a) => load::run(a),

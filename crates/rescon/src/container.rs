@@ -239,6 +239,8 @@ pub(crate) struct Node {
     /// How many schedulers have this container attached; changes are only announced when
     /// some scheduler could care.
     pub(crate) sched_refs: AtomicU32,
+    /// What the policies of several workers share about it (`sched::global`).
+    pub(crate) global: crate::sched::global::NodeGlobal,
     /// Token buckets of the CPU and egress limits, allocated when first used.
     buckets: Mutex<Option<Box<Buckets>>>,
 }
@@ -299,7 +301,7 @@ impl Node {
         }
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         if self.sched_refs.load(SeqCst) > 0 {
             self.shared.notify(self.id);
         }
@@ -639,6 +641,7 @@ fn new_node(
         gauges_self: Gauges::default(),
         gauges_tree: Gauges::default(),
         sched_refs: AtomicU32::new(0),
+        global: Default::default(),
         buckets: Mutex::new(None),
     })
 }

@@ -310,6 +310,7 @@ fn caps_hold_across_schedulers_sharing_a_container() {
     );
     let cfg = HierarchicalConfig {
         lease_ns: Some(MS / 2),
+        ..Default::default()
     };
     let mut workers = [
         Hierarchical::with_config(&registry, cfg),

@@ -222,7 +222,7 @@ pub fn run(args: Args) -> Result<()> {
          in one run here and sets the paper's *relative* result beside ours.\n\n\
          - machine: {} ({} CPUs, {} GiB), Linux {}\n\
          - placement: {placement}\n\
-         - every server has 1 worker (process or thread); windows of {:.1} s after {:.1} s of warm-up\n\
+         - every server has 1 worker (process or thread), but `rescon-httpd, default workers` in experiments 3 and 6 (one per CPU, not pinned); windows of {:.1} s after {:.1} s of warm-up\n\
          - servers: rescon-httpd with containers; the same binary with `--no-containers` (one \
          container, no classes, no cgroups); {}; hyper 1 on tokio (current-thread) serving the \
          1 KB body from memory with the headers a file server sends (type, length, validators, \
@@ -593,7 +593,12 @@ fn exp3_priority(ctx: &mut Ctx) -> Result<()> {
     } else {
         &[0, 1, 4, 16, 32, 64, 128, 256]
     };
-    let kinds = ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::Nginx]);
+    let kinds = ctx.servers(&[
+        Kind::Rescon,
+        Kind::ResconDefault,
+        Kind::ResconOff,
+        Kind::Nginx,
+    ]);
     let mut series_p99 = Vec::new();
     let mut series_p50 = Vec::new();
     let mut js = serde_json::Map::new();
@@ -605,7 +610,9 @@ fn exp3_priority(ctx: &mut Ctx) -> Result<()> {
          CPU, so that its times are the server's, not the load generator's queue. The low-priority \
          clients use keep-alive: with a connection per request one load CPU cannot saturate one \
          server CPU (measured: 10-11k low requests/s against the server's 21k), and an unsaturated \
-         server shows no priority effect at all. The high-priority client's response time, ms:\n\n\
+         server shows no priority effect at all. `rescon-httpd, default workers` is the same server \
+         with one worker per CPU and not pinned (the load generator stays on its CPU), where the \
+         classes must hold across workers. The high-priority client's response time, ms:\n\n\
          | server | low clients | high p50 | high p99 | high req/s | low req/s |\n|---|---|---|---|---|---|\n",
     );
     for kind in &kinds {
@@ -640,15 +647,20 @@ fn exp3_priority(ctx: &mut Ctx) -> Result<()> {
             rows.push(json!({"low_clients": n, "high_p50_ms": h.ms(0.5), "high_p99_ms": h.ms(0.99),
                 "high_per_s": h.per_s(), "low_per_s": l.per_s(), "high_errors": h.errors, "low_errors": l.errors}));
         }
-        if *kind == Kind::Rescon {
+        if matches!(*kind, Kind::Rescon | Kind::ResconDefault) {
             let unloaded = p99.first().map(|p| p.1).unwrap_or(f64::NAN);
             let loaded = p99.last().map(|p| p.1).unwrap_or(f64::NAN);
             let x = loaded / unloaded;
             ctx.goal(
                 3,
                 &format!(
-                    "high-priority p99 with {} low clients / unloaded p99 (containers)",
-                    loads.last().unwrap()
+                    "high-priority p99 with {} low clients / unloaded p99 (containers{})",
+                    loads.last().unwrap(),
+                    if *kind == Kind::ResconDefault {
+                        ", default workers"
+                    } else {
+                        ""
+                    }
                 ),
                 "<= 2",
                 Some(x),
@@ -926,91 +938,109 @@ const STATIC_PER_VHOST: usize = 48;
 
 fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
     let shares = [("a", 0.5), ("b", 0.3), ("c", 0.2)];
-    let server = ctx.start(Kind::Rescon)?;
     let window = ctx.window * 2;
-    let mut groups = Vec::new();
-    for (i, (v, _)) in shares.iter().enumerate() {
-        let host = format!("{v}.test");
-        groups.push(group(
-            &format!("{v} static"),
-            Ipv4Addr::new(127, 0, 1, i as u8 + 1),
-            STATIC_PER_VHOST,
-            Mode::KeepAlive,
-            &host,
-            FILE_1K,
-        ));
-        groups.push(group(
-            &format!("{v} cgi"),
-            Ipv4Addr::new(127, 0, 2, i as u8 + 1),
-            3,
-            Mode::KeepAlive,
-            &host,
-            CGI_BURN,
-        ));
-    }
-    let mut plan = ctx.plan(&server, groups, "three vhosts, overloaded".into());
-    plan.duration = window;
-    let srv = &server;
-    let (r, used) = std::thread::scope(|sc| -> Result<_> {
-        let warm = plan.warmup;
-        let reader = sc.spawn(move || -> Result<Vec<u64>> {
-            std::thread::sleep(warm);
-            let a: Vec<u64> = shares
-                .iter()
-                .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
-                .collect::<Result<_>>()?;
-            std::thread::sleep(window);
-            let b: Vec<u64> = shares
-                .iter()
-                .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
-                .collect::<Result<_>>()?;
-            Ok(a.iter().zip(b).map(|(a, b)| b.saturating_sub(*a)).collect())
-        });
-        let r = httpload::run(&plan)?;
-        let used = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        Ok((r, used))
-    })?;
-    drop(server);
-    let total: u64 = used.iter().sum();
     let mut s = format!(
         "\n## 6. Virtual servers\n\nThree virtual hosts, a.test, b.test and c.test, each a container \
          with a fixed share (50/30/20) of what the sites get; each overloaded by {STATIC_PER_VHOST} keep-alive static \
          clients and 3 clients running {} ms CGI requests. A connection's container moves under its \
          vhost on its first request, and the vhost's CGI runs in a cgroup under the vhost's; the CPU \
-         each vhost's subtree was charged over {:.0} s (runtime-charged plus kernel-reported):\n\n\
-         | vhost | share | delivered | static req/s | CGI done |\n|---|---|---|---|---|\n",
+         each vhost's subtree was charged over {:.0} s (runtime-charged plus kernel-reported), with \
+         one worker pinned to the server CPU and with the server's default worker count (one per \
+         CPU, not pinned: the shares must hold across workers):\n\n\
+         | server | vhost | share | delivered | static req/s | CGI done |\n|---|---|---|---|---|---|\n",
         ctx.site.cgi_ms,
         window.as_secs_f64()
     );
-    let mut js = Vec::new();
+    let mut js = serde_json::Map::new();
     let mut bars = Vec::new();
-    for (i, (v, share)) in shares.iter().enumerate() {
-        let got = used[i] as f64 / total.max(1) as f64;
-        let _ = writeln!(
-            s,
-            "| {v} | {:.0}% | {:.1}% | {:.0} | {} |",
-            share * 100.0,
-            got * 100.0,
-            r[2 * i].per_s(),
-            r[2 * i + 1].ok
+    for kind in [Kind::Rescon, Kind::ResconDefault] {
+        let server = ctx.start(kind)?;
+        let mut groups = Vec::new();
+        for (i, (v, _)) in shares.iter().enumerate() {
+            let host = format!("{v}.test");
+            groups.push(group(
+                &format!("{v} static"),
+                Ipv4Addr::new(127, 0, 1, i as u8 + 1),
+                STATIC_PER_VHOST,
+                Mode::KeepAlive,
+                &host,
+                FILE_1K,
+            ));
+            groups.push(group(
+                &format!("{v} cgi"),
+                Ipv4Addr::new(127, 0, 2, i as u8 + 1),
+                3,
+                Mode::KeepAlive,
+                &host,
+                CGI_BURN,
+            ));
+        }
+        let mut plan = ctx.plan(
+            &server,
+            groups,
+            format!("three vhosts, overloaded ({})", kind.name()),
         );
-        ctx.goal(
-            6,
-            &format!("vhost {v}'s CPU within 2 points of {:.0}%", share * 100.0),
-            &format!("{:.0}% +- 2", share * 100.0),
-            Some(got * 100.0),
-            (got - share).abs() <= 0.02,
-        );
-        js.push(
-            json!({"vhost": v, "share": share, "delivered": got, "cpu_ns": used[i],
-            "static_per_s": r[2 * i].per_s(), "cgi_completed": r[2 * i + 1].ok}),
-        );
-        bars.push(plot::BarGroup {
-            category: format!("{v}.test"),
-            values: vec![("delivered %".into(), got * 100.0)],
-        });
+        plan.duration = window;
+        let srv = &server;
+        let (r, used) = std::thread::scope(|sc| -> Result<_> {
+            let warm = plan.warmup;
+            let reader = sc.spawn(move || -> Result<Vec<u64>> {
+                std::thread::sleep(warm);
+                let a: Vec<u64> = shares
+                    .iter()
+                    .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
+                    .collect::<Result<_>>()?;
+                std::thread::sleep(window);
+                let b: Vec<u64> = shares
+                    .iter()
+                    .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
+                    .collect::<Result<_>>()?;
+                Ok(a.iter().zip(b).map(|(a, b)| b.saturating_sub(*a)).collect())
+            });
+            let r = httpload::run(&plan)?;
+            let used = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            Ok((r, used))
+        })?;
+        drop(server);
+        let total: u64 = used.iter().sum();
+        let mut rows = Vec::new();
+        let mut values = Vec::new();
+        for (i, (v, share)) in shares.iter().enumerate() {
+            let got = used[i] as f64 / total.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "| {} | {v} | {:.0}% | {:.1}% | {:.0} | {} |",
+                kind.name(),
+                share * 100.0,
+                got * 100.0,
+                r[2 * i].per_s(),
+                r[2 * i + 1].ok
+            );
+            ctx.goal(
+                6,
+                &format!(
+                    "vhost {v}'s CPU within 2 points of {:.0}%{}",
+                    share * 100.0,
+                    if kind == Kind::ResconDefault {
+                        " (default workers)"
+                    } else {
+                        ""
+                    }
+                ),
+                &format!("{:.0}% +- 2", share * 100.0),
+                Some(got * 100.0),
+                (got - share).abs() <= 0.02,
+            );
+            rows.push(
+                json!({"vhost": v, "share": share, "delivered": got, "cpu_ns": used[i],
+                "static_per_s": r[2 * i].per_s(), "cgi_completed": r[2 * i + 1].ok}),
+            );
+            values.push((format!("{v}.test"), got * 100.0));
+        }
+        js.insert(kind.key().into(), Value::Array(rows));
+        bars.push((kind.name(), values));
     }
     s.push_str(
         "\nThe paper: each guest server's total CPU \"exactly matched its allocation\"; RCLinux \
@@ -1018,13 +1048,24 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.report.push_str(&s);
     let targets: Vec<f64> = shares.iter().map(|(_, s)| s * 100.0).collect();
+    let groups: Vec<plot::BarGroup> = shares
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _))| plot::BarGroup {
+            category: format!("{v}.test"),
+            values: bars
+                .iter()
+                .map(|(name, vals)| (format!("{name} %"), vals[i].1))
+                .collect(),
+        })
+        .collect();
     plot::bars(
         &ctx.out.join("vhosts.png"),
         "Virtual servers: CPU delivered vs fixed share (dashed)",
         "% of the sites' CPU",
-        &bars,
+        &groups,
         Some(&targets),
     )?;
-    ctx.experiments.insert("6_vhosts".into(), Value::Array(js));
+    ctx.experiments.insert("6_vhosts".into(), Value::Object(js));
     Ok(())
 }

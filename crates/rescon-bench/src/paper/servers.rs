@@ -1,5 +1,6 @@
 //! The servers the experiments compare, started and stopped the same way: each is a process
-//! of its own, pinned to the server CPU, on a loopback port, with the same files.
+//! of its own, pinned to the server CPU (but rescon-httpd with its default worker count, which
+//! runs on every CPU), on a loopback port, with the same files.
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// rescon-httpd with its containers (classes, vhosts, CGI in cgroups).
     Rescon,
+    /// The same, with the server's default worker count (one per core) and not pinned: the
+    /// server as a user starts it, where shares and classes must hold across workers.
+    ResconDefault,
     /// The same binary with `--no-containers`: one container for everything, no classes, no
     /// cgroups.
     ResconOff,
@@ -28,6 +32,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rescon => "rescon-httpd",
+            Kind::ResconDefault => "rescon-httpd, default workers",
             Kind::ResconOff => "rescon-httpd, containers off",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper on tokio",
@@ -38,6 +43,7 @@ impl Kind {
     pub fn key(self) -> &'static str {
         match self {
             Kind::Rescon => "rescon",
+            Kind::ResconDefault => "rescon_default_workers",
             Kind::ResconOff => "rescon_off",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper_tokio",
@@ -356,7 +362,7 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
 pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
     let exe = &site.exe;
     match kind {
-        Kind::Rescon | Kind::ResconOff => {
+        Kind::Rescon | Kind::ResconOff | Kind::ResconDefault => {
             let conf = site.dir.join("rescon-httpd.toml");
             std::fs::write(&conf, site.rescon_config())?;
             let _ = std::fs::remove_file(site.dir.join("admin.sock"));
@@ -364,12 +370,19 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             cmd.arg("httpd")
                 .arg("--config")
                 .arg(&conf)
-                .args(["--workers", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
+            if kind != Kind::ResconDefault {
+                cmd.args(["--workers", "1"]);
+            }
             if kind == Kind::ResconOff {
                 cmd.arg("--no-containers");
             }
+            let cpu = if kind == Kind::ResconDefault {
+                None
+            } else {
+                cpu
+            };
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
             let addr = read_address(&mut child, "rescon-httpd")?;
