@@ -5,6 +5,8 @@
 //!   limited by the kernel.
 //! - [`listen`]: listening sockets bound to containers, with CIDR filters steering each new
 //!   connection to a member socket in the kernel, and flood defense.
+//! - [`netacct`]: the kernel's network work (packets, bytes, softirq CPU) charged to
+//!   containers with eBPF.
 //!
 //! Every kernel interface sits behind a module boundary whose pure parts (parsers of kernel text,
 //! program builders) are tested on literal fixtures, and whose system calls are confined to one
@@ -13,4 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+mod ebpf;
 pub mod listen;
+pub mod netacct;
