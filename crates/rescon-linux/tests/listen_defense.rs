@@ -234,7 +234,10 @@ fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
         let defender = Defender::new(group.clone(), cfg).unwrap();
         let d = defender.step().unwrap();
         assert!(matches!(d.actions.as_slice(), [Action::Quarantine { .. }]));
-        assert_eq!(group.edges()[0].1, vec!["127.0.0.5/32".parse().unwrap()]);
+        assert_eq!(
+            group.edges()[0].1,
+            vec!["127.0.0.5/32".parse::<ipnet::IpNet>().unwrap()]
+        );
         // The flood goes on, dropped at the edge only: the defense must still see it.
         for _ in 0..3 {
             syn_burst("127.0.0.5", dst, Duration::from_millis(150));

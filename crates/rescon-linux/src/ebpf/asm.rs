@@ -39,21 +39,25 @@ impl Insn {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn dst(self) -> u8 {
         self.regs & 0x0f
     }
 
+    #[cfg(test)]
     pub(crate) fn src(self) -> u8 {
         self.regs >> 4
     }
 
     /// The instruction class (`BPF_CLASS`).
+    #[cfg(test)]
     pub(crate) fn class(self) -> u8 {
         self.code & 0x07
     }
 
     /// Whether this is a conditional or unconditional jump with an offset (not a call or
     /// an exit).
+    #[cfg(test)]
     pub(crate) fn is_jump(self) -> bool {
         matches!(self.class(), JMP | JMP32) && !matches!(self.code & 0xf0, CALL | EXIT)
     }
@@ -86,6 +90,7 @@ pub(crate) const JMP: u8 = 0x05;
 pub(crate) const JMP32: u8 = 0x06;
 pub(crate) const ALU64: u8 = 0x07;
 const IMM: u8 = 0x00;
+const ABS: u8 = 0x20;
 const MEM: u8 = 0x60;
 const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
@@ -93,7 +98,6 @@ const X: u8 = 0x08;
 const ADD: u8 = 0x00;
 const SUB: u8 = 0x10;
 const AND: u8 = 0x50;
-const LSH: u8 = 0x60;
 const RSH: u8 = 0x70;
 const MOV: u8 = 0xb0;
 pub(crate) const CALL: u8 = 0x80;
@@ -125,15 +129,13 @@ impl Size {
     }
 }
 
-/// A jump's condition (unsigned comparisons, and bit test).
+/// A jump's condition (unsigned comparisons, and bit test; add the others as programs need
+/// them: `BPF_JGE` 0x30, `BPF_JLT` 0xa0, `BPF_JLE` 0xb0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cond {
     Eq,
     Ne,
     Gt,
-    Ge,
-    Lt,
-    Le,
     /// `dst & src != 0`.
     Set,
 }
@@ -143,11 +145,8 @@ impl Cond {
         match self {
             Cond::Eq => 0x10,
             Cond::Gt => 0x20,
-            Cond::Ge => 0x30,
             Cond::Set => 0x40,
             Cond::Ne => 0x50,
-            Cond::Lt => 0xa0,
-            Cond::Le => 0xb0,
         }
     }
 }
@@ -205,11 +204,6 @@ impl Asm {
         self
     }
 
-    /// Instructions emitted so far.
-    pub(crate) fn len(&self) -> usize {
-        self.insns.len()
-    }
-
     /// `dst = src` (64 bits).
     pub(crate) fn mov(&mut self, dst: Reg, src: Reg) -> &mut Self {
         self.push(Insn::new(ALU64 | MOV | X, dst, src, 0, 0))
@@ -251,11 +245,6 @@ impl Asm {
         self.push(Insn::new(ALU64 | RSH | K, dst, R0, 0, imm))
     }
 
-    /// `dst <<= imm` (64 bits).
-    pub(crate) fn lsh_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
-        self.push(Insn::new(ALU64 | LSH | K, dst, R0, 0, imm))
-    }
-
     /// `dst = *(size *)(src + off)`, zero-extended.
     pub(crate) fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) -> &mut Self {
         self.push(Insn::new(LDX | MEM | size.bits(), dst, src, off, 0))
@@ -290,6 +279,12 @@ impl Asm {
             map.as_raw_fd(),
         ));
         self.push(Insn::new(0, R0, R0, 0, 0))
+    }
+
+    /// `r0 = ntoh(*(size *)(skb->data + off))` (`BPF_LD | BPF_ABS`: socket filters only,
+    /// with the skb in `r6`; a load beyond the packet ends the program with 0).
+    pub(crate) fn ld_abs(&mut self, size: Size, off: i32) -> &mut Self {
+        self.push(Insn::new(LD | ABS | size.bits(), R0, R0, 0, off))
     }
 
     /// `r0 = helper(r1, ..., r5)`.
@@ -340,6 +335,7 @@ impl Asm {
     }
 }
 
+#[cfg(test)]
 /// Checks what the kernel's verifier would refuse first, for programs built in unit tests
 /// without a kernel: every jump lands inside the program, the last instruction is an exit
 /// or a jump, and wide immediate loads have their second half.

@@ -87,10 +87,6 @@ impl Map {
         }
     }
 
-    pub(crate) fn key_len(&self) -> usize {
-        self.key
-    }
-
     /// Looks `key` up; `None` if absent.
     pub(crate) fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let mut v = vec![0u8; self.value_buf_len()];
@@ -105,20 +101,6 @@ impl Map {
     /// Deletes `key`; `false` if it was absent.
     pub(crate) fn delete(&self, key: &[u8]) -> io::Result<bool> {
         sys::map_delete(self.fd.as_fd(), key)
-    }
-
-    /// Every key (a snapshot: keys added or deleted meanwhile may be missed or seen).
-    pub(crate) fn keys(&self) -> io::Result<Vec<Vec<u8>>> {
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        let mut next = vec![0u8; self.key];
-        loop {
-            let more =
-                sys::map_next_key(self.fd.as_fd(), out.last().map(Vec::as_slice), &mut next)?;
-            if !more {
-                return Ok(out);
-            }
-            out.push(next.clone());
-        }
     }
 
     /// Every entry of a hash map, keys and values laid end to end (values as [`get`]

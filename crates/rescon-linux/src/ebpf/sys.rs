@@ -105,7 +105,6 @@ enum Cmd {
     MapLookupBatch = 24,
     MapLookupAndDeleteBatch = 25,
     LinkCreate = 28,
-    LinkUpdate = 29,
     EnableStats = 32,
 }
 
@@ -121,7 +120,6 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
 /// Map types used (`enum bpf_map_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MapType {
-    Hash = 1,
     Array = 2,
     PercpuHash = 5,
     PercpuArray = 6,
@@ -441,13 +439,6 @@ pub(crate) fn xdp_link(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Re
     attr.call(Cmd::LinkCreate).map(owned)
 }
 
-/// `bpf(BPF_LINK_UPDATE)`: swaps the program of a link atomically.
-pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr = Attr::new();
-    attr.u32(0, fd_u32(link)).u32(4, fd_u32(prog));
-    attr.call(Cmd::LinkUpdate).map(drop)
-}
-
 /// `bpf(BPF_PROG_TEST_RUN)` of a packet program (XDP, socket filter) on `packet`: its return
 /// value.
 pub(crate) fn test_run_packet(prog: BorrowedFd<'_>, packet: &[u8]) -> io::Result<u32> {
@@ -456,22 +447,6 @@ pub(crate) fn test_run_packet(prog: BorrowedFd<'_>, packet: &[u8]) -> io::Result
         .u32(8, packet.len() as u32)
         .ptr(16, packet.as_ptr())
         .u32(32, 1);
-    attr.call(Cmd::ProgTestRun)?;
-    Ok(attr.get_u32(4))
-}
-
-/// `BPF_F_TEST_RUN_ON_CPU`.
-const F_TEST_RUN_ON_CPU: u32 = 1 << 0;
-
-/// `bpf(BPF_PROG_TEST_RUN)` of a raw tracepoint program with arguments `args`, on CPU
-/// `cpu`: its return value.
-pub(crate) fn test_run_raw_tp(prog: BorrowedFd<'_>, args: &[u64], cpu: u32) -> io::Result<u32> {
-    let mut attr = Attr::new();
-    attr.u32(0, fd_u32(prog))
-        .u32(40, std::mem::size_of_val(args) as u32)
-        .ptr(48, args.as_ptr())
-        .u32(64, F_TEST_RUN_ON_CPU)
-        .u32(68, cpu);
     attr.call(Cmd::ProgTestRun)?;
     Ok(attr.get_u32(4))
 }

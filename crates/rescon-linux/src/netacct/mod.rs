@@ -471,12 +471,15 @@ pub struct ProgramStats {
 /// The kernel's run-time statistics of every BPF program, on while this is alive (it costs
 /// two clock reads per program run, so only for measuring).
 #[derive(Debug)]
-pub struct RunStats(OwnedFd);
+pub struct RunStats {
+    /// Statistics stay on while this is open.
+    _on: OwnedFd,
+}
 
 impl RunStats {
     /// Turns the statistics on (root).
     pub fn enable() -> io::Result<RunStats> {
-        sys::enable_stats().map(RunStats)
+        sys::enable_stats().map(|fd| RunStats { _on: fd })
     }
 }
 
