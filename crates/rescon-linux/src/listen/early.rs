@@ -41,7 +41,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 pub const MAX_PREFIXES: u32 = 16_384;
 
 /// Sources counted per period at most (the least recently seen are evicted first).
-pub const MAX_SOURCES: u32 = 65_536;
+pub const MAX_SOURCES: u32 = 4_096;
 
 /// The prefix length the edge counts IPv4 sources by.
 pub const SOURCE_V4_LEN: u8 = 24;
