@@ -182,3 +182,67 @@ fn only_the_watched_process_is_credited() {
     assert_eq!(after.credits, before.credits);
     assert_eq!(after.totals.credited_ns, before.totals.credited_ns);
 }
+
+/// Without privilege, the accounting says why and what to do, and listener groups work
+/// without their eBPF parts: no early counters, and an edge filter is refused with the
+/// remedy. (A black-hole member cannot be tested here: this kernel refuses even classic
+/// socket filters to unprivileged users.) Runs itself again as the user nobody (with
+/// setpriv).
+#[test]
+fn without_privilege_everything_degrades_and_says_why() {
+    use rescon_linux::listen::edge::XdpMode;
+    use rescon_linux::listen::{Filter, ListenerGroup};
+    const ROLE: &str = "RESCON_NETACCT_UNPRIVILEGED";
+    if std::env::var_os(ROLE).is_some() {
+        let e = NetAccounting::open(&Options::default()).unwrap_err();
+        assert!(e.is_permission(), "{e}");
+        assert!(e.to_string().contains("needs root"), "{e}");
+        let reg = Registry::new();
+        let a = reg.root().create_child("a", Attributes::default()).unwrap();
+        let b = reg.root().create_child("b", Attributes::default()).unwrap();
+        let group = ListenerGroup::builder("127.0.0.1:0".parse().unwrap())
+            .member(&a, Filter::any())
+            .member(&b, "127.0.0.3/32".parse().unwrap())
+            .build()
+            .expect("a group without eBPF");
+        assert!(group.early_drops().is_empty());
+        assert!(group.take_sources().is_none());
+        let e = group.drop_at_edge("lo", XdpMode::Generic).unwrap_err();
+        assert!(e.to_string().contains("run as root"), "{e}");
+        println!("DEGRADED: {e}");
+        return;
+    }
+    if open("without_privilege_everything_degrades_and_says_why").is_none() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "without_privilege_everything_degrades_and_says_why",
+            "--nocapture",
+        ])
+        .env(ROLE, "1")
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(
+                !required(),
+                "RESCON_REQUIRE_KERNEL=1 but cannot run setpriv: {e}"
+            );
+            eprintln!("skipped: cannot run setpriv: {e}");
+            return;
+        }
+    };
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if text.contains("Permission denied") && !text.contains("running 1 test") {
+        eprintln!("skipped: nobody cannot execute {}", exe.display());
+        return;
+    }
+    assert!(out.status.success(), "unprivileged run failed:\n{text}");
+    assert!(text.contains("DEGRADED:"), "{text}");
+}

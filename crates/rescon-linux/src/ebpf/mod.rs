@@ -58,12 +58,9 @@ pub(crate) struct Map {
 impl Map {
     /// Creates a map. Per-CPU maps are read as one value per possible CPU.
     pub(crate) fn create(spec: &MapSpec<'_>) -> io::Result<Map> {
-        let fd = sys::map_create(spec).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("creating BPF map {} ({:?}): {e}", spec.name, spec.kind),
-            )
-        })?;
+        // The raw error, so that callers can tell EPERM (no privilege) apart; they say
+        // which map.
+        let fd = sys::map_create(spec)?;
         let copies = if spec.kind.per_cpu() {
             sys::possible_cpus()?
         } else {

@@ -373,10 +373,12 @@ pub(crate) fn prog_load(s: &ProgSpec<'_>) -> io::Result<OwnedFd> {
             if let Ok(fd) = again {
                 return Ok(owned(fd));
             }
-            Err(io::Error::new(
-                e.kind(),
-                format!("{e}; verifier: {}", log_tail(&log, 8)),
-            ))
+            let tail = log_tail(&log, 8);
+            if tail.is_empty() {
+                // Refused before the verifier ran (no privilege): the raw error.
+                return Err(e);
+            }
+            Err(io::Error::new(e.kind(), format!("{e}; verifier: {tail}")))
         }
         Err(e) => Err(e),
     }
@@ -404,10 +406,10 @@ pub(crate) fn btf_load(blob: &[u8]) -> io::Result<OwnedFd> {
                 .u32(24, 1);
             match attr.call(Cmd::BtfLoad) {
                 Ok(fd) => Ok(owned(fd)),
-                Err(_) => Err(io::Error::new(
-                    e.kind(),
-                    format!("{e}; BTF log: {}", log_tail(&log, 4)),
-                )),
+                Err(_) => match log_tail(&log, 4) {
+                    tail if tail.is_empty() => Err(e),
+                    tail => Err(io::Error::new(e.kind(), format!("{e}; BTF log: {tail}"))),
+                },
             }
         }
     }
