@@ -411,6 +411,8 @@ fn a_group_with_an_edge_drops_its_black_holes_syns_before_the_socket() {
         assert_eq!(early.len(), 1);
         assert_eq!(early[0].1, Some(m[1].id()), "listed by the black hole");
         assert!(early[0].0.edge >= 1 && early[0].0.socket == 0, "{early:?}");
+        let by_member = group.early_drops_by_member();
+        assert_eq!(by_member, vec![(m[1].id(), early[0].0.edge)]);
         // A client's handshake is counted by source, with its ACK.
         assert!(!times_out(IpAddr::from([127, 0, 0, 4]), dst));
         let s = group.take_sources().unwrap().unwrap();
@@ -436,6 +438,9 @@ fn a_group_with_an_edge_drops_its_black_holes_syns_before_the_socket() {
         let early = group.early_drops();
         let gone = early.iter().find(|(d, _)| d.prefix == p2).unwrap();
         assert!(gone.0.edge >= 1 && gone.1.is_none(), "{early:?}");
+        // Every drop went to the black hole, the one that listed the prefix when it dropped.
+        let total: u64 = early.iter().map(|(d, _)| d.total()).sum();
+        assert_eq!(group.early_drops_by_member(), vec![(m[1].id(), total)]);
     });
 }
 

@@ -26,6 +26,7 @@
 //! LRU per-CPU hash { family: u32, addr: [u8; 16] (/24 or /64) } -> { syns: u64, acks: u64 }
 //! ```
 
+use super::MemberId;
 use crate::ebpf::asm::Size::{B, DW, W};
 use crate::ebpf::asm::{Asm, Cond, Helper, Insn, R0, R1, R2, R3, R4, R5, R6, R10, Src, be16};
 use crate::ebpf::sys::{self, MapSpec, MapType, ProgSpec, ProgType};
@@ -105,6 +106,11 @@ pub struct Holes {
     prefixes: BTreeSet<IpNet>,
     /// Counts of prefixes taken out, added back to their counts if they return.
     retired: BTreeMap<IpNet, (u64, u64)>,
+    /// The member each prefix is black-holed for (as of the last [`Holes::set_owned`]).
+    owner: BTreeMap<IpNet, MemberId>,
+    /// Each prefix's total when last settled, and the drops settled to each owner.
+    seen: BTreeMap<IpNet, u64>,
+    by_owner: BTreeMap<MemberId, u64>,
 }
 
 impl fmt::Debug for Holes {
@@ -170,6 +176,9 @@ impl Holes {
             filter,
             prefixes: BTreeSet::new(),
             retired: BTreeMap::new(),
+            owner: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            by_owner: BTreeMap::new(),
         })
     }
 
@@ -184,10 +193,16 @@ impl Holes {
     /// removed, so that a prefix merged into a shorter one is never uncovered. IPv4-mapped
     /// IPv6 prefixes are taken as IPv4 (as the filters do).
     pub fn set(&mut self, prefixes: &[IpNet]) -> io::Result<()> {
-        let want: BTreeSet<IpNet> = prefixes
-            .iter()
-            .map(|p| super::check_prefix(*p).unwrap_or(*p).trunc())
-            .collect();
+        let owned: Vec<(IpNet, Option<MemberId>)> = prefixes.iter().map(|p| (*p, None)).collect();
+        self.set_owned(&owned)
+    }
+
+    /// [`set`](Self::set), with the member each prefix is black-holed for: the drops so far
+    /// are settled to the owners they had, and later ones go to these.
+    pub(crate) fn set_owned(&mut self, prefixes: &[(IpNet, Option<MemberId>)]) -> io::Result<()> {
+        self.settle()?;
+        let norm = |p: &IpNet| super::check_prefix(*p).unwrap_or(*p).trunc();
+        let want: BTreeSet<IpNet> = prefixes.iter().map(|(p, _)| norm(p)).collect();
         if want.len() > MAX_PREFIXES as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -220,6 +235,22 @@ impl Holes {
             self.trie(&p).delete(&key)?;
         }
         self.prefixes = want;
+        self.owner = prefixes
+            .iter()
+            .filter_map(|(p, m)| m.map(|m| (norm(p), m)))
+            .collect();
+        Ok(())
+    }
+
+    /// Gives each prefix's drops since the last settling to its owner.
+    fn settle(&mut self) -> io::Result<()> {
+        for d in self.drops()? {
+            let last = self.seen.insert(d.prefix, d.total()).unwrap_or(0);
+            let delta = d.total().saturating_sub(last);
+            if let (true, Some(m)) = (delta > 0, self.owner.get(&d.prefix)) {
+                *self.by_owner.entry(*m).or_default() += delta;
+            }
+        }
         Ok(())
     }
 
@@ -247,6 +278,15 @@ impl Holes {
                 socket,
             })
             .collect())
+    }
+
+    /// SYNs dropped early for each member, cumulative and never decreasing: each drop goes
+    /// to the member its prefix was black-holed for when it was dropped (settled at every
+    /// change of the prefixes and at every call). Prefixes set without an owner give
+    /// nobody anything.
+    pub fn drops_by_owner(&mut self) -> io::Result<Vec<(MemberId, u64)>> {
+        self.settle()?;
+        Ok(self.by_owner.iter().map(|(m, n)| (*m, *n)).collect())
     }
 
     /// Takes what the edge filters counted by source since the last take.

@@ -209,15 +209,16 @@ struct State {
 }
 
 impl State {
-    /// The prefixes listed by active black-hole members: what the early filters drop.
-    fn hole_prefixes(&self) -> Vec<IpNet> {
+    /// The prefixes listed by active black-hole members, with the member: what the early
+    /// filters drop, and for whom.
+    fn hole_prefixes(&self) -> Vec<(IpNet, Option<MemberId>)> {
         let mut out = Vec::new();
         for (m, f) in self.slots.iter().zip(self.steering.filters()) {
             if !m.is_black_hole() || m.is_retired() {
                 continue;
             }
             if let Filter::Prefixes(set) = f {
-                out.extend(set.iter().copied());
+                out.extend(set.iter().map(|p| (*p, Some(m.id()))));
             }
         }
         out
@@ -229,7 +230,7 @@ impl State {
     fn sync_holes(&mut self, addr: SocketAddr) {
         let want = self.hole_prefixes();
         if let Some(h) = &mut self.holes {
-            if let Err(err) = h.set(&want) {
+            if let Err(err) = h.set_owned(&want) {
                 tracing::warn!(%addr, error = %err, "early filters not updated; the black-hole members still drop these SYNs");
             }
         }
@@ -478,6 +479,21 @@ impl ListenerGroup {
                 (d, owner)
             })
             .collect()
+    }
+
+    /// SYNs dropped early for each member (its black-holed prefixes, at the edge and at its
+    /// socket), cumulative and never decreasing, each drop to the member that black-holed
+    /// its prefix when it was dropped: what a server charges to each member's container as
+    /// packets dropped for it (see [`Holes::drops_by_owner`]). Empty without eBPF.
+    pub fn early_drops_by_member(&self) -> Vec<(MemberId, u64)> {
+        let mut st = self.lock();
+        let Some(h) = &mut st.holes else {
+            return Vec::new();
+        };
+        h.drops_by_owner().unwrap_or_else(|e| {
+            tracing::warn!(addr = %self.local, error = %e, "reading the early drop counters");
+            Vec::new()
+        })
     }
 
     /// What the edge filters counted by source since the last call, or `None` when the group

@@ -66,8 +66,15 @@
 //! if let Some(acct) = &acct {
 //!     acct.bind(&listener_fd, container.id()).unwrap(); // its connections too
 //!     let mut ledger = Ledger::starting_at(&acct.read().unwrap(), &[]);
-//!     // ... every 100 ms:
-//!     let interval = ledger.advance(&acct.read().unwrap(), &[]);
+//!     // ... every 100 ms, with the packets the listener groups dropped early for each
+//!     // member's container (black holes, edge filters):
+//!     # let group: rescon_linux::listen::ListenerGroup = unimplemented!();
+//!     let drops: Vec<(rescon::ContainerId, u64)> = group
+//!         .early_drops_by_member()
+//!         .into_iter()
+//!         .filter_map(|(m, n)| Some((group.member(m).ok()?.container().id(), n)))
+//!         .collect();
+//!     let interval = ledger.advance(&acct.read().unwrap(), &drops);
 //!     for (id, u) in &interval.containers {
 //!         println!("{id}: {} packets in, {} ns of kernel network CPU", u.rx_packets, u.kernel_net_ns());
 //!     }
