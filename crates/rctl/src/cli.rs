@@ -1,10 +1,11 @@
 //! The command line: arguments, and each command as a request and a rendering.
 
-use crate::client::{Endpoint, Response};
+use crate::client::{Endpoint as Server, Response};
 use crate::render;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rescon_httpd::admin::api::{ContainerView, FiltersView, MoveRequest, MoveResult};
+use rescon_admin::api::{ContainerView, FiltersView, MoveRequest, MoveResult};
+use rescon_admin::routes::Endpoint;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,7 +84,7 @@ pub enum Command {
 
 impl Args {
     /// Where to send requests.
-    pub fn endpoint(&self) -> Result<Endpoint> {
+    pub fn endpoint(&self) -> Result<Server> {
         if let Some(url) = &self.url {
             let token = match (&self.token, &self.token_file) {
                 (Some(t), _) => Some(t.clone()),
@@ -95,16 +96,13 @@ impl Args {
                 ),
                 (None, None) => std::env::var("RCTL_TOKEN").ok(),
             };
-            return Ok(Endpoint::from_url(url, token)?);
+            return Ok(Server::from_url(url, token)?);
         }
         let socket = match &self.socket {
             Some(s) => s.clone(),
-            None => rescon_httpd::config::Config::default_config()
-                .admin
-                .socket
-                .context("the default configuration has no admin socket: give --socket")?,
+            None => rescon_admin::default_socket(),
         };
-        Ok(Endpoint::Unix(socket))
+        Ok(Server::Unix(socket))
     }
 }
 
@@ -134,21 +132,10 @@ fn decode<T: serde::de::DeserializeOwned>(resp: &Response) -> Result<T> {
 }
 
 /// `GET /containers`, decoded.
-pub fn fetch_tree(endpoint: &Endpoint) -> Result<ContainerView> {
-    let resp = check(endpoint.request("GET", "/containers", None)?)?;
+pub fn fetch_tree(endpoint: &Server) -> Result<ContainerView> {
+    let resp =
+        check(endpoint.request(Endpoint::Tree.method(), &Endpoint::Tree.path(None), None)?)?;
     decode(&resp)
-}
-
-/// Percent-encodes what may not appear raw in a path segment (a declared path keeps its `/`).
-fn encode_id(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs a command, writing its output to `out`. Errors are returned, for `main` to print.
@@ -161,8 +148,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
     match &args.command {
         Command::Tree { depth } => {
             let path = match depth {
-                Some(d) => format!("/containers?depth={d}"),
-                None => "/containers".to_string(),
+                Some(d) => format!("{}?depth={d}", Endpoint::Tree.path(None)),
+                None => Endpoint::Tree.path(None),
             };
             let resp = check(ep.request("GET", &path, None)?)?;
             if args.json {
@@ -172,8 +159,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             out.write_all(render::tree(&v).as_bytes())?;
         }
         Command::Show { id } => {
-            let resp =
-                check(ep.request("GET", &format!("/containers/{}", encode_id(id)), None)?)?;
+            let resp = check(ep.request(
+                Endpoint::GetContainer.method(),
+                &Endpoint::GetContainer.path(Some(id)),
+                None,
+            )?)?;
             if args.json {
                 return raw(&resp, out);
             }
@@ -190,8 +180,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             }
             let body = pairs.join("\n");
             let resp = check(ep.request(
-                "PATCH",
-                &format!("/containers/{}", encode_id(id)),
+                Endpoint::PatchContainer.method(),
+                &Endpoint::PatchContainer.path(Some(id)),
                 Some(("text/plain", body.as_bytes())),
             )?)?;
             if args.json {
@@ -201,7 +191,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             out.write_all(render::set_result(&v, &keys).as_bytes())?;
         }
         Command::Filters => {
-            let resp = check(ep.request("GET", "/filters", None)?)?;
+            let resp = check(ep.request(
+                Endpoint::Filters.method(),
+                &Endpoint::Filters.path(None),
+                None,
+            )?)?;
             if args.json {
                 return raw(&resp, out);
             }
@@ -212,11 +206,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             let req = MoveRequest {
                 listener: listener.clone(),
                 prefix: prefix.clone(),
-                to: rescon_httpd::admin::BLACK_HOLE.to_string(),
+                to: rescon_admin::BLACK_HOLE.to_string(),
             };
             let body = serde_json::to_vec(&req)?;
-            let resp =
-                check(ep.request("POST", "/filters/move", Some(("application/json", &body)))?)?;
+            let resp = check(ep.request(
+                Endpoint::MoveFilter.method(),
+                &Endpoint::MoveFilter.path(None),
+                Some(("application/json", &body)),
+            )?)?;
             if args.json {
                 return raw(&resp, out);
             }
@@ -230,8 +227,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             // Fail before taking over the terminal if the server is not there.
             fetch_tree(&ep)?;
             let title = match &ep {
-                Endpoint::Unix(p) => format!("rctl top | {}", p.display()),
-                Endpoint::Tcp { addr, .. } => format!("rctl top | http://{addr}"),
+                Server::Unix(p) => format!("rctl top | {}", p.display()),
+                Server::Tcp { addr, .. } => format!("rctl top | http://{addr}"),
             };
             crate::top::run(&ep, Duration::from_secs_f64(*interval), &title)?;
         }

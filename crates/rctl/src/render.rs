@@ -1,6 +1,6 @@
 //! Turning admin API documents into text for a terminal.
 
-use rescon_httpd::admin::api::{ContainerView, ErrorBody, FiltersView, MoveResult, UsageView};
+use rescon_admin::api::{ContainerView, ErrorBody, FiltersView, MoveResult, UsageView};
 use std::fmt::Write;
 
 /// Seconds with three decimals: `1.234s`.
@@ -56,7 +56,7 @@ pub fn attr_summary(v: &ContainerView) -> String {
 /// each subtree.
 ///
 /// ```
-/// # use rescon_httpd::admin::api::ContainerView;
+/// # use rescon_admin::api::ContainerView;
 /// let registry = rescon::Registry::new();
 /// let mut a = rescon::Attributes::default();
 /// a.set("cpu_limit", "30%").unwrap();
@@ -188,34 +188,20 @@ fn usage_rows(out: &mut String, own: &UsageView, sub: &UsageView) {
     }
 }
 
-/// The attribute keys in the order `rctl` lists them.
-pub const ATTR_ORDER: [&str; 11] = [
-    "class",
-    "share",
-    "priority",
-    "cpu_limit",
-    "cpu_period",
-    "cpu_burst",
-    "max_connections",
-    "max_memory",
-    "egress_bytes_per_sec",
-    "max_processes",
-    "enforcement",
-];
-
 /// `rctl show ID`: attributes, usage and children of one container.
 pub fn show(v: &ContainerView) -> String {
     let mut out = String::new();
     let parent = v.parent.map_or("none".to_string(), |p| p.to_string());
     let _ = writeln!(out, "container {} ({}), parent {parent}", v.id, v.name);
     let _ = writeln!(out, "attributes:");
-    for k in ATTR_ORDER {
+    // The model's order; keys it does not list (a newer server's) after, alphabetically.
+    for k in rescon_admin::attr_order() {
         if let Some(val) = v.attrs.get(k) {
             let _ = writeln!(out, "  {k:<22}{val}");
         }
     }
     for (k, val) in &v.attrs {
-        if !ATTR_ORDER.contains(&k.as_str()) {
+        if !rescon_admin::attr_order().any(|o| o == k) {
             let _ = writeln!(out, "  {k:<22}{val}");
         }
     }
@@ -357,7 +343,7 @@ mod tests {
 
     #[test]
     fn filters_show_the_edge_and_its_drops() {
-        use rescon_httpd::admin::api::{EdgeView, ListenerView, MemberView};
+        use rescon_admin::api::{EdgeView, ListenerView, MemberView};
         let f = FiltersView {
             listeners: vec![ListenerView {
                 name: "web".into(),

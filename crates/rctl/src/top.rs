@@ -10,7 +10,7 @@ use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Row, Table};
-use rescon_httpd::admin::api::ContainerView;
+use rescon_admin::api::ContainerView;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -109,6 +109,8 @@ fn main() -> anyhow::Result<()> {
             workers,
             no_containers,
         } => {
+            rescon_httpd::logging::init(rescon_httpd::logging::Format::Text, None)
+                .map_err(|e| anyhow::anyhow!(e))?;
             let loaded =
                 rescon_httpd::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             rescon_httpd::server::run(

@@ -10,11 +10,13 @@
 //! - [`cgi`]: CGI/1.1 script resolution, meta-variables and response parsing.
 //! - [`admin`]: the admin API as functions from (method, path, body) to (status, JSON), over a
 //!   container handle and the [`admin::Filters`] seam; Prometheus metrics; the bearer check.
-//! - [`routing`]: which vhost and handler a request goes to, and which container its work is
-//!   charged under.
+//! - [`routing`]: which vhost and handler a request goes to.
 //! - [`log`]: the access log line, with the container and the CPU charged.
 //! - [`demo`]: the embedded demo site the default configuration serves.
-//! - [`server`]: the serving loop on rescon-rt, CGI runs in containers, the admin socket.
+//! - [`server`]: the server on rescon-rt: the request path in stages (accept, connection,
+//!   dispatch, placement, static, CGI, response and log) over a compiled site, the listeners'
+//!   steering tables, the admin sockets.
+//! - [`logging`]: the `tracing` subscriber the binaries install.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,6 +26,7 @@ pub mod cgi;
 pub mod config;
 pub mod demo;
 pub mod log;
+pub mod logging;
 pub mod routing;
 pub mod server;
 pub mod static_files;

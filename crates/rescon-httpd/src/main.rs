@@ -38,6 +38,13 @@ struct Args {
     /// Write the embedded demo site (htdocs/ and cgi-bin/) into DIR and exit.
     #[arg(long, value_name = "DIR", conflicts_with = "check_config")]
     unpack_demo: Option<PathBuf>,
+    /// Which diagnostics to write to standard error, in `RUST_LOG` syntax (default: $RUST_LOG,
+    /// else `info`), e.g. `info,rescon_rt=warn` or `debug`.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// The diagnostics' format: `text`, or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: rescon_httpd::logging::Format,
 }
 
 fn load(args: &Args) -> Result<Config, rescon_httpd::config::ConfigError> {
@@ -49,6 +56,10 @@ fn load(args: &Args) -> Result<Config, rescon_httpd::config::ConfigError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = rescon_httpd::logging::init(args.log_format, args.log.as_deref()) {
+        eprintln!("rescon-httpd: {e}");
+        return ExitCode::from(2);
+    }
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -89,7 +100,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         eprintln!("rescon-httpd: {}: configuration ok", config.source);
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("rescon-httpd: configuration {}", config.source);
+    tracing::info!(source = %config.source, "configuration {}", config.source);
     rescon_httpd::server::run(
         config,
         rescon_httpd::server::Options {

@@ -1,23 +1,10 @@
-//! Where a request goes and which container its work is charged to, as pure functions of the
-//! configuration.
-//!
-//! # Placement
-//!
-//! - A connection is accepted by its client class (the listener member its source address
-//!   selects) and its container is created under the class container
-//!   ([`connection_parent`]). The class's connection limit is taken then and held for the
-//!   connection's life (beyond it: 503).
-//! - When a request names a virtual host, the work is charged under the vhost
-//!   ([`work_parent`]): under `<vhost container>/<class name>` if the configuration declares
-//!   such a container (so a vhost can give its premium clients their own share), else under the
-//!   vhost's container. Without per-request containers the connection's container is moved
-//!   there (once, or again if a later request on it names another vhost); with them, the
-//!   request's container is created there. The vhost's connection limit is taken on the move.
-//! - A CGI run gets a container under its prefix's class container, whatever the vhost, so a
-//!   cap on the CGI class holds for all CGI work.
+//! Where a request goes, as pure functions of the configuration: its vhost by Host header,
+//! then a static file or a script under a CGI prefix by its path. The server's dispatch stage
+//! applies [`route_in`] over its compiled site; where the work is charged is the placement
+//! stage's rule (`server/placement.rs`).
 
 use crate::cgi::under_prefix;
-use crate::config::{CgiPrefix, ClientClass, Config, ContainerPath, TreeSpec, VhostConfig};
+use crate::config::{CgiPrefix, Config, VhostConfig};
 use crate::static_files::{PathError, RelPath, normalize};
 
 /// What a request asks for.
@@ -99,26 +86,6 @@ pub fn route_in<'c>(vhost: &'c VhostConfig, path: &str) -> Result<Route<'c>, Rou
         None => Target::Static(rel),
     };
     Ok(Route { vhost, target })
-}
-
-/// The container a new connection of `class` is created under.
-pub fn connection_parent(class: &ClientClass) -> &ContainerPath {
-    &class.container
-}
-
-/// The container a request's work is charged under. See the [module docs](self).
-pub fn work_parent(tree: &TreeSpec, class: &ClientClass, route: &Route<'_>) -> ContainerPath {
-    match &route.target {
-        Target::Cgi { prefix, .. } => prefix.container.clone(),
-        Target::Static(_) => {
-            let refined = route.vhost.container.child(&class.name);
-            if tree.contains(&refined) {
-                refined
-            } else {
-                route.vhost.container.clone()
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -209,20 +176,5 @@ container = "b"
             "a",
             "the default"
         );
-    }
-
-    #[test]
-    fn placement() {
-        let c = config();
-        let premium = &c.listeners[0].classes[0];
-        let rest = &c.listeners[0].classes[1];
-        assert_eq!(connection_parent(premium).as_str(), "premium");
-        let r = route(&c, Some("a.test"), "/").unwrap();
-        assert_eq!(work_parent(&c.tree, premium, &r).as_str(), "a/premium");
-        assert_eq!(work_parent(&c.tree, rest, &r).as_str(), "a");
-        let r = route(&c, Some("b.test"), "/").unwrap();
-        assert_eq!(work_parent(&c.tree, premium, &r).as_str(), "b");
-        let r = route(&c, Some("a.test"), "/cgi-bin/x").unwrap();
-        assert_eq!(work_parent(&c.tree, premium, &r).as_str(), "cgi");
     }
 }

@@ -117,14 +117,16 @@ fn no_arguments_serves_the_demo_until_sigterm() {
         }
     }
     let _stop = Stop(child.id());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The address is a diagnostic, on standard error: standard output is the access log's.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server printed its address")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_string();
+        let line = lines.next().expect("the server said its address").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(i) = line.find("listening on ") {
+            let rest = &line[i + "listening on ".len()..];
+            break rest.split_whitespace().next().unwrap().to_string();
         }
     };
     assert_eq!(addr, "127.0.0.1:8080");
@@ -156,13 +158,25 @@ fn no_arguments_serves_the_demo_until_sigterm() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    let mut err = String::new();
+    let mut err = seen;
+    for l in lines.map_while(Result::ok) {
+        err.push_str(&l);
+        err.push('\n');
+    }
+    assert!(status.success(), "SIGTERM is a clean stop: {status}\n{err}");
+    assert!(
+        err.contains(" INFO ") && err.contains("configuration "),
+        "{err}"
+    );
+    let mut out = String::new();
     child
-        .stderr
+        .stdout
         .take()
         .unwrap()
-        .read_to_string(&mut err)
+        .read_to_string(&mut out)
         .unwrap();
-    assert!(status.success(), "SIGTERM is a clean stop: {status}\n{err}");
-    assert!(err.contains("rescon-httpd: configuration "), "{err}");
+    assert!(
+        !out.contains("listening on"),
+        "standard output is the access log's: {out}"
+    );
 }

@@ -207,27 +207,37 @@ container = "site-b"
         .arg("--workers")
         .arg("2")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
+    std::thread::spawn(move || for _ in BufReader::new(out).lines() {});
+    // The address is in the diagnostics on standard error; the rest of them is passed on.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server printed its address")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
+        let line = lines.next().expect("the server said its address").unwrap();
+        eprintln!("{line}");
+        if let Some(a) = listening_on(&line) {
             break a.parse().unwrap();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("{l}");
+        }
+    });
     Server {
         child,
         addr,
         dir,
         log,
     }
+}
+
+/// The address of a `listening on ADDR` diagnostic line.
+fn listening_on(line: &str) -> Option<&str> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split(|c: char| c.is_whitespace() || c == '"').next()
 }
 
 /// Connects from `src` (a 127.0.0.x address).

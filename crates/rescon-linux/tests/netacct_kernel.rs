@@ -184,10 +184,9 @@ fn only_the_watched_process_is_credited() {
 }
 
 /// Without privilege, the accounting says why and what to do, and listener groups work
-/// without their eBPF parts: no early counters, and an edge filter is refused with the
-/// remedy. (A black-hole member cannot be tested here: this kernel refuses even classic
-/// socket filters to unprivileged users.) Runs itself again as the user nobody (with
-/// setpriv).
+/// without their eBPF parts: a black hole drops SYNs the unprivileged way (see
+/// `listen::SynDrop`), there are no early counters, and an edge filter is refused with the
+/// remedy. Runs itself again as the user nobody (with setpriv).
 #[test]
 fn without_privilege_everything_degrades_and_says_why() {
     use rescon_linux::listen::edge::XdpMode;
@@ -198,17 +197,28 @@ fn without_privilege_everything_degrades_and_says_why() {
         assert!(e.is_permission(), "{e}");
         assert!(e.to_string().contains("needs root"), "{e}");
         let reg = Registry::new();
-        let a = reg.root().create_child("a", Attributes::default()).unwrap();
-        let b = reg.root().create_child("b", Attributes::default()).unwrap();
+        let ok = reg
+            .root()
+            .create_child("ok", Attributes::default())
+            .unwrap();
+        let mut a = Attributes::default();
+        a.set("priority", "0").unwrap();
+        let hole = reg.root().create_child("hole", a).unwrap();
         let group = ListenerGroup::builder("127.0.0.1:0".parse().unwrap())
-            .member(&a, Filter::any())
-            .member(&b, "127.0.0.3/32".parse().unwrap())
+            .member(&ok, Filter::any())
+            .member(&hole, "127.0.0.3/32".parse().unwrap())
             .build()
             .expect("a group without eBPF");
         assert!(group.early_drops().is_empty());
+        assert!(group.early_drops_by_member().is_empty());
         assert!(group.take_sources().is_none());
         let e = group.drop_at_edge("lo", XdpMode::Generic).unwrap_err();
         assert!(e.to_string().contains("run as root"), "{e}");
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 3], 0)).into())
+            .unwrap();
+        let r = s.connect_timeout(&group.local_addr().into(), Duration::from_millis(300));
+        assert!(r.is_err(), "the black hole still drops, without eBPF");
         println!("DEGRADED: {e}");
         return;
     }

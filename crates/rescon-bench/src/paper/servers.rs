@@ -291,17 +291,27 @@ fn spawn_pinned(cmd: &mut Command, cpu: Option<usize>) -> Result<Child> {
     Ok(child?)
 }
 
-/// Reads the child's standard output up to `listening on ADDR`, then drains the rest in a
-/// thread.
+/// Reads the child's output up to `listening on ADDR` (rescon-httpd says it among its
+/// diagnostics on standard error, which are passed on; the hyper baseline prints it on
+/// standard output), then drains the rest in a thread.
 fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
-    let out = child.stdout.take().context("no stdout")?;
+    let (out, pass_on): (Box<dyn std::io::Read + Send>, bool) = match child.stderr.take() {
+        Some(err) => (Box::new(err), true),
+        None => (Box::new(child.stdout.take().context("no stdout")?), false),
+    };
     let mut lines = BufReader::new(out).lines();
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
-                if let Some(a) = line.strip_prefix("listening on ") {
+                if pass_on {
+                    eprintln!("{line}");
+                }
+                if let Some(i) = line.find("listening on ") {
+                    let a = line[i + "listening on ".len()..]
+                        .split(|c: char| c.is_whitespace() || c == '"')
+                        .next()
+                        .unwrap_or("");
                     break a
-                        .trim()
                         .parse()
                         .with_context(|| format!("{what} printed a bad address: {line}"))?;
                 }
@@ -309,7 +319,13 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
             _ => bail!("{what} exited before listening (its errors are above)"),
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if pass_on {
+                eprintln!("{l}");
+            }
+        }
+    });
     Ok(addr)
 }
 
@@ -326,8 +342,8 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
                 .arg("--config")
                 .arg(&conf)
                 .args(["--workers", "1"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
             if kind == Kind::ResconOff {
                 cmd.arg("--no-containers");
             }

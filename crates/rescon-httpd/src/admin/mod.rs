@@ -1,6 +1,7 @@
 //! The admin API as functions from (method, path, body) to (status, JSON): the server's
 //! transports (a Unix socket with mode 0600, and optionally loopback TCP with a bearer token)
-//! call [`Admin::handle`] and send what it returns.
+//! call [`Admin::handle`] and send what it returns. The routes are the table
+//! [`rescon_admin::routes::ROUTES`], shared with `rctl`; each has one handler here.
 //!
 //! | method and path | what |
 //! |---|---|
@@ -32,13 +33,14 @@
 //! assert!(String::from_utf8(r.body).unwrap().contains("0..=1000"));
 //! ```
 
-pub mod api;
 mod filters;
 mod metrics;
 
-pub use api::ErrorBody;
-pub use filters::{ACTION_HISTORY, BLACK_HOLE, FilterError, FilterTable, Filters};
+pub use filters::{ACTION_HISTORY, FilterError, FilterTable, Filters};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, escape_label};
+pub use rescon_admin::BLACK_HOLE;
+pub use rescon_admin::api;
+pub use rescon_admin::api::ErrorBody;
 
 use crate::config::LiveTree;
 use api::{ContainerView, FiltersView, MoveRequest};
@@ -46,6 +48,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use ipnet::IpNet;
 use rescon::{Attributes, Container, ContainerId};
+use rescon_admin::routes::{self, Endpoint, RouteError};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -187,56 +190,42 @@ impl Admin {
         *self.declared.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
 
-    /// Answers one request. `target` is the request target (path and optional query).
+    /// Answers one request. `target` is the request target (path and optional query). The
+    /// endpoint comes from the shared route table ([`rescon_admin::routes`]); each has one
+    /// handler below.
     pub fn handle(&self, method: &Method, target: &str, body: &[u8]) -> ApiResponse {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let path = path.trim_end_matches('/');
+        let (endpoint, id) = match routes::route(method.as_str(), path) {
+            Ok(m) => m,
+            Err(e @ RouteError::NotFound { .. }) => {
+                return ApiResponse::error(StatusCode::NOT_FOUND, e.to_string());
+            }
+            Err(RouteError::MethodNotAllowed { allow }) => return not_allowed(&allow),
+        };
         let depth = match parse_depth(query) {
             Ok(d) => d,
             Err(r) => return r,
         };
-        match path {
-            "/containers" => match *method {
-                Method::GET => self.get_container(self.handle.clone(), depth.unwrap_or(None)),
-                _ => not_allowed("GET"),
+        let container = || self.resolve(id.unwrap_or_default());
+        match endpoint {
+            Endpoint::Tree => self.get_container(self.handle.clone(), depth.unwrap_or(None)),
+            Endpoint::GetContainer => match container() {
+                Ok(c) => self.get_container(c, depth.unwrap_or(Some(1))),
+                Err(r) => r,
             },
-            "/filters" => match *method {
-                Method::GET => ApiResponse::json(
-                    StatusCode::OK,
-                    &FiltersView {
-                        listeners: self.filters.listeners(),
-                        actions: self.filters.actions(),
-                    },
-                ),
-                _ => not_allowed("GET"),
+            Endpoint::PatchContainer => match container() {
+                Ok(c) => self.patch(c, body),
+                Err(r) => r,
             },
-            "/filters/move" => match *method {
-                Method::POST => self.move_prefix(body),
-                _ => not_allowed("POST"),
-            },
-            "/metrics" => match *method {
-                Method::GET => self.metrics(),
-                _ => not_allowed("GET"),
-            },
-            p => match p.strip_prefix("/containers/") {
-                Some(name) => {
-                    let c = match self.resolve(name) {
-                        Ok(c) => c,
-                        Err(r) => return r,
-                    };
-                    match *method {
-                        Method::GET => self.get_container(c, depth.unwrap_or(Some(1))),
-                        Method::PATCH => self.patch(c, body),
-                        _ => not_allowed("GET, PATCH"),
-                    }
-                }
-                None => ApiResponse::error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no endpoint {p:?}: endpoints are /containers, /containers/{{id}}, /filters, /filters/move, /metrics"
-                    ),
-                ),
-            },
+            Endpoint::Filters => ApiResponse::json(
+                StatusCode::OK,
+                &FiltersView {
+                    listeners: self.filters.listeners(),
+                    actions: self.filters.actions(),
+                },
+            ),
+            Endpoint::MoveFilter => self.move_prefix(body),
+            Endpoint::Metrics => self.metrics(),
         }
     }
 
@@ -375,6 +364,9 @@ impl Admin {
                     Some(&known),
                 )
             }
+            Err(e @ FilterError::Refused { .. }) => {
+                ApiResponse::error(StatusCode::CONFLICT, e.to_string())
+            }
         }
     }
 
@@ -402,12 +394,15 @@ impl Admin {
     }
 }
 
-fn not_allowed(allow: &'static str) -> ApiResponse {
-    ApiResponse::error(
+fn not_allowed(allow: &str) -> ApiResponse {
+    let mut r = ApiResponse::error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed here; allowed: {allow}"),
-    )
-    .with_header(header::ALLOW, allow)
+    );
+    if let Ok(v) = HeaderValue::from_str(allow) {
+        r.headers.push((header::ALLOW, v));
+    }
+    r
 }
 
 fn parse_depth(query: &str) -> Result<Option<Option<usize>>, ApiResponse> {

@@ -1,8 +1,21 @@
 //! The admin API's sockets: Unix (mode 0600) and loopback TCP with a bearer token.
 
-use super::*;
+use super::respond::Body;
+use crate::admin::Admin;
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rescon::{Attributes, Container};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub(super) fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<()> {
+pub(crate) fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the admin socket's directory {}", dir.display()))?;
@@ -20,7 +33,7 @@ pub(super) fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) 
         .with_context(|| format!("binding the admin socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    eprintln!("rescon-httpd: admin API on {}", path.display());
+    tracing::info!(socket = %path.display(), "admin API on its Unix socket");
     let c2 = c.clone();
     rescon_rt::spawn_in(&c, async move {
         loop {
@@ -37,7 +50,7 @@ pub(super) fn serve_admin(path: PathBuf, admin: Arc<Admin>, parent: &Container) 
 
 /// The admin API on a loopback TCP address (the configuration refuses any other), every
 /// request needing `Authorization: Bearer TOKEN`.
-pub(super) fn serve_admin_tcp(
+pub(crate) fn serve_admin_tcp(
     addr: SocketAddr,
     token: Arc<str>,
     admin: Arc<Admin>,
@@ -46,10 +59,7 @@ pub(super) fn serve_admin_tcp(
     let c = admin_container(parent)?;
     let l = rescon_rt::TcpListener::bind_in(addr, &c)
         .with_context(|| format!("binding the admin API's TCP address {addr}"))?;
-    eprintln!(
-        "rescon-httpd: admin API on http://{} (bearer token required)",
-        l.local_addr()?
-    );
+    tracing::info!(address = %l.local_addr()?, "admin API on TCP (bearer token required)");
     let c2 = c.clone();
     rescon_rt::spawn_in(&c, async move {
         loop {
@@ -126,7 +136,7 @@ where
 }
 
 fn api_response(a: crate::admin::ApiResponse) -> Response<Body> {
-    let mut r = Response::new(full(a.body));
+    let mut r = Response::new(Body::Full(Some(Bytes::from(a.body))));
     *r.status_mut() = a.status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

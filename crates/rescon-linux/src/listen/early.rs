@@ -329,25 +329,6 @@ pub(crate) fn open_holes() -> Option<Holes> {
     }
 }
 
-/// Makes a member's listener drop SYNs: the counting eBPF filter of `holes`, or without
-/// them the classic BPF [`syn_drop`](super::bpf::syn_drop).
-pub(crate) fn drop_syns(sock: BorrowedFd<'_>, holes: Option<&Holes>) -> io::Result<()> {
-    match holes {
-        Some(h) => h.attach_filter(sock),
-        None => {
-            socket2::SockRef::from(&sock).attach_filter(&super::bpf::syn_drop().to_sock_filters())
-        }
-    }
-}
-
-/// Removes a member's SYN-dropping filter (of either kind).
-pub(crate) fn stop_dropping(sock: BorrowedFd<'_>) -> io::Result<()> {
-    match socket2::SockRef::from(&sock).detach_filter() {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// The prefix of a source key.
 fn source_prefix(k: &[u8]) -> Option<IpNet> {
     let fam = u32::from_ne_bytes(k.get(..4)?.try_into().ok()?);
