@@ -16,6 +16,7 @@ mod load;
 mod netacct;
 mod paper;
 mod primitives;
+mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
 mod sim;
@@ -85,6 +86,10 @@ enum Command {
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
     HyperBaseline,
+    /// The other process of `primitives`' handle measurements (orders on stdout, handles on
+    /// stdin).
+    #[command(hide = true)]
+    HandlePeer,
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -123,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Command::HyperBaseline => paper::hyper_baseline(),
+        Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }

@@ -116,17 +116,18 @@ container = "site"
         .arg(&path)
         .arg("--workers")
         .arg("2")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The server says where it listens on standard error, as a log event.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines
             .next()
             .expect("the server printed its address")
             .unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
+        if let Some(a) = listening_on(&line) {
             break a.parse().unwrap();
         }
     };
@@ -136,6 +137,12 @@ container = "site"
         addr,
         _dir: dir,
     }
+}
+
+/// The address of a `listening on ADDR` log line.
+fn listening_on(line: &str) -> Option<&str> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split(|c: char| c.is_whitespace() || c == '"').next()
 }
 
 /// One response as it came on the wire.

@@ -111,7 +111,7 @@ container = "rest"
         .arg("--config")
         .arg(&conf_path)
         .current_dir(d)
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn();
     let mut child = match child {
@@ -125,21 +125,17 @@ container = "rest"
             return None;
         }
     };
+    // The server says where it listens on standard error, as a log event; everything it says
+    // there is kept for the assertions and for failure messages.
     let stderr = Arc::new(Mutex::new(String::new()));
-    let sink = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let mut s = sink.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
-                if let Some(a) = line.strip_prefix("listening on ") {
+                let mut s = stderr.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+                if let Some(a) = listening_on(&line) {
                     break a.parse().unwrap();
                 }
             }
@@ -152,7 +148,14 @@ container = "rest"
             }
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
     Some(Server {
         child,
         addr,
@@ -201,4 +204,10 @@ fn an_unprivileged_server_keeps_per_class_sockets_and_drops_black_holed_syns() {
         !log.contains("no per-class sockets"),
         "the server fell back to one socket:\n{log}"
     );
+}
+
+/// The address of a `listening on ADDR` log line.
+fn listening_on(line: &str) -> Option<&str> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split(|c: char| c.is_whitespace() || c == '"').next()
 }

@@ -7,6 +7,11 @@
 //!   connection to a member socket in the kernel, and flood defense.
 //! - [`netacct`]: the kernel's network work (packets, bytes, softirq CPU) charged to
 //!   containers with eBPF.
+//! - [`usermode`]: where cgroups cannot be used, a container's processes held to its CPU limit
+//!   from user space (sampling `/proc`, `SIGSTOP`/`SIGCONT`, as `cpulimit` does), beside
+//!   [`cgroup::Command::without_cgroups`], which counts them against `max_processes` at spawn.
+//! - [`enforcement`]: the enforcement actually in force for a container's limits on
+//!   processes, for a server to show.
 //!
 //! Every kernel interface sits behind a module boundary whose pure parts (parsers of kernel text,
 //! program builders) are tested on literal fixtures, and whose system calls are confined to one
@@ -16,5 +21,7 @@
 
 pub mod cgroup;
 mod ebpf;
+pub mod enforcement;
 pub mod listen;
 pub mod netacct;
+pub mod usermode;
