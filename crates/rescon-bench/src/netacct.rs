@@ -52,6 +52,20 @@ pub struct Args {
     /// Victim connections (each one request at a time).
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Also the isolation runs: the victim's throughput under attack against none, with the
+    /// attacker's class capped at 20% and charged its kernel network CPU, and without
+    /// containers.
+    #[arg(long)]
+    isolation: bool,
+    /// In the isolation runs, each attacker connection's writes per second (0: as fast as it
+    /// can). On two CPUs an unpaced attacker takes the clients' CPU from them, which no
+    /// server can give back; paced, what is measured is the server's isolation.
+    #[arg(long, default_value_t = 0)]
+    attack_rate: u64,
+    /// In the isolation runs, the server sockets' receive buffer in bytes (0: the kernel's
+    /// default): a capped class whose reads wait closes its window sooner with a small one.
+    #[arg(long, default_value_t = 65536)]
+    rcvbuf: usize,
     /// First port; each run takes the next two.
     #[arg(long, default_value_t = 19000)]
     port: u16,
@@ -214,6 +228,7 @@ fn client(
     end: Instant,
     stop: &AtomicBool,
     peer: Option<(Arc<NetAccounting>, rescon::ContainerId)>,
+    rate: u64,
 ) -> anyhow::Result<u64> {
     pin_to(0)?;
     let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
@@ -223,11 +238,33 @@ fn client(
     }
     c.set_nodelay(true)?;
     c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A server that stops reading (a capped class) closes the window: the attacker's writes
+    // then wait, and give up at the run's end.
+    c.set_write_timeout(Some(Duration::from_millis(100)))?;
     let req = vec![b'q'; if victim { REQUEST } else { small }];
     let mut resp = vec![0u8; RESPONSE];
     let mut n = 0;
+    let t0 = Instant::now();
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        c.write_all(&req)?;
+        if rate > 0 && n % 32 == 0 {
+            let due = t0 + Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match c.write_all(&req) {
+            Ok(()) => {}
+            Err(e)
+                if !victim
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         if victim {
             c.read_exact(&mut resp)?;
         }
@@ -286,7 +323,7 @@ fn run_once(
         handles.push((
             true,
             tb.client.spawn("victim", move || {
-                client(victim_addr, true, 0, end, &stop, peer)
+                client(victim_addr, true, 0, end, &stop, peer, 0)
             })?,
         ));
     }
@@ -295,7 +332,7 @@ fn run_once(
         handles.push((
             false,
             tb.attacker.spawn("attacker", move || {
-                client(attacker_addr, false, small, end, &stop, peer)
+                client(attacker_addr, false, small, end, &stop, peer, 0)
             })?,
         ));
     }
@@ -370,6 +407,12 @@ struct Report {
     /// The programs' run time per attacker packet received, from the kernel's statistics.
     program_ns_per_packet: Option<f64>,
     programs: Vec<(String, u64, u64)>,
+    /// The isolation runs (with `--isolation`).
+    isolation: Vec<IsoRun>,
+    /// Medians: the victim's requests/s under attack / with no attacker, with containers
+    /// (the attacker capped, charged its kernel network CPU) and without.
+    isolation_containers: Option<f64>,
+    isolation_no_containers: Option<f64>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -460,7 +503,45 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .unwrap_or(0);
         ((pkts > 0).then(|| total_ns as f64 / pkts as f64), progs)
     };
+    let mut iso = Vec::new();
+    if a.isolation {
+        for round in 0..a.rounds {
+            for (containers, attack) in [(true, false), (true, true), (false, false), (false, true)]
+            {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
+                port = port.wrapping_add(2).max(1024);
+                let setting = Setting { containers, attack };
+                let r = iso_once(&tb, &a, port, setting, &acct, &stop)?;
+                eprintln!(
+                    "[{}/{}] isolation: containers {:<3} attack {:<3}  victim {:>7.0} req/s  attacker {:>8.0} writes/s  net ms/s victim {:.0} attacker {:.0}  attacker throttled {:.0} ms/s",
+                    round + 1,
+                    a.rounds,
+                    if containers { "on" } else { "off" },
+                    if attack { "on" } else { "off" },
+                    r.victim_req_per_s,
+                    r.attacker_writes_per_s,
+                    r.victim_net_ms_per_s,
+                    r.attacker_net_ms_per_s,
+                    r.attacker_throttled_ms_per_s,
+                );
+                iso.push(r);
+            }
+        }
+    }
     drop(tb);
+    let iso_ratio = |containers: bool| -> Option<f64> {
+        let m = |attack: bool| {
+            median(
+                iso.iter()
+                    .filter(|r| r.setting == Setting { containers, attack })
+                    .map(|r| r.victim_req_per_s),
+            )
+        };
+        (!iso.is_empty()).then(|| m(true) / m(false))
+    };
+    let (isolation_containers, isolation_no_containers) = (iso_ratio(true), iso_ratio(false));
     let med =
         |on: bool, f: fn(&Run) -> f64| median(runs.iter().filter(|r| r.accounting == on).map(f));
     let victim_ratio = med(true, |r| r.victim_req_per_s) / med(false, |r| r.victim_req_per_s);
@@ -473,6 +554,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             attacker_ratio,
             program_ns_per_packet: per_packet,
             programs,
+            isolation: iso,
+            isolation_containers,
+            isolation_no_containers,
         };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -539,5 +623,221 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     }
+    if let (Some(c), Some(n)) = (isolation_containers, isolation_no_containers) {
+        println!(
+            "isolation, the victim's req/s under attack / with no attacker: containers (attacker capped at {ATTACKER_CAP}, charged its kernel network CPU) {c:.3}, no containers {n:.3}"
+        );
+    }
     Ok(())
+}
+
+// ---- Isolation: the attacker's class capped, its kernel network work charged ----
+
+/// One isolation run's setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Setting {
+    /// Containers: the attacker's class capped at [`ATTACKER_CAP`] and charged its kernel
+    /// network CPU; without, one container for both listeners and no accounting.
+    containers: bool,
+    /// The attacker sends.
+    attack: bool,
+}
+
+/// The attacker's class's CPU limit in the isolation runs (the 20%).
+const ATTACKER_CAP: &str = "20%";
+
+/// How often the isolation server charges the kernel network CPU to its containers.
+const CHARGE_EVERY: Duration = Duration::from_millis(10);
+
+/// What one isolation run measured.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct IsoRun {
+    setting: Setting,
+    victim_req_per_s: f64,
+    attacker_writes_per_s: f64,
+    attacker_bytes_per_s: f64,
+    /// With containers: the kernel network CPU charged to each class, ms per second.
+    victim_net_ms_per_s: f64,
+    attacker_net_ms_per_s: f64,
+    /// The attacker's class's time throttled by its cap, ms per second.
+    attacker_throttled_ms_per_s: f64,
+}
+
+/// The isolation runs' server: rescon-rt with one worker on the server's CPU, a container per
+/// listener, and with containers a sampler that charges each class its kernel network CPU
+/// (so that the attacker's cap pays for its packets: when it is spent, the attacker's reads
+/// stop, its receive window closes, and its packets stop coming).
+fn iso_once(
+    tb: &Testbed,
+    a: &Args,
+    port: u16,
+    setting: Setting,
+    acct: &Arc<NetAccounting>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<IsoRun> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server_cpu = cpus - 1;
+    let registry = Registry::new();
+    let root = registry.root();
+    let (victim_c, attacker_c) = if setting.containers {
+        let mut capped = Attributes::default();
+        capped.set("cpu_limit", ATTACKER_CAP)?;
+        (
+            root.create_child("victim", Attributes::default())?,
+            root.create_child("attacker", capped)?,
+        )
+    } else {
+        let all = root.create_child("all", Attributes::default())?;
+        (all.clone(), all)
+    };
+    let victim_addr = SocketAddr::from((SERVER_CLI, port));
+    let attacker_addr = SocketAddr::from((SERVER_ATT, port + 1));
+    // Sockets keep the namespace they were made in.
+    let rcvbuf = a.rcvbuf;
+    let (lv, la) = tb
+        .server
+        .spawn("bind", move || -> std::io::Result<_> {
+            let bind = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+                let l = TcpListener::bind(addr)?;
+                if rcvbuf > 0 {
+                    // Accepted sockets inherit it.
+                    rustix::net::sockopt::set_socket_recv_buffer_size(&l, rcvbuf)?;
+                }
+                Ok(l)
+            };
+            Ok((bind(victim_addr)?, bind(attacker_addr)?))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("bind panicked"))??;
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let mut sampler = None;
+    if setting.containers {
+        acct.bind(&lv, victim_c.id())?;
+        acct.bind(&la, attacker_c.id())?;
+        let (acct, stop, v, at) = (
+            acct.clone(),
+            sampler_stop.clone(),
+            victim_c.clone(),
+            attacker_c.clone(),
+        );
+        sampler = Some(std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut ledger = Ledger::starting_at(&acct.read()?, &[]);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHARGE_EVERY);
+                let i = ledger.advance(&acct.read()?, &[]);
+                for c in [&v, &at] {
+                    if let Some(u) = i.containers.get(&c.id()) {
+                        c.charge_kernel_net(u.kernel_net_ns());
+                    }
+                }
+            }
+            for c in [&v, &at] {
+                let _ = acct.forget(c.id());
+            }
+            Ok(())
+        }));
+    }
+    let rt = rescon_rt::Builder::new(&registry)
+        .workers(1)
+        .on_worker_start(move |_| {
+            let _ = pin_to(server_cpu);
+        })
+        .build()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let absorbed = Arc::new(AtomicU64::new(0));
+    for (l, c, victim) in [(lv, &victim_c, true), (la, &attacker_c, false)] {
+        l.set_nonblocking(true)?;
+        let l = rescon_rt::TcpListener::from_std(l, c)?;
+        let (served, absorbed, c2) = (served.clone(), absorbed.clone(), c.clone());
+        rt.spawn_in(c, async move {
+            while let Ok((s, _)) = l.accept().await {
+                let _ = s.set_nodelay(true);
+                let (served, absorbed) = (served.clone(), absorbed.clone());
+                rescon_rt::spawn_in(&c2, async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let reply = vec![b'r'; RESPONSE];
+                    loop {
+                        if victim {
+                            if s.read_exact(&mut buf[..REQUEST]).await.is_err()
+                                || s.write_all(&reply).await.is_err()
+                            {
+                                return;
+                            }
+                            served.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    absorbed.fetch_add(n as u64, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let throttled0 = attacker_c.usage_subtree().throttled_ns;
+    let net0 = (
+        victim_c.usage_subtree().kernel_net_ns,
+        attacker_c.usage_subtree().kernel_net_ns,
+    );
+    let duration = Duration::from_secs_f64(a.duration);
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    let mut handles = Vec::new();
+    for _ in 0..a.clients {
+        let stop = stop.clone();
+        handles.push((
+            true,
+            tb.client.spawn("victim", move || {
+                client(victim_addr, true, 0, end, &stop, None, 0)
+            })?,
+        ));
+    }
+    if setting.attack {
+        for _ in 0..a.attackers {
+            let (stop, small, rate) = (stop.clone(), a.small, a.attack_rate);
+            handles.push((
+                false,
+                tb.attacker.spawn("attacker", move || {
+                    client(attacker_addr, false, small, end, &stop, None, rate)
+                })?,
+            ));
+        }
+    }
+    let (mut reqs, mut writes) = (0u64, 0u64);
+    for (victim, h) in handles {
+        // An attacker's connection may be cut by the end of the run while its window is
+        // closed: what it wrote before counts, an error does not fail the run.
+        match h.join().map_err(|_| anyhow::anyhow!("client panicked"))? {
+            Ok(n) if victim => reqs += n,
+            Ok(n) => writes += n,
+            Err(e) if victim => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    rt.flush_usage();
+    let ms = |ns: u64| ns as f64 / 1e6 / secs;
+    let run = IsoRun {
+        setting,
+        victim_req_per_s: reqs as f64 / secs,
+        attacker_writes_per_s: writes as f64 / secs,
+        attacker_bytes_per_s: absorbed.load(Ordering::Relaxed) as f64 / secs,
+        victim_net_ms_per_s: ms(victim_c.usage_subtree().kernel_net_ns - net0.0),
+        attacker_net_ms_per_s: if setting.containers {
+            ms(attacker_c.usage_subtree().kernel_net_ns - net0.1)
+        } else {
+            0.0
+        },
+        attacker_throttled_ms_per_s: ms(attacker_c.usage_subtree().throttled_ns - throttled0),
+    };
+    drop(rt);
+    sampler_stop.store(true, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        s.join()
+            .map_err(|_| anyhow::anyhow!("sampler panicked"))??;
+    }
+    Ok(run)
 }
