@@ -71,6 +71,9 @@ impl ContainerView {
 pub struct UsageView {
     pub cpu_ns: u64,
     pub kernel_cpu_ns: u64,
+    /// The kernel's network CPU charged by eBPF accounting (absent from older servers).
+    #[serde(default)]
+    pub kernel_net_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub conns_accepted: u64,
@@ -91,6 +94,7 @@ impl From<&Usage> for UsageView {
         UsageView {
             cpu_ns: u.cpu_ns,
             kernel_cpu_ns: u.kernel_cpu_ns,
+            kernel_net_ns: u.kernel_net_ns,
             bytes_in: u.bytes_in,
             bytes_out: u.bytes_out,
             conns_accepted: u.conns_accepted,

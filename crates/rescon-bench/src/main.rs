@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod flood;
 mod load;
 mod memory;
+mod netacct;
 mod paper;
 mod primitives;
 mod primitives_handle;
@@ -64,6 +65,9 @@ enum Command {
     /// What io_uring would save a server thread over epoll: one-thread echo servers, same
     /// client, loopback.
     Uring(uring::Args),
+    /// The kernel's network work charged to containers on the test bed: NET_RX softirq
+    /// time attributed, and what the accounting costs (root).
+    Netacct(netacct::Args),
     /// The bounded SYN flooder alone, for a test bed's attacker namespace (root).
     Flood(flood::Args),
     /// The paper's Section 5 on this machine beside nginx and hyper on tokio: report.md,
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(a) => sim::run(a),
         Command::Primitives(a) => primitives::run(a),
         Command::Synflood(a) => synflood::run(a),
+        Command::Netacct(a) => netacct::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Runtime(a) => runtime::run(a),
         Command::Shares(a) => shares::run(a),

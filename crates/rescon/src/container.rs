@@ -1030,6 +1030,24 @@ impl Container {
         })
     }
 
+    /// Charges `ns` of the kernel's network CPU (measured outside any poll: softirq receive
+    /// of the container's packets) to this container: it is recorded as
+    /// [`Usage::kernel_net_ns`], and taken from the shared CPU-limit budget of this container
+    /// and of every ancestor whose limit is in force, as a debt the next leases pay first,
+    /// so a capped class's network work counts against its cap.
+    pub fn charge_kernel_net(&self, ns: u64) {
+        if ns == 0 {
+            return;
+        }
+        self.account().add_kernel_net_ns(ns);
+        let debt = -(ns.min(i64::MAX as u64) as i64);
+        let mut cur = Some(self.node.clone());
+        while let Some(n) = cur {
+            n.cap_give_back(debt);
+            cur = lock(&n.parent).clone();
+        }
+    }
+
     /// Charges `bytes` of memory against this container's and its ancestors' memory limits.
     pub fn charge_memory(&self, bytes: u64) -> Result<(), Error> {
         self.node.acquire(Resource::Memory, bytes)

@@ -52,6 +52,12 @@ const METRICS: &[Metric] = &[
         value: |u| u.kernel_cpu_ns as f64 / NS,
     },
     Metric {
+        name: "rescon_kernel_network_cpu_seconds_total",
+        kind: "counter",
+        help: "The kernel's network CPU (softirq receive, send) charged by eBPF accounting.",
+        value: |u| u.kernel_net_ns as f64 / NS,
+    },
+    Metric {
         name: "rescon_receive_bytes_total",
         kind: "counter",
         help: "Bytes received on sockets bound to the containers.",

@@ -32,6 +32,7 @@ mod cgi;
 mod conn;
 mod dispatch;
 mod listen;
+mod netacct;
 mod placement;
 mod request;
 mod respond;
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     /// Kills CGI runs that outlive their timeout.
     pub(crate) cgi_watchdog: Arc<crate::cgi::Watchdog>,
     pub(crate) stop: Arc<Stop>,
+    /// Kernel network accounting, where the kernel allows ([`netacct`]).
+    kernel_net: Option<Arc<netacct::KernelNet>>,
 }
 
 /// Runs the server until it is killed. Says `listening on ADDR` (an info event on standard
@@ -120,6 +123,9 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         seq: Seq::default(),
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
         stop: Arc::new(Stop::default()),
+        kernel_net: (!options.no_containers)
+            .then(|| netacct::KernelNet::start(&root))
+            .flatten(),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {
@@ -362,6 +368,9 @@ fn start_listener(
             class_c,
             accept_loop(shared.clone(), socket, name.clone(), classes),
         );
+    }
+    if let Some(k) = &shared.kernel_net {
+        k.watch(&group.group);
     }
     if let Some(fd) = &l.flood_defense {
         match listen::flood_defense(&group, fd, listeners, &l.name) {
