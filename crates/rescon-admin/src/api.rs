@@ -83,6 +83,8 @@ pub struct UsageView {
     pub wait_ns: u64,
     pub throttled_ns: u64,
     pub procs_spawned: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
     pub open_conns: u64,
     pub memory_bytes: u64,
     pub kernel_memory_bytes: u64,
@@ -104,6 +106,7 @@ impl From<&Usage> for UsageView {
             wait_ns: u.wait_ns,
             throttled_ns: u.throttled_ns,
             procs_spawned: u.procs_spawned,
+            stderr_bytes: u.stderr_bytes,
             open_conns: u.open_conns,
             memory_bytes: u.memory_bytes,
             kernel_memory_bytes: u.kernel_memory_bytes,

@@ -112,6 +112,8 @@ usage_struct! {
     throttled_ns,
     /// Child processes spawned.
     procs_spawned,
+    /// Bytes child processes (CGI runs) wrote to their standard error, logged or dropped.
+    stderr_bytes,
     ;
     /// Connections open now.
     open_conns,
@@ -186,6 +188,8 @@ adders! {
     add_throttled_ns => throttled_ns,
     /// Counts spawned processes.
     add_procs_spawned => procs_spawned,
+    /// Adds bytes a child process wrote to its standard error.
+    add_stderr_bytes => stderr_bytes,
 }
 
 #[cfg(test)]

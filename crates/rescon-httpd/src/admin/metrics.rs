@@ -106,6 +106,12 @@ const METRICS: &[Metric] = &[
         value: |u| u.procs_spawned as f64,
     },
     Metric {
+        name: "rescon_stderr_bytes_total",
+        kind: "counter",
+        help: "Bytes child processes (CGI runs) wrote to standard error, logged or dropped.",
+        value: |u| u.stderr_bytes as f64,
+    },
+    Metric {
         name: "rescon_open_connections",
         kind: "gauge",
         help: "Connections open now.",

@@ -177,6 +177,9 @@ pub(crate) struct TimeoutsDe {
     pub(crate) park: S<Scalar>,
     pub(crate) send: S<Scalar>,
     pub(crate) shutdown: S<Scalar>,
+    pub(crate) cgi_idle: S<Scalar>,
+    pub(crate) cgi_total: S<Scalar>,
+    /// The old name of `cgi_total`.
     pub(crate) cgi: S<Scalar>,
 }
 
@@ -186,6 +189,7 @@ pub(crate) struct LimitsDe {
     pub(crate) max_header_bytes: S<Scalar>,
     pub(crate) max_body_bytes: S<Scalar>,
     pub(crate) cgi_max_header_bytes: S<Scalar>,
+    pub(crate) cgi_stderr_bytes: S<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

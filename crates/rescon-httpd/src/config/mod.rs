@@ -139,8 +139,14 @@ pub struct Timeouts {
     pub send: Duration,
     /// A graceful stop (SIGQUIT) waits this long for the requests under way.
     pub shutdown: Duration,
-    /// A CGI script that has not finished by then gets 504 and is killed with its children.
-    pub cgi: Duration,
+    /// A CGI script that writes nothing for this long (no output and no read of its input)
+    /// is killed with its children: 504 before its response head, the body cut after it.
+    /// Between reads, as nginx's `fastcgi_read_timeout`: a response that keeps sending
+    /// (server-sent events, a long report) runs as long as it sends.
+    pub cgi_idle: Duration,
+    /// A CGI script still running this long after it started is killed likewise, however
+    /// busy; `None` (the default): no limit but the idle one.
+    pub cgi_total: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -152,7 +158,8 @@ impl Default for Timeouts {
             park: Duration::from_secs(1),
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
-            cgi: Duration::from_secs(30),
+            cgi_idle: Duration::from_secs(60),
+            cgi_total: None,
         }
     }
 }
@@ -166,6 +173,9 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
     /// A CGI response head above this gets 502.
     pub cgi_max_header_bytes: u64,
+    /// What a CGI run's standard error may put in the log (its lines, escaped, plus about
+    /// 100 bytes each); the rest is counted and dropped.
+    pub cgi_stderr_bytes: u64,
 }
 
 impl Default for RequestLimits {
@@ -174,6 +184,7 @@ impl Default for RequestLimits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
             cgi_max_header_bytes: 64 * 1024,
+            cgi_stderr_bytes: 64 * 1024,
         }
     }
 }
@@ -584,6 +595,41 @@ impl Loader<'_, '_> {
         }
     }
 
+    /// `timeouts.cgi_total`: a duration or `"off"`. `timeouts.cgi`, the key of a single
+    /// timeout before there were two, is read as the total it was (not both).
+    fn cgi_total(&mut self, t: &de::TimeoutsDe) -> Option<Duration> {
+        let (v, key) = match (&t.cgi_total, &t.cgi) {
+            (Some(_), Some(old)) => {
+                self.err(
+                    span(old),
+                    "timeouts.cgi",
+                    "timeouts.cgi and timeouts.cgi_total both given".into(),
+                    Some("only cgi_total (timeouts.cgi is its old name); cgi_idle is the time between reads"),
+                );
+                return None;
+            }
+            (Some(v), None) => (v, "timeouts.cgi_total"),
+            (None, Some(v)) => (v, "timeouts.cgi"),
+            (None, None) => return None,
+        };
+        let text = v.get_ref().text();
+        if text.trim() == "off" {
+            return None;
+        }
+        match rescon::attr::parse_duration(&text) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.err(
+                    span(v),
+                    key,
+                    format!("invalid duration {text:?}"),
+                    Some("a positive duration such as 10m, 30s or 1h, or \"off\" (no total limit)"),
+                );
+                None
+            }
+        }
+    }
+
     fn bytes(&mut self, v: &Option<Spanned<Scalar>>, key: &str, default: u64) -> u64 {
         let Some(v) = v else { return default };
         let text = v.get_ref().text();
@@ -634,7 +680,12 @@ impl Loader<'_, '_> {
                 "timeouts.shutdown",
                 Timeouts::default().shutdown,
             ),
-            cgi: self.duration(&raw.timeouts.cgi, "timeouts.cgi", Timeouts::default().cgi),
+            cgi_idle: self.duration(
+                &raw.timeouts.cgi_idle,
+                "timeouts.cgi_idle",
+                Timeouts::default().cgi_idle,
+            ),
+            cgi_total: self.cgi_total(&raw.timeouts),
         };
         let d = RequestLimits::default();
         let limits = RequestLimits {
@@ -652,6 +703,11 @@ impl Loader<'_, '_> {
                 &raw.limits.cgi_max_header_bytes,
                 "limits.cgi_max_header_bytes",
                 d.cgi_max_header_bytes,
+            ),
+            cgi_stderr_bytes: self.bytes(
+                &raw.limits.cgi_stderr_bytes,
+                "limits.cgi_stderr_bytes",
+                d.cgi_stderr_bytes,
             ),
         };
         let admin = self.admin(&raw);

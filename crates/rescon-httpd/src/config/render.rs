@@ -71,12 +71,21 @@ pub(super) fn render(c: &Config) -> String {
     let _ = writeln!(o, "park = {}", q(&dur(t.park)));
     let _ = writeln!(o, "send = {}", q(&dur(t.send)));
     let _ = writeln!(o, "shutdown = {}", q(&dur(t.shutdown)));
-    let _ = writeln!(o, "cgi = {}", q(&dur(t.cgi)));
+    let _ = writeln!(o, "cgi_idle = {}", q(&dur(t.cgi_idle)));
+    match t.cgi_total {
+        Some(d) => {
+            let _ = writeln!(o, "cgi_total = {}", q(&dur(d)));
+        }
+        None => {
+            let _ = writeln!(o, "cgi_total = \"off\"");
+        }
+    }
     let l = &c.limits;
     let _ = writeln!(o, "\n[limits]");
     let _ = writeln!(o, "max_header_bytes = {}", l.max_header_bytes);
     let _ = writeln!(o, "max_body_bytes = {}", l.max_body_bytes);
     let _ = writeln!(o, "cgi_max_header_bytes = {}", l.cgi_max_header_bytes);
+    let _ = writeln!(o, "cgi_stderr_bytes = {}", l.cgi_stderr_bytes);
     let _ = writeln!(o, "\n[admin]");
     match &c.admin.socket {
         Some(p) => {
