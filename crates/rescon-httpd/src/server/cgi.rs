@@ -33,6 +33,11 @@ pub(crate) struct CgiBody {
 }
 
 impl CgiBody {
+    /// The body sent on `rx` (FastCGI responses stream the same way).
+    pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        CgiBody { rx }
+    }
+
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -57,6 +62,8 @@ pub(crate) struct CgiRun {
     pub(crate) limits: RequestLimits,
     pub(crate) timeouts: Timeouts,
     pub(crate) kernel: Option<Arc<Manager>>,
+    /// Caps the script in user mode where no cgroup does.
+    pub(crate) limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     pub(crate) watchdog: Arc<Watchdog>,
 }
 
@@ -90,6 +97,7 @@ impl CgiRun {
         let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
         let job = ScriptJob {
             kernel: self.kernel,
+            limiter: self.limiter,
             watchdog: self.watchdog,
             container: self.container.clone(),
             script: self.script,
@@ -299,6 +307,7 @@ fn zombie_cpu_ns(pid: u32) -> Option<u64> {
 /// runs, and where its head and body go.
 struct ScriptJob {
     kernel: Option<Arc<Manager>>,
+    limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     watchdog: Arc<Watchdog>,
     container: Container,
     script: PathBuf,
@@ -382,6 +391,18 @@ impl ScriptJob {
         let (mut proc, stdin, stdout) = match self.spawn() {
             Ok(x) => x,
             Err(e) => return CgiOutcome::Failed(format!("the CGI script could not start: {e}")),
+        };
+        // Without a cgroup, the script's process group is held to its class's CPU limit in
+        // user mode until the run ends.
+        let _capped = match (&self.limiter, &proc) {
+            (Some(l), Proc::User(_)) => l
+                .cap(
+                    rescon_linux::usermode::Target::ProcessGroup(proc.pid()),
+                    &self.container,
+                )
+                .map_err(|e| tracing::warn!(error = %e, "a CGI run is not capped"))
+                .ok(),
+            _ => None,
         };
         let c = self.container.clone();
         // The watchdog kills the script and its descendants when the timeout passes: its
