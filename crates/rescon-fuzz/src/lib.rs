@@ -57,6 +57,7 @@ pub const TARGETS: &[Target] = &[
     targets::config::TARGET,
     targets::admin::TARGET,
     targets::host::TARGET,
+    targets::fastcgi::TARGET,
 ];
 
 /// The target named `name`.

@@ -16,15 +16,24 @@ use std::time::{Duration, Instant};
 
 const PHP_FPM: &str = "php-fpm8.2";
 
+/// Debian's php-fpm: `php-fpm8.2` here, whatever version the `php-fpm` package brings
+/// elsewhere.
 fn php_fpm() -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(PHP_FPM);
-        if p.exists() {
-            return Some(p);
-        }
+    let p = Path::new("/usr/sbin").join(PHP_FPM);
+    if p.exists() {
+        return Some(p);
+    }
+    let other = std::fs::read_dir("/usr/sbin").ok().and_then(|d| {
+        d.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("php-fpm"))
+        })
+    });
+    if other.is_some() {
+        return other;
     }
     if std::env::var_os("RESCON_REQUIRE_KERNEL").is_some() {
-        panic!("{PHP_FPM} is not installed (apt-get install -y php8.2-fpm)");
+        panic!("php-fpm is not installed (apt-get install -y php-fpm)");
     }
     eprintln!("skipped: {PHP_FPM} is not installed");
     None
