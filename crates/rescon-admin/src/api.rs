@@ -25,6 +25,28 @@ pub struct ContainerView {
     /// Its children, in order of creation, down to the depth asked for.
     #[serde(default)]
     pub children: Vec<ContainerView>,
+    /// The enforcement actually in force for its limits on processes (the server fills it in;
+    /// the `enforcement` attribute says only what was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<EnforcementView>,
+}
+
+/// Who enforces a container's limits on processes, in words (rescon-linux
+/// `enforcement::Report`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementView {
+    /// `kernel` (cgroups), `user-mode` (the CPU limit held by stopping and continuing
+    /// processes) or `user` (the server's own scheduling only).
+    pub summary: String,
+    /// Who holds `cpu_limit`.
+    pub cpu_limit: String,
+    /// Who holds `max_processes`.
+    pub max_processes: String,
+    /// Who holds `max_memory`.
+    pub max_memory: String,
+    /// What the kernel does not enforce in this layout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ContainerView {
@@ -52,6 +74,15 @@ impl ContainerView {
             usage_subtree: UsageView::from(&s.usage_subtree),
             child_count: s.children.len(),
             children,
+            enforcement: None,
+        }
+    }
+
+    /// This container and its descendants in the view, depth first, to change.
+    pub fn walk_mut(&mut self, f: &mut impl FnMut(&mut ContainerView)) {
+        f(self);
+        for c in &mut self.children {
+            c.walk_mut(f);
         }
     }
 

@@ -58,6 +58,7 @@ pub const TARGETS: &[Target] = &[
     targets::admin::TARGET,
     targets::host::TARGET,
     targets::stderr::TARGET,
+    targets::fastcgi::TARGET,
 ];
 
 /// The target named `name`.

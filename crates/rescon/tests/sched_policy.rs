@@ -361,6 +361,7 @@ fn kernel_network_work_counts_against_a_cap() {
         &registry,
         HierarchicalConfig {
             lease_ns: Some(MS / 2),
+            ..Default::default()
         },
     );
     let k = w.attach(&conn);

@@ -14,7 +14,7 @@ use rescon_bench::httpload::{self, Group, Mode, Plan};
 use rescon_bench::plot;
 use serde::Serialize;
 use serde_json::{Value, json};
-use servers::{CGI_BURN, FILE_1K, Kind, Running, Site};
+use servers::{CGI_BURN, FCGI_BURN, FILE_1K, Kind, Running, Site};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -823,6 +823,158 @@ fn exp4_cgi(ctx: &mut Ctx) -> Result<()> {
         &share_series,
     )?;
     ctx.experiments.insert("4_cgi".into(), Value::Object(js));
+    exp4_fastcgi(ctx, ks, statics)
+}
+
+/// One point of experiment 4: `statics` clients of the 1 KB file beside `k` clients running
+/// `path` (200 ms CPU bursts) one after another; the static rate, the bursts' CPU share of a
+/// CPU over the window (the server's descendant processes' CPU at its edges) and the bursts
+/// done.
+fn exp4_point(
+    ctx: &Ctx,
+    kind: Kind,
+    k: usize,
+    statics: usize,
+    path: &str,
+) -> Result<(f64, f64, u64, u64)> {
+    let server = ctx.start(kind)?;
+    let plan = ctx.plan(
+        &server,
+        vec![
+            group(
+                "static",
+                LOW,
+                statics,
+                Mode::KeepAlive,
+                "localhost",
+                FILE_1K,
+            ),
+            group("bursts", CGI_SRC, k, Mode::KeepAlive, "localhost", path),
+        ],
+        format!("{} with {k} x {path}", kind.name()),
+    );
+    let (srv, warm, dur) = (&server, plan.warmup, plan.duration);
+    let (r, ns) = std::thread::scope(|sc| -> Result<_> {
+        let reader = sc.spawn(move || -> Result<u64> {
+            std::thread::sleep(warm);
+            let a = srv.children_cpu_ns()?;
+            std::thread::sleep(dur);
+            let b = srv.children_cpu_ns()?;
+            Ok(b.saturating_sub(a))
+        });
+        let r = httpload::run(&plan)?;
+        let cpu = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        Ok((r, cpu))
+    })?;
+    drop(server);
+    let frac = ns as f64 / ctx.window.as_nanos() as f64;
+    Ok((r[0].per_s(), frac, r[1].ok, r[1].errors))
+}
+
+/// Experiment 4's FastCGI rows: the same bursts in persistent php-fpm workers that
+/// rescon-httpd starts in the CGI class's container (a cgroup under it), and the same with
+/// cgroups off, the cap held in user mode.
+fn exp4_fastcgi(ctx: &mut Ctx, ks: &[usize], statics: usize) -> Result<()> {
+    let mut s = format!(
+        "\n### 4b. FastCGI\n\nThe same {} ms bursts as PHP requests (`{FCGI_BURN}`) served by Debian's php-fpm, \
+         a pool of persistent workers that rescon-httpd starts and supervises in the CGI class's \
+         container: in its cgroup (kernel enforcement), or held to the class's 30% by the user-mode \
+         limiter (SIGSTOP/SIGCONT) with cgroups off. Each request's CPU is charged to its own \
+         container from its worker's CPU. FastCGI CPU is the pool's (php-fpm's master and workers).\n\n\
+         | server | K | static req/s | % of K=0 | FastCGI CPU (% of a CPU) | FastCGI done | errors |\n|---|---|---|---|---|---|---|\n",
+        ctx.site.cgi_ms
+    );
+    if ctx.site.php_fpm.is_none() {
+        s.push_str("\nphp-fpm is not installed (`apt-get install php-fpm`): no FastCGI rows.\n");
+        ctx.report.push_str(&s);
+        for (name, target) in [
+            (
+                "FastCGI CPU share capped at 30% (containers)",
+                "0.30 +- 0.03",
+            ),
+            (
+                "FastCGI static throughput / its maximum (containers)",
+                ">= 0.65",
+            ),
+            (
+                "FastCGI CPU share capped at 30%, cgroups off (user mode)",
+                "0.30 +- 0.05",
+            ),
+        ] {
+            ctx.goal(4, name, target, None, false);
+        }
+        return Ok(());
+    }
+    let mut js = serde_json::Map::new();
+    let mut share_series = Vec::new();
+    for kind in [Kind::Rescon, Kind::ResconUser] {
+        let mut max = f64::NAN;
+        let (mut rows, mut share) = (Vec::new(), Vec::new());
+        for &k in ks {
+            let (st, frac, done, errors) = exp4_point(ctx, kind, k, statics, FCGI_BURN)?;
+            if k == 0 {
+                max = st;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {k} | {st:.0} | {:.0}% | {:.1}% | {done} | {errors} |",
+                kind.name(),
+                100.0 * st / max,
+                100.0 * frac,
+            );
+            share.push((k as f64, 100.0 * frac));
+            rows.push(json!({"fastcgi_clients": k, "static_per_s": st,
+                "static_fraction_of_max": st / max, "fastcgi_cpu_fraction": frac,
+                "fastcgi_completed": done, "fastcgi_errors": errors}));
+            if Some(&k) == ks.last() {
+                if kind == Kind::Rescon {
+                    let x = st / max;
+                    ctx.goal(
+                        4,
+                        &format!(
+                            "FastCGI: static throughput with {k} FastCGI / its maximum (containers)"
+                        ),
+                        ">= 0.65",
+                        Some(x),
+                        x >= 0.65,
+                    );
+                    ctx.goal(
+                        4,
+                        &format!("FastCGI CPU share with {k} FastCGI, capped at 30% (containers)"),
+                        "0.30 +- 0.03",
+                        Some(frac),
+                        (frac - 0.30).abs() <= 0.03,
+                    );
+                } else {
+                    ctx.goal(
+                        4,
+                        &format!("FastCGI CPU share with {k} FastCGI, capped at 30% with cgroups off (user mode)"),
+                        "0.30 +- 0.05",
+                        Some(frac),
+                        (frac - 0.30).abs() <= 0.05,
+                    );
+                }
+            }
+        }
+        share_series.push(plot::Series {
+            label: kind.name().into(),
+            points: share,
+        });
+        js.insert(kind.key().into(), Value::Array(rows));
+    }
+    s.push_str("\n![fastcgi share](fastcgi_share.png)\n");
+    ctx.report.push_str(&s);
+    plot::lines(
+        &ctx.out.join("fastcgi_share.png"),
+        "FastCGI: CPU taken by the pool",
+        "concurrent FastCGI requests",
+        "FastCGI CPU (% of one CPU)",
+        &share_series,
+    )?;
+    ctx.experiments
+        .insert("4_fastcgi".into(), Value::Object(js));
     Ok(())
 }
 

@@ -20,6 +20,9 @@ pub enum Kind {
     /// The same binary with `--no-containers`: one container for everything, no classes, no
     /// cgroups.
     ResconOff,
+    /// rescon-httpd with containers but `enforcement = "user"`: no cgroups, the CGI class's
+    /// CPU cap held by the user-mode limiter (SIGSTOP/SIGCONT).
+    ResconUser,
     /// nginx from the distribution, when installed.
     Nginx,
     /// hyper 1 on a tokio current-thread runtime, the 1 KB body from memory with a file
@@ -34,6 +37,7 @@ impl Kind {
             Kind::Rescon => "rescon-httpd",
             Kind::ResconDefault => "rescon-httpd, default workers",
             Kind::ResconOff => "rescon-httpd, containers off",
+            Kind::ResconUser => "rescon-httpd, cgroups off (user-mode cap)",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper on tokio",
         }
@@ -45,6 +49,7 @@ impl Kind {
             Kind::Rescon => "rescon",
             Kind::ResconDefault => "rescon_default_workers",
             Kind::ResconOff => "rescon_off",
+            Kind::ResconUser => "rescon_user",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper_tokio",
         }
@@ -66,6 +71,26 @@ pub struct Site {
     pub idle_timeout: Option<Duration>,
     /// Connections each server must be able to hold at once.
     pub max_conns: usize,
+    /// Debian's php-fpm, if installed: the FastCGI pool rescon-httpd starts (`/php/`).
+    pub php_fpm: Option<PathBuf>,
+}
+
+/// The FastCGI script burning the CGI script's CPU, in a persistent php-fpm worker.
+pub const FCGI_BURN: &str = "/php/burn.php";
+
+/// php-fpm, as Debian installs it.
+pub fn php_fpm_path() -> Option<PathBuf> {
+    let d = std::fs::read_dir("/usr/sbin").ok()?;
+    let mut found: Vec<PathBuf> = d
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("php-fpm"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// The 1 KB file's path on every server.
@@ -106,28 +131,76 @@ impl Site {
         )?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        // The FastCGI twin of burn.sh: the same CPU per request, in a php-fpm worker that
+        // serves one request after another; workers forked on demand (16 at most, one per
+        // client), so servers of the other experiments start none.
+        let php_fpm = php_fpm_path();
+        std::fs::create_dir_all(dir.join("php"))?;
+        std::fs::write(
+            dir.join("php/burn.php"),
+            format!(
+                "<?php\nfunction cpu_ms() {{ $r = getrusage(); return ($r['ru_utime.tv_sec'] + $r['ru_stime.tv_sec']) * 1000 + ($r['ru_utime.tv_usec'] + $r['ru_stime.tv_usec']) / 1000; }}\n\
+                 $s = cpu_ms(); $x = 0;\nwhile (cpu_ms() - $s < {cgi_ms}) {{ for ($i = 0; $i < 10000; $i++) {{ $x += $i; }} }}\n\
+                 header('Content-Type: text/plain');\necho \"burned {cgi_ms} ms\\n\";\n"
+            ),
+        )?;
+        let root = rustix::process::geteuid().is_root();
+        std::fs::write(
+            dir.join("fpm.conf"),
+            format!(
+                "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n\n[www]\n{user}\
+                 listen = {d}/php.sock\npm = ondemand\npm.max_children = 16\n\
+                 pm.process_idle_timeout = 30s\nclear_env = no\n",
+                d = dir.display(),
+                user = if root {
+                    "user = root\ngroup = root\n"
+                } else {
+                    ""
+                },
+            ),
+        )?;
         Ok(Site {
             dir: dir.to_path_buf(),
             cgi_ms,
             exe,
             idle_timeout: None,
             max_conns: 8192,
+            php_fpm,
         })
     }
 
     /// rescon-httpd's configuration: classes by source address (127.0.0.2 is the
     /// high-priority class), the main vhost with a CGI class capped at 30% of a CPU, and vhosts
     /// a.test, b.test, c.test with fixed shares 50/30/20 of what the sites get, CGI included.
-    pub fn rescon_config(&self) -> String {
+    pub fn rescon_config(&self, kind: Kind) -> String {
         let d = self.dir.display();
         let idle = match self.idle_timeout {
             Some(t) => format!("header = \"{0}s\"\nkeep_alive = \"{0}s\"\n", t.as_secs()),
             None => String::new(),
         };
-        format!(
+        let enforcement = if kind == Kind::ResconUser {
+            "user"
+        } else {
+            "auto"
+        };
+        let fastcgi = match &self.php_fpm {
+            Some(fpm) => format!(
+                "\n# The FastCGI pool: php-fpm started by rescon-httpd in the CGI class's container.\n\
+                 [[fastcgi]]\nprefix = \"/php/\"\naddress = \"unix:{d}/php.sock\"\nroot = \"{d}/php\"\n\
+                 container = \"cgi\"\ncommand = [\"{}\", \"--nodaemonize\", \"--fpm-config\", \"{d}/fpm.conf\"{}]\n",
+                fpm.display(),
+                if rustix::process::geteuid().is_root() {
+                    ", \"--allow-to-run-as-root\""
+                } else {
+                    ""
+                }
+            ),
+            None => String::new(),
+        };
+        let mut conf = format!(
             r#"# Written by rescon-bench paper.
 [server]
-enforcement = "auto"
+enforcement = "{enforcement}"
 access_log = "off"
 
 [timeouts]
@@ -229,7 +302,9 @@ prefix = "/cgi-bin/"
 dir = "{d}/cgi-bin"
 container = "sites/c/cgi"
 "#
-        )
+        );
+        conf.push_str(&fastcgi);
+        conf
     }
 
     fn nginx_config(&self, port: u16) -> String {
@@ -362,9 +437,9 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
 pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
     let exe = &site.exe;
     match kind {
-        Kind::Rescon | Kind::ResconOff | Kind::ResconDefault => {
+        Kind::Rescon | Kind::ResconOff | Kind::ResconDefault | Kind::ResconUser => {
             let conf = site.dir.join("rescon-httpd.toml");
-            std::fs::write(&conf, site.rescon_config())?;
+            std::fs::write(&conf, site.rescon_config(kind))?;
             let _ = std::fs::remove_file(site.dir.join("admin.sock"));
             let mut cmd = Command::new(exe);
             cmd.arg("httpd")
@@ -478,21 +553,40 @@ impl Running {
         Ok(u["cpu_ns"].as_u64().unwrap_or(0) + u["kernel_cpu_ns"].as_u64().unwrap_or(0))
     }
 
-    /// CPU time of the server's child processes so far, nanoseconds: the reaped ones from
-    /// the server's `cutime + cstime` (one sum, rounded once to a tick) and the live ones from
-    /// their `schedstat` (exact). Per-process `utime + stime` would not do: each is rounded
-    /// to a 10 ms tick, which over 16 processes is 8% of a 2 s window.
+    /// CPU time of the server's descendant processes so far, nanoseconds: the reaped ones
+    /// from the server's `cutime + cstime` (one sum, rounded once to a tick) and the live
+    /// ones (CGI scripts; a FastCGI pool and its workers, the server's grandchildren) from
+    /// their `schedstat` (exact) and their own reaped children's. Per-process `utime +
+    /// stime` would not do: each is rounded to a 10 ms tick, which over 16 processes is 8%
+    /// of a 2 s window.
     pub fn children_cpu_ns(&self) -> Result<u64> {
         let tick_ns = 1e9 / clock_ticks() as f64;
         let me = proc_stat(self.pid)?;
         let mut ns = ((me.cutime + me.cstime) as f64 * tick_ns) as u64;
+        let mut all = Vec::new();
         for e in std::fs::read_dir("/proc")? {
             let Ok(e) = e else { continue };
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(st) = proc_stat(pid)
-                && st.ppid == self.pid
+            if let Ok(st) = proc_stat(pid) {
+                all.push((pid, st));
+            }
+        }
+        let parent: std::collections::HashMap<u32, u32> =
+            all.iter().map(|(p, st)| (*p, st.ppid)).collect();
+        let descends = |mut p: u32| {
+            for _ in 0..8 {
+                match parent.get(&p) {
+                    Some(&pp) if pp == self.pid => return true,
+                    Some(&pp) if pp > 1 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        for (pid, st) in &all {
+            if descends(*pid)
                 && let Some((run_ns, _)) = crate::schedstat(&format!("/proc/{pid}/schedstat"))
             {
                 ns += run_ns + ((st.cutime + st.cstime) as f64 * tick_ns) as u64;

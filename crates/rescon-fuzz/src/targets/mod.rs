@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cgi;
 pub mod config;
+pub mod fastcgi;
 pub mod filter;
 pub mod host;
 pub mod static_files;

@@ -157,6 +157,8 @@ pub(crate) struct FileDe {
     pub(crate) listeners: Vec<Spanned<ListenerDe>>,
     #[serde(default, rename = "vhost")]
     pub(crate) vhosts: Vec<Spanned<VhostDe>>,
+    #[serde(default, rename = "fastcgi")]
+    pub(crate) fastcgi: Vec<Spanned<FastCgiDe>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,4 +256,16 @@ pub(crate) struct CgiDe {
     pub(crate) prefix: Spanned<String>,
     pub(crate) dir: Spanned<String>,
     pub(crate) container: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FastCgiDe {
+    pub(crate) prefix: Spanned<String>,
+    pub(crate) address: Spanned<String>,
+    pub(crate) root: Spanned<String>,
+    pub(crate) container: Spanned<String>,
+    pub(crate) command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) restarts: S<i64>,
+    pub(crate) pass_handle: S<bool>,
 }

@@ -376,6 +376,51 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// `[[vhost]]`; exactly one has `default` set when there are any.
     pub vhosts: Vec<VhostConfig>,
+    /// `[[fastcgi]]`: URL prefixes served by FastCGI applications, on every vhost.
+    pub fastcgi: Vec<FastCgiConfig>,
+}
+
+/// Where a FastCGI application listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastCgiAddress {
+    /// A Unix stream socket (`unix:/run/php/app.sock`): the request's container handle can
+    /// ride on its first record.
+    Unix(PathBuf),
+    /// A TCP address (`127.0.0.1:9000`).
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for FastCgiAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FastCgiAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+            FastCgiAddress::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// `[[fastcgi]]`: a URL prefix served by a FastCGI application (the paper's persistent CGI
+/// server), on every vhost; it is matched before the vhosts' CGI prefixes and static files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FastCgiConfig {
+    /// The URL prefix, starting and ending with `/` (`/php/`).
+    pub prefix: String,
+    /// Where the application listens.
+    pub address: FastCgiAddress,
+    /// The directory the application finds scripts in: `SCRIPT_FILENAME` is this joined with
+    /// the path after the prefix.
+    pub root: PathBuf,
+    /// The class container FastCGI work is charged under and held to (a CGI class: its CPU
+    /// cap and process limit apply to the pool and the requests).
+    pub container: ContainerPath,
+    /// The pool to start and supervise (a program and its arguments), or empty for an
+    /// application started elsewhere.
+    pub command: Vec<String>,
+    /// How many times a pool that exits is started again (with a growing delay) before it is
+    /// left down.
+    pub restarts: u32,
+    /// Whether the request's container handle rides on its first record (Unix sockets only).
+    pub pass_handle: bool,
 }
 
 /// The placeholder for the unpacked demo site in paths.
@@ -714,6 +759,7 @@ impl Loader<'_, '_> {
         let tree = self.tree(raw.containers.as_ref());
         let listeners = self.listeners(&raw, &tree);
         let vhosts = self.vhosts(&raw, &tree);
+        let fastcgi = self.fastcgi(&raw, &tree);
         if !listeners.is_empty() && vhosts.is_empty() {
             self.err(
                 span(&raw.listeners[0]),
@@ -731,7 +777,111 @@ impl Loader<'_, '_> {
             tree,
             listeners,
             vhosts,
+            fastcgi,
         }
+    }
+
+    fn fastcgi(&mut self, raw: &FileDe, tree: &TreeSpec) -> Vec<FastCgiConfig> {
+        let mut out: Vec<FastCgiConfig> = Vec::new();
+        for (i, f) in raw.fastcgi.iter().enumerate() {
+            let f = f.get_ref();
+            let k = |x: &str| format!("fastcgi[{i}].{x}");
+            let prefix = f.prefix.get_ref();
+            if !prefix.starts_with('/')
+                || !prefix.ends_with('/')
+                || crate::static_files::normalize(prefix).is_err()
+            {
+                self.err(span(&f.prefix), &k("prefix"), format!("invalid URL prefix {prefix:?}"), Some("a path starting and ending with `/`, without `.` or `..` segments, e.g. /php/"));
+            } else if out.iter().any(|o| &o.prefix == prefix) {
+                self.err(
+                    span(&f.prefix),
+                    &k("prefix"),
+                    format!("prefix {prefix:?} is served by an earlier [[fastcgi]]"),
+                    None,
+                );
+            }
+            let a = f.address.get_ref();
+            let address = if let Some(p) = a.strip_prefix("unix:") {
+                if p.is_empty() {
+                    self.err(
+                        span(&f.address),
+                        &k("address"),
+                        "empty socket path".into(),
+                        Some("unix:/path/to.sock or IP:PORT"),
+                    );
+                }
+                FastCgiAddress::Unix(self.path(p))
+            } else {
+                match a.parse::<SocketAddr>() {
+                    Ok(sa) => FastCgiAddress::Tcp(sa),
+                    Err(_) => {
+                        self.err(
+                            span(&f.address),
+                            &k("address"),
+                            format!("invalid address {a:?}"),
+                            Some("unix:/path/to.sock or IP:PORT, e.g. 127.0.0.1:9000"),
+                        );
+                        FastCgiAddress::Unix(PathBuf::new())
+                    }
+                }
+            };
+            if f.root.get_ref().is_empty() {
+                self.err(
+                    span(&f.root),
+                    &k("root"),
+                    "empty directory".into(),
+                    Some("a directory path"),
+                );
+            }
+            let container = self.container_ref(&f.container, &k("container"), tree);
+            let command: Vec<String> = f
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default();
+            if f.command.is_some() && command.first().is_none_or(|p| p.is_empty()) {
+                self.err(
+                    f.command.as_ref().and_then(span),
+                    &k("command"),
+                    "empty command".into(),
+                    Some("a program and its arguments, e.g. [\"php-fpm8.2\", \"--nodaemonize\"]"),
+                );
+            }
+            let restarts = match &f.restarts {
+                None => 5,
+                Some(r) => match u32::try_from(*r.get_ref()) {
+                    Ok(n) if n <= 1000 => n,
+                    _ => {
+                        self.err(
+                            span(r),
+                            &k("restarts"),
+                            format!("{} restarts", r.get_ref()),
+                            Some("0 to 1000"),
+                        );
+                        0
+                    }
+                },
+            };
+            let pass_handle = f.pass_handle.as_ref().is_some_and(|b| *b.get_ref());
+            if pass_handle && matches!(address, FastCgiAddress::Tcp(_)) {
+                self.err(
+                    f.pass_handle.as_ref().and_then(span),
+                    &k("pass_handle"),
+                    "a container handle can only pass over a Unix socket".into(),
+                    Some("false, or a unix: address"),
+                );
+            }
+            out.push(FastCgiConfig {
+                prefix: prefix.clone(),
+                address,
+                root: self.path(f.root.get_ref()),
+                container,
+                command,
+                restarts,
+                pass_handle,
+            });
+        }
+        out
     }
 
     fn server(&mut self, raw: &FileDe) -> ServerConfig {

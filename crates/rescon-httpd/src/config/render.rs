@@ -169,5 +169,17 @@ pub(super) fn render(c: &Config) -> String {
             let _ = writeln!(o, "container = {}", q(cg.container.as_str()));
         }
     }
+    for f in &c.fastcgi {
+        let _ = writeln!(o, "\n[[fastcgi]]");
+        let _ = writeln!(o, "prefix = {}", q(&f.prefix));
+        let _ = writeln!(o, "address = {}", q(&f.address.to_string()));
+        let _ = writeln!(o, "root = {}", qp(&f.root));
+        let _ = writeln!(o, "container = {}", q(f.container.as_str()));
+        if !f.command.is_empty() {
+            let _ = writeln!(o, "command = {}", list(f.command.iter().cloned()));
+        }
+        let _ = writeln!(o, "restarts = {}", f.restarts);
+        let _ = writeln!(o, "pass_handle = {}", f.pass_handle);
+    }
     o
 }

@@ -36,6 +36,11 @@ pub(crate) struct CgiBody {
 }
 
 impl CgiBody {
+    /// The body sent on `rx` (FastCGI responses stream the same way).
+    pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        CgiBody { rx }
+    }
+
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -60,6 +65,8 @@ pub(crate) struct CgiRun {
     pub(crate) limits: RequestLimits,
     pub(crate) timeouts: Timeouts,
     pub(crate) kernel: Option<Arc<Manager>>,
+    /// Caps the script in user mode where no cgroup does.
+    pub(crate) limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     pub(crate) watchdog: Arc<Watchdog>,
 }
 
@@ -93,6 +100,7 @@ impl CgiRun {
         let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
         let job = ScriptJob {
             kernel: self.kernel,
+            limiter: self.limiter,
             watchdog: self.watchdog,
             container: self.container.clone(),
             script: self.script,
@@ -316,6 +324,7 @@ fn zombie_cpu_ns(pid: u32) -> Option<u64> {
 /// runs, and where its head and body go.
 struct ScriptJob {
     kernel: Option<Arc<Manager>>,
+    limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     watchdog: Arc<Watchdog>,
     container: Container,
     script: PathBuf,
@@ -417,6 +426,18 @@ impl ScriptJob {
         let (mut proc, stdin, outputs) = match self.spawn() {
             Ok(x) => x,
             Err(e) => return CgiOutcome::Failed(format!("the CGI script could not start: {e}")),
+        };
+        // Without a cgroup, the script's process group is held to its class's CPU limit in
+        // user mode until the run ends.
+        let _capped = match (&self.limiter, &proc) {
+            (Some(l), Proc::User(_)) => l
+                .cap(
+                    rescon_linux::usermode::Target::ProcessGroup(proc.pid()),
+                    &self.container,
+                )
+                .map_err(|e| tracing::warn!(error = %e, "a CGI run is not capped"))
+                .ok(),
+            _ => None,
         };
         let c = self.container.clone();
         // The watchdog kills the script and its descendants when it has been silent too long

@@ -108,6 +108,11 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
+    // FastCGI prefixes hold on every vhost, before the vhost's own routes.
+    if let Some((app, rest)) = shared.fastcgi.route(req.uri().path()) {
+        let host = host.map(str::to_owned);
+        return super::fastcgi::serve(conn, site, app, &rest, host.as_deref(), req, log, done);
+    }
     let to = match dispatch(conn.vhost_for(site, host), req.uri().path(), now) {
         Ok(d) => d,
         Err(e) => {
@@ -320,6 +325,7 @@ fn cgi_run(
         limits: site.config.limits,
         timeouts: site.config.timeouts,
         kernel,
+        limiter: shared.limiter.clone(),
         watchdog: shared.cgi_watchdog.clone(),
     })
 }
