@@ -92,6 +92,8 @@ usage_struct! {
     cpu_ns,
     /// CPU time reported by kernel backends (cgroups), in nanoseconds.
     kernel_cpu_ns,
+    /// The kernel's network CPU (NET_RX softirq receive, send) charged by eBPF accounting, in ns.
+    kernel_net_ns,
     /// Bytes received on sockets bound to the container.
     bytes_in,
     /// Bytes sent on sockets bound to the container.
@@ -110,6 +112,8 @@ usage_struct! {
     throttled_ns,
     /// Child processes spawned.
     procs_spawned,
+    /// Bytes child processes (CGI runs) wrote to their standard error, logged or dropped.
+    stderr_bytes,
     ;
     /// Connections open now.
     open_conns,
@@ -162,6 +166,10 @@ adders! {
     add_cpu_ns => cpu_ns,
     /// Adds CPU time measured by the kernel, in nanoseconds.
     add_kernel_cpu_ns => kernel_cpu_ns,
+    /// Adds the kernel's network CPU, in nanoseconds. Use
+    /// [`Container::charge_kernel_net`](crate::Container::charge_kernel_net), which also
+    /// takes it from the CPU limits.
+    add_kernel_net_ns => kernel_net_ns,
     /// Adds bytes received.
     add_bytes_in => bytes_in,
     /// Adds bytes sent.
@@ -180,6 +188,8 @@ adders! {
     add_throttled_ns => throttled_ns,
     /// Counts spawned processes.
     add_procs_spawned => procs_spawned,
+    /// Adds bytes a child process wrote to its standard error.
+    add_stderr_bytes => stderr_bytes,
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ const COUNTERS: &[Counter] = &[
         scale: NS,
     },
     Counter {
+        name: "kernel_network_cpu_seconds_total",
+        help: "The kernel's network CPU (softirq receive, send) charged by eBPF accounting.",
+        value: |u| u.kernel_net_ns,
+        scale: NS,
+    },
+    Counter {
         name: "receive_bytes_total",
         help: "Bytes received on sockets bound to the containers.",
         value: |u| u.bytes_in,
@@ -127,6 +133,12 @@ const COUNTERS: &[Counter] = &[
         name: "processes_spawned_total",
         help: "Child processes spawned (CGI runs).",
         value: |u| u.procs_spawned,
+        scale: 1.0,
+    },
+    Counter {
+        name: "stderr_bytes_total",
+        help: "Bytes child processes (CGI runs) wrote to standard error, logged or dropped.",
+        value: |u| u.stderr_bytes,
         scale: 1.0,
     },
 ];

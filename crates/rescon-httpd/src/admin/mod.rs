@@ -164,10 +164,14 @@ pub struct Admin {
     declared: RwLock<HashMap<String, ContainerId>>,
     metrics: metrics::MetricsState,
     reloader: RwLock<Option<Reloader>>,
+    enforcement: RwLock<Option<Enforcement>>,
 }
 
 /// What `POST /reload` calls: reloads the configuration, `Ok(summary)` or `Err(why)`.
 pub type Reloader = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What tells the enforcement in force for a container (the server's cgroups and limiter).
+pub type Enforcement = Box<dyn Fn(&Container) -> rescon_admin::api::EnforcementView + Send + Sync>;
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,6 +190,7 @@ impl Admin {
             declared: RwLock::new(HashMap::new()),
             metrics: metrics::MetricsState::default(),
             reloader: RwLock::new(None),
+            enforcement: RwLock::new(None),
         }
     }
 
@@ -197,6 +202,12 @@ impl Admin {
     /// What `POST /reload` does (without one, it answers 409: nothing to reload from).
     pub fn set_reloader(&self, f: Reloader) {
         *self.reloader.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    /// Sets what reports the enforcement in force for each container shown (`enforcement`
+    /// in a container's document).
+    pub fn set_enforcement(&self, f: Enforcement) {
+        *self.enforcement.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Records the declared containers (after start-up and each reload): they can be named by
@@ -293,10 +304,16 @@ impl Admin {
     }
 
     fn get_container(&self, c: Container, depth: Option<usize>) -> ApiResponse {
-        ApiResponse::json(
-            StatusCode::OK,
-            &ContainerView::from_snapshot(&c.snapshot(), depth),
-        )
+        let mut view = ContainerView::from_snapshot(&c.snapshot(), depth);
+        if let Some(report) = &*self.enforcement.read().unwrap_or_else(|e| e.into_inner()) {
+            view.walk_mut(&mut |v| {
+                let id = ContainerId::from_raw(v.id);
+                if let Some(c) = id.and_then(|id| self.handle.lookup(id).ok()) {
+                    v.enforcement = Some(report(&c));
+                }
+            });
+        }
+        ApiResponse::json(StatusCode::OK, &view)
     }
 
     fn patch(&self, c: Container, body: &[u8]) -> ApiResponse {
