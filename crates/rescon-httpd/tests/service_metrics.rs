@@ -85,7 +85,7 @@ fn start() -> Server {
     let spin = d.join("cgi/spin.sh");
     std::fs::write(
         &spin,
-        "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do i=$((i+1)); done\nprintf 'Content-Type: text/plain\\n\\nspun\\n'\n",
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 20000 ]; do i=$((i+1)); done\nprintf 'spinning\\n' >&2\nprintf 'Content-Type: text/plain\\n\\nspun\\n'\n",
     )
     .unwrap();
     std::fs::set_permissions(&spin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -300,6 +300,9 @@ impl Scrape {
     }
 }
 
+/// Bytes the two CGI runs of the test write to standard error (`spinning\n` each).
+const CGI_STDERR: f64 = 2.0 * 9.0;
+
 /// The declared containers of the configuration, as `/metrics` labels them.
 const CONTAINERS: &[&str] = &[
     "/",
@@ -345,6 +348,30 @@ fn assert_adds_up(s: &Scrape) {
         })
         .collect();
     assert!(own.len() >= 10, "own families: {own:?}");
+    // Every usage counter of the model is a family pair, the newer ones too.
+    for f in [
+        "rescon_cpu_seconds",
+        "rescon_kernel_cpu_seconds",
+        "rescon_kernel_network_cpu_seconds",
+        "rescon_receive_bytes",
+        "rescon_transmit_bytes",
+        "rescon_requests",
+        "rescon_connections_accepted",
+        "rescon_connections_refused",
+        "rescon_queue_wait_seconds",
+        "rescon_throttled_seconds",
+        "rescon_processes_spawned",
+        "rescon_stderr_bytes",
+        "rescon_open_connections",
+        "rescon_processes",
+        "rescon_memory_bytes",
+        "rescon_kernel_memory_bytes",
+    ] {
+        assert!(
+            own.contains(&&f.to_string()),
+            "no own/subtree pair for {f}: {own:?}"
+        );
+    }
     for fam in own {
         let ty = &s.types[fam];
         // The parser names a counter family without `_total`; its samples keep it.
@@ -415,8 +442,9 @@ fn metrics_parse_add_up_and_match_the_requests_made() {
     let t = Instant::now();
     let first = loop {
         let sc = Scrape::of(&scrape_text(&s));
-        if sc.sum(&format!("{h}_count"), &[]) as u32 == made || t.elapsed() > Duration::from_secs(5)
-        {
+        let settled = sc.sum(&format!("{h}_count"), &[]) as u32 == made
+            && sc.container("rescon_subtree_stderr_bytes_total", "/") >= CGI_STDERR;
+        if settled || t.elapsed() > Duration::from_secs(5) {
             break sc;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -445,6 +473,14 @@ fn metrics_parse_add_up_and_match_the_requests_made() {
     let cgi_cpu = sc.container("rescon_cpu_seconds_total", "cgi")
         + sc.container("rescon_kernel_cpu_seconds_total", "cgi");
     assert!(cgi_cpu > 0.0, "CGI CPU charged to cgi");
+    // What the runs wrote to standard error, charged to cgi and nowhere else.
+    let stderr = "rescon_stderr_bytes_total";
+    assert_eq!(sc.container(stderr, "cgi"), CGI_STDERR);
+    assert_eq!(sc.sum(stderr, &[]), CGI_STDERR);
+    assert_eq!(
+        sc.container("rescon_subtree_stderr_bytes_total", "/"),
+        CGI_STDERR
+    );
     // Every connection was accepted under a class and counted once.
     assert!(sc.container("rescon_subtree_connections_accepted_total", "/") >= made as f64);
     assert_eq!(sc.container("rescon_open_connections", "site-a"), 0.0);
@@ -515,6 +551,10 @@ fn metrics_parse_add_up_and_match_the_requests_made() {
     assert_eq!(
         tree["usage_subtree"]["requests"].as_u64(),
         Some(made as u64)
+    );
+    assert_eq!(
+        tree["usage_subtree"]["stderr_bytes"].as_u64(),
+        Some(CGI_STDERR as u64)
     );
 
     // More traffic: every counter only grows, and the sums still hold.
