@@ -83,6 +83,14 @@ usage_struct! {
     throttled_ns,
     /// Child processes spawned.
     procs_spawned,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS handshakes that failed: bad input, timed out, or the client left.
+    tls_failed,
+    /// HTTP/2 streams the client opened.
+    h2_streams,
+    /// HTTP/2 streams the client reset (RST_STREAM frames received).
+    h2_resets,
     ;
     /// Connections open now.
     open_conns,
@@ -153,4 +161,12 @@ adders! {
     add_throttled_ns => throttled_ns,
     /// Counts spawned processes.
     add_procs_spawned => procs_spawned,
+    /// Counts completed TLS handshakes.
+    add_tls_handshakes => tls_handshakes,
+    /// Counts failed TLS handshakes.
+    add_tls_failed => tls_failed,
+    /// Counts HTTP/2 streams opened by the client.
+    add_h2_streams => h2_streams,
+    /// Counts HTTP/2 streams reset by the client.
+    add_h2_resets => h2_resets,
 }

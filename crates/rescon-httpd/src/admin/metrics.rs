@@ -100,6 +100,30 @@ const METRICS: &[Metric] = &[
         value: |u| u.procs_spawned as f64,
     },
     Metric {
+        name: "rescon_tls_handshakes_total",
+        kind: "counter",
+        help: "TLS handshakes completed.",
+        value: |u| u.tls_handshakes as f64,
+    },
+    Metric {
+        name: "rescon_tls_handshake_failures_total",
+        kind: "counter",
+        help: "TLS handshakes that failed (bad input, timed out, or the client left).",
+        value: |u| u.tls_failed as f64,
+    },
+    Metric {
+        name: "rescon_http2_streams_total",
+        kind: "counter",
+        help: "HTTP/2 streams opened by clients.",
+        value: |u| u.h2_streams as f64,
+    },
+    Metric {
+        name: "rescon_http2_resets_total",
+        kind: "counter",
+        help: "HTTP/2 streams reset by clients (RST_STREAM received).",
+        value: |u| u.h2_resets as f64,
+    },
+    Metric {
         name: "rescon_open_connections",
         kind: "gauge",
         help: "Connections open now.",

@@ -152,6 +152,10 @@ pub(crate) struct FileDe {
     pub(crate) limits: LimitsDe,
     #[serde(default)]
     pub(crate) admin: AdminDe,
+    #[serde(default)]
+    pub(crate) tls: TlsDe,
+    #[serde(default)]
+    pub(crate) http2: Http2De,
     pub(crate) containers: Option<Spanned<NodeDe>>,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Spanned<ListenerDe>>,
@@ -177,6 +181,7 @@ pub(crate) struct TimeoutsDe {
     pub(crate) send: S<Scalar>,
     pub(crate) shutdown: S<Scalar>,
     pub(crate) cgi: S<Scalar>,
+    pub(crate) handshake: S<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +214,8 @@ pub(crate) struct ListenerDe {
     #[serde(default)]
     pub(crate) edge: Vec<Spanned<String>>,
     pub(crate) flood_defense: Option<Spanned<FloodDe>>,
+    pub(crate) tls: S<bool>,
+    pub(crate) protocols: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +225,7 @@ pub(crate) struct ClassDe {
     pub(crate) container: Spanned<String>,
     pub(crate) prefixes: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) except: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) max_handshakes: S<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +249,7 @@ pub(crate) struct VhostDe {
     pub(crate) default: S<bool>,
     #[serde(default)]
     pub(crate) cgi: Vec<Spanned<CgiDe>>,
+    pub(crate) tls: Option<Spanned<VhostTlsDe>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,4 +258,28 @@ pub(crate) struct CgiDe {
     pub(crate) prefix: Spanned<String>,
     pub(crate) dir: Spanned<String>,
     pub(crate) container: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsDe {
+    pub(crate) versions: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) session_cache: S<i64>,
+    pub(crate) tickets: S<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Http2De {
+    pub(crate) max_concurrent_streams: S<i64>,
+    pub(crate) max_resets: S<i64>,
+    pub(crate) max_control_frames: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VhostTlsDe {
+    pub(crate) cert: S<String>,
+    pub(crate) key: S<String>,
+    pub(crate) self_signed: S<bool>,
 }

@@ -23,9 +23,11 @@
 mod de;
 mod error;
 mod render;
+mod tls;
 mod tree;
 
 pub use error::{ConfigError, Diagnostic};
+pub use tls::{DEFAULT_MAX_HANDSHAKES, Http2Config, Protocols, TlsConfig, VhostTls};
 pub use tree::{AttrChange, ContainerPath, LiveTree, NodeSpec, TreeDiff, TreeError, TreeSpec};
 
 use de::{EntryDe, FileDe, NodeDe, Scalar};
@@ -136,6 +138,9 @@ pub struct Timeouts {
     pub shutdown: Duration,
     /// A CGI script that has not finished by then gets 504 and is killed with its children.
     pub cgi: Duration,
+    /// A TLS handshake not done by then (a ClientHello that never finishes) closes the
+    /// connection.
+    pub handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -147,6 +152,7 @@ impl Default for Timeouts {
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
             cgi: Duration::from_secs(30),
+            handshake: Duration::from_secs(10),
         }
     }
 }
@@ -267,6 +273,9 @@ pub struct ClientClass {
     pub container: ContainerPath,
     /// The sources.
     pub filter: ClassFilter,
+    /// TLS handshakes the class may have in flight at once on this listener; a connection
+    /// beyond is closed before its handshake (and counted refused).
+    pub max_handshakes: u32,
 }
 
 /// What the flood defense does with the prefixes a SYN flood comes from.
@@ -307,6 +316,10 @@ pub struct ListenerConfig {
     pub edge: Vec<String>,
     /// The automatic flood defense, if enabled.
     pub flood_defense: Option<FloodDefense>,
+    /// Connections are TLS (certificates from the vhosts' `[vhost.tls]`, chosen by SNI).
+    pub tls: bool,
+    /// The protocols spoken (with TLS, offered by ALPN).
+    pub protocols: Protocols,
 }
 
 /// `[[vhost.cgi]]`: a URL prefix served by CGI scripts from a directory.
@@ -338,6 +351,8 @@ pub struct VhostConfig {
     pub default: bool,
     /// CGI prefixes.
     pub cgi: Vec<CgiPrefix>,
+    /// Its certificate for TLS listeners, if it has one.
+    pub tls: Option<VhostTls>,
 }
 
 /// A whole configuration, checked.
@@ -353,6 +368,10 @@ pub struct Config {
     pub limits: RequestLimits,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[tls]`.
+    pub tls: TlsConfig,
+    /// `[http2]`.
+    pub http2: Http2Config,
     /// `[containers]`.
     pub tree: TreeSpec,
     /// `[[listener]]`.
@@ -601,6 +620,11 @@ impl Loader<'_, '_> {
                 Timeouts::default().shutdown,
             ),
             cgi: self.duration(&raw.timeouts.cgi, "timeouts.cgi", Timeouts::default().cgi),
+            handshake: self.duration(
+                &raw.timeouts.handshake,
+                "timeouts.handshake",
+                Timeouts::default().handshake,
+            ),
         };
         let d = RequestLimits::default();
         let limits = RequestLimits {
@@ -621,9 +645,21 @@ impl Loader<'_, '_> {
             ),
         };
         let admin = self.admin(&raw);
+        let tls = self.tls(&raw.tls);
+        let http2 = self.http2(&raw.http2);
         let tree = self.tree(raw.containers.as_ref());
         let listeners = self.listeners(&raw, &tree);
         let vhosts = self.vhosts(&raw, &tree);
+        if let Some(i) = listeners.iter().position(|l| l.tls)
+            && !vhosts.iter().any(|v| v.tls.is_some())
+        {
+            self.err(
+                span(&raw.listeners[i]),
+                &format!("listener[{i}].tls"),
+                "a TLS listener needs a certificate: no vhost has [vhost.tls]".into(),
+                Some("[vhost.tls] with cert and key, or self_signed = true"),
+            );
+        }
         if !listeners.is_empty() && vhosts.is_empty() {
             self.err(
                 span(&raw.listeners[0]),
@@ -638,6 +674,8 @@ impl Loader<'_, '_> {
             timeouts,
             limits,
             admin,
+            tls,
+            http2,
             tree,
             listeners,
             vhosts,
@@ -1078,10 +1116,12 @@ impl Loader<'_, '_> {
                         ClassFilter::Prefixes(Vec::new())
                     }
                 };
+                let max_handshakes = self.max_handshakes(&c.max_handshakes, &ck("max_handshakes"));
                 classes.push(ClientClass {
                     name: c.name.get_ref().clone(),
                     container,
                     filter,
+                    max_handshakes,
                 });
             }
             if classes.is_empty() {
@@ -1089,6 +1129,7 @@ impl Loader<'_, '_> {
                     name: "default".into(),
                     container: ContainerPath::ROOT,
                     filter: ClassFilter::Except(Vec::new()),
+                    max_handshakes: DEFAULT_MAX_HANDSHAKES,
                 });
             }
             let mut black_hole = Vec::new();
@@ -1195,6 +1236,8 @@ impl Loader<'_, '_> {
                     hold,
                 }
             });
+            let tls = l.tls.as_ref().is_some_and(|t| *t.get_ref());
+            let protocols = self.protocols(&l.protocols, tls, &k("protocols"));
             out.push(ListenerConfig {
                 name,
                 addr,
@@ -1202,6 +1245,8 @@ impl Loader<'_, '_> {
                 black_hole,
                 edge,
                 flood_defense,
+                tls,
+                protocols,
             });
         }
         out
@@ -1327,7 +1372,9 @@ impl Loader<'_, '_> {
                     container,
                 });
             }
+            let tls = v.tls.as_ref().and_then(|t| self.vhost_tls(t, &k("tls")));
             out.push(VhostConfig {
+                tls,
                 name: v.name.get_ref().clone(),
                 hosts: hs,
                 root: self.path(v.root.get_ref()),

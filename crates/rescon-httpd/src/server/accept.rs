@@ -10,7 +10,7 @@
 //! connection with the listener's table ([`Source::Table`](super::listen::Source)).
 
 use super::Shared;
-use super::conn::{Accepted, serve_conn};
+use super::conn::Accepted;
 use super::listen::{Listener, Source};
 use crate::admin::BLACK_HOLE;
 use rescon::{Attributes, Container};
@@ -72,7 +72,8 @@ pub(crate) async fn accept_loop(
                     container: c.clone(),
                     guard: None,
                 };
-                rescon_rt::spawn_in(c, serve_conn(shared.clone(), conn));
+                let serve = super::tls::serve(shared.clone(), conn, listener.clone());
+                rescon_rt::spawn_in(c, serve);
                 continue;
             }
             Classes::Member(class) => class.clone(),
@@ -110,7 +111,8 @@ pub(crate) async fn accept_loop(
             container: c.clone(),
             guard: Some(guard),
         };
-        rescon_rt::spawn_in(&c, serve_conn(shared.clone(), conn));
+        let serve = super::tls::serve(shared.clone(), conn, listener.clone());
+        rescon_rt::spawn_in(&c, serve);
     }
 }
 

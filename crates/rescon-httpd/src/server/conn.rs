@@ -1,7 +1,8 @@
-//! Stage: a client connection. hyper over any byte stream ([`Stream`]: a TCP socket today, a
-//! TLS session tomorrow) with the waits' timeouts ([`IdleClose`]: request head, keep-alive
-//! quiet, stalled sends) and the graceful stop; each request goes to
-//! [`request::serve`](super::request::serve).
+//! Stage: a client connection. hyper over any byte stream ([`Stream`]: a TCP socket or a TLS
+//! session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet, stalled
+//! sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through hyper's h2,
+//! its streams run as tasks in the connection's container, its frames metered by
+//! [`H2Guard`](super::h2guard)); each request goes to [`request::serve`](super::request::serve).
 
 use super::request::{ConnCtx, Reply};
 use super::respond::ResBody;
@@ -58,12 +59,21 @@ pub(crate) struct Accepted<S> {
     pub(crate) guard: Option<ConnGuard>,
 }
 
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Http1,
+    /// HTTP/2: chosen by ALPN, or by prior knowledge on a cleartext h2 listener.
+    Http2,
+}
+
 /// Serves a connection until it ends (the client closes, a timeout, a graceful stop).
-pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>) {
+pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>, proto: Proto) {
     let site = shared.site.get();
     let t = site.config.timeouts;
     let max_header = site.config.limits.max_header_bytes as usize;
-    let mut stop = shared.stop.watch(true);
+    let h2 = site.config.http2;
+    let stop = shared.stop.watch(true);
     let state = Arc::new(ConnState {
         started: AtomicU64::new(0),
         done: AtomicU64::new(0),
@@ -71,10 +81,10 @@ pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>
         born: Instant::now(),
     });
     let _guard = conn.guard;
-    let io = IdleClose::new(conn.stream, state.clone(), &t);
+    let me = conn.container.clone();
     let svc = Service(ConnCtx {
         shared,
-        state,
+        state: state.clone(),
         peer: conn.peer,
         local: conn.local,
         class: conn.class,
@@ -83,6 +93,17 @@ pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>
         placed: Cell::new(Placed::default()),
         last_host: RefCell::new((0, Vec::new(), 0)),
     });
+    if proto == Proto::Http2 {
+        let io = super::h2guard::H2Guard::new(conn.stream, me, &h2);
+        let io = IdleClose::new(io, state, &t);
+        let conn = hyper::server::conn::http2::Builder::new(rescon_rt::HyperExecutor)
+            .timer(rescon_rt::HyperTimer::current())
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_header_list_size(max_header.try_into().unwrap_or(u32::MAX))
+            .serve_connection(io, svc);
+        return drive(conn, stop, |c| c.graceful_shutdown()).await;
+    }
+    let io = IdleClose::new(conn.stream, state, &t);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(rescon_rt::HyperTimer::current())
         // The head's timeout is IdleClose's, with the keep-alive one.
@@ -90,13 +111,22 @@ pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>
         .max_buf_size(max_header.max(8192))
         .keep_alive(true)
         .serve_connection(io, svc);
-    // A graceful stop lets the request under way finish, then closes (at once if idle).
+    drive(conn, stop, |c| c.graceful_shutdown()).await
+}
+
+/// Runs a connection to its end. A graceful stop lets the requests under way finish, then
+/// closes (at once if idle).
+async fn drive<C: Future>(
+    conn: C,
+    mut stop: super::stop::StopWatch,
+    mut graceful: impl FnMut(Pin<&mut C>),
+) {
     let mut conn = std::pin::pin!(conn);
     let mut told = false;
     let _ = std::future::poll_fn(|cx| {
         if !told && stop.stopping(cx) {
             told = true;
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
         }
         conn.as_mut().poll(cx)
     })
@@ -150,7 +180,9 @@ impl Drop for ReqDone {
     fn drop(&mut self) {
         let c = &self.0;
         c.done_ns.store(c.born.elapsed().as_nanos() as u64, Relaxed);
-        c.done.store(c.done.load(Relaxed) + 1, Relaxed);
+        // HTTP/2's responses end in their streams' tasks, which may run at once on two
+        // workers: an atomic add.
+        c.done.fetch_add(1, Relaxed);
     }
 }
 

@@ -9,7 +9,8 @@
 //! | stage | file | what |
 //! |---|---|---|
 //! | accept | [`accept`] | the member socket the kernel steered the SYN to gives the class; the connection's container is made under the class's |
-//! | connection | [`conn`] | hyper over any byte stream, with the waits' timeouts and the graceful stop |
+//! | TLS | [`tls`] | the handshake in the connection's container, bounded per class; certificates by SNI |
+//! | connection | [`conn`] | hyper over any byte stream, HTTP/1.1 or HTTP/2 ([`h2guard`] meters its frames), with the waits' timeouts and the graceful stop |
 //! | request | [`request`] | the path of one request, top to bottom, calling the stages below |
 //! | dispatch | [`dispatch`] | vhost, cached file, static path or CGI script, over the compiled site |
 //! | placement | [`placement`] | the one rule of where work is charged, and its application |
@@ -31,6 +32,7 @@ mod admin_api;
 mod cgi;
 mod conn;
 mod dispatch;
+mod h2guard;
 mod listen;
 mod placement;
 mod request;
@@ -38,6 +40,7 @@ mod respond;
 mod site;
 mod static_file;
 mod stop;
+mod tls;
 
 use crate::admin::{Admin, FilterTable};
 use crate::config::{AccessLog as LogConfig, Config, ListenerConfig, LiveTree, TokenSource};
