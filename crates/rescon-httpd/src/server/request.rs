@@ -94,10 +94,12 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
     shared.site.refresh(&mut snapshot);
     let site: &Arc<Site> = &snapshot;
     // 2. Dispatch.
+    // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
     let host = req
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let to = match dispatch(conn.vhost_for(site, host), req.uri().path(), now) {
         Ok(d) => d,
         Err(e) => {
