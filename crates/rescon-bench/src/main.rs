@@ -80,7 +80,14 @@ enum Command {
     },
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
-    HyperBaseline,
+    HyperBaseline {
+        /// With --key: also serve HTTPS (HTTP/2 or HTTP/1.1) with this certificate chain.
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// The certificate's private key.
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
+    },
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -117,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::HyperBaseline => paper::hyper_baseline(),
+        Command::HyperBaseline { cert, key } => paper::hyper_baseline(cert.zip(key)),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }

@@ -54,6 +54,9 @@ pub struct Site {
     /// script, the primitives and the SYN-flood experiment). The copy, not the built file, so
     /// a `cargo build` during the run (which replaces the built file) cannot break it.
     pub exe: PathBuf,
+    /// Whether `tls.pem` and `tls.key` (RSA-2048, for localhost, made with `openssl req`) are
+    /// in `dir`: every server then also serves HTTPS (and HTTP/2) with them.
+    pub tls: bool,
 }
 
 /// The 1 KB file's path on every server.
@@ -94,10 +97,27 @@ impl Site {
         )?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        // RSA-2048, the usual web certificate, whose signature is most of a full handshake's
+        // cost on the server (and little on a client that does not verify it).
+        let tls = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+            .arg("-keyout")
+            .arg(dir.join("tls.key"))
+            .arg("-out")
+            .arg(dir.join("tls.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !tls {
+            eprintln!("openssl could not make a certificate: no TLS experiments (apt-get install openssl)");
+        }
         Ok(Site {
             dir: dir.to_path_buf(),
             cgi_ms,
             exe,
+            tls,
         })
     }
 
@@ -106,6 +126,16 @@ impl Site {
     /// a.test, b.test, c.test with fixed shares 50/30/20 of what the sites get, CGI included.
     pub fn rescon_config(&self) -> String {
         let d = self.dir.display();
+        let tls = if self.tls {
+            TLS_LISTENER.replace("{d}", &d.to_string())
+        } else {
+            String::new()
+        };
+        let vhost_tls = if self.tls {
+            format!("[vhost.tls]\ncert = \"{d}/tls.pem\"\nkey = \"{d}/tls.key\"\n")
+        } else {
+            String::new()
+        };
         format!(
             r#"# Written by rescon-bench paper.
 [server]
@@ -166,12 +196,14 @@ name = "low"
 container = "clients/low"
 except = []
 
+{tls}
 [[vhost]]
 name = "main"
 hosts = ["localhost"]
 root = "{d}/htdocs"
 container = "web"
 default = true
+{vhost_tls}
 
 [[vhost.cgi]]
 prefix = "/cgi-bin/"
@@ -214,8 +246,15 @@ container = "sites/c/cgi"
         )
     }
 
-    fn nginx_config(&self, port: u16) -> String {
+    fn nginx_config(&self, port: u16, tls_port: u16) -> String {
         let d = self.dir.display();
+        let tls = if self.tls {
+            format!(
+                "    server {{\n        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n        root {d}/htdocs;\n        ssl_certificate {d}/tls.pem;\n        ssl_certificate_key {d}/tls.key;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n        http2_max_concurrent_streams 128;\n    }}\n"
+            )
+        } else {
+            String::new()
+        };
         format!(
             r#"# Written by rescon-bench paper: one worker, access log off, sendfile and an open-file
 # cache (nginx at its best on a 1 KB file).
@@ -236,11 +275,30 @@ http {{
         listen 127.0.0.1:{port} backlog=4096;
         root {d}/htdocs;
     }}
-}}
+{tls}}}
 "#
         )
     }
 }
+
+/// rescon-httpd's TLS listener: the same classes as the cleartext one.
+const TLS_LISTENER: &str = r#"
+[[listener]]
+name = "tls"
+address = "127.0.0.1"
+port = 0
+tls = true
+
+[[listener.class]]
+name = "high"
+container = "clients/high"
+prefixes = ["127.0.0.2/32"]
+
+[[listener.class]]
+name = "low"
+container = "clients/low"
+except = []
+"#;
 
 /// Where nginx is, if installed.
 pub fn nginx_path() -> Option<PathBuf> {
@@ -254,6 +312,8 @@ pub fn nginx_path() -> Option<PathBuf> {
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it listens for HTTPS (HTTP/2 and HTTP/1.1 by ALPN), when the site has TLS.
+    pub tls: Option<SocketAddr>,
     /// Its process id.
     pub pid: u32,
     /// rescon-httpd's admin socket.
@@ -294,13 +354,14 @@ fn spawn_pinned(cmd: &mut Command, cpu: Option<usize>) -> Result<Child> {
 /// Reads the child's output up to `listening on ADDR` (rescon-httpd says it among its
 /// diagnostics on standard error, which are passed on; the hyper baseline prints it on
 /// standard output), then drains the rest in a thread.
-fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
+fn read_address(child: &mut Child, what: &str, count: usize) -> Result<Vec<SocketAddr>> {
     let (out, pass_on): (Box<dyn std::io::Read + Send>, bool) = match child.stderr.take() {
         Some(err) => (Box::new(err), true),
         None => (Box::new(child.stdout.take().context("no stdout")?), false),
     };
     let mut lines = BufReader::new(out).lines();
-    let addr = loop {
+    let mut addrs = Vec::new();
+    while addrs.len() < count {
         match lines.next() {
             Some(Ok(line)) => {
                 if pass_on {
@@ -311,14 +372,15 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
                         .split(|c: char| c.is_whitespace() || c == '"')
                         .next()
                         .unwrap_or("");
-                    break a
-                        .parse()
-                        .with_context(|| format!("{what} printed a bad address: {line}"))?;
+                    addrs.push(
+                        a.parse()
+                            .with_context(|| format!("{what} printed a bad address: {line}"))?,
+                    );
                 }
             }
             _ => bail!("{what} exited before listening (its errors are above)"),
         }
-    };
+    }
     std::thread::spawn(move || {
         for l in lines.map_while(Result::ok) {
             if pass_on {
@@ -326,7 +388,7 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
             }
         }
     });
-    Ok(addr)
+    Ok(addrs)
 }
 
 /// Starts `kind` on the server CPU.
@@ -349,9 +411,10 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             }
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
-            let addr = read_address(&mut child, "rescon-httpd")?;
+            let addrs = read_address(&mut child, "rescon-httpd", 1 + site.tls as usize)?;
             Ok(Running {
-                addr,
+                addr: addrs[0],
+                tls: addrs.get(1).copied(),
                 pid,
                 admin: Some(site.dir.join("admin.sock")),
                 child,
@@ -362,11 +425,18 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             cmd.arg("hyper-baseline")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
+            if site.tls {
+                cmd.arg("--cert")
+                    .arg(site.dir.join("tls.pem"))
+                    .arg("--key")
+                    .arg(site.dir.join("tls.key"));
+            }
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
-            let addr = read_address(&mut child, "the hyper baseline")?;
+            let addrs = read_address(&mut child, "the hyper baseline", 1 + site.tls as usize)?;
             Ok(Running {
-                addr,
+                addr: addrs[0],
+                tls: addrs.get(1).copied(),
                 pid,
                 admin: None,
                 child,
@@ -374,11 +444,14 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
         }
         Kind::Nginx => {
             let nginx = nginx_path().context("nginx is not installed")?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            let free = || -> Result<u16> {
+                Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port())
+            };
+            let (port, tls_port) = (free()?, free()?);
             let conf = site.dir.join("nginx.conf");
-            std::fs::write(&conf, site.nginx_config(port))?;
+            std::fs::write(&conf, site.nginx_config(port, tls_port))?;
             std::fs::create_dir_all(site.dir.join("nginx-body"))?;
             let mut cmd = Command::new(nginx);
             cmd.arg("-p")
@@ -405,6 +478,9 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             }
             Ok(Running {
                 addr,
+                tls: site
+                    .tls
+                    .then_some(SocketAddr::from(([127, 0, 0, 1], tls_port))),
                 pid,
                 admin: None,
                 child,
@@ -494,30 +570,85 @@ fn clock_ticks() -> u64 {
 }
 
 /// The hidden `hyper-baseline` subcommand: hyper 1 on a tokio current-thread runtime serving
-/// the 1 KB body from memory on a free loopback port, until killed.
-pub fn hyper_baseline() -> Result<()> {
+/// the 1 KB body from memory on a free loopback port, until killed; with a certificate and
+/// key, also over TLS (tokio-rustls on aws-lc-rs, as rescon-httpd) on a second port, HTTP/2
+/// or HTTP/1.1 by ALPN.
+pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
     use hyper::body::Bytes;
     static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let body = BODY.get_or_init(|| Bytes::from(vec![b'x'; 1024])).clone();
+    let acceptor = match &tls {
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .context("reading the certificate")?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .context("reading the key")?;
+            let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(c)))
+        }
+        None => None,
+    };
+    use rustls::pki_types::pem::PemObject;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("listening on {}", l.local_addr()?);
+        let svc = move || {
+            let body = body.clone();
+            hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(body),
+                    ))
+                }
+            })
+        };
+        if let Some(acceptor) = acceptor {
+            let lt = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("listening on {}", lt.local_addr()?);
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((conn, _)) = lt.accept().await else { continue };
+                    let _ = conn.set_nodelay(true);
+                    let (acceptor, svc) = (acceptor.clone(), svc());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(conn).await else { return };
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = hyper_util::rt::TokioIo::new(tls);
+                        if h2 {
+                            let _ = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .max_concurrent_streams(128)
+                            .serve_connection(io, svc)
+                            .await;
+                        } else {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .timer(hyper_util::rt::TokioTimer::new())
+                                .serve_connection(io, svc)
+                                .await;
+                        }
+                    });
+                }
+            });
+        }
         loop {
             let (conn, _) = l.accept().await?;
             let _ = conn.set_nodelay(true);
-            let body = body.clone();
+            let svc = svc();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let body = body.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(body),
-                        ))
-                    }
-                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
