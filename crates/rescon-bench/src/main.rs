@@ -15,6 +15,7 @@ mod flood;
 mod load;
 mod paper;
 mod primitives;
+mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
 mod sim;
@@ -88,6 +89,10 @@ enum Command {
         #[arg(long, requires = "cert")]
         key: Option<std::path::PathBuf>,
     },
+    /// The other process of `primitives`' handle measurements (orders on stdout, handles on
+    /// stdin).
+    #[command(hide = true)]
+    HandlePeer,
     /// A CGI program burning MS milliseconds of its own CPU, for `paper`.
     #[command(hide = true)]
     CgiBurn {
@@ -125,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Command::HyperBaseline { cert, key } => paper::hyper_baseline(cert.zip(key)),
+        Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }
 }

@@ -5,6 +5,11 @@
 //!   limited by the kernel.
 //! - [`listen`]: listening sockets bound to containers, with CIDR filters steering each new
 //!   connection to a member socket in the kernel, and flood defense.
+//! - [`usermode`]: where cgroups cannot be used, a container's processes held to its CPU limit
+//!   from user space (sampling `/proc`, `SIGSTOP`/`SIGCONT`, as `cpulimit` does), beside
+//!   [`cgroup::Command::without_cgroups`], which counts them against `max_processes` at spawn.
+//! - [`enforcement`]: the enforcement actually in force for a container's limits on
+//!   processes, for a server to show.
 //!
 //! Every kernel interface sits behind a module boundary whose pure parts (parsers of kernel text,
 //! program builders) are tested on literal fixtures, and whose system calls are confined to one
@@ -13,4 +18,6 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+pub mod enforcement;
 pub mod listen;
+pub mod usermode;

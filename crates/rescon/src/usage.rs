@@ -22,6 +22,33 @@ macro_rules! usage_struct {
             $(#[$gdoc] pub $gauge: u64,)*
         }
 
+        impl Usage {
+            /// The names of every field, counters first, then gauges, in declaration order:
+            /// the keys of [`get`](Usage::get) and [`get_mut`](Usage::get_mut), for code that
+            /// carries usage by name (a wire format, a metrics exporter).
+            pub const FIELDS: &'static [&'static str] =
+                &[$(stringify!($counter),)* $(stringify!($gauge),)*];
+
+            /// A field by name, or `None` for a name not in [`FIELDS`](Usage::FIELDS).
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $(stringify!($counter) => Some(self.$counter),)*
+                    $(stringify!($gauge) => Some(self.$gauge),)*
+                    _ => None,
+                }
+            }
+
+            /// A field by name, to set it, or `None` for a name not in
+            /// [`FIELDS`](Usage::FIELDS).
+            pub fn get_mut(&mut self, name: &str) -> Option<&mut u64> {
+                match name {
+                    $(stringify!($counter) => Some(&mut self.$counter),)*
+                    $(stringify!($gauge) => Some(&mut self.$gauge),)*
+                    _ => None,
+                }
+            }
+        }
+
         impl AddAssign for Usage {
             fn add_assign(&mut self, o: Usage) {
                 $(self.$counter = self.$counter.wrapping_add(o.$counter);)*
@@ -169,4 +196,25 @@ adders! {
     add_h2_streams => h2_streams,
     /// Counts HTTP/2 streams reset by the client.
     add_h2_resets => h2_resets,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Usage;
+
+    #[test]
+    fn fields_by_name_cover_every_field() {
+        let mut u = Usage::default();
+        for (i, name) in Usage::FIELDS.iter().enumerate() {
+            *u.get_mut(name).expect("listed name") = i as u64 + 1;
+        }
+        // Every field was reached exactly once: the sum of 1..=n, and the struct agrees.
+        assert_eq!(u.cpu_ns, 1);
+        assert_eq!(u.processes, Usage::FIELDS.len() as u64);
+        let n = Usage::FIELDS.len() as u64;
+        let total: u64 = Usage::FIELDS.iter().map(|f| u.get(f).unwrap()).sum();
+        assert_eq!(total, n * (n + 1) / 2);
+        assert_eq!(u.get("no_such_field"), None);
+        assert!(u.get_mut("no_such_field").is_none());
+    }
 }

@@ -522,7 +522,13 @@ fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
     let mut s = String::from(
         "\n## 2. Primitives (the paper's Table 1)\n\nMean of many calls, warm; the paper's are system calls on \
          Digital UNIX, ours are user-level calls (a container is a data structure the runtime \
-         schedules), with their kernel equivalents (cgroups) below.\n\n\
+         schedules), with their kernel equivalents (cgroups) below. One row is the same operation \
+         as the paper's: *move container between processes* sends a container handle (a file \
+         descriptor, `rescon-handle`) to another process over a Unix socket, receives it there and \
+         charges through it once: three system calls in two processes (`move_between_processes`; \
+         its halves, and the latency with the receiver asleep, `move_between_processes_roundtrip`, \
+         are below). `clone_handle_in_process` below is a clone of a handle inside one process, an \
+         atomic increment: not comparable with the paper's row.\n\n\
          | operation | paper (us) | rescon (ns) | speed-up |\n|---|---|---|---|\n",
     );
     for (op, desc, us) in crate::primitives::PAPER_US {
@@ -537,7 +543,7 @@ fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
     }
     let _ = writeln!(
         s,
-        "\n| kernel equivalent or policy cost | rescon |\n|---|---|"
+        "\n| kernel equivalents, handle and policy costs | rescon |\n|---|---|"
     );
     for (k, v) in ops {
         if crate::primitives::PAPER_US.iter().any(|(o, _, _)| o == k) {
@@ -554,22 +560,26 @@ fn exp2_primitives(ctx: &mut Ctx) -> Result<()> {
         let _ = writeln!(s, "| {k} | {shown} |");
     }
     ctx.report.push_str(&s);
-    // The project's goals (the core and runtime issues): every primitive at least 20x the
-    // paper's, rebinding under 50 ns, pick plus charge among 100,000 containers under 200 ns.
+    // The project's goals (the core and runtime issues): every user-level primitive at least
+    // 20x the paper's, rebinding under 50 ns, pick plus charge among 100,000 containers under
+    // 200 ns; moving a container between processes, system calls like the paper's, under the
+    // paper's 3.15 us (issue 21).
     for (op, _, us) in crate::primitives::PAPER_US {
         if let Some(n) = ns(op) {
-            let bound = if *op == "rebind" {
-                50.0
-            } else {
-                us * 1000.0 / 20.0
+            let (bound, what) = match *op {
+                "rebind" => (50.0, format!("{op}: at least 20x the paper's {us} us")),
+                "move_between_processes" => (
+                    us * 1000.0,
+                    format!(
+                        "{op}: send, receive and first use in two processes, under the paper's {us} us"
+                    ),
+                ),
+                _ => (
+                    us * 1000.0 / 20.0,
+                    format!("{op}: at least 20x the paper's {us} us"),
+                ),
             };
-            ctx.goal(
-                2,
-                &format!("{op}: at least 20x the paper's {us} us"),
-                &format!("< {bound:.0} ns"),
-                Some(n),
-                n < bound,
-            );
+            ctx.goal(2, &what, &format!("< {bound:.0} ns"), Some(n), n < bound);
         }
     }
     if let Some(n) = ns("pick_charge_100k") {

@@ -112,6 +112,9 @@ struct Listener {
 
 impl Listener {
     fn classify(&self, src: IpAddr) -> usize {
+        // A dual-stack socket reports an IPv4 client as `::ffff:a.b.c.d`; the kernel's
+        // steering matches it against the IPv4 prefixes, and so must this.
+        let src = src.to_canonical();
         let mut best: Option<(u8, usize)> = None;
         for (i, m) in self.members.iter().enumerate() {
             for p in &m.prefixes {
@@ -353,7 +356,7 @@ mod tests {
 [containers.site]
 [[listener]]
 name = "web"
-address = "127.0.0.1"
+address = "::"
 port = 8080
 black_hole = ["10.66.0.0/16"]
 [[listener.class]]
@@ -399,6 +402,20 @@ container = "site"
             rescon::ContainerId::from_raw(7)
         );
         assert_eq!(t.classify("nope", "10.1.2.3".parse().unwrap()), None);
+    }
+
+    /// An IPv4 client of a dual-stack listener, as its socket reports it, goes where the
+    /// kernel steered it: it was classified as the `except` class, whatever its prefix.
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_match_their_ipv4_prefixes() {
+        let t = table();
+        assert_eq!(class(&t, "::ffff:10.1.2.3"), "premium");
+        assert_eq!(class(&t, "::ffff:10.66.1.1"), "black-hole");
+        assert_eq!(class(&t, "::ffff:8.8.8.8"), "rest");
+        assert_eq!(
+            t.container_for("web", "::ffff:192.168.1.1".parse().unwrap()),
+            None
+        );
     }
 
     #[test]

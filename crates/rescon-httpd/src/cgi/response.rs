@@ -189,9 +189,13 @@ fn classify(lines: &[httparse::Header<'_>]) -> Result<CgiHead, CgiError> {
             if location.is_some() {
                 return Err(CgiError::Duplicate("Location"));
             }
+            // A URI has no blank or control byte (RFC 3986), though a header value may: a
+            // Location with one is refused rather than sent on or served.
             let text = hv
                 .to_str()
-                .map_err(|_| CgiError::BadLocation(String::from_utf8_lossy(value).into()))?;
+                .ok()
+                .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| CgiError::BadLocation(String::from_utf8_lossy(value).into()))?;
             location = Some(text.to_string());
         } else if name == header::CONTENT_TYPE {
             if content_type {
@@ -396,6 +400,29 @@ mod tests {
             CgiError::Duplicate("Content-Type")
         );
         assert_eq!(CgiError::NoContentType.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// Found by the `cgi_response` fuzz target: a tab inside a Location (a header value may
+    /// hold one, a URI may not) made a local redirect to `/\tther/page`.
+    #[test]
+    fn a_location_with_a_blank_or_control_byte_is_refused() {
+        for loc in [
+            &b"/\tther/page"[..],
+            b"/a b",
+            b"http://a/ b",
+            b"http://a/\tx",
+        ] {
+            let mut input = b"Location: ".to_vec();
+            input.extend_from_slice(loc);
+            input.extend_from_slice(b"\nContent-Type: a/b\n\n");
+            assert!(
+                matches!(parse(&input), Err(CgiError::BadLocation(_))),
+                "{:?}",
+                String::from_utf8_lossy(loc)
+            );
+        }
+        // DEL is refused already by the head parser.
+        assert!(parse(b"Location: /a\x7f\nContent-Type: a/b\n\n").is_err());
     }
 
     #[test]

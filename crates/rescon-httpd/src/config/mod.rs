@@ -954,6 +954,45 @@ impl Loader<'_, '_> {
         }
     }
 
+    /// A prefix of a listener at `ip`: checked, an IPv4-mapped IPv6 prefix written as the IPv4
+    /// prefix it is (so that the two spellings are one prefix), and of a family the listener
+    /// receives (an IPv4 address receives IPv4 clients, `::` both, another IPv6 address IPv6
+    /// only). The listener group refuses a prefix that can never match, and the server would
+    /// then fall back to one socket; found by the `config` fuzz target.
+    fn listener_prefix(&mut self, v: &Spanned<String>, key: &str, ip: IpAddr) -> Option<IpNet> {
+        let net = self.prefix(v, key)?;
+        let net = rescon_linux::listen::check_prefix(net).unwrap_or(net);
+        let (v4, v6) = match ip {
+            IpAddr::V4(_) => (true, false),
+            IpAddr::V6(a) => (a.is_unspecified(), true),
+        };
+        let ok = match net {
+            IpNet::V4(_) => v4,
+            IpNet::V6(_) => v6,
+        };
+        if !ok {
+            let (only, fix) = if v4 {
+                (
+                    "IPv4",
+                    "IPv4 prefixes, or listen on \"::\" for both families",
+                )
+            } else {
+                (
+                    "IPv6",
+                    "IPv6 prefixes, or listen on \"::\" for both families",
+                )
+            };
+            self.err(
+                span(v),
+                key,
+                format!("{net} can never match: a listener on {ip} receives {only} clients only"),
+                Some(fix),
+            );
+            return None;
+        }
+        Some(net)
+    }
+
     fn listeners(&mut self, raw: &FileDe, tree: &TreeSpec) -> Vec<ListenerConfig> {
         let mut out: Vec<ListenerConfig> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -1054,7 +1093,7 @@ impl Loader<'_, '_> {
                         let mut nets = Vec::new();
                         for (n, v) in p.get_ref().iter().enumerate() {
                             let key = format!("listener[{i}].class[{j}].prefixes[{n}]");
-                            if let Some(net) = self.prefix(v, &key) {
+                            if let Some(net) = self.listener_prefix(v, &key, ip) {
                                 if let Some(owner) = seen.insert(net, c.name.get_ref().clone()) {
                                     self.err(
                                         span(v),
@@ -1090,7 +1129,7 @@ impl Loader<'_, '_> {
                         let mut nets = Vec::new();
                         for (n, v) in e.get_ref().iter().enumerate() {
                             let key = format!("listener[{i}].class[{j}].except[{n}]");
-                            nets.extend(self.prefix(v, &key));
+                            nets.extend(self.listener_prefix(v, &key, ip));
                         }
                         ClassFilter::Except(nets)
                     }
@@ -1135,7 +1174,7 @@ impl Loader<'_, '_> {
             let mut black_hole = Vec::new();
             for (n, v) in l.black_hole.iter().enumerate() {
                 let key = format!("listener[{i}].black_hole[{n}]");
-                if let Some(net) = self.prefix(v, &key) {
+                if let Some(net) = self.listener_prefix(v, &key, ip) {
                     if let Some(owner) = seen.insert(net, "the black hole".into()) {
                         self.err(
                             span(v),

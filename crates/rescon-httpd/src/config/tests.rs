@@ -186,7 +186,7 @@ fn classes_parse() {
     let c = Config::parse(
         "t.toml",
         &listener(
-            "[[listener.class]]\nname = \"p\"\ncontainer = \"clients/premium\"\nprefixes = [\"10.0.0.0/8\", \"::1\"]\n[[listener.class]]\nname = \"rest\"\ncontainer = \"clients/rest\"\nexcept = []",
+            "[[listener.class]]\nname = \"p\"\ncontainer = \"clients/premium\"\nprefixes = [\"10.0.0.0/8\", \"198.51.100.7\"]\n[[listener.class]]\nname = \"rest\"\ncontainer = \"clients/rest\"\nexcept = []",
             "black_hole = [\"192.0.2.0/24\"]\nflood_defense = { action = \"demote\", demote_to = \"rest\", syn_rate = 500 }",
         ),
     )
@@ -196,7 +196,7 @@ fn classes_parse() {
         l.classes[0].filter,
         ClassFilter::Prefixes(vec![
             "10.0.0.0/8".parse().unwrap(),
-            "::1/128".parse().unwrap()
+            "198.51.100.7/32".parse().unwrap()
         ])
     );
     assert_eq!(l.classes[1].filter, ClassFilter::Except(vec![]));
@@ -204,6 +204,48 @@ fn classes_parse() {
     let f = l.flood_defense.as_ref().unwrap();
     assert_eq!(f.action, FloodAction::Demote("rest".into()));
     assert_eq!((f.syn_rate, f.hold), (500, Duration::from_secs(60)));
+}
+
+/// Found by the `config` fuzz target: a prefix the listener's sockets can never receive was
+/// accepted, and the listener group then refused it at start-up, so the server fell back to
+/// one socket. An IPv4-mapped prefix is the IPv4 prefix it names.
+#[test]
+fn prefixes_of_a_family_the_listener_never_receives_are_refused() {
+    let class = |prefix: &str| {
+        format!(
+            "[[listener.class]]\nname = \"p\"\ncontainer = \"clients/premium\"\nprefixes = [\"{prefix}\"]\n[[listener.class]]\nname = \"rest\"\ncontainer = \"clients/rest\"\nexcept = []"
+        )
+    };
+    let d = one(&listener(&class("2001:db8::/32"), ""));
+    assert_eq!(d.key, "listener[0].class[0].prefixes[0]");
+    assert!(d.message.contains("IPv4 clients only"), "{d}");
+    assert!(d.allowed.as_deref().unwrap().contains("\"::\""), "{d}");
+    let d = one(&listener(
+        &class("10.0.0.0/8"),
+        "black_hole = [\"2001:db8::1\"]",
+    ));
+    assert_eq!(d.key, "listener[0].black_hole[0]");
+    let on_v6 = |text: String| text.replace("address = \"127.0.0.1\"", "address = \"::1\"");
+    let d = one(&on_v6(listener(&class("10.0.0.0/8"), "")));
+    assert!(d.message.contains("IPv6 clients only"), "{d}");
+    let d = one(&on_v6(listener(&class("::ffff:10.0.0.0/104"), "")));
+    assert!(d.message.contains("10.0.0.0/8 can never match"), "{d}");
+    // An IPv4-mapped prefix is its IPv4 prefix: accepted on IPv4, and the same prefix as
+    // its IPv4 spelling.
+    let c = Config::parse("t.toml", &listener(&class("::ffff:10.0.0.0/104"), "")).unwrap();
+    assert_eq!(
+        c.listeners[0].classes[0].filter,
+        ClassFilter::Prefixes(vec!["10.0.0.0/8".parse().unwrap()])
+    );
+    let d = one(&listener(
+        &class("::ffff:10.0.0.0/104"),
+        "black_hole = [\"10.0.0.0/8\"]",
+    ));
+    assert!(d.message.contains("already given to p"), "{d}");
+    // `::` receives both families.
+    let both = listener(&class("10.0.0.0/8"), "black_hole = [\"2001:db8::/32\"]")
+        .replace("address = \"127.0.0.1\"", "address = \"::\"");
+    assert!(Config::parse("t.toml", &both).is_ok());
 }
 
 #[test]

@@ -13,8 +13,8 @@
 //! moved to that class (a complement cannot list prefixes, and a moved prefix must beat a
 //! shorter one listed elsewhere); then the black hole with its prefixes; and, unless a class
 //! takes every source with `except = []`, a second black-hole member that takes the sources
-//! no class takes, as the configuration's rules say. Prefixes of a family the listener cannot receive are dropped
-//! with a warning: they could never match.
+//! no class takes, as the configuration's rules say. (A prefix of a family the listener cannot
+//! receive never gets here: the configuration refuses it at load.)
 //!
 //! Where the kernel refuses the group (no `SO_REUSEPORT` steering), the listener is one
 //! socket and each accepted connection is classified with a [`FilterTable`] holding the same
@@ -28,7 +28,7 @@ use ipnet::IpNet;
 use rescon::{Attributes, Container};
 use rescon_linux::listen::driver::{Defender, Record, Running};
 use rescon_linux::listen::{Filter, ListenerGroup, MemberId};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,27 +49,8 @@ impl Role {
     }
 }
 
-/// The members of a group for listener `l`, in member order, each with its filter; prefixes
-/// of a family the listener does not receive are left out (and named in the second list).
-pub(crate) fn members(l: &ListenerConfig) -> (Vec<(Role, Filter)>, Vec<IpNet>) {
-    let (v4, v6) = match l.addr.ip() {
-        IpAddr::V4(_) => (true, false),
-        IpAddr::V6(a) if a.is_unspecified() => (true, true),
-        IpAddr::V6(_) => (false, true),
-    };
-    let mut dropped = Vec::new();
-    let mut keep = |ps: &[IpNet]| -> Vec<IpNet> {
-        ps.iter()
-            .copied()
-            .filter(|p| {
-                let ok = matches!(p, IpNet::V4(_)) && v4 || matches!(p, IpNet::V6(_)) && v6;
-                if !ok {
-                    dropped.push(*p);
-                }
-                ok
-            })
-            .collect()
-    };
+/// The members of a group for listener `l`, in member order, each with its filter.
+pub(crate) fn members(l: &ListenerConfig) -> Vec<(Role, Filter)> {
     let role = |name: &str, complement, companion| Role {
         name: name.into(),
         complement,
@@ -80,11 +61,11 @@ pub(crate) fn members(l: &ListenerConfig) -> (Vec<(Role, Filter)>, Vec<IpNet>) {
         let filter = match &c.filter {
             ClassFilter::Prefixes(p) => (
                 role(&c.name, false, false),
-                Filter::Prefixes(keep(p).into_iter().collect()),
+                Filter::Prefixes(p.iter().copied().collect()),
             ),
             ClassFilter::Except(e) => (
                 role(&c.name, true, false),
-                Filter::Except(keep(e).into_iter().collect()),
+                Filter::Except(e.iter().copied().collect()),
             ),
         };
         out.push(filter);
@@ -94,10 +75,9 @@ pub(crate) fn members(l: &ListenerConfig) -> (Vec<(Role, Filter)>, Vec<IpNet>) {
             out.push((role(&c.name, false, true), Filter::nothing()));
         }
     }
-    let hole: Vec<IpNet> = keep(&l.black_hole);
     out.push((
         role(BLACK_HOLE, false, false),
-        Filter::Prefixes(hole.into_iter().collect()),
+        Filter::Prefixes(l.black_hole.iter().copied().collect()),
     ));
     // What no class takes (no class has `except`, or its exceptions): the black hole, after
     // the `except` class in member order, so it gets only what that class leaves.
@@ -108,7 +88,7 @@ pub(crate) fn members(l: &ListenerConfig) -> (Vec<(Role, Filter)>, Vec<IpNet>) {
     {
         out.push((role(BLACK_HOLE, true, false), Filter::any()));
     }
-    (out, dropped)
+    out
 }
 
 /// A listener's group with the role of each member.
@@ -125,10 +105,7 @@ impl Group {
         class_container: impl Fn(&str) -> Option<Container>,
         listener_c: &Container,
     ) -> Result<Group> {
-        let (members, dropped) = members(l);
-        if !dropped.is_empty() {
-            tracing::warn!(listener = %l.name, address = %l.addr, ?dropped, "prefixes of a family this listener does not receive are ignored");
-        }
+        let members = members(l);
         let mut attrs = Attributes::default();
         attrs
             .set("priority", "0")
@@ -460,7 +437,7 @@ container = "site"
     }
 
     fn steering(l: &ListenerConfig) -> (Vec<Role>, Steering) {
-        let (m, _) = members(l);
+        let m = members(l);
         let (roles, filters): (Vec<Role>, Vec<Filter>) = m.into_iter().unzip();
         (
             roles,
@@ -482,19 +459,14 @@ container = "site"
 [[listener.class]]
 name = "premium"
 container = "premium"
-prefixes = ["10.0.0.0/8", "2001:db8::/32"]
+prefixes = ["10.0.0.0/8"]
 [[listener.class]]
 name = "bulk"
 container = "bulk"
 except = ["192.168.0.0/16"]
 "#,
         );
-        let (m, dropped) = members(&l);
-        assert_eq!(
-            dropped,
-            ["2001:db8::/32".parse::<IpNet>().unwrap()],
-            "IPv6 on an IPv4 listener"
-        );
+        let m = members(&l);
         let names: Vec<&str> = m.iter().map(|(r, _)| &*r.name).collect();
         assert_eq!(
             names,
@@ -539,7 +511,7 @@ container = "bulk"
 except = []
 "#,
         );
-        let (m, _) = members(&l);
+        let m = members(&l);
         let roles: Vec<Role> = m.iter().map(|(r, _)| r.clone()).collect();
         let target = roles
             .iter()

@@ -116,6 +116,11 @@ impl ResolveError {
         if is_escape(&e) {
             return ResolveError::Forbidden("the path leaves the document root");
         }
+        if e.raw_os_error() == Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()) {
+            // A segment longer than the file system's names (NAME_MAX) names nothing: the
+            // client's mistake, not the server's (found by the static_path fuzz target).
+            return ResolveError::NotFound;
+        }
         match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => ResolveError::NotFound,
             io::ErrorKind::PermissionDenied => ResolveError::Forbidden("permission denied"),

@@ -177,6 +177,16 @@ fn symlinks_that_leave_the_root_are_refused() {
     assert_eq!(status(f.root.resolve("/absolute-link")), 403);
 }
 
+/// Found by the `static_path` fuzz target: a segment longer than NAME_MAX (255 bytes) made
+/// `openat2` fail with ENAMETOOLONG, which was answered as an internal error (500).
+#[test]
+fn names_longer_than_the_file_system_allows_are_not_found() {
+    let f = fixture();
+    let long = format!("/{}", "a".repeat(300));
+    assert_eq!(status(f.root.resolve(&long)), 404);
+    assert_eq!(status(f.root.resolve(&format!("/docs{long}/x"))), 404);
+}
+
 #[test]
 fn special_files_are_refused_without_blocking() {
     let f = fixture();

@@ -818,6 +818,49 @@ impl Manager {
         self.unbind_thread(sys::gettid())
     }
 
+    /// Binds a thread of another process (a holder of the container's handle, see
+    /// `rescon-handle`) to a container's cgroups, as [`bind_thread`](Manager::bind_thread)
+    /// does for this process's threads. The thread is not moved back by
+    /// [`unbind_thread`](Manager::unbind_thread) or at shutdown: like a process spawned in the
+    /// container, it belongs to it now (killed with it at shutdown; while it is there the
+    /// container cannot be detached).
+    pub fn bind_foreign_thread(&self, tid: i32, c: &Container) -> Result<(), Error> {
+        let targets = {
+            let mut st = lock(&self.inner.state);
+            if st.shut {
+                return Err(Error::shut_down());
+            }
+            self.inner.attach_locked(&mut st, c)?;
+            self.inner.ensure_leaf(&mut st, Some(c.id()))?;
+            self.inner.bind_files(&mut st, c.id())?
+        };
+        let tid = tid.to_string();
+        for (f, path) in targets.iter() {
+            write_file(f, path, &tid)?;
+        }
+        Ok(())
+    }
+
+    /// Moves another process, every thread of it, into a container's cgroups in every
+    /// hierarchy (its `cgroup.procs`), as if it had been spawned there: its CPU, memory and
+    /// process count are the container's from now on, and so are the children it forks. It is
+    /// not counted against the model's `max_processes` (it was not spawned by this manager);
+    /// the kernel's `pids.max` counts it.
+    pub fn bind_process(&self, pid: i32, c: &Container) -> Result<(), Error> {
+        if self.inner.is_shut() {
+            return Err(Error::shut_down());
+        }
+        let fds = self.inner.prepare_spawn(c)?;
+        let v = pid.to_string();
+        for (f, path) in fds.v1_procs.iter().zip(&fds.paths) {
+            write_file(f, path, &v)?;
+        }
+        if let (Some(f), Some(path)) = (&fds.v2_procs, fds.paths.last()) {
+            write_file(f, path, &v)?;
+        }
+        Ok(())
+    }
+
     /// A command to run in a container's cgroups (see [`Command`]).
     pub fn command(&self, c: &Container, program: impl AsRef<OsStr>) -> Command {
         Command::new(self.inner.clone(), c.clone(), program.as_ref())

@@ -66,7 +66,7 @@ mod manager;
 pub mod map;
 pub mod parse;
 mod spawn;
-mod sys;
+pub(crate) mod sys;
 
 pub use error::{Error, ErrorKind, PERMISSION_HINT};
 pub use layout::{Controller, DEFAULT_ROOT, Hierarchy, Layout, LayoutKind, Version};

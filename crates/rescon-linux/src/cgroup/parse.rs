@@ -358,19 +358,82 @@ pub fn controllers(text: &str) -> Vec<String> {
     text.split_ascii_whitespace().map(str::to_string).collect()
 }
 
+/// The fields of `/proc/<pid>/stat` rescon uses (see proc(5)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The process id (field 1).
+    pub pid: i32,
+    /// Its state (field 3): `R`, `S`, `D`, `T` (stopped), `Z` (zombie) ...
+    pub state: char,
+    /// The parent's pid (field 4).
+    pub ppid: i32,
+    /// The process group (field 5).
+    pub pgrp: i32,
+    /// User CPU time of every thread, clock ticks (field 14).
+    pub utime: u64,
+    /// System CPU time of every thread, clock ticks (field 15).
+    pub stime: u64,
+    /// User CPU time of the children it waited for, clock ticks (field 16).
+    pub cutime: u64,
+    /// System CPU time of the children it waited for, clock ticks (field 17).
+    pub cstime: u64,
+    /// Threads (field 20).
+    pub threads: u64,
+    /// Start time, clock ticks since boot (field 22). Together with the pid it names one
+    /// process for the life of the system: a pid is reused only by a process that started
+    /// later.
+    pub start_time: u64,
+}
+
+/// Parses one `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and may
+/// hold spaces and parentheses: the fields after it start after the last `)`.
+///
+/// ```
+/// let s = "77 (a (b) c) S 1 77 77 0 -1 4194560 0 0 0 0 12 3 4 5 20 0 1 0 9000 0 0";
+/// let p = rescon_linux::cgroup::parse::proc_stat(s).unwrap();
+/// assert_eq!((p.pid, p.ppid, p.pgrp, p.utime, p.stime, p.start_time), (77, 1, 77, 12, 3, 9000));
+/// ```
+pub fn proc_stat(stat: &str) -> Result<ProcStat, ParseError> {
+    let bad = || ParseError::new("/proc/<pid>/stat", stat);
+    let close = stat.rfind(')').ok_or_else(bad)?;
+    let pid = stat
+        .split_ascii_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(bad)?;
+    // `rest` starts with field 3: the n-th field is rest[n - 3].
+    let rest: Vec<&str> = stat[close + 1..]
+        .split_ascii_whitespace()
+        .take(20)
+        .collect();
+    if rest.len() < 20 {
+        return Err(bad());
+    }
+    let num = |n: usize| rest[n - 3].parse::<u64>().map_err(|_| bad());
+    let int = |n: usize| rest[n - 3].parse::<i32>().map_err(|_| bad());
+    let mut state = rest[0].chars();
+    Ok(ProcStat {
+        pid,
+        state: match (state.next(), state.next()) {
+            (Some(c), None) => c,
+            _ => return Err(bad()),
+        },
+        ppid: int(4)?,
+        pgrp: int(5)?,
+        utime: num(14)?,
+        stime: num(15)?,
+        cutime: num(16)?,
+        cstime: num(17)?,
+        threads: num(20)?,
+        start_time: num(22)?,
+    })
+}
+
 /// The start time of a process (field 22 of `/proc/<pid>/stat`, clock ticks since boot).
 /// Together with the pid it names one process for the life of the system: a pid is reused
 /// only by a process that started later.
 pub fn proc_start_time(stat: &str) -> Result<u64, ParseError> {
-    let bad = || ParseError::new("/proc/<pid>/stat", stat);
-    // The command name (field 2) is in parentheses and may hold spaces and parentheses: the
-    // fields after it start after the last ')'.
-    let rest = &stat[stat.rfind(')').ok_or_else(bad)? + 1..];
-    // rest starts with field 3 (state); starttime is field 22, so the 20th of rest.
-    rest.split_ascii_whitespace()
-        .nth(19)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)
+    proc_stat(stat).map(|p| p.start_time)
 }
 
 /// `freezer.state` (v1): `THAWED`, `FREEZING` or `FROZEN`.
@@ -567,6 +630,43 @@ mod tests {
             vec!["cpu", "io", "memory", "pids"]
         );
         assert!(controllers("\n").is_empty());
+    }
+
+    #[test]
+    fn proc_stat_fields() {
+        // A real line (bash) and one whose name holds spaces and parentheses.
+        let bash = "1234 (bash) S 1200 1234 1234 34816 5678 4194304 2561 19410 0 3 41 17 212 80 20 0 1 0 1290543 8982528 1271 18446744073709551615 1 1 0 0 0 0 65536 3686404 1266761467 0 0 0 17 1 0 0 0 0 0";
+        let p = proc_stat(bash).unwrap();
+        assert_eq!(
+            p,
+            ProcStat {
+                pid: 1234,
+                state: 'S',
+                ppid: 1200,
+                pgrp: 1234,
+                utime: 41,
+                stime: 17,
+                cutime: 212,
+                cstime: 80,
+                threads: 1,
+                start_time: 1_290_543,
+            }
+        );
+        let odd = "9 (x) T) R 2 3 4 0 -1 0 0 0 0 0 7 8 0 0 20 0 4 0 55 0 0";
+        let p = proc_stat(odd).unwrap();
+        assert_eq!(
+            (p.state, p.ppid, p.pgrp, p.utime, p.threads, p.start_time),
+            ('R', 2, 3, 7, 4, 55)
+        );
+        for bad in [
+            "",
+            "9 (x",
+            "9 (x) R 2 3",
+            "x (y) R 2 3 4 0 -1 0 0 0 0 0 7 8 0 0 20 0 4 0 55",
+            "9 (x) RR 2 3 4 0 -1 0 0 0 0 0 7 8 0 0 20 0 4 0 55",
+        ] {
+            assert!(proc_stat(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Child processes started directly inside a container's cgroups.
+//! Child processes started directly inside a container's cgroups, or, where there are no
+//! cgroups, in a process group of their own ([`Command::without_cgroups`]).
 //!
 //! [`Command`] is a small `std::process::Command` for one container: the child is created by
 //! `clone3(CLONE_INTO_CGROUP)` in the container's v2 leaf cgroup, so it never runs a single
@@ -75,7 +76,8 @@ pub enum Stdio {
 /// ```
 #[derive(Debug)]
 pub struct Command {
-    inner: Arc<Inner>,
+    /// The manager whose cgroups the child joins; `None` without cgroups.
+    inner: Option<Arc<Inner>>,
     container: Container,
     program: OsString,
     args: Vec<OsString>,
@@ -84,6 +86,8 @@ pub struct Command {
     cwd: Option<PathBuf>,
     stdio: [Stdio; 3],
     affinity: Option<Vec<usize>>,
+    keep: Vec<OwnedFd>,
+    new_group: bool,
 }
 
 /// How a child ended, and what it used.
@@ -145,6 +149,8 @@ fn stage_name(s: u32) -> String {
         stage::CHDIR => "changing directory".into(),
         stage::AFFINITY => "setting CPU affinity".into(),
         stage::EXEC => "exec".into(),
+        stage::KEEP => "keeping inherited fds".into(),
+        stage::GROUP => "making a process group".into(),
         s if s >= stage::JOIN => format!("joining cgroup #{}", s - stage::JOIN),
         s => format!("stage {s}"),
     }
@@ -152,8 +158,36 @@ fn stage_name(s: u32) -> String {
 
 impl Command {
     pub(crate) fn new(inner: Arc<Inner>, container: Container, program: &OsStr) -> Command {
+        Command::build(Some(inner), container, program)
+    }
+
+    /// A process to start in `c` without cgroups (where kernel enforcement is not available):
+    /// in a process group of its own, so that it and its descendants can be signalled and
+    /// capped together ([`usermode::Limiter`](crate::usermode::Limiter) with
+    /// [`Target::ProcessGroup`](crate::usermode::Target::ProcessGroup) of its pid), and
+    /// counted against the `max_processes` of `c` and its ancestors while it lives (processes
+    /// it forks are not counted: only a pids cgroup sees those). Its CPU (and its reaped
+    /// descendants') is added to `c`'s `kernel_cpu_ns` when it is waited for.
+    ///
+    /// ```no_run
+    /// # let registry = rescon::Registry::new();
+    /// # let cgi = registry.root().create_child("cgi", Default::default()).unwrap();
+    /// use rescon_linux::cgroup::Command;
+    /// let mut child = Command::without_cgroups(&cgi, "/usr/lib/cgi-bin/report").spawn()?;
+    /// let exit = child.wait()?;
+    /// # Ok::<(), rescon_linux::cgroup::Error>(())
+    /// ```
+    pub fn without_cgroups(c: &Container, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::build(None, c.clone(), program.as_ref());
+        cmd.new_group = true;
+        cmd
+    }
+
+    fn build(inner: Option<Arc<Inner>>, container: Container, program: &OsStr) -> Command {
         Command {
             inner,
+            keep: Vec::new(),
+            new_group: false,
             container,
             program: program.to_os_string(),
             args: Vec::new(),
@@ -226,6 +260,27 @@ impl Command {
         self
     }
 
+    /// Makes the child lead a new process group (its pgid is its pid), or not. On by default
+    /// [`without_cgroups`](Command::without_cgroups), off in cgroups (which name the
+    /// processes already).
+    pub fn process_group(&mut self, new: bool) -> &mut Command {
+        self.new_group = new;
+        self
+    }
+
+    /// Passes `fd` to the child across `execve` (a container handle, a listening socket), and
+    /// returns its number there. The command keeps a duplicate (close-on-exec, numbered 3 or
+    /// above) until it is dropped; only the child clears its close-on-exec flag, so programs
+    /// other threads start at the same moment do not get it.
+    pub fn inherit_fd(&mut self, fd: BorrowedFd<'_>) -> Result<i32, Error> {
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| Error::new(ErrorKind::Spawn, "duplicate an inherited fd").source_err(e))?;
+        let n = dup.as_raw_fd();
+        self.keep.push(dup);
+        Ok(n)
+    }
+
     /// Pins the child (and, by inheritance, its descendants) to these CPUs.
     pub fn cpu_affinity(&mut self, cpus: &[usize]) -> &mut Command {
         self.affinity = Some(cpus.to_vec());
@@ -252,11 +307,14 @@ impl Command {
     /// `max_processes`, and with [`ErrorKind::Spawn`] if the program cannot be executed (the
     /// error says at which step).
     pub fn spawn(&mut self) -> Result<Child, Error> {
-        if self.inner.is_shut() {
+        if self.inner.as_ref().is_some_and(|i| i.is_shut()) {
             return Err(Error::shut_down());
         }
         let guard = self.container.try_start_process()?;
-        let fds = self.inner.prepare_spawn(&self.container)?;
+        let fds = match &self.inner {
+            Some(inner) => Some(inner.prepare_spawn(&self.container)?),
+            None => None,
+        };
 
         // Everything the child reads, built now (the child may not allocate).
         let env = self.environment();
@@ -321,21 +379,28 @@ impl Command {
             }
         }
         plan.stdio = [0, 1, 2].map(|i| child_side[i].as_ref().map(|f| f.as_raw_fd()));
-        plan.join = fds.v1_procs.iter().map(|f| f.as_raw_fd()).collect();
-        plan.join_fallback = fds.v2_procs.as_ref().map(|f| f.as_raw_fd());
+        if let Some(fds) = &fds {
+            plan.join = fds.v1_procs.iter().map(|f| f.as_raw_fd()).collect();
+            plan.join_fallback = fds.v2_procs.as_ref().map(|f| f.as_raw_fd());
+        }
+        plan.keep = self.keep.iter().map(|f| f.as_raw_fd()).collect();
+        plan.new_group = self.new_group;
         let (err_r, err_w) = sys::pipe_cloexec().map_err(|e| spawn_err("make pipe", e))?;
         plan.err = err_w.as_raw_fd();
 
-        let spawned = sys::spawn(&plan, fds.v2_dir.as_ref().map(|f| f.as_fd()));
+        let v2_dir = fds
+            .as_ref()
+            .and_then(|f| f.v2_dir.as_ref())
+            .map(|f| f.as_fd());
+        let spawned = sys::spawn(&plan, v2_dir);
         drop(child_side);
         drop(err_w);
         let sys::Spawned { pid, pidfd } = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let dir = fds
-                    .paths
-                    .last()
-                    .cloned()
+                    .as_ref()
+                    .and_then(|f| f.paths.last().cloned())
                     .unwrap_or_else(|| PathBuf::from("<no cgroup>"));
                 return Err(Error::io(ErrorKind::Spawn, "clone3 into cgroup", &dir, e)
                     .value(self.program.to_string_lossy()));
@@ -360,7 +425,10 @@ impl Command {
             let os = std::io::Error::from_raw_os_error(errno);
             let e = if st >= stage::JOIN {
                 let i = (st - stage::JOIN) as usize;
-                let path = fds.paths.get(i).cloned().unwrap_or_default();
+                let path = fds
+                    .as_ref()
+                    .and_then(|f| f.paths.get(i).cloned())
+                    .unwrap_or_default();
                 Error::io(ErrorKind::Spawn, "join cgroup", &path, os).value("0")
             } else {
                 Error::new(ErrorKind::Spawn, "spawn")
@@ -376,7 +444,7 @@ impl Command {
             pidfd,
             container: self.container.clone(),
             guard: Some(guard),
-            inner: Arc::downgrade(&self.inner),
+            inner: self.inner.as_ref().map_or_else(Weak::new, Arc::downgrade),
             exit: None,
             stdin,
             stdout,
@@ -501,13 +569,24 @@ impl Drop for Child {
         if let Ok(Some(_)) = self.try_wait() {
             return;
         }
-        if let Some(inner) = self.inner.upgrade() {
-            inner.adopt(Orphan {
-                pid: self.pid,
-                guard: self.guard.take(),
-                container: self.container.clone(),
+        let orphan = Orphan {
+            pid: self.pid,
+            guard: self.guard.take(),
+            container: self.container.clone(),
+            add_rusage: true,
+        };
+        match self.inner.upgrade() {
+            Some(inner) => inner.adopt(Orphan {
                 add_rusage: !inner.counts_cpu(),
-            });
+                ..orphan
+            }),
+            // Without a manager to adopt it: a thread waits for it, so that its slot in
+            // `max_processes` is held until it exits, and its CPU is counted.
+            None => {
+                let _ = std::thread::Builder::new()
+                    .name("rescon-reap".into())
+                    .spawn(move || orphan.reap_blocking());
+            }
         }
     }
 }
@@ -522,6 +601,18 @@ pub(crate) struct Orphan {
 }
 
 impl Orphan {
+    /// Waits for the child to exit and reaps it.
+    fn reap_blocking(mut self) {
+        if let Ok(Some((_, u))) = sys::wait4(self.pid, false) {
+            if self.add_rusage {
+                self.container
+                    .account()
+                    .add_kernel_cpu_ns((u.user_us + u.system_us).saturating_mul(1000));
+            }
+        }
+        self.guard = None;
+    }
+
     /// Reaps the child if it has exited. `true` when done with it.
     pub(crate) fn try_reap(&mut self) -> bool {
         match sys::wait4(self.pid, true) {

@@ -35,6 +35,14 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/<pid>/stat`'s CPU
+/// times.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf takes a plain integer and only reads system configuration.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
 /// Sends a signal through a pidfd (pidfd_send_signal(2)), which cannot hit a recycled pid.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: the fd is borrowed for the call; a null siginfo and zero flags are documented
@@ -137,6 +145,11 @@ pub struct ExecPlan {
     /// The write end of a close-on-exec pipe: a child that fails before exec writes the step
     /// and the errno there (8 bytes) and exits with 127.
     pub err: RawFd,
+    /// Fds (numbered 3 and up) the child keeps across `execve`: their close-on-exec flag is
+    /// cleared in the child alone.
+    pub keep: Vec<RawFd>,
+    /// Whether the child leads a new process group (`setpgid(0, 0)`).
+    pub new_group: bool,
 }
 
 /// Steps at which the child can fail, as reported through [`ExecPlan::err`].
@@ -151,6 +164,10 @@ pub mod stage {
     pub const AFFINITY: u32 = 4;
     /// `execve`.
     pub const EXEC: u32 = 5;
+    /// Keeping the inherited fds.
+    pub const KEEP: u32 = 6;
+    /// Making a new process group.
+    pub const GROUP: u32 = 7;
     /// Joining cgroup number `n` (in [`ExecPlan::join`] order, then the fallback): `JOIN + n`.
     pub const JOIN: u32 = 100;
 }
@@ -177,6 +194,8 @@ impl ExecPlan {
             cwd: None,
             affinity: None,
             err: -1,
+            keep: Vec::new(),
+            new_group: false,
         }
     }
 }
@@ -441,6 +460,16 @@ fn child_main(plan: &ExecPlan, fallback: bool) -> ! {
             }
         }
     }
+    for fd in &plan.keep {
+        if let Err(e) = child_dup2(*fd, *fd) {
+            child_fail(plan.err, stage::KEEP, e);
+        }
+    }
+    if plan.new_group {
+        if let Err(e) = child_setpgid() {
+            child_fail(plan.err, stage::GROUP, e);
+        }
+    }
     if let Some(cwd) = &plan.cwd {
         if let Err(e) = child_chdir(cwd) {
             child_fail(plan.err, stage::CHDIR, e);
@@ -488,6 +517,17 @@ fn child_dup2(src: RawFd, dst: RawFd) -> Result<(), i32> {
     }
     // SAFETY: dup2 on fd numbers; errors come back through errno.
     if unsafe { libc::dup2(src, dst) } == -1 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// setpgid(2): the calling process leads a new process group of its own pid.
+fn child_setpgid() -> Result<(), i32> {
+    // SAFETY: setpgid on the calling process with plain integers; errors come back through
+    // errno.
+    if unsafe { libc::setpgid(0, 0) } == -1 {
         Err(errno())
     } else {
         Ok(())

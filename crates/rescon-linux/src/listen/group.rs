@@ -13,7 +13,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A member's index in its group: the order of its `listen()`, which is also the index the
@@ -42,6 +42,118 @@ impl fmt::Display for MemberId {
 
 /// The default accept backlog of each member.
 pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// How a black-hole member drops the SYNs steered to it, so that they cost no SYN-ACK and
+/// queue nothing. Both drops happen in the kernel, on the member's socket, before a SYN is
+/// answered, and both are counted in [`Member::drops`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SynDrop {
+    /// A classic BPF socket filter that drops every packet (`SO_ATTACH_FILTER`). Some kernels
+    /// (this project's CI machine among them) allow it only with `CAP_NET_ADMIN`.
+    SocketFilter,
+    /// A TCP-MD5 signature key (RFC 2385) for every source address, set with `TCP_MD5SIG`,
+    /// which needs no capability: the kernel drops each SYN that does not carry a signature
+    /// made with the key, before answering it, and the key is random and never leaves the
+    /// process. The fallback when `SO_ATTACH_FILTER` is refused. While any socket of the
+    /// system has such a key, the kernel's TCP receive path also tests the other sockets for
+    /// keys (a pointer test per segment; not measured here).
+    Md5Signature,
+}
+
+impl SynDrop {
+    fn code(drop: Option<SynDrop>) -> u8 {
+        match drop {
+            None => 0,
+            Some(SynDrop::SocketFilter) => 1,
+            Some(SynDrop::Md5Signature) => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<SynDrop> {
+        match c {
+            1 => Some(SynDrop::SocketFilter),
+            2 => Some(SynDrop::Md5Signature),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SynDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SynDrop::SocketFilter => "socket filter (SO_ATTACH_FILTER)",
+            SynDrop::Md5Signature => "TCP-MD5 key (TCP_MD5SIG)",
+        })
+    }
+}
+
+/// Makes `s` drop every SYN: with a socket filter, or, where that is refused for want of a
+/// capability, with a TCP-MD5 key for every source of the socket's families (see
+/// [`SynDrop`]). Works before and after `listen()`.
+fn drop_syns(s: SockRef<'_>, stack: Stack) -> io::Result<SynDrop> {
+    match s.attach_filter(&bpf::syn_drop().to_sock_filters()) {
+        Ok(()) => return Ok(SynDrop::SocketFilter),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            tracing::debug!(error = %e, "SO_ATTACH_FILTER refused; dropping SYNs with a TCP-MD5 key");
+        }
+        Err(e) => return Err(e),
+    }
+    drop_with_md5(s, stack).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "SO_ATTACH_FILTER needs CAP_NET_ADMIN here, and the fallback, a TCP-MD5 key, failed too: {e}"
+            ),
+        )
+    })?;
+    Ok(SynDrop::Md5Signature)
+}
+
+/// [`SynDrop::Md5Signature`]: a fresh random key for every source of the socket's families.
+fn drop_with_md5(s: SockRef<'_>, stack: Stack) -> io::Result<()> {
+    let mut key = [0u8; sys::TCP_MD5_KEY_LEN];
+    sys::random_bytes(&mut key)?;
+    for (addr, len) in md5_sources(stack) {
+        if let Err(e) = sys::set_md5_key(s.as_fd(), addr, len, Some(&key)) {
+            let _ = stop_dropping(s, stack, SynDrop::Md5Signature);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`drop_syns`].
+fn stop_dropping(s: SockRef<'_>, stack: Stack, how: SynDrop) -> io::Result<()> {
+    match how {
+        SynDrop::SocketFilter => match s.detach_filter() {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        },
+        SynDrop::Md5Signature => {
+            for (addr, len) in md5_sources(stack) {
+                match sys::set_md5_key(s.as_fd(), addr, len, None) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Every source a socket of `stack` receives, as TCP-MD5 key prefixes: `0.0.0.0/0` for IPv4,
+/// `::/0` for IPv6, and for a dual-stack socket also its IPv4 clients (an IPv4-mapped
+/// address, whose prefix length the kernel counts on the IPv4 address).
+fn md5_sources(stack: Stack) -> Vec<(IpAddr, u8)> {
+    let v4 = (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    let mapped = (IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()), 0);
+    let v6 = (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
+    match stack {
+        Stack::V4 => vec![v4],
+        Stack::V6Only => vec![v6],
+        Stack::Dual => vec![v6, mapped],
+    }
+}
 
 /// Builds a [`ListenerGroup`].
 #[derive(Debug)]
@@ -169,11 +281,15 @@ fn open_member(
             addr.set_port(b.port());
         }
     }
-    let black_hole = container.attrs().priority.is_black_hole();
-    if black_hole {
-        s.attach_filter(&bpf::syn_drop().to_sock_filters())
-            .map_err(err("SO_ATTACH_FILTER"))?;
-    }
+    let drop = if container.attrs().priority.is_black_hole() {
+        let how = drop_syns(SockRef::from(&s), stack).map_err(err("SO_ATTACH_FILTER"))?;
+        if how != SynDrop::SocketFilter {
+            tracing::info!(addr = %at, member = %id, how = %how, "black-hole member drops SYNs without a socket filter");
+        }
+        Some(how)
+    } else {
+        None
+    };
     if let Some(p) = steering {
         // Attached before the first listen(), the program is the group's from its first SYN.
         sys::attach_reuseport_cbpf(s.as_fd(), p.insns())
@@ -186,7 +302,8 @@ fn open_member(
         container: container.unprivileged(),
         listener: TcpListener::from(s),
         local: *addr,
-        black_hole: AtomicBool::new(black_hole),
+        stack,
+        drop: AtomicU8::new(SynDrop::code(drop)),
         retired: AtomicBool::new(false),
     })))
 }
@@ -243,9 +360,15 @@ impl State {
 ///   returns the member the [filters](super::filter) assign to its source; each member has
 ///   its own accept queue and its own queue of half-open connections, so a flood steered to
 ///   one member cannot fill another's.
-/// - **Black holes.** A member whose container has priority 0 drops SYNs with a socket
-///   filter: no SYN-ACK, no request queued, nothing to accept. [`refresh`](Self::refresh)
-///   follows priority changes.
+/// - **Black holes.** A member whose container has priority 0 drops SYNs in the kernel, on
+///   its socket: no SYN-ACK, no request queued, nothing to accept. It uses a socket filter,
+///   or where the process may not attach one (no `CAP_NET_ADMIN` on some kernels), a TCP-MD5
+///   key that no client signs with ([`SynDrop`]). [`refresh`](Self::refresh) follows
+///   priority changes.
+/// - **Without privileges.** Nothing else needs a capability: the steering program
+///   (`SO_ATTACH_REUSEPORT_CBPF`) is allowed to any process, so an unprivileged group keeps
+///   its per-member sockets, steering and accept priority. Only the edge filter
+///   ([`drop_at_edge`](Self::drop_at_edge)) needs root.
 /// - **Atomic changes.** Changing filters ([`set_filter`](Self::set_filter),
 ///   [`add_prefix`](Self::add_prefix), [`remove_prefix`](Self::remove_prefix),
 ///   [`move_prefixes`](Self::move_prefixes)) builds and checks the new program, then swaps
@@ -631,7 +754,9 @@ struct MemberInner {
     container: Container,
     listener: TcpListener,
     local: SocketAddr,
-    black_hole: AtomicBool,
+    stack: Stack,
+    /// How the member drops SYNs: [`SynDrop::code`], 0 when it does not.
+    drop: AtomicU8,
     retired: AtomicBool,
 }
 
@@ -640,7 +765,7 @@ impl fmt::Debug for Member {
         f.debug_struct("Member")
             .field("id", &self.0.id)
             .field("container", &self.0.container.id())
-            .field("black_hole", &self.is_black_hole())
+            .field("syn_drop", &self.syn_drop())
             .field("retired", &self.is_retired())
             .finish()
     }
@@ -687,7 +812,12 @@ impl Member {
 
     /// Whether the member drops SYNs (its container had priority 0 at the last refresh).
     pub fn is_black_hole(&self) -> bool {
-        self.0.black_hole.load(Relaxed)
+        self.syn_drop().is_some()
+    }
+
+    /// How the member drops SYNs, if it is a black hole.
+    pub fn syn_drop(&self) -> Option<SynDrop> {
+        SynDrop::from_code(self.0.drop.load(Relaxed))
     }
 
     /// Whether the member was retired.
@@ -732,23 +862,24 @@ impl Member {
         sys::listener_queue(self.0.listener.as_fd())
     }
 
-    /// Packets the kernel dropped on this socket: SYNs its black-hole filter dropped, and
-    /// SYNs dropped because its queues were full. Counts since the socket was opened.
+    /// Packets the kernel dropped on this socket: SYNs its black hole dropped (by filter or
+    /// TCP-MD5 key, see [`SynDrop`]), and SYNs dropped because its queues were full. Counts
+    /// since the socket was opened.
     pub fn drops(&self) -> io::Result<u64> {
         sys::socket_drops(self.0.listener.as_fd()).map(u64::from)
     }
 
     fn set_black_hole(&self, on: bool) -> io::Result<()> {
         let s = SockRef::from(&self.0.listener);
-        if on {
-            s.attach_filter(&bpf::syn_drop().to_sock_filters())?;
-        } else {
-            match s.detach_filter() {
-                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-                _ => {}
+        let now = match (on, self.syn_drop()) {
+            (true, None) => Some(drop_syns(s, self.0.stack)?),
+            (false, Some(how)) => {
+                stop_dropping(s, self.0.stack, how)?;
+                None
             }
-        }
-        self.0.black_hole.store(on, Relaxed);
+            (_, same) => same,
+        };
+        self.0.drop.store(SynDrop::code(now), Relaxed);
         Ok(())
     }
 }
@@ -756,5 +887,79 @@ impl Member {
 impl AsFd for Member {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.listener.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn required() -> bool {
+        std::env::var_os("RESCON_REQUIRE_KERNEL").is_some_and(|v| v == "1")
+    }
+
+    fn listener(addr: &str, stack: Stack) -> io::Result<Socket> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if stack != Stack::V4 {
+            s.set_only_v6(stack == Stack::V6Only)?;
+        }
+        s.bind(&addr.into())?;
+        Ok(s)
+    }
+
+    fn connects(to: SocketAddr) -> bool {
+        let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+        s.connect_timeout(&to.into(), Duration::from_millis(300))
+            .is_ok()
+    }
+
+    /// The fallback drop on its own, whatever this kernel allows: with the key set (before
+    /// `listen()`, as a group sets it), no client of the socket's families completes a
+    /// handshake and the drops are counted; with it removed, they connect.
+    #[test]
+    fn a_tcp_md5_key_drops_every_unsigned_syn_until_removed() {
+        let cases: [(&str, Stack, &[&str]); 3] = [
+            ("127.0.0.1:0", Stack::V4, &["127.0.0.1"]),
+            ("[::]:0", Stack::Dual, &["127.0.0.1", "::1"]),
+            ("[::1]:0", Stack::V6Only, &["::1"]),
+        ];
+        for (addr, stack, clients) in cases {
+            let s = match listener(addr, stack) {
+                Ok(s) => s,
+                Err(e) => {
+                    assert!(
+                        !required(),
+                        "RESCON_REQUIRE_KERNEL=1 but binding {addr}: {e}"
+                    );
+                    eprintln!("skipped {addr}: {e} (no IPv6 here?)");
+                    continue;
+                }
+            };
+            if let Err(e) = drop_with_md5(SockRef::from(&s), stack) {
+                assert!(
+                    !required(),
+                    "RESCON_REQUIRE_KERNEL=1 but TCP_MD5SIG failed: {e}"
+                );
+                eprintln!("skipped: TCP_MD5SIG failed ({e}): no CONFIG_TCP_MD5SIG?");
+                return;
+            }
+            s.listen(16).unwrap();
+            let port = s.local_addr().unwrap().as_socket().unwrap().port();
+            for c in clients {
+                let to = SocketAddr::new(c.parse().unwrap(), port);
+                assert!(
+                    !connects(to),
+                    "{to} connected through the key on a {stack} socket"
+                );
+            }
+            assert!(sys::socket_drops(s.as_fd()).unwrap() >= clients.len() as u32);
+            stop_dropping(SockRef::from(&s), stack, SynDrop::Md5Signature).unwrap();
+            for c in clients {
+                let to = SocketAddr::new(c.parse().unwrap(), port);
+                assert!(connects(to), "{to} refused after the key was removed");
+            }
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!   in member order, and must leave no source without a member ([`Steering`]).
 //! - [`bpf`]: the filters compile into a classic BPF program for
 //!   `SO_ATTACH_REUSEPORT_CBPF`, which picks the member socket of each SYN by its source
-//!   address in the kernel; a black-hole member carries a SYN-dropping socket filter.
+//!   address in the kernel; a black-hole member drops SYNs with a socket filter or, without
+//!   the privilege for one, a TCP-MD5 key ([`SynDrop`]).
 //! - [`ListenerGroup`]: the `SO_REUSEPORT` sockets, one per member with its own backlog and
 //!   container; run-time changes (move prefixes, add or retire members) swap the program
 //!   atomically without losing queued connections. [`Member`] hands a runtime each socket
@@ -59,4 +60,6 @@ mod sys;
 
 pub use error::Error;
 pub use filter::{Filter, FilterError, Stack, Steering, check_prefix, parse_prefix};
-pub use group::{Accepted, DEFAULT_BACKLOG, GroupBuilder, ListenerGroup, Member, MemberId};
+pub use group::{
+    Accepted, DEFAULT_BACKLOG, GroupBuilder, ListenerGroup, Member, MemberId, SynDrop,
+};

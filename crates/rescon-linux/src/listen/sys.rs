@@ -104,6 +104,97 @@ pub(crate) fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(mem[libc::SK_MEMINFO_DROPS as usize])
 }
 
+/// `TCP_MD5SIG_EXT` of `linux/tcp.h`: `TCP_MD5SIG` with a prefix length.
+const TCP_MD5SIG_EXT: libc::c_int = 32;
+/// `TCP_MD5SIG_FLAG_PREFIX`: `tcpm_prefixlen` is meaningful.
+const TCP_MD5SIG_FLAG_PREFIX: u8 = 1;
+/// `TCP_MD5SIG_MAXKEYLEN`.
+pub(crate) const TCP_MD5_KEY_LEN: usize = 80;
+
+/// `struct tcp_md5sig` of `linux/tcp.h`.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: libc::c_int,
+    key: [u8; TCP_MD5_KEY_LEN],
+}
+
+const _: () = assert!(size_of::<TcpMd5Sig>() == 216);
+
+/// `setsockopt(IPPROTO_TCP, TCP_MD5SIG_EXT)`: sets (with `key`) or deletes (without) the
+/// RFC 2385 signature key for the sources in `addr/prefixlen`. On a listener the kernel then
+/// drops every segment from those sources that is not signed with the key, SYNs included,
+/// before it answers them (`tcp_inbound_hash()`); no capability is needed. On an IPv6
+/// socket an IPv4-mapped `addr` sets a key for IPv4 sources, with `prefixlen` counted on
+/// the IPv4 address.
+///
+/// # References
+/// - tcp(7); `tcp_v4_parse_md5_keys()` in `net/ipv4/tcp_ipv4.c`, `tcp_v6_parse_md5_keys()` in
+///   `net/ipv6/tcp_ipv6.c`
+pub(crate) fn set_md5_key(
+    fd: BorrowedFd<'_>,
+    addr: std::net::IpAddr,
+    prefixlen: u8,
+    key: Option<&[u8; TCP_MD5_KEY_LEN]>,
+) -> io::Result<()> {
+    // SAFETY: `tcp_md5sig` is plain old data; all-zero is a valid value.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    let sa = socket2::SockAddr::from(std::net::SocketAddr::new(addr, 0));
+    // SAFETY: `sa` holds `sa.len()` initialized bytes of a socket address, at most the size
+    // of the `sockaddr_storage` they are copied into; the two do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (&raw mut sig.addr).cast::<u8>(),
+            sa.len() as usize,
+        );
+    }
+    sig.flags = TCP_MD5SIG_FLAG_PREFIX;
+    sig.prefixlen = prefixlen;
+    if let Some(k) = key {
+        sig.key = *k;
+        sig.keylen = TCP_MD5_KEY_LEN as u16;
+    }
+    // SAFETY: `fd` is a live socket; `sig` is a `struct tcp_md5sig` (layout checked above)
+    // that outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_MD5SIG_EXT,
+            (&raw const sig).cast(),
+            size_of_val(&sig) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getrandom(2)`: fills `buf` from the kernel's random pool.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is writable for `rest.len()` bytes; the kernel writes at most that.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// `struct bpf_insn` of `linux/bpf.h`: an extended BPF instruction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
