@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     /// Kills CGI runs that outlive their timeout.
     pub(crate) cgi_watchdog: Arc<crate::cgi::Watchdog>,
     pub(crate) stop: Arc<Stop>,
+    /// Where TLS handshakes below the high class run (see [`tls`]).
+    pub(crate) handshakes: tls::Offload,
 }
 
 /// Runs the server until it is killed. Says `listening on ADDR` (an info event on standard
@@ -123,6 +125,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         seq: Seq::default(),
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
         stop: Arc::new(Stop::default()),
+        handshakes: tls::Offload::new(&registry, &options),
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {

@@ -6,6 +6,22 @@
 //! `timeouts.handshake` (a ClientHello that never finishes). Then the connection stage
 //! serves the session with the protocol ALPN chose (h2 or HTTP/1.1).
 //!
+//! # Where the handshake's CPU goes
+//!
+//! Most of a full handshake is one step: answering the ClientHello (the key exchange and the
+//! certificate's signature, 100 us to 1 ms). On a worker that step is one poll the runtime
+//! cannot preempt, so a flood of handshakes from a low class would hold up a high class's
+//! requests by a whole signature each time, whatever the policy says (measured: a high
+//! class's keep-alive throughput fell to 0.10 of its no-flood rate). So the ClientHello is
+//! read on the worker (cheap), and the step is run:
+//! - for a class `high` or `critical`, on the worker, in the connection's container;
+//! - for the others, on the handshake pool ([`Offload`]): threads of the runtime's blocking
+//!   pool at nice 19, jobs queued per container by the runtime's policy and charged to the
+//!   connection's container. The kernel preempts them for the workers at once, so they get
+//!   the CPU the server's other work leaves: accepting new connections of those classes
+//!   yields to serving the existing ones, as the paper lets a server set that priority;
+//! - with `--no-containers`, on the worker (the baseline).
+//!
 //! Certificates are the vhosts' (`[vhost.tls]`), loaded with the site (at start-up and at each
 //! reload, so SIGHUP reloads them; a bad file fails the reload and the running ones stay), and
 //! chosen by SNI with the vhosts' host names; a name no vhost has, or no SNI, gets the default
@@ -80,9 +96,9 @@ impl Certs {
         for v in &config.vhosts {
             keys.push(match &v.tls {
                 None => None,
-                Some(VhostTls::Files { cert, key }) => Some(
-                    load_files(cert, key).with_context(|| format!("vhost {}: TLS", v.name))?,
-                ),
+                Some(VhostTls::Files { cert, key }) => {
+                    Some(load_files(cert, key).with_context(|| format!("vhost {}: TLS", v.name))?)
+                }
                 Some(VhostTls::SelfSigned) => Some(
                     self_signed(v)
                         .with_context(|| format!("vhost {}: a self-signed certificate", v.name))?,
@@ -94,7 +110,10 @@ impl Certs {
 }
 
 /// A certificate chain and its key from PEM files; the key must match the certificate.
-pub(crate) fn load_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<CertifiedKey>> {
+pub(crate) fn load_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<CertifiedKey>> {
     let pem = std::fs::read(cert)
         .with_context(|| format!("reading the certificate {}", cert.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
@@ -176,7 +195,9 @@ impl CertStore {
                 match h.strip_prefix('*') {
                     Some(suffix) => s.wildcards.push((suffix.into(), k.clone())),
                     None => {
-                        s.exact.entry(h.as_str().into()).or_insert_with(|| k.clone());
+                        s.exact
+                            .entry(h.as_str().into())
+                            .or_insert_with(|| k.clone());
                     }
                 }
             }
@@ -186,8 +207,7 @@ impl CertStore {
                 default_set = v.default;
             }
         }
-        s.wildcards
-            .sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        s.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
         s
     }
 
@@ -330,6 +350,38 @@ fn server_config(c: &Config, protocols: Protocols, store: Arc<CertStore>) -> Res
     Ok(sc)
 }
 
+// ---- the handshake pool ----
+
+/// The handshake pool: see the module docs.
+pub(crate) struct Offload {
+    pool: Option<rescon_rt::BlockingPool>,
+}
+
+impl Offload {
+    pub(crate) fn new(registry: &rescon::Registry, options: &super::Options) -> Offload {
+        if options.no_containers {
+            return Offload { pool: None };
+        }
+        let threads = options.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let pool = rescon_rt::BlockingPool::builder(registry)
+            .max_threads(threads)
+            .thread_name("rescon-handshake")
+            .on_thread_start(|| {
+                // This thread's nice value (Linux's is per thread): lowering one's own
+                // priority needs no privilege.
+                if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                    tracing::warn!(error = %e, "the handshake thread keeps its priority");
+                }
+            })
+            .build();
+        Offload { pool: Some(pool) }
+    }
+}
+
 // ---- handshake slots ----
 
 /// A class's handshakes in flight on one listener, bounded. A reload compiles new slots:
@@ -390,13 +442,12 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let session = match rustls::ServerConnection::new(tls.config.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%listener, error = %e, "starting a TLS session");
-            return;
-        }
-    };
+    // Answered on the worker only for a class above normal (see the module docs).
+    let inline = shared.handshakes.pool.is_none()
+        || site
+            .class_container(&listener, &conn.class)
+            .is_some_and(|c| c.attrs().class >= rescon::SchedClass::HIGH);
+    let config = tls.config.clone();
     let limit = site.config.timeouts.handshake;
     drop(site);
     let Accepted {
@@ -407,7 +458,12 @@ pub(crate) async fn serve(
         container,
         guard,
     } = conn;
-    let done = rescon_rt::timeout(limit, handshake(stream, session)).await;
+    let pool = if inline {
+        None
+    } else {
+        shared.handshakes.pool.as_ref()
+    };
+    let done = rescon_rt::timeout(limit, handshake(stream, config, pool, &container)).await;
     drop(slot);
     let stream = match done {
         Ok(Ok(s)) => s,
@@ -439,11 +495,53 @@ pub(crate) async fn serve(
 }
 
 /// Runs a server handshake over `io` to its end (the session's first records may still be
-/// waiting to go out: the next write or flush sends them).
+/// waiting to go out: the next write or flush sends them): reads the ClientHello, answers it
+/// on `pool` (charged to `container`) or here, and finishes.
 pub(crate) async fn handshake(
     io: rescon_rt::TcpStream,
-    session: rustls::ServerConnection,
+    config: Arc<ServerConfig>,
+    pool: Option<&rescon_rt::BlockingPool>,
+    container: &rescon::Container,
 ) -> io::Result<TlsStream> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let hello = std::future::poll_fn(|cx| {
+        loop {
+            match acceptor.accept() {
+                Ok(Some(hello)) => return Poll::Ready(Ok(hello)),
+                Ok(None) => {}
+                Err((e, mut alert)) => {
+                    let _ = alert.write(&mut SyncIo { io: &io, cx });
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            let n = ready!(would_block(acceptor.read_tls(&mut SyncIo { io: &io, cx })))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before its ClientHello ended",
+                )));
+            }
+        }
+    })
+    .await?;
+    let answered = match pool {
+        None => hello.into_connection(config),
+        Some(pool) => pool
+            .spawn_in(container, move || hello.into_connection(config))
+            .await
+            .map_err(|_| io::Error::other("the handshake pool stopped"))?,
+    };
+    let session = match answered {
+        Ok(s) => s,
+        Err((e, mut alert)) => {
+            std::future::poll_fn(|cx| {
+                let _ = alert.write(&mut SyncIo { io: &io, cx });
+                Poll::Ready(())
+            })
+            .await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    };
     let mut s = TlsStream {
         io,
         session,
