@@ -41,12 +41,15 @@ impl Drop for Server {
 
 /// A certificate for `names`, written as `name.pem` and `name.key` in `dir`; its DER.
 fn make_cert(dir: &Path, name: &str, names: &[&str]) -> CertificateDer<'static> {
-    let ck = rcgen::generate_simple_self_signed(
-        names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        ck.signing_key.serialize_pem(),
     )
     .unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), ck.signing_key.serialize_pem()).unwrap();
     ck.cert.der().clone()
 }
 
@@ -132,17 +135,28 @@ fn spawn(conf: &Path) -> Child {
 }
 
 fn start(extra: &str) -> (Server, CertificateDer<'static>, CertificateDer<'static>) {
+    start_edited(extra, |c| c)
+}
+
+/// [`start`] with the configuration passed through `edit` first.
+fn start_edited(
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (Server, CertificateDer<'static>, CertificateDer<'static>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let a = make_cert(d, "a", &["a.test", "localhost"]);
     let b = make_cert(d, "b", &["b.test"]);
     let conf = d.join("httpd.toml");
-    std::fs::write(&conf, config(d, extra)).unwrap();
+    std::fs::write(&conf, edit(config(d, extra))).unwrap();
     let mut child = spawn(&conf);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (mut tls, mut h2c) = (None, None);
     while tls.is_none() || h2c.is_none() {
-        let line = lines.next().expect("the server said its addresses").unwrap();
+        let line = lines
+            .next()
+            .expect("the server said its addresses")
+            .unwrap();
         eprintln!("{line}");
         if let Some(i) = line.find("listening on ") {
             let addr: SocketAddr = line[i + 13..]
@@ -254,7 +268,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 }
 
 /// A client configuration that accepts any certificate (the test checks which one came).
-fn client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+fn client(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -275,9 +292,11 @@ fn connect(
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let tcp = TcpStream::connect(s.tls).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let conn =
-        rustls::ClientConnection::new(config.clone(), ServerName::try_from(sni.to_string()).unwrap())
-            .unwrap();
+    let conn = rustls::ClientConnection::new(
+        config.clone(),
+        ServerName::try_from(sni.to_string()).unwrap(),
+    )
+    .unwrap();
     let mut t = rustls::StreamOwned::new(conn, tcp);
     while t.conn.is_handshaking() {
         t.conn.complete_io(&mut t.sock).unwrap();
@@ -286,8 +305,15 @@ fn connect(
 }
 
 /// An HTTP/1.1 request over a session: the response as text.
-fn get_over(t: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>, host: &str) -> String {
-    write!(t, "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+fn get_over(
+    t: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    host: &str,
+) -> String {
+    write!(
+        t,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = Vec::new();
     let _ = t.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -317,10 +343,21 @@ fn curl_speaks_http1_and_http2_over_tls_and_h2load_runs_many_streams() {
     // Charged to the class the connections were accepted in: 7 handshakes (3 curl, 4
     // h2load), 402 streams (2 curl, 400 h2load).
     assert_eq!(total(&s, "tls_handshakes"), 7);
-    assert_eq!(total(&s, "h2_streams"), 402, "streams counted on their connections' containers");
+    assert_eq!(
+        total(&s, "h2_streams"),
+        402,
+        "streams counted on their connections' containers"
+    );
     // Cleartext HTTP/2 by prior knowledge.
     let out = Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
         .arg(format!("http://127.0.0.1:{}/", s.h2c.port()))
         .output()
         .unwrap();
@@ -340,18 +377,28 @@ fn sni_chooses_the_certificate_alpn_the_protocol_and_sessions_resume() {
     let t = connect(&s, &tls13, "localhost");
     assert_eq!(peer(&t), a);
     let t = connect(&s, &tls13, "unknown.example");
-    assert_eq!(peer(&t), a, "an unknown name gets the default vhost's certificate");
+    assert_eq!(
+        peer(&t),
+        a,
+        "an unknown name gets the default vhost's certificate"
+    );
     let h1 = client(&[&rustls::version::TLS13], &["http/1.1"]);
     let mut t = connect(&s, &h1, "b.test");
     assert_eq!(t.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     let resp = get_over(&mut t, "b.test");
-    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("site b"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.contains("site b"),
+        "{resp}"
+    );
     // Resumption: TLS 1.3 tickets, and TLS 1.2 session ids, with a fresh client config each
     // (its own session store).
     for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let c = client(&[v], &["http/1.1"]);
         let mut first = connect(&s, &c, "a.test");
-        assert_eq!(first.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        assert_eq!(
+            first.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
         // The TLS 1.3 tickets come after the handshake: a request takes them in.
         get_over(&mut first, "a.test");
         let mut second = connect(&s, &c, "a.test");
@@ -368,7 +415,10 @@ fn sni_chooses_the_certificate_alpn_the_protocol_and_sessions_resume() {
 fn sighup_reloads_the_certificates_and_a_bad_one_keeps_the_running_ones() {
     let (s, a, _) = start("");
     let c = client(&[&rustls::version::TLS13], &["http/1.1"]);
-    assert_eq!(connect(&s, &c, "a.test").conn.peer_certificates().unwrap()[0], a);
+    assert_eq!(
+        connect(&s, &c, "a.test").conn.peer_certificates().unwrap()[0],
+        a
+    );
     let d = s.dir.path();
     let a2 = make_cert(d, "a", &["a.test", "localhost"]);
     assert_ne!(a, a2);
@@ -381,14 +431,20 @@ fn sighup_reloads_the_certificates_and_a_bad_one_keeps_the_running_ones() {
     hup();
     let t = Instant::now();
     while connect(&s, &c, "a.test").conn.peer_certificates().unwrap()[0] != a2 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the new certificate is served");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the new certificate is served"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // A key that does not match its certificate: the reload fails, the new one stays.
     std::fs::copy(d.join("b.key"), d.join("a.key")).unwrap();
     hup();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(connect(&s, &c, "a.test").conn.peer_certificates().unwrap()[0], a2);
+    assert_eq!(
+        connect(&s, &c, "a.test").conn.peer_certificates().unwrap()[0],
+        a2
+    );
 }
 
 #[test]
@@ -417,7 +473,10 @@ fn a_bad_certificate_file_is_refused_naming_its_path() {
     make_cert(d, "b", &["b.test"]);
     std::fs::remove_file(d.join("a.key")).unwrap();
     let err = run("a missing key");
-    assert!(err.contains(&d.join("a.key").display().to_string()), "{err}");
+    assert!(
+        err.contains(&d.join("a.key").display().to_string()),
+        "{err}"
+    );
     std::fs::copy(d.join("b.key"), d.join("a.key")).unwrap();
     let err = run("a key of another certificate");
     assert!(err.contains("does not match"), "{err}");
@@ -432,7 +491,12 @@ fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
         match c.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
             Err(_) => return true,
         }
         if t.elapsed() > within {
@@ -446,18 +510,26 @@ fn a_stalled_client_hello_and_garbage_end_their_connections_only() {
     let (s, _, _) = start("");
     // A record header announcing 512 bytes of handshake, then nothing: timeouts.handshake.
     let mut stalled = TcpStream::connect(s.tls).unwrap();
-    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
     // Plain HTTP sent to the TLS port.
     let mut garbage = TcpStream::connect(s.tls).unwrap();
     garbage
         .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .unwrap();
-    assert!(closed_within(&mut garbage, Duration::from_secs(5)), "garbage is refused at once");
+    assert!(
+        closed_within(&mut garbage, Duration::from_secs(5)),
+        "garbage is refused at once"
+    );
     let (_, code, _) = curl(&s, &["--http2"], "a.test", "/");
     assert_eq!(code, "200", "others are served meanwhile");
     let t = Instant::now();
     assert!(closed_within(&mut stalled, Duration::from_secs(5)));
-    assert!(t.elapsed() >= Duration::from_millis(300), "not before its time");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "not before its time"
+    );
     // Counted as the connection's task ends, just after its socket closes.
     let t = Instant::now();
     while usage(&s, "clients/tls", "tls_failed") < 2 && t.elapsed() < Duration::from_secs(5) {
@@ -465,6 +537,80 @@ fn a_stalled_client_hello_and_garbage_end_their_connections_only() {
     }
     assert_eq!(usage(&s, "clients/tls", "tls_failed"), 2);
     assert_eq!(total(&s, "tls_handshakes"), 1);
+}
+
+/// Waits up to 5 s for a container's usage counter to reach `want`; its value then.
+fn usage_reaching(s: &Server, container: &str, key: &str, want: u64) -> u64 {
+    let t = Instant::now();
+    loop {
+        let n = usage(s, container, key);
+        if n >= want || t.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn handshakes_are_charged_to_the_connections_class() {
+    let (s, _, _) = start("");
+    // Full handshakes (no resumption) and nothing else: the connections never reach a vhost,
+    // so all they cost stays under their class's container.
+    let mut c = (*client(&[&rustls::version::TLS13], &["http/1.1"])).clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    let c = Arc::new(c);
+    for _ in 0..20 {
+        let mut t = connect(&s, &c, "a.test");
+        t.conn.send_close_notify();
+        let _ = t.conn.complete_io(&mut t.sock);
+    }
+    assert_eq!(usage_reaching(&s, "clients/tls", "tls_handshakes", 20), 20);
+    assert_eq!(usage(&s, "clients/tls", "tls_failed"), 0);
+    assert!(
+        usage_reaching(&s, "clients/tls", "cpu_ns", 1) > 0,
+        "the handshakes' CPU is charged under the class"
+    );
+    for v in ["site-a", "site-b"] {
+        assert_eq!(usage(&s, v, "tls_handshakes"), 0, "{v}");
+        assert_eq!(usage(&s, v, "cpu_ns"), 0, "{v} did no work");
+    }
+}
+
+#[test]
+fn a_class_at_its_max_handshakes_has_new_connections_closed() {
+    let (s, _, _) = start_edited("", |c| {
+        c.replacen(
+            "container = \"clients/tls\"\n",
+            "container = \"clients/tls\"\nmax_handshakes = 2\n",
+            1,
+        )
+    });
+    // Two ClientHellos that never finish hold the class's two slots (for timeouts.handshake,
+    // 1 s); a third connection is closed before any work is done for it.
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.tls).unwrap();
+            c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+            c
+        })
+        .collect();
+    // The two are taken once the server has read from them: wait for the worker to see them.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(s.tls).unwrap();
+    let t = Instant::now();
+    assert!(closed_within(&mut third, Duration::from_secs(5)));
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "closed at once, not at the handshake timeout ({:?})",
+        t.elapsed()
+    );
+    assert!(usage_reaching(&s, "clients/tls", "conns_refused", 1) >= 1);
+    for c in &mut stalled {
+        assert!(closed_within(c, Duration::from_secs(5)));
+    }
+    // The slots are free again: a client is served.
+    let (_, code, _) = curl(&s, &["--http2"], "a.test", "/");
+    assert_eq!(code, "200");
 }
 
 // ---- HTTP/2 frames by hand, over the cleartext listener (the same guard as with TLS) ----
@@ -539,9 +685,15 @@ fn http2_floods_of_pings_settings_and_resets_get_goaway_and_only_they_close() {
     assert_eq!(goaway(&f), Some(ENHANCE_YOUR_CALM), "PING flood");
     // SETTINGS flood.
     let mut c = h2c(&s);
-    let flood: Vec<u8> = (0..300).flat_map(|_| frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100])).collect();
+    let flood: Vec<u8> = (0..300)
+        .flat_map(|_| frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]))
+        .collect();
     let _ = c.write_all(&flood);
-    assert_eq!(goaway(&frames_until_closed(&mut c)), Some(ENHANCE_YOUR_CALM), "SETTINGS flood");
+    assert_eq!(
+        goaway(&frames_until_closed(&mut c)),
+        Some(ENHANCE_YOUR_CALM),
+        "SETTINGS flood"
+    );
     // Rapid reset: streams opened and reset at once; 50 resets allowed in 10 s.
     let mut c = h2c(&s);
     let mut flood = Vec::new();

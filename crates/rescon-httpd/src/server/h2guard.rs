@@ -220,7 +220,10 @@ impl<S: Stream> H2Guard<S> {
             // Nothing more goes out on this connection.
             self.written = Frames::client();
         }
-        tracing::debug!(reason = why, "HTTP/2 connection closed: GOAWAY ENHANCE_YOUR_CALM");
+        tracing::debug!(
+            reason = why,
+            "HTTP/2 connection closed: GOAWAY ENHANCE_YOUR_CALM"
+        );
         io::Error::new(io::ErrorKind::ConnectionAborted, why)
     }
 }
@@ -328,10 +331,30 @@ mod tests {
         bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
         bytes.extend(frame(PING, 0, 0, &[9; 8]));
         let want = vec![
-            Frame { kind: SETTINGS, flags: 0, stream: 0, len: 12 },
-            Frame { kind: HEADERS, flags: 4, stream: 1, len: 3 },
-            Frame { kind: RST_STREAM, flags: 0, stream: 1, len: 4 },
-            Frame { kind: PING, flags: 0, stream: 0, len: 8 },
+            Frame {
+                kind: SETTINGS,
+                flags: 0,
+                stream: 0,
+                len: 12,
+            },
+            Frame {
+                kind: HEADERS,
+                flags: 4,
+                stream: 1,
+                len: 3,
+            },
+            Frame {
+                kind: RST_STREAM,
+                flags: 0,
+                stream: 1,
+                len: 4,
+            },
+            Frame {
+                kind: PING,
+                flags: 0,
+                stream: 0,
+                len: 8,
+            },
         ];
         for chunk in [1, 2, 5, 9, 10, 24, 25, 1000] {
             let mut f = Frames::client();
@@ -354,7 +377,11 @@ mod tests {
         assert!((0..100).all(|_| b.take(t)), "the first 100 at once");
         assert!(!b.take(t), "the 101st in the same instant");
         let later = t + Duration::from_secs(1);
-        assert_eq!((0..20).filter(|_| b.take(later)).count(), 10, "10 more a second later");
+        assert_eq!(
+            (0..20).filter(|_| b.take(later)).count(),
+            10,
+            "10 more a second later"
+        );
         let much_later = later + Duration::from_secs(3600);
         assert_eq!(
             (0..200).filter(|_| b.take(much_later)).count(),
