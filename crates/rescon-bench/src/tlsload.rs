@@ -212,7 +212,9 @@ async fn h2_get(
     n: usize,
 ) -> std::io::Result<u16> {
     let mut ready = send.clone().ready().await.map_err(h2_err)?;
-    let (resp, _) = ready.send_request(h2_request(g, n)?, true).map_err(h2_err)?;
+    let (resp, _) = ready
+        .send_request(h2_request(g, n)?, true)
+        .map_err(h2_err)?;
     let resp = resp.await.map_err(h2_err)?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();

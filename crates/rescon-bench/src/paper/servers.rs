@@ -100,8 +100,15 @@ impl Site {
         // RSA-2048, the usual web certificate, whose signature is most of a full handshake's
         // cost on the server (and little on a client that does not verify it).
         let tls = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
             .arg("-keyout")
             .arg(dir.join("tls.key"))
             .arg("-out")
@@ -111,7 +118,9 @@ impl Site {
             .status()
             .is_ok_and(|s| s.success());
         if !tls {
-            eprintln!("openssl could not make a certificate: no TLS experiments (apt-get install openssl)");
+            eprintln!(
+                "openssl could not make a certificate: no TLS experiments (apt-get install openssl)"
+            );
         }
         Ok(Site {
             dir: dir.to_path_buf(),
@@ -582,8 +591,8 @@ pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
             let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
                 .context("reading the certificate")?
                 .collect::<Result<Vec<_>, _>>()?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                .context("reading the key")?;
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(key).context("reading the key")?;
             let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
                 rustls::crypto::aws_lc_rs::default_provider(),
             ))
@@ -619,11 +628,15 @@ pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
             let svc = svc.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((conn, _)) = lt.accept().await else { continue };
+                    let Ok((conn, _)) = lt.accept().await else {
+                        continue;
+                    };
                     let _ = conn.set_nodelay(true);
                     let (acceptor, svc) = (acceptor.clone(), svc());
                     tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(conn).await else { return };
+                        let Ok(tls) = acceptor.accept(conn).await else {
+                            return;
+                        };
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                         let io = hyper_util::rt::TokioIo::new(tls);
                         if h2 {

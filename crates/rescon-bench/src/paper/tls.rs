@@ -1,4 +1,4 @@
-//! Experiments 7 to 9: today's floods the paper's way, and TLS and HTTP/2 throughput.
+//! Experiments 7, 8 and 10: today's floods the paper's way, and TLS and HTTP/2 throughput.
 //!
 //! - 7, a TLS handshake flood: legitimate HTTPS clients (the high class, 127.0.0.2) while an
 //!   attacker (127.0.0.5, the low class) makes full handshakes as fast as the server takes
@@ -6,7 +6,7 @@
 //!   signature; the attacker verifies nothing), as the SYN flood's half-open connections did.
 //! - 8, HTTP/2 rapid reset (CVE-2023-44487): legitimate HTTP/2 clients while an attacker opens
 //!   and resets streams at once, on one connection after another.
-//! - 9, throughput: HTTPS keep-alive requests and new TLS handshakes against nginx, HTTP/2
+//! - 10, throughput: HTTPS keep-alive requests and new TLS handshakes against nginx, HTTP/2
 //!   against hyper on tokio with rustls.
 //!
 //! rescon-httpd runs with containers (the classes' priorities decide who is served) and
@@ -196,7 +196,14 @@ pub(super) fn exp7_handshake_flood(ctx: &mut Ctx) -> Result<()> {
         ..tls_group("legit", HIGH, LEGIT, Mode::KeepAlive, &["http/1.1"], true)
     };
     let attackers = 64;
-    let attack = tls_group("attacker", ATTACK, attackers, Mode::Handshake, &["http/1.1"], false);
+    let attack = tls_group(
+        "attacker",
+        ATTACK,
+        attackers,
+        Mode::Handshake,
+        &["http/1.1"],
+        false,
+    );
     let rows = flood_runs(ctx, &legit, &attack, "a handshake flood")?;
     let intro = format!(
         "\n## 7. TLS handshake flood\n\n{LEGIT} legitimate HTTPS clients (127.0.0.2, the high class) \
@@ -208,7 +215,15 @@ pub(super) fn exp7_handshake_flood(ctx: &mut Ctx) -> Result<()> {
          connection is served first come, first served. The attacker's CPU is what the server \
          charged to the low class's subtree over the window (containers only)."
     );
-    flood_report(ctx, 7, "TLS handshake flood", intro, "handshakes", &rows, "tls_flood")
+    flood_report(
+        ctx,
+        7,
+        "TLS handshake flood",
+        intro,
+        "handshakes",
+        &rows,
+        "tls_flood",
+    )
 }
 
 pub(super) fn exp8_rapid_reset(ctx: &mut Ctx) -> Result<()> {
@@ -217,7 +232,14 @@ pub(super) fn exp8_rapid_reset(ctx: &mut Ctx) -> Result<()> {
         ..tls_group("legit", HIGH, LEGIT, Mode::H2, &["h2"], true)
     };
     let attackers = 8;
-    let attack = tls_group("attacker", ATTACK, attackers, Mode::RapidReset, &["h2"], false);
+    let attack = tls_group(
+        "attacker",
+        ATTACK,
+        attackers,
+        Mode::RapidReset,
+        &["h2"],
+        false,
+    );
     let rows = flood_runs(ctx, &legit, &attack, "rapid reset")?;
     let intro = format!(
         "\n## 8. HTTP/2 rapid reset\n\n{LEGIT} legitimate HTTP/2 clients (127.0.0.2, the high class), \
@@ -228,10 +250,18 @@ pub(super) fn exp8_rapid_reset(ctx: &mut Ctx) -> Result<()> {
          `http2.max_resets` = 200 resets in 10 s, with and without containers). The attacker's \
          rate counts the resets it sent."
     );
-    flood_report(ctx, 8, "HTTP/2 rapid reset", intro, "resets", &rows, "rapid_reset")
+    flood_report(
+        ctx,
+        8,
+        "HTTP/2 rapid reset",
+        intro,
+        "resets",
+        &rows,
+        "rapid_reset",
+    )
 }
 
-pub(super) fn exp9_throughput(ctx: &mut Ctx) -> Result<()> {
+pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
     if !ctx.site.tls {
         bail!("no certificate: openssl could not make one (apt-get install openssl)");
     }
@@ -259,7 +289,7 @@ pub(super) fn exp9_throughput(ctx: &mut Ctx) -> Result<()> {
     ];
     let rounds = if ctx.quick { 1 } else { 3 };
     let mut s = format!(
-        "\n## 9. TLS and HTTP/2 throughput\n\n{conns} closed-loop clients (127.0.0.3) fetch the 1 KB \
+        "\n## 10. TLS and HTTP/2 throughput\n\n{conns} closed-loop clients (127.0.0.3) fetch the 1 KB \
          file over TLS 1.3 (X25519, AES-256-GCM, the RSA-2048 certificate); requests per second, \
          the median of {rounds} round(s), each round running the servers back to back (the order \
          reversed every other round). A connection per request is a full handshake per request \
@@ -282,7 +312,11 @@ pub(super) fn exp9_throughput(ctx: &mut Ctx) -> Result<()> {
                 let plan = ctx.plan_to(
                     addr,
                     vec![g.clone()],
-                    format!("{label}: {} (round {}/{rounds})", kinds[i].name(), round + 1),
+                    format!(
+                        "{label}: {} (round {}/{rounds})",
+                        kinds[i].name(),
+                        round + 1
+                    ),
                 );
                 let r = httpload::run(&plan)?;
                 drop(server);
@@ -326,16 +360,20 @@ pub(super) fn exp9_throughput(ctx: &mut Ctx) -> Result<()> {
             );
             vals.push((k.name().to_string(), rate));
         }
-        match kinds.iter().position(|k| *k == Kind::Rescon).and_then(ratio) {
+        match kinds
+            .iter()
+            .position(|k| *k == Kind::Rescon)
+            .and_then(ratio)
+        {
             Some(x) => ctx.goal(
-                9,
+                10,
                 &format!("{label}: rescon-httpd / {}", peer.name()),
                 ">= 1.0",
                 Some(x),
                 x >= 1.0,
             ),
             None => ctx.goal(
-                9,
+                10,
                 &format!("{label}: rescon-httpd / {} (not installed)", peer.name()),
                 ">= 1.0",
                 None,
@@ -358,6 +396,6 @@ pub(super) fn exp9_throughput(ctx: &mut Ctx) -> Result<()> {
         None,
     )?;
     ctx.experiments
-        .insert("9_tls_throughput".into(), Value::Object(js));
+        .insert("10_tls_throughput".into(), Value::Object(js));
     Ok(())
 }
