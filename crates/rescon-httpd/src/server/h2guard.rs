@@ -186,11 +186,9 @@ impl<S: Stream> H2Guard<S> {
                     tripped = Some("more RST_STREAM frames than http2.max_resets in 10 s");
                 }
             }
-            SETTINGS | PING => {
-                if !control.take(Instant::now()) {
-                    tripped =
-                        Some("more SETTINGS and PING frames than http2.max_control_frames in 10 s");
-                }
+            SETTINGS | PING if !control.take(Instant::now()) => {
+                tripped =
+                    Some("more SETTINGS and PING frames than http2.max_control_frames in 10 s");
             }
             _ => {}
         });
