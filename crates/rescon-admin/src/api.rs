@@ -25,6 +25,28 @@ pub struct ContainerView {
     /// Its children, in order of creation, down to the depth asked for.
     #[serde(default)]
     pub children: Vec<ContainerView>,
+    /// The enforcement actually in force for its limits on processes (the server fills it in;
+    /// the `enforcement` attribute says only what was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<EnforcementView>,
+}
+
+/// Who enforces a container's limits on processes, in words (rescon-linux
+/// `enforcement::Report`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementView {
+    /// `kernel` (cgroups), `user-mode` (the CPU limit held by stopping and continuing
+    /// processes) or `user` (the server's own scheduling only).
+    pub summary: String,
+    /// Who holds `cpu_limit`.
+    pub cpu_limit: String,
+    /// Who holds `max_processes`.
+    pub max_processes: String,
+    /// Who holds `max_memory`.
+    pub max_memory: String,
+    /// What the kernel does not enforce in this layout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ContainerView {
@@ -52,6 +74,15 @@ impl ContainerView {
             usage_subtree: UsageView::from(&s.usage_subtree),
             child_count: s.children.len(),
             children,
+            enforcement: None,
+        }
+    }
+
+    /// This container and its descendants in the view, depth first, to change.
+    pub fn walk_mut(&mut self, f: &mut impl FnMut(&mut ContainerView)) {
+        f(self);
+        for c in &mut self.children {
+            c.walk_mut(f);
         }
     }
 
@@ -71,6 +102,9 @@ impl ContainerView {
 pub struct UsageView {
     pub cpu_ns: u64,
     pub kernel_cpu_ns: u64,
+    /// The kernel's network CPU charged by eBPF accounting (absent from older servers).
+    #[serde(default)]
+    pub kernel_net_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub conns_accepted: u64,
@@ -88,6 +122,8 @@ pub struct UsageView {
     pub h2_streams: u64,
     #[serde(default)]
     pub h2_resets: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
     pub open_conns: u64,
     pub memory_bytes: u64,
     pub kernel_memory_bytes: u64,
@@ -99,6 +135,7 @@ impl From<&Usage> for UsageView {
         UsageView {
             cpu_ns: u.cpu_ns,
             kernel_cpu_ns: u.kernel_cpu_ns,
+            kernel_net_ns: u.kernel_net_ns,
             bytes_in: u.bytes_in,
             bytes_out: u.bytes_out,
             conns_accepted: u.conns_accepted,
@@ -112,6 +149,7 @@ impl From<&Usage> for UsageView {
             tls_failed: u.tls_failed,
             h2_streams: u.h2_streams,
             h2_resets: u.h2_resets,
+            stderr_bytes: u.stderr_bytes,
             open_conns: u.open_conns,
             memory_bytes: u.memory_bytes,
             kernel_memory_bytes: u.kernel_memory_bytes,

@@ -13,11 +13,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod flood;
 mod load;
+mod memory;
+mod netacct;
 mod paper;
 mod primitives;
 mod primitives_handle;
 mod primitives_kernel;
 mod runtime;
+mod shares;
 mod sim;
 mod synflood;
 mod uring;
@@ -56,9 +59,15 @@ enum Command {
     Synflood(synflood::Args),
     /// rescon-rt beside tokio: spawn, yield, TCP echo and hyper keep-alive, in one run.
     Runtime(runtime::Args),
+    /// Containers' shares of a real rescon-rt runtime's CPU with 1, 2 and one worker per core,
+    /// tasks placed evenly or all on one worker: entitled vs delivered.
+    Shares(shares::Args),
     /// What io_uring would save a server thread over epoll: one-thread echo servers, same
     /// client, loopback.
     Uring(uring::Args),
+    /// The kernel's network work charged to containers on the test bed: NET_RX softirq
+    /// time attributed, and what the accounting costs (root).
+    Netacct(netacct::Args),
     /// The bounded SYN flooder alone, for a test bed's attacker namespace (root).
     Flood(flood::Args),
     /// The paper's Section 5 on this machine beside nginx and hyper on tokio: report.md,
@@ -66,6 +75,9 @@ enum Command {
     Paper(paper::Args),
     /// HTTP load from loopback clients, closed or open loop, with latency percentiles.
     Load(load::Args),
+    /// Resident memory per idle connection (kept alive after a request, and never sent a
+    /// byte) in rescon-httpd, nginx and hyper on tokio, and per container in the model.
+    Memory(memory::Args),
     /// rescon-httpd itself, for `paper` (the same code as the rescon-httpd binary).
     #[command(hide = true)]
     Httpd {
@@ -88,6 +100,9 @@ enum Command {
         /// The certificate's private key.
         #[arg(long, requires = "cert")]
         key: Option<std::path::PathBuf>,
+        /// hyper's wait for a request head, seconds (default: hyper's own, 30 s).
+        #[arg(long)]
+        header_timeout: Option<u64>,
     },
     /// The other process of `primitives`' handle measurements (orders on stdout, handles on
     /// stdin).
@@ -106,11 +121,14 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(a) => sim::run(a),
         Command::Primitives(a) => primitives::run(a),
         Command::Synflood(a) => synflood::run(a),
+        Command::Netacct(a) => netacct::run(a),
         Command::Flood(a) => flood::run(a),
         Command::Runtime(a) => runtime::run(a),
+        Command::Shares(a) => shares::run(a),
         Command::Uring(a) => uring::run(a),
         Command::Paper(a) => paper::run(a),
         Command::Load(a) => load::run(a),
+        Command::Memory(a) => memory::run(a),
         Command::Httpd {
             config,
             workers,
@@ -129,7 +147,14 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::HyperBaseline { cert, key } => paper::hyper_baseline(cert.zip(key)),
+        Command::HyperBaseline {
+            cert,
+            key,
+            header_timeout,
+        } => paper::hyper_baseline(
+            cert.zip(key),
+            header_timeout.map(std::time::Duration::from_secs),
+        ),
         Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }

@@ -346,6 +346,12 @@ enum ServerRt {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let ServerRt::Rescon(rt) = &self.rt {
+            let moved: u64 = rt.handle().worker_moves().iter().map(|m| m.0).sum();
+            if moved > 0 {
+                eprintln!("runtime: rescon-rt's workers moved {moved} tasks between them");
+            }
+        }
         if let ServerRt::Tokio(rt) = &mut self.rt {
             if let Some(rt) = rt.take() {
                 rt.shutdown_timeout(Duration::from_secs(1));

@@ -57,6 +57,8 @@ pub const TARGETS: &[Target] = &[
     targets::config::TARGET,
     targets::admin::TARGET,
     targets::host::TARGET,
+    targets::stderr::TARGET,
+    targets::fastcgi::TARGET,
 ];
 
 /// The target named `name`.

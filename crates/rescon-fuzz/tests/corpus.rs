@@ -5,7 +5,7 @@
 
 use rescon_fuzz::{TARGETS, corpus, fuzz, replay, target};
 
-/// Mutated inputs per target: the seven targets together take 3.2 s of the 2-core CI
+/// Mutated inputs per target: the nine targets together take about 4 s of the 2-core CI
 /// machine in release builds (they run in parallel, one test each).
 const CASES: u32 = 100_000;
 
@@ -61,6 +61,16 @@ fn admin() {
 #[test]
 fn host() {
     check("host");
+}
+
+#[test]
+fn cgi_stderr() {
+    check("cgi_stderr");
+}
+
+#[test]
+fn fastcgi_records() {
+    check("fastcgi_records");
 }
 
 /// A target added to [`TARGETS`] needs its test above (and its corpus).

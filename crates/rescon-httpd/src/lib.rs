@@ -8,6 +8,7 @@
 //! - [`static_files`]: path resolution confined to the document root, and the response decision
 //!   for static files (validators, conditional requests, ranges).
 //! - [`cgi`]: CGI/1.1 script resolution, meta-variables and response parsing.
+//! - [`fastcgi`]: the FastCGI record codec the server speaks to FastCGI applications.
 //! - [`admin`]: the admin API as functions from (method, path, body) to (status, JSON), over a
 //!   container handle and the [`admin::Filters`] seam; Prometheus metrics; the bearer check.
 //! - [`routing`]: which vhost and handler a request goes to.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod cgi;
 pub mod config;
 pub mod demo;
+pub mod fastcgi;
 pub mod log;
 pub mod logging;
 pub mod routing;

@@ -43,17 +43,44 @@ pub struct AccessLogEntry<'a> {
     pub class: &'a str,
 }
 
-/// Appends `b` escaped for a quoted log field.
-fn escape_into(out: &mut String, b: &[u8]) {
+/// Appends `b` escaped for a log: `"` and `\\` get a backslash, control and non-ASCII bytes are
+/// written `\\xHH` (as nginx writes its logs), so the bytes can neither end a line nor a quoted
+/// field. Every byte that comes from a client or a script goes through this before a log.
+///
+/// ```
+/// let mut s = String::new();
+/// rescon_httpd::log::escape_into(&mut s, b"a\"b\\c\n\x00\xff");
+/// assert_eq!(s, r#"a\"b\\c\x0A\x00\xFF"#);
+/// ```
+pub fn escape_into(out: &mut String, b: &[u8]) {
     for &c in b {
-        match c {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(c as char),
-            _ => {
-                let _ = write!(out, "\\x{c:02X}");
-            }
+        escape_byte(out, c);
+    }
+}
+
+/// Appends one byte escaped as [`escape_into`] does.
+#[inline]
+pub fn escape_byte(out: &mut String, c: u8) {
+    match c {
+        b'"' => out.push_str("\\\""),
+        b'\\' => out.push_str("\\\\"),
+        0x20..=0x7e => out.push(c as char),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push_str("\\x");
+            out.push(HEX[usize::from(c >> 4)] as char);
+            out.push(HEX[usize::from(c & 15)] as char);
         }
+    }
+}
+
+/// How many bytes [`escape_byte`] writes for `c`.
+#[inline]
+pub fn escaped_len(c: u8) -> usize {
+    match c {
+        b'"' | b'\\' => 2,
+        0x20..=0x7e => 1,
+        _ => 4,
     }
 }
 

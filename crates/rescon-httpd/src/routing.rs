@@ -88,6 +88,116 @@ pub fn route_in<'c>(vhost: &'c VhostConfig, path: &str) -> Result<Route<'c>, Rou
     Ok(Route { vhost, target })
 }
 
+/// Why a request's host is refused (400, RFC 9112 3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostError {
+    /// An HTTP/1.1 request without a `Host` field.
+    Missing,
+    /// More than one `Host` field.
+    Repeated,
+    /// A `Host` field, or an absolute-form target's authority, that is not `host[:port]`.
+    Invalid,
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostError::Missing => "an HTTP/1.1 request needs a Host header",
+            HostError::Repeated => "more than one Host header",
+            HostError::Invalid => "invalid Host header or target authority",
+        })
+    }
+}
+
+/// The host a request names, one way only (RFC 9112 3.2 and 3.2.2): an HTTP/1.1 request must
+/// have exactly one `Host` field, valid as `host[:port]` (RFC 9110 7.2; empty is allowed);
+/// an HTTP/1.0 one at most one. An absolute-form target's authority (`GET http://b.test/x`)
+/// wins over the field, and must be valid too (no userinfo). `None`: no host at all (an
+/// HTTP/1.0 request without the field, or an empty one), which the default vhost serves.
+///
+/// ```
+/// use rescon_httpd::routing::{HostError, request_host};
+/// assert_eq!(request_host(true, None, [&b"a.test:8080"[..]]), Ok(Some("a.test:8080")));
+/// assert_eq!(request_host(true, Some("b.test"), [&b"a.test"[..]]), Ok(Some("b.test")));
+/// assert_eq!(request_host(true, None, []), Err(HostError::Missing));
+/// assert_eq!(request_host(false, None, []), Ok(None));
+/// assert_eq!(request_host(true, None, [&b"a"[..], b"b"]), Err(HostError::Repeated));
+/// assert_eq!(request_host(true, None, [&b"a/../b"[..]]), Err(HostError::Invalid));
+/// ```
+pub fn request_host<'a>(
+    http11: bool,
+    target_authority: Option<&'a str>,
+    fields: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<&'a str>, HostError> {
+    let mut fields = fields.into_iter();
+    let field = match (fields.next(), fields.next()) {
+        (_, Some(_)) => return Err(HostError::Repeated),
+        (None, _) if http11 => return Err(HostError::Missing),
+        (None, _) => None,
+        (Some(f), None) => {
+            let f = f.trim_ascii();
+            if !valid_host(f) {
+                return Err(HostError::Invalid);
+            }
+            // Valid is ASCII.
+            Some(std::str::from_utf8(f).map_err(|_| HostError::Invalid)?)
+        }
+    };
+    let host = match target_authority {
+        Some(a) if !valid_host(a.as_bytes()) => return Err(HostError::Invalid),
+        Some(a) => Some(a),
+        None => field,
+    };
+    Ok(host.filter(|h| !h.is_empty()))
+}
+
+/// Whether `b` is `uri-host [ ":" port ]` (RFC 3986 3.2.2, 3.2.3): a reg-name (unreserved,
+/// percent-encoded and sub-delimiter characters), an IPv4 address, or a bracketed IP literal;
+/// then digits after a colon. No userinfo, no path, no whitespace.
+pub fn valid_host(b: &[u8]) -> bool {
+    let (host_ok, rest) = if let Some(lit) = b.strip_prefix(b"[") {
+        match lit.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let inner = &lit[..end];
+                let ok = !inner.is_empty()
+                    && inner.iter().all(|&c| {
+                        c.is_ascii_hexdigit() || c == b':' || c == b'.' || is_unreserved_or_sub(c)
+                    });
+                (ok, &lit[end + 1..])
+            }
+            None => (false, &[][..]),
+        }
+    } else {
+        let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        let name = &b[..end];
+        let mut ok = true;
+        let mut i = 0;
+        while i < name.len() {
+            let c = name[i];
+            if c == b'%' {
+                ok &= name
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                i += 3;
+                continue;
+            }
+            ok &= is_unreserved_or_sub(c);
+            i += 1;
+        }
+        (ok, &b[end..])
+    };
+    host_ok
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
+}
+
+fn is_unreserved_or_sub(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Server {
@@ -15,6 +16,9 @@ struct Server {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// The server's standard error (its diagnostics) after `listening on`, line by line, as
+    /// bytes.
+    diagnostics: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Drop for Server {
@@ -110,6 +114,20 @@ fn start_in(
         "#!/bin/sh\nsleep 0.6\nprintf 'Content-Type: text/plain\\n\\nrested\\n'\n",
     );
     write_exec(
+        &cgi.join("stream.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nfor i in 1 2 3 4 5 6 7 8; do echo \"tick $i\"; sleep 0.4; done\necho end\n",
+    );
+    write_exec(
+        &cgi.join("forever.sh"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nwhile :; do echo tick; sleep 0.3; done\n",
+    );
+    // 50 MB of random bytes (NULs, escapes, newlines, a forged line) to standard error, then
+    // an answer.
+    write_exec(
+        &cgi.join("noisy.sh"),
+        "#!/bin/sh\nprintf 'FORGED\\033[2J\\r\\n2026-01-01T00:00:00Z  INFO rescon_httpd: forged\\n' >&2\nhead -c 52428800 /dev/urandom >&2\nprintf 'Content-Type: text/plain\\n\\ndone\\n'\n",
+    );
+    write_exec(
         &cgi.join("spin.sh"),
         "#!/bin/sh\ni=0\nwhile [ $i -lt 60000 ]; do i=$((i+1)); done\nprintf 'Content-Type: text/plain\\n\\nspun\\n'\n",
     );
@@ -124,7 +142,8 @@ access_log = "{log}"
 header = "2s"
 keep_alive = "4s"
 send = "2s"
-cgi = "1s"
+cgi_idle = "1s"
+cgi_total = "5s"
 
 [limits]
 max_header_bytes = "8KiB"
@@ -213,17 +232,23 @@ container = "site-b"
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || for _ in BufReader::new(out).lines() {});
     // The address is in the diagnostics on standard error; the rest of them is passed on.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut diag = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
-        let line = lines.next().expect("the server said its address").unwrap();
+        let mut line = String::new();
+        let n = diag.read_line(&mut line).unwrap();
+        assert!(n > 0, "the server said its address");
+        let line = line.trim_end();
         eprintln!("{line}");
-        if let Some(a) = listening_on(&line) {
+        if let Some(a) = listening_on(line) {
             break a.parse().unwrap();
         }
     };
+    let diagnostics = Arc::new(Mutex::new(Vec::new()));
+    let kept = diagnostics.clone();
     std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            eprintln!("{l}");
+        for l in diag.split(b'\n').map_while(Result::ok) {
+            eprintln!("{}", String::from_utf8_lossy(&l));
+            kept.lock().unwrap().push(l);
         }
     });
     Server {
@@ -231,6 +256,7 @@ container = "site-b"
         addr,
         dir,
         log,
+        diagnostics,
     }
 }
 
@@ -921,6 +947,99 @@ fn cgi_cpu_is_charged_without_kernel_enforcement_too() {
     );
     // Without a cgroup the timeout kills the script's process group.
     a_hung_script_is_cut_and_killed(&s);
+}
+
+/// `timeouts.cgi_idle` is between reads: a script that keeps sending (a line every 0.4 s for
+/// 3.2 s, past the 1 s idle time) runs to its end; one that keeps sending for ever is cut at
+/// `timeouts.cgi_total` (5 s), its body left incomplete.
+#[test]
+fn a_streaming_script_runs_while_it_sends_and_stops_at_its_total() {
+    let s = start("", "");
+    let r = get(&s, "/cgi-bin/stream.sh", "");
+    assert_eq!(r.status, 200);
+    let want: String = (1..=8).map(|i| format!("tick {i}\n")).collect::<String>() + "end\n";
+    assert_eq!(r.text(), want, "the whole stream");
+    let t = Instant::now();
+    let mut c = connect_from("127.0.0.1", s.addr).unwrap();
+    c.write_all(
+        b"GET /cgi-bin/forever.sh HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.matches("tick").count() >= 5, "it streamed: {text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "cut, not complete: {text:?}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "cut at its total: {took:?}"
+    );
+}
+
+/// Issue 26's hostile script: 50 MB of random bytes on standard error. The request completes;
+/// the log gets at most `limits.cgi_stderr_bytes` (64 KiB) of it, escaped (no control byte,
+/// the forged line inside one line of ours), then one line saying what was dropped; every
+/// byte is charged to the CGI container.
+#[test]
+fn a_script_flooding_its_stderr_leaves_at_most_the_budget_in_the_log() {
+    let s = start("", "");
+    let t = Instant::now();
+    let r = get(&s, "/cgi-bin/noisy.sh", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "done\n"));
+    eprintln!("answered in {:?}", t.elapsed());
+    // The note comes when the standard error has ended (after the response).
+    let note = |d: &[Vec<u8>]| {
+        d.iter()
+            .any(|l| l.windows(21).any(|w| w == b"over its budget of 65"))
+    };
+    let t = Instant::now();
+    while !note(&s.diagnostics.lock().unwrap()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no note about dropped bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let diag = s.diagnostics.lock().unwrap().clone();
+    let lines: Vec<&Vec<u8>> = diag
+        .iter()
+        .filter(|l| l.windows(12).any(|w| w == b"CGI stderr: "))
+        .collect();
+    let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+    eprintln!("{} stderr lines, {total} bytes in the log", lines.len());
+    assert!(lines.len() > 10, "the script's lines are logged");
+    // The lines' text and what each costs fit the budget; the whole lines (with the time,
+    // level and container) too, give or take the note.
+    assert!(
+        total <= 64 * 1024 + 512,
+        "{total} bytes of stderr in the log"
+    );
+    for l in &diag {
+        assert!(
+            l.iter().all(|&c| c >= 0x20 && c != 0x7f),
+            "a raw control byte in the log: {:?}",
+            String::from_utf8_lossy(l)
+        );
+        assert!(l.len() < 2048 + 256, "a line longer than a line may be");
+    }
+    let forged = String::from_utf8_lossy(lines[0]);
+    assert!(forged.contains(r"CGI stderr: FORGED\x1B[2J "), "{forged}");
+    assert!(
+        !diag.iter().any(|l| l.starts_with(b"2026-01-01T00:00:00Z")),
+        "a forged line of its own"
+    );
+    // Every byte is charged to the run's container, hence to the CGI class's subtree.
+    let (st, body) = admin(&s, "GET", "/containers/cgi?depth=0", "");
+    assert_eq!(st, 200);
+    let charged = json(&body)["usage_subtree"]["stderr_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        charged >= 52_428_800,
+        "{charged} stderr bytes charged: {body}"
+    );
 }
 
 #[test]

@@ -12,9 +12,9 @@
 //! `/marker.txt`'s content: that file is only named by requests hidden in bodies, so seeing
 //! it means a body was taken for a request.
 //!
-//! Where the request path accepts something it should refuse (fixes belong to the request
-//! path being rewritten for issue 19), the test is `#[ignore]`d with the reason, and fails
-//! when run (`cargo test -p rescon-httpd --release --test smuggling -- --ignored`).
+//! What hyper lets through and RFC 9112 does not (`chunked` twice, codings other than
+//! `chunked`, a missing or repeated `Host`) is refused by the request path's first stage
+//! (`server/request.rs`, `framing`).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -588,15 +588,12 @@ fn transfer_encoding_in_every_spelling_is_chunked_or_refused() {
 
 /// `Transfer-Encoding: chunked, chunked` (or the same in two lines) applies the chunked
 /// coding twice, which RFC 9112 6.1 forbids a sender to do; a front end may decode it twice
-/// or refuse it, while hyper decodes it once and serves the request, so where the body ends
-/// depends on who reads it. Codings the server does not implement (`gzip, chunked`) are
-/// served too, their bytes handed to the script still coded, where RFC 9112 6.1 says 501.
-/// Framing those is unambiguous here (chunked is last), but a front end that decodes gzip
-/// sees another body. The fix belongs in the request path (issue 19's rewrite): accept
-/// `Transfer-Encoding` only as a single `chunked`, answer 501 for other codings and 400 for
-/// `chunked` given twice, as nginx does.
+/// or refuse it, while hyper would decode it once, so where the body ends would depend on who
+/// reads it. Codings the server does not implement (`gzip, chunked`) would reach the script
+/// still coded, where RFC 9112 6.1 says 501; a front end that decodes gzip sees another body.
+/// So `Transfer-Encoding` is accepted only as a single `chunked`: 501 for other codings, 400
+/// for `chunked` given twice, as nginx does; the connection is closed after either.
 #[test]
-#[ignore = "accepted today: hyper serves `chunked, chunked` and unknown codings (see the doc comment); fix in the request path after issue 19"]
 fn transfer_codings_other_than_one_chunked_are_refused() {
     let s = start();
     let body: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
@@ -790,12 +787,9 @@ fn chunk_sizes_and_extensions_are_bounded_and_strict() {
 
 /// A chunked body that breaks off (a chunk size past 64 bits, a bare LF, data longer than
 /// its size) is refused and the connection closed, as
-/// `chunk_sizes_and_extensions_are_bounded_and_strict` checks; but the answer to a CGI
-/// request is 413 Payload Too Large, since the request path takes every error of reading the
-/// body for the size limit (`server/cgi_run.rs`). The client sent a malformed body, not a
-/// large one: 400. The fix belongs in the request path (issue 19's rewrite).
+/// `chunk_sizes_and_extensions_are_bounded_and_strict` checks; and the answer to a CGI
+/// request says why: the client sent a malformed body, not a large one, so 400, not 413.
 #[test]
-#[ignore = "answered 413 today (see the doc comment); fix in the request path after issue 19"]
 fn malformed_chunked_bodies_are_answered_400() {
     let s = start();
     let te = "Transfer-Encoding: chunked\r\n";
@@ -817,11 +811,9 @@ fn malformed_chunked_bodies_are_answered_400() {
 
 /// RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request with no `Host`, or with
 /// more than one, or with an invalid one; and with an absolute-form target it MUST take the
-/// target's authority and ignore `Host`. Today the server routes by the first `Host` field
-/// whatever the target says: two requests with one meaning can reach two vhosts. The `Host`
-/// handling lives in the request path issue 19 is rewriting; the fix belongs there.
+/// target's authority and ignore `Host`: otherwise two requests with one meaning could reach
+/// two vhosts.
 #[test]
-#[ignore = "accepted today: the vhost is chosen by the Host field alone (see the doc comment); fix in the request path after issue 19"]
 fn host_is_unambiguous() {
     let s = start();
     let get = |req: &str| {
@@ -845,18 +837,50 @@ fn host_is_unambiguous() {
             "bad-host",
             "GET /which.txt HTTP/1.1\r\nHost: a.test/../b\r\nConnection: close\r\n\r\n",
         ),
+        (
+            "userinfo-host",
+            "GET /which.txt HTTP/1.1\r\nHost: a.test@b.test\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "absolute-form-without-host",
+            "GET http://b.test/which.txt HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "absolute-form-userinfo",
+            "GET http://a.test@b.test/which.txt HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        ),
     ] {
         let (status, text) = get(req);
         if status != 400 {
             wrong.push(format!("{name}: {status} {text:?}, want 400"));
         }
     }
-    let (status, text) =
-        get("GET http://b.test/which.txt HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
-    if !(status == 400 || text == "vhost b\n") {
-        wrong.push(format!(
-            "absolute-form: {status} {text:?}, want vhost b (the target's authority) or 400"
-        ));
+    for (name, req, want) in [
+        (
+            "absolute-form",
+            "GET http://b.test/which.txt HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "vhost b\n",
+        ),
+        (
+            "absolute-form-port-case",
+            "GET http://B.TEST:80/which.txt HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            "vhost b\n",
+        ),
+        (
+            "one-host",
+            "GET /which.txt HTTP/1.1\r\nHost: b.test:8080\r\nConnection: close\r\n\r\n",
+            "vhost b\n",
+        ),
+        (
+            "http10-no-host",
+            "GET /which.txt HTTP/1.0\r\n\r\n",
+            "vhost a\n",
+        ),
+    ] {
+        let (status, text) = get(req);
+        if (status, text.as_str()) != (200, want) {
+            wrong.push(format!("{name}: {status} {text:?}, want 200 {want:?}"));
+        }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

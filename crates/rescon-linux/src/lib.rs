@@ -5,6 +5,8 @@
 //!   limited by the kernel.
 //! - [`listen`]: listening sockets bound to containers, with CIDR filters steering each new
 //!   connection to a member socket in the kernel, and flood defense.
+//! - [`netacct`]: the kernel's network work (packets, bytes, softirq CPU) charged to
+//!   containers with eBPF.
 //! - [`usermode`]: where cgroups cannot be used, a container's processes held to its CPU limit
 //!   from user space (sampling `/proc`, `SIGSTOP`/`SIGCONT`, as `cpulimit` does), beside
 //!   [`cgroup::Command::without_cgroups`], which counts them against `max_processes` at spawn.
@@ -18,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+mod ebpf;
 pub mod enforcement;
 pub mod listen;
+pub mod netacct;
 pub mod usermode;

@@ -196,8 +196,29 @@ fn syn_burst(from: &str, dst: SocketAddr, dur: Duration) {
     }
 }
 
+/// Opens `n` connections from `from` whose own socket drops everything it receives: their
+/// SYNs reach the server, the SYN-ACKs are never answered, as with spoofed sources. The
+/// sockets must stay open for the connections to stay half-open.
+fn unanswered(from: &str, dst: SocketAddr, n: usize) -> Vec<socket2::Socket> {
+    (0..n)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.attach_filter(&[socket2::SockFilter::new(0x06, 0, 0, 0)])
+                .unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.bind(&SocketAddr::new(ip(from), 0).into()).unwrap();
+            match s.connect(&dst.into()) {
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                other => panic!("connect: {other:?}"),
+            }
+            s
+        })
+        .collect()
+}
+
 #[test]
-fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
+fn with_an_edge_the_defense_reacts_on_early_counters() {
     use rescon_linux::listen::edge::XdpMode;
     if !have(
         is_root(),
@@ -221,23 +242,46 @@ fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
         );
         group.drop_at_edge("lo", XdpMode::Generic).unwrap();
         let m = group.members();
-        drop_acks(m[0].listener());
         let dst = group.local_addr();
-        let _flood = half_open("127.0.0.5", dst, 10);
         let mut cfg = DefenseConfig::new(m[1].id());
         cfg.trigger_syn_recv = 5;
         cfg.min_prefix_syn_recv = 3;
-        cfg.v4_len = 32;
         cfg.aggregate_v4 = None;
         cfg.min_hold = Duration::ZERO;
         cfg.calm_for = Duration::from_millis(200);
         let defender = Defender::new(group.clone(), cfg).unwrap();
+        // A client that completes its handshakes is never a signal.
+        let _ok: Vec<_> = (0..20)
+            .map(|_| connect_from(ip("127.0.0.1"), dst, Duration::from_secs(2)).unwrap())
+            .collect();
         let d = defender.step().unwrap();
-        assert!(matches!(d.actions.as_slice(), [Action::Quarantine { .. }]));
-        assert_eq!(group.edges()[0].1, vec!["127.0.0.5/32".parse().unwrap()]);
-        // The flood goes on, dropped at the edge only: the defense must still see it.
+        assert!(!d.under_attack && d.actions.is_empty(), "{d:?}");
+
+        // Ten unanswered SYNs from 127.0.5.0/24: quarantined at the next step, the
+        // half-open connections flushed, with no dump before.
+        let _flood = unanswered("127.0.5.9", dst, 10);
+        let d = defender.step().unwrap();
+        assert!(d.under_attack, "{d:?}");
+        assert_eq!(
+            d.actions,
+            vec![Action::Quarantine {
+                prefix: "127.0.5.0/24".parse().unwrap(),
+                syn_recv: 10
+            }]
+        );
+        assert_eq!(
+            defender.flushed(),
+            10,
+            "the half-open connections were destroyed"
+        );
+        assert_eq!(
+            group.edges()[0].1,
+            vec!["127.0.5.0/24".parse::<ipnet::IpNet>().unwrap()]
+        );
+        // The flood goes on, dropped at the edge only: the prefix's own early drops keep it
+        // held.
         for _ in 0..3 {
-            syn_burst("127.0.0.5", dst, Duration::from_millis(150));
+            syn_burst("127.0.5.9", dst, Duration::from_millis(150));
             let d = defender.step().unwrap();
             assert!(d.under_attack, "{d:?}");
             assert!(
@@ -251,6 +295,8 @@ fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
             0,
             "all of it dropped before the socket"
         );
+        let early = group.early_drops();
+        assert!(early[0].0.edge >= 3, "{early:?}");
         // It stops: calm, then released, and the edge lets the source through again.
         let _ = defender.step().unwrap();
         std::thread::sleep(Duration::from_millis(250));
@@ -258,5 +304,6 @@ fn a_flood_stopped_at_the_edge_is_not_taken_for_calm() {
         assert!(!d.under_attack, "{d:?}");
         assert!(matches!(d.actions.as_slice(), [Action::Release { .. }]));
         assert!(group.edges()[0].1.is_empty());
+        assert!(connect_from(ip("127.0.5.9"), dst, Duration::from_secs(2)).is_ok());
     });
 }

@@ -14,6 +14,17 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+/// Kills a busy child's whole process group when dropped, so that a failing assertion does not
+/// leave busy loops running (stopped or not) after the test.
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; the group is the child's own (it leads it).
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
 fn container(registry: &Registry, pairs: &[(&str, &str)]) -> Container {
     let mut a = Attributes::default();
     for (k, v) in pairs {
@@ -62,7 +73,9 @@ fn share_over(root: i32, wall: Duration) -> f64 {
 #[test]
 fn a_busy_process_group_is_held_near_its_cap() {
     let registry = Registry::new();
-    let cgi = container(&registry, &[("cpu_limit", "25%")]);
+    // A cap well below what a busy loop gets even on a loaded machine (a CI runner with every
+    // core taken still gives it more than 5%), so that the limiter must act whatever the load.
+    let cgi = container(&registry, &[("cpu_limit", "5%")]);
     let limiter = Limiter::start(&registry, Config::default()).unwrap();
     let mut child = Command::without_cgroups(&cgi, "/bin/sh")
         .args(["-c", BUSY])
@@ -70,6 +83,7 @@ fn a_busy_process_group_is_held_near_its_cap() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    let _kill = KillGroup(pid);
     assert_eq!(
         stat(pid).unwrap().pgrp,
         pid,
@@ -80,15 +94,15 @@ fn a_busy_process_group_is_held_near_its_cap() {
     std::thread::sleep(Duration::from_millis(300));
     let share = share_over(pid, Duration::from_secs(2));
     eprintln!(
-        "capped at 25%: got {share:.3} of a CPU; {:?}",
+        "capped at 5%: got {share:.3} of a CPU; {:?}",
         limiter.stats()
     );
     // Loose: the controller's accuracy is tested deterministically; here, that it holds.
     assert!(
-        share < 0.4,
-        "a busy loop capped at 25% got {share:.3} of a CPU"
+        share < 0.15,
+        "a busy loop capped at 5% got {share:.3} of a CPU"
     );
-    assert!(share > 0.02, "the capped process hardly ran: {share:.3}");
+    assert!(share > 0.005, "the capped process hardly ran: {share:.3}");
     // The limiter refuses to cap what holds itself.
     let own_group = stat(std::process::id() as i32).unwrap().pgrp;
     assert!(limiter.cap(Target::ProcessGroup(own_group), &cgi).is_err());
@@ -96,7 +110,11 @@ fn a_busy_process_group_is_held_near_its_cap() {
         limiter.cap(Target::Tree(1), &cgi).is_err(),
         "init's tree holds us"
     );
-    assert!(limiter.stats().stops > 0);
+    assert!(
+        limiter.stats().stops > 0,
+        "the limiter never stopped a busy loop capped at 5%: {:?}",
+        limiter.stats()
+    );
     assert!(cgi.usage().throttled_ns > 0, "stopped time is reported");
 
     // The cap ends with its guard: the process is continued and runs free.
@@ -128,6 +146,7 @@ fn a_process_tree_shares_one_cap() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    let _kill = KillGroup(pid);
     let _capped = limiter.cap(Target::Tree(pid), &cgi).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let share = share_over(pid, Duration::from_secs(2));

@@ -2,10 +2,18 @@
 //!
 //! A blocking job ([`spawn_blocking_in`](crate::spawn_blocking_in),
 //! [`BlockingPool::spawn_in`]) runs on a pool thread. Jobs wait in per-container queues ordered
-//! by the same policy as the workers ([`Hierarchical`] behind the pool's lock): when threads
-//! are scarce, the container the policy picks runs next, and a container over its CPU limit
-//! waits for its next period. A job is charged the thread CPU time it used
+//! by the same kind of policy as the workers (the scheduler's run queues, behind the pool's
+//! lock): when threads are scarce, the container the policy picks runs next, and a container
+//! over its CPU limit waits for its next period. A job is charged the thread CPU time it used
 //! (`CLOCK_THREAD_CPUTIME_ID` read before and after), so time it spends blocked is not charged.
+//!
+//! # Guarantees
+//!
+//! When more jobs are queued than the pool has threads, each free thread takes the next job of
+//! the container the policy picks: fixed shares and weights divide the pool's threads' time
+//! (as charged), higher classes go first, and the jobs of a container with priority 0 never
+//! run (they wait until the priority is raised, or the pool shuts down and cancels them).
+//! `tests/blocking.rs` checks both on a manual clock.
 //!
 //! A pool can be dedicated to a kernel-enforced container: [`BlockingPoolBuilder::on_thread_start`]
 //! runs once at the start of each of its threads, for example to move the thread into the
@@ -30,15 +38,14 @@
 //! assert_eq!(started.load(Ordering::SeqCst), 1);
 //! ```
 
-use crate::context::{self, Entered, Mode};
-use crate::runtime::RtShared;
-use crate::task::{self, JoinHandle, Runnable};
-use crate::worker::lock;
+use crate::driver::lock;
+use crate::scheduler::context::{self, Entered, Mode};
+use crate::scheduler::policy::{PolicyChoice, PolicyEnv};
+use crate::scheduler::queues::RunQueues;
+use crate::scheduler::shared::{Jobs, Shared};
+use crate::task::{self, JoinHandle, Runnable, Running};
 use crate::{Clock, sys};
-use rescon::sched::{Hierarchical, HierarchicalConfig, Key, Policy};
-use rescon::{Container, ContainerId, Registry};
-use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
+use rescon::{Container, Registry};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -55,6 +62,7 @@ pub struct BlockingPoolBuilder {
     on_thread_start: Option<Hook>,
     clock: Clock,
     shutdown_timeout: Duration,
+    policy: PolicyChoice,
 }
 
 impl fmt::Debug for BlockingPoolBuilder {
@@ -93,9 +101,18 @@ impl BlockingPoolBuilder {
         self
     }
 
-    /// The clock of the pool's CPU-limit periods (default: monotonic).
+    /// The clock of the pool's CPU-limit periods (default: monotonic). A manual clock also
+    /// times the jobs (instead of the thread CPU clock), so that tests can make each job cost
+    /// exactly what they say.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Orders the jobs by [`Fifo`](rescon::sched::Fifo) instead of the container policy: in
+    /// the order their containers got jobs, attributes ignored.
+    pub fn fifo(mut self) -> Self {
+        self.policy = PolicyChoice::Fifo;
         self
     }
 
@@ -111,17 +128,19 @@ impl BlockingPoolBuilder {
         self.build_for(Weak::new())
     }
 
-    pub(crate) fn build_for(self, rt: Weak<RtShared>) -> BlockingPool {
-        let cfg = HierarchicalConfig {
+    pub(crate) fn build_for(self, rt: Weak<Shared>) -> BlockingPool {
+        let env = PolicyEnv {
+            registry: self.registry.clone(),
+            worker: None,
+            workers: 0,
+            wake: Arc::new(|| {}),
             // Several pool threads share one policy under the lock, so a single lease at a
             // time is right; small leases leave budget for the workers serving the container.
             lease_ns: Some(1_000_000),
         };
-        let shared = Arc::new(PoolShared {
+        let shared = Arc::new_cyclic(|me| PoolShared {
             state: Mutex::new(PoolState {
-                policy: Hierarchical::with_config(&self.registry, cfg),
-                slots: Vec::new(),
-                by_id: FxHashMap::default(),
+                queues: RunQueues::new(self.policy.make(&env), false),
                 threads: 0,
                 idle: 0,
                 shutdown: false,
@@ -134,6 +153,7 @@ impl BlockingPoolBuilder {
             on_start: self.on_thread_start,
             clock: self.clock,
             rt,
+            me: me.clone(),
         });
         BlockingPool {
             inner: Arc::new(PoolHandle {
@@ -182,74 +202,51 @@ struct PoolShared {
     name: String,
     on_start: Option<Hook>,
     clock: Clock,
-    rt: Weak<RtShared>,
+    rt: Weak<Shared>,
+    /// Itself, for the threads it starts.
+    me: Weak<PoolShared>,
 }
 
+/// The pool's state, behind its lock. A job's slot counts it as bound from submission until
+/// it has run; its queue holds it while it waits.
 struct PoolState {
-    policy: Hierarchical,
-    slots: Vec<Option<BSlot>>,
-    by_id: FxHashMap<ContainerId, u32>,
+    queues: RunQueues,
     threads: usize,
     idle: usize,
     shutdown: bool,
 }
 
-struct BSlot {
-    container: Container,
-    key: Key,
-    queue: VecDeque<(Runnable, u64)>,
-    /// Jobs queued or running.
-    jobs: u32,
-}
-
 impl PoolState {
-    fn slot_for(&mut self, c: &Container) -> u32 {
-        if let Some(&k) = self.by_id.get(&c.id()) {
-            return k;
-        }
-        let key = self.policy.attach(c);
-        let k = key.index() as u32;
-        if self.slots.len() <= k as usize {
-            self.slots.resize_with(k as usize + 1, || None);
-        }
-        self.slots[k as usize] = Some(BSlot {
-            container: c.unprivileged(),
-            key,
-            queue: VecDeque::new(),
-            jobs: 0,
-        });
-        self.by_id.insert(c.id(), k);
-        k
-    }
-
-    fn slot(&mut self, k: u32) -> &mut BSlot {
-        self.slots[k as usize].as_mut().expect("live pool slot")
-    }
-
-    fn push(&mut self, k: u32, r: Runnable, now: u64) {
-        let s = self.slot(k);
-        let was_empty = s.queue.is_empty();
-        s.queue.push_back((r, now));
-        if was_empty {
-            let key = s.key;
-            self.policy.set_runnable(key, true);
-        }
-    }
-
     /// A job of slot `k` is done: release the slot if it has no more.
     fn job_done(&mut self, k: u32) {
-        let s = self.slot(k);
-        s.jobs -= 1;
-        if s.jobs == 0 && s.queue.is_empty() {
-            let s = self.slots[k as usize].take().expect("live");
-            self.by_id.remove(&s.container.id());
-            self.policy.detach(s.key);
-        }
+        self.queues.unbind(k);
+        self.queues.reclaim();
     }
 }
 
-impl PoolShared {
-    fn schedule(self: &Arc<Self>, r: Runnable) {
+impl Jobs for PoolShared {
+    fn submit(&self, container: &Container, job: Runnable) {
+        let mut st = lock(&self.state);
+        if st.shutdown {
+            drop(st);
+            drop(job);
+            return;
+        }
+        let k = st.queues.slot_for(container, false, || {
+            (rescon::SchedClass::NORMAL.get(), false)
+        });
+        st.queues.slot(k).bound += 1;
+        job.metadata().set_key(k);
+        let now = self.clock.now_ns();
+        st.queues.push(k, job, now);
+        if st.idle == 0 && st.threads < self.max_threads {
+            self.spawn_thread(&mut st);
+        }
+        drop(st);
+        self.work.notify_one();
+    }
+
+    fn schedule(&self, r: Runnable) {
         let mut st = lock(&self.state);
         if st.shutdown {
             drop(st);
@@ -258,13 +255,26 @@ impl PoolShared {
         }
         let k = r.metadata().key();
         let now = self.clock.now_ns();
-        st.push(k, r, now);
+        st.queues.push(k, r, now);
         drop(st);
         self.work.notify_one();
     }
+}
 
-    fn spawn_thread(self: &Arc<Self>, st: &mut PoolState) {
-        let me = self.clone();
+impl PoolShared {
+    /// When a job started and ended, for its charge: the thread CPU clock, or a manual clock.
+    fn cpu_now(&self) -> u64 {
+        if self.clock.is_manual() {
+            self.clock.now_ns()
+        } else {
+            sys::thread_cpu_ns()
+        }
+    }
+
+    fn spawn_thread(&self, st: &mut PoolState) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
         let r = std::thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || me.thread_main());
@@ -289,9 +299,9 @@ impl PoolShared {
                 break;
             }
             let now = self.clock.now_ns();
-            st.policy.refill(now);
-            let Some(pick) = st.policy.pick() else {
-                let wait = st.policy.next_refill().map(|t| {
+            st.queues.policy.refill(now);
+            let Some(pick) = st.queues.pick() else {
+                let wait = st.queues.policy.next_refill().map(|t| {
                     Duration::from_nanos(t.saturating_sub(now)).max(Duration::from_micros(100))
                 });
                 st.idle += 1;
@@ -301,11 +311,11 @@ impl PoolShared {
                     .unwrap_or_else(|e| e.into_inner());
                 st = g;
                 st.idle -= 1;
-                if to.timed_out() && wait.is_none() && st.policy.next_refill().is_none() {
+                if to.timed_out() && wait.is_none() && st.queues.policy.next_refill().is_none() {
                     // Idle for keep_alive with nothing to do: this thread goes.
                     let mut probe_st = st;
-                    probe_st.policy.refill(self.clock.now_ns());
-                    if probe_st.policy.pick().is_none() {
+                    probe_st.queues.policy.refill(self.clock.now_ns());
+                    if probe_st.queues.pick().is_none() {
                         st = probe_st;
                         break;
                     }
@@ -314,19 +324,17 @@ impl PoolShared {
                 continue;
             };
             let k = pick.key.index() as u32;
-            let s = st.slot(k);
-            let (r, queued_at) = s.queue.pop_front().expect("picked slot has a job");
-            let container = s.container.clone();
-            if s.queue.is_empty() {
-                let key = s.key;
-                st.policy.set_runnable(key, false);
-            }
+            let (r, queued_at) = st.queues.pop(k).expect("picked slot has a job");
+            let container = st.queues.slot(k).container.clone();
+            // Not runnable while its job runs, unless more jobs wait: a thread per job.
+            st.queues.idle_if_empty(k);
             drop(st);
             container
                 .account()
                 .add_wait_ns(self.clock.now_ns().saturating_sub(queued_at));
             container.account().add_polls(1);
-            let cpu0 = sys::thread_cpu_ns();
+            let job_container = container.clone();
+            let cpu0 = self.cpu_now();
             let guard = context::enter(Entered {
                 rt: self.rt.upgrade(),
                 binding: container,
@@ -334,11 +342,26 @@ impl PoolShared {
                 mode: Mode::Blocking { first_ns: None },
                 clock: self.clock.clone(),
             });
-            let _ = catch_unwind(AssertUnwindSafe(|| r.run()));
-            let cpu1 = sys::thread_cpu_ns();
+            Running::run(r);
+            let cpu1 = self.cpu_now();
             let entered = guard.take();
             st = lock(&self.state);
-            let key = st.slot(k).key;
+            if st.shutdown {
+                // The pool shut down while the job ran, and released its slots: the job's CPU
+                // goes straight to the containers' usage.
+                if let Some(e) = entered {
+                    let first = match e.mode {
+                        Mode::Blocking { first_ns: Some(f) } => f,
+                        _ => 0,
+                    };
+                    let rest = cpu1.saturating_sub(e.seg_start);
+                    if first > 0 {
+                        job_container.account().add_cpu_ns(first);
+                    }
+                    e.binding.account().add_cpu_ns(rest);
+                }
+                break;
+            }
             match entered {
                 Some(Entered {
                     mode:
@@ -349,10 +372,10 @@ impl PoolShared {
                     seg_start,
                     ..
                 }) => {
-                    st.policy.charge(key, first);
+                    st.queues.charge(k, first);
                     binding.account().add_cpu_ns(cpu1.saturating_sub(seg_start));
                 }
-                _ => st.policy.charge(key, cpu1.saturating_sub(cpu0)),
+                _ => st.queues.charge(k, cpu1.saturating_sub(cpu0)),
             }
             st.job_done(k);
         }
@@ -365,15 +388,8 @@ impl PoolShared {
         let mut st = lock(&self.state);
         st.shutdown = true;
         let mut cancelled = Vec::new();
-        for s in st.slots.iter_mut().flatten() {
-            cancelled.extend(s.queue.drain(..).map(|(r, _)| r));
-        }
-        let slots = std::mem::take(&mut st.slots);
-        st.by_id.clear();
-        for s in slots.into_iter().flatten() {
-            st.policy.detach(s.key);
-        }
-        st.policy.flush();
+        st.queues.drain(&mut cancelled);
+        st.queues.detach_all();
         self.work.notify_all();
         drop(st);
         drop(cancelled);
@@ -408,6 +424,7 @@ impl BlockingPool {
             on_thread_start: None,
             clock: Clock::monotonic(),
             shutdown_timeout: Duration::from_secs(10),
+            policy: PolicyChoice::Hierarchical,
         }
     }
 
@@ -418,30 +435,28 @@ impl BlockingPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let shared = self.inner.shared.clone();
-        let sched = shared.clone();
-        let (r, h) = task::build(async move { f() }, false, move |r, _| sched.schedule(r));
-        let mut st = lock(&shared.state);
-        if st.shutdown {
-            drop(st);
-            drop(r);
-            return h;
-        }
-        let k = st.slot_for(container);
-        st.slot(k).jobs += 1;
-        r.metadata().set_key(k);
-        let now = shared.clock.now_ns();
-        st.push(k, r, now);
-        if st.idle == 0 && st.threads < shared.max_threads {
-            shared.spawn_thread(&mut st);
-        }
-        drop(st);
-        shared.work.notify_one();
-        h
+        spawn_job(&(self.inner.shared.clone() as Arc<dyn Jobs>), container, f)
+    }
+
+    /// The pool as the scheduler knows it.
+    pub(crate) fn jobs(&self) -> Arc<dyn Jobs> {
+        self.inner.shared.clone()
     }
 
     /// Threads alive now.
     pub fn threads(&self) -> usize {
         lock(&self.inner.shared.state).threads
     }
+}
+
+/// Runs `f` as a job of `jobs` (a pool), queued in `container`'s order.
+pub(crate) fn spawn_job<F, R>(jobs: &Arc<dyn Jobs>, container: &Container, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let sched = jobs.clone();
+    let (r, h) = task::build(async move { f() }, None, move |r, _| sched.schedule(r));
+    jobs.submit(container, r);
+    h
 }

@@ -145,7 +145,7 @@ impl HyperTimer {
     /// Outside a runtime.
     pub fn current() -> HyperTimer {
         HyperTimer {
-            clock: crate::context::clock(),
+            clock: crate::scheduler::context::clock(),
         }
     }
 

@@ -46,28 +46,38 @@
 //! # Workers and guarantees
 //!
 //! There are N workers (default: the available cores), each a thread with its own epoll
-//! instance, its own [`Hierarchical`](rescon::sched::Hierarchical) policy and its own run queue
-//! per container. A task stays on the worker it was placed on (its binding is a key into that
-//! worker's queues; moving it would need the other worker's policy). A new task of a container
-//! not yet on the current worker goes to the least loaded worker; one that could stay (by
-//! [`spawn`], or into the spawner's container) stays unless the current worker has clearly
-//! more tasks than the least loaded. Either way an accept loop's connections spread.
+//! instance, its own policy ([`Hierarchical`](rescon::sched::Hierarchical) by default, or any
+//! other: [`Builder::policy`]) and its own run queue per container, so that running tasks
+//! touches no lock shared with other workers. A new task of a container not yet on the current
+//! worker goes to the least loaded worker; one that could stay (by [`spawn`], or into the
+//! spawner's container) stays unless the current worker has clearly more tasks than the least
+//! loaded. Either way an accept loop's connections spread.
 //!
-//! On each worker the policy's guarantees hold between that worker's containers:
-//! - a runnable container of a higher class always runs before one of a lower class (among
-//!   siblings); a container with priority 0 is never run, and neither is a listener's accept
-//!   in it (see [`io`]);
-//! - backlogged containers share the worker's CPU by their fixed shares and weights, within
-//!   one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs longer) of
-//!   error per level of the tree;
+//! The policy's guarantees hold over the whole runtime, not per worker (the
+//! [scheduler's docs](scheduler) state them with their error bounds):
+//! - a backlogged container receives its hierarchical entitlement of all the workers' time
+//!   (fixed shares, weights, water-filled by how many tasks it can run at once), whatever
+//!   worker its tasks were placed on: the workers' policies keep the virtual times of the
+//!   containers they share in step, and work waiting on one worker that should run on another
+//!   moves there (every millisecond, by [`rescon::sched::balance`]);
+//! - a runnable container of a higher class does not wait while another worker runs a lower
+//!   class beyond the end of its worker's current burst and one poll of the other worker
+//!   (work waiting for its class is handed over at the next burst start; beyond the top four
+//!   levels of the tree, a balancing interval and a burst), and a container with priority 0
+//!   is never run on any worker, and neither is a listener's accept in it (see [`io`]);
+//! - within one worker, backlogged containers share its CPU by their fixed shares and weights
+//!   within one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs
+//!   longer) of error per level of the tree;
 //! - a CPU limit holds across all workers: they take leases of the container's shared budget
 //!   (1 ms by default when there are several workers), so per period a capped subtree runs at
 //!   most its budget plus what the running polls overrun (a poll is never interrupted; the
 //!   overrun is paid back from the next period).
 //!
-//! Shares are per worker: two containers whose tasks sit on different workers each get their
-//! worker. A server that wants shares to hold across the machine gives each worker work from
-//! every class, which placement by load does for many connections.
+//! Work moves only when the shares call for it, or to a worker that has nothing to run, and
+//! then only work that has been queued for a while: a connection's task stays on the worker
+//! whose epoll instance has its socket, and one that moves takes its sockets along at their
+//! next wait. `rescon-bench shares` measures the shares on real runtimes; with one worker
+//! none of this runs.
 //!
 //! What keeping tasks costs: a worker with nothing to run sleeps in its own epoll and is woken
 //! for its own connections, where a work-stealing runtime keeps one thread in the kernel and
@@ -108,37 +118,51 @@
 //!   descriptor exhaustion.
 //! - [`blocking`]: the multi-threaded model, a thread pool ordered by the same policy.
 //! - [`prio`]: scheduler binding, a worker that serves only idle-class work lowers its own
-//!   kernel priority.
+//!   kernel priority, and one that hosts high-class work raises it.
 //! - `hyper` (feature): hyper 1.x runs on this runtime.
 //! - Dropping the [`Runtime`] cancels every task and releases every container reference it
 //!   held.
+//!
+//! # Layout
+//!
+//! The crate is laid out by role, each layer using only those below it:
+//! - `sys` (what rustix lacks) and `clock`;
+//! - `task`: the task cell with its binding in the metadata, join handles; no scheduler in it;
+//! - `driver`: each worker's epoll instance (its readiness per socket) and timer heap;
+//! - [`scheduler`]: run queues over a policy (a worker's and the blocking pool's), the worker
+//!   loop and the balancing between workers, and the thread's context, through which the
+//!   layers above reach the current worker's driver and container;
+//! - [`blocking`], [`io`], [`time`], `hyper`: built on the scheduler and the drivers;
+//! - the API: [`Builder`], [`Runtime`], [`Handle`] and the free functions.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod blocking;
 mod clock;
-mod context;
+mod driver;
 #[cfg(feature = "hyper")]
 mod hyper;
 pub mod io;
 pub mod prio;
 mod runtime;
+pub mod scheduler;
+mod spawn;
 mod sys;
 mod task;
 pub mod time;
-mod worker;
 
 pub use blocking::{BlockingPool, BlockingPoolBuilder};
 pub use clock::Clock;
-pub use context::{
-    EnterGuard, WithContainer, bind, current, spawn, spawn_blocking_in, spawn_in, try_current,
-    with_container,
-};
 #[cfg(feature = "hyper")]
 pub use hyper::{HyperExecutor, HyperTimer};
 pub use io::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
-pub use prio::{IdlePriority, ThreadPriority};
+pub use prio::{HighPriority, IdlePriority, ThreadPriority};
 pub use runtime::{BuildError, Builder, Handle, IoPolls, Runtime};
+pub use scheduler::context::EnterGuard;
+pub use scheduler::policy::PolicyEnv;
+pub use spawn::{
+    WithContainer, bind, current, spawn, spawn_blocking_in, spawn_in, try_current, with_container,
+};
 pub use task::{JoinError, JoinHandle, YieldNow, yield_now};
 pub use time::{Elapsed, Interval, Sleep, interval, sleep, sleep_until, timeout};

@@ -1,4 +1,5 @@
-//! Scheduler binding: a worker that serves only idle-class work lowers its own kernel priority.
+//! Scheduler binding: a worker that serves only idle-class work lowers its own kernel priority,
+//! and one that hosts work of a class above normal raises it.
 //!
 //! In the paper, the kernel schedules a thread by the containers it serves (its *scheduler
 //! binding*). A worker here serves many containers; the kernel sees one thread. So the worker
@@ -16,6 +17,18 @@
 //! Latency: a lowered worker is woken by the kernel like any `SCHED_IDLE` thread, so the first
 //! higher-class event it handles may wait behind other processes' work; from then on it runs
 //! at its normal priority.
+//!
+//! The other way, when asked for ([`HighPriority`], off by default): a worker on which a
+//! container of the high or critical class (on its whole path) has tasks runs at a lower nice
+//! value while it does, so that where the machine's CPUs are shared with other processes the
+//! kernel does not keep it waiting behind them while a high-class event is pending (its tasks
+//! mostly wait for I/O: a listener's accept loop). It is decided every millisecond and before
+//! the worker sleeps (one `setpriority` on a change), and it needs the right to lower a nice
+//! value (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the feature turns
+//! itself off at start, saying so. Measured with `rescon-bench paper --only 3` (a worker per
+//! core beside the load generator on two cores, nice -5): no change in the high-priority
+//! client's 99th percentile (3-4 ms with 256 low clients, either way), so it stays off until a
+//! case shows what it is worth.
 
 use crate::sys;
 use rescon::{Container, Registry, SchedClass};
@@ -31,6 +44,84 @@ pub enum IdlePriority {
     SchedIdle,
     /// Set this nice value (1..=19).
     Nice(i32),
+}
+
+/// What a worker does with its kernel priority while it hosts work of a class above normal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HighPriority {
+    /// Leave the kernel priority alone (the default).
+    #[default]
+    Off,
+    /// Run at this nice value (-20..=-1) meanwhile.
+    Nice(i32),
+}
+
+/// A worker's raising for high-class work (see [`HighPriority`]).
+#[derive(Debug)]
+pub(crate) struct Boost {
+    nice: Option<i32>,
+    tid: i32,
+    orig: i32,
+    boosted: bool,
+}
+
+impl Boost {
+    /// Sets up raising for the calling thread (a worker), or turns it off if the thread may
+    /// not lower its nice value that far.
+    pub(crate) fn for_current_thread(mode: HighPriority) -> Boost {
+        let tid = sys::gettid();
+        let mut b = Boost {
+            nice: None,
+            tid,
+            orig: 0,
+            boosted: false,
+        };
+        let HighPriority::Nice(n) = mode else {
+            return b;
+        };
+        let n = n.clamp(-20, 19);
+        match sys::getpriority(tid) {
+            Ok(orig) if n < orig && can_restore(n) => {
+                b.nice = Some(n);
+                b.orig = orig;
+            }
+            Ok(orig) if n >= orig => {}
+            Ok(_) => tracing::info!(
+                nice = n,
+                "raising workers for high-class work off: without CAP_SYS_NICE or a sufficient RLIMIT_NICE a worker cannot lower its nice value"
+            ),
+            Err(e) => {
+                tracing::info!(error = %e, "raising workers for high-class work off: cannot read this thread's priority")
+            }
+        }
+        b
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.nice.is_some()
+    }
+
+    /// Raises the worker (`want`) or puts it back.
+    pub(crate) fn set(&mut self, want: bool) {
+        let Some(n) = self.nice else { return };
+        if want == self.boosted {
+            return;
+        }
+        let to = if want { n } else { self.orig };
+        match sys::setpriority(self.tid, to) {
+            Ok(()) => self.boosted = want,
+            Err(e) => {
+                tracing::warn!(error = %e, nice = to, "changing a worker's nice value failed; raising for high-class work off");
+                self.nice = None;
+            }
+        }
+    }
+}
+
+impl Drop for Boost {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// A thread's kernel scheduling, as read from `/proc`.
@@ -92,27 +183,43 @@ fn can_restore(nice: i32) -> bool {
     cap || sys::rlimit_nice().is_ok_and(|lim| lim >= (20 - nice) as u64)
 }
 
-/// The lowest scheduling class on a container's path to the top: work in an idle-class
-/// subtree is idle work, whatever the class of its own container.
-pub(crate) fn effective_class(registry: &Registry, c: &Container) -> u8 {
-    let mut class = c.attrs().class.get();
+/// The lowest and the highest scheduling class on a container's path to the top (the top
+/// itself, which has no siblings, left out of the highest). The lowest is the work's
+/// effective class: work in an idle-class subtree is idle work, whatever the class of its own
+/// container. Work with a class above normal somewhere on its path and none below is
+/// high-class work ([`is_high`]).
+pub(crate) fn path_classes(registry: &Registry, c: &Container) -> (u8, u8) {
+    let own = c.attrs().class.get();
+    let (mut low, mut high) = (own, SchedClass::NORMAL.get());
     let root = registry.root();
     let mut parent = c.parent_id();
+    if parent.is_some() {
+        high = own;
+    }
     let mut depth = 0;
     while let Some(id) = parent {
         depth += 1;
-        if class == SchedClass::IDLE.get() || depth > 256 {
+        if low == SchedClass::IDLE.get() || depth > 256 {
             break;
         }
         match root.lookup(id) {
             Ok(p) => {
-                class = class.min(p.attrs().class.get());
+                let class = p.attrs().class.get();
+                low = low.min(class);
                 parent = p.parent_id();
+                if parent.is_some() {
+                    high = high.max(class);
+                }
             }
             Err(_) => break,
         }
     }
-    class
+    (low, high)
+}
+
+/// Whether work of a container with these [path classes](path_classes) is high-class work.
+pub(crate) fn is_high(classes: (u8, u8)) -> bool {
+    classes.0 >= SchedClass::NORMAL.get() && classes.1 > SchedClass::NORMAL.get()
 }
 
 const IDLE_MASK: u8 = 1 << SchedClass::IDLE.get();
@@ -212,7 +319,11 @@ impl IdleLowering {
     }
 
     /// Lowers if the served containers' fresh classes are all idle; raises if some is not.
-    pub(crate) fn confirm_lower(&mut self, fresh_mask: u8, shared: &crate::worker::WorkerShared) {
+    pub(crate) fn confirm_lower(
+        &mut self,
+        fresh_mask: u8,
+        lowered: &std::sync::atomic::AtomicBool,
+    ) {
         if fresh_mask != 0 && fresh_mask != IDLE_MASK {
             self.idle_windows = 0;
             if self.lowered {
@@ -221,9 +332,7 @@ impl IdleLowering {
         } else if !self.lowered && fresh_mask == IDLE_MASK {
             self.lower();
         }
-        shared
-            .lowered
-            .store(self.lowered, std::sync::atomic::Ordering::Relaxed);
+        lowered.store(self.lowered, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lower(&mut self) {

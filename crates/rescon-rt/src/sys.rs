@@ -1,23 +1,21 @@
-//! The system calls the runtime makes itself, one helper each.
+//! What the runtime needs from the kernel beyond `mio`, one helper each.
 //!
-//! Sockets and epoll go through `mio`; what mio does not cover is here: clocks, thread ids,
-//! the kernel scheduling priority of a thread, and reading into uninitialised memory. Every
-//! `unsafe` block of the crate that calls the C library is in this module.
+//! System calls go through `rustix` where it has them (clocks, thread ids, nice values,
+//! resource limits, receiving into uninitialised memory); what it lacks is here, with the C
+//! library: the scheduling policy of a thread (`sched_getscheduler`, `sched_setscheduler`)
+//! and reading the TSC. Every `unsafe` block of the crate that calls the C library or the
+//! processor directly is in this module.
 
 #![allow(unsafe_code)]
 
+use rustix::process::{Pid, Resource};
+use rustix::time::ClockId;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock ids used are supported by every
-    // Linux kernel this crate runs on, so the call cannot fail (and if it did, `ts` stays 0).
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_ns(clock: ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(clock);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -27,7 +25,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// clock_gettime(2)
 #[inline]
 pub(crate) fn clock_monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
+    clock_ns(ClockId::Monotonic)
 }
 
 /// The runtime's monotonic time in nanoseconds: the TSC scaled to nanoseconds where the
@@ -152,7 +150,7 @@ pub(crate) mod tsc {
 /// # References
 /// clock_gettime(2)
 pub(crate) fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+    clock_ns(ClockId::ThreadCPUTime)
 }
 
 /// The calling thread's kernel id.
@@ -160,8 +158,7 @@ pub(crate) fn thread_cpu_ns() -> u64 {
 /// # References
 /// gettid(2)
 pub(crate) fn gettid() -> i32 {
-    // SAFETY: gettid takes no arguments and cannot fail.
-    unsafe { libc::gettid() }
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 /// A thread's scheduling policy and nice value.
@@ -171,7 +168,7 @@ pub(crate) struct KernelPrio {
     pub(crate) nice: i32,
 }
 
-/// Reads a thread's scheduling policy (`SCHED_OTHER`, `SCHED_IDLE`, ...).
+/// Reads a thread's scheduling policy (`SCHED_OTHER`, `SCHED_IDLE`, ...). Not in rustix.
 ///
 /// # References
 /// sched_getscheduler(2)
@@ -186,7 +183,7 @@ pub(crate) fn sched_getscheduler(tid: i32) -> io::Result<i32> {
 }
 
 /// Sets a thread's scheduling policy with static priority 0 (the only one the normal, batch
-/// and idle policies accept).
+/// and idle policies accept). Not in rustix.
 ///
 /// # References
 /// sched_setscheduler(2)
@@ -201,23 +198,16 @@ pub(crate) fn sched_setscheduler(tid: i32, policy: i32) -> io::Result<()> {
     }
 }
 
+fn pid(tid: i32) -> io::Result<Pid> {
+    Pid::from_raw(tid).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "thread id 0"))
+}
+
 /// Reads a thread's nice value (`PRIO_PROCESS` with a thread id addresses that thread).
 ///
 /// # References
 /// getpriority(2)
 pub(crate) fn getpriority(tid: i32) -> io::Result<i32> {
-    // getpriority may legitimately return -1, so errno is cleared first and checked after.
-    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
-    unsafe { *libc::__errno_location() = 0 };
-    // SAFETY: plain integer arguments.
-    let r = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-    // SAFETY: as above.
-    let errno = unsafe { *libc::__errno_location() };
-    if r == -1 && errno != 0 {
-        Err(io::Error::from_raw_os_error(errno))
-    } else {
-        Ok(r)
-    }
+    Ok(rustix::process::getpriority_process(Some(pid(tid)?))?)
 }
 
 /// Sets a thread's nice value.
@@ -225,13 +215,7 @@ pub(crate) fn getpriority(tid: i32) -> io::Result<i32> {
 /// # References
 /// setpriority(2)
 pub(crate) fn setpriority(tid: i32, nice: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments; the result is checked.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    Ok(rustix::process::setpriority_process(Some(pid(tid)?), nice)?)
 }
 
 /// The soft limit of `RLIMIT_NICE`: how far an unprivileged thread may lower its nice value
@@ -240,30 +224,18 @@ pub(crate) fn setpriority(tid: i32, nice: i32) -> io::Result<()> {
 /// # References
 /// getrlimit(2)
 pub(crate) fn rlimit_nice() -> io::Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid, writable rlimit; the result is checked.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut r) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r.rlim_cur)
+    Ok(rustix::process::getrlimit(Resource::Nice)
+        .current
+        .unwrap_or(u64::MAX))
 }
 
 /// Receives into possibly uninitialised memory, returning how many bytes were written.
 ///
 /// # References
 /// recv(2)
-pub(crate) fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    // SAFETY: the pointer and length describe memory this function holds exclusively for the
-    // call; recv only writes to it. `fd` is owned by the caller's socket for the call.
-    let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+pub(crate) fn recv_uninit(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    let ((init, _), _) = rustix::net::recv(fd, buf, rustix::net::RecvFlags::empty())?;
+    Ok(init.len())
 }
 
 #[cfg(test)]
@@ -297,5 +269,15 @@ mod tests {
             a1.abs_diff(m1) < 1_000_000,
             "TSC time {a1}, CLOCK_MONOTONIC {m1}"
         );
+    }
+
+    #[test]
+    fn nice_values_and_limits_read_through_rustix() {
+        let tid = gettid();
+        assert!(tid > 0);
+        let nice = getpriority(tid).unwrap();
+        assert!((-20..=19).contains(&nice), "{nice}");
+        assert!(rlimit_nice().is_ok());
+        assert!(thread_cpu_ns() > 0);
     }
 }

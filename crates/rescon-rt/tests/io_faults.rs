@@ -221,3 +221,52 @@ fn idle_class_work_lowers_the_worker_and_normal_work_raises_it() {
         fg.await.unwrap();
     });
 }
+
+#[test]
+fn a_worker_hosting_high_class_work_runs_at_a_lower_nice_value() {
+    use rescon_rt::{HighPriority, ThreadPriority};
+    let registry = Registry::new();
+    let rt = Builder::new(&registry)
+        .workers(1)
+        .high_priority(HighPriority::Nice(-5))
+        .build()
+        .unwrap();
+    let tid = rt.handle().worker_tids()[0];
+    let orig = ThreadPriority::of_thread(tid).unwrap().nice;
+    let mut a = Attributes::default();
+    a.set("class", "high").unwrap();
+    let high = registry.root().create_child("high", a).unwrap();
+    // A high-class task waiting (as an accept loop does), then gone.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let waiting = rt.spawn_in(&high, async move {
+        while rx.try_recv().is_err() {
+            rescon_rt::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let nice_is = |want: i32| {
+        let t = Instant::now();
+        while ThreadPriority::of_thread(tid).unwrap().nice != want
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ThreadPriority::of_thread(tid).unwrap().nice == want
+    };
+    if !nice_is(orig.min(-5)) {
+        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "RESCON_REQUIRE_KERNEL=1 but the worker never raised itself"
+        );
+        eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
+        tx.send(()).unwrap();
+        rt.block_on(waiting).unwrap();
+        return;
+    }
+    tx.send(()).unwrap();
+    rt.block_on(waiting).unwrap();
+    assert!(
+        nice_is(orig),
+        "back to nice {orig} once no high-class work is left"
+    );
+}

@@ -239,6 +239,8 @@ pub(crate) struct Node {
     /// How many schedulers have this container attached; changes are only announced when
     /// some scheduler could care.
     pub(crate) sched_refs: AtomicU32,
+    /// What the policies of several workers share about it (`sched::global`).
+    pub(crate) global: crate::sched::global::NodeGlobal,
     /// Token buckets of the CPU and egress limits, allocated when first used.
     buckets: Mutex<Option<Box<Buckets>>>,
 }
@@ -299,7 +301,7 @@ impl Node {
         }
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         if self.sched_refs.load(SeqCst) > 0 {
             self.shared.notify(self.id);
         }
@@ -639,6 +641,7 @@ fn new_node(
         gauges_self: Gauges::default(),
         gauges_tree: Gauges::default(),
         sched_refs: AtomicU32::new(0),
+        global: Default::default(),
         buckets: Mutex::new(None),
     })
 }
@@ -1025,6 +1028,24 @@ impl Container {
         Ok(ConnGuard {
             node: self.node.clone(),
         })
+    }
+
+    /// Charges `ns` of the kernel's network CPU (measured outside any poll: softirq receive
+    /// of the container's packets) to this container: it is recorded as
+    /// [`Usage::kernel_net_ns`], and taken from the shared CPU-limit budget of this container
+    /// and of every ancestor whose limit is in force, as a debt the next leases pay first,
+    /// so a capped class's network work counts against its cap.
+    pub fn charge_kernel_net(&self, ns: u64) {
+        if ns == 0 {
+            return;
+        }
+        self.account().add_kernel_net_ns(ns);
+        let debt = -(ns.min(i64::MAX as u64) as i64);
+        let mut cur = Some(self.node.clone());
+        while let Some(n) = cur {
+            n.cap_give_back(debt);
+            cur = lock(&n.parent).clone();
+        }
     }
 
     /// Charges `bytes` of memory against this container's and its ancestors' memory limits.

@@ -92,6 +92,8 @@ usage_struct! {
     cpu_ns,
     /// CPU time reported by kernel backends (cgroups), in nanoseconds.
     kernel_cpu_ns,
+    /// The kernel's network CPU (NET_RX softirq receive, send) charged by eBPF accounting, in ns.
+    kernel_net_ns,
     /// Bytes received on sockets bound to the container.
     bytes_in,
     /// Bytes sent on sockets bound to the container.
@@ -118,6 +120,8 @@ usage_struct! {
     h2_streams,
     /// HTTP/2 streams the client reset (RST_STREAM frames received).
     h2_resets,
+    /// Bytes child processes (CGI runs) wrote to their standard error, logged or dropped.
+    stderr_bytes,
     ;
     /// Connections open now.
     open_conns,
@@ -170,6 +174,10 @@ adders! {
     add_cpu_ns => cpu_ns,
     /// Adds CPU time measured by the kernel, in nanoseconds.
     add_kernel_cpu_ns => kernel_cpu_ns,
+    /// Adds the kernel's network CPU, in nanoseconds. Use
+    /// [`Container::charge_kernel_net`](crate::Container::charge_kernel_net), which also
+    /// takes it from the CPU limits.
+    add_kernel_net_ns => kernel_net_ns,
     /// Adds bytes received.
     add_bytes_in => bytes_in,
     /// Adds bytes sent.
@@ -196,6 +204,8 @@ adders! {
     add_h2_streams => h2_streams,
     /// Counts HTTP/2 streams reset by the client.
     add_h2_resets => h2_resets,
+    /// Adds bytes a child process wrote to its standard error.
+    add_stderr_bytes => stderr_bytes,
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The servers the experiments compare, started and stopped the same way: each is a process
-//! of its own, pinned to the server CPU, on a loopback port, with the same files.
+//! of its own, pinned to the server CPU (but rescon-httpd with its default worker count, which
+//! runs on every CPU), on a loopback port, with the same files.
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,12 +14,19 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// rescon-httpd with its containers (classes, vhosts, CGI in cgroups).
     Rescon,
+    /// The same, with the server's default worker count (one per core) and not pinned: the
+    /// server as a user starts it, where shares and classes must hold across workers.
+    ResconDefault,
     /// The same binary with `--no-containers`: one container for everything, no classes, no
     /// cgroups.
     ResconOff,
+    /// rescon-httpd with containers but `enforcement = "user"`: no cgroups, the CGI class's
+    /// CPU cap held by the user-mode limiter (SIGSTOP/SIGCONT).
+    ResconUser,
     /// nginx from the distribution, when installed.
     Nginx,
-    /// hyper 1 on a tokio current-thread runtime, the 1 KB body from memory.
+    /// hyper 1 on a tokio current-thread runtime, the 1 KB body from memory with a file
+    /// server's headers.
     HyperTokio,
 }
 
@@ -27,7 +35,9 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rescon => "rescon-httpd",
+            Kind::ResconDefault => "rescon-httpd, default workers",
             Kind::ResconOff => "rescon-httpd, containers off",
+            Kind::ResconUser => "rescon-httpd, cgroups off (user-mode cap)",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper on tokio",
         }
@@ -37,7 +47,9 @@ impl Kind {
     pub fn key(self) -> &'static str {
         match self {
             Kind::Rescon => "rescon",
+            Kind::ResconDefault => "rescon_default_workers",
             Kind::ResconOff => "rescon_off",
+            Kind::ResconUser => "rescon_user",
             Kind::Nginx => "nginx",
             Kind::HyperTokio => "hyper_tokio",
         }
@@ -57,6 +69,31 @@ pub struct Site {
     /// Whether `tls.pem` and `tls.key` (RSA-2048, for localhost, made with `openssl req`) are
     /// in `dir`: every server then also serves HTTPS (and HTTP/2) with them.
     pub tls: bool,
+    /// How long every server lets a connection wait for a request (its head, or the next one
+    /// on a kept-alive connection) before closing it; `None`: each server's own default.
+    pub idle_timeout: Option<Duration>,
+    /// Connections each server must be able to hold at once.
+    pub max_conns: usize,
+    /// Debian's php-fpm, if installed: the FastCGI pool rescon-httpd starts (`/php/`).
+    pub php_fpm: Option<PathBuf>,
+}
+
+/// The FastCGI script burning the CGI script's CPU, in a persistent php-fpm worker.
+pub const FCGI_BURN: &str = "/php/burn.php";
+
+/// php-fpm, as Debian installs it.
+pub fn php_fpm_path() -> Option<PathBuf> {
+    let d = std::fs::read_dir("/usr/sbin").ok()?;
+    let mut found: Vec<PathBuf> = d
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("php-fpm"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// The 1 KB file's path on every server.
@@ -122,18 +159,49 @@ impl Site {
                 "openssl could not make a certificate: no TLS experiments (apt-get install openssl)"
             );
         }
+        // The FastCGI twin of burn.sh: the same CPU per request, in a php-fpm worker that
+        // serves one request after another; workers forked on demand (16 at most, one per
+        // client), so servers of the other experiments start none.
+        let php_fpm = php_fpm_path();
+        std::fs::create_dir_all(dir.join("php"))?;
+        std::fs::write(
+            dir.join("php/burn.php"),
+            format!(
+                "<?php\nfunction cpu_ms() {{ $r = getrusage(); return ($r['ru_utime.tv_sec'] + $r['ru_stime.tv_sec']) * 1000 + ($r['ru_utime.tv_usec'] + $r['ru_stime.tv_usec']) / 1000; }}\n\
+                 $s = cpu_ms(); $x = 0;\nwhile (cpu_ms() - $s < {cgi_ms}) {{ for ($i = 0; $i < 10000; $i++) {{ $x += $i; }} }}\n\
+                 header('Content-Type: text/plain');\necho \"burned {cgi_ms} ms\\n\";\n"
+            ),
+        )?;
+        let root = rustix::process::geteuid().is_root();
+        std::fs::write(
+            dir.join("fpm.conf"),
+            format!(
+                "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n\n[www]\n{user}\
+                 listen = {d}/php.sock\npm = ondemand\npm.max_children = 16\n\
+                 pm.process_idle_timeout = 30s\nclear_env = no\n",
+                d = dir.display(),
+                user = if root {
+                    "user = root\ngroup = root\n"
+                } else {
+                    ""
+                },
+            ),
+        )?;
         Ok(Site {
             dir: dir.to_path_buf(),
             cgi_ms,
             exe,
             tls,
+            idle_timeout: None,
+            max_conns: 8192,
+            php_fpm,
         })
     }
 
     /// rescon-httpd's configuration: classes by source address (127.0.0.2 is the
     /// high-priority class), the main vhost with a CGI class capped at 30% of a CPU, and vhosts
     /// a.test, b.test, c.test with fixed shares 50/30/20 of what the sites get, CGI included.
-    pub fn rescon_config(&self) -> String {
+    pub fn rescon_config(&self, kind: Kind) -> String {
         let d = self.dir.display();
         let tls = if self.tls {
             TLS_LISTENER.replace("{d}", &d.to_string())
@@ -145,15 +213,38 @@ impl Site {
         } else {
             String::new()
         };
-        format!(
+        let idle = match self.idle_timeout {
+            Some(t) => format!("header = \"{0}s\"\nkeep_alive = \"{0}s\"\n", t.as_secs()),
+            None => String::new(),
+        };
+        let enforcement = if kind == Kind::ResconUser {
+            "user"
+        } else {
+            "auto"
+        };
+        let fastcgi = match &self.php_fpm {
+            Some(fpm) => format!(
+                "\n# The FastCGI pool: php-fpm started by rescon-httpd in the CGI class's container.\n\
+                 [[fastcgi]]\nprefix = \"/php/\"\naddress = \"unix:{d}/php.sock\"\nroot = \"{d}/php\"\n\
+                 container = \"cgi\"\ncommand = [\"{}\", \"--nodaemonize\", \"--fpm-config\", \"{d}/fpm.conf\"{}]\n",
+                fpm.display(),
+                if rustix::process::geteuid().is_root() {
+                    ", \"--allow-to-run-as-root\""
+                } else {
+                    ""
+                }
+            ),
+            None => String::new(),
+        };
+        let mut conf = format!(
             r#"# Written by rescon-bench paper.
 [server]
-enforcement = "auto"
+enforcement = "{enforcement}"
 access_log = "off"
 
 [timeouts]
 cgi = "120s"
-
+{idle}
 [admin]
 socket = "{d}/admin.sock"
 
@@ -252,7 +343,9 @@ prefix = "/cgi-bin/"
 dir = "{d}/cgi-bin"
 container = "sites/c/cgi"
 "#
-        )
+        );
+        conf.push_str(&fastcgi);
+        conf
     }
 
     fn nginx_config(&self, port: u16, tls_port: u16) -> String {
@@ -264,21 +357,32 @@ container = "sites/c/cgi"
         } else {
             String::new()
         };
+        // nginx closes idle kept-alive connections once fewer than a sixteenth of its
+        // connections are free ("worker_connections are not enough, reusing connections"):
+        // room for an eighth more than the run holds.
+        let conns = (self.max_conns + self.max_conns / 8 + 512).max(8192);
+        let files = conns + 256;
+        let (keepalive, header) = match self.idle_timeout {
+            Some(t) => (t.as_secs(), t.as_secs()),
+            None => (60, 60),
+        };
         format!(
             r#"# Written by rescon-bench paper: one worker, access log off, sendfile and an open-file
 # cache (nginx at its best on a 1 KB file).
 worker_processes 1;
+worker_rlimit_nofile {files};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
+events {{ worker_connections {conns}; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
     open_file_cache max=1000;
     keepalive_requests 1000000;
-    keepalive_timeout 60s;
+    keepalive_timeout {keepalive}s;
+    client_header_timeout {header}s;
     client_body_temp_path {d}/nginx-body;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -404,20 +508,27 @@ fn read_address(child: &mut Child, what: &str, count: usize) -> Result<Vec<Socke
 pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
     let exe = &site.exe;
     match kind {
-        Kind::Rescon | Kind::ResconOff => {
+        Kind::Rescon | Kind::ResconOff | Kind::ResconDefault | Kind::ResconUser => {
             let conf = site.dir.join("rescon-httpd.toml");
-            std::fs::write(&conf, site.rescon_config())?;
+            std::fs::write(&conf, site.rescon_config(kind))?;
             let _ = std::fs::remove_file(site.dir.join("admin.sock"));
             let mut cmd = Command::new(exe);
             cmd.arg("httpd")
                 .arg("--config")
                 .arg(&conf)
-                .args(["--workers", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
+            if kind != Kind::ResconDefault {
+                cmd.args(["--workers", "1"]);
+            }
             if kind == Kind::ResconOff {
                 cmd.arg("--no-containers");
             }
+            let cpu = if kind == Kind::ResconDefault {
+                None
+            } else {
+                cpu
+            };
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
             let addrs = read_address(&mut child, "rescon-httpd", 1 + site.tls as usize)?;
@@ -431,15 +542,17 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
         }
         Kind::HyperTokio => {
             let mut cmd = Command::new(exe);
-            cmd.arg("hyper-baseline")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
+            cmd.arg("hyper-baseline");
+            if let Some(t) = site.idle_timeout {
+                cmd.arg("--header-timeout").arg(t.as_secs().to_string());
+            }
             if site.tls {
                 cmd.arg("--cert")
                     .arg(site.dir.join("tls.pem"))
                     .arg("--key")
                     .arg(site.dir.join("tls.key"));
             }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
             let addrs = read_address(&mut child, "the hyper baseline", 1 + site.tls as usize)?;
@@ -525,21 +638,40 @@ impl Running {
         Ok(u["cpu_ns"].as_u64().unwrap_or(0) + u["kernel_cpu_ns"].as_u64().unwrap_or(0))
     }
 
-    /// CPU time of the server's child processes so far, nanoseconds: the reaped ones from
-    /// the server's `cutime + cstime` (one sum, rounded once to a tick) and the live ones from
-    /// their `schedstat` (exact). Per-process `utime + stime` would not do: each is rounded
-    /// to a 10 ms tick, which over 16 processes is 8% of a 2 s window.
+    /// CPU time of the server's descendant processes so far, nanoseconds: the reaped ones
+    /// from the server's `cutime + cstime` (one sum, rounded once to a tick) and the live
+    /// ones (CGI scripts; a FastCGI pool and its workers, the server's grandchildren) from
+    /// their `schedstat` (exact) and their own reaped children's. Per-process `utime +
+    /// stime` would not do: each is rounded to a 10 ms tick, which over 16 processes is 8%
+    /// of a 2 s window.
     pub fn children_cpu_ns(&self) -> Result<u64> {
         let tick_ns = 1e9 / clock_ticks() as f64;
         let me = proc_stat(self.pid)?;
         let mut ns = ((me.cutime + me.cstime) as f64 * tick_ns) as u64;
+        let mut all = Vec::new();
         for e in std::fs::read_dir("/proc")? {
             let Ok(e) = e else { continue };
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(st) = proc_stat(pid)
-                && st.ppid == self.pid
+            if let Ok(st) = proc_stat(pid) {
+                all.push((pid, st));
+            }
+        }
+        let parent: std::collections::HashMap<u32, u32> =
+            all.iter().map(|(p, st)| (*p, st.ppid)).collect();
+        let descends = |mut p: u32| {
+            for _ in 0..8 {
+                match parent.get(&p) {
+                    Some(&pp) if pp == self.pid => return true,
+                    Some(&pp) if pp > 1 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        for (pid, st) in &all {
+            if descends(*pid)
                 && let Some((run_ns, _)) = crate::schedstat(&format!("/proc/{pid}/schedstat"))
             {
                 ns += run_ns + ((st.cutime + st.cstime) as f64 * tick_ns) as u64;
@@ -549,13 +681,13 @@ impl Running {
     }
 }
 
-struct ProcStat {
-    ppid: u32,
+pub(crate) struct ProcStat {
+    pub(crate) ppid: u32,
     cutime: u64,
     cstime: u64,
 }
 
-fn proc_stat(pid: u32) -> Result<ProcStat> {
+pub(crate) fn proc_stat(pid: u32) -> Result<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: the fields start after the last ')'.
     let rest = &text[text.rfind(')').context("bad /proc stat")? + 2..];
@@ -581,11 +713,35 @@ fn clock_ticks() -> u64 {
 /// The hidden `hyper-baseline` subcommand: hyper 1 on a tokio current-thread runtime serving
 /// the 1 KB body from memory on a free loopback port, until killed; with a certificate and
 /// key, also over TLS (tokio-rustls on aws-lc-rs, as rescon-httpd) on a second port, HTTP/2
-/// or HTTP/1.1 by ALPN.
-pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
+/// or HTTP/1.1 by ALPN. `header_timeout` replaces hyper's own (30 s) wait for a request head,
+/// on a new connection and between requests (HTTP/1.1).
+///
+/// It sends the response a static file server sends for that file (rescon-httpd and nginx
+/// both do): the validators, the type and `Accept-Ranges` beside the length and date hyper
+/// adds, made once at start. Without them the peer would answer a different, smaller response
+/// (two headers instead of six) and the keep-alive ratio would compare two operations.
+pub fn hyper_baseline(
+    tls: Option<(PathBuf, PathBuf)>,
+    header_timeout: Option<Duration>,
+) -> Result<()> {
     use hyper::body::Bytes;
-    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let body = BODY.get_or_init(|| Bytes::from(vec![b'x'; 1024])).clone();
+    use hyper::header::{self, HeaderValue};
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let headers = [
+        (
+            header::ETAG,
+            HeaderValue::from_static("\"1d2f3c-400-18eeeb29636f67ae\""),
+        ),
+        (
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 07 Dec 2026 08:24:24 GMT"),
+        ),
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ),
+        (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+    ];
     let acceptor = match &tls {
         Some((cert, key)) => {
             let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
@@ -612,14 +768,14 @@ pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("listening on {}", l.local_addr()?);
         let svc = move || {
-            let body = body.clone();
+            let (body, headers) = (body.clone(), headers.clone());
             hyper::service::service_fn(move |_req| {
-                let body = body.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(body),
-                    ))
+                let mut res = hyper::Response::new(http_body_util::Full::new(body.clone()));
+                let h = res.headers_mut();
+                for (name, value) in &headers {
+                    h.insert(name.clone(), value.clone());
                 }
+                async move { Ok::<_, std::convert::Infallible>(res) }
             })
         };
         if let Some(acceptor) = acceptor {
@@ -648,10 +804,12 @@ pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
                             .serve_connection(io, svc)
                             .await;
                         } else {
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .timer(hyper_util::rt::TokioTimer::new())
-                                .serve_connection(io, svc)
-                                .await;
+                            let mut b = hyper::server::conn::http1::Builder::new();
+                            b.timer(hyper_util::rt::TokioTimer::new());
+                            if let Some(t) = header_timeout {
+                                b.header_read_timeout(t);
+                            }
+                            let _ = b.serve_connection(io, svc).await;
                         }
                     });
                 }
@@ -662,8 +820,12 @@ pub fn hyper_baseline(tls: Option<(PathBuf, PathBuf)>) -> Result<()> {
             let _ = conn.set_nodelay(true);
             let svc = svc();
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new());
+                if let Some(t) = header_timeout {
+                    b.header_read_timeout(t);
+                }
+                let _ = b
                     .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
                     .await;
             });

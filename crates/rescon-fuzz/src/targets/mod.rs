@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod cgi;
 pub mod config;
+pub mod fastcgi;
 pub mod filter;
 pub mod host;
 pub mod static_files;
+pub mod stderr;
 
 /// The control byte and the rest (`None` for an empty input).
 fn control(data: &[u8]) -> Option<(u8, &[u8])> {

@@ -52,6 +52,12 @@ const METRICS: &[Metric] = &[
         value: |u| u.kernel_cpu_ns as f64 / NS,
     },
     Metric {
+        name: "rescon_kernel_network_cpu_seconds_total",
+        kind: "counter",
+        help: "The kernel's network CPU (softirq receive, send) charged by eBPF accounting.",
+        value: |u| u.kernel_net_ns as f64 / NS,
+    },
+    Metric {
         name: "rescon_receive_bytes_total",
         kind: "counter",
         help: "Bytes received on sockets bound to the containers.",
@@ -122,6 +128,12 @@ const METRICS: &[Metric] = &[
         kind: "counter",
         help: "HTTP/2 streams reset by clients (RST_STREAM received).",
         value: |u| u.h2_resets as f64,
+    },
+    Metric {
+        name: "rescon_stderr_bytes_total",
+        kind: "counter",
+        help: "Bytes child processes (CGI runs) wrote to standard error, logged or dropped.",
+        value: |u| u.stderr_bytes as f64,
     },
     Metric {
         name: "rescon_open_connections",

@@ -159,7 +159,11 @@ pub struct Admin {
     handle: Container,
     filters: Arc<dyn Filters>,
     declared: RwLock<HashMap<String, ContainerId>>,
+    enforcement: RwLock<Option<Enforcement>>,
 }
+
+/// What tells the enforcement in force for a container (the server's cgroups and limiter).
+pub type Enforcement = Box<dyn Fn(&Container) -> rescon_admin::api::EnforcementView + Send + Sync>;
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,7 +180,14 @@ impl Admin {
             handle,
             filters,
             declared: RwLock::new(HashMap::new()),
+            enforcement: RwLock::new(None),
         }
+    }
+
+    /// Sets what reports the enforcement in force for each container shown (`enforcement`
+    /// in a container's document).
+    pub fn set_enforcement(&self, f: Enforcement) {
+        *self.enforcement.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Records the declared containers (after start-up and each reload): they can be named by
@@ -271,10 +282,16 @@ impl Admin {
     }
 
     fn get_container(&self, c: Container, depth: Option<usize>) -> ApiResponse {
-        ApiResponse::json(
-            StatusCode::OK,
-            &ContainerView::from_snapshot(&c.snapshot(), depth),
-        )
+        let mut view = ContainerView::from_snapshot(&c.snapshot(), depth);
+        if let Some(report) = &*self.enforcement.read().unwrap_or_else(|e| e.into_inner()) {
+            view.walk_mut(&mut |v| {
+                let id = ContainerId::from_raw(v.id);
+                if let Some(c) = id.and_then(|id| self.handle.lookup(id).ok()) {
+                    v.enforcement = Some(report(&c));
+                }
+            });
+        }
+        ApiResponse::json(StatusCode::OK, &view)
     }
 
     fn patch(&self, c: Container, body: &[u8]) -> ApiResponse {

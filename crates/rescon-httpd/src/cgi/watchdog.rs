@@ -5,11 +5,19 @@
 //! (what a run used to start) costs a `clone` and a stack each time and, in a burst, a malloc
 //! arena per thread that the process keeps; this is one thread, started on the first
 //! [`Watchdog::watch`], sleeping until the earliest deadline.
+//!
+//! A run's idle timeout (between reads of the script's output) is a watch that moves:
+//! [`Watchdog::watch_idle`]. Moving a deadline on every read would take the watchdog's lock
+//! each time, so a read only stores the time of its [`Activity`] (one atomic store); when the
+//! deadline comes, the thread looks at the last activity and, if the run was not idle that long,
+//! sets the deadline anew from it (as the kernel's and tokio's timer wheels do for a timer
+//! pushed back often).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Action = Box<dyn FnOnce() + Send>;
 
@@ -35,6 +43,51 @@ struct State {
 struct Entry {
     /// Held while the action runs, so a [`Watch::disarm`] that comes during it waits for it.
     action: Mutex<Slot>,
+    /// Its key in `State::due` (it changes when an idle watch moves); read and written under
+    /// the state's lock.
+    key: Mutex<(Instant, u64)>,
+    idle: Option<Idle>,
+}
+
+/// An idle watch's rule: it fires `every` after the last activity, or at `total`.
+struct Idle {
+    every: Duration,
+    total: Option<Instant>,
+    /// When it was set: activities are stored as nanoseconds since then.
+    start: Instant,
+    last_ns: AtomicU64,
+}
+
+impl Idle {
+    /// When the watch is due, seen from `now`: later than `now` if it moved.
+    fn due(&self) -> Instant {
+        let last = self.start + Duration::from_nanos(self.last_ns.load(Relaxed));
+        let idle_end = last + self.every;
+        match self.total {
+            Some(t) => t.min(idle_end),
+            None => idle_end,
+        }
+    }
+}
+
+/// Tells an idle watch that the run is not idle; cheap (one atomic store), any thread.
+#[derive(Clone)]
+pub struct Activity(Option<Arc<Entry>>);
+
+impl Activity {
+    /// The run did something now: its idle deadline starts again from here.
+    pub fn touch(&self) {
+        if let Some(idle) = self.0.as_ref().and_then(|e| e.idle.as_ref()) {
+            let ns = idle.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            idle.last_ns.fetch_max(ns, Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Activity")
+    }
 }
 
 enum Slot {
@@ -47,7 +100,6 @@ enum Slot {
 #[must_use = "dropping a Watch disarms it"]
 pub struct Watch {
     inner: Arc<Inner>,
-    key: (Instant, u64),
     entry: Arc<Entry>,
 }
 
@@ -76,6 +128,29 @@ impl Watchdog {
     /// Runs `action` on the watchdog's thread at `deadline` (at once if it has passed), unless
     /// the returned [`Watch`] is disarmed or dropped first.
     pub fn watch(&self, deadline: Instant, action: impl FnOnce() + Send + 'static) -> Watch {
+        self.insert(deadline, None, Box::new(action))
+    }
+
+    /// Runs `action` when `idle` has passed without an [`Activity::touch`] (counted from now
+    /// at first), or at `total` from now if that comes first; unless the returned [`Watch`] is
+    /// disarmed or dropped before.
+    pub fn watch_idle(
+        &self,
+        idle: Duration,
+        total: Option<Duration>,
+        action: impl FnOnce() + Send + 'static,
+    ) -> Watch {
+        let start = Instant::now();
+        let rule = Idle {
+            every: idle,
+            total: total.map(|t| start + t),
+            start,
+            last_ns: AtomicU64::new(0),
+        };
+        self.insert(rule.due(), Some(rule), Box::new(action))
+    }
+
+    fn insert(&self, deadline: Instant, idle: Option<Idle>, action: Action) -> Watch {
         {
             let mut t = lock(&self.thread);
             if t.is_none() {
@@ -91,12 +166,14 @@ impl Watchdog {
                 }
             }
         }
-        let entry = Arc::new(Entry {
-            action: Mutex::new(Slot::Armed(Box::new(action))),
-        });
         let mut st = lock(&self.inner.state);
         let key = (deadline, st.next);
         st.next += 1;
+        let entry = Arc::new(Entry {
+            action: Mutex::new(Slot::Armed(action)),
+            key: Mutex::new(key),
+            idle,
+        });
         st.due.insert(key, entry.clone());
         if st.due.first_key_value().is_some_and(|(k, _)| *k == key) {
             self.inner.cv.notify_one();
@@ -104,7 +181,6 @@ impl Watchdog {
         drop(st);
         Watch {
             inner: self.inner.clone(),
-            key,
             entry,
         }
     }
@@ -126,7 +202,7 @@ impl std::fmt::Debug for Watchdog {
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("deadline", &self.key.0)
+            .field("deadline", &lock(&self.entry.key).0)
             .finish()
     }
 }
@@ -152,6 +228,16 @@ impl Inner {
             st = match st.due.first_key_value() {
                 Some((&(when, _), _)) if when <= now => {
                     let (_, entry) = st.due.pop_first().expect("a first entry");
+                    // An idle watch whose run was active meanwhile moves instead of firing.
+                    if let Some(due) = entry.idle.as_ref().map(Idle::due)
+                        && due > now
+                    {
+                        let key = (due, st.next);
+                        st.next += 1;
+                        *lock(&entry.key) = key;
+                        st.due.insert(key, entry);
+                        continue;
+                    }
                     drop(st);
                     entry.fire();
                     lock(&self.state)
@@ -181,6 +267,16 @@ impl Entry {
 }
 
 impl Watch {
+    /// What tells this watch that its run is active (nothing, for a fixed deadline).
+    pub fn activity(&self) -> Activity {
+        Activity(self.entry.idle.is_some().then(|| self.entry.clone()))
+    }
+
+    /// Whether its action has run (or is running: then this waits for it to finish).
+    pub fn fired(&self) -> bool {
+        matches!(*lock(&self.entry.action), Slot::Fired)
+    }
+
     /// Disarms the watch: its action will not run from now on. Returns whether it ran already
     /// (the deadline passed first); if it is running, waits for it to finish.
     pub fn disarm(self) -> bool {
@@ -199,7 +295,9 @@ impl Watch {
             }
         };
         if !fired {
-            lock(&self.inner.state).due.remove(&self.key);
+            let mut st = lock(&self.inner.state);
+            let key = *lock(&self.entry.key);
+            st.due.remove(&key);
         }
         fired
     }
@@ -278,6 +376,72 @@ mod tests {
         let _next = w.watch(Instant::now(), move || tx.send(()).unwrap());
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the next action ran");
+    }
+
+    #[test]
+    fn an_idle_watch_waits_while_touched_then_fires() {
+        let w = Watchdog::new();
+        let (tx, rx) = mpsc::channel();
+        let idle = Duration::from_millis(300);
+        let watch = w.watch_idle(idle, None, move || tx.send(Instant::now()).unwrap());
+        let activity = watch.activity();
+        // Touched more often than its idle time, for several idle times: it does not fire.
+        let start = Instant::now();
+        while start.elapsed() < idle * 4 {
+            activity.touch();
+            assert!(rx.try_recv().is_err(), "fired while active");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        activity.touch();
+        let last = Instant::now();
+        let fired = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("fired once idle");
+        assert!(
+            fired >= last + idle - Duration::from_millis(5),
+            "not before its idle time"
+        );
+        assert!(watch.disarm());
+        assert_eq!(w.pending(), 0);
+    }
+
+    #[test]
+    fn an_idle_watch_fires_at_its_total_however_active() {
+        let w = Watchdog::new();
+        let (tx, rx) = mpsc::channel();
+        let start = Instant::now();
+        let watch = w.watch_idle(LONG, Some(Duration::from_millis(200)), move || {
+            tx.send(()).unwrap()
+        });
+        let activity = watch.activity();
+        loop {
+            activity.touch();
+            if rx.try_recv().is_ok() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never fired");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_moved_idle_watch_is_disarmed_and_leaves_nothing_behind() {
+        let w = Watchdog::new();
+        let watch = w.watch_idle(Duration::from_millis(300), None, || {});
+        let activity = watch.activity();
+        // Let it move a few times.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1000) {
+            activity.touch();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!watch.disarm(), "disarmed before it fired");
+        assert_eq!(w.pending(), 0);
+        // A fixed watch's activity does nothing.
+        let fixed = w.watch(Instant::now() + LONG, || {});
+        fixed.activity().touch();
+        assert_eq!(w.pending(), 1);
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub(crate) struct FileDe {
     pub(crate) listeners: Vec<Spanned<ListenerDe>>,
     #[serde(default, rename = "vhost")]
     pub(crate) vhosts: Vec<Spanned<VhostDe>>,
+    #[serde(default, rename = "fastcgi")]
+    pub(crate) fastcgi: Vec<Spanned<FastCgiDe>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,8 +180,12 @@ pub(crate) struct TimeoutsDe {
     pub(crate) header: S<Scalar>,
     pub(crate) body: S<Scalar>,
     pub(crate) keep_alive: S<Scalar>,
+    pub(crate) park: S<Scalar>,
     pub(crate) send: S<Scalar>,
     pub(crate) shutdown: S<Scalar>,
+    pub(crate) cgi_idle: S<Scalar>,
+    pub(crate) cgi_total: S<Scalar>,
+    /// The old name of `cgi_total`.
     pub(crate) cgi: S<Scalar>,
     pub(crate) handshake: S<Scalar>,
 }
@@ -190,6 +196,7 @@ pub(crate) struct LimitsDe {
     pub(crate) max_header_bytes: S<Scalar>,
     pub(crate) max_body_bytes: S<Scalar>,
     pub(crate) cgi_max_header_bytes: S<Scalar>,
+    pub(crate) cgi_stderr_bytes: S<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,4 +289,16 @@ pub(crate) struct VhostTlsDe {
     pub(crate) cert: S<String>,
     pub(crate) key: S<String>,
     pub(crate) self_signed: S<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FastCgiDe {
+    pub(crate) prefix: Spanned<String>,
+    pub(crate) address: Spanned<String>,
+    pub(crate) root: Spanned<String>,
+    pub(crate) container: Spanned<String>,
+    pub(crate) command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) restarts: S<i64>,
+    pub(crate) pass_handle: S<bool>,
 }

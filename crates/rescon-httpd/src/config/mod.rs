@@ -131,16 +131,27 @@ pub struct Timeouts {
     pub body: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keep_alive: Duration,
+    /// A kept-alive connection quiet this long after a response parks: its buffers, protocol
+    /// state and container are let go until it becomes readable (zero: at once). Waking costs
+    /// a new hyper connection and container, too much to pay between the requests of a busy
+    /// client; a connection that has not been answered yet parks at once whatever this is.
+    pub park: Duration,
     /// A response the client does not take: the connection is closed when a write has
     /// waited this long for room (nginx's `send_timeout`).
     pub send: Duration,
     /// A graceful stop (SIGQUIT) waits this long for the requests under way.
     pub shutdown: Duration,
-    /// A CGI script that has not finished by then gets 504 and is killed with its children.
-    pub cgi: Duration,
     /// A TLS handshake not done by then (a ClientHello that never finishes) closes the
     /// connection.
     pub handshake: Duration,
+    /// A CGI script that writes nothing for this long (no output and no read of its input)
+    /// is killed with its children: 504 before its response head, the body cut after it.
+    /// Between reads, as nginx's `fastcgi_read_timeout`: a response that keeps sending
+    /// (server-sent events, a long report) runs as long as it sends.
+    pub cgi_idle: Duration,
+    /// A CGI script still running this long after it started is killed likewise, however
+    /// busy; `None` (the default): no limit but the idle one.
+    pub cgi_total: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -149,10 +160,12 @@ impl Default for Timeouts {
             header: Duration::from_secs(10),
             body: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            park: Duration::from_secs(1),
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
-            cgi: Duration::from_secs(30),
             handshake: Duration::from_secs(10),
+            cgi_idle: Duration::from_secs(60),
+            cgi_total: None,
         }
     }
 }
@@ -166,6 +179,9 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
     /// A CGI response head above this gets 502.
     pub cgi_max_header_bytes: u64,
+    /// What a CGI run's standard error may put in the log (its lines, escaped, plus about
+    /// 100 bytes each); the rest is counted and dropped.
+    pub cgi_stderr_bytes: u64,
 }
 
 impl Default for RequestLimits {
@@ -174,6 +190,7 @@ impl Default for RequestLimits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
             cgi_max_header_bytes: 64 * 1024,
+            cgi_stderr_bytes: 64 * 1024,
         }
     }
 }
@@ -378,6 +395,51 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// `[[vhost]]`; exactly one has `default` set when there are any.
     pub vhosts: Vec<VhostConfig>,
+    /// `[[fastcgi]]`: URL prefixes served by FastCGI applications, on every vhost.
+    pub fastcgi: Vec<FastCgiConfig>,
+}
+
+/// Where a FastCGI application listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastCgiAddress {
+    /// A Unix stream socket (`unix:/run/php/app.sock`): the request's container handle can
+    /// ride on its first record.
+    Unix(PathBuf),
+    /// A TCP address (`127.0.0.1:9000`).
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for FastCgiAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FastCgiAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+            FastCgiAddress::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// `[[fastcgi]]`: a URL prefix served by a FastCGI application (the paper's persistent CGI
+/// server), on every vhost; it is matched before the vhosts' CGI prefixes and static files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FastCgiConfig {
+    /// The URL prefix, starting and ending with `/` (`/php/`).
+    pub prefix: String,
+    /// Where the application listens.
+    pub address: FastCgiAddress,
+    /// The directory the application finds scripts in: `SCRIPT_FILENAME` is this joined with
+    /// the path after the prefix.
+    pub root: PathBuf,
+    /// The class container FastCGI work is charged under and held to (a CGI class: its CPU
+    /// cap and process limit apply to the pool and the requests).
+    pub container: ContainerPath,
+    /// The pool to start and supervise (a program and its arguments), or empty for an
+    /// application started elsewhere.
+    pub command: Vec<String>,
+    /// How many times a pool that exits is started again (with a growing delay) before it is
+    /// left down.
+    pub restarts: u32,
+    /// Whether the request's container handle rides on its first record (Unix sockets only).
+    pub pass_handle: bool,
 }
 
 /// The placeholder for the unpacked demo site in paths.
@@ -574,6 +636,64 @@ impl Loader<'_, '_> {
         }
     }
 
+    /// A duration that may be zero.
+    fn duration_or_zero(
+        &mut self,
+        v: &Option<Spanned<Scalar>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        let text = v.get_ref().text();
+        match rescon::attr::parse_duration(&text) {
+            Some(d) => d,
+            None => {
+                self.err(
+                    span(v),
+                    key,
+                    format!("invalid duration {text:?}"),
+                    Some("a duration such as 0s, 500ms or 2s (a bare number is seconds)"),
+                );
+                default
+            }
+        }
+    }
+
+    /// `timeouts.cgi_total`: a duration or `"off"`. `timeouts.cgi`, the key of a single
+    /// timeout before there were two, is read as the total it was (not both).
+    fn cgi_total(&mut self, t: &de::TimeoutsDe) -> Option<Duration> {
+        let (v, key) = match (&t.cgi_total, &t.cgi) {
+            (Some(_), Some(old)) => {
+                self.err(
+                    span(old),
+                    "timeouts.cgi",
+                    "timeouts.cgi and timeouts.cgi_total both given".into(),
+                    Some("only cgi_total (timeouts.cgi is its old name); cgi_idle is the time between reads"),
+                );
+                return None;
+            }
+            (Some(v), None) => (v, "timeouts.cgi_total"),
+            (None, Some(v)) => (v, "timeouts.cgi"),
+            (None, None) => return None,
+        };
+        let text = v.get_ref().text();
+        if text.trim() == "off" {
+            return None;
+        }
+        match rescon::attr::parse_duration(&text) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.err(
+                    span(v),
+                    key,
+                    format!("invalid duration {text:?}"),
+                    Some("a positive duration such as 10m, 30s or 1h, or \"off\" (no total limit)"),
+                );
+                None
+            }
+        }
+    }
+
     fn bytes(&mut self, v: &Option<Spanned<Scalar>>, key: &str, default: u64) -> u64 {
         let Some(v) = v else { return default };
         let text = v.get_ref().text();
@@ -609,6 +729,11 @@ impl Loader<'_, '_> {
                 "timeouts.keep_alive",
                 Timeouts::default().keep_alive,
             ),
+            park: self.duration_or_zero(
+                &raw.timeouts.park,
+                "timeouts.park",
+                Timeouts::default().park,
+            ),
             send: self.duration(
                 &raw.timeouts.send,
                 "timeouts.send",
@@ -619,12 +744,17 @@ impl Loader<'_, '_> {
                 "timeouts.shutdown",
                 Timeouts::default().shutdown,
             ),
-            cgi: self.duration(&raw.timeouts.cgi, "timeouts.cgi", Timeouts::default().cgi),
             handshake: self.duration(
                 &raw.timeouts.handshake,
                 "timeouts.handshake",
                 Timeouts::default().handshake,
             ),
+            cgi_idle: self.duration(
+                &raw.timeouts.cgi_idle,
+                "timeouts.cgi_idle",
+                Timeouts::default().cgi_idle,
+            ),
+            cgi_total: self.cgi_total(&raw.timeouts),
         };
         let d = RequestLimits::default();
         let limits = RequestLimits {
@@ -643,6 +773,11 @@ impl Loader<'_, '_> {
                 "limits.cgi_max_header_bytes",
                 d.cgi_max_header_bytes,
             ),
+            cgi_stderr_bytes: self.bytes(
+                &raw.limits.cgi_stderr_bytes,
+                "limits.cgi_stderr_bytes",
+                d.cgi_stderr_bytes,
+            ),
         };
         let admin = self.admin(&raw);
         let tls = self.tls(&raw.tls);
@@ -660,6 +795,7 @@ impl Loader<'_, '_> {
                 Some("[vhost.tls] with cert and key, or self_signed = true"),
             );
         }
+        let fastcgi = self.fastcgi(&raw, &tree);
         if !listeners.is_empty() && vhosts.is_empty() {
             self.err(
                 span(&raw.listeners[0]),
@@ -679,7 +815,111 @@ impl Loader<'_, '_> {
             tree,
             listeners,
             vhosts,
+            fastcgi,
         }
+    }
+
+    fn fastcgi(&mut self, raw: &FileDe, tree: &TreeSpec) -> Vec<FastCgiConfig> {
+        let mut out: Vec<FastCgiConfig> = Vec::new();
+        for (i, f) in raw.fastcgi.iter().enumerate() {
+            let f = f.get_ref();
+            let k = |x: &str| format!("fastcgi[{i}].{x}");
+            let prefix = f.prefix.get_ref();
+            if !prefix.starts_with('/')
+                || !prefix.ends_with('/')
+                || crate::static_files::normalize(prefix).is_err()
+            {
+                self.err(span(&f.prefix), &k("prefix"), format!("invalid URL prefix {prefix:?}"), Some("a path starting and ending with `/`, without `.` or `..` segments, e.g. /php/"));
+            } else if out.iter().any(|o| &o.prefix == prefix) {
+                self.err(
+                    span(&f.prefix),
+                    &k("prefix"),
+                    format!("prefix {prefix:?} is served by an earlier [[fastcgi]]"),
+                    None,
+                );
+            }
+            let a = f.address.get_ref();
+            let address = if let Some(p) = a.strip_prefix("unix:") {
+                if p.is_empty() {
+                    self.err(
+                        span(&f.address),
+                        &k("address"),
+                        "empty socket path".into(),
+                        Some("unix:/path/to.sock or IP:PORT"),
+                    );
+                }
+                FastCgiAddress::Unix(self.path(p))
+            } else {
+                match a.parse::<SocketAddr>() {
+                    Ok(sa) => FastCgiAddress::Tcp(sa),
+                    Err(_) => {
+                        self.err(
+                            span(&f.address),
+                            &k("address"),
+                            format!("invalid address {a:?}"),
+                            Some("unix:/path/to.sock or IP:PORT, e.g. 127.0.0.1:9000"),
+                        );
+                        FastCgiAddress::Unix(PathBuf::new())
+                    }
+                }
+            };
+            if f.root.get_ref().is_empty() {
+                self.err(
+                    span(&f.root),
+                    &k("root"),
+                    "empty directory".into(),
+                    Some("a directory path"),
+                );
+            }
+            let container = self.container_ref(&f.container, &k("container"), tree);
+            let command: Vec<String> = f
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default();
+            if f.command.is_some() && command.first().is_none_or(|p| p.is_empty()) {
+                self.err(
+                    f.command.as_ref().and_then(span),
+                    &k("command"),
+                    "empty command".into(),
+                    Some("a program and its arguments, e.g. [\"php-fpm8.2\", \"--nodaemonize\"]"),
+                );
+            }
+            let restarts = match &f.restarts {
+                None => 5,
+                Some(r) => match u32::try_from(*r.get_ref()) {
+                    Ok(n) if n <= 1000 => n,
+                    _ => {
+                        self.err(
+                            span(r),
+                            &k("restarts"),
+                            format!("{} restarts", r.get_ref()),
+                            Some("0 to 1000"),
+                        );
+                        0
+                    }
+                },
+            };
+            let pass_handle = f.pass_handle.as_ref().is_some_and(|b| *b.get_ref());
+            if pass_handle && matches!(address, FastCgiAddress::Tcp(_)) {
+                self.err(
+                    f.pass_handle.as_ref().and_then(span),
+                    &k("pass_handle"),
+                    "a container handle can only pass over a Unix socket".into(),
+                    Some("false, or a unix: address"),
+                );
+            }
+            out.push(FastCgiConfig {
+                prefix: prefix.clone(),
+                address,
+                root: self.path(f.root.get_ref()),
+                container,
+                command,
+                restarts,
+                pass_handle,
+            });
+        }
+        out
     }
 
     fn server(&mut self, raw: &FileDe) -> ServerConfig {

@@ -68,15 +68,25 @@ pub(super) fn render(c: &Config) -> String {
     let _ = writeln!(o, "header = {}", q(&dur(t.header)));
     let _ = writeln!(o, "body = {}", q(&dur(t.body)));
     let _ = writeln!(o, "keep_alive = {}", q(&dur(t.keep_alive)));
+    let _ = writeln!(o, "park = {}", q(&dur(t.park)));
     let _ = writeln!(o, "send = {}", q(&dur(t.send)));
     let _ = writeln!(o, "shutdown = {}", q(&dur(t.shutdown)));
-    let _ = writeln!(o, "cgi = {}", q(&dur(t.cgi)));
     let _ = writeln!(o, "handshake = {}", q(&dur(t.handshake)));
+    let _ = writeln!(o, "cgi_idle = {}", q(&dur(t.cgi_idle)));
+    match t.cgi_total {
+        Some(d) => {
+            let _ = writeln!(o, "cgi_total = {}", q(&dur(d)));
+        }
+        None => {
+            let _ = writeln!(o, "cgi_total = \"off\"");
+        }
+    }
     let l = &c.limits;
     let _ = writeln!(o, "\n[limits]");
     let _ = writeln!(o, "max_header_bytes = {}", l.max_header_bytes);
     let _ = writeln!(o, "max_body_bytes = {}", l.max_body_bytes);
     let _ = writeln!(o, "cgi_max_header_bytes = {}", l.cgi_max_header_bytes);
+    let _ = writeln!(o, "cgi_stderr_bytes = {}", l.cgi_stderr_bytes);
     let _ = writeln!(o, "\n[admin]");
     match &c.admin.socket {
         Some(p) => {
@@ -192,6 +202,18 @@ pub(super) fn render(c: &Config) -> String {
             let _ = writeln!(o, "dir = {}", qp(&cg.dir));
             let _ = writeln!(o, "container = {}", q(cg.container.as_str()));
         }
+    }
+    for f in &c.fastcgi {
+        let _ = writeln!(o, "\n[[fastcgi]]");
+        let _ = writeln!(o, "prefix = {}", q(&f.prefix));
+        let _ = writeln!(o, "address = {}", q(&f.address.to_string()));
+        let _ = writeln!(o, "root = {}", qp(&f.root));
+        let _ = writeln!(o, "container = {}", q(f.container.as_str()));
+        if !f.command.is_empty() {
+            let _ = writeln!(o, "command = {}", list(f.command.iter().cloned()));
+        }
+        let _ = writeln!(o, "restarts = {}", f.restarts);
+        let _ = writeln!(o, "pass_handle = {}", f.pass_handle);
     }
     o
 }

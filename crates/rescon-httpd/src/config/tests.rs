@@ -539,3 +539,62 @@ fn edge_interfaces_parse_and_are_checked() {
     let d = one(&listener("", "edge = [\"eth0\", \"eth0\"]"));
     assert_eq!(d.key, "listener[0].edge[1]");
 }
+
+#[test]
+fn park_is_a_duration_that_may_be_zero() {
+    let c = Config::parse("t.toml", "").unwrap();
+    assert_eq!(c.timeouts.park, Duration::from_secs(1));
+    let c = Config::parse("t.toml", "[timeouts]\npark = \"250ms\"\n").unwrap();
+    assert_eq!(c.timeouts.park, Duration::from_millis(250));
+    let c = Config::parse("t.toml", "[timeouts]\npark = \"0s\"\n").unwrap();
+    assert_eq!(c.timeouts.park, Duration::ZERO);
+    let d = one("[timeouts]\npark = \"soon\"\n");
+    assert_eq!(d.key, "timeouts.park", "{d}");
+}
+
+#[test]
+fn cgi_timeouts_idle_and_total() {
+    let parse = |t: &str| {
+        Config::parse("t.toml", &format!("[timeouts]\n{t}"))
+            .unwrap()
+            .timeouts
+    };
+    let d = parse("");
+    assert_eq!((d.cgi_idle, d.cgi_total), (Duration::from_secs(60), None));
+    let t = parse("cgi_idle = \"5s\"\ncgi_total = \"10m\"\n");
+    assert_eq!(t.cgi_idle, Duration::from_secs(5));
+    assert_eq!(t.cgi_total, Some(Duration::from_secs(600)));
+    assert_eq!(parse("cgi_total = \"off\"\n").cgi_total, None);
+    // `cgi`, the single timeout before there were two, is the total it was.
+    let old = parse("cgi = \"30s\"\n");
+    assert_eq!(
+        (old.cgi_idle, old.cgi_total),
+        (Duration::from_secs(60), Some(Duration::from_secs(30)))
+    );
+    for (text, key) in [
+        ("cgi_idle = \"0s\"\n", "timeouts.cgi_idle"),
+        ("cgi_idle = \"off\"\n", "timeouts.cgi_idle"),
+        ("cgi_total = \"soon\"\n", "timeouts.cgi_total"),
+        ("cgi_total = \"0\"\n", "timeouts.cgi_total"),
+        ("cgi = \"-1s\"\n", "timeouts.cgi"),
+        ("cgi = \"30s\"\ncgi_total = \"1m\"\n", "timeouts.cgi"),
+    ] {
+        let d = one(&format!("[timeouts]\n{text}"));
+        assert_eq!(d.key, key, "{text}: {d}");
+        assert!(d.allowed.is_some(), "{text}: says what is allowed");
+    }
+    // What the server renders reads back the same.
+    let c = Config::parse(
+        "t.toml",
+        "[timeouts]\ncgi_idle = \"7s\"\n[limits]\ncgi_stderr_bytes = \"1KiB\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.limits.cgi_stderr_bytes, 1024);
+    let again = Config::parse("r.toml", &render::render(&c)).unwrap();
+    assert_eq!(again.timeouts, c.timeouts);
+    assert_eq!(again.limits, c.limits);
+    assert_eq!(
+        one("[limits]\ncgi_stderr_bytes = \"lots\"\n").key,
+        "limits.cgi_stderr_bytes"
+    );
+}

@@ -3,7 +3,8 @@
 //! scheduling class and share decide when its connections are accepted. The class is the
 //! member's: the kernel chose it from the SYN's source address, and nothing classifies the
 //! connection again. Each connection takes its class's connection slot (beyond the limit: a
-//! 503 and close), gets a container of its own under the class container, and is served in it.
+//! 503 and close) and a number, and starts parked in the class container: it gets a container
+//! of its own (`conn-N`) under it whenever it is busy (see [`conn`](super::conn)).
 //!
 //! With `--no-containers` every connection is served in one container, with no classes. A
 //! listener whose group the kernel refused is one socket: its loop classifies each
@@ -13,7 +14,7 @@ use super::Shared;
 use super::conn::Accepted;
 use super::listen::{Listener, Source};
 use crate::admin::BLACK_HOLE;
-use rescon::{Attributes, Container};
+use rescon::Container;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -69,7 +70,8 @@ pub(crate) async fn accept_loop(
                     peer,
                     local,
                     class: "all".into(),
-                    container: c.clone(),
+                    home: c.clone(),
+                    n: None,
                     guard: None,
                 };
                 let serve = super::tls::serve(shared.clone(), conn, listener.clone());
@@ -99,20 +101,18 @@ pub(crate) async fn accept_loop(
             }
         };
         let n = shared.seq.conn.fetch_add(1, Relaxed);
-        let Ok(c) = class_c.create_child(&format!("conn-{n}"), Attributes::default()) else {
-            continue;
-        };
-        stream.set_container(&c);
+        stream.set_container(&class_c);
         let conn = Accepted {
             stream,
             peer,
             local,
             class,
-            container: c.clone(),
+            home: class_c.clone(),
+            n: Some(n),
             guard: Some(guard),
         };
         let serve = super::tls::serve(shared.clone(), conn, listener.clone());
-        rescon_rt::spawn_in(&c, serve);
+        rescon_rt::spawn_in(&class_c, serve);
     }
 }
 

@@ -1,12 +1,15 @@
 //! Stage: a CGI run. The script runs in its own container (and cgroup, with kernel
 //! enforcement) on the blocking pool; its input streams from the client, its output streams
-//! back as it comes, and the watchdog kills it at its timeout.
+//! back as it comes, and the watchdog kills it when it has been silent for `timeouts.cgi_idle`
+//! (or at `timeouts.cgi_total`, if set). Its standard error goes to the server's log through a
+//! [`StderrSink`]: escaped, lines cut at about 2 KB, at most `limits.cgi_stderr_bytes` per run,
+//! and every byte of it charged to the run's container (`stderr_bytes`).
 //!
 //! A run is described once, by a [`CgiRun`] (what the request asks and where it runs) and
 //! then a [`ScriptJob`] (what the blocking thread needs), not by loose parameters.
 
 use super::respond::{Body, simple};
-use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, Watchdog, meta_variables};
+use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, StderrSink, Watch, Watchdog, meta_variables};
 use crate::config::{RequestLimits, Timeouts};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -23,7 +26,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A CGI script's response body as it comes: chunks from the thread reading the script's
 /// output, which waits while the client is slow (8 chunks of 16 KiB in flight at most). An
@@ -33,6 +36,11 @@ pub(crate) struct CgiBody {
 }
 
 impl CgiBody {
+    /// The body sent on `rx` (FastCGI responses stream the same way).
+    pub(crate) fn from_channel(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        CgiBody { rx }
+    }
+
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -57,6 +65,8 @@ pub(crate) struct CgiRun {
     pub(crate) limits: RequestLimits,
     pub(crate) timeouts: Timeouts,
     pub(crate) kernel: Option<Arc<Manager>>,
+    /// Caps the script in user mode where no cgroup does.
+    pub(crate) limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     pub(crate) watchdog: Arc<Watchdog>,
 }
 
@@ -90,15 +100,18 @@ impl CgiRun {
         let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
         let job = ScriptJob {
             kernel: self.kernel,
+            limiter: self.limiter,
             watchdog: self.watchdog,
             container: self.container.clone(),
             script: self.script,
             env,
             stdin: stdin.0,
-            timeout: self.timeouts.cgi,
+            idle: self.timeouts.cgi_idle,
+            total: self.timeouts.cgi_total,
             max_head: self.limits.cgi_max_header_bytes as usize,
+            stderr_budget: self.limits.cgi_stderr_bytes,
             head_tx: Some(head_tx),
-            body_tx,
+            body_tx: Some(body_tx),
         };
         // The script runs on the blocking pool: its pipes are blocking, and the thread's CPU
         // is charged to the CGI container. The thread sends the response head as soon as it
@@ -111,7 +124,7 @@ impl CgiRun {
         };
         let head = match out {
             CgiOutcome::TimedOut => {
-                return simple(StatusCode::GATEWAY_TIMEOUT, "the CGI script took too long");
+                return simple(StatusCode::GATEWAY_TIMEOUT, TIMED_OUT);
             }
             CgiOutcome::Failed(msg) => return simple(StatusCode::BAD_GATEWAY, &msg),
             CgiOutcome::Done(head) => head,
@@ -164,13 +177,25 @@ impl CgiRun {
                         let len = (!whole.is_empty()).then_some(whole.len() as u64);
                         Ok((Stdin::Whole(whole), len))
                     }
-                    Ok(Err(_)) => Err(too_large()),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+                    // A body that breaks off or is malformed (a bad chunk size, a bare LF):
+                    // the client's error, and where the next request starts is unknown.
+                    Ok(Err(_)) => {
+                        let mut r = simple(StatusCode::BAD_REQUEST, "malformed request body");
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        Err(r)
+                    }
                     Err(_) => Err(simple(StatusCode::REQUEST_TIMEOUT, "request body too slow")),
                 }
             }
         }
     }
 }
+
+/// Why a run was cut: the body's error, or the 504's text.
+const TIMED_OUT: &str =
+    "the CGI script was silent too long (timeouts.cgi_idle) or ran past timeouts.cgi_total";
 
 /// What a new pipe holds at least (a page): a write this size into it cannot block.
 const PIPE_BUF: usize = 4096;
@@ -299,16 +324,28 @@ fn zombie_cpu_ns(pid: u32) -> Option<u64> {
 /// runs, and where its head and body go.
 struct ScriptJob {
     kernel: Option<Arc<Manager>>,
+    limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     watchdog: Arc<Watchdog>,
     container: Container,
     script: PathBuf,
     env: BTreeMap<String, OsString>,
     stdin: Stdin,
-    timeout: Duration,
+    /// Killed after this long without output (or input taken), or at `total`.
+    idle: Duration,
+    total: Option<Duration>,
     max_head: usize,
+    /// What its standard error may put in the log.
+    stderr_budget: u64,
     /// Taken when the head (or why there is none) is sent.
     head_tx: Option<tokio::sync::oneshot::Sender<CgiOutcome>>,
-    body_tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    /// Taken when the output ends: the body ends with it.
+    body_tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+}
+
+/// A run's two output pipes, as the relay reads them.
+struct Outputs {
+    stdout: Option<std::fs::File>,
+    stderr: Option<std::fs::File>,
 }
 
 impl ScriptJob {
@@ -322,10 +359,10 @@ impl ScriptJob {
                 let _ = t.send(outcome);
             }
             None => {
-                if let CgiOutcome::TimedOut = outcome {
-                    let _ = self.body_tx.blocking_send(Err(std::io::Error::new(
+                if let (CgiOutcome::TimedOut, Some(tx)) = (outcome, &self.body_tx) {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        "the CGI script took too long",
+                        TIMED_OUT,
                     )));
                 }
             }
@@ -333,7 +370,7 @@ impl ScriptJob {
     }
 
     /// Starts the script in its cgroup, or in a process group of its own.
-    fn spawn(&mut self) -> Result<(Proc, Option<std::fs::File>, Option<std::fs::File>), String> {
+    fn spawn(&mut self) -> Result<(Proc, Option<std::fs::File>, Outputs), String> {
         let dir = self
             .script
             .parent()
@@ -346,14 +383,18 @@ impl ScriptJob {
                     .current_dir(&dir)
                     .stdin(cgroup::Stdio::Piped)
                     .stdout(cgroup::Stdio::Piped)
-                    .stderr(cgroup::Stdio::Inherit);
+                    .stderr(cgroup::Stdio::Piped);
                 for (k, v) in &self.env {
                     cmd.env(k, v);
                 }
                 cmd.spawn()
                     .map(|mut ch| {
-                        let (i, o) = (ch.stdin.take(), ch.stdout.take());
-                        (Proc::Kernel(ch, m.clone()), i, o)
+                        let out = Outputs {
+                            stdout: ch.stdout.take(),
+                            stderr: ch.stderr.take(),
+                        };
+                        let i = ch.stdin.take();
+                        (Proc::Kernel(ch, m.clone()), i, out)
                     })
                     .map_err(|e| e.to_string())
             }
@@ -364,14 +405,17 @@ impl ScriptJob {
                     .current_dir(&dir)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
+                    .stderr(Stdio::piped())
                     .process_group(0);
                 let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
                 cmd.spawn()
                     .map(|mut ch| {
                         let i = ch.stdin.take().map(|s| file(s.into()));
-                        let o = ch.stdout.take().map(|s| file(s.into()));
-                        (Proc::User(ch), i, o)
+                        let out = Outputs {
+                            stdout: ch.stdout.take().map(|s| file(s.into())),
+                            stderr: ch.stderr.take().map(|s| file(s.into())),
+                        };
+                        (Proc::User(ch), i, out)
                     })
                     .map_err(|e| e.to_string())
             }
@@ -379,18 +423,31 @@ impl ScriptJob {
     }
 
     fn execute(&mut self) -> CgiOutcome {
-        let (mut proc, stdin, stdout) = match self.spawn() {
+        let (mut proc, stdin, outputs) = match self.spawn() {
             Ok(x) => x,
             Err(e) => return CgiOutcome::Failed(format!("the CGI script could not start: {e}")),
         };
+        // Without a cgroup, the script's process group is held to its class's CPU limit in
+        // user mode until the run ends.
+        let _capped = match (&self.limiter, &proc) {
+            (Some(l), Proc::User(_)) => l
+                .cap(
+                    rescon_linux::usermode::Target::ProcessGroup(proc.pid()),
+                    &self.container,
+                )
+                .map_err(|e| tracing::warn!(error = %e, "a CGI run is not capped"))
+                .ok(),
+            _ => None,
+        };
         let c = self.container.clone();
-        // The watchdog kills the script and its descendants when the timeout passes: its
-        // cgroup, or its process group (the pid stays its own until it is reaped, after the
-        // watch ends).
+        // The watchdog kills the script and its descendants when it has been silent too long
+        // (or ran past its total): its cgroup, or its process group (the pid stays its own
+        // until it is reaped, after the watch ends). Each read of its output, and each write
+        // of its input, is activity.
         let watch = {
             let (c, kernel, pid) = (c.clone(), self.kernel.clone(), proc.pid());
             self.watchdog
-                .watch(Instant::now() + self.timeout, move || match kernel {
+                .watch_idle(self.idle, self.total, move || match kernel {
                     Some(m) => {
                         let _ = m.kill(&c);
                     }
@@ -404,6 +461,7 @@ impl ScriptJob {
                     }
                 })
         };
+        let activity = watch.activity();
         // A body that fits in a new pipe (at least a page, PIPE_BUF) is written here without
         // blocking, as is the close that ends it (most requests have none); a larger one from
         // a thread, so a script that writes before it reads cannot deadlock with us.
@@ -414,24 +472,32 @@ impl ScriptJob {
                 let _ = i.write_all(&b);
                 None
             }
-            (Some(mut i), body) => Some(std::thread::spawn(move || match body {
-                Stdin::Whole(b) => {
-                    let _ = i.write_all(&b);
-                }
-                Stdin::Stream(mut rx) => {
-                    while let Some(chunk) = rx.blocking_recv() {
-                        if i.write_all(&chunk).is_err() {
-                            break;
+            (Some(mut i), body) => {
+                let activity = activity.clone();
+                Some(std::thread::spawn(move || match body {
+                    Stdin::Whole(b) => {
+                        for part in b.chunks(64 * 1024) {
+                            if i.write_all(part).is_err() {
+                                break;
+                            }
+                            activity.touch();
                         }
                     }
-                }
-            })),
+                    Stdin::Stream(mut rx) => {
+                        while let Some(chunk) = rx.blocking_recv() {
+                            if i.write_all(&chunk).is_err() {
+                                break;
+                            }
+                            activity.touch();
+                        }
+                    }
+                }))
+            }
         };
         let mut parser = CgiHeadParser::new(self.max_head);
-        let (head_sent, err) = match stdout {
-            Some(o) => self.relay(o, &mut parser, &mut proc),
-            None => (false, None),
-        };
+        let mut stderr = StderrLog::new(&c, self.stderr_budget);
+        let (head_sent, err) = self.relay(outputs, &mut parser, &mut proc, &mut stderr, &watch);
+        stderr.finish();
         // The watch ends when the script has exited, before it is reaped.
         let mut timed_out = false;
         let status = proc.wait(&c, || timed_out = watch.disarm());
@@ -469,48 +535,171 @@ impl ScriptJob {
         })
     }
 
-    /// Reads the script's output: the head into `parser` (sent as soon as it is whole), the
-    /// rest as body chunks. Returns whether the head went out, and the head's error if any.
+    /// Reads the script's output until its standard output ends: the head into `parser`
+    /// (sent as soon as it is whole), the rest as body chunks; its standard error meanwhile
+    /// into `stderr`, then to its end. Returns whether the head went out, and the head's
+    /// error if any. When the output has ended by itself (not by a kill), the body's sender
+    /// is dropped at once, so the response is complete while the standard error still drains.
     fn relay(
         &mut self,
-        mut out: std::fs::File,
+        mut pipes: Outputs,
         parser: &mut CgiHeadParser,
         proc: &mut Proc,
+        stderr: &mut StderrLog,
+        watch: &Watch,
     ) -> (bool, Option<String>) {
-        let mut buf = [0u8; 16384];
+        let activity = watch.activity();
+        let mut buf = vec![0u8; 16384];
         let mut head_sent = false;
-        loop {
-            let n = match out.read(&mut buf) {
-                Ok(0) => return (head_sent, None),
+        let mut head_err = None;
+        while let Some(out) = &pipes.stdout {
+            let (out_ready, err_ready) = match ready(out, pipes.stderr.as_ref(), None) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            if err_ready && !stderr.read_from(&mut pipes.stderr, &mut buf) {
+                activity.touch();
+            }
+            if !out_ready {
+                continue;
+            }
+            let n = match (&*out).read(&mut buf) {
+                Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return (head_sent, None),
+                Err(_) => break,
             };
+            activity.touch();
             if head_sent {
                 let chunk = Bytes::copy_from_slice(&buf[..n]);
-                if self.body_tx.blocking_send(Ok(chunk)).is_err() {
+                if !self.send_body(chunk) {
                     // The client went away: stop the script.
                     proc.kill_all(&self.container);
-                    return (head_sent, None);
+                    break;
                 }
+                // Waiting for the client is not the script's silence.
+                activity.touch();
                 continue;
             }
             match parser.feed(&buf[..n]) {
                 Ok(Some((h, rest))) => {
-                    if !rest.is_empty() {
-                        let _ = self.body_tx.blocking_send(Ok(Bytes::from(rest)));
-                    }
                     if let Some(t) = self.head_tx.take() {
                         let _ = t.send(CgiOutcome::Done(h));
                     }
                     head_sent = true;
+                    if !rest.is_empty() && !self.send_body(Bytes::from(rest)) {
+                        proc.kill_all(&self.container);
+                        break;
+                    }
+                    activity.touch();
                 }
                 Ok(None) => {}
                 Err(e) => {
                     proc.kill_all(&self.container);
-                    return (head_sent, Some(e.to_string()));
+                    head_err = Some(e.to_string());
+                    break;
                 }
             }
         }
+        pipes.stdout = None;
+        // The output ended by itself: the body is whole (a kill's cut is sent by `run`).
+        if !watch.fired() {
+            self.body_tx = None;
+        }
+        // The standard error to its end; a wait longer than the idle time ends it (a
+        // descendant that escaped the kill may hold it open).
+        while let Some(err) = &pipes.stderr {
+            match ready(err, None, Some(self.idle)) {
+                Ok((true, _)) => {
+                    stderr.read_from(&mut pipes.stderr, &mut buf);
+                }
+                _ => break,
+            }
+        }
+        (head_sent, head_err)
     }
+
+    /// Sends a body chunk; false if the client has gone.
+    fn send_body(&self, chunk: Bytes) -> bool {
+        match &self.body_tx {
+            Some(tx) => tx.blocking_send(Ok(chunk)).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Waits until `a` (and `b`, if given) can be read (or are closed): which ones. `timeout`:
+/// `Ok((false, false))` when it passes first.
+fn ready(
+    a: &std::fs::File,
+    b: Option<&std::fs::File>,
+    timeout: Option<Duration>,
+) -> std::io::Result<(bool, bool)> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let t = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    });
+    let mut fds = [
+        PollFd::new(a, PollFlags::IN),
+        PollFd::new(b.unwrap_or(a), PollFlags::IN),
+    ];
+    let n = if b.is_some() { 2 } else { 1 };
+    loop {
+        match poll(&mut fds[..n], t.as_ref()) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let any = |f: &PollFd<'_>| !f.revents().is_empty();
+    Ok((any(&fds[0]), n == 2 && any(&fds[1])))
+}
+
+/// A run's standard error on its way to the log: a [`StderrSink`] whose lines are written as
+/// diagnostics naming the run's container (the access log names it too), every byte charged
+/// to that container.
+struct StderrLog {
+    sink: StderrSink,
+    container: Container,
+    run: String,
+}
+
+impl StderrLog {
+    fn new(c: &Container, budget: u64) -> StderrLog {
+        StderrLog {
+            sink: StderrSink::new(budget),
+            container: c.clone(),
+            run: c.name().to_string(),
+        }
+    }
+
+    /// Reads what `pipe` has; at its end (or an error) closes it. Returns whether it ended.
+    fn read_from(&mut self, pipe: &mut Option<std::fs::File>, buf: &mut [u8]) -> bool {
+        let Some(f) = pipe else { return true };
+        let n = match (&*f).read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return false,
+            Ok(0) | Err(_) => {
+                *pipe = None;
+                return true;
+            }
+            Ok(n) => n,
+        };
+        self.container.account().add_stderr_bytes(n as u64);
+        let run = &self.run;
+        self.sink
+            .feed(&buf[..n], &mut |line: &str| log_line(run, line));
+        false
+    }
+
+    /// The stream's end: its last line, and the note about what was dropped.
+    fn finish(&mut self) {
+        let run = &self.run;
+        self.sink.finish(&mut |line: &str| log_line(run, line));
+    }
+}
+
+/// One line of a run's standard error, escaped by the sink.
+fn log_line(container: &str, line: &str) {
+    tracing::warn!(%container, "CGI stderr: {line}");
 }

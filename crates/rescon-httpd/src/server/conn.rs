@@ -1,16 +1,62 @@
-//! Stage: a client connection. hyper over any byte stream ([`Stream`]: a TCP socket or a TLS
-//! session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet, stalled
-//! sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through hyper's h2,
-//! its streams run as tasks in the connection's container, its frames metered by
-//! [`H2Guard`](super::h2guard)); each request goes to [`request::serve`](super::request::serve).
+//! Stage: a client connection, busy or parked.
+//!
+//! # Busy and parked
+//!
+//! A connection holds buffers, protocol state and a container of its own only while it has
+//! something to do. Busy, it is hyper over any byte stream ([`Stream`]: a TCP socket or a
+//! TLS session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet,
+//! stalled sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through
+//! hyper's h2, its streams run as tasks in the connection's container, its frames metered by
+//! [`H2Guard`](super::h2guard)), in its own container (`conn-N`, under its class's container
+//! or where placement moved it); each request goes to
+//! [`request::serve`](super::request::serve).
+//!
+//! Once a response is done and the connection has stayed quiet for `timeouts.park` (1 s by
+//! default; nothing read since, no request under way, nothing left to send), it *parks*: hyper is stopped
+//! between requests (`graceful_shutdown` closes an idle HTTP/1 connection at once, and
+//! `without_shutdown` gives back the socket and any bytes hyper read but did not parse), its
+//! container is let go (its usage folds into its parent's, so nothing charged is lost), and
+//! what is left is a [`Parked`] record: the socket, where its container was, its class's
+//! connection slot, its number and one timer, charged to the container its own was under. It
+//! wakes when the socket becomes readable (bytes, the client's close, an error), makes its
+//! container again where it was and starts a new hyper; bytes the last hyper had read and not
+//! parsed (a pipelined request's beginning) go to the new one first, so nothing the client sent
+//! is lost or read twice. A connection that has not sent its first byte starts parked. A
+//! wake-up that finds nothing to read (a new socket is taken as readable until a read says
+//! otherwise, and an event may be one a read already consumed) parks again at once: that hyper
+//! has read nothing and begun nothing, so it is dropped as it is.
+//!
+//! Why not park at once after every response, as nginx frees its buffers: waking costs a new
+//! hyper connection (its buffers are allocated again) and a new container, and a client that
+//! sends its next request as soon as it has the response would pay that on every request
+//! (`rescon-bench paper --quick --only 1`, keep-alive: about 30% fewer requests per second
+//! with `park = "0s"`). A second of quiet costs a busy client nothing and an idle one a
+//! second of its old footprint. A connection that has not been answered yet has no such
+//! client to wait for: it parks at once, whatever `timeouts.park` says.
+//!
+//! What parking keeps exact: the timeouts (a parked connection waits until the deadline it had:
+//! `keep_alive` after the response's end, or for a first request `header` after the
+//! connection's start), the class's connection slot (held throughout), the graceful stop (a
+//! parked connection closes at once), usage (its containers' usage folds into the one they were
+//! under). A request that came with a body keeps its connection busy until a request without
+//! one: hyper may still be reading that body, and stopping it then would close the connection.
+//!
+//! An HTTP/2 connection parks only before its first byte: once hyper's h2 runs, it stays busy
+//! to its end (hyper gives back no socket from an HTTP/2 connection, and its streams and
+//! settings are state a client expects kept). A TLS connection parks as a TCP one does, its
+//! session kept; a session holding decrypted bytes not yet read is ready at once
+//! ([`Stream::poll_read_ready`]).
 
+use super::placement::Placed;
 use super::request::{ConnCtx, Reply};
 use super::respond::ResBody;
-use super::{Shared, placement::Placed};
+use super::stop::StopWatch;
+use crate::config::Timeouts;
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::ReadBufCursor;
-use rescon::{ConnGuard, Container};
+use rescon::{Attributes, ConnGuard, Container};
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,13 +64,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// What the connection stage needs of a byte stream: hyper's reads and writes, and reads that
+use super::Shared;
+
+/// What the connection stage needs of a byte stream: hyper's reads and writes, reads that
 /// say how many bytes came (an idle timeout must stop once a request begins to arrive, and
-/// hyper's read cursor does not tell).
+/// hyper's read cursor does not tell), and what parking needs.
 pub(crate) trait Stream:
     hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static
 {
@@ -35,6 +83,18 @@ pub(crate) trait Stream:
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<usize>>;
+
+    /// Waits, without reading and without a buffer, until a read may make progress (bytes,
+    /// the end of the stream, an error): what a parked connection waits for. A stream that
+    /// keeps bytes of its own (a TLS session's decrypted ones) is ready while it holds any.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Charges the stream's later bytes to `c`.
+    fn set_container(&mut self, c: &Container);
+
+    /// The connection parks: gives back what the stream needs only while busy (a TLS
+    /// session's buffers). A plain socket has nothing to give back.
+    fn park(&mut self) {}
 }
 
 impl Stream for rescon_rt::TcpStream {
@@ -45,16 +105,28 @@ impl Stream for rescon_rt::TcpStream {
     ) -> Poll<io::Result<usize>> {
         self.poll_read_hyper(cx, buf)
     }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        rescon_rt::TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn set_container(&mut self, c: &Container) {
+        rescon_rt::TcpStream::set_container(self, c)
+    }
 }
 
-/// A connection as accepted: who and where, its class and container.
+/// A connection as accepted: who and where, its class and where it is charged.
 pub(crate) struct Accepted<S> {
     pub(crate) stream: S,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) class: Arc<str>,
-    /// The connection's container (its task runs in it).
-    pub(crate) container: Container,
+    /// The container it is charged to while parked, and under which its own is made while it
+    /// is busy: its class's container (its task is spawned in it).
+    pub(crate) home: Container,
+    /// Its number: its own container is `conn-N`. `None`: it has none and is served in `home`
+    /// (`--no-containers`).
+    pub(crate) n: Option<u64>,
     /// The class's connection slot, held for the connection's life.
     pub(crate) guard: Option<ConnGuard>,
 }
@@ -67,70 +139,289 @@ pub(crate) enum Proto {
     Http2,
 }
 
-/// Serves a connection until it ends (the client closes, a timeout, a graceful stop).
-pub(crate) async fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>, proto: Proto) {
-    let site = shared.site.get();
-    let t = site.config.timeouts;
-    let max_header = site.config.limits.max_header_bytes as usize;
-    let h2 = site.config.http2;
+/// A connection between requests, holding no buffers: what it keeps to wake up.
+pub(crate) struct Parked<S> {
+    stream: S,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    class: Arc<str>,
+    home: Container,
+    n: Option<u64>,
+    /// Where placement last put its container.
+    placed: Placed,
+    _guard: Option<ConnGuard>,
+    stop: StopWatch,
+    /// The connection's one timer, kept from wait to wait.
+    timer: Timer,
+    /// Until when it waits parked.
+    deadline: Instant,
+    /// It has not been answered yet: its first request's head is due by `deadline`.
+    first: bool,
+    proto: Proto,
+}
+
+/// Serves a connection until it ends (the client closes, a timeout, a graceful stop):
+/// parked until it has something to say, busy until it is quiet again (see the
+/// [module docs](self)).
+pub(crate) fn serve_conn<S: Stream>(
+    shared: Arc<Shared>,
+    conn: Accepted<S>,
+    proto: Proto,
+) -> ServeConn<S> {
+    let header = shared.site.get().config.timeouts.header;
     let stop = shared.stop.watch(true);
-    let state = Arc::new(ConnState {
-        started: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        done_ns: AtomicU64::new(0),
-        born: Instant::now(),
-    });
-    let _guard = conn.guard;
-    let me = conn.container.clone();
-    let svc = Service(ConnCtx {
+    ServeConn(Phase::Parked(Parked {
+        stream: conn.stream,
         shared,
-        state: state.clone(),
         peer: conn.peer,
         local: conn.local,
         class: conn.class,
-        me: conn.container,
-        site: RefCell::new(site),
-        placed: Cell::new(Placed::default()),
-        last_host: RefCell::new((0, Vec::new(), 0)),
-    });
+        home: conn.home,
+        n: conn.n,
+        placed: Placed::default(),
+        _guard: conn.guard,
+        stop,
+        timer: Timer::default(),
+        deadline: Instant::now() + header,
+        first: true,
+        proto,
+    }))
+}
+
+/// The future of a connection's life: written out by hand (not an `async fn`) so that a
+/// parked connection's task holds the [`Parked`] record and nothing more; hyper's state,
+/// the bulk of a busy connection, is boxed while it is busy.
+pub(crate) struct ServeConn<S>(Phase<S>);
+
+/// What a boxed busy connection gives back: the record to park, or `None` when it ended.
+type Busy<S> = Pin<Box<dyn Future<Output = Option<Parked<S>>> + Send>>;
+
+// The parked record is inline on purpose: a parked connection is this future and nothing
+// else on the heap (the busy state, which is large and short-lived, is the one boxed).
+#[allow(clippy::large_enum_variant)]
+enum Phase<S> {
+    Parked(Parked<S>),
+    Busy(Busy<S>),
+    Done,
+}
+
+impl<S: Stream> Future for ServeConn<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let phase = &mut self.get_mut().0;
+        loop {
+            match phase {
+                Phase::Parked(p) => {
+                    match p.poll_wait(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(true) => {}
+                        Poll::Ready(false) => break,
+                    }
+                    let Phase::Parked(p) = std::mem::replace(phase, Phase::Done) else {
+                        unreachable!("parked just now")
+                    };
+                    *phase = Phase::Busy(Box::pin(busy(p)));
+                }
+                Phase::Busy(b) => match b.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(p)) => *phase = Phase::Parked(p),
+                    Poll::Ready(None) => break,
+                },
+                Phase::Done => break,
+            }
+        }
+        *phase = Phase::Done;
+        Poll::Ready(())
+    }
+}
+
+impl<S: Stream> Parked<S> {
+    /// Ready when the socket is readable (true), or its deadline has passed or a graceful
+    /// stop has begun (false: the connection closes).
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.stop.stopping(cx) {
+            return Poll::Ready(false);
+        }
+        if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+            return Poll::Ready(r.is_ok());
+        }
+        self.timer.poll_until(cx, self.deadline).map(|()| false)
+    }
+}
+
+/// Serves the connection from when it became readable until it ends (`None`) or is quiet
+/// again (the record to park).
+async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
+    let Parked {
+        mut stream,
+        shared,
+        peer,
+        local,
+        class,
+        mut home,
+        n,
+        mut placed,
+        _guard,
+        mut stop,
+        mut timer,
+        deadline,
+        first,
+        proto,
+    } = p;
+    let site = shared.site.get();
+    let t = site.config.timeouts;
+    let max_header = site.config.limits.max_header_bytes as usize;
+    // Its own container, where its last one was.
+    let me = match n {
+        Some(n) => match home.create_child(&format!("conn-{n}"), Attributes::default()) {
+            Ok(c) => {
+                rescon_rt::bind(&c);
+                stream.set_container(&c);
+                c
+            }
+            Err(e) => {
+                tracing::warn!(parent = %home.name(), error = %e, "no container for a connection; it is served in its parent's");
+                home.clone()
+            }
+        },
+        None => home.clone(),
+    };
+    // The first request's head is due by the deadline from the connection's start.
+    let mut head = first.then_some(deadline);
     if proto == Proto::Http2 {
-        let io = super::h2guard::H2Guard::new(conn.stream, me, &h2);
-        let io = IdleClose::new(io, state, &t);
+        let h2 = site.config.http2;
+        let state = Arc::new(ConnState::new());
+        let io = super::h2guard::H2Guard::new(stream, me.clone(), &h2);
+        let io = IdleClose::new(io, state.clone(), &t, Bytes::new(), head, timer);
+        let svc = Service(ConnCtx {
+            shared: shared.clone(),
+            state,
+            peer,
+            local,
+            class,
+            me,
+            home: RefCell::new(home),
+            site: RefCell::new(site),
+            placed: Cell::new(placed),
+            last_host: RefCell::new((0, Vec::new(), 0)),
+        });
         let conn = hyper::server::conn::http2::Builder::new(rescon_rt::HyperExecutor)
             .timer(rescon_rt::HyperTimer::current())
             .max_concurrent_streams(h2.max_concurrent_streams)
             .max_header_list_size(max_header.try_into().unwrap_or(u32::MAX))
             .serve_connection(io, svc);
-        return drive(conn, stop, |c| c.graceful_shutdown()).await;
+        // A graceful stop lets the streams under way finish, then closes (at once if idle).
+        let mut conn = std::pin::pin!(conn);
+        let mut told = false;
+        let _ = std::future::poll_fn(|cx| {
+            if !told && stop.stopping(cx) {
+                told = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        return None;
     }
-    let io = IdleClose::new(conn.stream, state, &t);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(rescon_rt::HyperTimer::current())
-        // The head's timeout is IdleClose's, with the keep-alive one.
-        .header_read_timeout(None)
-        .max_buf_size(max_header.max(8192))
-        .keep_alive(true)
-        .serve_connection(io, svc);
-    drive(conn, stop, |c| c.graceful_shutdown()).await
-}
-
-/// Runs a connection to its end. A graceful stop lets the requests under way finish, then
-/// closes (at once if idle).
-async fn drive<C: Future>(
-    conn: C,
-    mut stop: super::stop::StopWatch,
-    mut graceful: impl FnMut(Pin<&mut C>),
-) {
-    let mut conn = std::pin::pin!(conn);
-    let mut told = false;
-    let _ = std::future::poll_fn(|cx| {
-        if !told && stop.stopping(cx) {
-            told = true;
-            graceful(conn.as_mut());
+    let mut prefix = Bytes::new();
+    loop {
+        let state = Arc::new(ConnState::new());
+        let io = IdleClose::new(stream, state.clone(), &t, prefix, head, timer);
+        let svc = Service(ConnCtx {
+            shared: shared.clone(),
+            state: state.clone(),
+            peer,
+            local,
+            class: class.clone(),
+            me: me.clone(),
+            home: RefCell::new(home),
+            site: RefCell::new(site.clone()),
+            placed: Cell::new(placed),
+            last_host: RefCell::new((0, Vec::new(), 0)),
+        });
+        let mut conn = hyper::server::conn::http1::Builder::new()
+            .timer(rescon_rt::HyperTimer::current())
+            // The head's timeout is IdleClose's, with the keep-alive one.
+            .header_read_timeout(None)
+            .max_buf_size(max_header.max(8192))
+            .keep_alive(true)
+            .serve_connection(io, svc);
+        // A graceful stop lets the request under way finish, then closes (at once if idle).
+        let (mut told, mut parking) = (false, false);
+        let r = std::future::poll_fn(|cx| {
+            if !told && stop.stopping(cx) {
+                told = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            loop {
+                if parking {
+                    return conn.poll_without_shutdown(cx);
+                }
+                match Pin::new(&mut conn).poll(cx) {
+                    Poll::Pending if !told && state.may_park(t.park.is_zero()) => {
+                        parking = true;
+                        if state.done.load(Relaxed) == 0 {
+                            // Woken for nothing: this hyper has read nothing and begun no
+                            // request, so it has nothing to finish. (Told to stop before its
+                            // first request, it would only turn keep-alive off and wait on.)
+                            return Poll::Ready(Ok(()));
+                        }
+                        // Between requests, nothing buffered to send: hyper closes at once,
+                        // and gives back the socket instead of shutting it down.
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    r => return r,
+                }
+            }
+        })
+        .await;
+        if !parking || r.is_err() {
+            // Ended (closed by hyper after its last response, or an error): the socket is
+            // closed when dropped.
+            return None;
         }
-        conn.as_mut().poll(cx)
-    })
-    .await;
+        let parts = conn.into_parts();
+        let ctx = parts.service.0;
+        placed = ctx.placed.get();
+        home = ctx.home.into_inner();
+        (stream, timer) = parts.io.into_parts();
+        if !parts.read_buf.is_empty() {
+            // Bytes of a next request came before hyper stopped: a new hyper takes them first.
+            prefix = parts.read_buf;
+            head = None;
+            continue;
+        }
+        // Parks: charged to where its container was until it wakes; the container goes.
+        if n.is_some() {
+            rescon_rt::bind(&home);
+            stream.set_container(&home);
+        }
+        stream.park();
+        let answered = state.done.load(Relaxed) > 0;
+        return Some(Parked {
+            stream,
+            shared,
+            peer,
+            local,
+            class,
+            home,
+            n,
+            placed,
+            _guard,
+            stop,
+            timer,
+            // Woken for nothing (no byte came), it waits again as it did.
+            deadline: if answered {
+                state.done_at() + t.keep_alive
+            } else {
+                deadline
+            },
+            first: first && !answered,
+            proto,
+        });
+    }
 }
 
 /// The connection's requests, as hyper calls them.
@@ -146,8 +437,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-/// What a connection's reads and its requests share: counts of requests begun and done, so
-/// the reads know whether a request is being served (each written by one side only).
+/// What a busy connection's reads, writes and requests share (each field written by one side
+/// only; all on the connection's task).
 pub(crate) struct ConnState {
     /// Requests whose head has arrived, and those whose response has gone out (or been
     /// dropped): equal between requests.
@@ -156,11 +447,48 @@ pub(crate) struct ConnState {
     /// When the last response was done, in nanoseconds after `born`.
     done_ns: AtomicU64,
     born: Instant,
+    /// Bytes given to hyper (read, or handed on from the last hyper), and that count when the
+    /// last response was done.
+    read: AtomicU64,
+    read_at_done: AtomicU64,
+    /// The last request came with a body.
+    body: AtomicBool,
+    /// A write waits for the client to take data.
+    write_blocked: AtomicBool,
+    /// The quiet since the last response has lasted `timeouts.park`.
+    park: AtomicBool,
 }
 
 impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            started: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            done_ns: AtomicU64::new(0),
+            born: Instant::now(),
+            read: AtomicU64::new(0),
+            read_at_done: AtomicU64::new(0),
+            body: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            park: AtomicBool::new(false),
+        }
+    }
+
     fn done_at(&self) -> Instant {
         self.born + Duration::from_nanos(self.done_ns.load(Relaxed))
+    }
+
+    /// Whether hyper may be stopped to park the connection: no request under way, nothing
+    /// read since the last response (or, woken for nothing, ever), nothing waiting to be
+    /// sent, no request body hyper may still be reading; and after a response, the quiet has
+    /// lasted `timeouts.park` (`now`: it is zero).
+    fn may_park(&self, now: bool) -> bool {
+        let done = self.done.load(Relaxed);
+        self.started.load(Relaxed) == done
+            && self.read.load(Relaxed) == self.read_at_done.load(Relaxed)
+            && !self.write_blocked.load(Relaxed)
+            && !self.body.load(Relaxed)
+            && (done == 0 || now || self.park.load(Relaxed))
     }
 }
 
@@ -169,9 +497,13 @@ impl ConnState {
 pub(crate) struct ReqDone(Arc<ConnState>);
 
 impl ReqDone {
-    pub(crate) fn begin(c: &Arc<ConnState>) -> ReqDone {
+    /// A request begins; `body`: it came with a body (hyper reads it as it is taken).
+    pub(crate) fn begin(c: &Arc<ConnState>, body: bool) -> ReqDone {
         // One writer (the connection's task): no read-modify-write needed.
         c.started.store(c.started.load(Relaxed) + 1, Relaxed);
+        c.body.store(body, Relaxed);
+        // The quiet that counts towards parking starts again after this response.
+        c.park.store(false, Relaxed);
         ReqDone(c.clone())
     }
 }
@@ -180,31 +512,65 @@ impl Drop for ReqDone {
     fn drop(&mut self) {
         let c = &self.0;
         c.done_ns.store(c.born.elapsed().as_nanos() as u64, Relaxed);
+        c.read_at_done.store(c.read.load(Relaxed), Relaxed);
         // HTTP/2's responses end in their streams' tasks, which may run at once on two
         // workers: an atomic add.
         c.done.fetch_add(1, Relaxed);
     }
 }
 
+/// A connection's one timer, moved lazily: set for a deadline at or before the one wanted, it
+/// is left there, and when it fires early it is set again for the one wanted. Between
+/// kept-alive requests each wait ends later than the one before, so the timer moves once per
+/// period, not once per request.
+#[derive(Default)]
+pub(crate) struct Timer(Option<(rescon_rt::Sleep, Instant)>);
+
+impl Timer {
+    /// Ready once `deadline` has passed; else the task is woken then (or earlier).
+    fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        loop {
+            let (t, at) = match &mut self.0 {
+                Some((t, at)) => {
+                    if *at > deadline {
+                        t.reset(deadline);
+                        *at = deadline;
+                    }
+                    (t, at)
+                }
+                None => {
+                    let (t, at) = self.0.insert((rescon_rt::sleep_until(deadline), deadline));
+                    (t, at)
+                }
+            };
+            if Pin::new(&mut *t).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if *at >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier wait: set for this one.
+            t.reset(deadline);
+            *at = deadline;
+        }
+    }
+}
+
 /// A connection's reads, under the two timeouts of waiting for a request: `timeouts.header`
 /// for a request's head (from the connection's start for the first, from its first byte for
 /// the next ones), and `timeouts.keep_alive` for the quiet between a response and the next
-/// request's first byte; and its writes, under `timeouts.send`.
+/// request's first byte; and its writes, under `timeouts.send`. It also says when the quiet
+/// has lasted `timeouts.park` ([`ConnState::may_park`]).
 ///
 /// hyper has one timer, the head's, which it also runs between requests: with it, an idle
 /// kept-alive connection stayed open for the header timeout and `keep_alive` did nothing.
-/// Both are kept here instead, with one timer per connection. hyper does not read again when
-/// a response ends (its last read, during the request, is still pending), so while a request
-/// is served the timer is set a keep-alive period ahead, and when it fires the wait is judged
-/// from when the response ended. When the quiet runs out, reading reports the end of the
-/// stream, which hyper takes, between requests, as the client closing: the connection ends
-/// cleanly. A head that runs out of time is an error: the connection ends, as it did with
-/// hyper's timer.
-///
-/// The timer is moved lazily: a wait whose deadline is later than the one the timer is set
-/// for leaves it there, and when it fires early the wait sets it again for its own deadline.
-/// Between kept-alive requests each wait ends later than the one before, so the timer is
-/// moved once per keep-alive period, not once per request.
+/// Both are kept here instead, with one timer per connection ([`Timer`]). hyper does not read
+/// again when a response ends (its last read, during the request, is still pending), so while
+/// a request is served the timer is set a keep-alive period ahead (a park period, when that is
+/// shorter), and when it fires the wait is judged from when the response ended. When the quiet runs out, reading reports the end
+/// of the stream, which hyper takes, between requests, as the client closing: the connection
+/// ends cleanly. A head that runs out of time is an error: the connection ends, as it did
+/// with hyper's timer.
 ///
 /// One case is judged wrong: a next request's head sent before the response (pipelined) and
 /// left incomplete waits under `keep_alive`, not `header`, since the bytes that hyper holds
@@ -214,14 +580,20 @@ pub(crate) struct IdleClose<S> {
     conn: Arc<ConnState>,
     header: Duration,
     keep_alive: Duration,
+    /// `timeouts.park`, or `None` when it is zero (the connection stage parks at once, not
+    /// on this timer) or not shorter than `keep_alive`.
+    park: Option<Duration>,
+    /// Bytes the last hyper read and did not parse: given out before the stream's.
+    prefix: Bytes,
     /// The connection's `done` count when this wait began.
     seen_done: u64,
     /// A byte has come since then.
     read_since: bool,
+    /// This wait's park time has come.
+    park_asked: bool,
     /// What the wait is for, and until when.
     deadline: Option<(Waiting, Instant)>,
-    /// Made by the first wait; with the time it is set for (at or before the deadline).
-    timer: Option<(rescon_rt::Sleep, Instant)>,
+    timer: Timer,
     send: Duration,
     /// Until when the write under way may wait for the client to take data.
     send_deadline: Option<Instant>,
@@ -239,20 +611,37 @@ enum Waiting {
 }
 
 impl<S: Stream> IdleClose<S> {
-    pub(crate) fn new(io: S, conn: Arc<ConnState>, t: &crate::config::Timeouts) -> Self {
+    /// `prefix`: bytes to read before the stream's; `head`: the first request's head is due
+    /// by then (else `timeouts.header` after the first wait begins).
+    pub(crate) fn new(
+        io: S,
+        conn: Arc<ConnState>,
+        t: &Timeouts,
+        prefix: Bytes,
+        head: Option<Instant>,
+        timer: Timer,
+    ) -> Self {
         IdleClose {
             io,
             conn,
             header: t.header,
             keep_alive: t.keep_alive,
+            park: (!t.park.is_zero() && t.park < t.keep_alive).then_some(t.park),
+            prefix,
             seen_done: 0,
             read_since: false,
-            deadline: None,
-            timer: None,
+            park_asked: false,
+            deadline: head.map(|d| (Waiting::Head, d)),
+            timer,
             send: t.send,
             send_deadline: None,
             send_timer: None,
         }
+    }
+
+    /// The stream and the timer back.
+    pub(crate) fn into_parts(self) -> (S, Timer) {
+        (self.io, self.timer)
     }
 
     /// A write made progress (`Ready`) or waits for room: the connection ends with an error
@@ -262,8 +651,10 @@ impl<S: Stream> IdleClose<S> {
     fn sent<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if r.is_ready() {
             self.send_deadline = None;
+            self.conn.write_blocked.store(false, Relaxed);
             return r;
         }
+        self.conn.write_blocked.store(true, Relaxed);
         let deadline = *self
             .send_deadline
             .get_or_insert_with(|| Instant::now() + self.send);
@@ -292,11 +683,19 @@ impl<S: Stream> IdleClose<S> {
         let d = match (waiting, self.deadline) {
             (w, Some((was, d))) if w == was => d,
             (Waiting::Quiet, _) => self.conn.done_at() + self.keep_alive,
-            (Waiting::Serving, _) => Instant::now() + self.keep_alive,
+            // Looked at again a park period ahead when there is one, so that the quiet
+            // after the response is seen in time to park.
+            (Waiting::Serving, _) => Instant::now() + self.park.unwrap_or(self.keep_alive),
             (Waiting::Head, _) => Instant::now() + self.header,
         };
         self.deadline = Some((waiting, d));
         (waiting, d)
+    }
+
+    fn count(&mut self, n: usize) {
+        self.read_since |= n > 0;
+        let c = &self.conn;
+        c.read.store(c.read.load(Relaxed) + n as u64, Relaxed);
     }
 }
 
@@ -304,7 +703,7 @@ impl<S: Stream> hyper::rt::Read for IdleClose<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let done = this.conn.done.load(Relaxed);
@@ -312,11 +711,18 @@ impl<S: Stream> hyper::rt::Read for IdleClose<S> {
             // A response went out: a new wait begins.
             this.seen_done = done;
             this.read_since = false;
+            this.park_asked = false;
             this.deadline = None;
+        }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            this.count(n);
+            return Poll::Ready(Ok(()));
         }
         match Pin::new(&mut this.io).poll_read_count(cx, buf) {
             Poll::Ready(Ok(n)) => {
-                this.read_since |= n > 0;
+                this.count(n);
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -324,30 +730,25 @@ impl<S: Stream> hyper::rt::Read for IdleClose<S> {
         }
         loop {
             let (waiting, deadline) = this.wait(done);
-            let timer = match &mut this.timer {
-                // Set for this deadline or an earlier one: left alone (see the type's docs).
-                Some((t, at)) if *at <= deadline => t,
-                Some((t, at)) => {
-                    t.reset(deadline);
-                    *at = deadline;
-                    t
+            // The quiet after a response may end in parking first (the connection stage does
+            // it, once hyper is between requests).
+            let park_at = match (waiting, this.park) {
+                (Waiting::Quiet, Some(p)) if !this.park_asked => {
+                    Some(this.conn.done_at() + p).filter(|&at| at < deadline)
                 }
-                None => {
-                    &mut this
-                        .timer
-                        .insert((rescon_rt::sleep_until(deadline), deadline))
-                        .0
-                }
+                _ => None,
             };
-            if Pin::new(&mut *timer).poll(cx).is_pending() {
+            if this
+                .timer
+                .poll_until(cx, park_at.unwrap_or(deadline))
+                .is_pending()
+            {
                 return Poll::Pending;
             }
-            // Fired: early, for an older wait, or at this wait's deadline.
-            if Instant::now() < deadline {
-                timer.reset(deadline);
-                if let Some((_, at)) = &mut this.timer {
-                    *at = deadline;
-                }
+            if park_at.is_some() {
+                this.park_asked = true;
+                this.conn.park.store(true, Relaxed);
+                // On to the keep-alive deadline, in case the connection does not park.
                 continue;
             }
             match waiting {

@@ -251,6 +251,21 @@ impl<S: Stream> Stream for H2Guard<S> {
         }
         Poll::Ready(Ok(n))
     }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.tripped.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_read_ready(cx)
+    }
+
+    fn set_container(&mut self, c: &Container) {
+        self.io.set_container(c)
+    }
+
+    fn park(&mut self) {
+        self.io.park()
+    }
 }
 
 impl<S: Stream> hyper::rt::Read for H2Guard<S> {

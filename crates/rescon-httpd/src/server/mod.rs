@@ -32,8 +32,10 @@ mod admin_api;
 mod cgi;
 mod conn;
 mod dispatch;
+mod fastcgi;
 mod h2guard;
 mod listen;
+mod netacct;
 mod placement;
 mod request;
 mod respond;
@@ -98,6 +100,12 @@ pub(crate) struct Shared {
     pub(crate) stop: Arc<Stop>,
     /// Where TLS handshakes below the high class run (see [`tls`]).
     pub(crate) handshakes: tls::Offload,
+    /// Kernel network accounting, where the kernel allows ([`netacct`]).
+    kernel_net: Option<Arc<netacct::KernelNet>>,
+    /// Holds CGI runs and FastCGI pools to their class's CPU limit where no cgroup does.
+    pub(crate) limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
+    /// The `[[fastcgi]]` applications and their pools.
+    pub(crate) fastcgi: fastcgi::FastCgi,
 }
 
 /// Runs the server until it is killed. Says `listening on ADDR` (an info event on standard
@@ -114,6 +122,24 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let listener_configs = config.listeners.clone();
     let admin_socket = config.admin.socket.clone();
     let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
+    let limiter = start_limiter(&options, kernel.as_ref(), &registry);
+    let fastcgi =
+        fastcgi::FastCgi::start(&config.fastcgi, &tree, kernel.as_ref(), limiter.as_ref())
+            .context("starting FastCGI")?;
+    {
+        // The admin API shows the enforcement in force, not the attribute's wish.
+        let (kernel, limiter) = (kernel.clone(), limiter.clone());
+        admin.set_enforcement(Box::new(move |c| {
+            let r = rescon_linux::enforcement::report(c, kernel.as_deref(), limiter.as_deref());
+            rescon_admin::api::EnforcementView {
+                summary: r.summary.to_string(),
+                cpu_limit: r.cpu_limit.to_string(),
+                max_processes: r.max_processes.to_string(),
+                max_memory: r.max_memory.to_string(),
+                notes: r.notes,
+            }
+        }));
+    }
     let site = Site::compile(config, &tree)?;
     let shared = Arc::new(Shared {
         root: root.clone(),
@@ -126,6 +152,11 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
         stop: Arc::new(Stop::default()),
         handshakes: tls::Offload::new(&registry, &options),
+        kernel_net: (!options.no_containers)
+            .then(|| netacct::KernelNet::start(&root))
+            .flatten(),
+        limiter,
+        fastcgi,
     });
     let mut b = rescon_rt::Builder::new(&registry);
     if let Some(n) = options.workers {
@@ -207,6 +238,25 @@ fn start_kernel(
     }
 }
 
+/// User-mode CPU capping, where no cgroup holds processes: CGI runs and FastCGI pools are
+/// stopped and continued to keep their class's `cpu_limit` (rescon-linux `usermode`).
+fn start_limiter(
+    options: &Options,
+    kernel: Option<&Arc<Manager>>,
+    registry: &Registry,
+) -> Option<Arc<rescon_linux::usermode::Limiter>> {
+    if kernel.is_some() || options.no_containers {
+        return None;
+    }
+    match rescon_linux::usermode::Limiter::start(registry, Default::default()) {
+        Ok(l) => Some(Arc::new(l)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no user-mode CPU capping: CGI processes are not capped");
+            None
+        }
+    }
+}
+
 /// SIGQUIT: a graceful stop. SIGTERM and SIGINT: stop CGI runs and remove our cgroups, then
 /// exit. SIGHUP: reload (when there is a configuration file).
 fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
@@ -236,6 +286,7 @@ fn handle_signals(shared: &Arc<Shared>, admin: &Arc<Admin>) -> Result<()> {
         Box::new(move || {
             if let Some(sig) = term.forever().next() {
                 tracing::info!(signal = sig, "stopping");
+                fastcgi::stop_all();
                 if let Some(m) = kernel {
                     if let Err(e) = m.shutdown() {
                         tracing::error!(error = %e, "removing the cgroups failed");
@@ -369,6 +420,9 @@ fn start_listener(
             accept_loop(shared.clone(), socket, name.clone(), classes),
         );
     }
+    if let Some(k) = &shared.kernel_net {
+        k.watch(&group.group);
+    }
     if let Some(fd) = &l.flood_defense {
         match listen::flood_defense(&group, fd, listeners, &l.name) {
             Ok(running) => defenses.push(running),
@@ -420,6 +474,7 @@ async fn graceful_stop(shared: &Shared, defenses: Vec<Running>) {
             "connections still open at timeouts.shutdown: cut"
         );
     }
+    fastcgi::stop_all();
     if let Some(m) = &shared.kernel {
         if let Err(e) = m.shutdown() {
             tracing::error!(error = %e, "removing the cgroups failed");

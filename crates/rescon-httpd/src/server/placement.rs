@@ -73,12 +73,20 @@ impl Placed {
 /// Moves the connection's container `me` under `target` (the scheduler follows the move, so
 /// the vhost's share governs the connection from then on; its usage moves with it). Nothing
 /// to do when it is there already. The class's connection limit stays taken, as accepted.
-pub(crate) fn move_connection(root: &Container, me: &Container, target: &Container) {
-    if me.id() == target.id() || me.parent_id() == Some(target.id()) {
-        return;
+/// Returns whether `me` is under `target` now.
+pub(crate) fn move_connection(root: &Container, me: &Container, target: &Container) -> bool {
+    if me.id() == target.id() {
+        return false;
     }
-    if let Err(e) = root.reparent(me, Some(target)) {
-        tracing::warn!(container = %me.name(), to = %target.name(), error = %e, "moving a connection under its vhost failed; its work stays where it is");
+    if me.parent_id() == Some(target.id()) {
+        return true;
+    }
+    match root.reparent(me, Some(target)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = %me.name(), to = %target.name(), error = %e, "moving a connection under its vhost failed; its work stays where it is");
+            false
+        }
     }
 }
 

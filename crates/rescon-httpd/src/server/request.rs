@@ -1,5 +1,8 @@
 //! The request path, top to bottom. Each step is a stage in its own file:
 //!
+//! 0. [`framing`]: a request whose body or host could be read two ways is refused (RFC 9112:
+//!    `Transfer-Encoding` other than one final `chunked`; `Host` missing, repeated, invalid);
+//!    an absolute-form target's authority replaces `Host`;
 //! 1. take the site's snapshot for this request ([`SiteCell::refresh`](super::site::SiteCell));
 //! 2. [`dispatch`](super::dispatch): vhost, then cached file, static path or CGI script;
 //! 3. [`placement`](super::placement): where the work is charged (the connection moved under
@@ -43,8 +46,11 @@ pub(crate) struct ConnCtx {
     pub(crate) local: SocketAddr,
     /// The client class it was accepted in.
     pub(crate) class: Arc<str>,
-    /// The connection's container, which its task runs in.
+    /// The connection's container, which its task runs in while it is busy.
     pub(crate) me: Container,
+    /// The container `me` is under (where placement last moved it): the connection is
+    /// charged to it while parked, and its next container is made under it.
+    pub(crate) home: RefCell<Container>,
     /// The site snapshot of the last request, brought up to date by each new one.
     pub(crate) site: RefCell<Arc<Site>>,
     /// Where the connection's container was last placed.
@@ -77,9 +83,9 @@ impl Future for Reply {
 }
 
 /// Serves one request of connection `conn`.
-pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
+pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
     let shared = &conn.shared;
-    let done = ReqDone::begin(&conn.state);
+    let done = ReqDone::begin(&conn.state, !hyper::body::Body::is_end_stream(req.body()));
     // What the access log needs, taken before the request is consumed; nothing without a log.
     let log = shared.log.is_on().then(|| RequestLog {
         out: shared.log.clone(),
@@ -88,18 +94,26 @@ pub(crate) fn serve(conn: &ConnCtx, req: Request<Incoming>) -> Reply {
         remote: conn.peer.ip(),
         class: conn.class.clone(),
     });
+    // 0. One meaning for the body's framing and for the host, or none.
+    if let Err(resp) = framing(&mut req) {
+        return answer(resp, conn.charged(None), log, done);
+    }
     let now = Instant::now();
     // 1. One snapshot of the site, to the end of the request.
     let mut snapshot = conn.site.borrow_mut();
     shared.site.refresh(&mut snapshot);
     let site: &Arc<Site> = &snapshot;
     // 2. Dispatch.
-    // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
+    // `framing` put the target's authority (HTTP/2's `:authority`) in the Host field.
     let host = req
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .and_then(|h| h.to_str().ok());
+    // FastCGI prefixes hold on every vhost, before the vhost's own routes.
+    if let Some((app, rest)) = shared.fastcgi.route(req.uri().path()) {
+        let host = host.map(str::to_owned);
+        return super::fastcgi::serve(conn, site, app, &rest, host.as_deref(), req, log, done);
+    }
     let to = match dispatch(conn.vhost_for(site, host), req.uri().path(), now) {
         Ok(d) => d,
         Err(e) => {
@@ -187,6 +201,64 @@ impl ConnCtx {
     }
 }
 
+/// Refuses a request that could be read two ways (with the connection closed after the
+/// answer, since where its body ends is not known), and puts an absolute-form target's
+/// authority in its `Host` field, so every later stage (the vhost, CGI's `HTTP_HOST` and
+/// `SERVER_NAME`) sees the one host RFC 9112 3.2.2 says it names.
+///
+/// hyper parses the framing; what it lets through and the RFC does not: `Transfer-Encoding`
+/// with `chunked` twice (RFC 9112 6.1: a sender must not; a front end may decode it twice),
+/// and codings other than `chunked`, which the server does not implement (501, as nginx).
+// The error is an answer to send, built once and moved once: not worth a box.
+#[allow(clippy::result_large_err)]
+fn framing(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+    let refuse = |status, why: &str| {
+        let mut r = simple(status, why);
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        r
+    };
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        let (mut chunked, mut other) = (0, false);
+        for v in h.get_all(header::TRANSFER_ENCODING) {
+            for c in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                match c {
+                    b"" => {}
+                    c if c.eq_ignore_ascii_case(b"chunked") => chunked += 1,
+                    _ => other = true,
+                }
+            }
+        }
+        if other {
+            return Err(refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                "only the chunked transfer coding is implemented",
+            ));
+        }
+        if chunked != 1 {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "chunked given more than once",
+            ));
+        }
+    }
+    // HTTP/2 carries the host in `:authority` (the target's), not in a required field.
+    let http11 = req.version() == http::Version::HTTP_11;
+    let target = req.uri().authority().map(|a| a.as_str());
+    let fields = h.get_all(header::HOST).iter().map(|v| v.as_bytes());
+    match crate::routing::request_host(http11, target, fields) {
+        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, &e.to_string())),
+        Ok(_) if target.is_none() => Ok(()),
+        Ok(host) => {
+            let v = http::HeaderValue::from_str(host.unwrap_or_default())
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "invalid target authority"))?;
+            req.headers_mut().insert(header::HOST, v);
+            Ok(())
+        }
+    }
+}
+
 /// The last step of a request answered within its call: its CPU (this call) for the log.
 fn answer(resp: Response<Body>, charged: Charged, log: Option<RequestLog>, done: ReqDone) -> Reply {
     if let Some(l) = &log {
@@ -210,7 +282,10 @@ fn place_static(conn: &ConnCtx, site: &Site, vhost: &Vhost) -> Option<Container>
     }
     if !conn.placed.get().is(site.generation, vhost.index) {
         conn.placed.set(Placed::at(site.generation, vhost.index));
-        placement::move_connection(&shared.root, &conn.me, vhost.work_container(&conn.class));
+        let target = vhost.work_container(&conn.class);
+        if placement::move_connection(&shared.root, &conn.me, target) {
+            *conn.home.borrow_mut() = target.clone();
+        }
     }
     None
 }
@@ -251,6 +326,7 @@ fn cgi_run(
         limits: site.config.limits,
         timeouts: site.config.timeouts,
         kernel,
+        limiter: shared.limiter.clone(),
         watchdog: shared.cgi_watchdog.clone(),
     })
 }

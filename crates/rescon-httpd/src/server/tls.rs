@@ -1,8 +1,9 @@
 //! Stage: TLS. A listener with `tls = true` hands each accepted connection here: it takes a
 //! handshake slot of the connection's client class (`max_handshakes` per class and listener;
 //! beyond, the connection is closed before any work is done for it), runs the handshake in
-//! the connection's own container, which sits under the class's container then, so the
-//! class's scheduling class, share and CPU limit bound what its handshakes cost, and under
+//! the class's container (the connection's own is made when it first has a request to serve:
+//! see [`conn`](super::conn)), so the class's scheduling class, share and CPU limit bound
+//! what its handshakes cost, and under
 //! `timeouts.handshake` (a ClientHello that never finishes). Then the connection stage
 //! serves the session with the protocol ALPN chose (h2 or HTTP/1.1).
 //!
@@ -14,10 +15,10 @@
 //! requests by a whole signature each time, whatever the policy says (measured: a high
 //! class's keep-alive throughput fell to 0.10 of its no-flood rate). So the ClientHello is
 //! read on the worker (cheap), and the step is run:
-//! - for a class `high` or `critical`, on the worker, in the connection's container;
+//! - for a class `high` or `critical`, on the worker, in the class's container;
 //! - for the others, on the handshake pool ([`Offload`]): threads of the runtime's blocking
 //!   pool at nice 19, jobs queued per container by the runtime's policy and charged to the
-//!   connection's container. The kernel preempts them for the workers at once, so they get
+//!   class's container. The kernel preempts them for the workers at once, so they get
 //!   the CPU the server's other work leaves: accepting new connections of those classes
 //!   yields to serving the existing ones, as the paper lets a server set that priority;
 //! - with `--no-containers`, on the worker (the baseline).
@@ -51,8 +52,10 @@
 //! plaintext not yet read, records not yet sent) belong to rustls. Releasing them while a
 //! connection is idle, as OpenSSL's `SSL_MODE_RELEASE_BUFFERS` does, fits behind the same
 //! type: between requests all three are empty, and rustls's unbuffered API
-//! (`UnbufferedServerConnection`) lets the caller own the buffers, so they can be dropped when
-//! the connection parks and taken again when it wakes.
+//! (`UnbufferedServerConnection`) lets the caller own the buffers, so they could be dropped
+//! when the connection parks and taken again when it wakes. Today a parked TLS connection
+//! keeps its session as it is ([`Stream::park`] does nothing for it); it parks only with no
+//! decrypted bytes left unread, and wakes when the socket is readable.
 
 use super::Shared;
 use super::conn::{Accepted, Proto, Stream, serve_conn};
@@ -437,7 +440,7 @@ pub(crate) async fn serve(
         // No slots for this class (`--no-containers` serves one class, "all").
         None => None,
         Some(None) => {
-            conn.container.account().add_conns_refused(1);
+            conn.home.account().add_conns_refused(1);
             tracing::debug!(%listener, class = %conn.class, peer = %conn.peer, "handshakes in flight at the class's max_handshakes: connection closed");
             return;
         }
@@ -455,7 +458,8 @@ pub(crate) async fn serve(
         peer,
         local,
         class,
-        container,
+        home,
+        n,
         guard,
     } = conn;
     let pool = if inline {
@@ -463,22 +467,22 @@ pub(crate) async fn serve(
     } else {
         shared.handshakes.pool.as_ref()
     };
-    let done = rescon_rt::timeout(limit, handshake(stream, config, pool, &container)).await;
+    let done = rescon_rt::timeout(limit, handshake(stream, config, pool, &home)).await;
     drop(slot);
     let stream = match done {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            container.account().add_tls_failed(1);
+            home.account().add_tls_failed(1);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            container.account().add_tls_failed(1);
+            home.account().add_tls_failed(1);
             tracing::debug!(%peer, "TLS handshake not done within timeouts.handshake: closed");
             return;
         }
     };
-    container.account().add_tls_handshakes(1);
+    home.account().add_tls_handshakes(1);
     let proto = match stream.session.alpn_protocol() {
         Some(b"h2") => Proto::Http2,
         _ => Proto::Http1,
@@ -488,7 +492,8 @@ pub(crate) async fn serve(
         peer,
         local,
         class,
-        container,
+        home,
+        n,
         guard,
     };
     serve_conn(shared, conn, proto).await
@@ -706,6 +711,32 @@ impl Stream for TlsStream {
             ready!(this.poll_read_tls(cx))?;
         }
     }
+
+    /// Ready while the session holds decrypted bytes (or knows the stream's end) that a read
+    /// would return without the socket; else when the socket is readable. Records the session
+    /// still owes the client (tickets, a key update) are sent first, as far as the socket
+    /// takes them.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.read_eof {
+            return Poll::Ready(Ok(()));
+        }
+        match self.session.reader().fill_buf() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Bytes, the stream's end, or an error: a read returns at once.
+            _ => return Poll::Ready(Ok(())),
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        self.io.poll_read_ready(cx)
+    }
+
+    fn set_container(&mut self, c: &rescon::Container) {
+        self.io.set_container(c)
+    }
+
+    // `park` keeps the session as it is: rustls has no call that gives its buffers back
+    // short of ending the session, and an idle session's buffers are empty (drained).
 }
 
 impl hyper::rt::Read for TlsStream {

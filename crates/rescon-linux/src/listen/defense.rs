@@ -26,6 +26,21 @@
 //!   [`min_hold`](DefenseConfig::min_hold) is released. A prefix that floods again is
 //!   quarantined again on the next signal.
 //!
+//! # With early counters
+//!
+//! When the group has an edge filter, a sample carries its [`Early`] counters instead of a
+//! `sock_diag` dump, and the driver can sample every few milliseconds:
+//!
+//! - The half-open connections by prefix are estimated from the SYNs each source `/24` or
+//!   `/64` sent less the ACKs it sent, kept as a count that never goes below zero and
+//!   decays with [`early_half_life`](DefenseConfig::early_half_life), much as half-open
+//!   connections time out. A client answers every SYN-ACK, and its data and FINs are
+//!   ACKs too: it stays at zero; a spoofed source never answers. The same triggers, offender marks and aggregation apply to it: a
+//!   flood of 70,000 SYN/s spoofed over a `/16` passes the trigger of 128 within 2 ms.
+//! - Each quarantined prefix is released on its own, once its own early drops (edge and
+//!   black-hole socket) stayed under `calm_drops_per_s` for `calm_for` and it was held
+//!   `min_hold`; the attack is over when nothing signals and no prefix is still dropping.
+//!
 //! ```
 //! use rescon_linux::listen::defense::{Action, DefenseConfig, DefensePolicy, Sample};
 //! use std::time::Duration;
@@ -43,6 +58,7 @@
 //! ```
 
 use super::MemberId;
+use super::early::{PrefixDrops, SourceCount};
 use super::error::Error;
 use super::stats::ListenStats;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -80,6 +96,9 @@ pub struct DefenseConfig {
     pub calm_drops_per_s: f64,
     /// Least time a prefix stays quarantined (default 5 s).
     pub min_hold: Duration,
+    /// With early counters: the half-life of the estimate of half-open connections
+    /// (default 100 ms).
+    pub early_half_life: Duration,
     /// Prefixes never quarantined, nor covered by an aggregate (e.g. your monitoring).
     pub protect: Vec<IpNet>,
 }
@@ -101,6 +120,7 @@ impl DefenseConfig {
             calm_for: Duration::from_secs(2),
             calm_drops_per_s: 50.0,
             min_hold: Duration::from_secs(5),
+            early_half_life: Duration::from_millis(100),
             protect: Vec::new(),
         }
     }
@@ -161,6 +181,9 @@ impl DefenseConfig {
         if self.max_prefixes == 0 {
             return bad("max_prefixes", "0".into(), "at least 1");
         }
+        if self.early_half_life.is_zero() {
+            return bad("early_half_life", "0".into(), "a positive duration");
+        }
         if self.calm_drops_per_s.is_nan() || self.calm_drops_per_s < 0.0 {
             return bad(
                 "calm_drops_per_s",
@@ -177,12 +200,25 @@ impl DefenseConfig {
 pub struct Sample {
     /// Monotonic time of the sample (from any fixed origin).
     pub at: Duration,
-    /// The namespace's counters (cumulative).
-    pub stats: ListenStats,
+    /// The namespace's counters (cumulative), if read for this sample: with early
+    /// counters the driver reads them less often (reading them costs about 200 us).
+    pub stats: Option<ListenStats>,
     /// Half-open connections of the protected port by source prefix.
     pub syn_recv: Vec<(IpNet, u32)>,
     /// The quarantine member's drop counter (cumulative; [`Member::drops`](super::Member::drops)).
     pub quarantine_drops: u64,
+    /// The group's early counters, when it has an edge filter (then `syn_recv` is not
+    /// used).
+    pub early: Option<Early>,
+}
+
+/// The early counters of a group (see [`early`](super::early)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Early {
+    /// SYNs and ACKs by source since the previous sample.
+    pub sources: Vec<SourceCount>,
+    /// SYNs dropped early by black-holed prefix (cumulative).
+    pub drops: Vec<PrefixDrops>,
 }
 
 /// One decision of the policy.
@@ -234,7 +270,8 @@ pub struct Decision {
     pub under_attack: bool,
     /// Half-open connections from sources not quarantined.
     pub syn_recv: u32,
-    /// Growth of the pressure counters per second since the last sample.
+    /// Growth of the pressure counters per second since the last sample with them (0 for
+    /// a sample without).
     pub pressure_per_s: f64,
     /// Quarantine drops per second since the last sample.
     pub quarantine_drops_per_s: f64,
@@ -247,13 +284,35 @@ pub struct Decision {
 pub struct DefensePolicy {
     cfg: DefenseConfig,
     held: BTreeMap<IpNet, Duration>,
-    prev: Option<(Duration, u64, u64)>,
+    /// The last sample's time and quarantine drops.
+    prev: Option<(Duration, u64)>,
+    /// The last sample with stats: its time and pressure.
+    prev_pressure: Option<(Duration, u64)>,
     attack: bool,
     calm_since: Option<Duration>,
+    /// Early mode: the decaying estimate of half-open connections by prefix.
+    unanswered: BTreeMap<IpNet, f64>,
+    /// Early mode: each prefix's early drops at the last sample.
+    prev_drops: BTreeMap<IpNet, u64>,
+    /// Early mode: since when each held prefix has been calm.
+    calm: BTreeMap<IpNet, Duration>,
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
+}
+
+/// `p` counted by the policy's prefix lengths: truncated when they are shorter.
+fn bucket(p: IpNet, v4_len: u8, v6_len: u8) -> IpNet {
+    match p {
+        IpNet::V4(n) if v4_len < n.prefix_len() => {
+            IpNet::V4(Ipv4Net::new(n.network(), v4_len).expect("len").trunc())
+        }
+        IpNet::V6(n) if v6_len < n.prefix_len() => {
+            IpNet::V6(Ipv6Net::new(n.network(), v6_len).expect("len").trunc())
+        }
+        _ => p,
+    }
 }
 
 fn supernet(p: &IpNet, v4: Option<u8>, v6: Option<u8>) -> Option<IpNet> {
@@ -279,8 +338,12 @@ impl DefensePolicy {
             cfg,
             held: BTreeMap::new(),
             prev: None,
+            prev_pressure: None,
             attack: false,
             calm_since: None,
+            unanswered: BTreeMap::new(),
+            prev_drops: BTreeMap::new(),
+            calm: BTreeMap::new(),
         })
     }
 
@@ -302,6 +365,7 @@ impl DefensePolicy {
     /// Forgets a prefix the driver could not quarantine (or released by hand).
     pub fn forget(&mut self, prefix: &IpNet) {
         self.held.remove(prefix);
+        self.calm.remove(prefix);
     }
 
     fn is_held(&self, p: &IpNet) -> bool {
@@ -314,20 +378,30 @@ impl DefensePolicy {
 
     /// Takes one sample and decides.
     pub fn observe(&mut self, s: &Sample) -> Decision {
-        let pressure = s.stats.pressure();
-        let (pressure_per_s, drops_per_s) = match self.prev {
-            Some((t, p, q)) if s.at > t => {
-                let dt = (s.at - t).as_secs_f64();
-                (
-                    pressure.saturating_sub(p) as f64 / dt,
-                    s.quarantine_drops.saturating_sub(q) as f64 / dt,
-                )
-            }
-            _ => (0.0, 0.0),
+        let dt = match self.prev {
+            Some((t, _)) if s.at > t => Some((s.at - t).as_secs_f64()),
+            _ => None,
         };
-        self.prev = Some((s.at, pressure, s.quarantine_drops));
-        let fresh: Vec<(IpNet, u32)> = s
-            .syn_recv
+        let mut drops_per_s = match (self.prev, dt) {
+            (Some((_, q)), Some(dt)) => s.quarantine_drops.saturating_sub(q) as f64 / dt,
+            _ => 0.0,
+        };
+        self.prev = Some((s.at, s.quarantine_drops));
+        let mut pressure_per_s = 0.0;
+        if let Some(stats) = &s.stats {
+            let pressure = stats.pressure();
+            if let Some((t, p)) = self.prev_pressure {
+                if s.at > t {
+                    pressure_per_s = pressure.saturating_sub(p) as f64 / (s.at - t).as_secs_f64();
+                }
+            }
+            self.prev_pressure = Some((s.at, pressure));
+        }
+        let counts = match &s.early {
+            Some(e) => self.estimate(e, dt.unwrap_or(0.0)),
+            None => s.syn_recv.clone(),
+        };
+        let fresh: Vec<(IpNet, u32)> = counts
             .iter()
             .filter(|(p, _)| !self.is_held(p))
             .copied()
@@ -343,31 +417,39 @@ impl DefensePolicy {
             self.attack = true;
             self.calm_since = None;
             self.quarantine_offenders(s.at, &fresh, &mut actions);
-        } else if self.attack {
-            if drops_per_s < self.cfg.calm_drops_per_s {
-                let since = *self.calm_since.get_or_insert(s.at);
-                if s.at.saturating_sub(since) >= self.cfg.calm_for {
-                    tracing::info!("SYN flood over");
-                    self.attack = false;
-                }
-            } else {
-                self.calm_since = None;
-            }
         }
-        if !self.attack {
-            let due: Vec<(IpNet, Duration)> = self
-                .held
-                .iter()
-                .filter(|(_, since)| s.at.saturating_sub(**since) >= self.cfg.min_hold)
-                .map(|(p, since)| (*p, s.at.saturating_sub(*since)))
-                .collect();
-            for (prefix, held) in due {
-                self.held.remove(&prefix);
-                actions.push(Action::Release {
-                    prefix,
-                    held,
-                    merged: false,
-                });
+        match &s.early {
+            Some(e) => {
+                drops_per_s = self.release_calm_prefixes(s.at, e, dt, signal, &mut actions);
+            }
+            None => {
+                if !signal && self.attack {
+                    if drops_per_s < self.cfg.calm_drops_per_s {
+                        let since = *self.calm_since.get_or_insert(s.at);
+                        if s.at.saturating_sub(since) >= self.cfg.calm_for {
+                            tracing::info!("SYN flood over");
+                            self.attack = false;
+                        }
+                    } else {
+                        self.calm_since = None;
+                    }
+                }
+                if !self.attack {
+                    let due: Vec<(IpNet, Duration)> = self
+                        .held
+                        .iter()
+                        .filter(|(_, since)| s.at.saturating_sub(**since) >= self.cfg.min_hold)
+                        .map(|(p, since)| (*p, s.at.saturating_sub(*since)))
+                        .collect();
+                    for (prefix, held) in due {
+                        self.held.remove(&prefix);
+                        actions.push(Action::Release {
+                            prefix,
+                            held,
+                            merged: false,
+                        });
+                    }
+                }
             }
         }
         Decision {
@@ -377,6 +459,85 @@ impl DefensePolicy {
             quarantine_drops_per_s: drops_per_s,
             actions,
         }
+    }
+
+    /// Early mode: decays the estimate of half-open connections over `dt` seconds, adds the
+    /// sample's SYNs less ACKs (by the configured prefix lengths, when shorter than the
+    /// edge's), and returns it rounded.
+    fn estimate(&mut self, e: &Early, dt: f64) -> Vec<(IpNet, u32)> {
+        let keep = 0.5f64.powf(dt / self.cfg.early_half_life.as_secs_f64());
+        for c in self.unanswered.values_mut() {
+            *c *= keep;
+        }
+        // SYNs less ACKs, netted per prefix before adding, and never below zero: an ACK
+        // that falls in the sample after its SYN cancels it there.
+        let mut net: BTreeMap<IpNet, f64> = BTreeMap::new();
+        for src in &e.sources {
+            let p = bucket(src.prefix, self.cfg.v4_len, self.cfg.v6_len);
+            *net.entry(p).or_default() += src.syns as f64 - src.acks as f64;
+        }
+        for (p, n) in net {
+            let c = self.unanswered.entry(p).or_default();
+            *c = (*c + n).max(0.0);
+        }
+        self.unanswered.retain(|_, c| *c >= 0.5);
+        self.unanswered
+            .iter()
+            .map(|(p, c)| (*p, c.round().min(f64::from(u32::MAX)) as u32))
+            .collect()
+    }
+
+    /// Early mode: releases each held prefix whose own drops stayed calm for `calm_for` and
+    /// that was held `min_hold`; the attack ends when nothing signals and no held prefix is
+    /// still dropping. Returns the held prefixes' drops per second.
+    fn release_calm_prefixes(
+        &mut self,
+        at: Duration,
+        e: &Early,
+        dt: Option<f64>,
+        signal: bool,
+        actions: &mut Vec<Action>,
+    ) -> f64 {
+        let now: BTreeMap<IpNet, u64> = e.drops.iter().map(|d| (d.prefix, d.total())).collect();
+        let mut total_rate = 0.0;
+        let mut flooding = false;
+        let held: Vec<(IpNet, Duration)> = self.held.iter().map(|(p, t)| (*p, *t)).collect();
+        for (p, since) in held {
+            let cur = now.get(&p).copied().unwrap_or(0);
+            let rate = match dt {
+                Some(dt) => {
+                    cur.saturating_sub(self.prev_drops.get(&p).copied().unwrap_or(0)) as f64 / dt
+                }
+                None => 0.0,
+            };
+            total_rate += rate;
+            if rate >= self.cfg.calm_drops_per_s {
+                self.calm.remove(&p);
+                flooding = true;
+                continue;
+            }
+            let quiet = *self.calm.entry(p).or_insert(at);
+            if at.saturating_sub(quiet) >= self.cfg.calm_for
+                && at.saturating_sub(since) >= self.cfg.min_hold
+            {
+                self.held.remove(&p);
+                self.calm.remove(&p);
+                actions.push(Action::Release {
+                    prefix: p,
+                    held: at.saturating_sub(since),
+                    merged: false,
+                });
+            } else {
+                flooding |= at.saturating_sub(quiet) < self.cfg.calm_for;
+            }
+        }
+        self.calm.retain(|p, _| self.held.contains_key(p));
+        self.prev_drops = now;
+        if self.attack && !signal && !flooding {
+            tracing::info!("SYN flood over");
+            self.attack = false;
+        }
+        total_rate
     }
 
     fn quarantine_offenders(
@@ -469,9 +630,10 @@ mod tests {
     fn sample(at: u64, syn_recv: &[(&str, u32)], qdrops: u64) -> Sample {
         Sample {
             at: ms(at),
-            stats: ListenStats::default(),
+            stats: Some(ListenStats::default()),
             syn_recv: syn_recv.iter().map(|(s, n)| (p(s), *n)).collect(),
             quarantine_drops: qdrops,
+            early: None,
         }
     }
 
@@ -662,11 +824,137 @@ mod tests {
             "20 half-open is below the trigger"
         );
         s.at = ms(100);
-        s.stats.req_q_full_drop = 1000; // 10,000 drops/s
+        s.stats = Some(ListenStats {
+            req_q_full_drop: 1000, // 10,000 drops/s
+            ..ListenStats::default()
+        });
         let d = pol.observe(&s);
         assert!(d.under_attack);
         assert_eq!(d.pressure_per_s, 10_000.0);
         assert_eq!(quarantined(&d), vec![p("198.19.9.0/24")]);
+    }
+
+    fn early(at: u64, sources: &[(&str, u64, u64)], drops: &[(&str, u64)]) -> Sample {
+        Sample {
+            at: ms(at),
+            early: Some(Early {
+                sources: sources
+                    .iter()
+                    .map(|(s, syns, acks)| SourceCount {
+                        prefix: p(s),
+                        syns: *syns,
+                        acks: *acks,
+                    })
+                    .collect(),
+                drops: drops
+                    .iter()
+                    .map(|(s, n)| PrefixDrops {
+                        prefix: p(s),
+                        edge: *n,
+                        socket: 0,
+                    })
+                    .collect(),
+            }),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn early_counts_catch_a_spread_flood_in_one_sample() {
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        // 5 ms of 70,000 SYN/s spoofed over 198.19.0.0/16: about 1.4 SYNs per /24, none
+        // answered; a busy client answers all of its SYNs.
+        let mut src: Vec<(String, u64, u64)> = (0..=255)
+            .map(|i| (format!("198.19.{i}.0/24"), 1 + u64::from(i % 3 == 0), 0))
+            .collect();
+        src.push(("192.0.2.0/24".into(), 120, 360));
+        let refs: Vec<(&str, u64, u64)> =
+            src.iter().map(|(s, a, b)| (s.as_str(), *a, *b)).collect();
+        let d = pol.observe(&early(0, &refs, &[]));
+        assert!(d.under_attack);
+        assert_eq!(quarantined(&d), vec![p("198.19.0.0/16")]);
+        // Nothing from the client is ever counted against it.
+        assert!(
+            !pol.quarantined()
+                .any(|(q, _)| q.contains(&p("192.0.2.0/24")))
+        );
+    }
+
+    #[test]
+    fn the_early_estimate_decays_like_timeouts() {
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        // 100 unanswered from one /24: below the trigger of 128, no quarantine.
+        let d = pol.observe(&early(0, &[("203.0.113.0/24", 100, 0)], &[]));
+        assert!(!d.under_attack);
+        assert_eq!(d.syn_recv, 100);
+        // One half-life later, half of it is left; with 80 more, 130 passes the trigger.
+        let d = pol.observe(&early(100, &[("203.0.113.0/24", 80, 0)], &[]));
+        assert_eq!(d.syn_recv, 130);
+        assert_eq!(quarantined(&d), vec![p("203.0.113.0/24")]);
+        // A source whose SYNs are answered never accumulates, also when its ACKs fall in
+        // the next sample.
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        for t in 0..50 {
+            let acks = if t % 2 == 0 { 180 } else { 420 };
+            let d = pol.observe(&early(t * 5, &[("192.0.2.0/24", 200, acks)], &[]));
+            assert!(!d.under_attack, "{t}: {d:?}");
+            assert!(d.syn_recv <= 20, "{t}: {d:?}");
+        }
+        // And an old count fades out.
+        let mut pol = DefensePolicy::new(cfg()).unwrap();
+        pol.observe(&early(0, &[("203.0.113.0/24", 100, 0)], &[]));
+        let d = pol.observe(&early(1_000, &[], &[]));
+        assert_eq!(d.syn_recv, 0);
+    }
+
+    #[test]
+    fn each_quarantined_prefix_is_released_on_its_own() {
+        let mut c = cfg();
+        c.aggregate_v4 = None;
+        let mut pol = DefensePolicy::new(c).unwrap();
+        let (a, b) = ("198.19.1.0/24", "198.19.2.0/24");
+        let d = pol.observe(&early(0, &[(a, 200, 0), (b, 200, 0)], &[]));
+        assert_eq!(quarantined(&d).len(), 2);
+        // Both flood on, dropped early: 100 per 100 ms = 1,000/s each.
+        let mut na = 0;
+        let mut nb = 0;
+        for t in 1..=10 {
+            na += 100;
+            nb += 100;
+            let d = pol.observe(&early(t * 100, &[], &[(a, na), (b, nb)]));
+            assert!(d.under_attack && d.actions.is_empty(), "{d:?}");
+            assert_eq!(d.quarantine_drops_per_s, 2_000.0);
+        }
+        // b stops at 1 s; a goes on. b is calm for 500 ms and held for 1 s: released alone.
+        let mut released_b = None;
+        for t in 11..=20 {
+            na += 100;
+            let d = pol.observe(&early(t * 100, &[], &[(a, na), (b, nb)]));
+            assert!(d.under_attack);
+            if !released(&d).is_empty() {
+                assert_eq!(released(&d), vec![p(b)]);
+                released_b = Some(t);
+            }
+        }
+        assert_eq!(
+            released_b,
+            Some(16),
+            "calm from 1.1 s, released 500 ms later"
+        );
+        // a stops: released after its own calm, and the attack is over.
+        let mut t = 21;
+        loop {
+            let d = pol.observe(&early(t * 100, &[], &[(a, na), (b, nb)]));
+            if !released(&d).is_empty() {
+                assert_eq!(released(&d), vec![p(a)]);
+                assert!(!d.under_attack);
+                break;
+            }
+            assert!(d.under_attack, "{t}");
+            t += 1;
+            assert!(t < 40);
+        }
+        assert_eq!(t, 26);
     }
 
     #[test]
@@ -684,6 +972,9 @@ mod tests {
         assert!(DefensePolicy::new(c).is_err());
         let mut c = cfg();
         c.v4_len = 33;
+        assert!(DefensePolicy::new(c).is_err());
+        let mut c = cfg();
+        c.early_half_life = Duration::ZERO;
         assert!(DefensePolicy::new(c).is_err());
     }
 }

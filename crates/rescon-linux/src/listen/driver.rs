@@ -2,7 +2,7 @@
 //! prefixes in the [group](super::ListenerGroup), flushes the half-open connections of
 //! quarantined sources, logs every action and keeps a history an API can show.
 
-use super::defense::{Action, Decision, DefenseConfig, DefensePolicy, Sample};
+use super::defense::{Action, Decision, DefenseConfig, DefensePolicy, Early, Sample};
 use super::diag::{Diag, DiagSocket, by_prefix};
 use super::error::Error;
 use super::filter::{Filter, Stack, unmap};
@@ -10,7 +10,7 @@ use super::group::{ListenerGroup, MemberId};
 use super::stats::ListenStats;
 use ipnet::IpNet;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -46,17 +46,36 @@ struct Inner {
     origin: HashMap<IpNet, Option<MemberId>>,
     last: Decision,
     flushed: usize,
+    /// When the pressure counters were last read.
+    stats_at: Option<Duration>,
 }
+
+/// A sampling interval for a defender that reads early counters.
+pub const EARLY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often a defender with early counters reads the namespace's pressure counters
+/// (`/proc/net/netstat` and `snmp`, about 200 us a read).
+pub const STATS_EVERY: Duration = Duration::from_millis(100);
 
 /// Watches one group's port and defends it with a [`DefensePolicy`].
 ///
 /// Samples are read in the network namespace of the thread that calls [`step`](Self::step)
 /// (`/proc/thread-self/net`, and a sock_diag socket opened by [`new`](Self::new)): run it in
-/// the group's namespace. Each step dumps the half-open connections of the port, whose cost
-/// grows with the machine's connection count (see [`Diag::syn_recv`]): the interval bounds
-/// how fast a flood is found, so give the protected member a backlog that holds a flood's
-/// SYNs for at least an interval or two. Flushing half-open connections needs `CAP_NET_ADMIN`; without it
-/// (or with `flush` off) a queue filled before the quarantine drains as its entries time out.
+/// the group's namespace.
+///
+/// - **With an edge filter** ([`ListenerGroup::drop_at_edge`]), each step reads the group's
+///   [early counters](super::early): a batch read of the sources the edge counted and a
+///   lookup per black-holed prefix, tens of microseconds whatever the machine's connection
+///   count. Sample every few milliseconds ([`EARLY_INTERVAL`]): a flood is then quarantined
+///   within milliseconds of its first SYNs. The port's half-open connections are dumped
+///   only after a quarantine, to flush the quarantined sources' ones.
+/// - **Without**, each step dumps the half-open connections of the port, whose cost grows
+///   with the machine's connection count (see [`Diag::syn_recv`]): sample every 50 ms or so,
+///   and give the protected member a backlog that holds a flood's SYNs for an interval or
+///   two.
+///
+/// Flushing half-open connections needs `CAP_NET_ADMIN`; without it (or with `flush` off) a
+/// queue filled before the quarantine drains as its entries time out.
 ///
 /// ```no_run
 /// use rescon_linux::listen::driver::Defender;
@@ -80,6 +99,9 @@ pub struct Defender {
     inner: Mutex<Inner>,
     history: Mutex<VecDeque<Record>>,
     observers: Mutex<Vec<Observer>>,
+    /// Steps taken and the wall time they took, in nanoseconds.
+    steps: AtomicU64,
+    step_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for Defender {
@@ -120,9 +142,12 @@ impl Defender {
                 origin: HashMap::new(),
                 last: Decision::default(),
                 flushed: 0,
+                stats_at: None,
             }),
             history: Mutex::new(VecDeque::new()),
             observers: Mutex::new(Vec::new()),
+            steps: AtomicU64::new(0),
+            step_ns: AtomicU64::new(0),
         })
     }
 
@@ -146,24 +171,63 @@ impl Defender {
 
     /// Samples, decides, and applies: one round of the defense.
     pub fn step(&self) -> Result<Decision, Error> {
+        let t = Instant::now();
+        let r = self.step_inner();
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Steps taken so far, and the wall time they took: what sampling costs.
+    pub fn sampling_cost(&self) -> (u64, Duration) {
+        (
+            self.steps.load(Ordering::Relaxed),
+            Duration::from_nanos(self.step_ns.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn step_inner(&self) -> Result<Decision, Error> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
         let cfg = inner.policy.config().clone();
-        let stats = ListenStats::read()?;
-        // IPv4 clients of a dual-stack group have IPv4 request sockets.
-        let (v4, v6) = match self.group.stack() {
-            Stack::V4 => (true, false),
-            Stack::V6Only => (false, true),
-            Stack::Dual => (true, true),
+        let early = match self.group.take_sources() {
+            Some(sources) => Some(Early {
+                sources: sources.map_err(|e| {
+                    Error::socket("reading the edge's counters", self.group.local_addr(), e)
+                })?,
+                drops: self
+                    .group
+                    .early_drops()
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect(),
+            }),
+            None => None,
         };
-        let half_open = inner
-            .diag
-            .syn_recv_of(self.group.local_addr().port(), v4, v6)?;
+        let half_open = match early {
+            Some(_) => Vec::new(),
+            None => self.half_open(&mut inner.diag)?,
+        };
+        // The pressure counters back up the early ones (a flood coming in where no edge
+        // is): every step without them, every STATS_EVERY with.
+        let at = self.start.elapsed();
+        let stats = if early.is_none()
+            || inner
+                .stats_at
+                .is_none_or(|t| at.saturating_sub(t) >= STATS_EVERY)
+        {
+            inner.stats_at = Some(at);
+            Some(ListenStats::read()?)
+        } else {
+            None
+        };
         let quarantine = self.group.member(self.quarantine)?;
         let sample = Sample {
-            at: self.start.elapsed(),
+            at,
             stats,
             syn_recv: by_prefix(&half_open, cfg.v4_len, cfg.v6_len),
+            early,
             // A black-hole quarantine's SYNs may be dropped at the edge (XDP) before its
             // socket: both count, or a flood the edge stops would look like calm.
             quarantine_drops: quarantine.drops().unwrap_or(0)
@@ -182,8 +246,9 @@ impl Defender {
                 Action::Release { prefix, .. } => releases.push((*prefix, a.clone())),
             }
         }
+        let moved = !moves.is_empty();
         // Quarantines first, in one swap, so a merge never leaves a gap.
-        if !moves.is_empty() {
+        if moved {
             let prefixes: Vec<IpNet> = moves.iter().map(|(p, _)| *p).collect();
             match self.group.move_prefixes(&prefixes, self.quarantine) {
                 Ok(prev) => {
@@ -212,6 +277,13 @@ impl Defender {
             };
             self.record(a, owner, outcome.map_err(|e| e.to_string()));
         }
+        // With early counters the port is dumped only after a quarantine; without, every
+        // step's dump is at hand.
+        let half_open = if sample.early.is_some() && self.flush && moved {
+            self.half_open(&mut inner.diag)?
+        } else {
+            half_open
+        };
         if self.flush {
             let held: Vec<IpNet> = inner.policy.quarantined().map(|(p, _)| *p).collect();
             let doomed: Vec<DiagSocket> = half_open
@@ -234,6 +306,17 @@ impl Defender {
         }
         inner.last = decision.clone();
         Ok(decision)
+    }
+
+    /// The port's half-open connections (IPv4 clients of a dual-stack group have IPv4
+    /// request sockets).
+    fn half_open(&self, diag: &mut Diag) -> Result<Vec<DiagSocket>, Error> {
+        let (v4, v6) = match self.group.stack() {
+            Stack::V4 => (true, false),
+            Stack::V6Only => (false, true),
+            Stack::Dual => (true, true),
+        };
+        diag.syn_recv_of(self.group.local_addr().port(), v4, v6)
     }
 
     fn record(&self, action: Action, to: Option<MemberId>, outcome: Result<(), String>) {

@@ -1,36 +1,45 @@
 //! The edge filter: black-holed sources dropped by XDP as their SYNs arrive on an interface,
-//! before the kernel allocates, routes and looks them up.
+//! before the kernel allocates, routes and looks them up; and the early counts of every
+//! other source's SYNs and ACKs, which the defense reacts on.
 //!
 //! A black-hole member of a [`ListenerGroup`](super::ListenerGroup) drops the SYNs steered to
 //! it with a socket filter, so a flood gets no SYN-ACK and no accept work. The kernel still
 //! pays for each SYN up to that point: the IP layer, the route lookup, the listener lookup,
 //! the steering program (anchors.md measured 4 us per dropped SYN on these machines, and a
 //! profile of `rescon-bench synflood` shows it). An XDP program on the interface the flood
-//! comes in on drops it at the driver instead, for a few instructions per packet. It is
-//! the paper's "dropped before it costs anything" on today's Linux.
+//! comes in on drops it at the driver instead, for a few instructions and one table lookup
+//! per packet. It is the paper's "dropped before it costs anything" on today's Linux.
 //!
-//! The program drops IPv4 TCP SYNs (SYN set, ACK clear) to the group's port (and address, if
-//! the group has one) whose source is in one of the prefixes, and passes everything else:
-//! other ports, established connections from those sources, IPv6, fragments and IPv4
-//! headers with options go on to the kernel, where the listener group's own filter still
-//! applies. [`EdgeFilter::set_prefixes`] swaps in a new program atomically
-//! (`BPF_LINK_UPDATE`); dropping the filter detaches it.
+//! The program looks at TCP to the group's port (and address, if the group has one), IPv4
+//! without options and not a later fragment, or IPv6 with TCP as the first next header:
 //!
-//! Written by hand, with `bpf(2)` directly: the program is about 30 instructions plus 3 per prefix,
-//! assembled from the prefix list at run time. The Rust eBPF toolchain (aya) compiles
-//! programs ahead of time with its own linker, which fits programs written in Rust, not one
-//! generated from a configuration; libbpf would add a C dependency for three system calls.
+//! - a SYN (SYN set, ACK clear) whose source is in a black-holed prefix of the group's
+//!   [`Holes`] is dropped, and counted for that prefix and for this interface;
+//! - any other SYN is counted for its source's `/24` or `/64`, and an ACK is counted for a
+//!   source that sent a SYN in the same period ([`Holes::take_sources`]);
+//! - everything else passes: other ports, established connections from black-holed
+//!   sources, extension headers, options and fragments go on to the kernel, where the
+//!   group's own filters still apply.
+//!
+//! The prefixes live in the `Holes` tables, shared with the group's black-hole sockets:
+//! moving a prefix is one table update that every edge sees at once. Dropping the filter
+//! detaches it.
+//!
+//! Written by hand with `bpf(2)` directly (see [`ebpf`](crate::ebpf)): about 100
+//! instructions, assembled for the group's port and addresses.
 
-use super::sys::{self, EbpfInsn};
-use ipnet::Ipv4Net;
+use super::early::{self, Holes};
+use super::filter::Stack;
+use crate::ebpf::asm::Size::{B, DW, H, W};
+use crate::ebpf::asm::{
+    Asm, Cond, Helper, Insn, Label, R0, R1, R2, R3, R4, R5, R7, R8, R10, Src, be16, be32,
+};
+use crate::ebpf::sys::{self, MapSpec, MapType, ProgSpec, ProgType};
+use crate::ebpf::{Map, sum_words};
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-
-/// Most prefixes one program holds (3 instructions each; the kernel takes far more, this
-/// bounds the cost per packet).
-pub const MAX_PREFIXES: usize = 4096;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Where on the receive path the program runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,226 +73,296 @@ pub const XDP_DROP: u32 = 1;
 /// See [`XDP_DROP`].
 pub const XDP_PASS: u32 = 2;
 
-// Instruction fields (`linux/bpf.h`, `linux/bpf_common.h`).
-const LDX: u8 = 0x01;
-const ALU: u8 = 0x04;
-const JMP: u8 = 0x05;
-const JMP32: u8 = 0x06;
-const ALU64: u8 = 0x07;
-const W: u8 = 0x00;
-const H: u8 = 0x08;
-const B: u8 = 0x10;
-const MEM: u8 = 0x60;
-const K: u8 = 0x00;
-const X: u8 = 0x08;
-const ADD: u8 = 0x00;
-const AND: u8 = 0x50;
-const MOV: u8 = 0xb0;
-const JEQ: u8 = 0x10;
-const JGT: u8 = 0x20;
-const JNE: u8 = 0x50;
-const CALL: u8 = 0x80;
-const EXIT: u8 = 0x90;
-const STX: u8 = 0x03;
-const ST: u8 = 0x02;
-const LD: u8 = 0x00;
-const DW: u8 = 0x18;
-const IMM: u8 = 0x00;
-const ATOMIC: u8 = 0xc0;
-/// `BPF_PSEUDO_MAP_FD`: a 64-bit immediate load whose value is a map's file descriptor.
-const PSEUDO_MAP_FD: u8 = 1;
-/// `BPF_FUNC_map_lookup_elem`.
-const MAP_LOOKUP: i32 = 1;
-
-// Offsets in an Ethernet frame carrying IPv4 without options and TCP.
-const ETH_TYPE: i16 = 12;
-const IP_VHL: i16 = 14;
-const IP_FRAG: i16 = 20;
-const IP_PROTO: i16 = 23;
-const IP_SRC: i16 = 26;
-const IP_DST: i16 = 30;
-const TCP_DPORT: i16 = 36;
-const TCP_FLAGS: i16 = 47;
-/// Bytes the program reads: through the TCP flags.
-const NEEDED: i32 = 48;
-
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> EbpfInsn {
-    EbpfInsn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
+/// The packets an edge filter looks at: TCP to `port`, at these addresses (`None`: not this
+/// family; unspecified: any address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The port.
+    pub port: u16,
+    /// IPv4 destination.
+    pub v4: Option<Ipv4Addr>,
+    /// IPv6 destination.
+    pub v6: Option<Ipv6Addr>,
 }
 
-/// A 16- or 32-bit field as the program loads it: network-order bytes read by a
-/// little-endian load (x86-64 and arm64, the targets we build for).
-fn le16(v: u16) -> i32 {
-    i32::from(u16::from_le_bytes(v.to_be_bytes()))
-}
-fn le32(v: u32) -> i32 {
-    u32::from_le_bytes(v.to_be_bytes()) as i32
-}
-
-/// Jumps that go to PASS or DROP, patched once both are placed.
-#[derive(Clone, Copy)]
-enum To {
-    Pass,
-    Drop,
-}
-
-/// Assembles the program for `port` (and `dst`, unless it is unspecified) and `prefixes`;
-/// each drop adds one to counter 0 of the array map `counter` (a file descriptor).
-fn assemble(port: u16, dst: Ipv4Addr, prefixes: &[Ipv4Net], counter: i32) -> Vec<EbpfInsn> {
-    let mut p = Vec::with_capacity(24 + 3 * prefixes.len());
-    let mut fix: Vec<(usize, To)> = Vec::new();
-    let jump = |p: &mut Vec<EbpfInsn>, fix: &mut Vec<(usize, To)>, i: EbpfInsn, to: To| {
-        fix.push((p.len(), to));
-        p.push(i);
-    };
-    // r2 = data, r3 = data_end (struct xdp_md); pass anything shorter than we read.
-    p.push(insn(LDX | W | MEM, 2, 1, 0, 0));
-    p.push(insn(LDX | W | MEM, 3, 1, 4, 0));
-    p.push(insn(ALU64 | MOV | X, 4, 2, 0, 0));
-    p.push(insn(ALU64 | ADD | K, 4, 0, 0, NEEDED));
-    jump(&mut p, &mut fix, insn(JMP | JGT | X, 4, 3, 0, 0), To::Pass);
-    // IPv4, no options, TCP, not a later fragment.
-    p.push(insn(LDX | H | MEM, 5, 2, ETH_TYPE, 0));
-    jump(
-        &mut p,
-        &mut fix,
-        insn(JMP | JNE | K, 5, 0, 0, le16(0x0800)),
-        To::Pass,
-    );
-    p.push(insn(LDX | B | MEM, 5, 2, IP_VHL, 0));
-    jump(
-        &mut p,
-        &mut fix,
-        insn(JMP | JNE | K, 5, 0, 0, 0x45),
-        To::Pass,
-    );
-    p.push(insn(LDX | B | MEM, 5, 2, IP_PROTO, 0));
-    jump(&mut p, &mut fix, insn(JMP | JNE | K, 5, 0, 0, 6), To::Pass);
-    p.push(insn(LDX | H | MEM, 5, 2, IP_FRAG, 0));
-    p.push(insn(ALU | AND | K, 5, 0, 0, le16(0x1fff)));
-    jump(&mut p, &mut fix, insn(JMP | JNE | K, 5, 0, 0, 0), To::Pass);
-    // A SYN without ACK, to our port (and address).
-    p.push(insn(LDX | B | MEM, 5, 2, TCP_FLAGS, 0));
-    p.push(insn(ALU | AND | K, 5, 0, 0, 0x12));
-    jump(
-        &mut p,
-        &mut fix,
-        insn(JMP | JNE | K, 5, 0, 0, 0x02),
-        To::Pass,
-    );
-    p.push(insn(LDX | H | MEM, 5, 2, TCP_DPORT, 0));
-    jump(
-        &mut p,
-        &mut fix,
-        insn(JMP | JNE | K, 5, 0, 0, le16(port)),
-        To::Pass,
-    );
-    if !dst.is_unspecified() {
-        p.push(insn(LDX | W | MEM, 5, 2, IP_DST, 0));
-        jump(
-            &mut p,
-            &mut fix,
-            insn(JMP32 | JNE | K, 5, 0, 0, le32(dst.into())),
-            To::Pass,
-        );
-    }
-    // The source against each prefix, in 32-bit operations (immediates are sign-extended in
-    // 64-bit ones).
-    p.push(insn(LDX | W | MEM, 5, 2, IP_SRC, 0));
-    for net in prefixes {
-        p.push(insn(ALU | MOV | X, 6, 5, 0, 0));
-        p.push(insn(ALU | AND | K, 6, 0, 0, le32(net.netmask().into())));
-        jump(
-            &mut p,
-            &mut fix,
-            insn(JMP32 | JEQ | K, 6, 0, 0, le32(net.network().into())),
-            To::Drop,
-        );
-    }
-    let pass = p.len();
-    p.push(insn(ALU64 | MOV | K, 0, 0, 0, XDP_PASS as i32));
-    p.push(insn(JMP | EXIT, 0, 0, 0, 0));
-    // Without prefixes nothing jumps to DROP, and the verifier refuses unreachable code.
-    // DROP counts the packet: counter[0] += 1, atomically (so the defense sees a flood it no
-    // longer meets at the socket), then drops it.
-    let drop = p.len();
-    if !prefixes.is_empty() {
-        p.push(insn(LD | DW | IMM, 1, PSEUDO_MAP_FD, 0, counter));
-        p.push(insn(0, 0, 0, 0, 0));
-        p.push(insn(ST | W | MEM, 10, 0, -4, 0));
-        p.push(insn(ALU64 | MOV | X, 2, 10, 0, 0));
-        p.push(insn(ALU64 | ADD | K, 2, 0, 0, -4));
-        p.push(insn(JMP | CALL, 0, 0, 0, MAP_LOOKUP));
-        p.push(insn(JMP | JEQ | K, 0, 0, 2, 0));
-        p.push(insn(ALU64 | MOV | K, 1, 0, 0, 1));
-        p.push(insn(STX | DW | ATOMIC, 0, 1, 0, 0));
-        p.push(insn(ALU64 | MOV | K, 0, 0, 0, XDP_DROP as i32));
-        p.push(insn(JMP | EXIT, 0, 0, 0, 0));
-    }
-    for (at, to) in fix {
-        let target = match to {
-            To::Pass => pass,
-            To::Drop => drop,
+impl Target {
+    /// What a group listening on `local` with `stack` receives.
+    pub fn of(local: SocketAddr, stack: Stack) -> Target {
+        let (v4, v6) = match (local.ip(), stack) {
+            (IpAddr::V4(a), _) => (Some(a), None),
+            (IpAddr::V6(a), Stack::V6Only) => (None, Some(a)),
+            (IpAddr::V6(a), _) if a.is_unspecified() => (Some(Ipv4Addr::UNSPECIFIED), Some(a)),
+            (IpAddr::V6(a), _) => match a.to_ipv4_mapped() {
+                Some(m) => (Some(m), None),
+                None => (None, Some(a)),
+            },
         };
-        p[at].off = i16::try_from(target - at - 1).expect("program under 32k instructions");
+        Target {
+            port: local.port(),
+            v4,
+            v6,
+        }
     }
-    p
 }
 
-/// A loaded program and what it was made from.
-struct Prog {
-    fd: OwnedFd,
-    prefixes: Vec<Ipv4Net>,
+// Offsets in an Ethernet frame.
+const ETH_TYPE: i16 = 12;
+const IP: i16 = 14;
+// IPv4 without options, then TCP.
+const IP4_VHL: i16 = IP;
+const IP4_FRAG: i16 = IP + 6;
+const IP4_PROTO: i16 = IP + 9;
+const IP4_SRC: i16 = IP + 12;
+const IP4_DST: i16 = IP + 16;
+const TCP4: i16 = IP + 20;
+// IPv6, then TCP.
+const IP6_NEXT: i16 = IP + 6;
+const IP6_SRC: i16 = IP + 8;
+const IP6_DST: i16 = IP + 24;
+const TCP6: i16 = IP + 40;
+// In the TCP header.
+const TCP_DPORT: i16 = 2;
+const TCP_FLAGS: i16 = 13;
+const SYN: i32 = 0x02;
+const ACK: i32 = 0x10;
+
+// The stack: the trie keys, the source key, a source value.
+const KEY4: i16 = -8;
+const KEY6: i16 = -24;
+const SRC_KEY: i16 = -48;
+const SRC_VALUE: i16 = -64;
+
+/// The maps the program refers to.
+struct Maps<'a> {
+    v4: BorrowedFd<'a>,
+    v6: BorrowedFd<'a>,
+    sources: BorrowedFd<'a>,
+    /// This interface's drops (an array of one u64).
+    counter: BorrowedFd<'a>,
 }
 
-/// The prefixes as the program holds them: truncated to their length, sorted, once each.
-fn normalize(prefixes: &[Ipv4Net]) -> Vec<Ipv4Net> {
-    let mut v: Vec<Ipv4Net> = prefixes.iter().map(|n| n.trunc()).collect();
-    v.sort();
-    v.dedup();
-    v
+/// `if (dst != want) goto pass` over a 32-bit word at `off` of the packet in `r2`.
+fn word_is(a: &mut Asm, off: i16, want: u32, pass: Label) {
+    a.ldx(W, R5, R2, off)
+        .jmp32(Cond::Ne, R5, Src::Imm(be32(want)), pass);
 }
 
-/// Loads the program for `prefixes`, which [`normalize`] made.
-fn load(port: u16, dst: Ipv4Addr, prefixes: Vec<Ipv4Net>, counter: &OwnedFd) -> io::Result<Prog> {
-    if prefixes.len() > MAX_PREFIXES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} prefixes for the edge filter; at most {MAX_PREFIXES}: aggregate them into shorter prefixes",
-                prefixes.len()
-            ),
-        ));
+/// Assembles the program: see the [module docs](self).
+fn assemble(t: &Target, m: &Maps<'_>) -> Vec<Insn> {
+    let mut a = Asm::new();
+    let pass = a.label();
+    let ip4 = a.label();
+    let ip6 = a.label();
+    let syn = a.label();
+    let ack = a.label();
+    let dropped = a.label();
+    let syn4 = a.label();
+    let syn6 = a.label();
+    // r2 = data, r3 = data_end (struct xdp_md); the ethertype.
+    a.ldx(W, R2, R1, 0)
+        .ldx(W, R3, R1, 4)
+        .mov(R4, R2)
+        .add_imm(R4, 14)
+        .jmp(Cond::Gt, R4, Src::Reg(R3), pass)
+        .ldx(H, R5, R2, ETH_TYPE);
+    if t.v4.is_some() {
+        a.jmp(Cond::Eq, R5, Src::Imm(be16(0x0800)), ip4);
     }
-    let insns = assemble(port, dst, &prefixes, counter.as_raw_fd());
-    let fd = sys::load_xdp(&insns, "rescon_edge")?;
-    Ok(Prog { fd, prefixes })
+    if t.v6.is_some() {
+        a.jmp(Cond::Eq, R5, Src::Imm(be16(0x86dd)), ip6);
+    }
+    a.ja(pass);
+
+    if let Some(dst) = t.v4 {
+        a.place(ip4);
+        a.mov(R4, R2)
+            .add_imm(R4, i32::from(TCP4 + TCP_FLAGS + 1))
+            .jmp(Cond::Gt, R4, Src::Reg(R3), pass)
+            .ldx(B, R5, R2, IP4_VHL)
+            .jmp(Cond::Ne, R5, Src::Imm(0x45), pass)
+            .ldx(B, R5, R2, IP4_PROTO)
+            .jmp(Cond::Ne, R5, Src::Imm(6), pass)
+            .ldx(H, R5, R2, IP4_FRAG)
+            .and32_imm(R5, be16(0x1fff))
+            .jmp(Cond::Ne, R5, Src::Imm(0), pass)
+            .ldx(H, R5, R2, TCP4 + TCP_DPORT)
+            .jmp(Cond::Ne, R5, Src::Imm(be16(t.port)), pass);
+        if !dst.is_unspecified() {
+            word_is(&mut a, IP4_DST, dst.into(), pass);
+        }
+        // r7 = flags, r8 = source; the source key {4, /24}.
+        a.ldx(B, R7, R2, TCP4 + TCP_FLAGS)
+            .ldx(W, R8, R2, IP4_SRC)
+            .st_imm(W, R10, SRC_KEY, early::FAMILY_V4)
+            .mov(R1, R8)
+            .and32_imm(R1, 0x00ff_ffff)
+            .stx(W, R10, SRC_KEY + 4, R1);
+        for i in 1..4 {
+            a.st_imm(W, R10, SRC_KEY + 4 + 4 * i, 0);
+        }
+        a.mov(R1, R7)
+            .and32_imm(R1, SYN | ACK)
+            .jmp(Cond::Eq, R1, Src::Imm(SYN), syn4)
+            .jmp(Cond::Set, R7, Src::Imm(ACK), ack)
+            .ja(pass);
+        a.place(syn4);
+        a.st_imm(W, R10, KEY4, 32)
+            .stx(W, R10, KEY4 + 4, R8)
+            .ld_map(R1, m.v4)
+            .mov(R2, R10)
+            .add_imm(R2, i32::from(KEY4))
+            .call(Helper::MapLookupElem)
+            .jmp(Cond::Ne, R0, Src::Imm(0), dropped)
+            .ja(syn);
+    }
+
+    if let Some(dst) = t.v6 {
+        a.place(ip6);
+        a.mov(R4, R2)
+            .add_imm(R4, i32::from(TCP6 + TCP_FLAGS + 1))
+            .jmp(Cond::Gt, R4, Src::Reg(R3), pass)
+            .ldx(B, R5, R2, IP6_NEXT)
+            .jmp(Cond::Ne, R5, Src::Imm(6), pass)
+            .ldx(H, R5, R2, TCP6 + TCP_DPORT)
+            .jmp(Cond::Ne, R5, Src::Imm(be16(t.port)), pass);
+        if !dst.is_unspecified() {
+            let o = dst.octets();
+            for i in 0..4 {
+                let w = u32::from_be_bytes(o[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+                word_is(&mut a, IP6_DST + 4 * i as i16, w, pass);
+            }
+        }
+        // r7 = flags; the trie key {128, source} and the source key {6, /64}.
+        a.ldx(B, R7, R2, TCP6 + TCP_FLAGS)
+            .st_imm(W, R10, KEY6, 128)
+            .st_imm(W, R10, SRC_KEY, early::FAMILY_V6);
+        for i in 0..4 {
+            a.ldx(W, R1, R2, IP6_SRC + 4 * i)
+                .stx(W, R10, KEY6 + 4 + 4 * i, R1);
+            if i < 2 {
+                a.stx(W, R10, SRC_KEY + 4 + 4 * i, R1);
+            } else {
+                a.st_imm(W, R10, SRC_KEY + 4 + 4 * i, 0);
+            }
+        }
+        a.mov(R1, R7)
+            .and32_imm(R1, SYN | ACK)
+            .jmp(Cond::Eq, R1, Src::Imm(SYN), syn6)
+            .jmp(Cond::Set, R7, Src::Imm(ACK), ack)
+            .ja(pass);
+        a.place(syn6);
+        a.ld_map(R1, m.v6)
+            .mov(R2, R10)
+            .add_imm(R2, i32::from(KEY6))
+            .call(Helper::MapLookupElem)
+            .jmp(Cond::Ne, R0, Src::Imm(0), dropped)
+            .ja(syn);
+    }
+
+    // A SYN from a source not black-holed: count it for its /24 or /64 (per CPU; XDP runs in
+    // NAPI or softirq, nothing else on this CPU runs into this CPU's value).
+    let new = a.label();
+    a.place(syn);
+    source_lookup(&mut a, m);
+    a.jmp(Cond::Eq, R0, Src::Imm(0), new)
+        .ldx(DW, R1, R0, early::SYNS)
+        .add_imm(R1, 1)
+        .stx(DW, R0, early::SYNS, R1)
+        .ja(pass);
+    a.place(new);
+    a.st_imm(DW, R10, SRC_VALUE, 1)
+        .st_imm(DW, R10, SRC_VALUE + 8, 0)
+        .ld_map(R1, m.sources)
+        .mov(R2, R10)
+        .add_imm(R2, i32::from(SRC_KEY))
+        .mov(R3, R10)
+        .add_imm(R3, i32::from(SRC_VALUE))
+        .mov_imm(R4, 0)
+        .call(Helper::MapUpdateElem)
+        .ja(pass);
+    // An ACK: counted only for a source that sent a SYN this period.
+    a.place(ack);
+    source_lookup(&mut a, m);
+    a.jmp(Cond::Eq, R0, Src::Imm(0), pass)
+        .ldx(DW, R1, R0, early::ACKS)
+        .add_imm(R1, 1)
+        .stx(DW, R0, early::ACKS, R1)
+        .ja(pass);
+    // Black-holed: count for the prefix (all CPUs share it) and for this interface.
+    a.place(dropped);
+    a.mov_imm(R1, 1)
+        .atomic_add(DW, R0, early::EDGE, R1)
+        .st_imm(W, R10, -4, 0)
+        .ld_map(R1, m.counter)
+        .mov(R2, R10)
+        .add_imm(R2, -4)
+        .call(Helper::MapLookupElem);
+    let done = a.label();
+    a.jmp(Cond::Eq, R0, Src::Imm(0), done)
+        .mov_imm(R1, 1)
+        .atomic_add(DW, R0, 0, R1);
+    a.place(done);
+    a.mov_imm(R0, XDP_DROP as i32).exit();
+    a.place(pass);
+    a.mov_imm(R0, XDP_PASS as i32).exit();
+    a.finish()
+}
+
+/// `r0 = &sources[key at SRC_KEY]` (this CPU's), or 0.
+fn source_lookup(a: &mut Asm, m: &Maps<'_>) {
+    a.ld_map(R1, m.sources)
+        .mov(R2, R10)
+        .add_imm(R2, i32::from(SRC_KEY))
+        .call(Helper::MapLookupElem);
+}
+
+/// Loads the program for `target` over `holes`, with its own drop counter.
+fn load(target: &Target, holes: &Holes) -> io::Result<(OwnedFd, Map)> {
+    let counter = Map::create(&MapSpec {
+        kind: MapType::Array,
+        key: 4,
+        value: 8,
+        max_entries: 1,
+        flags: 0,
+        name: "rescon_edge_n",
+        btf: None,
+    })?;
+    let (v4, v6, sources) = holes.maps();
+    let insns = assemble(
+        target,
+        &Maps {
+            v4,
+            v6,
+            sources,
+            counter: counter.as_fd(),
+        },
+    );
+    let prog = sys::prog_load(&ProgSpec {
+        kind: ProgType::Xdp,
+        insns: &insns,
+        name: "rescon_edge",
+        attach: Some(sys::AttachType::Xdp),
+        attach_btf_id: 0,
+    })?;
+    Ok((prog, counter))
 }
 
 /// An XDP program on one interface dropping SYNs to one listening address from black-holed
-/// IPv4 prefixes: see the [module docs](self).
+/// prefixes, and counting the others: see the [module docs](self).
 pub struct EdgeFilter {
     iface: String,
-    port: u16,
-    dst: Ipv4Addr,
-    link: OwnedFd,
-    prog: Prog,
-    /// The drop counter, shared by every program this filter loads.
-    counter: OwnedFd,
+    target: Target,
+    _link: OwnedFd,
+    _prog: OwnedFd,
+    /// This interface's drops.
+    counter: Map,
 }
 
 impl fmt::Debug for EdgeFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EdgeFilter")
             .field("iface", &self.iface)
-            .field("port", &self.port)
-            .field("dst", &self.dst)
-            .field("prefixes", &self.prog.prefixes)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -301,70 +380,44 @@ fn ifindex(name: &str) -> io::Result<u32> {
 
 impl EdgeFilter {
     /// Attaches a filter to interface `iface` (of the calling thread's network namespace)
-    /// for SYNs to `port` (and `dst`, unless unspecified) from `prefixes`. Needs
-    /// `CAP_NET_ADMIN` and `CAP_BPF` (root).
+    /// for `target`, dropping what `holes` black-holes. Needs `CAP_NET_ADMIN` and `CAP_BPF`
+    /// (root).
     pub fn attach(
         iface: &str,
-        dst: Ipv4Addr,
-        port: u16,
-        prefixes: &[Ipv4Net],
+        target: Target,
+        holes: &Holes,
         mode: XdpMode,
     ) -> io::Result<EdgeFilter> {
         let ifindex = ifindex(iface)?;
-        let counter = sys::counter_array(1).map_err(|e| {
-            io::Error::new(e.kind(), format!("creating the edge filter's counter: {e}"))
-        })?;
-        let prog = load(port, dst, normalize(prefixes), &counter).map_err(|e| {
+        let (prog, counter) = load(&target, holes).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("loading the edge filter for {iface}: {e}"),
             )
         })?;
-        let link = sys::xdp_link(prog.fd.as_fd(), ifindex, mode.flags()).map_err(|e| {
+        let link = sys::xdp_link(prog.as_fd(), ifindex, mode.flags()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("attaching the edge filter (XDP) to {iface}: {e} (is another XDP program attached?)"),
             )
         })?;
-        tracing::info!(
-            iface,
-            port,
-            ?mode,
-            prefixes = prog.prefixes.len(),
-            "edge filter attached"
-        );
+        tracing::info!(iface, ?target, ?mode, "edge filter attached");
         Ok(EdgeFilter {
             iface: iface.to_string(),
-            port,
-            dst,
-            link,
-            prog,
+            target,
+            _link: link,
+            _prog: prog,
             counter,
         })
     }
 
-    /// SYNs dropped so far (by every program this filter has had).
+    /// SYNs this interface's filter has dropped.
     pub fn drops(&self) -> u64 {
-        sys::read_counter(self.counter.as_fd(), 0).unwrap_or(0)
-    }
-
-    /// Replaces the prefixes, atomically: packets see either the old program or the new one.
-    /// Unchanged prefixes do nothing.
-    pub fn set_prefixes(&mut self, prefixes: &[Ipv4Net]) -> io::Result<()> {
-        let want = normalize(prefixes);
-        if want == self.prog.prefixes {
-            return Ok(());
-        }
-        let prog = load(self.port, self.dst, want, &self.counter)?;
-        sys::link_update(self.link.as_fd(), prog.fd.as_fd()).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("swapping the edge filter on {}: {e}", self.iface),
-            )
-        })?;
-        tracing::info!(iface = %self.iface, prefixes = prog.prefixes.len(), "edge filter swapped");
-        self.prog = prog;
-        Ok(())
+        self.counter
+            .get(&0u32.to_ne_bytes())
+            .ok()
+            .flatten()
+            .map_or(0, |v| sum_words(&v, 8, 1)[0])
     }
 
     /// The interface.
@@ -372,58 +425,113 @@ impl EdgeFilter {
         &self.iface
     }
 
-    /// The prefixes dropped now.
-    pub fn prefixes(&self) -> &[Ipv4Net] {
-        &self.prog.prefixes
+    /// What it looks at.
+    pub fn target(&self) -> Target {
+        self.target
     }
 }
 
-/// Loads (without attaching) the program for `prefixes` and runs it once on `frame`: the
-/// verdict the edge filter would give. For tests and for checking a configuration.
-pub fn verdict_for(
-    dst: Ipv4Addr,
-    port: u16,
-    prefixes: &[Ipv4Net],
-    frame: &[u8],
-) -> io::Result<u32> {
-    let counter = sys::counter_array(1)?;
-    let prog = load(port, dst, normalize(prefixes), &counter)?;
-    sys::test_run(prog.fd.as_fd(), frame)
+/// Loads (without attaching) the program for `target` over `holes` and runs it once on
+/// `frame`: the verdict the edge filter would give (counting as it would). For tests and for
+/// checking a configuration.
+pub fn verdict_for(target: &Target, holes: &Holes, frame: &[u8]) -> io::Result<u32> {
+    let (prog, _counter) = load(target, holes)?;
+    sys::test_run_packet(prog.as_fd(), frame)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ebpf::asm::{CALL, EXIT, JMP, check_shape};
 
-    #[test]
-    fn jumps_land_on_pass_or_drop() {
-        let prefixes: Vec<Ipv4Net> = vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "192.0.2.7/32".parse().unwrap(),
-        ];
-        let p = assemble(80, Ipv4Addr::UNSPECIFIED, &prefixes, 3);
-        let exits: Vec<usize> = (0..p.len()).filter(|&i| p[i].code == JMP | EXIT).collect();
-        assert_eq!(exits.len(), 2);
-        let pass = exits[0] - 1;
-        let drop = p.iter().position(|x| x.code == LD | DW | IMM).unwrap();
-        assert_eq!(drop, exits[0] + 1, "DROP follows PASS");
-        for (i, x) in p[..pass].iter().enumerate() {
-            let cls = x.code & 0x07;
-            if cls == JMP || cls == JMP32 {
-                let to = i + 1 + x.off as usize;
-                assert!(to == pass || to == drop, "insn {i} jumps to {to}");
-                assert_eq!(to == drop, x.code & 0xf0 == JEQ, "only prefix matches drop");
-            }
-        }
-        assert_eq!(p[exits[1] - 1].imm, XDP_DROP as i32);
-        assert_eq!(p[drop].imm, 3, "the counter's map");
-        assert_eq!(p[pass].imm, XDP_PASS as i32);
+    fn with_maps<T>(f: impl FnOnce(&Maps<'_>) -> T) -> T {
+        let files: Vec<std::fs::File> = (0..4)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        f(&Maps {
+            v4: files[0].as_fd(),
+            v6: files[1].as_fd(),
+            sources: files[2].as_fd(),
+            counter: files[3].as_fd(),
+        })
     }
 
     #[test]
-    fn fields_are_in_network_order() {
-        // 0x0800 arrives as bytes 08 00, which a little-endian 16-bit load reads as 0x0008.
-        assert_eq!(le16(0x0800), 0x0008);
-        assert_eq!(le32(u32::from(Ipv4Addr::new(10, 1, 2, 3))), 0x0302_010a);
+    fn programs_for_every_kind_of_group_are_well_formed() {
+        with_maps(|m| {
+            for (addr, stack) in [
+                ("0.0.0.0:80", Stack::V4),
+                ("10.0.0.1:80", Stack::V4),
+                ("[::]:80", Stack::Dual),
+                ("[::]:80", Stack::V6Only),
+                ("[2001:db8::1]:80", Stack::V6Only),
+                ("[::ffff:10.0.0.1]:80", Stack::Dual),
+            ] {
+                let t = Target::of(addr.parse().unwrap(), stack);
+                let p = assemble(&t, m);
+                check_shape(&p).unwrap_or_else(|e| panic!("{addr}: {e}"));
+                let exits = p.iter().filter(|i| i.code == JMP | EXIT).count();
+                assert_eq!(exits, 2, "{addr}: DROP and PASS");
+                // The port, in network order, is compared in every family handled.
+                let port_tests = p
+                    .iter()
+                    .filter(|i| i.imm == be16(80) && i.is_jump())
+                    .count();
+                assert_eq!(
+                    port_tests,
+                    usize::from(t.v4.is_some()) + usize::from(t.v6.is_some()),
+                    "{addr}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn targets_follow_the_group_stack() {
+        let t = |a: &str, s| Target::of(a.parse().unwrap(), s);
+        assert_eq!(t("0.0.0.0:1", Stack::V4).v6, None);
+        assert_eq!(
+            t("[::]:1", Stack::Dual),
+            Target {
+                port: 1,
+                v4: Some(Ipv4Addr::UNSPECIFIED),
+                v6: Some(Ipv6Addr::UNSPECIFIED)
+            }
+        );
+        assert_eq!(t("[::]:1", Stack::V6Only).v4, None);
+        assert_eq!(
+            t("[::ffff:10.0.0.1]:1", Stack::Dual).v4,
+            Some(Ipv4Addr::new(10, 0, 0, 1))
+        );
+    }
+
+    #[test]
+    fn a_specific_address_is_compared_word_by_word() {
+        with_maps(|m| {
+            let t = Target::of("[2001:db8::1]:80".parse().unwrap(), Stack::V6Only);
+            let p = assemble(&t, m);
+            let words: Vec<i32> = p
+                .iter()
+                .filter(|i| i.class() == crate::ebpf::asm::JMP32 && i.is_jump())
+                .map(|i| i.imm)
+                .collect();
+            assert_eq!(words, vec![be32(0x2001_0db8), 0, 0, be32(1)]);
+            // The helpers: the trie, the sources (lookup, update; lookup), the counter.
+            let calls: Vec<i32> = p
+                .iter()
+                .filter(|i| i.code == JMP | CALL)
+                .map(|i| i.imm)
+                .collect();
+            assert_eq!(
+                calls,
+                vec![
+                    Helper::MapLookupElem as i32,
+                    Helper::MapLookupElem as i32,
+                    Helper::MapUpdateElem as i32,
+                    Helper::MapLookupElem as i32,
+                    Helper::MapLookupElem as i32,
+                ]
+            );
+        });
     }
 }

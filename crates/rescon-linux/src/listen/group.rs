@@ -2,11 +2,12 @@
 //! container, steered by a classic BPF program in the kernel.
 
 use super::bpf::{self, Program};
-use super::edge::{EdgeFilter, XdpMode};
+use super::early::{self, Holes, PrefixDrops, SourceCount};
+use super::edge::{EdgeFilter, Target, XdpMode};
 use super::error::Error;
 use super::filter::{Filter, Stack, Steering, check_prefix};
 use super::sys;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rescon::{ConnGuard, Container};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::fmt;
@@ -225,6 +226,7 @@ impl GroupBuilder {
                 steering,
                 program,
                 edges: Vec::new(),
+                holes: early::open_holes(),
             }),
         };
         let st = group.state.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -237,9 +239,11 @@ impl GroupBuilder {
                 &container,
                 backlog.unwrap_or(self.backlog),
                 prog,
+                st.holes.as_ref(),
             )?;
             st.slots.push(member);
         }
+        st.sync_holes(group.local);
         tracing::info!(
             addr = %group.local,
             members = st.slots.len(),
@@ -258,6 +262,7 @@ fn open_member(
     container: &Container,
     backlog: u32,
     steering: Option<&Program>,
+    holes: Option<&Holes>,
 ) -> Result<Member, Error> {
     let at = *addr;
     let err = |op| move |e| Error::socket(op, at, e);
@@ -282,7 +287,13 @@ fn open_member(
         }
     }
     let drop = if container.attrs().priority.is_black_hole() {
-        let how = drop_syns(SockRef::from(&s), stack).map_err(err("SO_ATTACH_FILTER"))?;
+        // With the group's early tables, the counting eBPF filter; without (no privilege
+        // to load eBPF), classic BPF or a TCP-MD5 key.
+        let how = match holes {
+            Some(h) => h.attach_filter(s.as_fd()).map(|()| SynDrop::SocketFilter),
+            None => drop_syns(SockRef::from(&s), stack),
+        }
+        .map_err(err("SO_ATTACH_FILTER"))?;
         if how != SynDrop::SocketFilter {
             tracing::info!(addr = %at, member = %id, how = %how, "black-hole member drops SYNs without a socket filter");
         }
@@ -313,39 +324,38 @@ struct State {
     slots: Vec<Member>,
     steering: Steering,
     program: Program,
-    /// Edge filters mirroring the black holes' IPv4 prefixes (see
+    /// Edge filters dropping the black holes' SYNs at interfaces (see
     /// [`ListenerGroup::drop_at_edge`]).
     edges: Vec<EdgeFilter>,
+    /// The black holes' prefixes and early counters, shared by the black-hole sockets'
+    /// filters and the edge filters; `None` without the privilege to load eBPF.
+    holes: Option<Holes>,
 }
 
 impl State {
-    /// The IPv4 prefixes listed by active black-hole members: what the edge filters drop.
-    fn edge_prefixes(&self) -> Vec<Ipv4Net> {
+    /// The prefixes listed by active black-hole members, with the member: what the early
+    /// filters drop, and for whom.
+    fn hole_prefixes(&self) -> Vec<(IpNet, Option<MemberId>)> {
         let mut out = Vec::new();
         for (m, f) in self.slots.iter().zip(self.steering.filters()) {
             if !m.is_black_hole() || m.is_retired() {
                 continue;
             }
             if let Filter::Prefixes(set) = f {
-                out.extend(set.iter().filter_map(|p| match p {
-                    IpNet::V4(n) => Some(*n),
-                    IpNet::V6(_) => None,
-                }));
+                out.extend(set.iter().map(|p| (*p, Some(m.id()))));
             }
         }
         out
     }
 
-    /// Brings the edge filters in line with the black holes. A failure is logged, not
-    /// returned: the black-hole members still drop those SYNs, only later in the kernel.
-    fn sync_edges(&mut self, addr: SocketAddr) {
-        if self.edges.is_empty() {
-            return;
-        }
-        let want = self.edge_prefixes();
-        for e in &mut self.edges {
-            if let Err(err) = e.set_prefixes(&want) {
-                tracing::warn!(%addr, iface = e.iface(), error = %err, "edge filter not updated; the black-hole members still drop these SYNs");
+    /// Brings the early filters' prefixes in line with the black holes. A failure is
+    /// logged, not returned: the steering program still sends those SYNs to the black
+    /// holes, whose sockets drop them.
+    fn sync_holes(&mut self, addr: SocketAddr) {
+        let want = self.hole_prefixes();
+        if let Some(h) = &mut self.holes {
+            if let Err(err) = h.set_owned(&want) {
+                tracing::warn!(%addr, error = %err, "early filters not updated; the black-hole members still drop these SYNs");
             }
         }
     }
@@ -525,36 +535,31 @@ impl ListenerGroup {
         tracing::info!(addr = %self.local, change = what, program_len = program.len(), "steering program swapped");
         st.steering = steering;
         st.program = program;
-        st.sync_edges(self.local);
+        st.sync_holes(self.local);
         Ok(())
     }
 
-    /// Also drops the SYNs of black-holed IPv4 sources at interface `iface` (of the calling
-    /// thread's network namespace), with XDP, before the kernel's IP and TCP layers see them:
-    /// see [`edge`](super::edge). The edge filter follows every later change of the black
-    /// holes' prefixes (moves, refreshes, retirements). Only prefixes listed by black-hole
-    /// members are dropped there (a black hole with a complement filter drops only at its
-    /// socket). Needs root; call once per interface the flood may come in on.
+    /// Also drops the SYNs of black-holed sources (IPv4 and IPv6) at interface `iface` (of
+    /// the calling thread's network namespace), with XDP, before the kernel's IP and TCP
+    /// layers see them, and counts every other source's SYNs there for the defense: see
+    /// [`edge`](super::edge). The edge filter shares the black holes' prefix tables, so it
+    /// follows every later change of them (moves, refreshes, retirements). Only prefixes
+    /// listed by black-hole members are dropped there (a black hole with a complement filter
+    /// drops only at its socket). Needs root; call once per interface the flood may come in
+    /// on.
     pub fn drop_at_edge(&self, iface: &str, mode: XdpMode) -> Result<(), Error> {
-        let dst = match self.local.ip() {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) if self.stack == Stack::V6Only => None,
-            IpAddr::V6(a) if a.is_unspecified() => Some(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(a) => a.to_ipv4_mapped(),
-        };
-        let Some(dst) = dst else {
+        let mut st = self.lock();
+        let Some(holes) = &st.holes else {
             return Err(Error::socket(
                 "edge filter (XDP)",
                 self.local,
                 io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the edge filter drops IPv4 SYNs; this group receives IPv6 only",
+                    io::ErrorKind::PermissionDenied,
+                    "the group could not load its eBPF tables when it was built: run as root (CAP_BPF, CAP_NET_ADMIN)",
                 ),
             ));
         };
-        let mut st = self.lock();
-        let want = st.edge_prefixes();
-        let edge = EdgeFilter::attach(iface, dst, self.local.port(), &want, mode)
+        let edge = EdgeFilter::attach(iface, Target::of(self.local, self.stack), holes, mode)
             .map_err(|e| Error::socket("edge filter (XDP)", self.local, e))?;
         st.edges.push(edge);
         Ok(())
@@ -567,12 +572,68 @@ impl ListenerGroup {
 
     /// The interfaces with an edge filter: each one's name, the prefixes it drops now and
     /// the SYNs it has dropped.
-    pub fn edges(&self) -> Vec<(String, Vec<Ipv4Net>, u64)> {
-        self.lock()
-            .edges
+    pub fn edges(&self) -> Vec<(String, Vec<IpNet>, u64)> {
+        let st = self.lock();
+        let prefixes: Vec<IpNet> = st
+            .holes
+            .as_ref()
+            .map(|h| h.prefixes().copied().collect())
+            .unwrap_or_default();
+        st.edges
             .iter()
-            .map(|e| (e.iface().to_string(), e.prefixes().to_vec(), e.drops()))
+            .map(|e| (e.iface().to_string(), prefixes.clone(), e.drops()))
             .collect()
+    }
+
+    /// SYNs dropped early (at the edge and at black-hole sockets) for each prefix ever
+    /// black-holed, cumulative, with the member that lists the prefix now (`None` once it
+    /// was moved out). Empty without eBPF (see [`early`](super::early)).
+    pub fn early_drops(&self) -> Vec<(PrefixDrops, Option<MemberId>)> {
+        let st = self.lock();
+        let Some(h) = &st.holes else {
+            return Vec::new();
+        };
+        let drops = h.drops().unwrap_or_else(|e| {
+            tracing::warn!(addr = %self.local, error = %e, "reading the early drop counters");
+            Vec::new()
+        });
+        drops
+            .into_iter()
+            .map(|d| {
+                let owner = st
+                    .steering
+                    .filters()
+                    .iter()
+                    .position(|f| !f.is_complement() && f.prefix_set().contains(&d.prefix))
+                    .map(|i| MemberId(i as u32));
+                (d, owner)
+            })
+            .collect()
+    }
+
+    /// SYNs dropped early for each member (its black-holed prefixes, at the edge and at its
+    /// socket), cumulative and never decreasing, each drop to the member that black-holed
+    /// its prefix when it was dropped: what a server charges to each member's container as
+    /// packets dropped for it (see [`Holes::drops_by_owner`]). Empty without eBPF.
+    pub fn early_drops_by_member(&self) -> Vec<(MemberId, u64)> {
+        let mut st = self.lock();
+        let Some(h) = &mut st.holes else {
+            return Vec::new();
+        };
+        h.drops_by_owner().unwrap_or_else(|e| {
+            tracing::warn!(addr = %self.local, error = %e, "reading the early drop counters");
+            Vec::new()
+        })
+    }
+
+    /// What the edge filters counted by source since the last call, or `None` when the group
+    /// has no edge filter (see [`Holes::take_sources`]).
+    pub fn take_sources(&self) -> Option<io::Result<Vec<SourceCount>>> {
+        let st = self.lock();
+        if st.edges.is_empty() {
+            return None;
+        }
+        st.holes.as_ref().map(Holes::take_sources)
     }
 
     fn check_active(st: &State, id: MemberId) -> Result<(), Error> {
@@ -672,7 +733,15 @@ impl ListenerGroup {
         let steering = Steering::new(self.stack, filters.clone())?;
         bpf::compile(&steering)?;
         let mut addr = self.local;
-        let member = open_member(&mut addr, self.stack, id, container, self.backlog, None)?;
+        let member = open_member(
+            &mut addr,
+            self.stack,
+            id,
+            container,
+            self.backlog,
+            None,
+            st.holes.as_ref(),
+        )?;
         st.slots.push(member.clone());
         if let Err(e) = self.apply(&mut st, filters, &format!("add {id}")) {
             // Nothing steers to it: keep it as retired so indices stay in step with the kernel.
@@ -697,7 +766,7 @@ impl ListenerGroup {
         self.apply(&mut st, filters, &format!("retire {id}"))?;
         let m = st.slots[id.get()].clone();
         m.0.retired.store(true, Relaxed);
-        st.sync_edges(self.local);
+        st.sync_holes(self.local);
         Ok(m)
     }
 
@@ -710,14 +779,14 @@ impl ListenerGroup {
         for m in &st.slots {
             let want = m.container().attrs().priority.is_black_hole();
             if want != m.is_black_hole() {
-                m.set_black_hole(want)
+                m.set_black_hole(want, st.holes.as_ref())
                     .map_err(|e| Error::socket("SO_ATTACH_FILTER", self.local, e))?;
                 tracing::info!(addr = %self.local, member = %m.id(), black_hole = want, "member priority changed");
                 changed.push(m.id());
             }
         }
         if !changed.is_empty() {
-            st.sync_edges(self.local);
+            st.sync_holes(self.local);
         }
         Ok(changed)
     }
@@ -869,10 +938,16 @@ impl Member {
         sys::socket_drops(self.0.listener.as_fd()).map(u64::from)
     }
 
-    fn set_black_hole(&self, on: bool) -> io::Result<()> {
+    fn set_black_hole(&self, on: bool, holes: Option<&Holes>) -> io::Result<()> {
         let s = SockRef::from(&self.0.listener);
         let now = match (on, self.syn_drop()) {
-            (true, None) => Some(drop_syns(s, self.0.stack)?),
+            (true, None) => Some(match holes {
+                Some(h) => {
+                    h.attach_filter(self.0.listener.as_fd())?;
+                    SynDrop::SocketFilter
+                }
+                None => drop_syns(s, self.0.stack)?,
+            }),
             (false, Some(how)) => {
                 stop_dropping(s, self.0.stack, how)?;
                 None

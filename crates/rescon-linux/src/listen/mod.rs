@@ -18,9 +18,13 @@
 //!   atomically without losing queued connections. [`Member`] hands a runtime each socket
 //!   (non-blocking) with its container, so that it can run each member's accept loop in
 //!   the member's container.
+//! - [`early`]: the black holes' prefixes in the kernel's longest-prefix-match tables, with
+//!   the SYNs dropped for each (at the edge and at the black-hole sockets, whose eBPF filter
+//!   counts them), and the SYNs and ACKs of every other source the edge sees; the defense
+//!   reacts on them within milliseconds.
 //! - [`edge`]: an XDP program on the interfaces a flood comes in on, dropping the black
-//!   holes' IPv4 SYNs before the IP layer ([`ListenerGroup::drop_at_edge`]); it follows every
-//!   prefix move and counts its drops, which the defense reads.
+//!   holes' SYNs (IPv4 and IPv6) before the IP layer ([`ListenerGroup::drop_at_edge`]); it
+//!   shares the tables, so it follows every prefix move at once.
 //! - [`stats`], [`diag`]: SYN-queue pressure from `/proc/net/netstat` and `/proc/net/snmp`,
 //!   and half-open connections by source prefix from `sock_diag`.
 //! - [`defense`], [`driver`]: a pure policy that decides which prefixes to quarantine and
@@ -51,6 +55,7 @@ pub mod bpf;
 pub mod defense;
 pub mod diag;
 pub mod driver;
+pub mod early;
 pub mod edge;
 mod error;
 pub mod filter;

@@ -42,118 +42,40 @@ pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixListener, UnixStream};
 
-use crate::worker::{WorkerShared, lock};
+use crate::driver::io::{Dir, IoState, READABLE, SHUTDOWN, TICK_MASK, WRITABLE};
+use crate::driver::{self, lock};
+use crate::scheduler::context;
 use atomic_waker::AtomicWaker;
 use std::future::Future;
 use std::io;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
-
-const READABLE: usize = 1;
-const WRITABLE: usize = 2;
-const READ_CLOSED: usize = 4;
-const WRITE_CLOSED: usize = 8;
-const ERROR: usize = 16;
-const SHUTDOWN: usize = 32;
-const TICK_ONE: usize = 1 << 8;
-const TICK_MASK: usize = !(TICK_ONE - 1);
-
-/// The direction an operation waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dir {
-    Read,
-    Write,
-}
-
-impl Dir {
-    fn mask(self) -> usize {
-        match self {
-            Dir::Read => READABLE | READ_CLOSED | ERROR,
-            Dir::Write => WRITABLE | WRITE_CLOSED | ERROR,
-        }
-    }
-
-    /// The bit a `WouldBlock` clears (closed and error stay set).
-    fn clearable(self) -> usize {
-        match self {
-            Dir::Read => READABLE,
-            Dir::Write => WRITABLE,
-        }
-    }
-}
-
-/// One socket's readiness, shared by the socket and its worker's event loop.
-#[derive(Debug)]
-pub(crate) struct IoState {
-    readiness: AtomicUsize,
-    reader: AtomicWaker,
-    writer: AtomicWaker,
-}
-
-impl IoState {
-    /// Records an event and takes the wakers it concerns.
-    pub(crate) fn set_ready(&self, ev: &mio::event::Event, out: &mut Vec<Waker>) {
-        let mut bits = 0;
-        if ev.is_readable() {
-            bits |= READABLE;
-        }
-        if ev.is_writable() {
-            bits |= WRITABLE;
-        }
-        if ev.is_read_closed() {
-            bits |= READ_CLOSED;
-        }
-        if ev.is_write_closed() {
-            bits |= WRITE_CLOSED;
-        }
-        if ev.is_error() {
-            bits |= ERROR;
-        }
-        self.add(bits, out);
-    }
-
-    fn add(&self, bits: usize, out: &mut Vec<Waker>) {
-        // A new tick with every event, so a `clear` based on an older observation is ignored.
-        let _ = self.readiness.fetch_update(AcqRel, Acquire, |cur| {
-            Some((cur | bits).wrapping_add(TICK_ONE))
-        });
-        if bits & Dir::Read.mask() != 0 {
-            out.extend(self.reader.take());
-        }
-        if bits & Dir::Write.mask() != 0 {
-            out.extend(self.writer.take());
-        }
-    }
-
-    /// Marks the socket's runtime as gone and takes its wakers.
-    pub(crate) fn shut_down(&self, out: &mut Vec<Waker>) {
-        self.readiness.fetch_or(SHUTDOWN, AcqRel);
-        out.extend(self.reader.take());
-        out.extend(self.writer.take());
-    }
-
-    fn waker(&self, dir: Dir) -> &AtomicWaker {
-        match dir {
-            Dir::Read => &self.reader,
-            Dir::Write => &self.writer,
-        }
-    }
-}
 
 fn shut_down_error() -> io::Error {
     io::Error::other("the rescon-rt runtime this socket was registered with has shut down")
 }
 
-/// A socket's registration with a worker's epoll instance, made on first wait.
+/// A worker index no driver has: not registered yet.
+const UNHOMED: u32 = u32::MAX;
+/// Registered with the only worker of its runtime: it never moves.
+const ALONE: u32 = u32::MAX - 1;
+
+/// A socket's registration with a worker's epoll instance, made on first wait, and moved to
+/// the worker of a later wait if that is another (a task that moved to another worker takes
+/// its sockets along: see the scheduler's balancing).
 #[derive(Debug)]
 pub(crate) struct Registration {
     state: Arc<IoState>,
     fd: RawFd,
-    worker: OnceLock<Result<(Arc<WorkerShared>, usize), io::ErrorKind>>,
+    /// The driver it is registered with, and its token there.
+    home: Mutex<Option<(Arc<driver::Handle>, usize)>>,
+    /// The index of that driver's worker ([`UNHOMED`] before the first wait): a wait on the
+    /// same worker, the common case, looks only at this.
+    at: AtomicU32,
 }
 
 impl Registration {
@@ -167,34 +89,54 @@ impl Registration {
                 writer: AtomicWaker::new(),
             }),
             fd,
-            worker: OnceLock::new(),
+            home: Mutex::new(None),
+            at: AtomicU32::new(UNHOMED),
         }
     }
 
+    /// Makes sure the socket is registered with the driver of the worker waiting on it (with
+    /// any, on a thread that is not a worker).
     fn ensure_registered(&self) -> io::Result<()> {
-        let r = self.worker.get_or_init(|| {
-            let w = crate::context::io_worker().map_err(|e| e.kind())?;
-            let token = lock(&w.io).insert(self.state.clone());
-            match w.registry.register(
-                &mut mio::unix::SourceFd(&self.fd),
-                mio::Token(token),
-                mio::Interest::READABLE | mio::Interest::WRITABLE,
-            ) {
-                Ok(()) => Ok((w, token)),
-                Err(e) => {
-                    lock(&w.io).remove(token);
-                    tracing::warn!(fd = self.fd, error = %e, "registering a socket with epoll failed");
-                    Err(e.kind())
-                }
+        let at = self.at.load(Acquire);
+        if at == ALONE {
+            return Ok(());
+        }
+        if at != UNHOMED && context::current_worker().is_none_or(|w| w as u32 == at) {
+            return Ok(());
+        }
+        let mut home = lock(&self.home);
+        let target = context::io_driver()?;
+        if let Some((h, token)) = home.as_ref() {
+            if Arc::ptr_eq(h, &target) {
+                return Ok(());
             }
-        });
-        match r {
-            Ok((w, _)) if w.is_closed() => Err(shut_down_error()),
-            Ok(_) => Ok(()),
-            Err(kind) => Err(io::Error::new(
-                *kind,
-                "registering the socket with the runtime's epoll instance failed (outside a runtime, or out of memory or file descriptors)",
-            )),
+            h.deregister(self.fd, *token);
+        }
+        *home = None;
+        self.at.store(UNHOMED, Release);
+        if target.is_closed() {
+            return Err(shut_down_error());
+        }
+        match target.register(self.fd, self.state.clone()) {
+            Ok(token) => {
+                let at = if target.alone {
+                    ALONE
+                } else {
+                    target.index as u32
+                };
+                self.at.store(at, Release);
+                *home = Some((target, token));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(fd = self.fd, error = %e, "registering a socket with epoll failed");
+                Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering the socket with the runtime's epoll instance failed: {e} (out of memory or file descriptors?)"
+                    ),
+                ))
+            }
         }
     }
 
@@ -293,9 +235,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(Ok((w, token))) = self.worker.get() {
-            let _ = w.registry.deregister(&mut mio::unix::SourceFd(&self.fd));
-            lock(&w.io).try_remove(*token);
+        if let Some((h, token)) = lock(&self.home).take() {
+            h.deregister(self.fd, token);
         }
         fd_closed();
     }
@@ -452,7 +393,7 @@ impl<S: AsRawFd> Sock<S> {
     }
 }
 
-impl<S: AsRawFd> Sock<S>
+impl<S: AsRawFd + std::os::fd::AsFd> Sock<S>
 where
     for<'a> &'a S: io::Read + io::Write,
 {
@@ -477,7 +418,7 @@ where
         cx: &mut Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
     ) -> Poll<io::Result<usize>> {
-        let (fd, want) = (self.io.as_raw_fd(), buf.len());
+        let (fd, want) = (self.io.as_fd(), buf.len());
         let n = ready!(
             self.reg
                 .poll_stream(cx, Dir::Read, want, || { crate::sys::recv_uninit(fd, buf) })
@@ -542,7 +483,7 @@ where
         if want == 0 {
             return Poll::Ready(0);
         }
-        let clock = crate::context::clock();
+        let clock = context::clock();
         let mut wait = self.egress_wait.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = clock.now_ns();
@@ -619,7 +560,7 @@ where
 
 /// The container for a new socket made without one: the current task's.
 pub(crate) fn default_container() -> io::Result<rescon::Container> {
-    crate::context::try_current().ok_or_else(|| {
+    context::try_current().ok_or_else(|| {
         io::Error::other(
             "no rescon-rt runtime here to take the socket's container from: create the socket inside a task or Runtime::block_on, or use the *_in constructor with an explicit container",
         )
@@ -629,6 +570,7 @@ pub(crate) fn default_container() -> io::Result<rescon::Container> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::io::{ERROR, READ_CLOSED};
     use std::sync::atomic::AtomicBool;
     use std::task::Wake;
     use std::time::Duration;

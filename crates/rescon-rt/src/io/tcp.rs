@@ -221,6 +221,14 @@ impl TcpStream {
         self.sock.write_all(buf).await
     }
 
+    /// Waits, without reading, until the stream may be readable: bytes have come, the peer
+    /// closed its side, or the socket has an error. What a server waits for while it holds
+    /// no read buffer for an idle connection. It may be ready and the next read still would
+    /// block (an event that a read already consumed), as with any readiness.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sock.reg.poll_ready(cx, Dir::Read).map_ok(|_| ())
+    }
+
     /// Polls a read.
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         self.sock.poll_read(cx, buf)

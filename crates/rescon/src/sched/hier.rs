@@ -36,6 +36,19 @@
 //!   never exceeds the cap in any period.
 //! - The policy is work-conserving: `pick` returns `None` only when nothing runnable may run.
 //!
+//! # Shared mode
+//!
+//! With [`HierarchicalConfig::shared`], the policy is one of several serving the workers of a
+//! runtime ([`global`](super::global)): it exchanges the virtual times of the containers it
+//! mirrors in common with the others every [`SYNC_NS`](super::SYNC_NS) of its time (in
+//! [`refill`](Policy::refill)), weighs the pool by the fixed siblings runnable on any worker,
+//! lets a container that is runnable on another worker (or whose work moved here:
+//! [`Policy::attach_moved`]) enter its parent's queue where it stands instead of at the floor,
+//! and tells where a container stands ([`Policy::standing`]). None of this touches pick or
+//! charge: the exchange walks only the shared containers, and the enqueue of a shared or
+//! fixed-share container does an atomic add or two. The guarantees above then hold over all
+//! workers' time, within the bounds stated by rescon-rt's scheduler.
+//!
 //! # Cost
 //!
 //! `pick` is O(depth): one look at the front of a queue per level. `charge` is O(depth) when
@@ -60,6 +73,7 @@
 //! changes made elsewhere reach the policy through a change feed checked with one atomic load
 //! per `pick`.
 
+use super::global::{self, Level, Standing};
 use super::heap::Heap;
 use super::{Key, Pick, Policy};
 use crate::attr::{CpuLimit, SchedClass, Share};
@@ -67,7 +81,7 @@ use crate::container::{Feed, Node};
 use crate::{Container, ContainerId, Registry};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 
 const TOP: u32 = 0;
 const NONE: u32 = u32::MAX;
@@ -131,6 +145,10 @@ pub struct HierarchicalConfig {
     /// workers sharing a capped container should take small leases (about a millisecond) so
     /// that each gets budget while it has work.
     pub lease_ns: Option<u64>,
+    /// Shared mode: this policy is one of several serving the workers of one runtime, and
+    /// keeps the virtual times of the containers it has in common with the others in step
+    /// (see [`global`](super::global)). Off for a policy that serves alone.
+    pub shared: bool,
 }
 
 /// The siblings of one class under one parent.
@@ -140,6 +158,12 @@ struct Group {
     pool: Heap,
     /// Sum of the fractions of the queued fixed children.
     fixed_ppb: u32,
+    /// In shared mode, the sum of the fractions of the fixed children runnable on any worker,
+    /// as last exchanged: the pool's weight counts them all.
+    global_ppb: u32,
+    /// In shared mode, whether this policy counts itself in the parent's `pool_on` (its pool
+    /// is not empty here).
+    pool_counted: bool,
     /// Reciprocal of the pool's weight, `1 / (1 - fixed fractions)`.
     inv_pool_weight: f64,
     pool_vtime: f64,
@@ -153,6 +177,8 @@ impl Default for Group {
             fixed: Heap::default(),
             pool: Heap::default(),
             fixed_ppb: 0,
+            global_ppb: 0,
+            pool_counted: false,
             inv_pool_weight: 1.0,
             pool_vtime: 0.0,
             floor: 0.0,
@@ -163,7 +189,8 @@ impl Default for Group {
 
 impl Group {
     fn pool_weight(&self) -> f64 {
-        (ONE_PPB.saturating_sub(self.fixed_ppb)) as f64 / ONE_PPB as f64
+        let ppb = self.fixed_ppb.max(self.global_ppb);
+        (ONE_PPB.saturating_sub(ppb)) as f64 / ONE_PPB as f64
     }
 
     fn set_fixed_ppb(&mut self, ppb: u32) {
@@ -189,34 +216,54 @@ impl Group {
         }
     }
 
-    /// Enters a fixed member at the floor (or its own virtual time, if later).
+    /// Enters a fixed member at the floor (or its own virtual time, if later; with `floor`
+    /// false, at its own virtual time: it is runnable on another worker, not waking).
     fn push_fixed(
         &mut self,
         entry: u32,
         stamp: u32,
         vtime: f64,
         ppb: u32,
+        floor: bool,
         valid: impl Fn(u32, u32) -> bool,
     ) -> f64 {
-        let v = max(vtime, self.floor(valid));
+        let v = if floor {
+            max(vtime, self.floor(valid))
+        } else {
+            vtime
+        };
         self.fixed.push(v, entry, stamp);
         self.set_fixed_ppb(self.fixed_ppb + ppb);
         v
     }
 
-    /// Enters a pool member at the pool's floor (or its own virtual time, if later).
+    /// Enters a pool member at the pool's floor (or its own virtual time, if later; with
+    /// `floor` false, at its own virtual time, as [`push_fixed`](Group::push_fixed)).
+    ///
+    /// A pool that was empty starts at the group's floor, unless `pool_at` says it is active
+    /// on another worker (shared mode): then it is not waking, and starts where it is there.
+    #[allow(clippy::too_many_arguments)]
     fn push_pool(
         &mut self,
         entry: u32,
         stamp: u32,
         vtime: f64,
+        floor: bool,
+        pool_at: Option<f64>,
         valid: impl Fn(u32, u32) -> bool + Copy,
     ) -> f64 {
         if self.pool.is_empty() {
-            self.pool_vtime = max(self.pool_vtime, self.floor(valid));
+            self.pool_vtime = match pool_at {
+                None => max(self.pool_vtime, self.floor(valid)),
+                Some(v) => max(self.pool_vtime, v),
+            };
         }
-        let pool_floor = self.pool.top(valid).map_or(self.pool_floor, |(v, _)| v);
-        let v = max(vtime, pool_floor);
+        let v = if floor {
+            let pool_floor = self.pool.top(valid).map_or(self.pool_floor, |(v, _)| v);
+            max(vtime, pool_floor)
+        } else {
+            vtime
+        };
         self.pool.push(v, entry, stamp);
         v
     }
@@ -353,14 +400,48 @@ const CAPPED: u16 = 64;
 const PARENT: u16 = 128;
 /// Has a fixed share (`Inner::fixed_ppb > 0`).
 const FIXED: u16 = 256;
+/// Mirrored by another shared-mode policy too: its virtual times are exchanged (its
+/// [`Cold::sync`] is set).
+const SHARED: u16 = 512;
+/// Counted in its node's `runnable_on` by this policy.
+const COUNTED: u16 = 1024;
+/// Mirrored for work that moved here from another worker ([`Policy::attach_moved`]): its next
+/// entry into its parent's queue takes the place it had there, not the floor.
+const MOVED: u16 = 2048;
 
 /// The parts of a mirrored container the hot path does not touch (or only when flagged).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Cold {
     node: Option<Arc<Node>>,
     cap: Option<Box<CapState>>,
     /// Attachments of its own work.
     refs: u32,
+    /// Its entry in [`Hierarchical::sync`], if it is shared ([`NONE`] otherwise).
+    sync: u32,
+}
+
+impl Default for Cold {
+    fn default() -> Self {
+        Cold {
+            node: None,
+            cap: None,
+            refs: 0,
+            sync: NONE,
+        }
+    }
+}
+
+/// A shared container's virtual times as last exchanged, and the jumps made since (see
+/// [`global`](super::global)): what was charged here since is the difference less the jumps.
+#[derive(Debug)]
+struct SyncEntry {
+    node: u32,
+    last_v: f64,
+    jump_v: f64,
+    last_own: f64,
+    jump_own: f64,
+    last_pool: [f64; SchedClass::COUNT],
+    jump_pool: [f64; SchedClass::COUNT],
 }
 
 impl SNode {
@@ -434,6 +515,11 @@ pub struct Hierarchical {
     last_flush: u64,
     now: u64,
     cfg: HierarchicalConfig,
+    /// Shared mode: the mirrored containers that other policies mirror too.
+    sync: Vec<SyncEntry>,
+    next_sync: u64,
+    /// Set while [`Policy::attach_moved`] mirrors containers.
+    moving: bool,
 }
 
 impl Hierarchical {
@@ -486,6 +572,9 @@ impl Hierarchical {
             last_flush: 0,
             now: 0,
             cfg,
+            sync: Vec::new(),
+            next_sync: 0,
+            moving: false,
         }
     }
 
@@ -561,6 +650,23 @@ impl Hierarchical {
             }
         };
         self.innm(p).queues = q;
+        if self.n(p).has(MOVED) || self.c(p).sync != NONE {
+            // Its pools start where the other workers have them.
+            let node = self.c(p).node.clone().expect("mirrored");
+            if let Some(vt) = node.global.vt_if_any() {
+                for (c, g) in self.queues[q as usize].iter_mut().enumerate() {
+                    g.pool_vtime = global::load(&vt.pool[c]);
+                }
+                let e = self.c(p).sync;
+                if e != NONE {
+                    // Taken from the others, not charged here.
+                    let e = &mut self.sync[e as usize];
+                    for (c, g) in self.queues[q as usize].iter().enumerate() {
+                        e.jump_pool[c] = g.pool_vtime - e.last_pool[c];
+                    }
+                }
+            }
+        }
         q
     }
 
@@ -584,6 +690,24 @@ impl Hierarchical {
         self.add_child(parent);
         self.by_id.insert(node.id, i);
         self.apply_attrs(i);
+        if self.cfg.shared && self.moving {
+            // Where it stood on the worker its work comes from.
+            if let Some(vt) = node.global.vt_if_any() {
+                self.nm(i).vtime = global::load(&vt.v);
+                self.innm(i).own_vtime = global::load(&vt.own);
+            }
+            self.nm(i).set(MOVED, true);
+        }
+        if self.cfg.shared {
+            let was = node.global.refs.fetch_add(1, AcqRel);
+            if was >= 1 {
+                self.share(i);
+            }
+            if was == 1 {
+                // The policy that had it alone learns that it is shared now.
+                node.notify();
+            }
+        }
         i
     }
 
@@ -696,21 +820,106 @@ impl Hierarchical {
         let s = &mut self.nodes[i as usize];
         let class = s.class as usize;
         s.child_stamp = s.child_stamp.wrapping_add(1);
-        let (stamp, vtime, ppb) = (s.child_stamp, s.vtime, self.inner[i as usize].fixed_ppb);
+        let (stamp, local, ppb) = (s.child_stamp, s.vtime, self.inner[i as usize].fixed_ppb);
+        let (mut vtime, mut floor) = (local, true);
+        let shared = s.has(SHARED);
+        if s.has(MOVED) {
+            s.set(MOVED, false);
+            floor = false;
+        }
+        if self.cfg.shared && (shared || ppb > 0) {
+            let was = self.count_runnable(p, i, class, true);
+            if shared {
+                // Runnable on another worker: not waking from idle, so no floor.
+                floor &= was == 0;
+                let node = self.c(i).node.as_ref().expect("mirrored");
+                if let Some(vt) = node.global.vt_if_any() {
+                    vtime = max(vtime, global::load(&vt.v));
+                }
+            }
+        }
+        let p_sync = self.c(p).sync;
+        let pool_at = if ppb == 0 && self.queues[q as usize][class].pool.is_empty() {
+            self.pool_waking(p, q, class, !floor)
+        } else {
+            None
+        };
         let g = &mut self.queues[q as usize][class];
+        let pool_before = g.pool_vtime;
         let valid = valid(&self.nodes, &self.inner);
         let v = if ppb > 0 {
-            g.push_fixed(as_child(i), stamp, vtime, ppb, valid)
+            g.push_fixed(as_child(i), stamp, vtime, ppb, floor, valid)
         } else {
-            g.push_pool(as_child(i), stamp, vtime, valid)
+            g.push_pool(as_child(i), stamp, vtime, floor, pool_at, valid)
         };
+        let pool_jump = g.pool_vtime - pool_before;
+        if p_sync != NONE {
+            self.sync[p_sync as usize].jump_pool[class] += pool_jump;
+        }
+        if shared {
+            let e = self.c(i).sync;
+            self.sync[e as usize].jump_v += v - local;
+        }
         self.innm(p).mask |= 1 << class;
         let s = self.nm(i);
         s.vtime = v;
         s.set(QUEUED, true);
     }
 
+    /// Shared mode: the pool of `p`'s class `class` (its queues `q`) is about to become
+    /// non-empty here. Counts this policy in `p`'s `pool_on`, and returns where the pool stands
+    /// on the other workers if it is active there (or if `moved`: its member brings its
+    /// place), so that it does not start at the floor as a pool waking from idle would.
+    fn pool_waking(&mut self, p: u32, q: u32, class: usize, moved: bool) -> Option<f64> {
+        if !self.cfg.shared || self.c(p).sync == NONE {
+            return None;
+        }
+        let node = self.cold[p as usize].node.as_ref().expect("shared");
+        let was = node.global.pool_on[class].fetch_add(1, AcqRel);
+        let at = (was > 0 || moved).then(|| {
+            node.global
+                .vt_if_any()
+                .map_or(0.0, |vt| global::load(&vt.pool[class]))
+        });
+        self.queues[q as usize][class].pool_counted = true;
+        at
+    }
+
+    /// Shared mode: the pool of `p`'s class `class` just became empty here.
+    fn pool_emptied(&mut self, p: u32, q: u32, class: usize) {
+        let g = &mut self.queues[q as usize][class];
+        if g.pool_counted {
+            g.pool_counted = false;
+            let node = self.c(p).node.as_ref().expect("mirrored");
+            node.global.pool_on[class].fetch_sub(1, AcqRel);
+        }
+    }
+
+    /// Counts (`up`) or uncounts this policy in the node's `runnable_on`, and a fixed node's
+    /// fraction in its parent's sum of fixed children runnable anywhere; returns the count
+    /// before.
+    fn count_runnable(&mut self, p: u32, i: u32, class: usize, up: bool) -> u32 {
+        self.nm(i).set(COUNTED, up);
+        let node = self.c(i).node.as_ref().expect("mirrored");
+        let was = if up {
+            node.global.runnable_on.fetch_add(1, AcqRel)
+        } else {
+            node.global.runnable_on.fetch_sub(1, AcqRel)
+        };
+        let ppb = self.inn(i).fixed_ppb;
+        if ppb > 0
+            && let Some(parent) = self.c(p).node.as_ref()
+        {
+            parent.global.fixed_child(class, ppb, up, was);
+        }
+        was
+    }
+
     fn dequeue(&mut self, p: u32, i: u32) {
+        if self.n(i).has(COUNTED) {
+            let class = self.n(i).class as usize;
+            self.count_runnable(p, i, class, false);
+        }
         let q = self.inn(p).queues;
         let s = &mut self.nodes[i as usize];
         let class = s.class as usize;
@@ -724,8 +933,12 @@ impl Hierarchical {
         } else {
             g.forget_pool(as_child(i), vtime, valid);
         }
-        if g.is_empty() {
+        let (empty, pool_empty) = (g.is_empty(), g.pool.is_empty() && g.pool_counted);
+        if empty {
             self.innm(p).mask &= !(1 << class);
+        }
+        if pool_empty {
+            self.pool_emptied(p, q, class);
         }
     }
 
@@ -733,9 +946,30 @@ impl Hierarchical {
         let q = self.queues_of(i);
         let n = &mut self.inner[i as usize];
         n.own_stamp = n.own_stamp.wrapping_add(1);
-        let (stamp, own) = (n.own_stamp, n.own_vtime);
+        let (stamp, local) = (n.own_stamp, n.own_vtime);
+        let e = self.c(i).sync;
+        let mut own = local;
+        if e != NONE {
+            let node = self.c(i).node.as_ref().expect("mirrored");
+            if let Some(vt) = node.global.vt_if_any() {
+                own = max(own, global::load(&vt.own));
+            }
+        }
+        let pool_at = if self.queues[q as usize][OWN_CLASS].pool.is_empty() {
+            self.pool_waking(i, q, OWN_CLASS, false)
+        } else {
+            None
+        };
         let valid = valid(&self.nodes, &self.inner);
-        let v = self.queues[q as usize][OWN_CLASS].push_pool(as_own(i), stamp, own, valid);
+        let g = &mut self.queues[q as usize][OWN_CLASS];
+        let pool_before = g.pool_vtime;
+        let v = g.push_pool(as_own(i), stamp, own, true, pool_at, valid);
+        let pool_jump = g.pool_vtime - pool_before;
+        if e != NONE {
+            let e = &mut self.sync[e as usize];
+            e.jump_own += v - local;
+            e.jump_pool[OWN_CLASS] += pool_jump;
+        }
         let n = self.innm(i);
         n.own_vtime = v;
         n.mask |= 1 << OWN_CLASS;
@@ -749,8 +983,12 @@ impl Hierarchical {
         let (q, own) = (n.queues, n.own_vtime);
         let g = &mut self.queues[q as usize][OWN_CLASS];
         g.forget_pool(as_own(i), own, valid(&self.nodes, &self.inner));
-        if g.is_empty() {
+        let (empty, pool_empty) = (g.is_empty(), g.pool.is_empty() && g.pool_counted);
+        if empty {
             self.innm(i).mask &= !(1 << OWN_CLASS);
+        }
+        if pool_empty {
+            self.pool_emptied(i, q, OWN_CLASS);
         }
     }
 
@@ -829,6 +1067,14 @@ impl Hierarchical {
         if let Some(cap) = cap {
             self.forget_cap(i, &node, *cap);
         }
+        if self.cfg.shared {
+            if self.c(i).sync != NONE {
+                self.unshare(i);
+            }
+            if node.global.refs.fetch_sub(1, AcqRel) == 2 {
+                node.notify();
+            }
+        }
         self.by_id.remove(&node.id);
         node.sched_refs.fetch_sub(1, SeqCst);
         self.free.push(i);
@@ -855,8 +1101,18 @@ impl Hierarchical {
         self.changed = changed;
     }
 
-    /// Re-reads a container's parent and attributes after a change made elsewhere.
+    /// Re-reads a container's parent and attributes after a change made elsewhere, and in
+    /// shared mode whether another policy mirrors it too.
     fn resync(&mut self, i: u32) {
+        if self.cfg.shared {
+            let node = self.c(i).node.as_ref().expect("container");
+            let shared = node.global.refs.load(Acquire) >= 2;
+            match (shared, self.c(i).sync != NONE) {
+                (true, false) => self.share(i),
+                (false, true) => self.unshare(i),
+                _ => {}
+            }
+        }
         let node = self.c(i).node.clone().expect("container");
         let old_parent = self.n(i).parent;
         if self.n(i).has(QUEUED) {
@@ -879,6 +1135,118 @@ impl Hierarchical {
         let p = self.n(i).parent;
         self.refresh(i);
         self.refresh(p);
+    }
+
+    /// Shared mode: starts exchanging a mirrored container's virtual times with the other
+    /// policies that mirror it.
+    fn share(&mut self, i: u32) {
+        let q = self.inn(i).queues;
+        let mut last_pool = [0.0; SchedClass::COUNT];
+        if q != NONE {
+            for (c, g) in self.queues[q as usize].iter().enumerate() {
+                last_pool[c] = g.pool_vtime;
+            }
+        }
+        self.cm(i).sync = self.sync.len() as u32;
+        self.sync.push(SyncEntry {
+            node: i,
+            last_v: self.n(i).vtime,
+            jump_v: 0.0,
+            last_own: self.inn(i).own_vtime,
+            jump_own: 0.0,
+            last_pool,
+            jump_pool: [0.0; SchedClass::COUNT],
+        });
+        self.nm(i).set(SHARED, true);
+    }
+
+    fn unshare(&mut self, i: u32) {
+        let k = std::mem::replace(&mut self.cm(i).sync, NONE);
+        self.nm(i).set(SHARED, false);
+        self.sync.swap_remove(k as usize);
+        if let Some(moved) = self.sync.get(k as usize) {
+            let m = moved.node;
+            self.cm(m).sync = k;
+        }
+    }
+
+    /// Shared mode: adds what this policy charged to the shared containers since the last
+    /// exchange to their shared virtual times, and takes what the others charged (see
+    /// [`global`]).
+    fn exchange(&mut self) {
+        for k in 0..self.sync.len() {
+            let i = self.sync[k].node;
+            let node = self.cold[i as usize].node.clone().expect("shared");
+            let vt = node.global.vt();
+            let e = &self.sync[k];
+            let local = self.n(i).vtime;
+            let v = global::exchange(&vt.v, local - e.last_v - e.jump_v, local);
+            let local_own = self.inn(i).own_vtime;
+            let own = global::exchange(&vt.own, local_own - e.last_own - e.jump_own, local_own);
+            let e = &mut self.sync[k];
+            (e.last_v, e.jump_v, e.last_own, e.jump_own) = (v, 0.0, own, 0.0);
+            if v != local {
+                self.set_vtime(i, v);
+            }
+            if own != local_own {
+                self.set_own_vtime(i, own);
+            }
+            let q = self.inn(i).queues;
+            if q == NONE {
+                continue;
+            }
+            for class in 0..SchedClass::COUNT {
+                let g = &mut self.queues[q as usize][class];
+                let e = &mut self.sync[k];
+                let local = g.pool_vtime;
+                let charged = local - e.last_pool[class] - e.jump_pool[class];
+                let v = global::exchange(&vt.pool[class], charged, local);
+                (e.last_pool[class], e.jump_pool[class]) = (v, 0.0);
+                g.pool_vtime = v;
+                g.global_ppb = node.global.fixed_ppb[class].load(Acquire);
+                g.set_fixed_ppb(g.fixed_ppb);
+            }
+        }
+    }
+
+    /// Sets a node's virtual time as a child, re-keying its queue entry if it has one.
+    fn set_vtime(&mut self, i: u32, v: f64) {
+        let Hierarchical {
+            nodes,
+            inner,
+            queues,
+            ..
+        } = self;
+        let s = &nodes[i as usize];
+        if s.has(QUEUED) {
+            let q = inner[s.parent as usize].queues;
+            let g = &mut queues[q as usize][s.class as usize];
+            let heap = if s.has(FIXED) {
+                &mut g.fixed
+            } else {
+                &mut g.pool
+            };
+            let stamp = advance(heap, as_child(i), s.child_stamp, v, valid(nodes, inner));
+            nodes[i as usize].child_stamp = stamp;
+        }
+        nodes[i as usize].vtime = v;
+    }
+
+    /// Sets the virtual time of a node's own work, re-keying its queue entry if it has one.
+    fn set_own_vtime(&mut self, i: u32, v: f64) {
+        let Hierarchical {
+            nodes,
+            inner,
+            queues,
+            ..
+        } = self;
+        if nodes[i as usize].has(OWN_QUEUED) {
+            let n = &inner[i as usize];
+            let g = &mut queues[n.queues as usize][OWN_CLASS];
+            let stamp = advance(&mut g.pool, as_own(i), n.own_stamp, v, valid(nodes, inner));
+            inner[i as usize].own_stamp = stamp;
+        }
+        inner[i as usize].own_vtime = v;
     }
 }
 
@@ -1106,6 +1474,10 @@ impl Policy for Hierarchical {
     fn refill(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
         let now = self.now;
+        if now >= self.next_sync && !self.sync.is_empty() {
+            self.next_sync = now + global::SYNC_NS;
+            self.exchange();
+        }
         if now >= self.last_flush + FLUSH_NS {
             self.flush();
             self.last_flush = now;
@@ -1161,6 +1533,87 @@ impl Policy for Hierarchical {
 
     fn container(&self, key: Key) -> ContainerId {
         self.ids[key.0 as usize].expect("attached")
+    }
+
+    fn standing(&mut self, key: Key, out: &mut Standing) -> bool {
+        out.levels.clear();
+        let leaf = key.0;
+        let Some(leaf_id) = self.ids[leaf as usize] else {
+            return false;
+        };
+        let inn = &self.inner[leaf as usize];
+        if self.nodes[leaf as usize].has(PARENT) && inn.queues != NONE {
+            // Its own work, among its children.
+            let g = &self.queues[inn.queues as usize][OWN_CLASS];
+            out.levels.push(Level {
+                id: leaf_id,
+                own: true,
+                class: OWN_CLASS as u8,
+                fixed: false,
+                vtime: inn.own_vtime,
+                inv_share: 1.0 / OWN_WEIGHT,
+                pool_vtime: g.pool_vtime,
+                inv_pool: g.inv_pool_weight,
+            });
+        }
+        let mut i = leaf;
+        while i != TOP {
+            let s = &self.nodes[i as usize];
+            if s.has(BLACK_HOLE) || s.has(THROTTLED) {
+                // It may not run now, here or anywhere.
+                out.levels.clear();
+                return false;
+            }
+            let q = self.inner[s.parent as usize].queues;
+            let (pool_vtime, inv_pool) = if q != NONE {
+                let g = &self.queues[q as usize][s.class as usize];
+                (g.pool_vtime, g.inv_pool_weight)
+            } else {
+                (0.0, 1.0)
+            };
+            out.levels.push(Level {
+                id: self.ids[i as usize].expect("mirrored"),
+                own: false,
+                class: s.class,
+                fixed: s.has(FIXED),
+                vtime: s.vtime,
+                inv_share: s.inv_share,
+                pool_vtime,
+                inv_pool,
+            });
+            i = s.parent;
+        }
+        out.levels.reverse();
+        true
+    }
+
+    fn attach_moved(&mut self, container: &Container) -> Key {
+        self.moving = true;
+        let i = self.ensure(&container.node);
+        self.moving = false;
+        self.cm(i).refs += 1;
+        Key(i)
+    }
+
+    fn publish(&mut self, key: Key) {
+        if !self.cfg.shared {
+            return;
+        }
+        self.exchange();
+        let mut i = key.0;
+        while i != TOP {
+            let node = self.c(i).node.clone().expect("mirrored");
+            let vt = node.global.vt();
+            global::exchange(&vt.v, 0.0, self.n(i).vtime);
+            global::exchange(&vt.own, 0.0, self.inn(i).own_vtime);
+            let q = self.inn(i).queues;
+            if q != NONE {
+                for (c, g) in self.queues[q as usize].iter().enumerate() {
+                    global::exchange(&vt.pool[c], 0.0, g.pool_vtime);
+                }
+            }
+            i = self.n(i).parent;
+        }
     }
 }
 

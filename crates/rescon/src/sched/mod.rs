@@ -3,8 +3,8 @@
 //! A policy decides which container runs next. It is pure: it does no I/O and reads no clock;
 //! the caller (the runtime, or the [simulator](crate::sim)) tells it what is runnable, what ran
 //! for how long, and what time it is. One policy instance serves one worker thread; several
-//! workers each have their own and share only the containers (attributes, usage, and the CPU
-//! limit's budget).
+//! workers each have their own and share the containers (attributes, usage, the CPU limit's
+//! budget, and in shared mode their virtual times: see [`global`]).
 //!
 //! The protocol:
 //!
@@ -19,12 +19,20 @@
 //! Two policies are provided: [`Hierarchical`], the resource-container policy, and [`Fifo`],
 //! round robin over containers that ignores their attributes (the "containers off" baseline).
 //! Others can be plugged in through the trait, as RCLinux loaded policies as modules.
+//!
+//! A runtime with several workers gives each its own policy. [`Hierarchical`] in shared mode
+//! keeps the virtual times of the containers the policies have in common in step and tells
+//! where a container stands ([`Policy::standing`]), so that the runtime can move work to the
+//! worker where it should run: see [`global`].
 
+pub mod balance;
 mod fifo;
+pub mod global;
 mod heap;
 pub mod hier;
 
 pub use fifo::Fifo;
+pub use global::{Level, SYNC_NS, Standing};
 pub use hier::{FLUSH_NS, Hierarchical, HierarchicalConfig};
 
 use crate::{Container, ContainerId};
@@ -87,4 +95,28 @@ pub trait Policy: Send + fmt::Debug {
     fn next_refill(&self) -> Option<u64>;
     /// The container a key names.
     fn container(&self, key: Key) -> ContainerId;
+    /// Where the container stands in this policy's order, written to `out`, for comparing
+    /// it with work on other workers ([`Standing::beats`]); false if it may not run now
+    /// (priority 0, or throttled by a CPU limit), so that no worker takes its work. A policy
+    /// without an order that holds across workers leaves `out` empty and returns true (the
+    /// default): then a runtime moves work between its workers only to keep them busy.
+    fn standing(&mut self, key: Key, out: &mut Standing) -> bool {
+        let _ = key;
+        out.levels.clear();
+        true
+    }
+    /// Makes what this policy knows of the container's place (and its ancestors') visible to
+    /// the other policies of a runtime, before its work moves to another worker: there it
+    /// starts where it stands here, not at the floor of a container that wakes. The default
+    /// has nothing to share.
+    fn publish(&mut self, key: Key) {
+        let _ = key;
+    }
+    /// Attaches a container whose waiting work comes from another worker, whose policy has
+    /// [`publish`](Policy::publish)ed it: it starts where it stood there (a container that
+    /// wakes starts at its siblings' floor instead, so that it cannot bring credit from idle
+    /// time; work that moves was not idle). The default is [`attach`](Policy::attach).
+    fn attach_moved(&mut self, container: &Container) -> Key {
+        self.attach(container)
+    }
 }

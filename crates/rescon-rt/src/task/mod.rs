@@ -1,17 +1,30 @@
 //! Tasks: the `async-task` cell with the container binding in its metadata, join handles, and
-//! the wrapper that catches panics.
+//! the wrapper that catches panics. This module knows nothing of workers: a scheduler hands
+//! it a schedule function and reads the metadata.
 //!
 //! # The binding
 //!
-//! A task's metadata ([`TaskMeta`]) holds the key of its container on the worker that owns it:
-//! an index into that worker's per-container run queues, equal to the container's
+//! A task's metadata ([`TaskMeta`]) holds the worker that owns it and the key of its container
+//! there: an index into that worker's per-container run queues, equal to the container's
 //! [`Key`](rescon::sched::Key) in the worker's policy. Only the owning worker reads or writes
-//! it, so rebinding a task is a store of a small integer, and a wake-up knows at once which
-//! queue the task goes to. The worker keeps the [`Container`](rescon::Container) handle
+//! the key, so rebinding a task is a store of a small integer, and a wake-up knows at once
+//! which queue the task goes to. The worker keeps the [`Container`](rescon::Container) handle
 //! itself, once per container, not once per task.
+//!
+//! A task moves to another worker only while it is queued (never while it runs): the worker
+//! giving it away clears its key and stores the new owner before handing it over, and a
+//! wake-up reads the owner to find the queue. A queued task is already scheduled, so no
+//! wake-up can race with the move.
+//!
+//! # Knowing when a task ends
+//!
+//! A worker runs a task with [`Running::run`], which notes (in a thread-local) whether the
+//! task's future was dropped during the poll: the task completed or was cancelled, and the
+//! worker releases its binding.
 
 use pin_project_lite::pin_project;
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -29,14 +42,22 @@ pub(crate) struct TaskMeta {
     pub(crate) key: AtomicU32,
     /// The task's index in its worker's list of live tasks.
     pub(crate) idx: AtomicU32,
+    /// The worker that owns it (where its wake-ups go).
+    pub(crate) owner: AtomicU32,
 }
 
 impl TaskMeta {
-    pub(crate) fn new() -> TaskMeta {
+    pub(crate) fn new(owner: u32) -> TaskMeta {
         TaskMeta {
             key: AtomicU32::new(UNPLACED),
             idx: AtomicU32::new(UNPLACED),
+            owner: AtomicU32::new(owner),
         }
+    }
+
+    #[inline]
+    pub(crate) fn owner(&self) -> usize {
+        self.owner.load(Relaxed) as usize
     }
 
     #[inline]
@@ -68,9 +89,33 @@ pin_project! {
     impl<F> PinnedDrop for TaskFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if this.meta_id != 0 {
-                crate::worker::task_dropped(this.meta_id);
+                DROPPED.set(this.meta_id);
             }
         }
+    }
+}
+
+thread_local! {
+    /// The metadata address of the last worker task whose future this thread dropped (0:
+    /// none since [`Running::run`] cleared it).
+    static DROPPED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A task being run by a worker: see [`Running::run`].
+pub(crate) struct Running;
+
+impl Running {
+    /// Runs `r` and returns whether its future was dropped meanwhile (it completed, panicked
+    /// or was cancelled): the task is gone and its binding can be released.
+    #[inline]
+    pub(crate) fn run(r: Runnable) -> bool {
+        let id = r.metadata() as *const TaskMeta as usize;
+        DROPPED.set(0);
+        // A panic escaping `run` (only from a future's destructor: polls are caught in
+        // `TaskFuture`) must not take the worker down.
+        let _ = catch_unwind(AssertUnwindSafe(|| r.run()));
+        // Another task's future dropped in this poll (one it owned) is not this one.
+        DROPPED.get() == id
     }
 }
 
@@ -88,14 +133,21 @@ impl<F: Future> Future for TaskFuture<F> {
     }
 }
 
-/// Builds the `async-task` cell for a future.
-pub(crate) fn build<F, S>(fut: F, on_worker: bool, schedule: S) -> (Runnable, JoinHandle<F::Output>)
+/// Builds the `async-task` cell for a future, owned by worker `owner` (`None`: a task that
+/// does not run on a worker, a blocking job).
+pub(crate) fn build<F, S>(
+    fut: F,
+    owner: Option<usize>,
+    schedule: S,
+) -> (Runnable, JoinHandle<F::Output>)
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
     S: Fn(Runnable, async_task::ScheduleInfo) + Send + Sync + 'static,
 {
-    let (runnable, task) = async_task::Builder::new().metadata(TaskMeta::new()).spawn(
+    let on_worker = owner.is_some();
+    let meta = TaskMeta::new(owner.map_or(UNPLACED, |w| w as u32));
+    let (runnable, task) = async_task::Builder::new().metadata(meta).spawn(
         move |meta: &TaskMeta| TaskFuture {
             fut,
             meta_id: if on_worker {

@@ -1,15 +1,16 @@
 //! Workers: one thread each, with its own epoll instance, its own policy and its own
-//! per-container run queues.
+//! per-container run queues; work moves between them only by the balancing rules.
 //!
 //! # The loop
 //!
 //! ```text
 //! loop {
-//!     take remote work (spawns, wake-ups, timers from other threads)
-//!     now = clock; fire due timers; every millisecond: maintenance
+//!     take remote work (spawns, wake-ups, timers, moved tasks from other threads)
+//!     now = clock; fire due timers; every millisecond: maintenance and balancing
 //!     policy.refill(now); pick = policy.pick()
 //!     Some(pick) => run a burst of the picked container's queue, charge it
-//!     None, first time since a burst => yield the CPU, poll I/O without blocking
+//!     None, first time since a burst => look for work waiting on other workers,
+//!                   yield the CPU, poll I/O without blocking
 //!     None       => flush usage, release idle containers, sleep in epoll_wait until the
 //!                   next timer, the next CPU-limit refill, an I/O event or a remote wake-up
 //!     every 61 polls: poll I/O without blocking
@@ -28,177 +29,79 @@
 //! on a busy keep-alive connection has its next request before its next turn, and is spared
 //! a sleep and a wake in the policy per request.
 //!
+//! # Balancing
+//!
+//! With more than one worker, each worker, every [`BALANCE_NS`] of its time, offers the work
+//! waiting in its queues on its board (`WorkerShared::board`: the containers with queued tasks,
+//! where each stands in its policy), reads the other workers' boards, and asks
+//! [`rescon::sched::balance::choose`] whether some of it should run here instead; if so it asks
+//! that worker (`Remote::Steal`), which hands the tasks over at its next burst boundary
+//! (`Remote::Adopt`). A worker that runs out of work looks once more before it sleeps, and a
+//! busy worker gives work to a sleeping one directly. A task moves only while queued: its
+//! metadata gets the new owner, and its wake-ups go there from then on.
+//!
+//! # The class hand-off
+//!
+//! Balancing every millisecond would let a high-class task wait that long on a worker busy
+//! with other high-class work while another worker runs normal work. So once the runtime's
+//! containers are of more than one class (`Shared::classes`), a worker at the start of every
+//! burst publishes the class path of the container it runs (`WorkerShared::run_path`: the top
+//! four levels' ids and classes, a few relaxed stores, only when it changes), and, if work of a
+//! higher class than the lowest class some other worker runs waits in its own queues (counted
+//! per class as queues fill and empty, so this costs nothing when none waits), looks among its
+//! queued containers for one that outclasses what that worker runs where their paths part,
+//! and hands it half of that container's waiting tasks (`Remote::Adopt`; the receiver's burst
+//! ends at its next poll, since remote work arrived). Not again to the same worker until it
+//! has taken them in; after a search that found nothing, not for a few bursts. No lock, no
+//! clock: it counts bursts.
+//!
 //! # Invariants
 //!
 //! - The core (`Local::core`) is borrowed only for short stretches that never poll a task,
 //!   drop a task or wake a waker: those can re-enter the worker through the schedule function
 //!   or a task's drop. Wakers and runnables taken out under a borrow are woken or dropped after.
-//! - A slot (a container's queue) exists while a task is bound to it, its queue is non-empty,
-//!   or it waits in the reclaim list; it is released (its policy key detached and its
-//!   `Container` handle dropped) at the next maintenance after it became unused.
+//! - A slot (a container's queue) lives as the run queues' module docs say; a worker releases
+//!   unused slots at its maintenance.
+//! - Every live task is counted in the `load` of exactly one worker, its owner, and listed in
+//!   that worker's `tasks` (for cancellation at shutdown).
 
+use super::inbox::{Remote, WorkerShared};
+use super::queues::{ClassPath, PATH_LEVELS, RunQueues};
+use super::shared::{Config, Shared};
 use crate::clock::Correction;
-use crate::io::IoState;
-use crate::prio::IdleLowering;
-use crate::runtime::RtShared;
-use crate::task::{self, JoinHandle, Runnable, TaskMeta, UNPLACED};
-use crate::time::{TimerHeap, TimerShared};
-use atomic_waker::AtomicWaker;
-use rescon::sched::{Hierarchical, Key, Policy};
-use rescon::{Container, ContainerId};
-use rustc_hash::FxHashMap;
+use crate::driver::timer::{TimerHeap, TimerShared};
+use crate::driver::{Driver, lock};
+use crate::prio::{Boost, IdleLowering};
+use crate::task::{self, JoinHandle, Runnable, Running, TaskMeta, UNPLACED};
+use rescon::Container;
+use rescon::sched::Standing;
+use rescon::sched::balance::{BALANCE_NS, Offer, choose, choose_except};
 use slab::Slab;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::*;
 use std::task::Waker;
 use std::time::Duration;
 
 scoped_tls::scoped_thread_local!(static CTX: Local);
 
-pub(crate) const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 const TICK_NS: u64 = 1_000_000;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks (queues, slabs) stays consistent if a holder panicked.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Work handed to a worker by another thread.
-pub(crate) enum Remote {
-    /// A new task, to be bound to the container on this worker.
-    Spawn(Runnable, Container),
-    /// A wake-up of a task this worker owns.
-    Wake(Runnable),
-    /// A timer to register.
-    Timer(Arc<TimerShared>),
-    /// Record all pending usage, then count down.
-    Flush(Arc<FlushAll>),
-}
-
-/// A countdown of workers that have flushed their pending usage.
-#[derive(Debug, Default)]
-pub(crate) struct FlushAll {
-    pub(crate) remaining: AtomicUsize,
-    pub(crate) waker: AtomicWaker,
-}
-
-impl FlushAll {
-    fn done(&self) {
-        if self.remaining.fetch_sub(1, AcqRel) == 1 {
-            self.waker.wake();
-        }
-    }
-}
-
-/// What other threads see of a worker.
-pub(crate) struct WorkerShared {
-    pub(crate) index: usize,
-    inbox: Mutex<Vec<Remote>>,
-    pending: AtomicBool,
-    sleeping: AtomicBool,
-    notified: AtomicBool,
-    /// Set when the runtime asks the worker to stop.
-    stop: AtomicBool,
-    /// Set (under the inbox lock) once the worker has stopped taking work.
-    closed: AtomicBool,
-    waker: mio::Waker,
-    pub(crate) registry: mio::Registry,
-    pub(crate) io: Mutex<Slab<Arc<IoState>>>,
-    /// Live tasks owned by this worker.
-    pub(crate) load: AtomicUsize,
-    pub(crate) tid: AtomicI32,
-    pub(crate) lowered: AtomicBool,
-    /// epoll_wait calls that could sleep, and those that could not (written by the worker
-    /// only; see [`crate::IoPolls`]).
-    pub(crate) io_sleeps: AtomicU64,
-    pub(crate) io_polls: AtomicU64,
-    /// Timers dropped while queued on this worker, since its timer heap last compacted (see
-    /// `TimerHeap::register`).
-    pub(crate) timers_dropped: AtomicUsize,
-}
-
-impl std::fmt::Debug for WorkerShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerShared")
-            .field("index", &self.index)
-            .field("load", &self.load)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WorkerShared {
-    pub(crate) fn new(index: usize, poll: &mio::Poll) -> std::io::Result<WorkerShared> {
-        Ok(WorkerShared {
-            index,
-            inbox: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
-            notified: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            waker: mio::Waker::new(poll.registry(), WAKE_TOKEN)?,
-            registry: poll.registry().try_clone()?,
-            io: Mutex::new(Slab::new()),
-            load: AtomicUsize::new(0),
-            tid: AtomicI32::new(0),
-            lowered: AtomicBool::new(false),
-            io_sleeps: AtomicU64::new(0),
-            io_polls: AtomicU64::new(0),
-            timers_dropped: AtomicUsize::new(0),
-        })
-    }
-
-    /// Hands work to the worker from another thread, waking it if it sleeps. After the
-    /// worker has stopped, the work is dropped here (a task's future with it).
-    pub(crate) fn push(&self, r: Remote) {
-        {
-            let mut inbox = lock(&self.inbox);
-            if !self.closed.load(Relaxed) {
-                inbox.push(r);
-                drop(inbox);
-                self.pending.store(true, SeqCst);
-                self.wake_if_sleeping();
-                return;
-            }
-        }
-        // Closed: dropped outside the lock, since dropping a task may push again.
-        if let Remote::Flush(f) = &r {
-            f.done();
-        }
-        drop(r);
-    }
-
-    /// Wakes the worker if it sleeps (or is about to: see `Local::park`).
-    pub(crate) fn wake_if_sleeping(&self) {
-        if self.sleeping.load(SeqCst) && !self.notified.swap(true, AcqRel) {
-            let _ = self.waker.wake();
-        }
-    }
-
-    /// Wakes the worker to look at its policy again (an attribute changed elsewhere).
-    pub(crate) fn nudge(&self) {
-        self.pending.store(true, SeqCst);
-        self.wake_if_sleeping();
-    }
-
-    /// Asks the worker to stop.
-    pub(crate) fn stop(&self) {
-        self.stop.store(true, SeqCst);
-        self.pending.store(true, SeqCst);
-        let _ = self.waker.wake();
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Acquire)
-    }
-}
+/// Containers a worker offers on its board at most.
+const OFFERS: usize = 8;
+/// Bursts a worker lets pass after a search for a class hand-off that found nothing.
+const HANDOFF_SKIP: u32 = 8;
 
 /// The schedule function of every task: routes a wake-up to the owning worker's run queue.
-pub(crate) fn schedule(owner: &Arc<WorkerShared>, r: Runnable, info: async_task::ScheduleInfo) {
+/// `home` is the worker the task was spawned on, where it usually still is.
+pub(crate) fn schedule(
+    home: &Arc<WorkerShared>,
+    workers: &[Arc<WorkerShared>],
+    r: Runnable,
+    info: async_task::ScheduleInfo,
+) {
+    let i = r.metadata().owner();
+    let owner = if i == home.index { home } else { &workers[i] };
     let r = if CTX.is_set() {
         CTX.with(|l| {
             if Arc::ptr_eq(&l.shared, owner) {
@@ -214,6 +117,22 @@ pub(crate) fn schedule(owner: &Arc<WorkerShared>, r: Runnable, info: async_task:
     if let Some(r) = r {
         owner.push(Remote::Wake(r));
     }
+}
+
+/// Spawns a task on worker `w` from another thread (or from a worker that is not `w`).
+pub(crate) fn spawn_on<F>(rt: &Shared, w: usize, c: Container, fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (home, workers) = (rt.workers[w].clone(), rt.workers.clone());
+    let (r, h) = task::build(fut, Some(w), move |r, info| {
+        schedule(&home, &workers, r, info)
+    });
+    let owner = &rt.workers[w];
+    owner.load.fetch_add(1, Relaxed);
+    owner.push(Remote::Spawn(r, c));
+    h
 }
 
 /// Registers a timer with a worker.
@@ -239,18 +158,6 @@ pub(crate) fn register_timer(w: &Arc<WorkerShared>, t: Arc<TimerShared>) {
     }
 }
 
-/// Called when a task's future is dropped: if it is the task this worker is running, the
-/// worker releases the task's binding when the poll returns.
-pub(crate) fn task_dropped(meta_id: usize) {
-    if CTX.is_set() {
-        CTX.with(|l| {
-            if l.running_meta.get() as usize == meta_id {
-                l.ended.set(true);
-            }
-        })
-    }
-}
-
 pub(crate) fn with_local<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
     if CTX.is_set() {
         Some(CTX.with(f))
@@ -267,17 +174,6 @@ pub(crate) fn timer_entries() -> Option<usize> {
 
 /// Most distinct containers a burst's rebindings charge at its end; more are charged at once.
 const DEFERRED_MAX: usize = 8;
-
-/// The worker's tuning, from the [`Builder`](crate::Builder).
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) quantum_ns: u64,
-    pub(crate) max_burst: u32,
-    pub(crate) event_interval: u32,
-    pub(crate) event_gap_ns: u64,
-    /// See `Builder::yield_before_sleep`.
-    pub(crate) yield_before_sleep: bool,
-}
 
 /// Whether a worker may yield before it sleeps: not for a while once yields keep it away long.
 /// A yield is meant for a thread that runs briefly and blocks (the client about to send the
@@ -351,212 +247,81 @@ const NOT_RUNNING: Run = Run {
     seg_start: 0,
 };
 
-/// One container's place on a worker.
-#[derive(Debug)]
-struct Slot {
-    container: Container,
-    key: Key,
-    queue: VecDeque<(Runnable, u64)>,
-    /// Tasks bound to it.
-    bound: u32,
-    /// Whether the policy has it runnable.
-    runnable: bool,
-    /// Runnable for the policy with an empty queue: its last burst emptied it while a task
-    /// was still bound to it (see `Local::run_burst`).
-    lingering: bool,
-    /// Effective scheduling class (the lowest on its path), for idle lowering.
-    class: u8,
-    in_reclaim: bool,
-    dirty: bool,
-    polls: u64,
-    wait_ns: u64,
-}
-
 pub(crate) struct Core {
-    policy: Hierarchical,
-    slots: Vec<Option<Slot>>,
-    by_id: FxHashMap<ContainerId, u32>,
+    queues: RunQueues,
     tasks: Slab<Waker>,
     pub(crate) timers: TimerHeap,
-    reclaim: Vec<u32>,
-    dirty: Vec<u32>,
     corr: Correction,
     idle: IdleLowering,
+    boost: Boost,
     served: Vec<u32>,
 }
 
 impl Core {
-    #[inline]
-    fn slot(&mut self, k: u32) -> &mut Slot {
-        self.slots[k as usize].as_mut().expect("live slot")
-    }
-
-    /// The slot of a container, made (and attached to the policy) if needed.
-    fn slot_for(&mut self, c: &Container, rt: &RtShared) -> u32 {
-        if let Some(&k) = self.by_id.get(&c.id()) {
-            return k;
-        }
-        let key = self.policy.attach(c);
-        let k = key.index() as u32;
-        if self.slots.len() <= k as usize {
-            self.slots.resize_with(k as usize + 1, || None);
-        }
-        let class = if self.idle.enabled() {
-            crate::prio::effective_class(&rt.registry, c)
-        } else {
-            rescon::SchedClass::NORMAL.get()
-        };
-        self.slots[k as usize] = Some(Slot {
-            container: c.unprivileged(),
-            key,
-            queue: VecDeque::new(),
-            bound: 0,
-            runnable: false,
-            lingering: false,
-            class,
-            in_reclaim: false,
-            dirty: false,
-            polls: 0,
-            wait_ns: 0,
-        });
-        self.by_id.insert(c.id(), k);
-        k
-    }
-
-    /// Queues a runnable task; returns whether its container became runnable (from idle, or
-    /// from lingering: runnable for the policy already, but with nothing to run).
-    #[inline]
-    fn push(&mut self, k: u32, r: Runnable, now: u64) -> bool {
-        let s = self.slot(k);
-        s.queue.push_back((r, now));
-        if s.runnable {
-            if !s.lingering {
-                return false;
+    /// The slot of a container, made if needed (`moved`: its work comes from another
+    /// worker).
+    fn slot_for(&mut self, c: &Container, rt: &Shared, moved: bool) -> u32 {
+        let classes = self.idle.enabled() || self.boost.enabled();
+        self.queues.slot_for(c, moved, || {
+            if classes {
+                let p = crate::prio::path_classes(&rt.registry, c);
+                (p.0, crate::prio::is_high(p))
+            } else {
+                (rescon::SchedClass::NORMAL.get(), false)
             }
-            s.lingering = false;
-            let class = s.class;
-            self.idle.on_runnable(class);
-            return true;
-        }
-        s.runnable = true;
-        let (key, class) = (s.key, s.class);
-        self.policy.set_runnable(key, true);
-        self.idle.on_runnable(class);
-        true
+        })
     }
 
-    /// Drops a task's binding to a slot.
-    fn unbind(&mut self, k: u32) {
-        let s = self.slot(k);
-        s.bound -= 1;
-        if s.bound == 0 && s.lingering {
-            self.end_linger(k);
-            return;
+    /// Queues a task; returns whether its container became runnable.
+    #[inline]
+    fn push(&mut self, k: u32, r: Runnable, queued: u64) -> bool {
+        match self.queues.push(k, r, queued) {
+            Some(class) => {
+                self.idle.on_runnable(class);
+                true
+            }
+            None => false,
         }
-        let s = self.slot(k);
-        if s.bound == 0 && s.queue.is_empty() && !s.in_reclaim {
-            s.in_reclaim = true;
-            self.reclaim.push(k);
-        }
-    }
-
-    /// Makes a lingering slot idle, for the policy too; returns whether it was lingering.
-    fn end_linger(&mut self, k: u32) -> bool {
-        let s = self.slot(k);
-        if !s.lingering {
-            return false;
-        }
-        s.lingering = false;
-        s.runnable = false;
-        let key = s.key;
-        let unused = s.bound == 0 && !s.in_reclaim;
-        if unused {
-            s.in_reclaim = true;
-        }
-        self.policy.set_runnable(key, false);
-        if unused {
-            self.reclaim.push(k);
-        }
-        true
     }
 
     fn charge(&mut self, k: u32, ns: u64) {
         let ns = self.corr.scale(ns);
-        let key = self.slot(k).key;
-        self.policy.charge(key, ns);
-    }
-
-    /// Records pending polls and wait time into the containers' usage.
-    fn flush_counters(&mut self) {
-        for k in std::mem::take(&mut self.dirty) {
-            if let Some(s) = self.slots[k as usize].as_mut() {
-                flush_slot(s);
-            }
-        }
-    }
-
-    fn flush_all(&mut self) {
-        self.flush_counters();
-        self.policy.flush();
-    }
-
-    /// Releases the slots nobody uses any more.
-    fn reclaim(&mut self) {
-        let list = std::mem::take(&mut self.reclaim);
-        for k in list {
-            let Some(s) = self.slots[k as usize].as_mut() else {
-                continue;
-            };
-            s.in_reclaim = false;
-            if s.bound > 0 || !s.queue.is_empty() || s.runnable {
-                continue;
-            }
-            flush_slot(s);
-            let s = self.slots[k as usize].take().expect("checked");
-            self.by_id.remove(&s.container.id());
-            self.policy.detach(s.key);
-        }
+        self.queues.charge(k, ns);
     }
 
     /// Re-reads the classes of the containers served in the last window (idle lowering).
-    fn refresh_served_classes(&mut self, rt: &RtShared) -> u8 {
+    fn refresh_served_classes(&mut self, rt: &Shared) -> u8 {
         let mut mask = 0u8;
         for k in std::mem::take(&mut self.served) {
-            if let Some(s) = self.slots[k as usize].as_mut() {
-                s.class = crate::prio::effective_class(&rt.registry, &s.container);
-                mask |= 1 << s.class;
+            if let Some(s) = self.queues.get_mut(k) {
+                let p = crate::prio::path_classes(&rt.registry, &s.container);
+                self.queues.set_class(k, p.0, crate::prio::is_high(p));
+                mask |= 1 << p.0;
             }
         }
         mask
     }
 }
 
-fn flush_slot(s: &mut Slot) {
-    if s.polls > 0 || s.wait_ns > 0 {
-        let a = s.container.account();
-        a.add_polls(s.polls);
-        a.add_wait_ns(s.wait_ns);
-        s.polls = 0;
-        s.wait_ns = 0;
-    }
-    s.dirty = false;
-}
-
 /// A worker's thread-local state.
 pub(crate) struct Local {
     pub(crate) shared: Arc<WorkerShared>,
-    pub(crate) rt: Arc<RtShared>,
+    pub(crate) rt: Arc<Shared>,
     core: RefCell<Core>,
-    io: RefCell<(mio::Poll, mio::Events)>,
+    driver: RefCell<Driver>,
     running: Cell<Run>,
-    /// The metadata of the task being polled (null outside a poll): its address identifies
-    /// the task, and `bind` writes the new key through it.
+    /// The metadata of the task being polled (null outside a poll): `bind` writes the new key
+    /// through it.
     running_meta: Cell<*const TaskMeta>,
-    ended: Cell<bool>,
     preempt: Cell<bool>,
     closing: Cell<bool>,
     now: Cell<u64>,
     next_tick: Cell<u64>,
+    next_balance: Cell<u64>,
+    /// When it last looked for work on other workers because it had none.
+    last_look: Cell<u64>,
+    /// When it last had nothing to run: its queued work is a backlog only since then.
+    busy_since: Cell<u64>,
     io_budget: Cell<u32>,
     /// Yielded the CPU since it last ran a task (see `main_loop`).
     yielded: Cell<bool>,
@@ -569,42 +334,55 @@ pub(crate) struct Local {
     deferred: RefCell<Vec<(u32, u64)>>,
     wakers: RefCell<Vec<Waker>>,
     spare: RefCell<Vec<Remote>>,
+    /// Scratch space for balancing: this worker's offers, the others', where its best stands.
+    offers: RefCell<Vec<Offer>>,
+    boards: RefCell<Vec<Vec<Offer>>>,
+    mine: RefCell<Standing>,
+    /// The class hand-off: the classes told to the runtime, the path last published, bursts
+    /// to wait before the next search after one that found nothing, and per worker how many
+    /// tasks it had taken in when this worker last handed it work (none again until it has
+    /// taken that in).
+    classes_told: Cell<u8>,
+    published: Cell<(ClassPath, u8)>,
+    handoff_skip: Cell<u32>,
+    handed: RefCell<Vec<u64>>,
     cfg: Config,
 }
 
 impl Local {
     pub(crate) fn new(
         shared: Arc<WorkerShared>,
-        rt: Arc<RtShared>,
-        poll: mio::Poll,
-        policy: Hierarchical,
+        rt: Arc<Shared>,
+        driver: Driver,
+        queues: RunQueues,
         idle: IdleLowering,
+        boost: Boost,
     ) -> Local {
         let now = rt.clock.now_ns();
-        let cfg = rt.worker_cfg.clone();
+        let cfg = rt.cfg.clone();
         let correct = rt.correct_cpu && !rt.clock.is_manual();
+        let n = rt.workers.len();
         Local {
             shared,
             core: RefCell::new(Core {
-                policy,
-                slots: Vec::new(),
-                by_id: FxHashMap::default(),
+                queues,
                 tasks: Slab::new(),
                 timers: TimerHeap::default(),
-                reclaim: Vec::new(),
-                dirty: Vec::new(),
                 corr: Correction::new(correct, now),
                 idle,
+                boost,
                 served: Vec::new(),
             }),
-            io: RefCell::new((poll, mio::Events::with_capacity(1024))),
+            driver: RefCell::new(driver),
             running: Cell::new(NOT_RUNNING),
             running_meta: Cell::new(std::ptr::null()),
-            ended: Cell::new(false),
             preempt: Cell::new(false),
             closing: Cell::new(false),
             now: Cell::new(now),
             next_tick: Cell::new(now + TICK_NS),
+            next_balance: Cell::new(now + BALANCE_NS),
+            last_look: Cell::new(0),
+            busy_since: Cell::new(now),
             io_budget: Cell::new(cfg.event_interval),
             yielded: Cell::new(false),
             yield_gate: Cell::new(YieldGate::default()),
@@ -612,6 +390,13 @@ impl Local {
             deferred: RefCell::new(Vec::with_capacity(DEFERRED_MAX)),
             wakers: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
+            offers: RefCell::new(Vec::new()),
+            boards: RefCell::new(vec![Vec::new(); n]),
+            mine: RefCell::new(Standing::default()),
+            classes_told: Cell::new(0),
+            published: Cell::new(([0; PATH_LEVELS], u8::MAX)),
+            handoff_skip: Cell::new(0),
+            handed: RefCell::new(vec![u64::MAX; n]),
             cfg,
             rt,
         }
@@ -646,32 +431,42 @@ impl Local {
             }
             let pick = {
                 let mut core = self.core.borrow_mut();
-                core.policy.refill(now);
-                loop {
-                    match core.policy.pick() {
-                        // Its turn came before new work did: idle now, and pick again.
-                        Some(p) if core.end_linger(p.key.index() as u32) => {}
-                        p => break p,
-                    }
-                }
+                core.queues.policy.refill(now);
+                core.queues.pick()
             };
             match pick {
                 Some(p) => {
+                    if self.busy_since.get() == u64::MAX {
+                        self.busy_since.set(now);
+                    }
                     self.yielded.set(false);
+                    if self.cfg.balance {
+                        self.class_handoff(p.key.index() as u32);
+                    }
                     self.run_burst(p);
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
                     }
                 }
-                None if self.cfg.yield_before_sleep
-                    && !self.yielded.get()
-                    && self.yield_gate.get().open(now)
-                    && !self.rt.clock.is_manual() =>
-                {
-                    self.yielded.set(true);
-                    self.yield_cpu(now);
+                None => {
+                    self.busy_since.set(u64::MAX);
+                    if self.cfg.balance {
+                        self.publish([0; PATH_LEVELS], u8::MAX);
+                    }
+                    if !self.yielded.get() {
+                        self.look_for_work(now);
+                    }
+                    if self.cfg.yield_before_sleep
+                        && !self.yielded.get()
+                        && self.yield_gate.get().open(now)
+                        && !self.rt.clock.is_manual()
+                    {
+                        self.yielded.set(true);
+                        self.yield_cpu(now);
+                    } else {
+                        self.park(now);
+                    }
                 }
-                None => self.park(now),
             }
         }
     }
@@ -690,31 +485,29 @@ impl Local {
             seg_start: t0,
         });
         self.preempt.set(false);
-        let (mut polls, mut wait) = (0u32, 0u64);
+        let (mut polls, mut wait, mut longest) = (0u32, 0u64, 0u64);
         let mut rebound = false;
         loop {
-            let next = self.core.borrow_mut().slot(k).queue.pop_front();
+            let next = self.core.borrow_mut().queues.pop(k);
             let Some((runnable, queued_at)) = next else {
                 break;
             };
-            wait += t.saturating_sub(queued_at);
+            let waited = t.saturating_sub(queued_at);
+            wait += waited;
+            longest = longest.max(waited);
             polls += 1;
             let meta: *const TaskMeta = runnable.metadata();
             let idx = runnable.metadata().idx.load(Relaxed);
             self.running_meta.set(meta);
-            self.ended.set(false);
-            // A panic escaping `run` (only from a future's destructor: polls are caught in
-            // `TaskFuture`) must not take the worker down.
-            let _ = catch_unwind(AssertUnwindSafe(|| runnable.run()));
+            let ended = Running::run(runnable);
             self.running_meta.set(std::ptr::null());
             t = clock.now_ns();
             self.now.set(t);
             let run = self.running.get();
             let mut core = self.core.borrow_mut();
-            if self.ended.get() {
-                self.ended.set(false);
+            if ended {
                 core.tasks.try_remove(idx as usize);
-                core.unbind(run.key);
+                core.queues.unbind(run.key);
                 self.shared.load.fetch_sub(1, Relaxed);
             }
             if run.key != k {
@@ -735,53 +528,32 @@ impl Local {
         let run = self.running.get();
         self.running.set(NOT_RUNNING);
         let mut core = self.core.borrow_mut();
+        let ns = core.corr.scale(t.saturating_sub(run.seg_start));
+        if self.cfg.balance {
+            core.queues.waited(k, longest);
+        }
         // A container the burst left with nothing to run, typical of a connection's (one
         // short poll per request), lingers while a task is bound to it: it stays runnable for
         // the policy until its next turn. If work comes first, as the next request on a busy
         // keep-alive connection usually does, the policy is spared a sleep and a wake (about
         // 600 instructions of the 1,600 a container per connection cost rescon-httpd per
-        // request, callgrind); if its turn comes first, it goes idle then. Otherwise it goes
-        // idle before its charge (the same result, and the cheaper order for the policy:
-        // `Policy::charge`).
-        let emptied = core.slot(k).queue.is_empty();
-        if emptied {
-            let s = core.slot(k);
-            if s.bound > 0 {
-                s.lingering = true;
-            } else {
-                s.runnable = false;
-                let key = s.key;
-                core.policy.set_runnable(key, false);
-            }
-        }
-        if !rebound {
-            core.charge(k, t.saturating_sub(run.seg_start));
-        }
+        // request, callgrind); if its turn comes first, it goes idle then.
+        core.queues.end_burst(k, ns, !rebound, polls, wait);
         // Before anything can reclaim the slots they name (bound counts keep them until here).
         for (key, ns) in self.deferred.borrow_mut().drain(..) {
             core.charge(key, ns);
         }
         let Core {
-            slots,
-            dirty,
-            reclaim,
+            queues,
             idle,
             served,
             ..
         } = &mut *core;
-        let s = slots[k as usize].as_mut().expect("live slot");
-        s.polls += polls as u64;
-        s.wait_ns += wait;
-        if !s.dirty {
-            s.dirty = true;
-            dirty.push(k);
-        }
-        if idle.enabled() && idle.served(s.class) {
-            served.push(k);
-        }
-        if emptied && s.bound == 0 && !s.in_reclaim {
-            s.in_reclaim = true;
-            reclaim.push(k);
+        if idle.enabled() {
+            let class = queues.slot(k).class;
+            if idle.served(class) {
+                served.push(k);
+            }
         }
         drop(core);
         self.io_budget
@@ -810,14 +582,16 @@ impl Local {
         }
     }
 
-    /// Places a new task on this worker, bound to slot `k`.
-    fn place(&self, core: &mut Core, r: Runnable, k: u32) {
+    /// Makes this worker the owner of a task bound to slot `k`, and queues it (queued at
+    /// `queued`).
+    fn place(&self, core: &mut Core, r: Runnable, k: u32, queued: u64) {
         let meta = r.metadata();
         meta.set_key(k);
+        meta.owner.store(self.shared.index as u32, Relaxed);
         let idx = core.tasks.insert(r.waker());
         meta.idx.store(idx as u32, Relaxed);
-        core.slot(k).bound += 1;
-        if core.push(k, r, self.now.get()) && k != self.running.get().key {
+        core.queues.slot(k).bound += 1;
+        if core.push(k, r, queued) && k != self.running.get().key {
             self.preempt.set(true);
         }
     }
@@ -829,8 +603,10 @@ impl Local {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let owner = self.shared.clone();
-        let (r, h) = task::build(fut, true, move |r, info| schedule(&owner, r, info));
+        let (home, workers) = (self.shared.clone(), self.rt.workers.clone());
+        let (r, h) = task::build(fut, Some(self.shared.index), move |r, info| {
+            schedule(&home, &workers, r, info)
+        });
         self.shared.load.fetch_add(1, Relaxed);
         if self.closing.get() {
             drop(r);
@@ -839,11 +615,11 @@ impl Local {
         let mut core = self.core.borrow_mut();
         let run = self.running.get();
         let k = match c {
-            Some(c) => core.slot_for(c, &self.rt),
+            Some(c) => core.slot_for(c, &self.rt, false),
             None if run.key != UNPLACED => run.key,
-            None => core.slot_for(&self.rt.default_container, &self.rt),
+            None => core.slot_for(&self.rt.default_container, &self.rt, false),
         };
-        self.place(&mut core, r, k);
+        self.place(&mut core, r, k, self.now.get());
         h
     }
 
@@ -859,7 +635,16 @@ impl Local {
             return None;
         }
         let mut core = self.core.borrow_mut();
-        Some(core.slot(run.key).container.clone())
+        Some(core.queues.slot(run.key).container.clone())
+    }
+
+    /// Whether the running task's container is high-class work (see `prio::is_high`).
+    pub(crate) fn in_high_work(&self) -> bool {
+        let run = self.running.get();
+        if run.key == UNPLACED {
+            return false;
+        }
+        self.core.borrow_mut().queues.slot(run.key).is_high()
     }
 
     /// Whether the running task is bound to `c` (`None` if no task is running).
@@ -869,7 +654,7 @@ impl Local {
             return None;
         }
         let mut core = self.core.borrow_mut();
-        Some(core.slot(run.key).container.id() == c.id())
+        Some(core.queues.slot(run.key).container.id() == c.id())
     }
 
     /// Rebinds the running task: returns false if no task is running.
@@ -881,7 +666,7 @@ impl Local {
             return false;
         }
         let mut core = self.core.borrow_mut();
-        let k = core.slot_for(c, &self.rt);
+        let k = core.slot_for(c, &self.rt, false);
         if k == run.key {
             return true;
         }
@@ -897,10 +682,10 @@ impl Local {
                 core.charge(run.key, ns);
             }
         }
-        core.slot(k).bound += 1;
-        core.unbind(run.key);
+        core.queues.slot(k).bound += 1;
+        core.queues.unbind(run.key);
         // SAFETY: `meta` was set from the running task's `Runnable::metadata()` just before
-        // `Runnable::run` and is cleared right after it returns; we are inside that call (on
+        // `Running::run` and is cleared right after it returns; we are inside that call (on
         // this thread, with `running` set), and async-task keeps the task's allocation, which
         // holds the metadata, alive while it runs.
         unsafe { &*meta }.set_key(k);
@@ -916,17 +701,18 @@ impl Local {
             return;
         }
         let mut items = std::mem::take(&mut *self.spare.borrow_mut());
-        std::mem::swap(&mut items, &mut *lock(&self.shared.inbox));
+        self.shared.take_inbox(&mut items);
         let now = self.rt.clock.now_ns();
         self.now.set(now);
         let mut flushes = Vec::new();
+        let mut gifts = Vec::new();
         {
             let mut core = self.core.borrow_mut();
             for item in items.drain(..) {
                 match item {
                     Remote::Spawn(r, c) => {
-                        let k = core.slot_for(&c, &self.rt);
-                        self.place(&mut core, r, k);
+                        let k = core.slot_for(&c, &self.rt, false);
+                        self.place(&mut core, r, k, now);
                     }
                     Remote::Wake(r) => {
                         let k = r.metadata().key();
@@ -934,16 +720,201 @@ impl Local {
                     }
                     Remote::Timer(t) => core.timers.register(t, &self.shared.timers_dropped),
                     Remote::Flush(f) => flushes.push(f),
+                    Remote::Steal {
+                        container,
+                        tasks,
+                        to,
+                    } => {
+                        if let Some(g) = self.give(&mut core, container, tasks, to) {
+                            gifts.push((to, g));
+                        }
+                    }
+                    Remote::Adopt(c, list) => {
+                        let k = core.slot_for(&c, &self.rt, true);
+                        let n = list.len() as u64;
+                        for (r, queued) in list {
+                            self.place(&mut core, r, k, queued);
+                        }
+                        self.shared.load.fetch_add(n as usize, Relaxed);
+                        self.shared.moved_in.fetch_add(n, Relaxed);
+                    }
                 }
             }
             if !flushes.is_empty() {
-                core.flush_all();
+                core.queues.flush_all();
             }
         }
         *self.spare.borrow_mut() = items;
         for f in flushes {
             f.done();
         }
+        for (to, (c, list)) in gifts {
+            self.rt.workers[to].push(Remote::Adopt(c, list));
+        }
+    }
+
+    /// Takes up to `n` queued tasks of a container for worker `to`: they are no longer this
+    /// worker's (its owner, load and list of tasks say so at once; the caller hands them
+    /// over).
+    fn give(
+        &self,
+        core: &mut Core,
+        container: rescon::ContainerId,
+        n: u32,
+        to: usize,
+    ) -> Option<(Container, Vec<(Runnable, u64)>)> {
+        let (c, list) = core.queues.take(container, n)?;
+        for (r, _) in &list {
+            let meta = r.metadata();
+            core.tasks.try_remove(meta.idx.load(Relaxed) as usize);
+            meta.set_key(UNPLACED);
+            meta.owner.store(to as u32, Relaxed);
+        }
+        let n = list.len();
+        self.shared.load.fetch_sub(n, Relaxed);
+        self.shared.moved_out.fetch_add(n as u64, Relaxed);
+        Some((c, list))
+    }
+
+    /// Offers this worker's waiting work, reads the others' offers, and asks for what should
+    /// run here (see the module docs). With `idle`, this worker has nothing to run.
+    fn balance(&self, now: u64, idle: bool) -> bool {
+        let me = self.shared.index;
+        let rules = self.cfg.rules;
+        let mut offers = self.offers.borrow_mut();
+        let mut mine = self.mine.borrow_mut();
+        let has_best = {
+            let mut core = self.core.borrow_mut();
+            let busy = now.saturating_sub(self.busy_since.get().min(now));
+            core.queues.offers(now, busy, OFFERS, &mut offers);
+            !idle && core.queues.best(now, &mut mine)
+        };
+        {
+            let mut board = lock(&self.shared.board);
+            board.clone_from(&offers);
+        }
+        let mut boards = self.boards.borrow_mut();
+        for (w, b) in boards.iter_mut().enumerate() {
+            if w == me {
+                b.clear();
+            } else {
+                b.clone_from(&lock(&self.rt.workers[w].board));
+            }
+        }
+        let mut asked = false;
+        let mine_ref = (has_best).then_some(&*mine);
+        let take = (idle || has_best)
+            .then(|| {
+                let core = self.core.borrow();
+                choose_except(me, mine_ref, &boards, &rules, |id| {
+                    core.queues.has_queued(id)
+                })
+            })
+            .flatten();
+        if let Some(take) = take {
+            self.rt.workers[take.from].push(Remote::Steal {
+                container: take.container,
+                tasks: take.tasks,
+                to: me,
+            });
+            asked = true;
+        }
+        if idle {
+            return asked;
+        }
+        // A worker asleep looks at nobody's board: give it work directly.
+        std::mem::swap(&mut boards[me], &mut offers);
+        for (w, other) in self.rt.workers.iter().enumerate() {
+            if w == me || !other.sleeping.load(Relaxed) {
+                continue;
+            }
+            if let Some(take) = choose(w, None, &boards, &rules)
+                && take.from == me
+            {
+                let gift = self.give(&mut self.core.borrow_mut(), take.container, take.tasks, w);
+                if let Some((c, list)) = gift {
+                    other.push(Remote::Adopt(c, list));
+                }
+                break;
+            }
+        }
+        std::mem::swap(&mut boards[me], &mut offers);
+        asked
+    }
+
+    /// Before a burst of slot `k`, while the runtime's containers are of mixed classes:
+    /// publishes what this worker runs, and hands work waiting here to a worker that runs
+    /// work it outclasses (see the module docs).
+    fn class_handoff(&self, k: u32) {
+        let classes = self.core.borrow().queues.classes;
+        if classes & !self.classes_told.get() != 0 {
+            self.classes_told.set(classes);
+            self.rt.classes.fetch_or(classes, Relaxed);
+        }
+        if self.rt.classes.load(Relaxed).count_ones() < 2 {
+            return;
+        }
+        let (path, min, top) = {
+            let core = self.core.borrow();
+            let q = &core.queues;
+            let Some(s) = q.get(k) else { return };
+            (s.path, s.pmin, q.top_waiting(k))
+        };
+        self.publish(path, min);
+        let Some(top) = top else { return };
+        let skip = self.handoff_skip.get();
+        if skip > 0 {
+            self.handoff_skip.set(skip - 1);
+            return;
+        }
+        let me = self.shared.index;
+        let mut handed = self.handed.borrow_mut();
+        for (w, other) in self.rt.workers.iter().enumerate() {
+            let their_min = other.run_min.load(Relaxed);
+            if w == me || their_min >= top {
+                continue;
+            }
+            let taken_in = other.moved_in.load(Relaxed);
+            if handed[w] == taken_in {
+                continue;
+            }
+            let theirs: ClassPath = std::array::from_fn(|i| other.run_path[i].load(Relaxed));
+            let mut core = self.core.borrow_mut();
+            let Some((c, n)) = core.queues.handoff(k, &theirs, their_min) else {
+                continue;
+            };
+            if let Some((c, list)) = self.give(&mut core, c, n, w) {
+                drop(core);
+                handed[w] = taken_in;
+                other.push(Remote::Adopt(c, list));
+                return;
+            }
+        }
+        // Nothing found: do not look again for a few bursts.
+        self.handoff_skip.set(HANDOFF_SKIP);
+    }
+
+    /// Publishes the class path of what this worker runs (if it changed).
+    fn publish(&self, path: ClassPath, min: u8) {
+        if self.published.get() == (path, min) {
+            return;
+        }
+        self.published.set((path, min));
+        for (a, v) in self.shared.run_path.iter().zip(path) {
+            a.store(v, Relaxed);
+        }
+        self.shared.run_min.store(min, Relaxed);
+    }
+
+    /// Nothing to run here: before yielding or sleeping, looks for work waiting on other
+    /// workers (at most once a balancing interval); what it asks for comes through its
+    /// inbox, waking it.
+    fn look_for_work(&self, now: u64) {
+        if !self.cfg.balance || now.saturating_sub(self.last_look.get()) < BALANCE_NS {
+            return;
+        }
+        self.last_look.set(now);
+        self.balance(now, true);
     }
 
     fn fire_timers(&self, now: u64) {
@@ -962,25 +933,35 @@ impl Local {
         }
     }
 
-    /// Every millisecond of worker time: usage, unused slots, the CPU-clock correction and
-    /// the idle-lowering decision.
+    /// Every millisecond of worker time: usage, unused slots, the CPU-clock correction, the
+    /// idle-lowering decision, and balancing.
     fn maintain(&self, now: u64) {
         self.next_tick.set(now + TICK_NS);
-        let mut core = self.core.borrow_mut();
-        core.timers.promote();
-        core.flush_counters();
-        core.reclaim();
-        core.corr.tick(now);
-        if core.idle.enabled() && core.idle.window_wants_lower() {
-            // Confirm with fresh classes before lowering.
-            let mask = core.refresh_served_classes(&self.rt);
-            core.idle.confirm_lower(mask, &self.shared);
-        } else {
-            core.served.clear();
+        {
+            let mut core = self.core.borrow_mut();
+            core.timers.promote();
+            core.queues.flush_counters();
+            core.queues.reclaim();
+            core.corr.tick(now);
+            if core.idle.enabled() && core.idle.window_wants_lower() {
+                // Confirm with fresh classes before lowering.
+                let mask = core.refresh_served_classes(&self.rt);
+                core.idle.confirm_lower(mask, &self.shared.lowered);
+            } else {
+                core.served.clear();
+            }
+            // A raise on runnable work happens outside this decision: publish the state.
+            if core.idle.enabled() {
+                self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
+            }
+            if core.boost.enabled() {
+                let want = core.queues.hosts_high();
+                core.boost.set(want);
+            }
         }
-        // A raise on runnable work happens outside this decision: publish the state.
-        if core.idle.enabled() {
-            self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
+        if self.cfg.balance && now >= self.next_balance.get() {
+            self.next_balance.set(now + BALANCE_NS);
+            self.balance(now, false);
         }
     }
 
@@ -988,25 +969,29 @@ impl Local {
     fn park(&self, now: u64) {
         let deadline = {
             let mut core = self.core.borrow_mut();
-            core.flush_all();
-            core.reclaim();
+            core.queues.flush_all();
+            core.queues.reclaim();
+            if core.boost.enabled() {
+                let want = core.queues.hosts_high();
+                core.boost.set(want);
+            }
             core.timers.promote();
             let t = core.timers.next_deadline();
-            let r = core.policy.next_refill();
+            let r = core.queues.policy.next_refill();
             match (t, r) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
         };
-        if self.rt.clock.is_manual() {
-            if let Some(d) = deadline {
-                if !self.shared.pending.load(SeqCst) {
-                    // Simulated time: nothing to do until `d`, so it is `d` now.
-                    self.rt.clock.set(d);
-                }
-                self.poll_io(Some(Duration::ZERO));
-                return;
+        if self.rt.clock.is_manual()
+            && let Some(d) = deadline
+        {
+            if !self.shared.pending.load(SeqCst) {
+                // Simulated time: nothing to do until `d`, so it is `d` now.
+                self.rt.clock.set(d);
             }
+            self.poll_io(Some(Duration::ZERO));
+            return;
         }
         let timeout = deadline.map(|d| Duration::from_nanos(d.saturating_sub(now)));
         // Announce the sleep, then look for work once more: a remote push either sees
@@ -1053,27 +1038,15 @@ impl Local {
         n.store(n.load(Relaxed) + 1, Relaxed);
         self.last_io.set(self.now.get());
         let mut wakers = self.wakers.borrow_mut();
+        if let Err(e) = self
+            .driver
+            .borrow_mut()
+            .poll(&self.shared.driver, timeout, &mut wakers)
         {
-            let mut io = self.io.borrow_mut();
-            let (poll, events) = &mut *io;
-            if let Err(e) = poll.poll(events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::warn!(worker = self.shared.index, error = %e, "epoll_wait failed");
-                }
-                return;
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(worker = self.shared.index, error = %e, "epoll_wait failed");
             }
-            if events.is_empty() {
-                return;
-            }
-            let slab = lock(&self.shared.io);
-            for ev in events.iter() {
-                if ev.token() == WAKE_TOKEN {
-                    continue;
-                }
-                if let Some(st) = slab.get(ev.token().0) {
-                    st.set_ready(ev, &mut wakers);
-                }
-            }
+            return;
         }
         let list = std::mem::take(&mut *wakers);
         drop(wakers);
@@ -1085,27 +1058,17 @@ impl Local {
     /// After the loop: cancel every task, wake every waiter, release every container.
     fn shutdown(&self) {
         self.closing.set(true);
-        {
-            let mut inbox = lock(&self.shared.inbox);
-            self.shared.closed.store(true, Release);
-            let items = std::mem::take(&mut *inbox);
-            drop(inbox);
-            drop(items);
-        }
+        drop(self.shared.close_inbox());
         loop {
             let mut runnables = Vec::new();
             let mut wakers = Vec::new();
             {
                 let mut core = self.core.borrow_mut();
-                for s in core.slots.iter_mut().flatten() {
-                    runnables.extend(s.queue.drain(..).map(|(r, _)| r));
-                }
+                core.queues.drain(&mut runnables);
                 wakers.extend(core.tasks.drain());
                 core.timers.drain(&mut wakers);
             }
-            for st in lock(&self.shared.io).iter() {
-                st.1.shut_down(&mut wakers);
-            }
+            self.shared.driver.close(&mut wakers);
             if runnables.is_empty() && wakers.is_empty() {
                 break;
             }
@@ -1114,14 +1077,7 @@ impl Local {
                 w.wake();
             }
         }
-        let mut core = self.core.borrow_mut();
-        core.flush_counters();
-        let slots = std::mem::take(&mut core.slots);
-        core.by_id.clear();
-        for s in slots.into_iter().flatten() {
-            core.policy.detach(s.key);
-        }
-        core.policy.flush();
+        self.core.borrow_mut().queues.detach_all();
         self.shared.lowered.store(false, Relaxed);
     }
 }

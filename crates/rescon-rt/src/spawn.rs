@@ -1,146 +1,19 @@
-//! The current runtime and the current container: the free functions of the crate.
+//! The free functions of the crate: spawning, the current container, rebinding.
 //!
-//! On a worker thread the context is the worker's; on a thread inside
+//! They work wherever the calling thread has a scheduling context (a worker's task,
 //! [`Runtime::block_on`](crate::Runtime::block_on), [`Runtime::enter`](crate::Runtime::enter)
-//! or a blocking job it is a thread-local binding. Elsewhere there is no runtime and the
-//! functions that need one panic, saying so.
+//! or a blocking job) and panic elsewhere, saying so.
 
-use crate::runtime::RtShared;
+use crate::scheduler::context::{
+    self, NO_RUNTIME, expect_runtime, in_worker_task, is_bound_to, try_bind,
+};
+use crate::scheduler::worker::{spawn_on, with_local};
 use crate::task::JoinHandle;
-use crate::worker::{self, WorkerShared};
-use crate::{Clock, sys};
 use pin_project_lite::pin_project;
 use rescon::Container;
-use std::cell::RefCell;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-
-/// How a non-worker thread's time is charged.
-#[derive(Debug)]
-pub(crate) enum Mode {
-    /// `block_on` or `enter`: polls are timed with the runtime clock and recorded in the bound
-    /// container's usage.
-    Plain,
-    /// A blocking job: thread CPU time; the part before the first `bind` is charged through
-    /// the pool's policy, the rest recorded where the job was rebound to.
-    Blocking { first_ns: Option<u64> },
-}
-
-#[derive(Debug)]
-pub(crate) struct Entered {
-    pub(crate) rt: Option<Arc<RtShared>>,
-    pub(crate) binding: Container,
-    pub(crate) seg_start: u64,
-    pub(crate) mode: Mode,
-    pub(crate) clock: Clock,
-}
-
-impl Entered {
-    fn now(&self) -> u64 {
-        match self.mode {
-            Mode::Plain => self.clock.now_ns(),
-            Mode::Blocking { .. } => sys::thread_cpu_ns(),
-        }
-    }
-
-    fn bind(&mut self, c: &Container) {
-        if self.binding.id() == c.id() {
-            return;
-        }
-        let now = self.now();
-        let seg = now.saturating_sub(self.seg_start);
-        match &mut self.mode {
-            Mode::Plain => self.binding.account().add_cpu_ns(seg),
-            Mode::Blocking { first_ns } => match first_ns {
-                None => *first_ns = Some(seg),
-                Some(_) => self.binding.account().add_cpu_ns(seg),
-            },
-        }
-        self.binding = c.unprivileged();
-        self.seg_start = now;
-    }
-}
-
-thread_local! {
-    static ENTERED: RefCell<Option<Entered>> = const { RefCell::new(None) };
-}
-
-/// Installs a thread-local context; the previous one comes back when the guard drops.
-pub(crate) fn enter(e: Entered) -> EnterGuard {
-    let prev = ENTERED.with(|c| c.borrow_mut().replace(e));
-    EnterGuard {
-        prev: Some(prev),
-        _not_send: std::marker::PhantomData,
-    }
-}
-
-/// Restores the previous context when dropped. Made by
-/// [`Runtime::enter`](crate::Runtime::enter).
-#[derive(Debug)]
-pub struct EnterGuard {
-    prev: Option<Option<Entered>>,
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl EnterGuard {
-    /// Takes the context out (for a blocking job's accounting) and restores the previous.
-    pub(crate) fn take(mut self) -> Option<Entered> {
-        let prev = self.prev.take().expect("guard used once");
-        ENTERED.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev))
-    }
-}
-
-impl Drop for EnterGuard {
-    fn drop(&mut self) {
-        if let Some(prev) = self.prev.take() {
-            let cur = ENTERED.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
-            drop(cur);
-        }
-    }
-}
-
-pub(crate) fn with_entered<R>(f: impl FnOnce(&mut Entered) -> R) -> Option<R> {
-    ENTERED.with(|c| c.borrow_mut().as_mut().map(f))
-}
-
-/// The runtime of this thread's context, if any.
-pub(crate) fn runtime() -> Option<Arc<RtShared>> {
-    worker::with_local(|l| l.rt.clone())
-        .or_else(|| ENTERED.with(|c| c.borrow().as_ref().and_then(|e| e.rt.clone())))
-}
-
-const NO_RUNTIME: &str = "no rescon-rt runtime on this thread: call this inside a task, Runtime::block_on, Runtime::enter or a blocking job";
-
-fn expect_runtime() -> Arc<RtShared> {
-    runtime().expect(NO_RUNTIME)
-}
-
-pub(crate) fn clock() -> Clock {
-    worker::with_local(|l| l.rt.clock.clone())
-        .or_else(|| ENTERED.with(|c| c.borrow().as_ref().map(|e| e.clock.clone())))
-        .expect(NO_RUNTIME)
-}
-
-/// The worker a timer made here registers with.
-pub(crate) fn timer_worker() -> Arc<WorkerShared> {
-    if let Some(w) = worker::with_local(|l| l.shared.clone()) {
-        return w;
-    }
-    let rt = expect_runtime();
-    rt.workers[rt.next_rr()].clone()
-}
-
-/// The worker a socket waited on here registers with.
-pub(crate) fn io_worker() -> io::Result<Arc<WorkerShared>> {
-    if let Some(w) = worker::with_local(|l| l.shared.clone()) {
-        return Ok(w);
-    }
-    let rt = runtime().ok_or_else(|| io::Error::other(NO_RUNTIME))?;
-    Ok(rt.workers[rt.next_rr()].clone())
-}
 
 /// The container the running task (or this thread's context) is bound to: an unprivileged
 /// handle.
@@ -161,13 +34,7 @@ pub fn current() -> Container {
 
 /// Like [`current`], but `None` outside a runtime.
 pub fn try_current() -> Option<Container> {
-    if let Some(c) = worker::with_local(|l| {
-        l.current()
-            .unwrap_or_else(|| l.rt.default_container.clone())
-    }) {
-        return Some(c);
-    }
-    ENTERED.with(|c| c.borrow().as_ref().map(|e| e.binding.clone()))
+    context::try_current()
 }
 
 /// Rebinds the running task to `container`: the rest of this poll and every later poll are
@@ -200,30 +67,10 @@ pub fn bind(container: &Container) {
     }
 }
 
-/// Rebinds if there is a context; returns whether there was one.
-pub(crate) fn try_bind(container: &Container) -> bool {
-    if let Some(done) = worker::with_local(|l| l.bind(container)) {
-        if done {
-            return true;
-        }
-    }
-    with_entered(|e| e.bind(container)).is_some()
-}
-
-fn is_bound_to(container: &Container) -> Option<bool> {
-    if let Some(Some(b)) = worker::with_local(|l| l.is_bound_to(container)) {
-        return Some(b);
-    }
-    with_entered(|e| e.binding.id() == container.id())
-}
-
-fn in_worker_task() -> bool {
-    worker::with_local(|l| l.in_task()).unwrap_or(false)
-}
-
 /// Spawns a task bound to the current container.
 ///
-/// A task stays on the worker it is placed on. Spawned on a worker, it stays there unless
+/// A task is placed on a worker, and moves only when the scheduler's balancing moves it (see the
+/// [crate docs](crate#workers-and-guarantees)). Spawned on a worker, it stays there unless
 /// that worker has clearly more tasks than the least loaded one (more than one task and an
 /// eighth more), and then goes to that one; outside the workers, it goes on the least loaded
 /// worker. So an accept loop that spawns a task per connection spreads the connections
@@ -237,14 +84,14 @@ where
     F::Output: Send + 'static,
 {
     // On a worker: `None` to stay, else the runtime and the worker to go to.
-    let away = worker::with_local(|l| {
+    let away = with_local(|l| {
         let w = l.rt.place_near(l.shared.index);
         (w != l.shared.index).then(|| (l.rt.clone(), w))
     });
     let (rt, w) = match away {
         Some(None) => {
             let mut fut = Some(fut);
-            return worker::with_local(|l| l.spawn_local(None, fut.take().expect("once")))
+            return with_local(|l| l.spawn_local(None, fut.take().expect("once")))
                 .expect("on a worker");
         }
         Some(Some(to)) => to,
@@ -255,16 +102,19 @@ where
         }
     };
     let c = try_current().unwrap_or_else(|| rt.default_container.clone());
-    rt.spawn_remote(w, c, fut)
+    spawn_on(&rt, w, c, fut)
 }
 
 /// Spawns a task bound to `container`.
 ///
-/// A task stays on the worker it is placed on. Spawned from a task already bound to
-/// `container`, it is placed as by [`spawn`]: on the same worker unless that worker has
-/// clearly more tasks than the least loaded one. Otherwise it goes on the least loaded worker
-/// (ties go to the current worker, then round robin). Both spread new connections' tasks
-/// across the workers.
+/// A task is placed on a worker, and moves only when the scheduler's balancing moves it.
+/// Spawned from a task already bound to `container`, or from high-class work (a class above
+/// normal on its path: a high-priority listener's accept loop), it is placed as by [`spawn`]:
+/// on the same worker unless that worker has clearly more tasks than the least loaded one
+/// (high-class work stays together, on the worker whose kernel priority it raises: see
+/// [`prio`](crate::prio)). Otherwise it goes on the least loaded worker (ties go to the
+/// current worker, then round robin). Both spread new connections' tasks across the
+/// workers.
 ///
 /// # Panics
 /// Outside a runtime.
@@ -273,26 +123,29 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let local = worker::with_local(|l| (l.rt.clone(), l.shared.index, l.is_bound_to(container)));
+    let local = with_local(|l| {
+        let near = l.is_bound_to(container) == Some(true) || l.in_high_work();
+        (l.rt.clone(), l.shared.index, near)
+    });
     match local {
-        Some((rt, idx, same)) => {
-            let w = if same == Some(true) {
+        Some((rt, idx, near)) => {
+            let w = if near {
                 rt.place_near(idx)
             } else {
                 rt.place(Some(idx))
             };
             if w == idx {
                 let mut fut = Some(fut);
-                worker::with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))
+                with_local(|l| l.spawn_local(Some(container), fut.take().expect("once")))
                     .expect("on a worker")
             } else {
-                rt.spawn_remote(w, container.clone(), fut)
+                spawn_on(&rt, w, container.clone(), fut)
             }
         }
         None => {
             let rt = expect_runtime();
             let w = rt.place(None);
-            rt.spawn_remote(w, container.clone(), fut)
+            spawn_on(&rt, w, container.clone(), fut)
         }
     }
 }
@@ -315,7 +168,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    expect_runtime().blocking.spawn_in(container, f)
+    crate::blocking::spawn_job(&expect_runtime().jobs, container, f)
 }
 
 pin_project! {

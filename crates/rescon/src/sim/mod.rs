@@ -25,6 +25,10 @@
 //! assert!((sim.entitled(&a) - 0.75).abs() < 1e-9);
 //! ```
 
+mod multi;
+
+pub use multi::MultiSim;
+
 use crate::attr::{SchedClass, Share};
 use crate::sched::{Key, Policy};
 use crate::{Container, ContainerId, Snapshot};
@@ -277,15 +281,66 @@ pub fn entitlements(
 ) -> FxHashMap<ContainerId, f64> {
     let mut out = FxHashMap::default();
     let members: Vec<Member<'_>> = tops.iter().map(Member::Node).collect();
-    distribute(&members, 1.0, backlogged, &mut out);
+    let limit = |m: Member<'_>| Limits {
+        cap: params(m).3,
+        par: None,
+    };
+    distribute(&members, 1.0, backlogged, &mut out, &limit);
+    out
+}
+
+/// The CPU, in cores, each container is entitled to on `cores` CPUs when the containers in
+/// `tasks` have that many tasks runnable and all others are idle: the model of
+/// [`entitlements`], water-filled by parallelism. A container cannot use more cores than it
+/// has runnable tasks in its subtree (one task runs on one core at a time); what it cannot
+/// use goes to its siblings as what a CPU cap leaves does.
+///
+/// ```
+/// use rescon::sim::entitlements_on;
+/// use rescon::Attributes;
+/// let registry = rescon::Registry::new();
+/// let root = registry.root();
+/// let mut heavy = Attributes::default();
+/// heavy.set("share", "weight:400").unwrap();
+/// let a = root.create_child("a", heavy).unwrap();
+/// let b = root.create_child("b", Attributes::default()).unwrap();
+/// // a would have 4/5 of two cores, but it has one task: one core, and b the other.
+/// let tasks = [(a.id(), 1), (b.id(), 8)].into_iter().collect();
+/// let e = entitlements_on(&[root.snapshot()], &tasks, 2.0);
+/// assert!((e[&a.id()] - 1.0).abs() < 1e-9 && (e[&b.id()] - 1.0).abs() < 1e-9);
+/// ```
+pub fn entitlements_on(
+    tops: &[Snapshot],
+    tasks: &FxHashMap<ContainerId, u32>,
+    cores: f64,
+) -> FxHashMap<ContainerId, f64> {
+    fn subtree(s: &Snapshot, tasks: &FxHashMap<ContainerId, u32>) -> f64 {
+        tasks.get(&s.id).copied().unwrap_or(0) as f64
+            + s.children.iter().map(|c| subtree(c, tasks)).sum::<f64>()
+    }
+    let backlogged: FxHashSet<ContainerId> = tasks
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let limit = |m: Member<'_>| Limits {
+        cap: params(m).3,
+        par: Some(match m {
+            Member::Node(s) => subtree(s, tasks),
+            Member::Own(s) => tasks.get(&s.id).copied().unwrap_or(0) as f64,
+        }),
+    };
+    let mut out = FxHashMap::default();
+    let members: Vec<Member<'_>> = tops.iter().map(Member::Node).collect();
+    distribute(&members, cores, &backlogged, &mut out, &limit);
     out
 }
 
 #[derive(Clone, Copy)]
 enum Member<'a> {
     Node(&'a Snapshot),
-    /// Work bound directly to a container that also has children.
-    Own,
+    /// Work bound directly to a container (this one) that also has children.
+    Own(&'a Snapshot),
 }
 
 fn active(s: &Snapshot, backlogged: &FxHashSet<ContainerId>) -> bool {
@@ -296,7 +351,7 @@ fn active(s: &Snapshot, backlogged: &FxHashSet<ContainerId>) -> bool {
 /// (class, fixed fraction or 0, effective weight or 0, cap as a fraction of one CPU)
 fn params(m: Member<'_>) -> (u8, f64, f64, Option<f64>) {
     match m {
-        Member::Own => (SchedClass::NORMAL.get(), 0.0, 100.0, None),
+        Member::Own(_) => (SchedClass::NORMAL.get(), 0.0, 100.0, None),
         Member::Node(s) => {
             let cap = s.attrs.cpu_limit.map(|c| c.fraction());
             match s.attrs.share {
@@ -335,13 +390,17 @@ fn proportional(ms: &[Member<'_>], set: &[usize]) -> Vec<f64> {
 /// Like [`proportional`], with caps: a member whose share exceeds its cap is active only for
 /// the fraction of time that gives it exactly its cap, and its siblings divide the rest as they
 /// do when it is idle.
-fn capped(ms: &[Member<'_>], set: &[usize], total: f64) -> Vec<f64> {
-    let with = proportional(ms, set);
+///
+/// Parallelism limits apply first, at every instant: a member with fewer runnable tasks than
+/// its share of cores uses what it can, and the others divide the rest in the proportions
+/// they had (water-filling).
+fn capped(ms: &[Member<'_>], set: &[usize], total: f64, limit: &LimitFn<'_>) -> Vec<f64> {
+    let with = waterfill(ms, proportional(ms, set), set, total, limit);
     let over = set
         .iter()
         .copied()
         .filter_map(|i| {
-            let cap = params(ms[i]).3?;
+            let cap = limit(ms[i]).cap?;
             (with[i] * total > cap + 1e-12).then(|| (i, cap / (with[i] * total)))
         })
         .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -350,11 +409,110 @@ fn capped(ms: &[Member<'_>], set: &[usize], total: f64) -> Vec<f64> {
     let without = if rest.is_empty() {
         vec![0.0; ms.len()]
     } else {
-        capped(ms, &rest, total)
+        capped(ms, &rest, total, limit)
     };
     (0..ms.len())
         .map(|i| t * with[i] + (1.0 - t) * without[i])
         .collect()
+}
+
+/// What holds a member back: a CPU cap (cores over the cap's period) and its parallelism
+/// (cores at any instant).
+#[derive(Clone, Copy, Default)]
+struct Limits {
+    cap: Option<f64>,
+    par: Option<f64>,
+}
+
+type LimitFn<'a> = dyn Fn(Member<'_>) -> Limits + 'a;
+
+/// Fractions `p` of `total` (for the members `set`) with parallelism limits applied, as
+/// the policy divides: the fixed members and the pool of the weighted ones first (the pool as
+/// one member, able to use as many cores as its members together), then the pool's part among
+/// its members.
+fn waterfill(
+    ms: &[Member<'_>],
+    p: Vec<f64>,
+    set: &[usize],
+    total: f64,
+    limit: &LimitFn<'_>,
+) -> Vec<f64> {
+    if total <= 0.0 {
+        return p;
+    }
+    let par = |i: usize| limit(ms[i]).par;
+    let (fixed, pooled): (Vec<usize>, Vec<usize>) =
+        set.iter().copied().partition(|&i| params(ms[i]).1 > 0.0);
+    let mut out = p.clone();
+    if fixed.is_empty() || pooled.is_empty() {
+        let got = fill(
+            &set.iter().map(|&i| p[i]).collect::<Vec<_>>(),
+            &set.iter().map(|&i| par(i)).collect::<Vec<_>>(),
+            total,
+        );
+        for (k, &i) in set.iter().enumerate() {
+            out[i] = got[k];
+        }
+        return out;
+    }
+    let pool_base: f64 = pooled.iter().map(|&i| p[i]).sum();
+    let pool_par: Option<f64> = pooled.iter().map(|&i| par(i)).sum();
+    let mut bases: Vec<f64> = fixed.iter().map(|&i| p[i]).collect();
+    let mut pars: Vec<Option<f64>> = fixed.iter().map(|&i| par(i)).collect();
+    bases.push(pool_base);
+    pars.push(pool_par);
+    let got = fill(&bases, &pars, total);
+    for (k, &i) in fixed.iter().enumerate() {
+        out[i] = got[k];
+    }
+    let pool = got[fixed.len()];
+    let inner = fill(
+        &pooled.iter().map(|&i| p[i]).collect::<Vec<_>>(),
+        &pooled.iter().map(|&i| par(i)).collect::<Vec<_>>(),
+        pool * total,
+    );
+    for (k, &i) in pooled.iter().enumerate() {
+        out[i] = inner[k] * pool;
+    }
+    out
+}
+
+/// Divides `total` cores by `bases` (in proportion), no member above its `pars` (cores):
+/// what a member cannot use goes to the others in their proportions. Returns fractions of
+/// `total`.
+fn fill(bases: &[f64], pars: &[Option<f64>], total: f64) -> Vec<f64> {
+    let mut out = vec![0.0; bases.len()];
+    if total <= 0.0 {
+        return out;
+    }
+    let mut held = vec![false; bases.len()];
+    loop {
+        let used: f64 = (0..bases.len()).filter(|&k| held[k]).map(|k| out[k]).sum();
+        let weight: f64 = (0..bases.len())
+            .filter(|&k| !held[k])
+            .map(|k| bases[k])
+            .sum();
+        if weight <= 0.0 {
+            return out;
+        }
+        let mut more = false;
+        for k in 0..bases.len() {
+            if held[k] {
+                continue;
+            }
+            out[k] = (1.0 - used).max(0.0) * bases[k] / weight;
+            if let Some(par) = pars[k]
+                && out[k] * total > par + 1e-12
+            {
+                out[k] = par / total;
+                held[k] = true;
+                more = true;
+            }
+        }
+        if !more {
+            return out;
+        }
+    }
 }
 
 fn distribute(
@@ -362,39 +520,53 @@ fn distribute(
     total: f64,
     backlogged: &FxHashSet<ContainerId>,
     out: &mut FxHashMap<ContainerId, f64>,
+    limit: &LimitFn<'_>,
 ) {
     let is_active = |m: &Member<'_>| match m {
-        Member::Own => true,
+        Member::Own(_) => true,
         Member::Node(s) => active(s, backlogged),
     };
-    let top_class = ms
+    // Classes from the highest down: each takes what the classes above leave (all of it,
+    // unless every member above is held back by a cap or by its parallelism).
+    let mut classes: Vec<u8> = ms
         .iter()
         .filter(|m| is_active(m))
         .map(|m| params(*m).0)
-        .max();
-    let set: Vec<usize> = (0..ms.len())
-        .filter(|&i| is_active(&ms[i]) && Some(params(ms[i]).0) == top_class)
         .collect();
-    let shares = if set.is_empty() {
-        vec![0.0; ms.len()]
-    } else {
-        capped(ms, &set, total)
-    };
+    classes.sort_unstable_by(|a, b| b.cmp(a));
+    classes.dedup();
+    let mut shares = vec![0.0; ms.len()];
+    let mut left = 1.0;
+    for class in classes {
+        if left <= 1e-12 {
+            break;
+        }
+        let set: Vec<usize> = (0..ms.len())
+            .filter(|&i| is_active(&ms[i]) && params(ms[i]).0 == class)
+            .collect();
+        let part = capped(ms, &set, total * left, limit);
+        let used: f64 = set.iter().map(|&i| part[i]).sum();
+        for &i in &set {
+            shares[i] = part[i] * left;
+        }
+        left -= used.min(1.0) * left;
+    }
     for (i, m) in ms.iter().enumerate() {
         let Member::Node(s) = m else { continue };
         let mut mine = shares[i] * total;
-        if let Some(cap) = s.attrs.cpu_limit {
-            mine = mine.min(cap.fraction());
+        let l = limit(*m);
+        for x in [l.cap, l.par].into_iter().flatten() {
+            mine = mine.min(x);
         }
         out.insert(s.id, mine);
         let mut kids: Vec<Member<'_>> = s.children.iter().map(Member::Node).collect();
         if backlogged.contains(&s.id) && !kids.is_empty() {
-            kids.push(Member::Own);
+            kids.push(Member::Own(s));
         }
         if kids.is_empty() {
             continue;
         }
-        distribute(&kids, mine, backlogged, out);
+        distribute(&kids, mine, backlogged, out, limit);
     }
 }
 

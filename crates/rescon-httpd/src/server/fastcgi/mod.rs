@@ -1,0 +1,682 @@
+//! Stage: a FastCGI request, the paper's persistent CGI. A request under a `[[fastcgi]]`
+//! prefix goes to its application, over a Unix or TCP socket, one connection per request.
+//!
+//! - **Where it is charged.** Each request gets a container of its own under the
+//!   application's class container (a CGI class), as a CGI run does. The worker that serves
+//!   it is found from the connection ([`peer`]), and its CPU from the end of its previous
+//!   request to the end of this one is added to the request's container (`kernel_cpu_ns`): a
+//!   worker serves one request at a time. A rescon-aware application also receives the
+//!   request's container handle on the first record (`pass_handle`, Unix sockets only;
+//!   `rescon_handle::pass::recv_with` reads it) and can charge it, read it, make children.
+//! - **Limits.** The pool the server starts ([`pool`]) runs in a container under the class:
+//!   in its cgroup with kernel enforcement, held by the user-mode limiter otherwise, so the
+//!   class's CPU cap and process limit apply to FastCGI work as to CGI runs. An application
+//!   started elsewhere is not placed (nothing of the server reaches it); its requests are
+//!   still charged.
+//! - **Failures.** An application that cannot be reached, closes the connection before the end
+//!   of the request (a crashed worker), sends a malformed record or a head over
+//!   `limits.cgi_max_header_bytes` gets 502 with what happened; one that does not finish
+//!   within `timeouts.cgi_total` (else `timeouts.cgi_idle`) gets 504 (the connection is shut, and a worker of our own pool is
+//!   killed: the pool forks another). The connection is closed in every case; the request's
+//!   container goes with the response.
+//! - **Stderr.** What the application writes on `FCGI_STDERR` is logged, bounded per request
+//!   ([`stderr`]: the one place to change when a shared bound for CGI output exists).
+//!
+//! The pool's own container shows what the kernel (or `/proc`) measured for the whole pool,
+//! idle and start-up work included; the request containers show each request's part of it.
+//! With kernel enforcement both are in the class's subtree, so a sum over it counts FastCGI
+//! CPU twice.
+
+mod peer;
+mod pool;
+
+pub(crate) use pool::stop_all;
+
+use super::cgi::CgiBody;
+use super::respond::{Body, simple};
+use crate::cgi::{CgiHead, CgiHeadParser, CgiRequest, Watchdog, meta_variables, under_prefix};
+use crate::config::{FastCgiAddress, FastCgiConfig, LiveTree, RequestLimits, Timeouts};
+use crate::fastcgi::{self as codec, Decoder, Event};
+use crate::static_files::{RelPath, normalize};
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rescon::{Attributes, Container};
+use rescon_linux::cgroup::Manager;
+use rescon_linux::usermode::Limiter;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// One `[[fastcgi]]` application, for the server's life.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) config: FastCgiConfig,
+    /// The class container its requests are made under.
+    class: Container,
+    /// The pool the server started, if it starts one.
+    pool: Option<Arc<pool::Pool>>,
+    workers: peer::Workers,
+}
+
+/// The FastCGI applications and what serves them.
+#[derive(Default)]
+pub(crate) struct FastCgi {
+    pub(crate) apps: Vec<Arc<App>>,
+    /// Issues request handles for applications with `pass_handle`.
+    owner: Option<(rescon_handle::owner::Owner, rescon_handle::owner::Server)>,
+    seq: AtomicU64,
+}
+
+impl FastCgi {
+    /// Starts the pools of `configs` in their class containers (declared in `tree`).
+    pub(crate) fn start(
+        configs: &[FastCgiConfig],
+        tree: &LiveTree,
+        kernel: Option<&Arc<Manager>>,
+        limiter: Option<&Arc<Limiter>>,
+    ) -> anyhow::Result<FastCgi> {
+        let mut apps = Vec::new();
+        for (i, f) in configs.iter().enumerate() {
+            let class = tree
+                .get(&f.container)
+                .with_context(|| {
+                    format!(
+                        "fastcgi[{i}]: container {} is not declared",
+                        f.container.as_str()
+                    )
+                })?
+                .clone();
+            let pool = if f.command.is_empty() {
+                None
+            } else {
+                let mut attrs = Attributes::default();
+                if kernel.is_some() {
+                    let _ = attrs.set("enforcement", "kernel");
+                }
+                let c = class
+                    .create_child(&format!("fastcgi-pool-{i}"), attrs)
+                    .context("creating a FastCGI pool's container")?;
+                Some(pool::Pool::start(
+                    &format!("{i}"),
+                    &f.command,
+                    c,
+                    kernel.cloned(),
+                    limiter.cloned(),
+                    f.restarts,
+                )?)
+            };
+            apps.push(Arc::new(App {
+                config: f.clone(),
+                class,
+                pool,
+                workers: peer::Workers::default(),
+            }));
+        }
+        let owner = if configs.iter().any(|f| f.pass_handle) {
+            let enforcer: Option<Arc<dyn rescon_handle::owner::Enforcer>> = match (kernel, limiter)
+            {
+                (Some(m), _) => Some(m.clone()),
+                (None, Some(l)) => Some(l.clone()),
+                _ => None,
+            };
+            let config = rescon_handle::owner::Config::default();
+            let owner = match enforcer {
+                Some(e) => rescon_handle::owner::Owner::with_enforcer(config, e),
+                None => rescon_handle::owner::Owner::new(config),
+            }
+            .context("starting the container-handle owner")?;
+            let server = owner
+                .spawn("rescon-handles")
+                .context("starting the handle thread")?;
+            Some((owner, server))
+        } else {
+            None
+        };
+        Ok(FastCgi {
+            apps,
+            owner,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The application whose prefix `path` (raw, percent-encoded) is under, longest prefix
+    /// first, and the path after the prefix.
+    pub(crate) fn route(&self, path: &str) -> Option<(&Arc<App>, RelPath)> {
+        if self.apps.is_empty() {
+            return None;
+        }
+        let rel = normalize(path).ok()?;
+        self.apps
+            .iter()
+            .filter_map(|a| Some((a, under_prefix(&a.config.prefix, &rel)?)))
+            .max_by_key(|(a, _)| a.config.prefix.len())
+    }
+
+    /// A request's run: its container made under the class (503 if it cannot be).
+    // The error is an answer to send, built once and moved once: not worth a box.
+    #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    pub(crate) fn run(
+        &self,
+        app: &Arc<App>,
+        rest: &RelPath,
+        server_name: String,
+        remote: SocketAddr,
+        local: SocketAddr,
+        limits: RequestLimits,
+        timeouts: Timeouts,
+        watchdog: Arc<Watchdog>,
+    ) -> Result<FcgiRun, Response<Body>> {
+        let n = self.seq.fetch_add(1, Relaxed);
+        let container = app
+            .class
+            .create_child(&format!("fcgi-{n}"), Attributes::default())
+            .map_err(|e| simple(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
+        let handle = match (&self.owner, app.config.pass_handle) {
+            (Some((o, _)), true) => match o.issue(&container) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no container handle for a FastCGI request; it is served without");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (script, path_info) = split_script(&app.config.root, rest);
+        Ok(FcgiRun {
+            app: app.clone(),
+            container,
+            handle,
+            script_name: format!("{}{}", app.config.prefix, script),
+            script_filename: app.config.root.join(&script),
+            path_info,
+            server_name,
+            remote,
+            local,
+            limits,
+            timeouts,
+            watchdog,
+        })
+    }
+}
+
+/// The script (the first path that is a file under `root`, or the whole path if none is)
+/// and the path after it (`PATH_INFO`).
+fn split_script(root: &std::path::Path, rest: &RelPath) -> (String, String) {
+    let segs = rest.segments();
+    let join = |s: &[std::ffi::OsString]| {
+        s.iter()
+            .map(|x| x.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    for n in 1..=segs.len() {
+        let p: PathBuf = segs[..n].iter().collect();
+        if root.join(&p).is_file() {
+            let info = if n < segs.len() {
+                format!("/{}", join(&segs[n..]))
+            } else {
+                String::new()
+            };
+            return (join(&segs[..n]), info);
+        }
+    }
+    (join(segs), String::new())
+}
+
+/// One FastCGI request.
+pub(crate) struct FcgiRun {
+    app: Arc<App>,
+    /// The request's own container (under the class).
+    pub(crate) container: Container,
+    handle: Option<std::os::fd::OwnedFd>,
+    script_name: String,
+    script_filename: PathBuf,
+    path_info: String,
+    server_name: String,
+    remote: SocketAddr,
+    local: SocketAddr,
+    limits: RequestLimits,
+    timeouts: Timeouts,
+    watchdog: Arc<Watchdog>,
+}
+
+enum Outcome {
+    /// The head; the body follows on the channel.
+    Done(CgiHead),
+    /// The application ended the request after its response.
+    Ended,
+    Failed(String),
+    TimedOut,
+}
+
+impl FcgiRun {
+    /// Sends the request to the application and answers with its response (streamed), or
+    /// why there is none (413, 408, 502, 504).
+    pub(crate) async fn run(self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        // The body is read whole first (bounded by limits.max_body_bytes): FastCGI gives the
+        // application its length, and a slow client then holds no worker.
+        let limited = Limited::new(body, self.limits.max_body_bytes as usize).collect();
+        let stdin = match rescon_rt::timeout(self.timeouts.body, limited).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return simple(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            Err(_) => return simple(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+        };
+        let env = meta_variables(&CgiRequest {
+            method: &parts.method,
+            version: parts.version,
+            raw_path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            content_length: (!stdin.is_empty()).then_some(stdin.len() as u64),
+            remote: self.remote,
+            local: self.local,
+            server_name: &self.server_name,
+            script_name: &self.script_name,
+            path_info: &self.path_info,
+            script_filename: &self.script_filename,
+            document_root: &self.app.config.root,
+            container: Some(self.container.id()),
+        });
+        let mut params: Vec<(&[u8], &[u8])> = env
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        // php-fpm wants REQUEST_URI; CGI/1.1 has no such variable.
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if !env.contains_key("REQUEST_URI") {
+            params.push((b"REQUEST_URI", uri.as_bytes()));
+        }
+        let params = codec::encode_params(params);
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
+        let job = Job {
+            app: self.app,
+            container: self.container.clone(),
+            handle: self.handle,
+            params,
+            stdin,
+            // One deadline for the whole response: the total where one is set, else the idle
+            // time (FastCGI has no idle watch between records yet; CGI has).
+            deadline: Instant::now() + self.timeouts.cgi_total.unwrap_or(self.timeouts.cgi_idle),
+            max_head: self.limits.cgi_max_header_bytes as usize,
+            stderr_budget: self.limits.cgi_stderr_bytes,
+            watchdog: self.watchdog,
+            head_tx: Some(head_tx),
+            body_tx,
+        };
+        // Blocking sockets on the blocking pool, as a CGI run's pipes: the relay's CPU is
+        // charged to the request's container.
+        let _job = rescon_rt::spawn_blocking_in(&self.container, move || job.run());
+        let head = match head_rx.await {
+            Ok(Outcome::Done(h)) => h,
+            Ok(Outcome::TimedOut) => {
+                return simple(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the FastCGI application took too long",
+                );
+            }
+            Ok(Outcome::Failed(msg)) => return simple(StatusCode::BAD_GATEWAY, &msg),
+            Ok(Outcome::Ended) => {
+                return simple(
+                    StatusCode::BAD_GATEWAY,
+                    "the FastCGI request ended without a response",
+                );
+            }
+            Err(_) => return simple(StatusCode::INTERNAL_SERVER_ERROR, "FastCGI job failed"),
+        };
+        let (status, headers) = match head {
+            CgiHead::Document { status, headers } | CgiHead::ClientRedirect { status, headers } => {
+                (status, headers)
+            }
+            CgiHead::LocalRedirect { location } => {
+                let mut r = simple(StatusCode::FOUND, "see other");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                return r;
+            }
+        };
+        let mut r = Response::new(Body::Cgi(CgiBody::from_channel(body_rx)));
+        *r.status_mut() = status;
+        for (k, v) in headers.iter() {
+            r.headers_mut().append(k, v.clone());
+        }
+        r
+    }
+}
+
+/// A connection to an application.
+pub(crate) enum Conn {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Conn {
+    fn connect(a: &FastCgiAddress, timeout: Duration) -> std::io::Result<Conn> {
+        Ok(match a {
+            FastCgiAddress::Unix(p) => Conn::Unix(std::os::unix::net::UnixStream::connect(p)?),
+            FastCgiAddress::Tcp(sa) => {
+                let s = std::net::TcpStream::connect_timeout(sa, timeout)?;
+                let _ = s.set_nodelay(true);
+                Conn::Tcp(s)
+            }
+        })
+    }
+
+    fn try_clone(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.write_all(b),
+            Conn::Tcp(s) => s.write_all(b),
+        }
+    }
+
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(b),
+            Conn::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+/// What the blocking thread of a request needs.
+struct Job {
+    app: Arc<App>,
+    container: Container,
+    handle: Option<std::os::fd::OwnedFd>,
+    params: Vec<u8>,
+    stdin: Bytes,
+    deadline: Instant,
+    max_head: usize,
+    /// `limits.cgi_stderr_bytes`: what of the application's stderr reaches the log.
+    stderr_budget: u64,
+    watchdog: Arc<Watchdog>,
+    head_tx: Option<tokio::sync::oneshot::Sender<Outcome>>,
+    body_tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+}
+
+/// The request id on a connection of our own (one request per connection).
+const ID: u16 = 1;
+
+/// A request body this size or smaller is written before the response is read; a larger
+/// one from a thread, so an application that answers before it reads cannot deadlock with us.
+const INLINE_STDIN: usize = 64 * 1024;
+
+impl Job {
+    fn run(mut self) {
+        let outcome = self.execute();
+        match self.head_tx.take() {
+            Some(t) => {
+                let _ = t.send(outcome);
+            }
+            None => {
+                // The head went out: a failure now cuts the body.
+                if let Outcome::TimedOut | Outcome::Failed(_) = outcome {
+                    let _ = self
+                        .body_tx
+                        .blocking_send(Err(std::io::Error::other("the FastCGI response was cut")));
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self) -> Outcome {
+        let addr = &self.app.config.address;
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let mut conn = match Conn::connect(addr, left) {
+            Ok(c) => c,
+            Err(e) => {
+                let down = self.app.pool.as_ref().is_some_and(|p| p.pgid().is_none());
+                return Outcome::Failed(format!(
+                    "the FastCGI application at {addr} is not reachable ({e}){}",
+                    if down { "; its pool is down" } else { "" }
+                ));
+            }
+        };
+        // At the deadline the connection is shut: the reads below end, and the run is over.
+        let watch = match conn.try_clone() {
+            Ok(c) => self.watchdog.watch(self.deadline, move || c.shutdown()),
+            Err(e) => return Outcome::Failed(format!("FastCGI connection: {e}")),
+        };
+        let mut request = Vec::with_capacity(self.params.len() + 64);
+        codec::stream(&mut request, codec::PARAMS, ID, &self.params);
+        codec::stream(&mut request, codec::PARAMS, ID, &[]);
+        let stdin = std::mem::take(&mut self.stdin);
+        let inline = stdin.len() <= INLINE_STDIN;
+        if inline {
+            codec::stream(&mut request, codec::STDIN, ID, &stdin);
+            codec::stream(&mut request, codec::STDIN, ID, &[]);
+        }
+        let begin = codec::begin_request(ID, false);
+        let sent = match (&conn, self.handle.take()) {
+            // The handle rides on the first record; our copy closes here, so the application
+            // holds the only one (or none, if it reads without taking descriptors).
+            (Conn::Unix(s), Some(h)) => {
+                rescon_handle::pass::send_with(s.as_fd(), &begin, h.as_fd())
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }
+            _ => conn.write_all(&begin),
+        }
+        .and_then(|()| conn.write_all(&request));
+        let feeder = match (sent.is_ok() && !inline).then(|| conn.try_clone()) {
+            Some(Ok(mut c)) => Some(std::thread::spawn(move || {
+                let mut r = Vec::with_capacity(stdin.len() + stdin.len() / 8000 + 16);
+                codec::stream(&mut r, codec::STDIN, ID, &stdin);
+                codec::stream(&mut r, codec::STDIN, ID, &[]);
+                let _ = c.write_all(&r);
+            })),
+            _ => None,
+        };
+        // The worker that accepted the connection, and its CPU so far.
+        let pgid = self.app.pool.as_ref().and_then(|p| p.pgid());
+        let mut worker = self.find_worker(&conn, pgid);
+        let outcome = match sent {
+            Err(e) => Outcome::Failed(format!(
+                "the FastCGI application at {addr} did not take the request ({e})"
+            )),
+            Ok(()) => self.relay(&mut conn, &mut worker, pgid),
+        };
+        let timed_out = watch.disarm();
+        conn.shutdown();
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+        if let Some((pid, from)) = worker {
+            if timed_out && pgid.is_some() {
+                // A worker of our pool that overran: killed, and its pool forks another.
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+            if let Some(ns) = self.app.workers.end(pid, from) {
+                self.container.account().add_kernel_cpu_ns(ns);
+            }
+        }
+        if timed_out {
+            return Outcome::TimedOut;
+        }
+        outcome
+    }
+
+    /// The worker holding the other end of `conn` and its CPU at the start of this request.
+    fn find_worker(&self, conn: &Conn, pgid: Option<i32>) -> Option<(i32, u64)> {
+        let ino = peer::peer_inode(conn)?;
+        let pid = self.app.workers.find(ino, pgid)?;
+        Some((pid, self.app.workers.begin(pid, pgid.is_some())?))
+    }
+
+    /// Reads the response: the head into a parser (sent as soon as it is whole), the rest as
+    /// body chunks, stderr to the log, until `FCGI_END_REQUEST`.
+    fn relay(
+        &mut self,
+        conn: &mut Conn,
+        worker: &mut Option<(i32, u64)>,
+        pgid: Option<i32>,
+    ) -> Outcome {
+        let mut parser = CgiHeadParser::new(self.max_head);
+        let mut dec = Decoder::new(ID);
+        let mut stderr = crate::cgi::StderrSink::new(self.stderr_budget);
+        let prefix = self.app.config.prefix.clone();
+        let mut log = |line: &str| tracing::warn!(fastcgi = %prefix, "FastCGI stderr: {line}");
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let crashed = || {
+                Outcome::Failed(
+                    "the FastCGI application closed the connection before the end of the \
+                     request (did its worker crash?)"
+                        .into(),
+                )
+            };
+            let n = match conn.read(&mut buf) {
+                Ok(0) => return crashed(),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return crashed(),
+                Err(e) => return Outcome::Failed(format!("reading the FastCGI response: {e}")),
+            };
+            if worker.is_none() {
+                // Not accepted yet when we looked first: it is now.
+                *worker = self.find_worker(conn, pgid);
+            }
+            dec.feed(&buf[..n]);
+            loop {
+                let ev = match dec.next() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => return Outcome::Failed(format!("bad FastCGI response: {e}")),
+                };
+                match ev {
+                    Event::Stdout(b) => {
+                        if self.head_tx.is_none() {
+                            if self.body_tx.blocking_send(Ok(b)).is_err() {
+                                // The client went away.
+                                return Outcome::Failed(String::new());
+                            }
+                            continue;
+                        }
+                        match parser.feed(&b) {
+                            Ok(Some((h, rest))) => {
+                                if let Some(t) = self.head_tx.take() {
+                                    let _ = t.send(Outcome::Done(h));
+                                }
+                                if !rest.is_empty() {
+                                    let _ = self.body_tx.blocking_send(Ok(Bytes::from(rest)));
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => return Outcome::Failed(format!("bad CGI response: {e}")),
+                        }
+                    }
+                    Event::Stderr(b) => {
+                        self.container.account().add_stderr_bytes(b.len() as u64);
+                        stderr.feed(&b, &mut log);
+                    }
+                    Event::End(end) => {
+                        stderr.finish(&mut log);
+                        if self.head_tx.is_none() {
+                            return Outcome::Ended;
+                        }
+                        return Outcome::Failed(if end.protocol_status != 0 {
+                            format!(
+                                "the FastCGI application refused the request: {}",
+                                end.protocol_status_text()
+                            )
+                        } else {
+                            format!(
+                                "the FastCGI application ended the request (status {}) {}",
+                                end.app_status,
+                                parser.eof()
+                            )
+                        });
+                    }
+                    Event::StreamEnd(_) | Event::Management(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Serves a request under a `[[fastcgi]]` prefix (the request stage's hook, before
+/// dispatch): placement (the request's container under the class), the application, then the
+/// response and its log, as a CGI run's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn serve(
+    conn: &super::request::ConnCtx,
+    site: &super::site::Site,
+    app: &Arc<App>,
+    rest: &RelPath,
+    host: Option<&str>,
+    req: Request<Incoming>,
+    log: Option<super::respond::RequestLog>,
+    done: super::conn::ReqDone,
+) -> super::request::Reply {
+    use super::respond::{Charged, Timed, finish, mono_ns};
+    let shared = &conn.shared;
+    let server_name = host
+        .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        .or_else(|| site.config.server.server_name.clone())
+        .unwrap_or_else(|| "localhost".into());
+    let run = shared.fastcgi.run(
+        app,
+        rest,
+        server_name,
+        conn.peer,
+        conn.local,
+        site.config.limits,
+        site.config.timeouts,
+        shared.cgi_watchdog.clone(),
+    );
+    let run = match run {
+        Ok(r) => r,
+        Err(resp) => {
+            let charged = Charged {
+                container: conn.me.clone(),
+                cgi_run: false,
+                vhost: None,
+            };
+            return super::request::Reply::Ready(Some(finish(resp, charged, log, done)));
+        }
+    };
+    let charged = Charged {
+        container: run.container.clone(),
+        cgi_run: true,
+        vhost: None,
+    };
+    let cpu = log.as_ref().map(|l| l.cpu.clone());
+    if let Some(l) = &log {
+        l.cpu.add(mono_ns().saturating_sub(l.start.mono()));
+    }
+    super::request::Reply::Pending(Box::pin(Timed {
+        inner: async move {
+            let resp = run.run(req).await;
+            finish(resp, charged, log, done)
+        },
+        cpu,
+    }))
+}

@@ -1,0 +1,173 @@
+//! A FastCGI application pool that the server starts and supervises: the configured command
+//! (php-fpm in the foreground, or any pre-forking FastCGI server) run in the pool's
+//! container, under the class it serves.
+//!
+//! - **Placement.** The pool's container is a child of the class container. With kernel
+//!   enforcement it is mirrored in a cgroup under the class's, so the class's `cpu_limit` and
+//!   `max_processes` (`pids.max`) hold for the pool's every process, the workers it forks
+//!   included. Without, the pool leads a process group of its own and the user-mode
+//!   [`Limiter`] holds the group to the class's CPU limit (stopping and continuing it);
+//!   `max_processes` then counts the pool's start only.
+//! - **Supervision.** When the pool's main process exits it is started again after a delay
+//!   that doubles from 100 ms to 5 s, at most `restarts` times (a pool that ran a minute
+//!   earns its budget back); then it is left down, said at error level, and requests get 502.
+//!   A worker that crashes is the pool's business (php-fpm's master forks another).
+//! - **Stopping.** [`stop_all`] (the server's SIGTERM and graceful stop) sends the pool's
+//!   process group SIGTERM; in cgroups the manager's shutdown kills what is left.
+
+use rescon::Container;
+use rescon_linux::cgroup::{self, Manager};
+use rescon_linux::usermode::{Capped, Limiter, Target};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The process groups of every running pool, for [`stop_all`].
+static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops every pool: SIGTERM to each pool's process group. No pool restarts after.
+pub(crate) fn stop_all() {
+    STOPPING.store(true, Ordering::SeqCst);
+    for g in groups().drain(..) {
+        term_group(g);
+    }
+}
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM to process group `g`.
+fn term_group(g: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(g) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::TERM);
+    }
+}
+
+/// A running pool.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    /// The pool's process group (its main process's pid), 0 while it is down.
+    pgid: AtomicI32,
+    /// The pool's container.
+    pub(crate) container: Container,
+}
+
+impl Pool {
+    /// The pool's process group, if it runs.
+    pub(crate) fn pgid(&self) -> Option<i32> {
+        Some(self.pgid.load(Ordering::Acquire)).filter(|p| *p > 0)
+    }
+
+    /// Starts `command` in `container` and supervises it from a thread of its own. Fails if
+    /// the first start fails (the error says why: a missing program, a process limit).
+    pub(crate) fn start(
+        name: &str,
+        command: &[String],
+        container: Container,
+        kernel: Option<Arc<Manager>>,
+        limiter: Option<Arc<Limiter>>,
+        restarts: u32,
+    ) -> anyhow::Result<Arc<Pool>> {
+        let pool = Arc::new(Pool {
+            pgid: AtomicI32::new(0),
+            container,
+        });
+        let spawn = {
+            let (pool, command) = (pool.clone(), command.to_vec());
+            move || pool.spawn(&command, kernel.as_deref(), limiter.as_deref())
+        };
+        let first =
+            spawn().map_err(|e| anyhow::anyhow!("starting the FastCGI pool {name}: {e}"))?;
+        let (p, name) = (pool.clone(), name.to_string());
+        std::thread::Builder::new()
+            .name(format!("fcgi-pool-{name}"))
+            .spawn(move || p.supervise(&name, first, spawn, restarts))?;
+        Ok(pool)
+    }
+
+    fn spawn(
+        &self,
+        command: &[String],
+        kernel: Option<&Manager>,
+        limiter: Option<&Limiter>,
+    ) -> Result<(cgroup::Child, Option<Capped>), String> {
+        let c = &self.container;
+        let mut cmd = match kernel {
+            Some(m) => m.command(c, &command[0]),
+            None => cgroup::Command::without_cgroups(c, &command[0]),
+        };
+        cmd.args(&command[1..])
+            .process_group(true)
+            .stdin(cgroup::Stdio::Null)
+            .stdout(cgroup::Stdio::Inherit)
+            .stderr(cgroup::Stdio::Inherit);
+        let child = cmd.spawn().map_err(|e| e.to_string())?;
+        let pid = child.id() as i32;
+        let capped = match (kernel, limiter) {
+            (None, Some(l)) => Some(
+                l.cap(Target::ProcessGroup(pid), c)
+                    .map_err(|e| format!("capping the pool in user mode: {e}"))?,
+            ),
+            _ => None,
+        };
+        self.pgid.store(pid, Ordering::Release);
+        groups().push(pid);
+        Ok((child, capped))
+    }
+
+    fn supervise(
+        &self,
+        name: &str,
+        first: (cgroup::Child, Option<Capped>),
+        spawn: impl Fn() -> Result<(cgroup::Child, Option<Capped>), String>,
+        restarts: u32,
+    ) {
+        let mut running = Some(first);
+        let mut left = restarts;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if let Some((mut child, capped)) = running.take() {
+                let pid = child.id() as i32;
+                let since = Instant::now();
+                tracing::info!(pool = name, pid, "FastCGI pool running");
+                let status = child.wait().map(|e| e.status.to_string());
+                drop(capped);
+                self.pgid.store(0, Ordering::Release);
+                groups().retain(|g| *g != pid);
+                // Its workers, if they outlive it, go with it.
+                term_group(pid);
+                if STOPPING.load(Ordering::SeqCst) {
+                    return;
+                }
+                if since.elapsed() > Duration::from_secs(60) {
+                    left = restarts;
+                    delay = Duration::from_millis(100);
+                }
+                tracing::warn!(pool = name, pid, status = ?status, restarts_left = left, "FastCGI pool exited");
+            }
+            if left == 0 {
+                tracing::error!(
+                    pool = name,
+                    "FastCGI pool left down: it exited more often than `restarts` allows; \
+                     its requests get 502 until the server restarts"
+                );
+                return;
+            }
+            left -= 1;
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+            if STOPPING.load(Ordering::SeqCst) {
+                return;
+            }
+            match spawn() {
+                Ok(r) => running = Some(r),
+                Err(e) => {
+                    tracing::error!(pool = name, error = %e, "restarting the FastCGI pool failed")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! FastCGI end to end with Debian's php-fpm (a FastCGI server nobody here wrote) behind
+//! rescon-httpd: the server starts and supervises the pool in the CGI class's container; a
+//! PHP script that burns CPU is held under the class's 30% cap, its CPU is charged to the
+//! requests' containers; a crashed worker gives 502 and the pool replaces it; a hung one
+//! gives 504; an unreachable application 502.
+//!
+//! php-fpm runs in the foreground with a configuration of the test's own in a temporary
+//! directory, listening on a Unix socket there. Without php-fpm the tests skip (saying so),
+//! unless `RESCON_REQUIRE_KERNEL` is set (`.ci/run` installs it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PHP_FPM: &str = "php-fpm8.2";
+
+/// Debian's php-fpm: `php-fpm8.2` here, whatever version the `php-fpm` package brings
+/// elsewhere.
+fn php_fpm() -> Option<PathBuf> {
+    let p = Path::new("/usr/sbin").join(PHP_FPM);
+    if p.exists() {
+        return Some(p);
+    }
+    let other = std::fs::read_dir("/usr/sbin").ok().and_then(|d| {
+        d.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("php-fpm"))
+        })
+    });
+    if other.is_some() {
+        return other;
+    }
+    if std::env::var_os("RESCON_REQUIRE_KERNEL").is_some() {
+        panic!("php-fpm is not installed (apt-get install -y php-fpm)");
+    }
+    eprintln!("skipped: {PHP_FPM} is not installed");
+    None
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server stops its pools (and removes its cgroups).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever php-fpm left (it should have gone with the server): its master's pid file.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("fpm.pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+    }
+}
+
+const BURN: &str = r#"<?php
+// Burns CPU until this process has used ?ms= more milliseconds of it.
+function cpu_ms() { $r = getrusage(); return $r["ru_utime.tv_sec"] * 1000 + $r["ru_utime.tv_usec"] / 1000 + $r["ru_stime.tv_sec"] * 1000 + $r["ru_stime.tv_usec"] / 1000; }
+$want = isset($_GET["ms"]) ? (int)$_GET["ms"] : 200;
+$start = cpu_ms();
+$x = 0;
+while (cpu_ms() - $start < $want) { for ($i = 0; $i < 10000; $i++) { $x += $i; } }
+header("Content-Type: text/plain");
+echo "burned ", $want, " pid=", getmypid(), "\n";
+"#;
+
+const HELLO: &str = r#"<?php
+header("Content-Type: text/plain");
+echo "hello from ", getmypid(), " container=", getenv("RESCON_CONTAINER"), " script=", $_SERVER["SCRIPT_NAME"], " info=", $_SERVER["PATH_INFO"] ?? "", "\n";
+"#;
+
+const HANG: &str = r#"<?php
+file_put_contents(__DIR__ . "/../hang.pid", getmypid());
+sleep(30);
+echo "never";
+"#;
+
+fn start(php_fpm: &Path, server_extra: &str, cpu_limit: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("www")).unwrap();
+    std::fs::create_dir_all(d.join("php")).unwrap();
+    std::fs::write(d.join("www/index.html"), "static\n").unwrap();
+    std::fs::write(d.join("php/burn.php"), BURN).unwrap();
+    std::fs::write(d.join("php/hello.php"), HELLO).unwrap();
+    std::fs::write(d.join("php/hang.php"), HANG).unwrap();
+    let root = rustix::process::geteuid().is_root();
+    let user = if root {
+        "user = root\ngroup = root\n"
+    } else {
+        ""
+    };
+    let fpm = format!(
+        "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n\n\
+         [www]\n{user}listen = {d}/php.sock\npm = static\npm.max_children = 2\n\
+         catch_workers_output = yes\nclear_env = no\nrequest_terminate_timeout = 60s\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("fpm.conf"), fpm).unwrap();
+    let run_as_root = if root {
+        r#", "--allow-to-run-as-root""#
+    } else {
+        ""
+    };
+    let conf = format!(
+        r#"
+[server]
+access_log = "{d}/access.log"
+{server_extra}
+
+[timeouts]
+cgi = "3s"
+
+[admin]
+socket = "{d}/admin.sock"
+
+[containers.clients]
+[containers.site]
+[containers.cgi]
+cpu_limit = "{cpu_limit}"
+enforcement = "kernel"
+
+[[listener]]
+name = "web"
+address = "127.0.0.1"
+port = 0
+
+[[listener.class]]
+name = "all"
+container = "clients"
+except = []
+
+[[vhost]]
+name = "a"
+hosts = ["localhost"]
+root = "{d}/www"
+container = "site"
+
+[[fastcgi]]
+prefix = "/php/"
+address = "unix:{d}/php.sock"
+root = "{d}/php"
+container = "cgi"
+command = ["{fpm}", "--nodaemonize", "--fpm-config", "{d}/fpm.conf"{run_as_root}]
+restarts = 3
+
+[[fastcgi]]
+prefix = "/nowhere/"
+address = "unix:{d}/nobody.sock"
+root = "{d}/php"
+container = "cgi"
+"#,
+        d = d.display(),
+        fpm = php_fpm.display(),
+    );
+    let path = d.join("httpd.toml");
+    std::fs::write(&path, conf).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rescon-httpd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--workers")
+        .arg("2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server said its address").unwrap();
+        eprintln!("{line}");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let a = rest.split(|c: char| c.is_whitespace() || c == '"').next();
+            break a.unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("{l}");
+        }
+    });
+    let s = Server { child, addr, dir };
+    // The pool starts beside the server: wait until php-fpm answers.
+    let t = Instant::now();
+    loop {
+        let r = get(&s, "/php/hello.php");
+        if r.0 == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "php-fpm never answered: {r:?}; its log: {}",
+            std::fs::read_to_string(d_of(&s).join("fpm.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s
+}
+
+fn d_of(s: &Server) -> &Path {
+    s.dir.path()
+}
+
+/// GET `path`: (status, body).
+fn get(s: &Server, path: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (status, String::new());
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, body.to_string());
+    }
+    // Streamed responses come chunked.
+    let (mut out, mut b) = (String::new(), body);
+    while let Some((size, rest)) = b.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].trim_start_matches("\r\n");
+    }
+    (status, out)
+}
+
+/// The access log's lines for `needle`.
+fn log_lines(s: &Server, needle: &str, n: usize) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(d_of(s).join("access.log")).unwrap_or_default();
+        let found: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect();
+        if found.len() >= n || t.elapsed() > Duration::from_secs(5) {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cpu_us(line: &str) -> u64 {
+    line.split("cpu_us=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cpu_us in {line}"))
+}
+
+/// Burns `n` requests of `ms` of CPU from two clients at once; returns the wall time.
+fn burn(s: &Server, n: usize, ms: u64) -> Duration {
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for k in 0..2 {
+            sc.spawn(move || {
+                for _ in (k..n).step_by(2) {
+                    let (st, body) = get(s, &format!("/php/burn.php?ms={ms}"));
+                    assert_eq!(st, 200, "{body}");
+                    assert!(body.starts_with(&format!("burned {ms}")), "{body}");
+                }
+            });
+        }
+    });
+    t.elapsed()
+}
+
+fn capped_and_charged(s: &Server) {
+    // 8 requests of 200 ms of CPU from two clients, two workers: uncapped, about 0.8 s of
+    // wall time on two cores; held to 30% of one CPU, at least 1.6 / 0.3 = 5.3 s.
+    let (n, ms) = (8usize, 200u64);
+    let wall = burn(s, n, ms);
+    let lines = log_lines(s, "/php/burn.php", n);
+    assert_eq!(lines.len(), n, "{lines:?}");
+    // Each request's container was charged its worker's CPU (ticks of 10 ms, and the
+    // worker's own overhead besides the loop).
+    let charged: u64 = lines.iter().map(|l| cpu_us(l)).sum();
+    for l in &lines {
+        assert!(cpu_us(l) >= 150_000, "a request charged too little: {l}");
+    }
+    let burned = n as u64 * ms * 1000;
+    assert!(
+        charged >= burned * 9 / 10 && charged <= burned * 2,
+        "charged {charged} us for {burned} us burned: {lines:?}"
+    );
+    let share = charged as f64 / wall.as_micros() as f64;
+    eprintln!(
+        "FastCGI: {charged} us of CPU in {wall:?}: {:.1}% of a CPU",
+        share * 100.0
+    );
+    // Held to the 30% cap (the bound leaves room for the first burst, which the cap lets
+    // through before it bites); uncapped, two workers would take up to 200%.
+    assert!(share < 0.45, "not held to 30%: {:.1}%", share * 100.0);
+}
+
+fn crashed_worker_gives_502_and_is_replaced(s: &Server) {
+    let (_, before) = get(s, "/php/hello.php/extra/path");
+    assert!(
+        before.contains("script=/php/hello.php info=/extra/path"),
+        "{before}"
+    );
+    assert!(before.contains("container="), "{before}");
+    // A request whose worker dies under it (killed, as a segfault would).
+    let pidfile = d_of(s).join("hang.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    std::thread::scope(|sc| {
+        let req = sc.spawn(|| get(s, "/php/hang.php"));
+        let t = Instant::now();
+        let pid = loop {
+            if let Ok(p) = std::fs::read_to_string(&pidfile) {
+                if let Ok(p) = p.trim().parse::<i32>() {
+                    break p;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "hang.php never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let (st, body) = req.join().unwrap();
+        assert_eq!(st, 502, "{body}");
+        assert!(body.contains("closed the connection"), "{body}");
+        // php-fpm's master forks a new worker: requests are served again.
+        let t = Instant::now();
+        loop {
+            let (st, body) = get(s, "/php/hello.php");
+            if st == 200 {
+                assert!(!body.contains(&format!("hello from {pid} ")), "{body}");
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "never replaced: {st} {body}"
+            );
+        }
+    });
+}
+
+fn hung_worker_gives_504(s: &Server) {
+    let t = Instant::now();
+    let (st, body) = get(s, "/php/hang.php");
+    assert_eq!(st, 504, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The worker that overran was killed; the pool serves on.
+    let t = Instant::now();
+    while get(s, "/php/hello.php").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the pool did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unreachable_application_gives_502(s: &Server) {
+    let (st, body) = get(s, "/nowhere/x.php");
+    assert_eq!(st, 502, "{body}");
+    assert!(body.contains("not reachable"), "{body}");
+}
+
+#[test]
+fn php_fpm_behind_rescon_httpd_is_capped_charged_and_supervised() {
+    let Some(fpm) = php_fpm() else { return };
+    // Kernel enforcement where the machine has cgroups (CI), else user mode.
+    let s = start(&fpm, "", "30%");
+    capped_and_charged(&s);
+    crashed_worker_gives_502_and_is_replaced(&s);
+    hung_worker_gives_504(&s);
+    unreachable_application_gives_502(&s);
+    assert_eq!(get(&s, "/index.html").0, 200, "static files beside FastCGI");
+}
+
+#[test]
+fn php_fpm_is_capped_in_user_mode_without_cgroups() {
+    let Some(fpm) = php_fpm() else { return };
+    let s = start(&fpm, r#"enforcement = "user""#, "30%");
+    capped_and_charged(&s);
+    // The admin API says what holds the cap: the user-mode limiter, not the kernel.
+    let mut c = std::os::unix::net::UnixStream::connect(d_of(&s).join("admin.sock")).unwrap();
+    c.write_all(
+        b"GET /containers/cgi?depth=0 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.contains("user-mode"), "{out}");
+}
