@@ -229,7 +229,8 @@ fn filters_and_block() {
         out.contains("  local ") && out.contains("everything else"),
         "{out}"
     );
-    let out = rctl(&s, &["block", "10.9.0.0/16"]).unwrap();
+    // The embedded default has two listeners (web, and web-tls for the HTTPS demo).
+    let out = rctl(&s, &["block", "10.9.0.0/16", "--listener", "web"]).unwrap();
     assert_eq!(out, "web: 10.9.0.0/16 -> black-hole\n");
     assert_eq!(
         s.filters

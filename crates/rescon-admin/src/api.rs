@@ -115,6 +115,14 @@ pub struct UsageView {
     pub throttled_ns: u64,
     pub procs_spawned: u64,
     #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_failed: u64,
+    #[serde(default)]
+    pub h2_streams: u64,
+    #[serde(default)]
+    pub h2_resets: u64,
+    #[serde(default)]
     pub stderr_bytes: u64,
     pub open_conns: u64,
     pub memory_bytes: u64,
@@ -137,6 +145,10 @@ impl From<&Usage> for UsageView {
             wait_ns: u.wait_ns,
             throttled_ns: u.throttled_ns,
             procs_spawned: u.procs_spawned,
+            tls_handshakes: u.tls_handshakes,
+            tls_failed: u.tls_failed,
+            h2_streams: u.h2_streams,
+            h2_resets: u.h2_resets,
             stderr_bytes: u.stderr_bytes,
             open_conns: u.open_conns,
             memory_bytes: u.memory_bytes,

@@ -32,6 +32,15 @@ pub enum Mode {
     KeepAlive,
     /// A new connection per request, HTTP/1.0 without keep-alive: the server closes.
     ConnPerRequest,
+    /// One HTTP/2 connection per client (TLS with ALPN h2 when the group has TLS, prior
+    /// knowledge otherwise), one stream at a time.
+    H2,
+    /// An attacker: a full TLS handshake per connection, then close; each handshake counts
+    /// as a response (latency: the handshake's).
+    Handshake,
+    /// An attacker: HTTP/2's rapid reset, a stream opened and reset at once, again and
+    /// again, on one connection after another; each reset counts as a response.
+    RapidReset,
 }
 
 /// One class of clients.
@@ -55,6 +64,9 @@ pub struct Group {
     /// the default), so that its latency measures the server, not the load generator's
     /// queue behind the other groups.
     pub dedicated: bool,
+    /// TLS: the client configuration (ALPN, resumption, verification), with the SNI name
+    /// `host`. `None`: cleartext.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// What to run.
@@ -128,16 +140,16 @@ impl GroupResult {
     }
 }
 
-struct Counts {
+pub(crate) struct Counts {
     ok: u64,
     non_2xx: u64,
     errors: u64,
     hist: Histogram<u64>,
 }
 
-struct Window {
-    start: Instant,
-    end: Instant,
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
 }
 
 impl Window {
@@ -146,7 +158,7 @@ impl Window {
     }
 }
 
-type Shared = Rc<RefCell<Counts>>;
+pub(crate) type Shared = Rc<RefCell<Counts>>;
 
 /// Runs `plan` to the end and returns one result per group, in order.
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<GroupResult>> {
@@ -266,14 +278,29 @@ async fn drive(plan: Plan, t0: Instant) -> Vec<GroupResult> {
             }
             None => {
                 for i in 0..g.conns {
-                    local.spawn_local(closed_client(
-                        plan.target,
-                        g.clone(),
-                        i,
-                        counts.clone(),
-                        window.clone(),
-                        plan.timeout,
-                    ));
+                    let (target, g, counts, window) =
+                        (plan.target, g.clone(), counts.clone(), window.clone());
+                    match (g.mode, g.tls.is_some()) {
+                        (Mode::KeepAlive | Mode::ConnPerRequest, false) => {
+                            local.spawn_local(closed_client(
+                                target,
+                                g,
+                                i,
+                                counts,
+                                window,
+                                plan.timeout,
+                            ));
+                        }
+                        _ => {
+                            local.spawn_local(crate::tlsload::client(
+                                target,
+                                g,
+                                counts,
+                                window,
+                                plan.timeout,
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -328,7 +355,7 @@ async fn drive(plan: Plan, t0: Instant) -> Vec<GroupResult> {
         .collect()
 }
 
-fn record(counts: &Shared, window: &Window, due: Instant, outcome: Result<u16, ()>) {
+pub(crate) fn record(counts: &Shared, window: &Window, due: Instant, outcome: Result<u16, ()>) {
     let now = Instant::now();
     if !window.counts(now) {
         return;
@@ -437,7 +464,10 @@ async fn open_loop(
     }
 }
 
-async fn connect(target: SocketAddr, src: Ipv4Addr) -> std::io::Result<tokio::net::TcpStream> {
+pub(crate) async fn connect(
+    target: SocketAddr,
+    src: Ipv4Addr,
+) -> std::io::Result<tokio::net::TcpStream> {
     let s = tokio::net::TcpSocket::new_v4()?;
     s.bind(SocketAddr::V4(SocketAddrV4::new(src, 0)))?;
     let s = s.connect(target).await?;
@@ -447,10 +477,10 @@ async fn connect(target: SocketAddr, src: Ipv4Addr) -> std::io::Result<tokio::ne
 
 /// The request of each of a group's paths, made once: the load generator's own work per
 /// request should be as small as it can be.
-fn requests(g: &Group, mode: Mode) -> Vec<Vec<u8>> {
+pub(crate) fn requests(g: &Group, mode: Mode) -> Vec<Vec<u8>> {
     let version = match mode {
-        Mode::KeepAlive => "1.1",
         Mode::ConnPerRequest => "1.0",
+        _ => "1.1",
     };
     g.paths
         .iter()
@@ -486,8 +516,8 @@ fn bad(msg: &str) -> std::io::Error {
 /// Reads one response: its head, then its body (chunked, `Content-Length` bytes, or to the end
 /// of the stream when it has neither). Returns the status and whether the connection is
 /// finished.
-async fn read_response(
-    s: &mut tokio::net::TcpStream,
+pub(crate) async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
     buf: &mut [u8],
 ) -> std::io::Result<(u16, bool)> {
     let mut have = 0;
@@ -564,13 +594,13 @@ async fn read_response(
 
 /// Reads a chunked body to its end (the last chunk and any trailers), given what was read past
 /// the head; what follows it on the connection is not read.
-async fn skip_chunked(
-    s: &mut tokio::net::TcpStream,
+async fn skip_chunked<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
     buf: &mut [u8],
     mut have: Vec<u8>,
 ) -> std::io::Result<()> {
-    async fn more(
-        s: &mut tokio::net::TcpStream,
+    async fn more<S: tokio::io::AsyncRead + Unpin>(
+        s: &mut S,
         buf: &mut [u8],
         have: &mut Vec<u8>,
     ) -> std::io::Result<()> {
@@ -704,6 +734,7 @@ mod tests {
             host: "t".into(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             dedicated: false,
+            tls: None,
         }
     }
 

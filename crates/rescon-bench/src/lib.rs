@@ -11,3 +11,4 @@ pub mod httpload;
 pub mod loadgen;
 pub mod plot;
 pub mod testbed;
+pub mod tlsload;

@@ -90,6 +90,7 @@ pub fn run(a: Args) -> Result<()> {
             host: a.host.clone().unwrap_or(authority),
             paths: vec![path],
             dedicated: false,
+            tls: None,
         }],
     );
     plan.duration = Duration::from_secs_f64(a.duration);

@@ -94,6 +94,12 @@ enum Command {
     /// hyper on a tokio current-thread runtime serving 1 KB, for `paper`.
     #[command(hide = true)]
     HyperBaseline {
+        /// With --key: also serve HTTPS (HTTP/2 or HTTP/1.1) with this certificate chain.
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// The certificate's private key.
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
         /// hyper's wait for a request head, seconds (default: hyper's own, 30 s).
         #[arg(long)]
         header_timeout: Option<u64>,
@@ -141,9 +147,14 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::HyperBaseline { header_timeout } => {
-            paper::hyper_baseline(header_timeout.map(std::time::Duration::from_secs))
-        }
+        Command::HyperBaseline {
+            cert,
+            key,
+            header_timeout,
+        } => paper::hyper_baseline(
+            cert.zip(key),
+            header_timeout.map(std::time::Duration::from_secs),
+        ),
         Command::HandlePeer => primitives_handle::peer(),
         Command::CgiBurn { ms } => paper::cgi_burn(ms),
     }

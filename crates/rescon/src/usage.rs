@@ -112,6 +112,14 @@ usage_struct! {
     throttled_ns,
     /// Child processes spawned.
     procs_spawned,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS handshakes that failed: bad input, timed out, or the client left.
+    tls_failed,
+    /// HTTP/2 streams the client opened.
+    h2_streams,
+    /// HTTP/2 streams the client reset (RST_STREAM frames received).
+    h2_resets,
     /// Bytes child processes (CGI runs) wrote to their standard error, logged or dropped.
     stderr_bytes,
     ;
@@ -188,6 +196,14 @@ adders! {
     add_throttled_ns => throttled_ns,
     /// Counts spawned processes.
     add_procs_spawned => procs_spawned,
+    /// Counts completed TLS handshakes.
+    add_tls_handshakes => tls_handshakes,
+    /// Counts failed TLS handshakes.
+    add_tls_failed => tls_failed,
+    /// Counts HTTP/2 streams opened by the client.
+    add_h2_streams => h2_streams,
+    /// Counts HTTP/2 streams reset by the client.
+    add_h2_resets => h2_resets,
     /// Adds bytes a child process wrote to its standard error.
     add_stderr_bytes => stderr_bytes,
 }

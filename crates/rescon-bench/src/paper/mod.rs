@@ -8,6 +8,7 @@
 //! placement, the machine and the durations.
 
 pub(crate) mod servers;
+mod tls;
 
 use anyhow::{Context, Result, bail};
 use rescon_bench::httpload::{self, Group, Mode, Plan};
@@ -30,7 +31,7 @@ pub struct Args {
     /// A reduced run: fewer load points and shorter windows, under 5 minutes.
     #[arg(long)]
     quick: bool,
-    /// Run only these experiments (1 to 6, 9), comma-separated.
+    /// Run only these experiments (1 to 10), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -68,6 +69,8 @@ struct Ctx {
 const HIGH: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LOW: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const CGI_SRC: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// The attackers of experiments 7 and 8 (the low class, as every source but 127.0.0.2).
+const ATTACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 
 fn group(name: &str, src: Ipv4Addr, conns: usize, mode: Mode, host: &str, path: &str) -> Group {
     Group {
@@ -79,12 +82,17 @@ fn group(name: &str, src: Ipv4Addr, conns: usize, mode: Mode, host: &str, path: 
         host: host.into(),
         paths: vec![path.into()],
         dedicated: false,
+        tls: None,
     }
 }
 
 impl Ctx {
     fn plan(&self, server: &Running, groups: Vec<Group>, label: String) -> Plan {
-        let mut p = Plan::new(server.addr, groups);
+        self.plan_to(server.addr, groups, label)
+    }
+
+    fn plan_to(&self, target: std::net::SocketAddr, groups: Vec<Group>, label: String) -> Plan {
+        let mut p = Plan::new(target, groups);
         p.warmup = self.warmup;
         p.duration = self.window;
         p.cpu = self.load_cpu;
@@ -247,14 +255,17 @@ pub fn run(args: Args) -> Result<()> {
         },
     );
     let want = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let experiments: [(u8, &str, Experiment); 7] = [
+    let experiments: [(u8, &str, Experiment); 10] = [
         (1, "baseline", exp1_baseline),
         (2, "primitives", exp2_primitives),
         (3, "prioritized clients", exp3_priority),
         (4, "CGI", exp4_cgi),
         (5, "SYN flood", exp5_synflood),
         (6, "virtual servers", exp6_vhosts),
+        (7, "TLS handshake flood", tls::exp7_handshake_flood),
+        (8, "HTTP/2 rapid reset", tls::exp8_rapid_reset),
         (9, "kernel network", exp9_kernel_network),
+        (10, "TLS and HTTP/2 throughput", tls::exp10_throughput),
     ];
     for (n, name, f) in experiments {
         if !want(n) {

@@ -66,6 +66,9 @@ pub struct Site {
     /// script, the primitives and the SYN-flood experiment). The copy, not the built file, so
     /// a `cargo build` during the run (which replaces the built file) cannot break it.
     pub exe: PathBuf,
+    /// Whether `tls.pem` and `tls.key` (RSA-2048, for localhost, made with `openssl req`) are
+    /// in `dir`: every server then also serves HTTPS (and HTTP/2) with them.
+    pub tls: bool,
     /// How long every server lets a connection wait for a request (its head, or the next one
     /// on a kept-alive connection) before closing it; `None`: each server's own default.
     pub idle_timeout: Option<Duration>,
@@ -131,6 +134,31 @@ impl Site {
         )?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        // RSA-2048, the usual web certificate, whose signature is most of a full handshake's
+        // cost on the server (and little on a client that does not verify it).
+        let tls = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("tls.key"))
+            .arg("-out")
+            .arg(dir.join("tls.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !tls {
+            eprintln!(
+                "openssl could not make a certificate: no TLS experiments (apt-get install openssl)"
+            );
+        }
         // The FastCGI twin of burn.sh: the same CPU per request, in a php-fpm worker that
         // serves one request after another; workers forked on demand (16 at most, one per
         // client), so servers of the other experiments start none.
@@ -163,6 +191,7 @@ impl Site {
             dir: dir.to_path_buf(),
             cgi_ms,
             exe,
+            tls,
             idle_timeout: None,
             max_conns: 8192,
             php_fpm,
@@ -174,6 +203,16 @@ impl Site {
     /// a.test, b.test, c.test with fixed shares 50/30/20 of what the sites get, CGI included.
     pub fn rescon_config(&self, kind: Kind) -> String {
         let d = self.dir.display();
+        let tls = if self.tls {
+            TLS_LISTENER.replace("{d}", &d.to_string())
+        } else {
+            String::new()
+        };
+        let vhost_tls = if self.tls {
+            format!("[vhost.tls]\ncert = \"{d}/tls.pem\"\nkey = \"{d}/tls.key\"\n")
+        } else {
+            String::new()
+        };
         let idle = match self.idle_timeout {
             Some(t) => format!("header = \"{0}s\"\nkeep_alive = \"{0}s\"\n", t.as_secs()),
             None => String::new(),
@@ -257,12 +296,14 @@ name = "low"
 container = "clients/low"
 except = []
 
+{tls}
 [[vhost]]
 name = "main"
 hosts = ["localhost"]
 root = "{d}/htdocs"
 container = "web"
 default = true
+{vhost_tls}
 
 [[vhost.cgi]]
 prefix = "/cgi-bin/"
@@ -307,8 +348,15 @@ container = "sites/c/cgi"
         conf
     }
 
-    fn nginx_config(&self, port: u16) -> String {
+    fn nginx_config(&self, port: u16, tls_port: u16) -> String {
         let d = self.dir.display();
+        let tls = if self.tls {
+            format!(
+                "    server {{\n        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n        root {d}/htdocs;\n        ssl_certificate {d}/tls.pem;\n        ssl_certificate_key {d}/tls.key;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n        http2_max_concurrent_streams 128;\n    }}\n"
+            )
+        } else {
+            String::new()
+        };
         // nginx closes idle kept-alive connections once fewer than a sixteenth of its
         // connections are free ("worker_connections are not enough, reusing connections"):
         // room for an eighth more than the run holds.
@@ -340,11 +388,30 @@ http {{
         listen 127.0.0.1:{port} backlog=4096;
         root {d}/htdocs;
     }}
-}}
+{tls}}}
 "#
         )
     }
 }
+
+/// rescon-httpd's TLS listener: the same classes as the cleartext one.
+const TLS_LISTENER: &str = r#"
+[[listener]]
+name = "tls"
+address = "127.0.0.1"
+port = 0
+tls = true
+
+[[listener.class]]
+name = "high"
+container = "clients/high"
+prefixes = ["127.0.0.2/32"]
+
+[[listener.class]]
+name = "low"
+container = "clients/low"
+except = []
+"#;
 
 /// Where nginx is, if installed.
 pub fn nginx_path() -> Option<PathBuf> {
@@ -358,6 +425,8 @@ pub fn nginx_path() -> Option<PathBuf> {
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it listens for HTTPS (HTTP/2 and HTTP/1.1 by ALPN), when the site has TLS.
+    pub tls: Option<SocketAddr>,
     /// Its process id.
     pub pid: u32,
     /// rescon-httpd's admin socket.
@@ -398,13 +467,14 @@ fn spawn_pinned(cmd: &mut Command, cpu: Option<usize>) -> Result<Child> {
 /// Reads the child's output up to `listening on ADDR` (rescon-httpd says it among its
 /// diagnostics on standard error, which are passed on; the hyper baseline prints it on
 /// standard output), then drains the rest in a thread.
-fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
+fn read_address(child: &mut Child, what: &str, count: usize) -> Result<Vec<SocketAddr>> {
     let (out, pass_on): (Box<dyn std::io::Read + Send>, bool) = match child.stderr.take() {
         Some(err) => (Box::new(err), true),
         None => (Box::new(child.stdout.take().context("no stdout")?), false),
     };
     let mut lines = BufReader::new(out).lines();
-    let addr = loop {
+    let mut addrs = Vec::new();
+    while addrs.len() < count {
         match lines.next() {
             Some(Ok(line)) => {
                 if pass_on {
@@ -415,14 +485,15 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
                         .split(|c: char| c.is_whitespace() || c == '"')
                         .next()
                         .unwrap_or("");
-                    break a
-                        .parse()
-                        .with_context(|| format!("{what} printed a bad address: {line}"))?;
+                    addrs.push(
+                        a.parse()
+                            .with_context(|| format!("{what} printed a bad address: {line}"))?,
+                    );
                 }
             }
             _ => bail!("{what} exited before listening (its errors are above)"),
         }
-    };
+    }
     std::thread::spawn(move || {
         for l in lines.map_while(Result::ok) {
             if pass_on {
@@ -430,7 +501,7 @@ fn read_address(child: &mut Child, what: &str) -> Result<SocketAddr> {
             }
         }
     });
-    Ok(addr)
+    Ok(addrs)
 }
 
 /// Starts `kind` on the server CPU.
@@ -460,9 +531,10 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             };
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
-            let addr = read_address(&mut child, "rescon-httpd")?;
+            let addrs = read_address(&mut child, "rescon-httpd", 1 + site.tls as usize)?;
             Ok(Running {
-                addr,
+                addr: addrs[0],
+                tls: addrs.get(1).copied(),
                 pid,
                 admin: Some(site.dir.join("admin.sock")),
                 child,
@@ -474,12 +546,19 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             if let Some(t) = site.idle_timeout {
                 cmd.arg("--header-timeout").arg(t.as_secs().to_string());
             }
+            if site.tls {
+                cmd.arg("--cert")
+                    .arg(site.dir.join("tls.pem"))
+                    .arg("--key")
+                    .arg(site.dir.join("tls.key"));
+            }
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
             let mut child = spawn_pinned(&mut cmd, cpu)?;
             let pid = child.id();
-            let addr = read_address(&mut child, "the hyper baseline")?;
+            let addrs = read_address(&mut child, "the hyper baseline", 1 + site.tls as usize)?;
             Ok(Running {
-                addr,
+                addr: addrs[0],
+                tls: addrs.get(1).copied(),
                 pid,
                 admin: None,
                 child,
@@ -487,11 +566,14 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
         }
         Kind::Nginx => {
             let nginx = nginx_path().context("nginx is not installed")?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            let free = || -> Result<u16> {
+                Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port())
+            };
+            let (port, tls_port) = (free()?, free()?);
             let conf = site.dir.join("nginx.conf");
-            std::fs::write(&conf, site.nginx_config(port))?;
+            std::fs::write(&conf, site.nginx_config(port, tls_port))?;
             std::fs::create_dir_all(site.dir.join("nginx-body"))?;
             let mut cmd = Command::new(nginx);
             cmd.arg("-p")
@@ -518,6 +600,9 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             }
             Ok(Running {
                 addr,
+                tls: site
+                    .tls
+                    .then_some(SocketAddr::from(([127, 0, 0, 1], tls_port))),
                 pid,
                 admin: None,
                 child,
@@ -626,14 +711,19 @@ fn clock_ticks() -> u64 {
 }
 
 /// The hidden `hyper-baseline` subcommand: hyper 1 on a tokio current-thread runtime serving
-/// the 1 KB body from memory on a free loopback port, until killed. `header_timeout` replaces
-/// hyper's own (30 s) wait for a request head, on a new connection and between requests.
+/// the 1 KB body from memory on a free loopback port, until killed; with a certificate and
+/// key, also over TLS (tokio-rustls on aws-lc-rs, as rescon-httpd) on a second port, HTTP/2
+/// or HTTP/1.1 by ALPN. `header_timeout` replaces hyper's own (30 s) wait for a request head,
+/// on a new connection and between requests (HTTP/1.1).
 ///
 /// It sends the response a static file server sends for that file (rescon-httpd and nginx
 /// both do): the validators, the type and `Accept-Ranges` beside the length and date hyper
 /// adds, made once at start. Without them the peer would answer a different, smaller response
 /// (two headers instead of six) and the keep-alive ratio would compare two operations.
-pub fn hyper_baseline(header_timeout: Option<Duration>) -> Result<()> {
+pub fn hyper_baseline(
+    tls: Option<(PathBuf, PathBuf)>,
+    header_timeout: Option<Duration>,
+) -> Result<()> {
     use hyper::body::Bytes;
     use hyper::header::{self, HeaderValue};
     let body = Bytes::from(vec![b'x'; 1024]);
@@ -652,26 +742,84 @@ pub fn hyper_baseline(header_timeout: Option<Duration>) -> Result<()> {
         ),
         (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
     ];
+    let acceptor = match &tls {
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .context("reading the certificate")?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(key).context("reading the key")?;
+            let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(c)))
+        }
+        None => None,
+    };
+    use rustls::pki_types::pem::PemObject;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("listening on {}", l.local_addr()?);
+        let svc = move || {
+            let (body, headers) = (body.clone(), headers.clone());
+            hyper::service::service_fn(move |_req| {
+                let mut res = hyper::Response::new(http_body_util::Full::new(body.clone()));
+                let h = res.headers_mut();
+                for (name, value) in &headers {
+                    h.insert(name.clone(), value.clone());
+                }
+                async move { Ok::<_, std::convert::Infallible>(res) }
+            })
+        };
+        if let Some(acceptor) = acceptor {
+            let lt = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("listening on {}", lt.local_addr()?);
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((conn, _)) = lt.accept().await else {
+                        continue;
+                    };
+                    let _ = conn.set_nodelay(true);
+                    let (acceptor, svc) = (acceptor.clone(), svc());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(conn).await else {
+                            return;
+                        };
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = hyper_util::rt::TokioIo::new(tls);
+                        if h2 {
+                            let _ = hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .max_concurrent_streams(128)
+                            .serve_connection(io, svc)
+                            .await;
+                        } else {
+                            let mut b = hyper::server::conn::http1::Builder::new();
+                            b.timer(hyper_util::rt::TokioTimer::new());
+                            if let Some(t) = header_timeout {
+                                b.header_read_timeout(t);
+                            }
+                            let _ = b.serve_connection(io, svc).await;
+                        }
+                    });
+                }
+            });
+        }
         loop {
             let (conn, _) = l.accept().await?;
             let _ = conn.set_nodelay(true);
-            let body = body.clone();
-            let headers = headers.clone();
+            let svc = svc();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let mut res = hyper::Response::new(http_body_util::Full::new(body.clone()));
-                    let h = res.headers_mut();
-                    for (name, value) in &headers {
-                        h.insert(name.clone(), value.clone());
-                    }
-                    async move { Ok::<_, std::convert::Infallible>(res) }
-                });
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(hyper_util::rt::TokioTimer::new());
                 if let Some(t) = header_timeout {

@@ -164,7 +164,7 @@ impl Listener {
 /// let table = FilterTable::from_config(&config.listeners, |_| None);
 /// assert_eq!(table.classify("web", "127.0.0.2".parse().unwrap()).unwrap(), "premium");
 /// assert_eq!(table.classify("web", "127.0.0.9".parse().unwrap()).unwrap(), "local");
-/// table.move_prefix(None, "127.0.0.9/32".parse().unwrap(), "black-hole", "operator").unwrap();
+/// table.move_prefix(Some("web"), "127.0.0.9/32".parse().unwrap(), "black-hole", "operator").unwrap();
 /// assert_eq!(table.classify("web", "127.0.0.9".parse().unwrap()).unwrap(), "black-hole");
 /// ```
 #[derive(Debug)]

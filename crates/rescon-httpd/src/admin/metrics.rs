@@ -136,6 +136,30 @@ const COUNTERS: &[Counter] = &[
         scale: 1.0,
     },
     Counter {
+        name: "tls_handshakes_total",
+        help: "TLS handshakes completed.",
+        value: |u| u.tls_handshakes,
+        scale: 1.0,
+    },
+    Counter {
+        name: "tls_handshake_failures_total",
+        help: "TLS handshakes that failed (bad input, timed out, or the client left).",
+        value: |u| u.tls_failed,
+        scale: 1.0,
+    },
+    Counter {
+        name: "http2_streams_total",
+        help: "HTTP/2 streams opened by clients.",
+        value: |u| u.h2_streams,
+        scale: 1.0,
+    },
+    Counter {
+        name: "http2_resets_total",
+        help: "HTTP/2 streams reset by clients (RST_STREAM received).",
+        value: |u| u.h2_resets,
+        scale: 1.0,
+    },
+    Counter {
         name: "stderr_bytes_total",
         help: "Bytes child processes (CGI runs) wrote to standard error, logged or dropped.",
         value: |u| u.stderr_bytes,

@@ -262,7 +262,7 @@ fn filters_list_and_move() {
         &w.admin,
         Method::POST,
         "/filters/move",
-        br#"{"prefix": "127.0.0.9", "to": "black-hole"}"#,
+        br#"{"listener": "web", "prefix": "127.0.0.9", "to": "black-hole"}"#,
     );
     assert_eq!(s, 200, "{v}");
     let r: MoveResult = serde_json::from_value(v).unwrap();
@@ -279,7 +279,7 @@ fn filters_list_and_move() {
         &w.admin,
         Method::POST,
         "/filters/move",
-        br#"{"prefix": "10.0.0.0/8", "to": "vip"}"#,
+        br#"{"listener": "web", "prefix": "10.0.0.0/8", "to": "vip"}"#,
     );
     assert_eq!((s, v["field"].as_str()), (422, Some("to")));
     assert_eq!(v["allowed"], "black-hole, premium, local");
@@ -287,7 +287,7 @@ fn filters_list_and_move() {
         &w.admin,
         Method::POST,
         "/filters/move",
-        br#"{"prefix": "10.0.0.0/33", "to": "local"}"#,
+        br#"{"listener": "web", "prefix": "10.0.0.0/33", "to": "local"}"#,
     );
     assert_eq!((s, v["field"].as_str()), (422, Some("prefix")));
     let (s, _) = call(

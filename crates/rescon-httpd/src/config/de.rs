@@ -154,6 +154,10 @@ pub(crate) struct FileDe {
     pub(crate) admin: AdminDe,
     #[serde(default)]
     pub(crate) metrics: MetricsDe,
+    #[serde(default)]
+    pub(crate) tls: TlsDe,
+    #[serde(default)]
+    pub(crate) http2: Http2De,
     pub(crate) containers: Option<Spanned<NodeDe>>,
     #[serde(default, rename = "listener")]
     pub(crate) listeners: Vec<Spanned<ListenerDe>>,
@@ -190,6 +194,7 @@ pub(crate) struct TimeoutsDe {
     pub(crate) cgi_total: S<Scalar>,
     /// The old name of `cgi_total`.
     pub(crate) cgi: S<Scalar>,
+    pub(crate) handshake: S<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +234,8 @@ pub(crate) struct ListenerDe {
     #[serde(default)]
     pub(crate) edge: Vec<Spanned<String>>,
     pub(crate) flood_defense: Option<Spanned<FloodDe>>,
+    pub(crate) tls: S<bool>,
+    pub(crate) protocols: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +245,7 @@ pub(crate) struct ClassDe {
     pub(crate) container: Spanned<String>,
     pub(crate) prefixes: Option<Spanned<Vec<Spanned<String>>>>,
     pub(crate) except: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) max_handshakes: S<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +269,7 @@ pub(crate) struct VhostDe {
     pub(crate) default: S<bool>,
     #[serde(default)]
     pub(crate) cgi: Vec<Spanned<CgiDe>>,
+    pub(crate) tls: Option<Spanned<VhostTlsDe>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +278,30 @@ pub(crate) struct CgiDe {
     pub(crate) prefix: Spanned<String>,
     pub(crate) dir: Spanned<String>,
     pub(crate) container: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsDe {
+    pub(crate) versions: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) session_cache: S<i64>,
+    pub(crate) tickets: S<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Http2De {
+    pub(crate) max_concurrent_streams: S<i64>,
+    pub(crate) max_resets: S<i64>,
+    pub(crate) max_control_frames: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VhostTlsDe {
+    pub(crate) cert: S<String>,
+    pub(crate) key: S<String>,
+    pub(crate) self_signed: S<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,9 +23,11 @@
 mod de;
 mod error;
 mod render;
+mod tls;
 mod tree;
 
 pub use error::{ConfigError, Diagnostic};
+pub use tls::{DEFAULT_MAX_HANDSHAKES, Http2Config, Protocols, TlsConfig, VhostTls};
 pub use tree::{AttrChange, ContainerPath, LiveTree, NodeSpec, TreeDiff, TreeError, TreeSpec};
 
 use de::{EntryDe, FileDe, NodeDe, Scalar};
@@ -218,6 +220,9 @@ pub struct Timeouts {
     pub send: Duration,
     /// A graceful stop (SIGQUIT) waits this long for the requests under way.
     pub shutdown: Duration,
+    /// A TLS handshake not done by then (a ClientHello that never finishes) closes the
+    /// connection.
+    pub handshake: Duration,
     /// A CGI script that writes nothing for this long (no output and no read of its input)
     /// is killed with its children: 504 before its response head, the body cut after it.
     /// Between reads, as nginx's `fastcgi_read_timeout`: a response that keeps sending
@@ -237,6 +242,7 @@ impl Default for Timeouts {
             park: Duration::from_secs(1),
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
+            handshake: Duration::from_secs(10),
             cgi_idle: Duration::from_secs(60),
             cgi_total: None,
         }
@@ -363,6 +369,9 @@ pub struct ClientClass {
     pub container: ContainerPath,
     /// The sources.
     pub filter: ClassFilter,
+    /// TLS handshakes the class may have in flight at once on this listener; a connection
+    /// beyond is closed before its handshake (and counted refused).
+    pub max_handshakes: u32,
 }
 
 /// What the flood defense does with the prefixes a SYN flood comes from.
@@ -403,6 +412,10 @@ pub struct ListenerConfig {
     pub edge: Vec<String>,
     /// The automatic flood defense, if enabled.
     pub flood_defense: Option<FloodDefense>,
+    /// Connections are TLS (certificates from the vhosts' `[vhost.tls]`, chosen by SNI).
+    pub tls: bool,
+    /// The protocols spoken (with TLS, offered by ALPN).
+    pub protocols: Protocols,
 }
 
 /// `[[vhost.cgi]]`: a URL prefix served by CGI scripts from a directory.
@@ -434,6 +447,8 @@ pub struct VhostConfig {
     pub default: bool,
     /// CGI prefixes.
     pub cgi: Vec<CgiPrefix>,
+    /// Its certificate for TLS listeners, if it has one.
+    pub tls: Option<VhostTls>,
 }
 
 /// A whole configuration, checked.
@@ -451,6 +466,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[tls]`.
+    pub tls: TlsConfig,
+    /// `[http2]`.
+    pub http2: Http2Config,
     /// `[containers]`.
     pub tree: TreeSpec,
     /// `[[listener]]`.
@@ -806,6 +825,11 @@ impl Loader<'_, '_> {
                 "timeouts.shutdown",
                 Timeouts::default().shutdown,
             ),
+            handshake: self.duration(
+                &raw.timeouts.handshake,
+                "timeouts.handshake",
+                Timeouts::default().handshake,
+            ),
             cgi_idle: self.duration(
                 &raw.timeouts.cgi_idle,
                 "timeouts.cgi_idle",
@@ -838,9 +862,21 @@ impl Loader<'_, '_> {
         };
         let admin = self.admin(&raw);
         let metrics = self.metrics(&raw);
+        let tls = self.tls(&raw.tls);
+        let http2 = self.http2(&raw.http2);
         let tree = self.tree(raw.containers.as_ref());
         let listeners = self.listeners(&raw, &tree);
         let vhosts = self.vhosts(&raw, &tree);
+        if let Some(i) = listeners.iter().position(|l| l.tls)
+            && !vhosts.iter().any(|v| v.tls.is_some())
+        {
+            self.err(
+                span(&raw.listeners[i]),
+                &format!("listener[{i}].tls"),
+                "a TLS listener needs a certificate: no vhost has [vhost.tls]".into(),
+                Some("[vhost.tls] with cert and key, or self_signed = true"),
+            );
+        }
         let fastcgi = self.fastcgi(&raw, &tree);
         if !listeners.is_empty() && vhosts.is_empty() {
             self.err(
@@ -857,6 +893,8 @@ impl Loader<'_, '_> {
             limits,
             admin,
             metrics,
+            tls,
+            http2,
             tree,
             listeners,
             vhosts,
@@ -1532,10 +1570,12 @@ impl Loader<'_, '_> {
                         ClassFilter::Prefixes(Vec::new())
                     }
                 };
+                let max_handshakes = self.max_handshakes(&c.max_handshakes, &ck("max_handshakes"));
                 classes.push(ClientClass {
                     name: c.name.get_ref().clone(),
                     container,
                     filter,
+                    max_handshakes,
                 });
             }
             if classes.is_empty() {
@@ -1543,6 +1583,7 @@ impl Loader<'_, '_> {
                     name: "default".into(),
                     container: ContainerPath::ROOT,
                     filter: ClassFilter::Except(Vec::new()),
+                    max_handshakes: DEFAULT_MAX_HANDSHAKES,
                 });
             }
             let mut black_hole = Vec::new();
@@ -1649,6 +1690,8 @@ impl Loader<'_, '_> {
                     hold,
                 }
             });
+            let tls = l.tls.as_ref().is_some_and(|t| *t.get_ref());
+            let protocols = self.protocols(&l.protocols, tls, &k("protocols"));
             out.push(ListenerConfig {
                 name,
                 addr,
@@ -1656,6 +1699,8 @@ impl Loader<'_, '_> {
                 black_hole,
                 edge,
                 flood_defense,
+                tls,
+                protocols,
             });
         }
         out
@@ -1781,7 +1826,9 @@ impl Loader<'_, '_> {
                     container,
                 });
             }
+            let tls = v.tls.as_ref().and_then(|t| self.vhost_tls(t, &k("tls")));
             out.push(VhostConfig {
+                tls,
                 name: v.name.get_ref().clone(),
                 hosts: hs,
                 root: self.path(v.root.get_ref()),

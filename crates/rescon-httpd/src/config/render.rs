@@ -90,6 +90,7 @@ pub(super) fn render(c: &Config) -> String {
     let _ = writeln!(o, "park = {}", q(&dur(t.park)));
     let _ = writeln!(o, "send = {}", q(&dur(t.send)));
     let _ = writeln!(o, "shutdown = {}", q(&dur(t.shutdown)));
+    let _ = writeln!(o, "handshake = {}", q(&dur(t.handshake)));
     let _ = writeln!(o, "cgi_idle = {}", q(&dur(t.cgi_idle)));
     match t.cgi_total {
         Some(d) => {
@@ -126,6 +127,23 @@ pub(super) fn render(c: &Config) -> String {
         }
         None => {}
     }
+    let tl = &c.tls;
+    let _ = writeln!(o, "\n[tls]");
+    let mut versions = Vec::new();
+    if tl.tls12 {
+        versions.push("1.2".to_string());
+    }
+    if tl.tls13 {
+        versions.push("1.3".to_string());
+    }
+    let _ = writeln!(o, "versions = {}", list(versions));
+    let _ = writeln!(o, "session_cache = {}", tl.session_cache);
+    let _ = writeln!(o, "tickets = {}", tl.tickets);
+    let h = &c.http2;
+    let _ = writeln!(o, "\n[http2]");
+    let _ = writeln!(o, "max_concurrent_streams = {}", h.max_concurrent_streams);
+    let _ = writeln!(o, "max_resets = {}", h.max_resets);
+    let _ = writeln!(o, "max_control_frames = {}", h.max_control_frames);
     if let Some(a) = c.metrics.listen {
         let _ = writeln!(o, "\n[metrics]\nlisten = {}", q(&a.to_string()));
     }
@@ -145,6 +163,12 @@ pub(super) fn render(c: &Config) -> String {
             o,
             "black_hole = {}",
             list(l.black_hole.iter().map(|n| n.to_string()))
+        );
+        let _ = writeln!(o, "tls = {}", l.tls);
+        let _ = writeln!(
+            o,
+            "protocols = {}",
+            list(l.protocols.names().into_iter().map(String::from))
         );
         if !l.edge.is_empty() {
             let _ = writeln!(o, "edge = {}", list(l.edge.iter().map(|n| n.to_string())));
@@ -174,6 +198,7 @@ pub(super) fn render(c: &Config) -> String {
                     let _ = writeln!(o, "except = {}", list(p.iter().map(|n| n.to_string())));
                 }
             }
+            let _ = writeln!(o, "max_handshakes = {}", cl.max_handshakes);
         }
     }
     for v in &c.vhosts {
@@ -184,6 +209,15 @@ pub(super) fn render(c: &Config) -> String {
         let _ = writeln!(o, "container = {}", q(v.container.as_str()));
         let _ = writeln!(o, "index = {}", list(v.index.iter().cloned()));
         let _ = writeln!(o, "default = {}", v.default);
+        match &v.tls {
+            Some(VhostTls::Files { cert, key }) => {
+                let _ = writeln!(o, "\n[vhost.tls]\ncert = {}\nkey = {}", qp(cert), qp(key));
+            }
+            Some(VhostTls::SelfSigned) => {
+                let _ = writeln!(o, "\n[vhost.tls]\nself_signed = true");
+            }
+            None => {}
+        }
         for cg in &v.cgi {
             let _ = writeln!(o, "\n[[vhost.cgi]]");
             let _ = writeln!(o, "prefix = {}", q(&cg.prefix));

@@ -21,8 +21,11 @@ class = "high"
 #[test]
 fn the_default_configuration_loads() {
     let c = Config::default_config();
-    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[0].addr, "127.0.0.1:8080".parse().unwrap());
+    assert!(!c.listeners[0].tls);
+    assert_eq!(c.listeners[1].addr, "127.0.0.1:8443".parse().unwrap());
+    assert!(c.listeners[1].tls);
     assert!(c.uses_demo());
     let cgi = c.tree.attrs(&ContainerPath::parse("cgi").unwrap()).unwrap();
     assert_eq!(cgi.cpu_limit.unwrap().fraction(), 0.3);

@@ -11,7 +11,7 @@
 //! connection with the listener's table ([`Source::Table`](super::listen::Source)).
 
 use super::Shared;
-use super::conn::{Accepted, serve_conn};
+use super::conn::Accepted;
 use super::listen::{Listener, Source};
 use crate::admin::BLACK_HOLE;
 use rescon::Container;
@@ -74,7 +74,8 @@ pub(crate) async fn accept_loop(
                     n: None,
                     guard: None,
                 };
-                rescon_rt::spawn_in(c, serve_conn(shared.clone(), conn));
+                let serve = super::tls::serve(shared.clone(), conn, listener.clone());
+                rescon_rt::spawn_in(c, serve);
                 continue;
             }
             Classes::Member(class) => class.clone(),
@@ -110,7 +111,8 @@ pub(crate) async fn accept_loop(
             n: Some(n),
             guard: Some(guard),
         };
-        rescon_rt::spawn_in(&class_c, serve_conn(shared.clone(), conn));
+        let serve = super::tls::serve(shared.clone(), conn, listener.clone());
+        rescon_rt::spawn_in(&class_c, serve);
     }
 }
 

@@ -3,10 +3,12 @@
 //! # Busy and parked
 //!
 //! A connection holds buffers, protocol state and a container of its own only while it has
-//! something to do. Busy, it is hyper over any byte stream ([`Stream`]: a TCP socket today, a
-//! TLS session tomorrow) with the waits' timeouts ([`IdleClose`]: request head, keep-alive
-//! quiet, stalled sends) and the graceful stop, in its own container (`conn-N`, under its
-//! class's container or where placement moved it); each request goes to
+//! something to do. Busy, it is hyper over any byte stream ([`Stream`]: a TCP socket or a
+//! TLS session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet,
+//! stalled sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through
+//! hyper's h2, its streams run as tasks in the connection's container, its frames metered by
+//! [`H2Guard`](super::h2guard)), in its own container (`conn-N`, under its class's container
+//! or where placement moved it); each request goes to
 //! [`request::serve`](super::request::serve).
 //!
 //! Once a response is done and the connection has stayed quiet for `timeouts.park` (1 s by
@@ -38,6 +40,12 @@
 //! parked connection closes at once), usage (its containers' usage folds into the one they were
 //! under). A request that came with a body keeps its connection busy until a request without
 //! one: hyper may still be reading that body, and stopping it then would close the connection.
+//!
+//! An HTTP/2 connection parks only before its first byte: once hyper's h2 runs, it stays busy
+//! to its end (hyper gives back no socket from an HTTP/2 connection, and its streams and
+//! settings are state a client expects kept). A TLS connection parks as a TCP one does, its
+//! session kept; a session holding decrypted bytes not yet read is ready at once
+//! ([`Stream::poll_read_ready`]).
 
 use super::placement::Placed;
 use super::request::{ConnCtx, Reply};
@@ -123,6 +131,14 @@ pub(crate) struct Accepted<S> {
     pub(crate) guard: Option<ConnGuard>,
 }
 
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Http1,
+    /// HTTP/2: chosen by ALPN, or by prior knowledge on a cleartext h2 listener.
+    Http2,
+}
+
 /// A connection between requests, holding no buffers: what it keeps to wake up.
 pub(crate) struct Parked<S> {
     stream: S,
@@ -142,12 +158,17 @@ pub(crate) struct Parked<S> {
     deadline: Instant,
     /// It has not been answered yet: its first request's head is due by `deadline`.
     first: bool,
+    proto: Proto,
 }
 
 /// Serves a connection until it ends (the client closes, a timeout, a graceful stop):
 /// parked until it has something to say, busy until it is quiet again (see the
 /// [module docs](self)).
-pub(crate) fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>) -> ServeConn<S> {
+pub(crate) fn serve_conn<S: Stream>(
+    shared: Arc<Shared>,
+    conn: Accepted<S>,
+    proto: Proto,
+) -> ServeConn<S> {
     let header = shared.site.get().config.timeouts.header;
     let stop = shared.stop.watch(true);
     ServeConn(Phase::Parked(Parked {
@@ -164,6 +185,7 @@ pub(crate) fn serve_conn<S: Stream>(shared: Arc<Shared>, conn: Accepted<S>) -> S
         timer: Timer::default(),
         deadline: Instant::now() + header,
         first: true,
+        proto,
     }))
 }
 
@@ -246,6 +268,7 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
         mut timer,
         deadline,
         first,
+        proto,
     } = p;
     let site = shared.site.get();
     let t = site.config.timeouts;
@@ -267,6 +290,41 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
     };
     // The first request's head is due by the deadline from the connection's start.
     let mut head = first.then_some(deadline);
+    if proto == Proto::Http2 {
+        let h2 = site.config.http2;
+        let state = Arc::new(ConnState::new());
+        let io = super::h2guard::H2Guard::new(stream, me.clone(), &h2);
+        let io = IdleClose::new(io, state.clone(), &t, Bytes::new(), head, timer);
+        let svc = Service(ConnCtx {
+            shared: shared.clone(),
+            state,
+            peer,
+            local,
+            class,
+            me,
+            home: RefCell::new(home),
+            site: RefCell::new(site),
+            placed: Cell::new(placed),
+            last_host: RefCell::new((0, Vec::new(), 0)),
+        });
+        let conn = hyper::server::conn::http2::Builder::new(rescon_rt::HyperExecutor)
+            .timer(rescon_rt::HyperTimer::current())
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_header_list_size(max_header.try_into().unwrap_or(u32::MAX))
+            .serve_connection(io, svc);
+        // A graceful stop lets the streams under way finish, then closes (at once if idle).
+        let mut conn = std::pin::pin!(conn);
+        let mut told = false;
+        let _ = std::future::poll_fn(|cx| {
+            if !told && stop.stopping(cx) {
+                told = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        return None;
+    }
     let mut prefix = Bytes::new();
     loop {
         let state = Arc::new(ConnState::new());
@@ -361,6 +419,7 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
                 deadline
             },
             first: first && !answered,
+            proto,
         });
     }
 }
@@ -454,7 +513,9 @@ impl Drop for ReqDone {
         let c = &self.0;
         c.done_ns.store(c.born.elapsed().as_nanos() as u64, Relaxed);
         c.read_at_done.store(c.read.load(Relaxed), Relaxed);
-        c.done.store(c.done.load(Relaxed) + 1, Relaxed);
+        // HTTP/2's responses end in their streams' tasks, which may run at once on two
+        // workers: an atomic add.
+        c.done.fetch_add(1, Relaxed);
     }
 }
 

@@ -9,7 +9,8 @@
 //! | stage | file | what |
 //! |---|---|---|
 //! | accept | [`accept`] | the member socket the kernel steered the SYN to gives the class; the connection's container is made under the class's |
-//! | connection | [`conn`] | hyper over any byte stream, with the waits' timeouts and the graceful stop |
+//! | TLS | [`tls`] | the handshake in the connection's container, bounded per class; certificates by SNI |
+//! | connection | [`conn`] | hyper over any byte stream, HTTP/1.1 or HTTP/2 ([`h2guard`] meters its frames), with the waits' timeouts and the graceful stop |
 //! | request | [`request`] | the path of one request, top to bottom, calling the stages below |
 //! | dispatch | [`dispatch`] | vhost, cached file, static path or CGI script, over the compiled site |
 //! | placement | [`placement`] | the one rule of where work is charged, and its application |
@@ -32,6 +33,7 @@ mod cgi;
 mod conn;
 mod dispatch;
 mod fastcgi;
+mod h2guard;
 mod listen;
 mod netacct;
 mod placement;
@@ -40,6 +42,7 @@ mod respond;
 mod site;
 mod static_file;
 mod stop;
+mod tls;
 
 use crate::admin::{Admin, FilterTable};
 use crate::config::{AccessLog as LogConfig, Config, ListenerConfig, LiveTree, TokenSource};
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) stop: Arc<Stop>,
     /// Request durations and statuses by vhost and class (`/metrics`).
     pub(crate) http: Arc<crate::admin::HttpStats>,
+    /// Where TLS handshakes below the high class run (see [`tls`]).
+    pub(crate) handshakes: tls::Offload,
     /// Kernel network accounting, where the kernel allows ([`netacct`]).
     kernel_net: Option<Arc<netacct::KernelNet>>,
     /// Holds CGI runs and FastCGI pools to their class's CPU limit where no cgroup does.
@@ -157,6 +162,7 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         cgi_watchdog: Arc::new(crate::cgi::Watchdog::new()),
         stop: Arc::new(Stop::default()),
         http: admin.http_stats(),
+        handshakes: tls::Offload::new(&registry, &options),
         kernel_net: (!options.no_containers)
             .then(|| netacct::KernelNet::start(&root))
             .flatten(),

@@ -109,6 +109,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
     shared.site.refresh(&mut snapshot);
     let site: &Arc<Site> = &snapshot;
     // 2. Dispatch.
+    // `framing` put the target's authority (HTTP/2's `:authority`) in the Host field.
     let host = req
         .headers()
         .get(header::HOST)

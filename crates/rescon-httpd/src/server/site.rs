@@ -36,6 +36,8 @@ pub(crate) struct Site {
     classes: Map<Map<Container>>,
     /// Bumped by every compile of a [`SiteCell`], so a connection can tell its snapshot is old.
     pub(crate) generation: u64,
+    /// Each listener's TLS and protocols, with the vhosts' certificates.
+    pub(crate) tls: super::tls::SiteTls,
 }
 
 /// A virtual host, compiled.
@@ -115,6 +117,7 @@ impl HostIndex {
 /// I/O (a reload does it before it changes the tree, so a bad directory changes nothing).
 pub(crate) struct Opened {
     config: Config,
+    certs: super::tls::Certs,
     roots: Vec<DocRoot>,
     /// Per vhost, its CGI directories in configuration order.
     dirs: Vec<Vec<ScriptDir>>,
@@ -145,8 +148,10 @@ impl Opened {
             }
             dirs.push(d);
         }
+        let certs = super::tls::Certs::load(&config)?;
         Ok(Opened {
             config,
+            certs,
             roots,
             dirs,
         })
@@ -162,9 +167,11 @@ impl Opened {
     pub(crate) fn resolve(self, tree: &LiveTree) -> Result<Site> {
         let Opened {
             config,
+            certs,
             roots,
             dirs,
         } = self;
+        let tls = super::tls::SiteTls::compile(&config, certs)?;
         let live = |path: &crate::config::ContainerPath, what: &str| {
             tree.get(path)
                 .cloned()
@@ -229,6 +236,7 @@ impl Opened {
             vhosts,
             classes,
             generation: 0,
+            tls,
         })
     }
 }
