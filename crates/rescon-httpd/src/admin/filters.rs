@@ -170,11 +170,42 @@ impl Listener {
 #[derive(Debug)]
 pub struct FilterTable {
     listeners: Mutex<Vec<Listener>>,
-    actions: Mutex<Vec<FilterAction>>,
+    actions: ActionLog,
 }
 
 /// How many moves [`FilterTable`] remembers.
 pub const ACTION_HISTORY: usize = 256;
+
+/// The bounded history of filter moves, stamped when recorded: the last [`ACTION_HISTORY`].
+/// Shared by every [`Filters`] implementation.
+#[derive(Debug, Default)]
+pub(crate) struct ActionLog(Mutex<std::collections::VecDeque<FilterAction>>);
+
+impl ActionLog {
+    /// Adds a move, stamped now, forgetting the oldest past [`ACTION_HISTORY`].
+    pub(crate) fn record(&self, listener: &str, prefix: &str, to: &str, reason: &str) {
+        let a = FilterAction {
+            at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            listener: listener.to_string(),
+            prefix: prefix.to_string(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut actions = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if actions.len() == ACTION_HISTORY {
+            actions.pop_front();
+        }
+        actions.push_back(a);
+    }
+
+    /// The moves remembered, oldest first.
+    pub(crate) fn all(&self) -> Vec<FilterAction> {
+        let actions = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        actions.iter().cloned().collect()
+    }
+}
 
 impl FilterTable {
     /// The filters of the configured listeners; `container` gives the id of a class container.
@@ -213,7 +244,7 @@ impl FilterTable {
             .collect();
         FilterTable {
             listeners: Mutex::new(ls),
-            actions: Mutex::new(Vec::new()),
+            actions: ActionLog::default(),
         }
     }
 
@@ -235,20 +266,7 @@ impl FilterTable {
 
     /// Adds an action, stamped now, to the bounded history.
     fn record(&self, listener: &str, prefix: &str, to: &str, reason: &str) {
-        let a = FilterAction {
-            at_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            listener: listener.to_string(),
-            prefix: prefix.to_string(),
-            to: to.to_string(),
-            reason: reason.to_string(),
-        };
-        let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
-        if actions.len() == ACTION_HISTORY {
-            actions.remove(0);
-        }
-        actions.push(a);
+        self.actions.record(listener, prefix, to, reason);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Listener>> {
@@ -381,10 +399,7 @@ impl Filters for FilterTable {
     }
 
     fn actions(&self) -> Vec<FilterAction> {
-        self.actions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.actions.all()
     }
 }
 

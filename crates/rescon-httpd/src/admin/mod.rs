@@ -36,6 +36,7 @@
 mod filters;
 mod metrics;
 
+pub(crate) use filters::ActionLog;
 pub use filters::{ACTION_HISTORY, FilterError, FilterTable, Filters, UNLISTED};
 pub use metrics::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, DropCount, HttpStats, Ledger, NO_VHOST, RequestCell,

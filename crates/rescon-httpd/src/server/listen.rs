@@ -20,8 +20,9 @@
 //! socket and each accepted connection is classified with a [`FilterTable`] holding the same
 //! rules, which the admin API's moves then act on instead.
 
+use crate::admin::ActionLog;
 use crate::admin::api::{FilterAction, ListenerView, MemberView, MoveResult};
-use crate::admin::{ACTION_HISTORY, BLACK_HOLE, FilterError, FilterTable, Filters};
+use crate::admin::{BLACK_HOLE, FilterError, FilterTable, Filters};
 use crate::config::{ClassFilter, FloodAction, FloodDefense, ListenerConfig};
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -30,7 +31,6 @@ use rescon_linux::listen::driver::{Defender, Record, Running};
 use rescon_linux::listen::{Filter, ListenerGroup, MemberId};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a member of a group is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,7 +223,7 @@ pub(crate) struct Listeners {
     list: Mutex<Vec<Arc<Listener>>>,
     /// Class container ids by listener and class, for the views.
     ids: Mutex<Vec<(String, String, u64)>>,
-    actions: Mutex<Vec<FilterAction>>,
+    actions: ActionLog,
 }
 
 impl Listeners {
@@ -247,20 +247,7 @@ impl Listeners {
 
     /// Adds a move, stamped now, to the bounded history.
     pub(crate) fn record(&self, listener: &str, prefix: &str, to: &str, reason: &str) {
-        let a = FilterAction {
-            at_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            listener: listener.to_string(),
-            prefix: prefix.to_string(),
-            to: to.to_string(),
-            reason: reason.to_string(),
-        };
-        let mut actions = self.actions.lock().unwrap_or_else(|e| e.into_inner());
-        if actions.len() == ACTION_HISTORY {
-            actions.remove(0);
-        }
-        actions.push(a);
+        self.actions.record(listener, prefix, to, reason);
     }
 }
 
@@ -409,10 +396,7 @@ impl Filters for Listeners {
     }
 
     fn actions(&self) -> Vec<FilterAction> {
-        self.actions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.actions.all()
     }
 
     fn drop_counts(&self) -> Vec<crate::admin::DropCount> {
