@@ -133,9 +133,24 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     let (admin_tcp, admin_token) = (config.admin.tcp, config.admin.token.clone());
     let metrics_listen = config.metrics.listen;
     let limiter = start_limiter(&options, kernel.as_ref(), &registry);
-    let fastcgi =
-        fastcgi::FastCgi::start(&config.fastcgi, &tree, kernel.as_ref(), limiter.as_ref())
-            .context("starting FastCGI")?;
+    // Pools start now, with the cgroups, as `[server] user` if one is set.
+    let run_as = start
+        .ids
+        .as_ref()
+        .filter(|_| start.drops_privileges())
+        .map(|i| fastcgi::RunAs {
+            uid: i.uid,
+            gid: i.gid,
+            known: i.known,
+        });
+    let fastcgi = fastcgi::FastCgi::start(
+        &config.fastcgi,
+        &tree,
+        kernel.as_ref(),
+        limiter.as_ref(),
+        run_as,
+    )
+    .context("starting FastCGI")?;
     {
         // The admin API shows the enforcement in force, not the attribute's wish.
         let (kernel, limiter) = (kernel.clone(), limiter.clone());

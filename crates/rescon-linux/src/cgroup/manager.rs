@@ -11,6 +11,7 @@ use super::sys;
 use rescon::{Container, ContainerId, Enforcement, Registry, SchedClass, Watch, Weight};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -279,6 +280,20 @@ struct State {
     orphans: Vec<Orphan>,
     shut: bool,
     errors: Vec<Error>,
+    /// CPU of a container's cgroup that is charged to other containers (see
+    /// [`Manager::set_cpu_credit`]).
+    credits: HashMap<ContainerId, CpuCredit>,
+}
+
+/// How much of a cgroup's CPU, in nanoseconds, was charged elsewhere: a monotone count read
+/// at each sample, right after the cgroup's own counter.
+#[derive(Clone)]
+struct CpuCredit(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl fmt::Debug for CpuCredit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CpuCredit")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -801,6 +816,20 @@ impl Manager {
         let mut st = lock(&self.inner.state);
         let errs = self.inner.sample_locked(&mut st);
         errs.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Declares that part of `c`'s cgroup CPU is charged to other containers by the caller:
+    /// `credit()` returns how much so far (nanoseconds, never decreasing), and the samples
+    /// add to `c`'s `kernel_cpu_ns` only its cgroup's CPU beyond that. The cgroup's counter
+    /// is read first and `credit` right after, so CPU charged elsewhere between the two is
+    /// never reported twice; reports stay monotone (a credit ahead of the counter holds `c`'s
+    /// usage still until the counter passes it). `credit` runs under the manager's lock: it
+    /// must not call the manager. Used by a FastCGI pool whose workers' CPU is charged per
+    /// request.
+    pub fn set_cpu_credit(&self, c: &Container, credit: Arc<dyn Fn() -> u64 + Send + Sync>) {
+        lock(&self.inner.state)
+            .credits
+            .insert(c.id(), CpuCredit(credit));
     }
 
     /// Reads a mirrored container's counters (for its whole kernel subtree).
@@ -2261,9 +2290,10 @@ impl Inner {
                         .unwrap_or_else(|| (st.nodes[k].last_cpu, st.nodes[k].last_mem))
                 })
                 .fold((0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1));
+            let credit = cpu.and_then(|_| st.credits.get(id)).map_or(0, |c| (c.0)());
             let n = st.nodes.get_mut(id).expect("in order");
             if let Some(cpu) = cpu {
-                let excl = cpu.saturating_sub(kids_cpu + n.departed_cpu);
+                let excl = cpu.saturating_sub(kids_cpu + n.departed_cpu + credit);
                 if excl > n.reported_cpu {
                     n.c.account().add_kernel_cpu_ns(excl - n.reported_cpu);
                     n.reported_cpu = excl;

@@ -341,6 +341,52 @@ fn kernel_cpu_and_memory_are_reported_once() {
 }
 
 #[test]
+fn cpu_credited_elsewhere_is_not_reported_twice() {
+    // A pool's cgroup whose CPU is partly charged to request containers by the caller: the
+    // pool reports only the rest, and the two add up to the cgroup's counter.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fake = Fake::hybrid();
+    let registry = Registry::new();
+    let m = Manager::new(&registry, fake.config()).unwrap();
+    let pool = kernel(&registry.root(), "pool", &[]);
+    let req = registry
+        .root()
+        .create_child("req", Attributes::default())
+        .unwrap();
+    m.sync_tree(&registry.root()).unwrap();
+    let credited = Arc::new(AtomicU64::new(0));
+    let c2 = credited.clone();
+    m.set_cpu_credit(&pool, Arc::new(move || c2.load(Ordering::SeqCst)));
+    let usage = |v: &str| {
+        std::fs::write(
+            m.cgroup_dir(&pool, Controller::Cpuacct)
+                .unwrap()
+                .join("cpuacct.usage"),
+            v,
+        )
+        .unwrap()
+    };
+    let charge = |ns: u64| {
+        req.account().add_kernel_cpu_ns(ns);
+        credited.fetch_add(ns, Ordering::SeqCst);
+    };
+    usage("1000\n");
+    charge(600);
+    m.sample().unwrap();
+    assert_eq!(pool.usage().kernel_cpu_ns, 400);
+    // A credit ahead of the counter (charged before the kernel's count was read) holds the
+    // pool still; it never goes back, and the sum catches up when the counter does.
+    charge(900);
+    m.sample().unwrap();
+    assert_eq!(pool.usage().kernel_cpu_ns, 400);
+    usage("2000\n");
+    m.sample().unwrap();
+    assert_eq!(pool.usage().kernel_cpu_ns, 500);
+    assert_eq!(pool.usage().kernel_cpu_ns + req.usage().kernel_cpu_ns, 2000);
+}
+
+#[test]
 fn v1_nested_limits_follow_the_kernel_rule() {
     let fake = Fake::hybrid();
     let registry = Registry::new();

@@ -15,22 +15,30 @@
 //!   still charged.
 //! - **Failures.** An application that cannot be reached, closes the connection before the end
 //!   of the request (a crashed worker), sends a malformed record or a head over
-//!   `limits.cgi_max_header_bytes` gets 502 with what happened; one that does not finish
-//!   within `timeouts.cgi_total` (else `timeouts.cgi_idle`) gets 504 (the connection is shut, and a worker of our own pool is
-//!   killed: the pool forks another). The connection is closed in every case; the request's
+//!   `limits.cgi_max_header_bytes` gets 502 with what happened. One that sends nothing (no
+//!   record, not a byte) for `timeouts.cgi_idle`, or has not finished at `timeouts.cgi_total`
+//!   (if set), gets 504, as a CGI run does; if its head was sent already, the body is cut.
+//!   Either way the connection is shut, and a worker of our own pool is killed: the pool
+//!   forks another. The connection is closed in every case; the request's
 //!   container goes with the response.
 //! - **Stderr.** What the application writes on `FCGI_STDERR` is logged, bounded per request
 //!   ([`stderr`]: the one place to change when a shared bound for CGI output exists).
 //!
-//! The pool's own container shows what the kernel (or `/proc`) measured for the whole pool,
-//! idle and start-up work included; the request containers show each request's part of it.
-//! With kernel enforcement both are in the class's subtree, so a sum over it counts FastCGI
-//! CPU twice.
+//! - **CPU adds up.** With kernel enforcement the pool's cgroup counts every process of the
+//!   pool. The pool's own container is credited what its workers used for requests (charged
+//!   to the requests' containers, or used so far by requests under way:
+//!   [`peer::Workers::credit`], read by the cgroup manager right after the cgroup's counter,
+//!   `Manager::set_cpu_credit`), so it shows only the rest: the master, idle workers, workers
+//!   started but not yet serving. The pool and its requests are siblings' worth of a sum: over
+//!   the class's subtree they add up to the cgroup's CPU, within what clock ticks round down
+//!   (10 ms per worker under way at a sample, never lost, at most held in the pool's
+//!   container). In user mode the pool's container is charged nothing of its own (its CPU is
+//!   read per request only), so nothing is counted twice there either.
 
 mod peer;
 mod pool;
 
-pub(crate) use pool::stop_all;
+pub(crate) use pool::{RunAs, stop_all};
 
 use super::cgi::CgiBody;
 use super::respond::{Body, simple};
@@ -63,7 +71,7 @@ pub(crate) struct App {
     class: Container,
     /// The pool the server started, if it starts one.
     pool: Option<Arc<pool::Pool>>,
-    workers: peer::Workers,
+    workers: Arc<peer::Workers>,
 }
 
 /// The FastCGI applications and what serves them.
@@ -82,6 +90,7 @@ impl FastCgi {
         tree: &LiveTree,
         kernel: Option<&Arc<Manager>>,
         limiter: Option<&Arc<Limiter>>,
+        run_as: Option<RunAs>,
     ) -> anyhow::Result<FastCgi> {
         let mut apps = Vec::new();
         for (i, f) in configs.iter().enumerate() {
@@ -94,6 +103,7 @@ impl FastCgi {
                     )
                 })?
                 .clone();
+            let workers = Arc::new(peer::Workers::default());
             let pool = if f.command.is_empty() {
                 None
             } else {
@@ -104,6 +114,13 @@ impl FastCgi {
                 let c = class
                     .create_child(&format!("fastcgi-pool-{i}"), attrs)
                     .context("creating a FastCGI pool's container")?;
+                if let Some(m) = kernel {
+                    // The cgroup counts every process of the pool; what its workers used
+                    // for requests is charged to the requests' containers, so the pool's
+                    // own container gets only the rest (see the module docs).
+                    let w = workers.clone();
+                    m.set_cpu_credit(&c, Arc::new(move || w.credit()));
+                }
                 Some(pool::Pool::start(
                     &format!("{i}"),
                     &f.command,
@@ -111,13 +128,14 @@ impl FastCgi {
                     kernel.cloned(),
                     limiter.cloned(),
                     f.restarts,
+                    run_as.clone(),
                 )?)
             };
             apps.push(Arc::new(App {
                 config: f.clone(),
                 class,
                 pool,
-                workers: peer::Workers::default(),
+                workers,
             }));
         }
         let owner = if configs.iter().any(|f| f.pass_handle) {
@@ -254,7 +272,16 @@ enum Outcome {
     /// The application ended the request after its response.
     Ended,
     Failed(String),
-    TimedOut,
+    /// Which timeout passed.
+    TimedOut(&'static str),
+}
+
+/// Why a run timed out: the total if it has passed, else the idle time.
+fn which_timeout(started: Instant, total: Option<Duration>) -> &'static str {
+    match total {
+        Some(t) if started.elapsed() >= t => "the FastCGI application ran past timeouts.cgi_total",
+        _ => "the FastCGI application was silent longer than timeouts.cgi_idle",
+    }
 }
 
 impl FcgiRun {
@@ -308,9 +335,9 @@ impl FcgiRun {
             handle: self.handle,
             params,
             stdin,
-            // One deadline for the whole response: the total where one is set, else the idle
-            // time (FastCGI has no idle watch between records yet; CGI has).
-            deadline: Instant::now() + self.timeouts.cgi_total.unwrap_or(self.timeouts.cgi_idle),
+            started: Instant::now(),
+            idle: self.timeouts.cgi_idle,
+            total: self.timeouts.cgi_total,
             max_head: self.limits.cgi_max_header_bytes as usize,
             stderr_budget: self.limits.cgi_stderr_bytes,
             watchdog: self.watchdog,
@@ -322,12 +349,7 @@ impl FcgiRun {
         let _job = rescon_rt::spawn_blocking_in(&self.container, move || job.run());
         let head = match head_rx.await {
             Ok(Outcome::Done(h)) => h,
-            Ok(Outcome::TimedOut) => {
-                return simple(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the FastCGI application took too long",
-                );
-            }
+            Ok(Outcome::TimedOut(why)) => return simple(StatusCode::GATEWAY_TIMEOUT, why),
             Ok(Outcome::Failed(msg)) => return simple(StatusCode::BAD_GATEWAY, &msg),
             Ok(Outcome::Ended) => {
                 return simple(
@@ -383,6 +405,13 @@ impl Conn {
         })
     }
 
+    fn set_read_timeout(&self, t: Option<Duration>) {
+        let _ = match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        };
+    }
+
     fn shutdown(&self) {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
@@ -412,7 +441,13 @@ struct Job {
     handle: Option<std::os::fd::OwnedFd>,
     params: Vec<u8>,
     stdin: Bytes,
-    deadline: Instant,
+    /// When the request was handed to the job: `total` counts from here.
+    started: Instant,
+    /// `timeouts.cgi_idle`: the longest silence, between connecting and the end of the
+    /// response (every byte read from the application is activity).
+    idle: Duration,
+    /// `timeouts.cgi_total`.
+    total: Option<Duration>,
     max_head: usize,
     /// `limits.cgi_stderr_bytes`: what of the application's stderr reaches the log.
     stderr_budget: u64,
@@ -437,7 +472,10 @@ impl Job {
             }
             None => {
                 // The head went out: a failure now cuts the body.
-                if let Outcome::TimedOut | Outcome::Failed(_) = outcome {
+                if let Outcome::TimedOut(why) = outcome {
+                    tracing::warn!(fastcgi = %self.app.config.prefix, "{why}: the response was cut");
+                }
+                if let Outcome::TimedOut(_) | Outcome::Failed(_) = outcome {
                     let _ = self
                         .body_tx
                         .blocking_send(Err(std::io::Error::other("the FastCGI response was cut")));
@@ -448,8 +486,11 @@ impl Job {
 
     fn execute(&mut self) -> Outcome {
         let addr = &self.app.config.address;
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let mut conn = match Conn::connect(addr, left) {
+        let left = match self.total {
+            Some(t) => t.saturating_sub(self.started.elapsed()).min(self.idle),
+            None => self.idle,
+        };
+        let mut conn = match Conn::connect(addr, left.max(Duration::from_millis(1))) {
             Ok(c) => c,
             Err(e) => {
                 let down = self.app.pool.as_ref().is_some_and(|p| p.pgid().is_none());
@@ -459,18 +500,26 @@ impl Job {
                 ));
             }
         };
-        // At the deadline the connection is shut: the reads below end, and the run is over.
+        // Silent for `idle`, or at `total`: the connection is shut, the reads and writes
+        // below end, and the run is over. Every read is activity.
+        let total = self.total.map(|t| t.saturating_sub(self.started.elapsed()));
         let watch = match conn.try_clone() {
-            Ok(c) => self.watchdog.watch(self.deadline, move || c.shutdown()),
+            Ok(c) => self
+                .watchdog
+                .watch_idle(self.idle, total, move || c.shutdown()),
             Err(e) => return Outcome::Failed(format!("FastCGI connection: {e}")),
         };
+        let activity = watch.activity();
         let mut request = Vec::with_capacity(self.params.len() + 64);
         codec::stream(&mut request, codec::PARAMS, ID, &self.params);
         codec::stream(&mut request, codec::PARAMS, ID, &[]);
         let stdin = std::mem::take(&mut self.stdin);
         let inline = stdin.len() <= INLINE_STDIN;
         if inline {
-            codec::stream(&mut request, codec::STDIN, ID, &stdin);
+            // No body: the stream's end alone (an empty record is the end: one, not two).
+            if !stdin.is_empty() {
+                codec::stream(&mut request, codec::STDIN, ID, &stdin);
+            }
             codec::stream(&mut request, codec::STDIN, ID, &[]);
         }
         let begin = codec::begin_request(ID, false);
@@ -495,12 +544,12 @@ impl Job {
         };
         // The worker that accepted the connection, and its CPU so far.
         let pgid = self.app.pool.as_ref().and_then(|p| p.pgid());
-        let mut worker = self.find_worker(&conn, pgid);
+        let mut worker = self.find_worker(&conn, pgid, false);
         let outcome = match sent {
             Err(e) => Outcome::Failed(format!(
                 "the FastCGI application at {addr} did not take the request ({e})"
             )),
-            Ok(()) => self.relay(&mut conn, &mut worker, pgid),
+            Ok(()) => self.relay(&mut conn, &mut worker, pgid, &activity),
         };
         let timed_out = watch.disarm();
         conn.shutdown();
@@ -519,15 +568,16 @@ impl Job {
             }
         }
         if timed_out {
-            return Outcome::TimedOut;
+            return Outcome::TimedOut(which_timeout(self.started, self.total));
         }
         outcome
     }
 
-    /// The worker holding the other end of `conn` and its CPU at the start of this request.
-    fn find_worker(&self, conn: &Conn, pgid: Option<i32>) -> Option<(i32, u64)> {
+    /// The worker holding the other end of `conn` and its CPU at the start of this request
+    /// (`known_only`: among the workers seen before only, without a scan of `/proc`).
+    fn find_worker(&self, conn: &Conn, pgid: Option<i32>, known_only: bool) -> Option<(i32, u64)> {
         let ino = peer::peer_inode(conn)?;
-        let pid = self.app.workers.find(ino, pgid)?;
+        let pid = self.app.workers.find(ino, pgid, known_only)?;
         Some((pid, self.app.workers.begin(pid, pgid.is_some())?))
     }
 
@@ -538,6 +588,7 @@ impl Job {
         conn: &mut Conn,
         worker: &mut Option<(i32, u64)>,
         pgid: Option<i32>,
+        activity: &crate::cgi::Activity,
     ) -> Outcome {
         let mut parser = CgiHeadParser::new(self.max_head);
         let mut dec = Decoder::new(ID);
@@ -545,6 +596,16 @@ impl Job {
         let prefix = self.app.config.prefix.clone();
         let mut log = |line: &str| tracing::warn!(fastcgi = %prefix, "FastCGI stderr: {line}");
         let mut buf = vec![0u8; 16384];
+        // A worker of our pool not found yet (the connection waits to be accepted) is looked
+        // for again every LOOK while the response is awaited, among the known workers (a
+        // full scan every tenth time), so that its CPU is counted as this request's while it
+        // works (the pool's credit, see `peer::Workers::credit`), not only once it answers.
+        const LOOK: Duration = Duration::from_millis(10);
+        let mut looks = 0u32;
+        let mut look = worker.is_none() && pgid.is_some();
+        if look {
+            conn.set_read_timeout(Some(LOOK));
+        }
         loop {
             let crashed = || {
                 Outcome::Failed(
@@ -555,14 +616,36 @@ impl Job {
             };
             let n = match conn.read(&mut buf) {
                 Ok(0) => return crashed(),
-                Ok(n) => n,
+                Ok(n) => {
+                    activity.touch();
+                    n
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if look
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    looks += 1;
+                    *worker = self.find_worker(conn, pgid, looks % 10 != 0);
+                    if worker.is_some() {
+                        look = false;
+                        conn.set_read_timeout(None);
+                    }
+                    continue;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return crashed(),
                 Err(e) => return Outcome::Failed(format!("reading the FastCGI response: {e}")),
             };
             if worker.is_none() {
                 // Not accepted yet when we looked first: it is now.
-                *worker = self.find_worker(conn, pgid);
+                *worker = self.find_worker(conn, pgid, false);
+            }
+            if look && worker.is_some() {
+                look = false;
+                conn.set_read_timeout(None);
             }
             dec.feed(&buf[..n]);
             loop {

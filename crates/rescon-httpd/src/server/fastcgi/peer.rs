@@ -161,21 +161,34 @@ fn in_pool(pid: i32, leader: i32) -> bool {
     proc_stat(&text).is_ok_and(|s| s.pgrp == leader || s.ppid == leader || s.pid == leader)
 }
 
-/// The workers of one FastCGI application: who they are and how much CPU each had at the end
-/// of its last request.
+/// The workers of one FastCGI application: who they are, how much CPU each had at the end
+/// of its last request, and how much of their CPU went to requests (the pool's credit).
 #[derive(Debug, Default)]
 pub(crate) struct Workers {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
     /// pid -> (start time, CPU at the end of its last request, ns).
-    seen: Mutex<HashMap<i32, (u64, u64)>>,
+    seen: HashMap<i32, (u64, u64)>,
+    /// Requests under way: pid -> the worker's CPU at their start.
+    inflight: HashMap<i32, u64>,
+    /// CPU charged to requests that ended, ns.
+    charged: u64,
 }
 
 impl Workers {
-    /// The process holding socket `ino`: a worker seen before, else a process of the pool
-    /// led by `pool` (the pool we started), else (`pool` unknown) any process.
-    pub(crate) fn find(&self, ino: u64, pool: Option<i32>) -> Option<i32> {
-        let known: Vec<i32> = lock(&self.seen).keys().copied().collect();
+    /// The process holding socket `ino`: a worker seen before, else (unless `known_only`) a
+    /// process of the pool led by `pool` (the pool we started), else (`pool` unknown) any
+    /// process.
+    pub(crate) fn find(&self, ino: u64, pool: Option<i32>, known_only: bool) -> Option<i32> {
+        let known: Vec<i32> = lock(&self.state).seen.keys().copied().collect();
         if let Some(p) = known.into_iter().find(|p| holds(*p, ino)) {
             return Some(p);
+        }
+        if known_only {
+            return None;
         }
         let me = std::process::id() as i32;
         let found = std::fs::read_dir("/proc")
@@ -194,28 +207,51 @@ impl Workers {
     /// may be found only once it has worked); of one started elsewhere, its CPU now.
     pub(crate) fn begin(&self, pid: i32, ours: bool) -> Option<u64> {
         let (start, now) = cpu(pid)?;
-        let mut seen = lock(&self.seen);
-        match seen.get(&pid) {
-            Some((s, at_end)) if *s == start => Some(*at_end),
+        let mut st = lock(&self.state);
+        let from = match st.seen.get(&pid) {
+            Some((s, at_end)) if *s == start => *at_end,
             _ => {
                 let from = if ours { 0 } else { now };
-                seen.insert(pid, (start, from));
-                Some(from)
+                st.seen.insert(pid, (start, from));
+                from
             }
-        }
+        };
+        st.inflight.insert(pid, from);
+        Some(from)
     }
 
     /// Ends a request begun at `from` on worker `pid`: the CPU it used since, in
-    /// nanoseconds (`None` if the worker is gone: its last part is not seen).
+    /// nanoseconds (`None` if the worker is gone: its last part is not seen, and stays the
+    /// pool's).
     pub(crate) fn end(&self, pid: i32, from: u64) -> Option<u64> {
-        let (start, now) = cpu(pid)?;
-        let mut seen = lock(&self.seen);
-        seen.insert(pid, (start, now));
+        let now = cpu(pid);
+        let mut st = lock(&self.state);
+        st.inflight.remove(&pid);
+        let (start, now) = now?;
+        st.seen.insert(pid, (start, now));
+        let used = now.saturating_sub(from);
+        st.charged += used;
         // Forget workers that exited, so the table holds the pool's live workers only.
-        if seen.len() > 64 {
-            seen.retain(|p, _| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if st.seen.len() > 64 {
+            st.seen
+                .retain(|p, _| std::path::Path::new(&format!("/proc/{p}")).exists());
         }
-        Some(now.saturating_sub(from))
+        Some(used)
+    }
+
+    /// The pool's CPU that is its requests': what ended requests were charged, plus what
+    /// the requests under way have used so far. What the kernel counts for the pool's cgroup
+    /// beyond this is the pool's own (idle workers, the master, start-up of workers not yet
+    /// serving). Read under the lock, so a request ending is counted once, charged or under
+    /// way. Clock ticks round each worker's CPU down (10 ms at most per worker under way).
+    pub(crate) fn credit(&self) -> u64 {
+        let st = lock(&self.state);
+        let inflight: u64 = st
+            .inflight
+            .iter()
+            .filter_map(|(pid, from)| Some(cpu(*pid)?.1.saturating_sub(*from)))
+            .sum();
+        st.charged + inflight
     }
 }
 
@@ -250,7 +286,11 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(holds(me, ib));
         let w = Workers::default();
-        assert_eq!(w.find(ib, None), None, "this process is never a worker");
+        assert_eq!(
+            w.find(ib, None, false),
+            None,
+            "this process is never a worker"
+        );
     }
 
     #[test]
@@ -285,10 +325,14 @@ mod tests {
         }
         let used = w.end(me, from).unwrap();
         assert!(used >= 20_000_000, "{used}");
+        // What ended requests were charged is the pool's credit; a request under way adds
+        // its CPU so far.
+        assert_eq!(w.credit(), used);
         // The next request starts where this one ended.
         assert_eq!(w.begin(me, true), Some(from + used));
         // A worker of our own pool seen for the first time: all its CPU so far.
         let w = Workers::default();
         assert_eq!(w.begin(me, true), Some(0));
+        assert!(w.credit() >= used, "under way: {} < {used}", w.credit());
     }
 }

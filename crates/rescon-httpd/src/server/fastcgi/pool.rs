@@ -12,6 +12,11 @@
 //!   that doubles from 100 ms to 5 s, at most `restarts` times (a pool that ran a minute
 //!   earns its budget back); then it is left down, said at error level, and requests get 502.
 //!   A worker that crashes is the pool's business (php-fpm's master forks another).
+//! - **User.** With `[server] user`, pools start before the server switches to that user
+//!   (they start with the server's cgroups, as root), so each pool is started through
+//!   util-linux's `setpriv` as the user: uid, gid and groups set (its supplementary groups
+//!   if the user is in the user database, none otherwise) before the command runs. Once the
+//!   server runs as the user itself, a restart runs the command directly.
 //! - **Stopping.** [`stop_all`] (the server's SIGTERM and graceful stop) sends the pool's
 //!   process group SIGTERM; in cgroups the manager's shutdown kills what is left.
 
@@ -46,6 +51,39 @@ fn term_group(g: i32) {
     }
 }
 
+/// The user a pool runs as (`[server] user`, resolved).
+#[derive(Clone, Debug)]
+pub(crate) struct RunAs {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// Whether the user is in the user database (then its supplementary groups are set).
+    pub(crate) known: bool,
+}
+
+/// Where util-linux's `setpriv` is.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// The program and arguments that run `command` as `run_as`: through `setpriv` unless this
+/// process runs as that user already.
+fn argv(command: &[String], run_as: Option<&RunAs>) -> Vec<String> {
+    let Some(u) = run_as.filter(|u| rustix::process::geteuid().as_raw() != u.uid) else {
+        return command.to_vec();
+    };
+    let mut v = vec![
+        SETPRIV.to_string(),
+        format!("--reuid={}", u.uid),
+        format!("--regid={}", u.gid),
+        if u.known {
+            "--init-groups".to_string()
+        } else {
+            "--clear-groups".to_string()
+        },
+        "--".to_string(),
+    ];
+    v.extend(command.iter().cloned());
+    v
+}
+
 /// A running pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -70,14 +108,24 @@ impl Pool {
         kernel: Option<Arc<Manager>>,
         limiter: Option<Arc<Limiter>>,
         restarts: u32,
+        run_as: Option<RunAs>,
     ) -> anyhow::Result<Arc<Pool>> {
+        if run_as.is_some() && !std::path::Path::new(SETPRIV).exists() {
+            anyhow::bail!(
+                "starting the FastCGI pool {name} as [server] user needs {SETPRIV} \
+                 (util-linux): install it, or start the pool yourself and leave `command` out"
+            );
+        }
         let pool = Arc::new(Pool {
             pgid: AtomicI32::new(0),
             container,
         });
         let spawn = {
             let (pool, command) = (pool.clone(), command.to_vec());
-            move || pool.spawn(&command, kernel.as_deref(), limiter.as_deref())
+            move || {
+                let argv = argv(&command, run_as.as_ref());
+                pool.spawn(&argv, kernel.as_deref(), limiter.as_deref())
+            }
         };
         let first =
             spawn().map_err(|e| anyhow::anyhow!("starting the FastCGI pool {name}: {e}"))?;
@@ -169,5 +217,37 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_runs_as_the_user_through_setpriv_until_the_server_is_that_user() {
+        let cmd = vec!["php-fpm".to_string(), "-F".to_string()];
+        assert_eq!(argv(&cmd, None), cmd);
+        let me = rustix::process::geteuid().as_raw();
+        let other = RunAs {
+            uid: me.wrapping_add(1),
+            gid: 65534,
+            known: false,
+        };
+        assert_eq!(
+            argv(&cmd, Some(&other)),
+            [
+                SETPRIV.to_string(),
+                format!("--reuid={}", me.wrapping_add(1)),
+                "--regid=65534".into(),
+                "--clear-groups".into(),
+                "--".into(),
+                "php-fpm".into(),
+                "-F".into()
+            ]
+        );
+        // Already that user (a restart after the server switched): the command itself.
+        let same = RunAs { uid: me, ..other };
+        assert_eq!(argv(&cmd, Some(&same)), cmd);
     }
 }
