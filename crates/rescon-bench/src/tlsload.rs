@@ -23,6 +23,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 /// hybrid X25519MLKEM768 too (rustls's default), rustls servers would take it and do more
 /// work per handshake than nginx.
 pub fn client_config(alpn: &[&str], resume: bool) -> Arc<rustls::ClientConfig> {
+    Arc::new(config_with(alpn, resume, None))
+}
+
+/// The load's client configuration; with `seen`, the verifier records the server's signature
+/// scheme there (for [`probe`]).
+fn config_with(alpn: &[&str], resume: bool, seen: Option<Seen>) -> rustls::ClientConfig {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     let provider = Arc::new(provider);
@@ -30,17 +36,186 @@ pub fn client_config(alpn: &[&str], resume: bool) -> Arc<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .expect("the provider's versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider, seen)))
         .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     if !resume {
         c.resumption = rustls::client::Resumption::disabled();
     }
-    Arc::new(c)
+    c
+}
+
+/// Where [`probe`]'s verifier records the server's signature scheme.
+type Seen = Arc<std::sync::Mutex<Option<rustls::SignatureScheme>>>;
+
+/// What a server's TLS handshake with the load's client settled on, and what it sent after:
+/// two servers measured side by side must show the same, or their handshakes (and so their
+/// rates) are not the same operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The TLS version.
+    pub version: String,
+    /// The cipher suite.
+    pub suite: String,
+    /// The key exchange group.
+    pub group: String,
+    /// The server's signature over the handshake (its key type and size show here).
+    pub signature: String,
+    /// Full, resumed, or full after a HelloRetryRequest (a second round trip).
+    pub kind: String,
+    /// TLS 1.3 session tickets the server sent after the handshake (each costs it an
+    /// encryption, and a stateful server a cache entry).
+    pub tickets: usize,
+    /// The protocol ALPN chose, if any.
+    pub alpn: Option<String>,
+}
+
+impl std::fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {}, {}, {}, {}, {} ticket(s), ALPN {}",
+            self.version,
+            self.suite,
+            self.group,
+            self.signature,
+            self.kind,
+            self.tickets,
+            self.alpn.as_deref().unwrap_or("none")
+        )
+    }
+}
+
+/// Counts the TLS 1.3 tickets the server sends and keeps none (so the client resumes
+/// nothing, as the load's `Resumption::disabled()` does).
+#[derive(Debug, Default)]
+struct TicketCount(std::sync::atomic::AtomicUsize);
+
+impl rustls::client::ClientSessionStore for TicketCount {
+    fn set_kx_hint(&self, _: ServerName<'static>, _: rustls::NamedGroup) {}
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        None
+    }
+    fn set_tls12_session(
+        &self,
+        _: ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+    }
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+    fn insert_tls13_ticket(
+        &self,
+        _: ServerName<'static>,
+        _: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn take_tls13_ticket(
+        &self,
+        _: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        None
+    }
+}
+
+/// One full handshake with the server at `target` (loopback only), with the load's client
+/// configuration for `alpn` and no resumption, then a request (HTTP/1.1 `GET path`, or
+/// HTTP/2's preface when ALPN chose h2) and its answer read, so that the tickets sent after
+/// the handshake have arrived: what was negotiated.
+pub fn probe(
+    target: SocketAddr,
+    host: &str,
+    alpn: &[&str],
+    path: &str,
+) -> std::io::Result<Negotiated> {
+    use std::io::{Read, Write};
+    if !target.ip().is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "{target} is not a loopback address"
+        )));
+    }
+    let seen = Seen::default();
+    let mut config = config_with(alpn, false, Some(seen.clone()));
+    let tickets = Arc::new(TicketCount::default());
+    config.resumption = rustls::client::Resumption::store(tickets.clone())
+        .tls12_resumption(rustls::client::Tls12Resumption::Disabled);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let tcp = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    let alpn = s
+        .conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    if alpn.as_deref() == Some("h2") {
+        // The preface and an empty SETTINGS; the server's SETTINGS come back.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")?;
+        s.flush()?;
+        let mut b = [0u8; 256];
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::other(
+                "the server closed the connection instead of sending its SETTINGS",
+            ));
+        }
+    } else {
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        s.flush()?;
+        let mut b = Vec::new();
+        match s.read_to_end(&mut b) {
+            Ok(_) => {}
+            // A server that closes without close_notify: what it sent was read.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e),
+        }
+        if !b.starts_with(b"HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!(
+                "the probe's request was not answered 200: {:?}",
+                String::from_utf8_lossy(&b[..b.len().min(40)])
+            )));
+        }
+    }
+    let c = &s.conn;
+    let name = |x: Option<String>| x.unwrap_or_else(|| "?".into());
+    let signature = *seen.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(Negotiated {
+        version: name(c.protocol_version().map(|v| format!("{v:?}"))),
+        suite: name(
+            c.negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite())),
+        ),
+        group: name(
+            c.negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name())),
+        ),
+        signature: name(signature.map(|s| format!("{s:?}"))),
+        kind: name(c.handshake_kind().map(|k| format!("{k:?}"))),
+        tickets: tickets.0.load(std::sync::atomic::Ordering::Relaxed),
+        alpn,
+    })
 }
 
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>, Option<Seen>);
+
+impl AnyCert {
+    fn record(&self, dss: &rustls::DigitallySignedStruct) {
+        if let Some(seen) = &self.1 {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(dss.scheme);
+        }
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -58,8 +233,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         &self,
         _: &[u8],
         _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.record(dss);
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
 
@@ -67,8 +243,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         &self,
         _: &[u8],
         _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.record(dss);
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
 

@@ -753,3 +753,116 @@ fn oversized_headers_get_431_or_a_frame_size_error_and_nothing_else_is_disturbed
     let (_, code, _) = curl(&s, &["--http2"], "a.test", "/");
     assert_eq!(code, "200");
 }
+
+/// Every container named `stream-*` in the tree: (its parent's name, its view).
+fn stream_containers(s: &Server) -> Vec<(String, serde_json::Value)> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        for c in v["children"].as_array().into_iter().flatten() {
+            if c["name"].as_str().is_some_and(|n| n.starts_with("stream-")) {
+                out.push((v["name"].as_str().unwrap_or("").to_owned(), c.clone()));
+            }
+            walk(c, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&admin_json(s, "/containers?depth=16"), &mut out);
+    out
+}
+
+/// Waits up to 5 s for `f` to hold; whether it did.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn with_stream_containers_each_http2_stream_is_charged_to_a_child_released_at_its_end() {
+    let (s, _, _) = start_edited("", |c| {
+        c.replace("[http2]\n", "[http2]\nstream_containers = true\n")
+    });
+    // A client whose streams' windows are 0 (SETTINGS_INITIAL_WINDOW_SIZE): each response's
+    // headers go out, its body waits, so its stream stays open until the client opens the
+    // window.
+    let mut c = TcpStream::connect(s.h2c).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(frame(0x1, 0x5, 1, &get_block()));
+    hello.extend(frame(0x1, 0x5, 3, &get_block()));
+    c.write_all(&hello).unwrap();
+    let mut live = Vec::new();
+    assert!(
+        eventually(|| {
+            live = stream_containers(&s);
+            live.len() == 2
+        }),
+        "two stream containers while the two streams are open: {live:?}"
+    );
+    for (parent, v) in &live {
+        assert!(
+            parent.starts_with("conn-"),
+            "under its connection's: {parent}"
+        );
+        assert_eq!(v["usage"]["requests"], 1, "its request charged to it: {v}");
+        assert!(v["usage"]["cpu_ns"].as_u64().unwrap() > 0, "its work: {v}");
+    }
+    assert_eq!(live[0].0, live[1].0, "both under the one connection's");
+    let mut names: Vec<&str> = live
+        .iter()
+        .map(|(_, v)| v["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["stream-1", "stream-2"]);
+    // The windows open: both bodies go out, both streams end, their containers go, and their
+    // usage is their connection's (still open) and its class's.
+    let mut more = Vec::new();
+    for id in [1u32, 3] {
+        more.extend(frame(0x8, 0, id, &100_000u32.to_be_bytes()));
+    }
+    c.write_all(&more).unwrap();
+    let (mut got, mut buf, mut ended) = (Vec::new(), [0u8; 4096], 0);
+    while ended < 2 {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "the server answered both streams");
+        got.extend_from_slice(&buf[..n]);
+        let mut b = &got[..];
+        ended = 0;
+        while b.len() >= 9 {
+            let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
+            if b.len() < 9 + len {
+                break;
+            }
+            // DATA with END_STREAM.
+            ended += usize::from(b[3] == 0x0 && b[4] & 0x1 != 0);
+            b = &b[9 + len..];
+        }
+    }
+    assert!(
+        eventually(|| stream_containers(&s).is_empty()),
+        "the streams' containers released at their end"
+    );
+    let tree = admin_json(&s, "/containers?depth=16");
+    let conn = {
+        fn find(v: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+            if v["name"] == name {
+                return Some(v.clone());
+            }
+            v["children"].as_array()?.iter().find_map(|c| find(c, name))
+        }
+        find(&tree, &live[0].0).expect("the connection's container, still open")
+    };
+    assert_eq!(conn["child_count"], 0);
+    assert_eq!(conn["usage_subtree"]["requests"], 2, "{conn}");
+    assert_eq!(
+        conn["usage"]["requests"], 0,
+        "nothing charged to the connection's own"
+    );
+    assert_eq!(total(&s, "requests"), 2, "each request counted once");
+    drop(c);
+}

@@ -350,9 +350,13 @@ container = "sites/c/cgi"
 
     fn nginx_config(&self, port: u16, tls_port: u16) -> String {
         let d = self.dir.display();
+        // `ssl_protocols` named: nginx before 1.23.4 (Debian 12 has 1.22) speaks TLS 1.0 to
+        // 1.2 by default, so it answered the load's client with TLS 1.2 while the rustls
+        // servers answered with 1.3, and experiments 7, 8 and 10 set two different handshakes
+        // side by side (shown by experiment 10's probe of each server's handshake).
         let tls = if self.tls {
             format!(
-                "    server {{\n        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n        root {d}/htdocs;\n        ssl_certificate {d}/tls.pem;\n        ssl_certificate_key {d}/tls.key;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n        http2_max_concurrent_streams 128;\n    }}\n"
+                "    server {{\n        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n        root {d}/htdocs;\n        ssl_certificate {d}/tls.pem;\n        ssl_certificate_key {d}/tls.key;\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n        http2_max_concurrent_streams 128;\n    }}\n"
             )
         } else {
             String::new()

@@ -18,7 +18,7 @@ use super::{ATTACK, Ctx, HIGH, LOW, fmt_num, group};
 use anyhow::{Context as _, Result, bail};
 use rescon_bench::httpload::{self, Group, GroupResult, Mode};
 use rescon_bench::plot;
-use rescon_bench::tlsload::client_config;
+use rescon_bench::tlsload::{Negotiated, client_config, probe};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -266,25 +266,28 @@ pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
         bail!("no certificate: openssl could not make one (apt-get install openssl)");
     }
     let conns = 50;
-    // (label, group, servers, the peer of the goal)
-    let cases: [(&str, Group, Vec<Kind>, Kind); 3] = [
+    // (label, group, servers, the peer of the goal, ALPN)
+    let cases: [(&str, Group, Vec<Kind>, Kind, &[&str]); 3] = [
         (
             "HTTPS keep-alive (HTTP/1.1)",
             tls_group("c", LOW, conns, Mode::KeepAlive, &["http/1.1"], true),
             ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::Nginx, Kind::HyperTokio]),
             Kind::Nginx,
+            &["http/1.1"],
         ),
         (
             "new TLS handshakes (a connection per request)",
             tls_group("c", LOW, conns, Mode::ConnPerRequest, &["http/1.1"], false),
             ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::Nginx, Kind::HyperTokio]),
             Kind::Nginx,
+            &["http/1.1"],
         ),
         (
             "HTTP/2 over TLS",
             tls_group("c", LOW, conns, Mode::H2, &["h2"], true),
             ctx.servers(&[Kind::Rescon, Kind::ResconOff, Kind::HyperTokio, Kind::Nginx]),
             Kind::HyperTokio,
+            &["h2"],
         ),
     ];
     let rounds = if ctx.quick { 1 } else { 3 };
@@ -299,8 +302,12 @@ pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
     );
     let mut js = serde_json::Map::new();
     let mut bars = Vec::new();
-    for (label, g, kinds, peer) in cases {
+    // What each server's handshake settled on, by case: shown under the table, and checked
+    // to be the same on every server (else the rates are not of the same operation).
+    let mut handshakes = String::new();
+    for (label, g, kinds, peer, alpn) in cases {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+        let mut negotiated: Vec<Option<Negotiated>> = vec![None; kinds.len()];
         for round in 0..rounds {
             let mut order: Vec<usize> = (0..kinds.len()).collect();
             if round % 2 == 1 {
@@ -309,6 +316,14 @@ pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
             for i in order {
                 let server = ctx.start(kinds[i])?;
                 let addr = tls_addr(&server, kinds[i])?;
+                if round == 0 {
+                    match probe(addr, "localhost", alpn, FILE_1K) {
+                        Ok(n) => negotiated[i] = Some(n),
+                        Err(e) => {
+                            eprintln!("    {}: the handshake probe failed: {e}", kinds[i].name())
+                        }
+                    }
+                }
                 let plan = ctx.plan_to(
                     addr,
                     vec![g.clone()],
@@ -380,12 +395,36 @@ pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
                 false,
             ),
         }
+        for (k, n) in kinds.iter().zip(&negotiated) {
+            let shown = n
+                .as_ref()
+                .map_or("the probe failed".into(), |n| n.to_string());
+            let _ = writeln!(handshakes, "| {label} | {} | {shown} |", k.name());
+            case_js.insert(format!("{}_handshake", k.key()), json!(shown));
+        }
+        let same = negotiated
+            .iter()
+            .all(|n| n.is_some() && *n == negotiated[0]);
+        ctx.goal(
+            10,
+            &format!("{label}: the same TLS handshake on every server"),
+            "identical",
+            None,
+            same,
+        );
         js.insert(label.into(), Value::Object(case_js));
         bars.push(plot::BarGroup {
             category: label.into(),
             values: vals,
         });
     }
+    let _ = write!(
+        s,
+        "\nWhat each server's handshake settled on, seen by the load's client (one probe per \
+         case and server: a full handshake, then a request, so the session tickets sent after \
+         the handshake are counted):\n\n| case | server | version, suite, group, signature, \
+         handshake, tickets, ALPN |\n|---|---|---|\n{handshakes}"
+    );
     s.push_str("\n![tls throughput](tls_throughput.png)\n");
     ctx.report.push_str(&s);
     plot::bars(

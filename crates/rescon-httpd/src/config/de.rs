@@ -294,6 +294,7 @@ pub(crate) struct Http2De {
     pub(crate) max_concurrent_streams: S<i64>,
     pub(crate) max_resets: S<i64>,
     pub(crate) max_control_frames: S<i64>,
+    pub(crate) stream_containers: S<bool>,
 }
 
 #[derive(Debug, Deserialize)]

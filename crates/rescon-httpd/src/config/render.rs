@@ -144,6 +144,7 @@ pub(super) fn render(c: &Config) -> String {
     let _ = writeln!(o, "max_concurrent_streams = {}", h.max_concurrent_streams);
     let _ = writeln!(o, "max_resets = {}", h.max_resets);
     let _ = writeln!(o, "max_control_frames = {}", h.max_control_frames);
+    let _ = writeln!(o, "stream_containers = {}", h.stream_containers);
     if let Some(a) = c.metrics.listen {
         let _ = writeln!(o, "\n[metrics]\nlisten = {}", q(&a.to_string()));
     }

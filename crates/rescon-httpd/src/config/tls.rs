@@ -43,6 +43,11 @@ pub struct Http2Config {
     /// SETTINGS and PING frames a client may send on a connection in any 10 seconds (the
     /// same bucket); beyond, GOAWAY (ENHANCE_YOUR_CALM) and close.
     pub max_control_frames: u32,
+    /// Each stream runs and is charged in a child container of its own (`stream-N` under the
+    /// connection's), made when its request arrives and released when it ends; its usage then
+    /// folds into the connection's. Off by default: a stream is charged to its connection's
+    /// container, and a container per stream costs its making and a rebinding per stream.
+    pub stream_containers: bool,
 }
 
 impl Default for Http2Config {
@@ -51,6 +56,7 @@ impl Default for Http2Config {
             max_concurrent_streams: 128,
             max_resets: 200,
             max_control_frames: 1000,
+            stream_containers: false,
         }
     }
 }
@@ -183,6 +189,10 @@ impl Loader<'_, '_> {
                 "http2.max_control_frames",
                 d.max_control_frames,
             ),
+            stream_containers: raw
+                .stream_containers
+                .as_ref()
+                .map_or(d.stream_containers, |b| *b.get_ref()),
         }
     }
 

@@ -6,7 +6,8 @@
 //! something to do. Busy, it is hyper over any byte stream ([`Stream`]: a TCP socket or a
 //! TLS session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet,
 //! stalled sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through
-//! hyper's h2, its streams run as tasks in the connection's container, its frames metered by
+//! hyper's h2, its streams run as tasks in the connection's container, or each in a child of
+//! its own with `http2.stream_containers` ([`StreamExec`]), its frames metered by
 //! [`H2Guard`](super::h2guard)), in its own container (`conn-N`, under its class's container
 //! or where placement moved it); each request goes to
 //! [`request::serve`](super::request::serve).
@@ -295,19 +296,26 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
         let state = Arc::new(ConnState::new());
         let io = super::h2guard::H2Guard::new(stream, me.clone(), &h2);
         let io = IdleClose::new(io, state.clone(), &t, Bytes::new(), head, timer);
-        let svc = Service(ConnCtx {
-            shared: shared.clone(),
-            state,
-            peer,
-            local,
-            class,
-            me,
-            home: RefCell::new(home),
-            site: RefCell::new(site),
-            placed: Cell::new(placed),
-            last_host: RefCell::new((0, Vec::new(), 0)),
-        });
-        let conn = hyper::server::conn::http2::Builder::new(rescon_rt::HyperExecutor)
+        // With `http2.stream_containers`, each stream's container (see `StreamExec`).
+        let streams = (h2.stream_containers && n.is_some()).then(|| me.clone());
+        let svc = Service(
+            ConnCtx {
+                shared: shared.clone(),
+                state,
+                peer,
+                local,
+                class,
+                me,
+                stream: RefCell::new(None),
+                streams: Cell::new(0),
+                home: RefCell::new(home),
+                site: RefCell::new(site),
+                placed: Cell::new(placed),
+                last_host: RefCell::new((0, Vec::new(), 0)),
+            },
+            streams.is_some(),
+        );
+        let conn = hyper::server::conn::http2::Builder::new(StreamExec(streams))
             .timer(rescon_rt::HyperTimer::current())
             .max_concurrent_streams(h2.max_concurrent_streams)
             .max_header_list_size(max_header.try_into().unwrap_or(u32::MAX))
@@ -329,18 +337,23 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
     loop {
         let state = Arc::new(ConnState::new());
         let io = IdleClose::new(stream, state.clone(), &t, prefix, head, timer);
-        let svc = Service(ConnCtx {
-            shared: shared.clone(),
-            state: state.clone(),
-            peer,
-            local,
-            class: class.clone(),
-            me: me.clone(),
-            home: RefCell::new(home),
-            site: RefCell::new(site.clone()),
-            placed: Cell::new(placed),
-            last_host: RefCell::new((0, Vec::new(), 0)),
-        });
+        let svc = Service(
+            ConnCtx {
+                shared: shared.clone(),
+                state: state.clone(),
+                peer,
+                local,
+                class: class.clone(),
+                me: me.clone(),
+                stream: RefCell::new(None),
+                streams: Cell::new(0),
+                home: RefCell::new(home),
+                site: RefCell::new(site.clone()),
+                placed: Cell::new(placed),
+                last_host: RefCell::new((0, Vec::new(), 0)),
+            },
+            false,
+        );
         let mut conn = hyper::server::conn::http1::Builder::new()
             .timer(rescon_rt::HyperTimer::current())
             // The head's timeout is IdleClose's, with the keep-alive one.
@@ -424,8 +437,9 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
     }
 }
 
-/// The connection's requests, as hyper calls them.
-struct Service(ConnCtx);
+/// The connection's requests, as hyper calls them; `true`: each in a container of its own
+/// (HTTP/2 with `http2.stream_containers`).
+struct Service(ConnCtx, bool);
 
 impl hyper::service::Service<Request<Incoming>> for Service {
     type Response = Response<ResBody>;
@@ -433,7 +447,60 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Reply;
 
     fn call(&self, req: Request<Incoming>) -> Reply {
+        if self.1 {
+            return self.call_in_stream_container(req);
+        }
         super::request::serve(&self.0, req)
+    }
+}
+
+impl Service {
+    /// An HTTP/2 stream's request with `http2.stream_containers`: served in a child container
+    /// of its own, `stream-N` under the connection's, which it is charged to; the task hyper
+    /// spawns next for the stream ([`StreamExec`]) is bound to it too. The container goes when
+    /// the last of the two lets it go (the response's end, the task's end), and its usage
+    /// folds into the connection's.
+    fn call_in_stream_container(&self, req: Request<Incoming>) -> Reply {
+        let ctx = &self.0;
+        let k = ctx.streams.get() + 1;
+        ctx.streams.set(k);
+        let c = match ctx
+            .me
+            .create_child(&format!("stream-{k}"), Attributes::default())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(parent = %ctx.me.name(), error = %e, "no container for an HTTP/2 stream; it is served in its connection's");
+                return super::request::serve(ctx, req);
+            }
+        };
+        // Left bound for the spawn that follows the call; `StreamExec` binds back.
+        rescon_rt::bind(&c);
+        *ctx.stream.borrow_mut() = Some(c);
+        let reply = super::request::serve(ctx, req);
+        *ctx.stream.borrow_mut() = None;
+        reply
+    }
+}
+
+/// hyper's executor for an HTTP/2 connection: spawns each stream's task in the container the
+/// connection's task is bound to, as [`rescon_rt::HyperExecutor`] does. With stream
+/// containers (`Some`: the connection's container), hyper spawns a stream's task right after
+/// calling the service for its request, which left the task bound to the stream's container:
+/// the stream's task is bound to it, and the connection's task back to its own.
+#[derive(Clone)]
+struct StreamExec(Option<Container>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        drop(rescon_rt::spawn(fut));
+        if let Some(me) = &self.0 {
+            rescon_rt::bind(me);
+        }
     }
 }
 

@@ -48,6 +48,11 @@ pub(crate) struct ConnCtx {
     pub(crate) class: Arc<str>,
     /// The connection's container, which its task runs in while it is busy.
     pub(crate) me: Container,
+    /// The container of the HTTP/2 stream whose request is being served, with
+    /// `http2.stream_containers` (a child of `me`): charged instead of `me`.
+    pub(crate) stream: RefCell<Option<Container>>,
+    /// Stream containers made so far (their names' numbers).
+    pub(crate) streams: Cell<u64>,
     /// The container `me` is under (where placement last moved it): the connection is
     /// charged to it while parked, and its next container is made under it.
     pub(crate) home: RefCell<Container>,
@@ -148,7 +153,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             let resp = static_file::serve(&vhost.root, &vhost.files, path, &req, target, now);
             let charged = match req_c {
                 Some(c) => {
-                    rescon_rt::bind(&conn.me);
+                    rescon_rt::bind(conn.stream.borrow().as_ref().unwrap_or(&conn.me));
                     Charged {
                         container: c,
                         cgi_run: false,
@@ -209,7 +214,7 @@ impl ConnCtx {
     /// The connection's own container as the one a request was charged to.
     fn charged(&self, vhost: Option<&Vhost>) -> Charged {
         Charged {
-            container: self.me.clone(),
+            container: self.stream.borrow().as_ref().unwrap_or(&self.me).clone(),
             cgi_run: false,
             vhost: vhost.map(|v| v.name.clone()),
         }
