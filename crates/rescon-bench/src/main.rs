@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))?;
             let loaded =
                 rescon_httpd::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            rescon_httpd::alloc::release_freed_memory_at_once();
             rescon_httpd::server::run(
                 loaded,
                 rescon_httpd::server::Options {

@@ -6,11 +6,14 @@
 //! server is started and warmed up (a few connections and requests, then closed); the run
 //! reads its resident set (`/proc/PID/statm`), opens N connections from loopback, waits
 //! until the server holds them all (its descriptors in `/proc/PID/fd`), leaves them alone
-//! for 2 s (rescon-httpd parks a kept-alive connection after a second of quiet) and until its
+//! for 2 s (rescon-httpd parks a kept-alive connection after `timeouts.park` of quiet, 100 ms
+//! by default) and until its
 //! resident set has settled, and reads it again: the difference over N is the figure. The cases:
 //! - `keepalive`: each connection sends one request for the 1 KB file, reads the whole
 //!   response, and stays open;
-//! - `silent`: each connection is opened and never sends a byte.
+//! - `silent`: each connection is opened and never sends a byte;
+//! - `tls-keepalive` (when `openssl` made the run a certificate): as `keepalive`, over TLS
+//!   (a full handshake, HTTP/1.1 by ALPN) on the server's HTTPS port.
 //!
 //! Every server is given a 300 s wait for a request (nginx's `client_header_timeout` and
 //! `keepalive_timeout`, rescon-httpd's `timeouts.header` and `timeouts.keep_alive`, hyper's
@@ -20,10 +23,10 @@
 //! master only starts it).
 //!
 //! What a server frees is not always given back to the system at once: mimalloc (rescon-httpd's
-//! allocator) purges freed pages lazily, on the thread's later allocations, so a server that
-//! went idle right after its connections parked still holds what they used while busy. To see
-//! the parked connections' own footprint, run with `MIMALLOC_PURGE_DELAY=0` in the environment
-//! (the servers inherit it).
+//! allocator) purges freed pages after a delay, on the thread's later allocations, so a server
+//! that went idle right after its connections parked would still hold what they used while
+//! busy. rescon-httpd sets that delay to zero itself (`rescon_httpd::alloc`), unless
+//! `MIMALLOC_PURGE_DELAY` is in the environment (the servers inherit it).
 //!
 //! The container figure is measured in this process: the resident growth of making
 //! `--containers` children of one container, kept by their handles, over their number (the
@@ -64,6 +67,7 @@ pub struct Args {
 enum Case {
     KeepAlive,
     Silent,
+    TlsKeepAlive,
 }
 
 impl Case {
@@ -71,9 +75,35 @@ impl Case {
         match self {
             Case::KeepAlive => "keepalive",
             Case::Silent => "silent",
+            Case::TlsKeepAlive => "tls-keepalive",
         }
     }
 }
+
+/// A client connection of the run.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &mut **t,
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Descriptors the run keeps for itself beyond the connections (and each server beyond its
 /// connections: listeners, epoll, logs, the admin socket).
@@ -134,12 +164,28 @@ pub fn run(args: Args) -> Result<()> {
         kinds.retain(|k| args.only.iter().any(|o| o == k.key()));
     }
 
+    let mut cases = vec![Case::KeepAlive, Case::Silent];
+    if site.tls {
+        cases.push(Case::TlsKeepAlive);
+    } else {
+        eprintln!(
+            "no certificate for the run (openssl failed?): the tls-keepalive case is left out"
+        );
+    }
     let mut rows = Vec::new();
     for &kind in &kinds {
-        for case in [Case::KeepAlive, Case::Silent] {
+        for &case in &cases {
             eprintln!("{}, {}: opening {n} connections", kind.name(), case.key());
-            let m = measure(kind, case, &site, n, server_cpu)
-                .with_context(|| format!("{}, {} connections", kind.name(), case.key()))?;
+            let Some(m) = measure(kind, case, &site, n, server_cpu)
+                .with_context(|| format!("{}, {} connections", kind.name(), case.key()))?
+            else {
+                eprintln!(
+                    "{} serves no TLS in this run: no {} row",
+                    kind.name(),
+                    case.key()
+                );
+                continue;
+            };
             eprintln!(
                 "{}, {}: {} connections held, {:.0} bytes each",
                 kind.name(),
@@ -168,7 +214,10 @@ pub fn run(args: Args) -> Result<()> {
         "Resident bytes per idle connection, {n} connections per server and case (one worker each{}):\n",
         server_cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
     );
-    println!("{:<30} {:>12} {:>12}", "server", "keepalive", "silent");
+    println!(
+        "{:<30} {:>12} {:>12} {:>14}",
+        "server", "keepalive", "silent", "tls-keepalive"
+    );
     for &kind in &kinds {
         let get = |case| {
             rows.iter()
@@ -178,10 +227,11 @@ pub fn run(args: Args) -> Result<()> {
                 })
         };
         println!(
-            "{:<30} {:>12} {:>12}",
+            "{:<30} {:>12} {:>12} {:>14}",
             kind.name(),
             get(Case::KeepAlive),
-            get(Case::Silent)
+            get(Case::Silent),
+            get(Case::TlsKeepAlive)
         );
     }
     println!(
@@ -226,21 +276,50 @@ struct Measured {
     bytes_per_conn: f64,
 }
 
+/// `None`: the case is over TLS and the server has no HTTPS port in this run.
 fn measure(
     kind: Kind,
     case: Case,
     site: &Site,
     n: usize,
     server_cpu: Option<usize>,
-) -> Result<Measured> {
+) -> Result<Option<Measured>> {
     let server = servers::start(kind, site, server_cpu)?;
     let pid = measured_pid(kind, server.pid)?;
+    let tls = match (case, server.tls) {
+        (Case::TlsKeepAlive, None) => return Ok(None),
+        (Case::TlsKeepAlive, Some(addr)) => Some((
+            addr,
+            rescon_bench::tlsload::client_config(&["http/1.1"], false),
+        )),
+        _ => None,
+    };
+    let open = |addr: SocketAddr| -> Result<Conn> {
+        let s = connect(addr)?;
+        match &tls {
+            None => Ok(Conn::Plain(s)),
+            Some((_, config)) => {
+                let c = rustls::ClientConnection::new(
+                    config.clone(),
+                    rustls::pki_types::ServerName::try_from("localhost")?,
+                )?;
+                let mut t = rustls::StreamOwned::new(c, s);
+                while t.conn.is_handshaking() {
+                    t.conn
+                        .complete_io(&mut t.sock)
+                        .context("the TLS handshake")?;
+                }
+                Ok(Conn::Tls(Box::new(t)))
+            }
+        }
+    };
+    let addr = tls.as_ref().map_or(server.addr, |(a, _)| *a);
     // Warm up: what a server makes once (caches, pools, the runtime's first allocations)
     // is not the connections' cost.
     for _ in 0..16 {
-        let mut s = connect(server.addr)?;
+        let mut s = open(addr)?;
         for _ in 0..8 {
-            request(&mut s)?;
+            request(s.io())?;
         }
         close(s);
     }
@@ -250,9 +329,9 @@ fn measure(
 
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let opened = connect(server.addr).and_then(|mut s| {
-            if case == Case::KeepAlive {
-                request(&mut s)?;
+        let opened = open(addr).and_then(|mut s| {
+            if case != Case::Silent {
+                request(s.io())?;
             }
             Ok(s)
         });
@@ -286,22 +365,22 @@ fn measure(
         bail!("the server holds none of the connections");
     }
     // Idle means idle for a while: rescon-httpd parks a kept-alive connection after
-    // `timeouts.park` (1 s) of quiet, so the last ones answered are given that and more.
+    // `timeouts.park` (100 ms by default) of quiet, so the last ones answered are given more.
     std::thread::sleep(PARK_WAIT);
     let rss1 = settled_rss(pid)?;
 
     // The connections still work: one in a hundred asks for the file.
     let step = (conns.len() / 100).max(1);
     for (i, s) in conns.iter_mut().enumerate().step_by(step) {
-        request(s).with_context(|| format!("connection {i}, after the measurement"))?;
+        request(s.io()).with_context(|| format!("connection {i}, after the measurement"))?;
     }
     for s in conns {
         close(s);
     }
-    Ok(Measured {
+    Ok(Some(Measured {
         held,
         bytes_per_conn: (rss1 as f64 - rss0 as f64) / held as f64,
-    })
+    }))
 }
 
 /// The process whose memory holds the connections: nginx's worker, else the server itself.
@@ -334,16 +413,17 @@ fn connect(addr: SocketAddr) -> Result<TcpStream> {
 }
 
 /// Closes with a reset (`SO_LINGER` 0): no TIME_WAIT left to use up loopback's ports.
-fn close(s: TcpStream) {
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+fn close(s: Conn) {
+    let _ = socket2::SockRef::from(s.tcp()).set_linger(Some(Duration::ZERO));
 }
 
 /// One request for the 1 KB file on `s`, its whole response read.
-fn request(s: &mut TcpStream) -> Result<()> {
+fn request(s: &mut dyn ReadWrite) -> Result<()> {
     write!(
         s,
         "GET {FILE_1K} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: rescon-bench\r\n\r\n"
     )?;
+    s.flush()?;
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     loop {

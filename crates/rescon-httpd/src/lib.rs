@@ -20,11 +20,14 @@
 //! - [`service`]: running as a service: sd_notify, socket activation, the switch to
 //!   `[server] user`, the open-file limit.
 //! - [`logging`]: the `tracing` subscriber the binaries install.
+//! - [`alloc`]: the allocator setting the binaries make, so idle connections' freed memory
+//!   goes back to the system.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod alloc;
 pub mod cgi;
 pub mod config;
 pub mod demo;

@@ -101,6 +101,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     tracing::info!(source = %config.source, "configuration {}", config.source);
+    rescon_httpd::alloc::release_freed_memory_at_once();
     rescon_httpd::server::run(
         config,
         rescon_httpd::server::Options {

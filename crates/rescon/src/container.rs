@@ -45,6 +45,7 @@ use crate::attr::{Attributes, CpuLimit, Share};
 use crate::error::{Error, Resource};
 use crate::id::ContainerId;
 use crate::usage::{Account, Counters, Gauges, Usage};
+use once_cell::race::OnceBox;
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
@@ -209,11 +210,8 @@ struct LimitCache {
 }
 
 impl LimitCache {
-    fn store(&self, a: &Attributes, shared: &Shared) {
+    fn store(&self, a: &Attributes) {
         let l = &a.limits;
-        if l.egress_bytes_per_sec.is_some() {
-            shared.egress_used.store(true, Relaxed);
-        }
         self.conns
             .store(l.max_connections.unwrap_or(NO_LIMIT), Relaxed);
         self.memory.store(l.max_memory.unwrap_or(NO_LIMIT), Relaxed);
@@ -224,25 +222,68 @@ impl LimitCache {
     }
 }
 
+/// A container.
+///
+/// # Size
+///
+/// A server makes one per connection or per request, so what every container carries inline
+/// is what a connection's or a request's container uses: its id, name and parent, the usage
+/// counters every busy container moves, and the scheduler's state. The rest ([`Extra`]: its
+/// children's sums, attributes other than the default, limits, gauges, token buckets) is one
+/// block made when first needed, as are the rarely moved counters ([`Counters`]). A
+/// connection's container, with default attributes and no children, never makes it.
+/// `rescon-bench memory` measures what one costs (673 bytes with everything inline).
 pub(crate) struct Node {
     pub(crate) id: ContainerId,
     name: Box<str>,
     shared: Arc<Shared>,
     /// Changed only under the registry's structure lock (and by the node's own release).
     parent: Mutex<Option<Arc<Node>>>,
-    family: Mutex<Family>,
-    attrs: Mutex<Attributes>,
-    limits: LimitCache,
     pub(crate) counters: Counters,
-    gauges_self: Gauges,
-    gauges_tree: Gauges,
     /// How many schedulers have this container attached; changes are only announced when
     /// some scheduler could care.
     pub(crate) sched_refs: AtomicU32,
     /// What the policies of several workers share about it (`sched::global`).
     pub(crate) global: crate::sched::global::NodeGlobal,
+    /// A pointer (a `OnceLock` would add its state word).
+    extra: OnceBox<Extra>,
+}
+
+/// What a container has only once it is used as more than a leaf with default attributes
+/// (see [`Node`]). Absent, it reads as a default one: no children's sums, default
+/// attributes, no limits, zero gauges.
+struct Extra {
+    family: Mutex<Family>,
+    attrs: Mutex<Attributes>,
+    /// The limits, mirrored so that acquiring a gauge takes no lock.
+    limits: LimitCache,
+    /// The container's own gauges and its subtree's.
+    gauges: NodeGauges,
     /// Token buckets of the CPU and egress limits, allocated when first used.
     buckets: Mutex<Option<Box<Buckets>>>,
+}
+
+impl Default for Extra {
+    fn default() -> Extra {
+        Extra {
+            family: Mutex::default(),
+            attrs: Mutex::default(),
+            limits: LimitCache {
+                conns: AtomicU64::new(NO_LIMIT),
+                memory: AtomicU64::new(NO_LIMIT),
+                procs: AtomicU64::new(NO_LIMIT),
+                egress: AtomicU64::new(NO_LIMIT),
+            },
+            gauges: NodeGauges::default(),
+            buckets: Mutex::new(None),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NodeGauges {
+    own: Gauges,
+    tree: Gauges,
 }
 
 #[derive(Debug, Default)]
@@ -269,7 +310,40 @@ impl fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn attrs(&self) -> Attributes {
-        *lock(&self.attrs)
+        self.extra
+            .get()
+            .map_or_else(Attributes::default, |x| *lock(&x.attrs))
+    }
+
+    /// The block of what most containers never use, made now if it is not yet.
+    fn extra(&self) -> &Extra {
+        self.extra.get_or_init(Box::default)
+    }
+
+    /// Sets the attributes, with `attrs` the locked ones of [`Extra`].
+    fn set_attrs_locked(&self, attrs: &mut Attributes, new: Attributes) {
+        *attrs = new;
+        if new.limits.egress_bytes_per_sec.is_some() {
+            self.shared.egress_used.store(true, Relaxed);
+        }
+        self.extra().limits.store(&new);
+    }
+
+    fn egress_limit(&self) -> u64 {
+        self.extra
+            .get()
+            .map_or(NO_LIMIT, |x| x.limits.egress.load(Relaxed))
+    }
+
+    fn gauges(&self) -> &NodeGauges {
+        &self.extra().gauges
+    }
+
+    /// A subtree gauge's value (zero while the gauges are not made).
+    fn tree_gauge(&self, f: impl Fn(&Gauges) -> &AtomicU64) -> u64 {
+        self.extra
+            .get()
+            .map_or(0, |x| f(&x.gauges.tree).load(Acquire))
     }
 
     pub(crate) fn parent(&self) -> Option<Arc<Node>> {
@@ -314,7 +388,7 @@ impl Node {
         let budget = limit.budget_ns() as i64;
         let cap = budget + limit.burst().as_nanos() as i64;
         let idx = now / period_ns;
-        let mut guard = lock(&self.buckets);
+        let mut guard = lock(&self.extra().buckets);
         let b = &mut guard.get_or_insert_with(Default::default).cap;
         if !b.started {
             *b = Bucket {
@@ -334,18 +408,22 @@ impl Node {
 
     /// Returns unused budget (or, when negative, a debt run up beyond a lease).
     pub(crate) fn cap_give_back(&self, tokens: i64) {
-        let mut guard = lock(&self.buckets);
-        let b = &mut guard.get_or_insert_with(Default::default).cap;
-        if b.started {
-            b.tokens = b.tokens.saturating_add(tokens);
+        // A bucket not yet leased from has nothing to give back to.
+        let Some(x) = self.extra.get() else {
+            return;
+        };
+        if let Some(b) = lock(&x.buckets).as_mut()
+            && b.cap.started
+        {
+            b.cap.tokens = b.cap.tokens.saturating_add(tokens);
         }
     }
 
     fn gauge(&self, tree: bool, which: Resource) -> &AtomicU64 {
         let g = if tree {
-            &self.gauges_tree
+            &self.gauges().tree
         } else {
-            &self.gauges_self
+            &self.gauges().own
         };
         match which {
             Resource::Connections => &g.open_conns,
@@ -355,10 +433,14 @@ impl Node {
     }
 
     fn limit(&self, which: Resource) -> u64 {
+        let Some(x) = self.extra.get() else {
+            return NO_LIMIT;
+        };
+        let l = &x.limits;
         match which {
-            Resource::Connections => self.limits.conns.load(Relaxed),
-            Resource::Memory => self.limits.memory.load(Relaxed),
-            Resource::Processes => self.limits.procs.load(Relaxed),
+            Resource::Connections => l.conns.load(Relaxed),
+            Resource::Memory => l.memory.load(Relaxed),
+            Resource::Processes => l.procs.load(Relaxed),
         }
     }
 
@@ -400,15 +482,13 @@ impl Node {
 
     /// Adds a signed delta to the kernel-memory gauge of this node and its ancestors.
     fn adjust_kernel_memory(&self, delta: u64) {
-        self.gauges_self
-            .kernel_memory_bytes
-            .fetch_add(delta, Relaxed);
-        self.gauges_tree
-            .kernel_memory_bytes
-            .fetch_add(delta, Relaxed);
+        let g = self.gauges();
+        g.own.kernel_memory_bytes.fetch_add(delta, Relaxed);
+        g.tree.kernel_memory_bytes.fetch_add(delta, Relaxed);
         let mut cur = self.parent();
         while let Some(node) = cur {
-            node.gauges_tree
+            node.gauges()
+                .tree
                 .kernel_memory_bytes
                 .fetch_add(delta, Relaxed);
             cur = node.parent();
@@ -418,21 +498,27 @@ impl Node {
     fn usage_self(&self) -> Usage {
         let mut u = Usage::default();
         self.counters.snapshot_into(&mut u);
-        self.gauges_self.snapshot_into(&mut u);
+        if let Some(x) = self.extra.get() {
+            x.gauges.own.snapshot_into(&mut u);
+        }
         u
     }
 
     /// This node's counters and what its released children left, plus its subtree gauges.
     fn usage_own_and_released(&self) -> Usage {
         let mut u = Usage::default();
-        {
-            let fam = lock(&self.family);
-            self.counters.snapshot_into(&mut u);
-            if let Some(r) = &fam.released {
-                u += **r;
+        match self.extra.get() {
+            None => self.counters.snapshot_into(&mut u),
+            Some(x) => {
+                let fam = lock(&x.family);
+                self.counters.snapshot_into(&mut u);
+                if let Some(r) = &fam.released {
+                    u += **r;
+                }
+                drop(fam);
+                x.gauges.tree.snapshot_into(&mut u);
             }
         }
-        self.gauges_tree.snapshot_into(&mut u);
         u
     }
 }
@@ -459,16 +545,13 @@ impl Drop for Node {
     fn drop(&mut self) {
         let mut total = Usage::default();
         self.counters.snapshot_into(&mut total);
-        let family = self.family.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = &family.released {
-            total += **r;
+        let mut fixed = 0;
+        if let Some(x) = self.extra.get() {
+            if let Some(r) = &lock(&x.family).released {
+                total += **r;
+            }
+            fixed = fixed_ppb(lock(&x.attrs).share);
         }
-        let fixed = fixed_ppb(
-            self.attrs
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .share,
-        );
         let parent = self
             .parent
             .get_mut()
@@ -477,7 +560,7 @@ impl Drop for Node {
         match parent {
             Some(parent) => {
                 if fixed > 0 || total != Usage::default() {
-                    let mut fam = lock(&parent.family);
+                    let mut fam = lock(&parent.extra().family);
                     fam.fixed_ppb -= fixed;
                     **fam.released.get_or_insert_with(Default::default) += total;
                 }
@@ -622,28 +705,20 @@ fn new_node(
     attrs: Attributes,
     parent: Option<Arc<Node>>,
 ) -> Arc<Node> {
-    let limits = LimitCache {
-        conns: AtomicU64::new(NO_LIMIT),
-        memory: AtomicU64::new(NO_LIMIT),
-        procs: AtomicU64::new(NO_LIMIT),
-        egress: AtomicU64::new(NO_LIMIT),
-    };
-    limits.store(&attrs, shared);
-    Arc::new(Node {
+    let node = Arc::new(Node {
         id: ContainerId::next(),
         name: name.into(),
         shared: shared.clone(),
         parent: Mutex::new(parent),
-        family: Mutex::new(Family::default()),
-        attrs: Mutex::new(attrs),
-        limits,
         counters: Counters::default(),
-        gauges_self: Gauges::default(),
-        gauges_tree: Gauges::default(),
         sched_refs: AtomicU32::new(0),
         global: Default::default(),
-        buckets: Mutex::new(None),
-    })
+        extra: OnceBox::new(),
+    });
+    if attrs != Attributes::default() {
+        node.set_attrs_locked(&mut lock(&node.extra().attrs), attrs);
+    }
+    node
 }
 
 fn register(shared: &Shared, node: &Arc<Node>) {
@@ -753,7 +828,7 @@ impl Container {
         let want = fixed_ppb(attrs.share);
         if want > 0 {
             // Reserve the fixed share; a weighted child changes no sum and takes no lock.
-            let mut fam = lock(&self.node.family);
+            let mut fam = lock(&self.node.extra().family);
             if fam.fixed_ppb + want > ONE_PPB {
                 let sum = (fam.fixed_ppb + want) as f64 / 1e9;
                 return Err(Error::FixedSharesExceed {
@@ -869,10 +944,9 @@ impl Container {
         let node = &target.node;
         // Fast path: the share is unchanged, so the parent's fixed sum is too.
         {
-            let mut attrs = lock(&node.attrs);
+            let mut attrs = lock(&node.extra().attrs);
             if attrs.share == new.share {
-                *attrs = new;
-                node.limits.store(&new, &node.shared);
+                node.set_attrs_locked(&mut attrs, new);
                 drop(attrs);
                 node.notify();
                 return Ok(());
@@ -882,9 +956,9 @@ impl Container {
         // the parent's family lock (taken before the attribute lock, as everywhere), so two
         // siblings raised at once cannot together exceed 1.
         let parent = node.parent();
-        let mut ch = parent.as_ref().map(|p| lock(&p.family));
+        let mut ch = parent.as_ref().map(|p| lock(&p.extra().family));
         {
-            let mut attrs = lock(&node.attrs);
+            let mut attrs = lock(&node.extra().attrs);
             let (old_ppb, new_ppb) = (fixed_ppb(attrs.share), fixed_ppb(new.share));
             if let Some(ch) = ch.as_mut() {
                 let sum = ch.fixed_ppb - old_ppb + new_ppb;
@@ -896,8 +970,7 @@ impl Container {
                 }
                 ch.fixed_ppb = sum;
             }
-            *attrs = new;
-            node.limits.store(&new, &node.shared);
+            node.set_attrs_locked(&mut attrs, new);
         }
         drop(ch);
         node.notify();
@@ -964,7 +1037,7 @@ impl Container {
         // Move the fixed share: reserve it under the new parent first, the only step that can
         // fail, then give it back to the old.
         if let Some(np) = new_parent {
-            let mut fam = lock(&np.node.family);
+            let mut fam = lock(&np.node.extra().family);
             if fam.fixed_ppb + fixed > ONE_PPB {
                 return Err(Error::FixedSharesExceed {
                     parent: np.id(),
@@ -974,30 +1047,21 @@ impl Container {
             fam.fixed_ppb += fixed;
         }
         if let Some(op) = &old {
-            lock(&op.family).fixed_ppb -= fixed;
+            lock(&op.extra().family).fixed_ppb -= fixed;
         }
         // Move the subtree's gauges from the old chain to the new one.
         let moved: [(Resource, u64); 3] = [
-            (
-                Resource::Connections,
-                node.gauges_tree.open_conns.load(Acquire),
-            ),
-            (
-                Resource::Memory,
-                node.gauges_tree.memory_bytes.load(Acquire),
-            ),
-            (
-                Resource::Processes,
-                node.gauges_tree.processes.load(Acquire),
-            ),
+            (Resource::Connections, node.tree_gauge(|g| &g.open_conns)),
+            (Resource::Memory, node.tree_gauge(|g| &g.memory_bytes)),
+            (Resource::Processes, node.tree_gauge(|g| &g.processes)),
         ];
-        let kmem = node.gauges_tree.kernel_memory_bytes.load(Acquire);
+        let kmem = node.tree_gauge(|g| &g.kernel_memory_bytes);
         let mut cur = old.clone();
         while let Some(n) = cur {
             for (r, v) in moved {
                 n.gauge(true, r).fetch_sub(v, AcqRel);
             }
-            n.gauges_tree.kernel_memory_bytes.fetch_sub(kmem, AcqRel);
+            n.gauges().tree.kernel_memory_bytes.fetch_sub(kmem, AcqRel);
             cur = n.parent();
         }
         let mut cur = new_parent.map(|p| p.node.clone());
@@ -1005,7 +1069,7 @@ impl Container {
             for (r, v) in moved {
                 n.gauge(true, r).fetch_add(v, AcqRel);
             }
-            n.gauges_tree.kernel_memory_bytes.fetch_add(kmem, AcqRel);
+            n.gauges().tree.kernel_memory_bytes.fetch_add(kmem, AcqRel);
             cur = n.parent();
         }
         let previous =
@@ -1061,7 +1125,8 @@ impl Container {
     /// Sets the memory the kernel reports for this container (`memory.current`), keeping its
     /// ancestors' subtree totals in step.
     pub fn set_kernel_memory(&self, bytes: u64) {
-        let old = self.node.gauges_self.kernel_memory_bytes.load(Relaxed);
+        let old =
+            (self.node.extra.get()).map_or(0, |x| x.gauges.own.kernel_memory_bytes.load(Relaxed));
         self.node.adjust_kernel_memory(bytes.wrapping_sub(old));
     }
 
@@ -1089,7 +1154,7 @@ impl Container {
         let mut min = None;
         let mut cur = Some(self.node.clone());
         while let Some(n) = cur {
-            let r = n.limits.egress.load(Relaxed);
+            let r = n.egress_limit();
             if r != NO_LIMIT {
                 min = Some(min.map_or(r, |m: u64| m.min(r)));
             }
@@ -1107,11 +1172,11 @@ impl Container {
         let mut cur = Some(self.node.clone());
         while let Some(n) = cur {
             cur = n.parent();
-            let rate = n.limits.egress.load(Relaxed);
+            let rate = n.egress_limit();
             if rate == NO_LIMIT {
                 continue;
             }
-            if let Some(b) = lock(&n.buckets).as_mut() {
+            if let Some(b) = lock(&n.extra().buckets).as_mut() {
                 let cap = (rate as f64 / 10.0).max(16384.0);
                 b.egress.tokens = (b.egress.tokens + bytes as f64).min(cap);
             }
@@ -1127,14 +1192,14 @@ impl Container {
         let mut cur = Some(self.node.clone());
         while let Some(n) = cur {
             cur = n.parent();
-            if n.limits.egress.load(Relaxed) != NO_LIMIT {
+            if n.egress_limit() != NO_LIMIT {
                 chain.push(n);
             }
         }
         let mut grant = want;
         for n in &chain {
-            let rate = n.limits.egress.load(Relaxed) as f64;
-            let mut guard = lock(&n.buckets);
+            let rate = n.egress_limit() as f64;
+            let mut guard = lock(&n.extra().buckets);
             let b = &mut guard.get_or_insert_with(Default::default).egress;
             let cap = (rate / 10.0).max(16384.0);
             if !b.started {
@@ -1148,7 +1213,7 @@ impl Container {
             grant = grant.min(b.tokens.max(0.0) as u64);
         }
         for n in &chain {
-            if let Some(b) = lock(&n.buckets).as_mut() {
+            if let Some(b) = lock(&n.extra().buckets).as_mut() {
                 b.egress.tokens -= grant as f64;
             }
         }

@@ -6,6 +6,7 @@
 //! into its parent's *released* total, so the subtree total of every ancestor is unchanged by a
 //! release and no charged resource is lost from the accounting.
 
+use once_cell::race::OnceBox;
 use std::ops::{Add, AddAssign};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -53,22 +54,6 @@ macro_rules! usage_struct {
             fn add_assign(&mut self, o: Usage) {
                 $(self.$counter = self.$counter.wrapping_add(o.$counter);)*
                 $(self.$gauge = self.$gauge.wrapping_add(o.$gauge);)*
-            }
-        }
-
-        /// The counters of one container, updated in place.
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters {
-            $($counter: AtomicU64,)*
-        }
-
-        impl Counters {
-            pub(crate) fn snapshot_into(&self, u: &mut Usage) {
-                $(u.$counter = u.$counter.wrapping_add(self.$counter.load(Relaxed));)*
-            }
-
-            pub(crate) fn add(&self, u: &Usage) {
-                $(if u.$counter != 0 { self.$counter.fetch_add(u.$counter, Relaxed); })*
             }
         }
 
@@ -133,6 +118,75 @@ usage_struct! {
     processes,
 }
 
+/// Defines a container's [`Counters`]: the counters every busy container moves (`hot`) are
+/// inline in it; the others (`cold`: kernel, TLS, HTTP/2, process and refusal counts) are in
+/// a block of their own, allocated the first time one of them is charged. A container per
+/// connection or per request moves only the hot ones, and a container is mostly its counters:
+/// 17 inline counters were 136 of its bytes, the hot ones and the pointer are 64.
+macro_rules! counters {
+    (hot: $($hot:ident),* ; cold: $($cold:ident),* $(,)?) => {
+        /// The counters of one container, updated in place (see [`counters!`]).
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $($hot: AtomicU64,)*
+            /// A pointer (a `OnceLock` would add its state word).
+            cold: OnceBox<ColdCounters>,
+        }
+
+        /// The counters a container rarely moves, allocated when first charged.
+        #[derive(Debug, Default)]
+        struct ColdCounters {
+            $($cold: AtomicU64,)*
+        }
+
+        impl Counters {
+            $(
+            #[inline]
+            pub(crate) fn $hot(&self) -> &AtomicU64 {
+                &self.$hot
+            }
+            )*
+            $(
+            pub(crate) fn $cold(&self) -> &AtomicU64 {
+                &self.cold.get_or_init(Box::default).$cold
+            }
+            )*
+
+            pub(crate) fn snapshot_into(&self, u: &mut Usage) {
+                $(u.$hot = u.$hot.wrapping_add(self.$hot.load(Relaxed));)*
+                if let Some(c) = self.cold.get() {
+                    $(u.$cold = u.$cold.wrapping_add(c.$cold.load(Relaxed));)*
+                }
+            }
+
+            pub(crate) fn add(&self, u: &Usage) {
+                $(if u.$hot != 0 { self.$hot.fetch_add(u.$hot, Relaxed); })*
+                $(if u.$cold != 0 { self.$cold().fetch_add(u.$cold, Relaxed); })*
+            }
+        }
+
+        /// Every counter of [`Usage`] is one of `Counters`' (a counter left out of the lists
+        /// above would fail to compile here: the pattern must name every field).
+        #[allow(dead_code)]
+        fn every_counter_is_kept(u: Usage) {
+            let Usage {
+                $($hot: _,)*
+                $($cold: _,)*
+                open_conns: _,
+                memory_bytes: _,
+                kernel_memory_bytes: _,
+                processes: _,
+            } = u;
+        }
+    };
+}
+
+counters! {
+    hot: cpu_ns, polls, wait_ns, bytes_in, bytes_out, requests;
+    cold: kernel_cpu_ns, kernel_net_ns, conns_accepted, conns_refused, throttled_ns,
+        procs_spawned, tls_handshakes, tls_failed, h2_streams, h2_resets, stderr_bytes,
+}
+
 impl Add for Usage {
     type Output = Usage;
     fn add(mut self, o: Usage) -> Usage {
@@ -162,7 +216,7 @@ macro_rules! adders {
         impl Account<'_> {
             $($(#[$doc])* #[inline]
             pub fn $name(&self, n: u64) {
-                self.counters.$field.fetch_add(n, Relaxed);
+                self.counters.$field().fetch_add(n, Relaxed);
             })*
         }
     };

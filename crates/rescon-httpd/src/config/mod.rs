@@ -213,7 +213,9 @@ pub struct Timeouts {
     /// A kept-alive connection quiet this long after a response parks: its buffers, protocol
     /// state and container are let go until it becomes readable (zero: at once). Waking costs
     /// a new hyper connection and container, too much to pay between the requests of a busy
-    /// client; a connection that has not been answered yet parks at once whatever this is.
+    /// client (100 ms by default: far more than such a client's gaps, short enough that a
+    /// burst of clients going idle is not held at its busy footprint); a connection that has
+    /// not been answered yet parks at once whatever this is.
     pub park: Duration,
     /// A response the client does not take: the connection is closed when a write has
     /// waited this long for room (nginx's `send_timeout`).
@@ -239,7 +241,7 @@ impl Default for Timeouts {
             header: Duration::from_secs(10),
             body: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
-            park: Duration::from_secs(1),
+            park: Duration::from_millis(100),
             send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
             handshake: Duration::from_secs(10),

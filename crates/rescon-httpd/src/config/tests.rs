@@ -546,7 +546,7 @@ fn edge_interfaces_parse_and_are_checked() {
 #[test]
 fn park_is_a_duration_that_may_be_zero() {
     let c = Config::parse("t.toml", "").unwrap();
-    assert_eq!(c.timeouts.park, Duration::from_secs(1));
+    assert_eq!(c.timeouts.park, Duration::from_millis(100));
     let c = Config::parse("t.toml", "[timeouts]\npark = \"250ms\"\n").unwrap();
     assert_eq!(c.timeouts.park, Duration::from_millis(250));
     let c = Config::parse("t.toml", "[timeouts]\npark = \"0s\"\n").unwrap();

@@ -12,7 +12,7 @@
 //! or where placement moved it); each request goes to
 //! [`request::serve`](super::request::serve).
 //!
-//! Once a response is done and the connection has stayed quiet for `timeouts.park` (1 s by
+//! Once a response is done and the connection has stayed quiet for `timeouts.park` (100 ms by
 //! default; nothing read since, no request under way, nothing left to send), it *parks*: hyper is stopped
 //! between requests (`graceful_shutdown` closes an idle HTTP/1 connection at once, and
 //! `without_shutdown` gives back the socket and any bytes hyper read but did not parse), its
@@ -23,17 +23,24 @@
 //! container again where it was and starts a new hyper; bytes the last hyper had read and not
 //! parsed (a pipelined request's beginning) go to the new one first, so nothing the client sent
 //! is lost or read twice. A connection that has not sent its first byte starts parked. A
-//! wake-up that finds nothing to read (a new socket is taken as readable until a read says
-//! otherwise, and an event may be one a read already consumed) parks again at once: that hyper
-//! has read nothing and begun nothing, so it is dropped as it is.
+//! parked connection wakes by reading, into a buffer on the stack ([`Parked::poll_wait`]):
+//! what it reads is the new hyper's first input, and a wake-up that finds nothing to read (a
+//! new socket is taken as readable until a read says otherwise, and an event may be one a
+//! read already consumed) stays parked without making anything. That read's bytes are charged
+//! to the container the connection is parked in (its class's), the later ones to its own.
 //!
 //! Why not park at once after every response, as nginx frees its buffers: waking costs a new
 //! hyper connection (its buffers are allocated again) and a new container, and a client that
 //! sends its next request as soon as it has the response would pay that on every request
-//! (`rescon-bench paper --quick --only 1`, keep-alive: about 30% fewer requests per second
-//! with `park = "0s"`). A second of quiet costs a busy client nothing and an idle one a
-//! second of its old footprint. A connection that has not been answered yet has no such
-//! client to wait for: it parks at once, whatever `timeouts.park` says.
+//! (50 keep-alive clients on one worker: about 22% fewer requests per second with
+//! `park = "0s"`; perf shows the difference in building and moving hyper's state, the
+//! container's making, binding and release, and the allocator). 100 ms of quiet costs a busy
+//! client nothing (its gaps are a round trip), and bounds what a burst of clients that then
+//! go idle holds at once: with 1 s, every connection of a burst of 8,000 was busy at the same
+//! time, and the worker's and allocator's structures kept that high-water mark (`rescon-bench
+//! memory`, keep-alive: 2,426 bytes per idle connection against 1,163 for never-sent ones).
+//! A connection that has not been answered yet has no such client to wait for: it parks at
+//! once, whatever `timeouts.park` says.
 //!
 //! What parking keeps exact: the timeouts (a parked connection waits until the deadline it had:
 //! `keep_alive` after the response's end, or for a first request `header` after the
@@ -215,15 +222,15 @@ impl<S: Stream> Future for ServeConn<S> {
         loop {
             match phase {
                 Phase::Parked(p) => {
-                    match p.poll_wait(cx) {
+                    let first = match p.poll_wait(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(true) => {}
-                        Poll::Ready(false) => break,
-                    }
+                        Poll::Ready(Some(first)) => first,
+                        Poll::Ready(None) => break,
+                    };
                     let Phase::Parked(p) = std::mem::replace(phase, Phase::Done) else {
                         unreachable!("parked just now")
                     };
-                    *phase = Phase::Busy(Box::pin(busy(p)));
+                    *phase = Phase::Busy(Box::pin(busy(p, first)));
                 }
                 Phase::Busy(b) => match b.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -238,23 +245,52 @@ impl<S: Stream> Future for ServeConn<S> {
     }
 }
 
+/// How much a parked connection reads when it wakes, into a buffer on the stack: most
+/// requests' heads fit.
+const WAKE_READ: usize = 1024;
+
 impl<S: Stream> Parked<S> {
-    /// Ready when the socket is readable (true), or its deadline has passed or a graceful
-    /// stop has begun (false: the connection closes).
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// Ready with the first bytes that came (`Some`), or `None` when the connection closes:
+    /// the client closed it or it failed, its deadline has passed, or a graceful stop has
+    /// begun.
+    ///
+    /// The bytes are read here, into a buffer on the stack, and handed to the busy
+    /// connection: a wake-up that finds nothing to read (a new socket is taken as readable
+    /// until a read says otherwise; an event may be one a read already consumed) costs one
+    /// read and stays parked, instead of making a container and a hyper connection to find
+    /// out. A never-sent connection so never leaves its parked record. (An HTTP/2 connection,
+    /// which parks only before its first byte, wakes on readiness alone.)
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.stop.stopping(cx) {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
-        if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
-            return Poll::Ready(r.is_ok());
+        while let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+            if r.is_err() {
+                return Poll::Ready(None);
+            }
+            if self.proto == Proto::Http2 {
+                // Its bytes go through the frame meter (`H2Guard`), which reads them itself.
+                return Poll::Ready(Some(Bytes::new()));
+            }
+            let mut buf = [0u8; WAKE_READ];
+            let mut rb = hyper::rt::ReadBuf::new(&mut buf);
+            match Pin::new(&mut self.stream).poll_read_count(cx, rb.unfilled()) {
+                // The client closed (its close while parked), or the socket failed.
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {
+                    return Poll::Ready(Some(Bytes::copy_from_slice(rb.filled())));
+                }
+                // Nothing after all: the read cleared the readiness; wait again.
+                Poll::Pending => {}
+            }
         }
-        self.timer.poll_until(cx, self.deadline).map(|()| false)
+        self.timer.poll_until(cx, self.deadline).map(|()| None)
     }
 }
 
-/// Serves the connection from when it became readable until it ends (`None`) or is quiet
-/// again (the record to park).
-async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
+/// Serves the connection from when it woke with `first` (the bytes it read) until it ends
+/// (`None`) or is quiet again (the record to park).
+async fn busy<S: Stream>(p: Parked<S>, first_bytes: Bytes) -> Option<Parked<S>> {
     let Parked {
         mut stream,
         shared,
@@ -333,7 +369,7 @@ async fn busy<S: Stream>(p: Parked<S>) -> Option<Parked<S>> {
         .await;
         return None;
     }
-    let mut prefix = Bytes::new();
+    let mut prefix = first_bytes;
     loop {
         let state = Arc::new(ConnState::new());
         let io = IdleClose::new(stream, state.clone(), &t, prefix, head, timer);
