@@ -29,6 +29,9 @@ pub struct TopRow {
     pub self_pct: f64,
     /// Kernel-reported CPU of its subtree, in percent of one CPU.
     pub kernel_pct: f64,
+    /// The kernel's network CPU charged to its subtree (softirq receive of its packets, by
+    /// eBPF accounting), in percent of one CPU.
+    pub net_pct: f64,
     /// Requests per second in its subtree.
     pub req_per_s: f64,
     /// Open connections in its subtree.
@@ -44,6 +47,7 @@ struct Counters {
     cpu: u64,
     own: u64,
     kernel: u64,
+    net: u64,
     requests: u64,
 }
 
@@ -70,6 +74,7 @@ impl Top {
                 cpu: v.usage_subtree.cpu_ns,
                 own: v.usage.cpu_ns,
                 kernel: v.usage_subtree.kernel_cpu_ns,
+                net: v.usage_subtree.kernel_net_ns,
                 requests: v.usage_subtree.requests,
             };
             let before = self.prev.as_ref().and_then(|(_, m)| m.get(&v.id)).copied();
@@ -84,6 +89,7 @@ impl Top {
                 cpu_pct: rate(|c| c.cpu, 1e-7),
                 self_pct: rate(|c| c.own, 1e-7),
                 kernel_pct: rate(|c| c.kernel, 1e-7),
+                net_pct: rate(|c| c.net, 1e-7),
                 req_per_s: rate(|c| c.requests, 1.0),
                 open_conns: v.usage_subtree.open_conns,
                 cpu_total_ns: c.cpu,
@@ -123,6 +129,7 @@ pub fn draw(frame: &mut Frame, top: &Top, title: &str, status: Option<&str>) {
         "CPU%",
         "SELF%",
         "KCPU%",
+        "NET%",
         "REQ/s",
         "CONNS",
         "CPU TIME",
@@ -137,6 +144,7 @@ pub fn draw(frame: &mut Frame, top: &Top, title: &str, status: Option<&str>) {
             format!("{:.1}", r.cpu_pct),
             format!("{:.1}", r.self_pct),
             format!("{:.1}", r.kernel_pct),
+            format!("{:.1}", r.net_pct),
             format!("{:.1}", r.req_per_s),
             r.open_conns.to_string(),
             fmt_secs(r.cpu_total_ns),
@@ -146,6 +154,7 @@ pub fn draw(frame: &mut Frame, top: &Top, title: &str, status: Option<&str>) {
     let widths = [
         Constraint::Length(6),
         Constraint::Length(18),
+        Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(6),
@@ -220,6 +229,7 @@ mod tests {
         b.account().add_cpu_ns(1_000_000_000);
         b.account().add_requests(10);
         a.account().add_cpu_ns(200_000_000);
+        a.charge_kernel_net(100_000_000);
         top.update(&snap(), Duration::from_secs(12));
         let names: Vec<&str> = top.rows().iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["root", "b", "a"]);
@@ -232,6 +242,13 @@ mod tests {
             "the root's subtree"
         );
         assert!((top.rows()[0].self_pct).abs() < 1e-9);
+        let a_row = &top.rows()[2];
+        assert!((a_row.net_pct - 5.0).abs() < 1e-9, "{a_row:?}");
+        assert!(
+            (top.rows()[0].net_pct - 5.0).abs() < 1e-9,
+            "the root's subtree"
+        );
+        assert_eq!(b_row.net_pct, 0.0);
         // A container that appears later starts at zero.
         let c = r.root().create_child("c", Attributes::default()).unwrap();
         c.account().add_cpu_ns(9_000_000_000);
@@ -256,7 +273,7 @@ mod tests {
             &ContainerView::from_snapshot(&r.root().snapshot(), None),
             Duration::from_secs(1),
         );
-        let mut term = Terminal::new(TestBackend::new(100, 6)).unwrap();
+        let mut term = Terminal::new(TestBackend::new(110, 6)).unwrap();
         term.draw(|f| draw(f, &top, "rctl top | /run/x.sock", Some("stale")))
             .unwrap();
         let buf = term.backend().buffer();
@@ -271,6 +288,7 @@ mod tests {
             line(0)
         );
         assert!(line(1).starts_with("ID     NAME"), "{:?}", line(1));
+        assert!(line(1).contains("KCPU%  NET%"), "{:?}", line(1));
         // Busiest first: the root's subtree and cgi both used 25%; the root sorts first by id.
         assert!(
             line(2).contains("root") && line(2).contains("25.0"),

@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use rescon::{Attributes, Registry};
 use rescon_bench::httpload::pin_to;
 use rescon_bench::testbed::{self, SERVER_ATT, SERVER_ATT_IFACE, SERVER_CLI, Testbed};
-use rescon_linux::netacct::ledger::{Interval, Ledger};
+use rescon_linux::netacct::ledger::{Interval, Ledger, credit_back};
 use rescon_linux::netacct::{NetAccounting, Options, ProgramStats, RunStats};
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -66,6 +66,14 @@ pub struct Args {
     /// default): a capped class whose reads wait closes its window sooner with a small one.
     #[arg(long, default_value_t = 65536)]
     rcvbuf: usize,
+    /// In the isolation runs, the attacker's class's CPU limit, in percent of one CPU.
+    #[arg(long, default_value_t = 20)]
+    attacker_cap: u32,
+    /// In the isolation runs, the receive window of the capped class's connections, in bytes
+    /// (0: the kernel's): when the cap holds its reads back, its senders stop once this
+    /// much is in flight.
+    #[arg(long, default_value_t = 16384)]
+    capped_window: u32,
     /// First port; each run takes the next two.
     #[arg(long, default_value_t = 19000)]
     port: u16,
@@ -515,7 +523,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let setting = Setting { containers, attack };
                 let r = iso_once(&tb, &a, port, setting, &acct, &stop)?;
                 eprintln!(
-                    "[{}/{}] isolation: containers {:<3} attack {:<3}  victim {:>7.0} req/s  attacker {:>8.0} writes/s  net ms/s victim {:.0} attacker {:.0}  attacker throttled {:.0} ms/s",
+                    "[{}/{}] isolation: containers {:<3} attack {:<3}  victim {:>7.0} req/s  attacker {:>8.0} writes/s  net ms/s victim {:.0} attacker {:.0}  attacker polled {:.0} ms/s, throttled {:.0} ms/s",
                     round + 1,
                     a.rounds,
                     if containers { "on" } else { "off" },
@@ -524,6 +532,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r.attacker_writes_per_s,
                     r.victim_net_ms_per_s,
                     r.attacker_net_ms_per_s,
+                    r.attacker_polled_ms_per_s,
                     r.attacker_throttled_ms_per_s,
                 );
                 iso.push(r);
@@ -625,7 +634,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if let (Some(c), Some(n)) = (isolation_containers, isolation_no_containers) {
         println!(
-            "isolation, the victim's req/s under attack / with no attacker: containers (attacker capped at {ATTACKER_CAP}, charged its kernel network CPU) {c:.3}, no containers {n:.3}"
+            "isolation, the victim's req/s under attack / with no attacker: containers (attacker capped at {}%, charged its kernel network CPU) {c:.3}, no containers {n:.3}",
+            a.attacker_cap
         );
     }
     Ok(())
@@ -636,15 +646,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// One isolation run's setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Setting {
-    /// Containers: the attacker's class capped at [`ATTACKER_CAP`] and charged its kernel
+    /// Containers: the attacker's class capped (`--attacker-cap`) and charged its kernel
     /// network CPU; without, one container for both listeners and no accounting.
     containers: bool,
     /// The attacker sends.
     attack: bool,
 }
-
-/// The attacker's class's CPU limit in the isolation runs (the 20%).
-const ATTACKER_CAP: &str = "20%";
 
 /// How often the isolation server charges the kernel network CPU to its containers.
 const CHARGE_EVERY: Duration = Duration::from_millis(10);
@@ -661,6 +668,8 @@ pub(crate) struct IsoRun {
     attacker_net_ms_per_s: f64,
     /// The attacker's class's time throttled by its cap, ms per second.
     attacker_throttled_ms_per_s: f64,
+    /// The CPU of the attacker's polls (its reads), ms per second, after the credit back.
+    attacker_polled_ms_per_s: f64,
 }
 
 /// The isolation runs' server: rescon-rt with one worker on the server's CPU, a container per
@@ -681,7 +690,7 @@ fn iso_once(
     let root = registry.root();
     let (victim_c, attacker_c) = if setting.containers {
         let mut capped = Attributes::default();
-        capped.set("cpu_limit", ATTACKER_CAP)?;
+        capped.set("cpu_limit", &format!("{}%", a.attacker_cap))?;
         (
             root.create_child("victim", Attributes::default())?,
             root.create_child("attacker", capped)?,
@@ -711,17 +720,28 @@ fn iso_once(
         .map_err(|_| anyhow::anyhow!("bind panicked"))??;
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let mut sampler = None;
+    // The worker's thread id: the NET_RX time that interrupts it is credited back to the
+    // containers whose polls it inflated.
+    let worker_tid = Arc::new(AtomicU64::new(0));
     if setting.containers {
         acct.bind(&lv, victim_c.id())?;
         acct.bind(&la, attacker_c.id())?;
-        let (acct, stop, v, at) = (
+        if a.capped_window > 0 {
+            // The capped class's connections: when its cap holds its reads back, its
+            // senders stop within a small window (accepted sockets inherit the bound).
+            rescon_linux::netacct::clamp_window(&la, a.capped_window)?;
+        }
+        let (acct, stop, v, at, tid) = (
             acct.clone(),
             sampler_stop.clone(),
             victim_c.clone(),
             attacker_c.clone(),
+            worker_tid.clone(),
         );
         sampler = Some(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut ledger = Ledger::starting_at(&acct.read()?, &[]);
+            let polled = |c: &rescon::Container| c.usage_subtree().cpu_ns;
+            let mut before = [polled(&v), polled(&at)];
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(CHARGE_EVERY);
                 let i = ledger.advance(&acct.read()?, &[]);
@@ -730,6 +750,17 @@ fn iso_once(
                         c.charge_kernel_net(u.kernel_net_ns());
                     }
                 }
+                let now = [polled(&v), polled(&at)];
+                let charged = [
+                    (0, now[0].saturating_sub(before[0])),
+                    (1, now[1].saturating_sub(before[1])),
+                ];
+                let worker = tid.load(Ordering::Relaxed) as u32;
+                let stolen = i.credits.get(&worker).copied().unwrap_or(0);
+                for ((k, was), (_, left)) in charged.iter().zip(credit_back(&charged, stolen)) {
+                    [&v, &at][*k].credit_cpu(was - left);
+                }
+                before = [polled(&v), polled(&at)];
             }
             for c in [&v, &at] {
                 let _ = acct.forget(c.id());
@@ -739,8 +770,12 @@ fn iso_once(
     }
     let rt = rescon_rt::Builder::new(&registry)
         .workers(1)
-        .on_worker_start(move |_| {
-            let _ = pin_to(server_cpu);
+        .on_worker_start({
+            let tid = worker_tid.clone();
+            move |_| {
+                let _ = pin_to(server_cpu);
+                tid.store(u64::from(gettid()), Ordering::Relaxed);
+            }
         })
         .build()?;
     let served = Arc::new(AtomicU64::new(0));
@@ -778,6 +813,7 @@ fn iso_once(
         });
     }
     let throttled0 = attacker_c.usage_subtree().throttled_ns;
+    let polled0 = attacker_c.usage_subtree().cpu_ns;
     let net0 = (
         victim_c.usage_subtree().kernel_net_ns,
         attacker_c.usage_subtree().kernel_net_ns,
@@ -832,6 +868,7 @@ fn iso_once(
             0.0
         },
         attacker_throttled_ms_per_s: ms(attacker_c.usage_subtree().throttled_ns - throttled0),
+        attacker_polled_ms_per_s: ms(attacker_c.usage_subtree().cpu_ns.saturating_sub(polled0)),
     };
     drop(rt);
     sampler_stop.store(true, Ordering::Relaxed);

@@ -48,7 +48,7 @@ use crate::usage::{Account, Counters, Gauges, Usage};
 use once_cell::race::OnceBox;
 use rustc_hash::FxHashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 const SHARDS: usize = 64;
@@ -56,6 +56,11 @@ const SHARDS: usize = 64;
 type NameShard = FxHashMap<u64, Weak<Node>>;
 const ONE_PPB: u64 = 1_000_000_000;
 const NO_LIMIT: u64 = u64::MAX;
+
+/// Bumped whenever a container is charged or credited CPU measured outside any poll
+/// ([`Container::charge_kernel_net`], [`Container::credit_cpu`]): the policies look for such
+/// charges only after it moved (a sampler's tick, every 10 to 100 ms), never per pick.
+pub(crate) static OUT_OF_BAND_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind (counters, sums,
@@ -261,6 +266,9 @@ struct Extra {
     gauges: NodeGauges,
     /// Token buckets of the CPU and egress limits, allocated when first used.
     buckets: Mutex<Option<Box<Buckets>>>,
+    /// CPU charged (positive) or credited (negative) outside any poll that no scheduling
+    /// policy has taken into its virtual times yet ([`Node::take_out_of_band`]).
+    out_of_band_ns: AtomicI64,
 }
 
 impl Default for Extra {
@@ -276,6 +284,7 @@ impl Default for Extra {
             },
             gauges: NodeGauges::default(),
             buckets: Mutex::new(None),
+            out_of_band_ns: AtomicI64::new(0),
         }
     }
 }
@@ -404,6 +413,30 @@ impl Node {
         let grant = (b.tokens.max(0) as u64).min(want);
         b.tokens -= grant as i64;
         (grant, (idx + 1) * period_ns)
+    }
+
+    fn add_out_of_band(&self, ns: i64) {
+        self.extra().out_of_band_ns.fetch_add(ns, AcqRel);
+        OUT_OF_BAND_EPOCH.fetch_add(1, Release);
+    }
+
+    /// Takes the CPU charged outside any poll since the last take, for a policy to add to
+    /// the container's virtual time (once: the first policy to take it has it). A net credit
+    /// is not taken: virtual times only move forward, so a credit waits to offset the
+    /// container's later out-of-band charges.
+    pub(crate) fn take_out_of_band(&self) -> u64 {
+        // A container never charged out of band has no `Extra` to look in.
+        let Some(x) = self.extra.get() else {
+            return 0;
+        };
+        if x.out_of_band_ns.load(Acquire) <= 0 {
+            return 0;
+        }
+        let v = x.out_of_band_ns.swap(0, AcqRel);
+        if v < 0 {
+            x.out_of_band_ns.fetch_add(v, AcqRel);
+        }
+        v.max(0) as u64
     }
 
     /// Returns unused budget (or, when negative, a debt run up beyond a lease).
@@ -1098,16 +1131,46 @@ impl Container {
     /// of the container's packets) to this container: it is recorded as
     /// [`Usage::kernel_net_ns`], and taken from the shared CPU-limit budget of this container
     /// and of every ancestor whose limit is in force, as a debt the next leases pay first,
-    /// so a capped class's network work counts against its cap.
+    /// so a capped class's network work counts against its cap; and the scheduling policies
+    /// add it to the container's virtual time (at their next refill after it), so that its
+    /// share and weight hold over its polls and its network work together.
     pub fn charge_kernel_net(&self, ns: u64) {
         if ns == 0 {
             return;
         }
         self.account().add_kernel_net_ns(ns);
-        let debt = -(ns.min(i64::MAX as u64) as i64);
+        let ns = ns.min(i64::MAX as u64) as i64;
+        self.cap_adjust(-ns);
+        // The policies add it to the container's virtual time too, so that shares and
+        // weights hold over polls and network work together.
+        self.node.add_out_of_band(ns);
+    }
+
+    /// Takes back `ns` of CPU that this container's polls were charged but that the kernel
+    /// spent meanwhile on other work: NET_RX softirq that interrupted the polling thread, on
+    /// a kernel without IRQ time accounting, and that [`charge_kernel_net`] charged to the
+    /// container whose packets it received. The thread that was interrupted is credited
+    /// back: `ns` leaves [`Usage::cpu_ns`] (which never goes below zero), returns to the
+    /// CPU-limit budgets of this container and its ancestors, and offsets the container's
+    /// later out-of-band charges in the virtual time its shares are scheduled by.
+    ///
+    /// [`charge_kernel_net`]: Container::charge_kernel_net
+    pub fn credit_cpu(&self, ns: u64) {
+        if ns == 0 {
+            return;
+        }
+        self.account().take_cpu_ns(ns);
+        let ns = ns.min(i64::MAX as u64) as i64;
+        self.cap_adjust(ns);
+        self.node.add_out_of_band(-ns);
+    }
+
+    /// Adds `tokens` (negative: a debt) to the shared CPU-limit budget of this container and
+    /// of every ancestor whose limit is in force.
+    fn cap_adjust(&self, tokens: i64) {
         let mut cur = Some(self.node.clone());
         while let Some(n) = cur {
-            n.cap_give_back(debt);
+            n.cap_give_back(tokens);
             cur = lock(&n.parent).clone();
         }
     }

@@ -211,6 +211,17 @@ pub struct Account<'a> {
     pub(crate) counters: &'a Counters,
 }
 
+impl Account<'_> {
+    /// Takes `n` ns out of the CPU charged at user level, never below zero: CPU a poll was
+    /// charged that was someone else's ([`Container::credit_cpu`](crate::Container::credit_cpu)).
+    pub(crate) fn take_cpu_ns(&self, n: u64) {
+        let _ = self
+            .counters
+            .cpu_ns
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+}
+
 macro_rules! adders {
     ($($(#[$doc:meta])* $name:ident => $field:ident,)*) => {
         impl Account<'_> {

@@ -409,3 +409,150 @@ fn fifo_ignores_attributes_but_charges_usage() {
     assert_eq!(p.pick().unwrap().key, k1);
     assert_eq!(hole.usage().cpu_ns, 3);
 }
+
+/// Runs `p` for `total` ns of fake time in quanta of 100 us, calling `tick` every 10 ms
+/// (before the refill), and returns the poll time each key got.
+fn run_busy(
+    p: &mut Hierarchical,
+    keys: &[rescon::sched::Key],
+    total: u64,
+    mut tick: impl FnMut(),
+) -> Vec<u64> {
+    let quantum = 100_000;
+    let mut used = vec![0u64; keys.len()];
+    for step in 0..(total / quantum) {
+        let now = step * quantum;
+        if now % (10 * MS) == 5 * MS {
+            tick();
+        }
+        p.refill(now);
+        let pick = p.pick().expect("always runnable");
+        let len = quantum.min(pick.slice_ns.unwrap_or(u64::MAX)).max(1);
+        p.charge(pick.key, len);
+        let i = keys.iter().position(|k| *k == pick.key).unwrap();
+        used[i] += len;
+    }
+    used
+}
+
+#[test]
+fn kernel_network_work_counts_in_shares() {
+    // Two equal siblings, both always runnable; one is charged 2 ms of the kernel's network
+    // CPU every 10 ms (measured outside its polls). Shares hold over polls and network work
+    // together: a's polls plus its 60 ms of network work equal b's polls, so of 300 ms of
+    // polls a gets 120 and b 180.
+    let registry = Registry::new();
+    let root = registry.root();
+    let a = child(&root, "a", &[]);
+    let b = child(&root, "b", &[]);
+    let mut p = Hierarchical::new(&registry);
+    let (ka, kb) = (p.attach(&a), p.attach(&b));
+    p.set_runnable(ka, true);
+    p.set_runnable(kb, true);
+    let used = run_busy(&mut p, &[ka, kb], 300 * MS, || a.charge_kernel_net(2 * MS));
+    let (ua, ub) = (used[0], used[1]);
+    assert!(
+        (115 * MS..=125 * MS).contains(&ua) && (175 * MS..=185 * MS).contains(&ub),
+        "a polled {ua} ns and b {ub} ns: expected about 120 ms and 180 ms"
+    );
+    drop(p);
+    // Recorded once, as network work, not as polls.
+    assert_eq!(a.usage().kernel_net_ns, 60 * MS);
+    assert_eq!(a.usage().cpu_ns, ua);
+}
+
+#[test]
+fn a_weight_holds_over_network_work() {
+    // weight 3 against 1: with a's 60 ms of network work, a + 60 = 3 * b and a + b = 300,
+    // so a polls 210 ms and b 90 ms (without the work, 225 and 75).
+    let registry = Registry::new();
+    let root = registry.root();
+    let a = child(&root, "a", &[("share", "weight:3")]);
+    let b = child(&root, "b", &[("share", "weight:1")]);
+    let mut p = Hierarchical::new(&registry);
+    let (ka, kb) = (p.attach(&a), p.attach(&b));
+    p.set_runnable(ka, true);
+    p.set_runnable(kb, true);
+    let used = run_busy(&mut p, &[ka, kb], 300 * MS, || a.charge_kernel_net(2 * MS));
+    assert!(
+        (205 * MS..=215 * MS).contains(&used[0]),
+        "a polled {} ns, expected about 210 ms",
+        used[0]
+    );
+}
+
+#[test]
+fn interrupted_polls_are_credited_back() {
+    // b's polls were interrupted by 2 ms of softirq (a's packets) every 10 ms: a is charged
+    // that time as network work, and b is credited it. b's credit is taken out of its
+    // polls' usage, and offsets its own later network work in the shares: b is charged 2 ms
+    // of its own network work too, which the credit cancels, so a and b split as in
+    // `kernel_network_work_counts_in_shares`.
+    let registry = Registry::new();
+    let root = registry.root();
+    let a = child(&root, "a", &[]);
+    let b = child(&root, "b", &[]);
+    let mut p = Hierarchical::new(&registry);
+    let (ka, kb) = (p.attach(&a), p.attach(&b));
+    p.set_runnable(ka, true);
+    p.set_runnable(kb, true);
+    let used = run_busy(&mut p, &[ka, kb], 300 * MS, || {
+        a.charge_kernel_net(2 * MS);
+        b.credit_cpu(2 * MS);
+        b.charge_kernel_net(2 * MS);
+    });
+    assert!(
+        (115 * MS..=125 * MS).contains(&used[0]),
+        "a polled {} ns, expected about 120 ms",
+        used[0]
+    );
+    drop(p);
+    assert_eq!(b.usage().cpu_ns, used[1] - 60 * MS);
+    assert_eq!(b.usage().kernel_net_ns, 60 * MS);
+    // Never below zero.
+    let idle = child(&root, "idle", &[]);
+    idle.credit_cpu(MS);
+    assert_eq!(idle.usage().cpu_ns, 0);
+}
+
+#[test]
+fn a_credit_gives_back_cap_budget() {
+    // Capped at 5 ms in 10, its polls interrupted by 1 ms of others' softirq each period:
+    // credited back, the polls get the whole 5 ms of their own.
+    let registry = Registry::new();
+    let root = registry.root();
+    let class = child(
+        &root,
+        "class",
+        &[("cpu_limit", "0.5"), ("cpu_period", "10ms")],
+    );
+    let mut w = Hierarchical::with_config(
+        &registry,
+        HierarchicalConfig {
+            lease_ns: Some(MS / 2),
+            ..Default::default()
+        },
+    );
+    let k = w.attach(&class);
+    w.set_runnable(k, true);
+    let quantum = 100_000;
+    let mut used = vec![0u64; 30];
+    for step in 0..(300 * MS / quantum) {
+        let now = step * quantum;
+        if now % (10 * MS) == 5 * MS {
+            class.credit_cpu(MS);
+        }
+        w.refill(now);
+        if let Some(pick) = w.pick() {
+            let len = quantum.min(pick.slice_ns.unwrap_or(u64::MAX)).max(1);
+            w.charge(pick.key, len);
+            used[(now / (10 * MS)) as usize] += len;
+        }
+    }
+    for (i, &u) in used.iter().enumerate().skip(2) {
+        assert!(
+            (5 * MS + MS / 2..=6 * MS + MS / 2).contains(&u),
+            "period {i}: polls ran {u} ns, expected about 6 ms (5 ms of budget, 1 ms credited)"
+        );
+    }
+}

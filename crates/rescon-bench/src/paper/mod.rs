@@ -1158,9 +1158,11 @@ fn exp9_kernel_network(ctx: &mut Ctx) -> Result<()> {
          | the same without containers (one container, no cap, no accounting) | {} |\n\n\
          The server of the accounting runs is thread-per-connection; that of the isolation runs \
          is rescon-rt with one worker on the server's CPU, whose policy pays the attacker's \
-         charged kernel network CPU out of its cap: when the cap is spent, the attacker's reads \
-         wait, its receive window closes and its packets stop. Iron (NSDI 2018) patched the \
-         kernel for this; here the kernel is unpatched.\n",
+         charged kernel network CPU out of its cap and counts it in the classes' shares, and \
+         credits the worker's polls back the softirq time that interrupted them: when the cap \
+         is spent, the attacker's reads wait, its receive window (bounded to 16 KB for the \
+         capped class) closes and its packets stop. Iron (NSDI 2018) patched the kernel for \
+         this; here the kernel is unpatched.\n",
         100.0 * server_attr,
         100.0 * machine_attr,
         f(overhead),

@@ -188,6 +188,14 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     if let Some(n) = options.workers {
         b = b.workers(n);
     }
+    if let Some(k) = &shared.kernel_net {
+        let k = Arc::downgrade(k);
+        b = b.on_worker_start(move |_| {
+            if let Some(k) = k.upgrade() {
+                k.worker_started();
+            }
+        });
+    }
     let rt = b.build().context("starting the runtime")?;
     let everything = root
         .create_child("server", Attributes::default())

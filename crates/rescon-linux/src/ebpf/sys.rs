@@ -529,6 +529,31 @@ pub(crate) fn attach_socket_bpf(sock: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> i
     }
 }
 
+/// `setsockopt(IPPROTO_TCP, TCP_WINDOW_CLAMP)`: bounds the receive window the socket
+/// advertises (a listener's bound is copied to the connections it accepts).
+///
+/// # References
+/// - tcp(7), `TCP_WINDOW_CLAMP`
+pub(crate) fn set_window_clamp(sock: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `sock` is a live descriptor; the option value is a live `int` of the size
+    // passed, which the kernel copies.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `getsockopt(SOL_SOCKET, SO_COOKIE)`: the socket's cookie, the kernel's id for it.
 ///
 /// # References
@@ -551,5 +576,42 @@ pub(crate) fn socket_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
         Ok(v)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn window_clamp(sock: BorrowedFd<'_>) -> libc::c_int {
+        let mut v: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `sock` is a live descriptor; `v` is writable for `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_WINDOW_CLAMP,
+                (&raw mut v).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn a_listeners_window_bound_reaches_its_connections() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_window_clamp(l.as_fd(), 16 * 1024).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(window_clamp(s.as_fd()), 16 * 1024);
+        // Lifted on the listener: later connections are not bounded by it.
+        set_window_clamp(l.as_fd(), 65_535 << 14).unwrap();
+        let _c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s2, _) = l.accept().unwrap();
+        assert!(window_clamp(s2.as_fd()) > 16 * 1024);
     }
 }

@@ -520,6 +520,10 @@ pub struct Hierarchical {
     next_sync: u64,
     /// Set while [`Policy::attach_moved`] mirrors containers.
     moving: bool,
+    /// The out-of-band epoch last seen ([`Hierarchical::take_out_of_band`]).
+    out_of_band_epoch: u64,
+    /// Set while [`Hierarchical::take_out_of_band`] charges: only the virtual times move.
+    out_of_band: bool,
 }
 
 impl Hierarchical {
@@ -575,6 +579,41 @@ impl Hierarchical {
             sync: Vec::new(),
             next_sync: 0,
             moving: false,
+            out_of_band_epoch: 0,
+            out_of_band: false,
+        }
+    }
+
+    /// Adds the CPU charged to mirrored containers outside any poll (the kernel's network
+    /// work: [`Container::charge_kernel_net`](crate::Container::charge_kernel_net)) to their
+    /// virtual times, so that shares and weights hold over it too. Its usage and its CPU
+    /// limit's budget were charged already, and it is no work of the container's own queue:
+    /// [`Policy::charge`] skips those while `out_of_band` is set. A credit may have given
+    /// budget back: throttled containers ask for it again. A scan of the mirrored containers,
+    /// done only when some such charge came since the last one.
+    fn take_out_of_band(&mut self) {
+        let epoch = crate::container::OUT_OF_BAND_EPOCH.load(std::sync::atomic::Ordering::Acquire);
+        if epoch == self.out_of_band_epoch {
+            return;
+        }
+        self.out_of_band_epoch = epoch;
+        // A credit may have given a throttled container budget back: it asks again now.
+        let now = self.now;
+        for &i in &self.throttled {
+            if let Some(cap) = self.cold[i as usize].cap.as_mut() {
+                cap.retry_at = cap.retry_at.min(now);
+            }
+        }
+        for i in 1..self.cold.len() {
+            let ns = match &self.cold[i].node {
+                Some(node) => node.take_out_of_band(),
+                None => 0,
+            };
+            if ns > 0 {
+                self.out_of_band = true;
+                self.charge(Key(i as u32), ns);
+                self.out_of_band = false;
+            }
         }
     }
 
@@ -1368,7 +1407,8 @@ impl Policy for Hierarchical {
     fn charge(&mut self, key: Key, elapsed_ns: u64) {
         let e = elapsed_ns as f64;
         let leaf = key.0;
-        {
+        let polled = !self.out_of_band;
+        if polled {
             let s = &mut self.nodes[leaf as usize];
             if !s.has(DIRTY) {
                 s.set(DIRTY, true);
@@ -1394,7 +1434,7 @@ impl Policy for Hierarchical {
         } = self;
         // Own work that competes with children advances in the container's own queue.
         let s = &nodes[leaf as usize];
-        if s.has(PARENT) && inner[leaf as usize].queues != NONE {
+        if polled && s.has(PARENT) && inner[leaf as usize].queues != NONE {
             let queued = s.has(OWN_QUEUED);
             let n = &inner[leaf as usize];
             let (q, stamp, own) = (n.queues, n.own_stamp, n.own_vtime);
@@ -1451,7 +1491,7 @@ impl Policy for Hierarchical {
             let s = &mut nodes[i as usize];
             s.vtime = v;
             s.child_stamp = stamp_now;
-            if s.has(CAPPED) {
+            if polled && s.has(CAPPED) {
                 let cap = cold[i as usize].cap.as_mut().expect("capped");
                 cap.tokens -= elapsed_ns as i64;
                 capped |= cap.tokens <= 0;
@@ -1474,6 +1514,7 @@ impl Policy for Hierarchical {
     fn refill(&mut self, now_ns: u64) {
         self.now = self.now.max(now_ns);
         let now = self.now;
+        self.take_out_of_band();
         if now >= self.next_sync && !self.sync.is_empty() {
             self.next_sync = now + global::SYNC_NS;
             self.exchange();
