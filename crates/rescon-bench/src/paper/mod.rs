@@ -34,6 +34,11 @@ pub struct Args {
     /// Run only these experiments (1 to 10), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
+    /// Run only these servers (their JSON keys: rescon, rescon_default_workers, rescon_off,
+    /// rescon_user, nginx, hyper_tokio), comma-separated; the goals of the others are not
+    /// measured.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
 }
 
 /// One goal of the issue, measured.
@@ -62,6 +67,8 @@ struct Ctx {
     experiments: serde_json::Map<String, Value>,
     report: String,
     nginx: bool,
+    /// `--servers`: empty for all.
+    only_servers: Vec<String>,
     /// Set by SIGINT or SIGTERM: no new server starts, the report is written with what ran.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -127,6 +134,9 @@ impl Ctx {
             .iter()
             .copied()
             .filter(|k| *k != Kind::Nginx || self.nginx)
+            .filter(|k| {
+                self.only_servers.is_empty() || self.only_servers.iter().any(|s| s == k.key())
+            })
             .collect()
     }
 }
@@ -211,6 +221,7 @@ pub fn run(args: Args) -> Result<()> {
         experiments: serde_json::Map::new(),
         report: String::new(),
         nginx,
+        only_servers: args.servers.clone(),
         stop: stop.clone(),
     };
     let m = machine();
@@ -1215,13 +1226,15 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
          each vhost's subtree was charged over {:.0} s (runtime-charged plus kernel-reported), with \
          one worker pinned to the server CPU and with the server's default worker count (one per \
          CPU, not pinned: the shares must hold across workers):\n\n\
-         | server | vhost | share | delivered | static req/s | CGI done |\n|---|---|---|---|---|---|\n",
+         (`runtime`: the workers' polls, of all the vhosts' runtime CPU; `kernel`: the CGI \
+         processes' CPU as their cgroups report it, of all the vhosts' CGI CPU)\n\n\
+         | server | vhost | share | delivered | runtime | kernel | static req/s | CGI done |\n|---|---|---|---|---|---|---|---|\n",
         ctx.site.cgi_ms,
         window.as_secs_f64()
     );
     let mut js = serde_json::Map::new();
     let mut bars = Vec::new();
-    for kind in [Kind::Rescon, Kind::ResconDefault] {
+    for kind in ctx.servers(&[Kind::Rescon, Kind::ResconDefault]) {
         let server = ctx.start(kind)?;
         let mut groups = Vec::new();
         for (i, (v, _)) in shares.iter().enumerate() {
@@ -1252,18 +1265,21 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
         let srv = &server;
         let (r, used) = std::thread::scope(|sc| -> Result<_> {
             let warm = plan.warmup;
-            let reader = sc.spawn(move || -> Result<Vec<u64>> {
+            let reader = sc.spawn(move || -> Result<Vec<(u64, u64)>> {
                 std::thread::sleep(warm);
-                let a: Vec<u64> = shares
+                let a: Vec<(u64, u64)> = shares
                     .iter()
-                    .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
+                    .map(|(v, _)| srv.subtree_cpu_split_ns(&format!("sites/{v}")))
                     .collect::<Result<_>>()?;
                 std::thread::sleep(window);
-                let b: Vec<u64> = shares
+                let b: Vec<(u64, u64)> = shares
                     .iter()
-                    .map(|(v, _)| srv.subtree_cpu_ns(&format!("sites/{v}")))
+                    .map(|(v, _)| srv.subtree_cpu_split_ns(&format!("sites/{v}")))
                     .collect::<Result<_>>()?;
-                Ok(a.iter().zip(b).map(|(a, b)| b.saturating_sub(*a)).collect())
+                Ok(a.iter()
+                    .zip(b)
+                    .map(|(a, b)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)))
+                    .collect())
             });
             let r = httpload::run(&plan)?;
             let used = reader
@@ -1272,17 +1288,28 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
             Ok((r, used))
         })?;
         drop(server);
+        let split = used;
+        let used: Vec<u64> = split.iter().map(|(r, k)| r + k).collect();
         let total: u64 = used.iter().sum();
+        let runtime_total: u64 = split.iter().map(|s| s.0).sum();
+        let kernel_total: u64 = split.iter().map(|s| s.1).sum();
         let mut rows = Vec::new();
         let mut values = Vec::new();
         for (i, (v, share)) in shares.iter().enumerate() {
             let got = used[i] as f64 / total.max(1) as f64;
+            let (rt_ns, k_ns) = split[i];
+            let rt_part = rt_ns as f64 / runtime_total.max(1) as f64;
+            let k_part = k_ns as f64 / kernel_total.max(1) as f64;
             let _ = writeln!(
                 s,
-                "| {} | {v} | {:.0}% | {:.1}% | {:.0} | {} |",
+                "| {} | {v} | {:.0}% | {:.1}% | {:.1}% of {:.2} s | {:.1}% of {:.2} s | {:.0} | {} |",
                 kind.name(),
                 share * 100.0,
                 got * 100.0,
+                rt_part * 100.0,
+                runtime_total as f64 / 1e9,
+                k_part * 100.0,
+                kernel_total as f64 / 1e9,
                 r[2 * i].per_s(),
                 r[2 * i + 1].ok
             );
@@ -1303,6 +1330,7 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
             );
             rows.push(
                 json!({"vhost": v, "share": share, "delivered": got, "cpu_ns": used[i],
+                "runtime_cpu_ns": split[i].0, "kernel_cpu_ns": split[i].1,
                 "static_per_s": r[2 * i].per_s(), "cgi_completed": r[2 * i + 1].ok}),
             );
             values.push((format!("{v}.test"), got * 100.0));

@@ -633,9 +633,19 @@ impl Running {
 
     /// A container's subtree CPU (runtime-charged plus kernel-reported), nanoseconds.
     pub fn subtree_cpu_ns(&self, path: &str) -> Result<u64> {
+        let (runtime, kernel) = self.subtree_cpu_split_ns(path)?;
+        Ok(runtime + kernel)
+    }
+
+    /// A container's subtree CPU, nanoseconds: what the runtime charged (its workers' polls)
+    /// and what the kernel reported (CGI processes in cgroups), apart.
+    pub fn subtree_cpu_split_ns(&self, path: &str) -> Result<(u64, u64)> {
         let v = self.container(path)?;
         let u = &v["usage_subtree"];
-        Ok(u["cpu_ns"].as_u64().unwrap_or(0) + u["kernel_cpu_ns"].as_u64().unwrap_or(0))
+        Ok((
+            u["cpu_ns"].as_u64().unwrap_or(0),
+            u["kernel_cpu_ns"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// CPU time of the server's descendant processes so far, nanoseconds: the reaped ones
