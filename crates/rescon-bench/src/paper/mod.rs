@@ -1225,7 +1225,8 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
          vhost on its first request, and the vhost's CGI runs in a cgroup under the vhost's; the CPU \
          each vhost's subtree was charged over {:.0} s (runtime-charged plus kernel-reported), with \
          one worker pinned to the server CPU and with the server's default worker count (one per \
-         CPU, not pinned: the shares must hold across workers):\n\n\
+         CPU, not pinned: the shares must hold across workers; there each group of clients has a \
+         load thread of its own at nice -20 on the load CPU, which the server shares):\n\n\
          (`runtime`: the workers' polls, of all the vhosts' runtime CPU; `kernel`: the CGI \
          processes' CPU as their cgroups report it, of all the vhosts' CGI CPU)\n\n\
          | server | vhost | share | delivered | runtime | kernel | static req/s | CGI done |\n|---|---|---|---|---|---|---|---|\n",
@@ -1256,6 +1257,17 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
                 &host,
                 CGI_BURN,
             ));
+        }
+        if kind == Kind::ResconDefault {
+            // The server's workers and its CGI run on the load CPU too: at the same priority
+            // the load generator gets only part of it, and a vhost whose requests the server
+            // answers first runs out of requests (a closed loop), so every vhost gets what the
+            // load generator asks for, not its share. Each group gets a load thread of its own
+            // at nice -20 there, so that the load generator keeps every vhost overloaded, as
+            // the pinned server's load generator does from a CPU of its own.
+            for g in &mut groups {
+                g.dedicated = true;
+            }
         }
         let mut plan = ctx.plan(
             &server,
