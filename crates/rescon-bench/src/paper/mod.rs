@@ -1215,6 +1215,14 @@ fn exp9_kernel_network(ctx: &mut Ctx) -> Result<()> {
 /// gets what it asks for: work conservation, not shares).
 const STATIC_PER_VHOST: usize = 48;
 
+/// What experiment 6 reads over its window: per vhost the runtime's and the kernel's CPU, and
+/// the workers' kernel scheduling statistics at its start and end.
+type Window = (
+    Vec<(u64, u64)>,
+    Vec<(String, [u64; 3])>,
+    Vec<(String, [u64; 3])>,
+);
+
 fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
     let shares = [("a", 0.5), ("b", 0.3), ("c", 0.2)];
     let window = ctx.window * 2;
@@ -1278,8 +1286,7 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
         let srv = &server;
         let (r, used) = std::thread::scope(|sc| -> Result<_> {
             let warm = plan.warmup;
-            type Sched = Vec<(String, [u64; 3])>;
-            let reader = sc.spawn(move || -> Result<(Vec<(u64, u64)>, Sched, Sched)> {
+            let reader = sc.spawn(move || -> Result<Window> {
                 std::thread::sleep(warm);
                 let s0 = srv.worker_sched();
                 let a: Vec<(u64, u64)> = shares
