@@ -260,6 +260,12 @@ impl Correction {
         }
     }
 
+    /// The share of a CPU the thread got while awake over the last windows, in 1/65536
+    /// (65536 when the correction is off).
+    pub(crate) fn ratio_q16(&self) -> u64 {
+        self.ratio_q16
+    }
+
     /// Records time spent blocked in the poller.
     pub(crate) fn slept(&mut self, ns: u64) {
         self.slept += ns;

@@ -61,10 +61,12 @@
 //!   containers they share in step, and work waiting on one worker that should run on another
 //!   moves there (every millisecond, by [`rescon::sched::balance`]);
 //! - a runnable container of a higher class does not wait while another worker runs a lower
-//!   class beyond the end of its worker's current burst and one poll of the other worker
-//!   (work waiting for its class is handed over at the next burst start; beyond the top four
-//!   levels of the tree, a balancing interval and a burst), and a container with priority 0
-//!   is never run on any worker, and neither is a listener's accept in it (see [`io`]);
+//!   class (or sleeps) beyond the end of its worker's current burst and one poll of the other
+//!   worker (work waiting for its class is handed over at the next burst start; for classes
+//!   that part below the top eight levels of the tree, a balancing interval and a burst; the
+//!   [scheduler's docs](scheduler) list what else the hand-off cannot see), and a container
+//!   with priority 0 is never run on any worker, and neither is a listener's accept in it
+//!   (see [`io`]);
 //! - within one worker, backlogged containers share its CPU by their fixed shares and weights
 //!   within one burst ([`Builder::quantum`], default 200 µs, or one poll if a poll runs
 //!   longer) of error per level of the tree;

@@ -108,11 +108,14 @@ where
 /// Spawns a task bound to `container`.
 ///
 /// A task is placed on a worker, and moves only when the scheduler's balancing moves it.
-/// Spawned from a task already bound to `container`, or from high-class work (a class above
-/// normal on its path: a high-priority listener's accept loop), it is placed as by [`spawn`]:
-/// on the same worker unless that worker has clearly more tasks than the least loaded one
-/// (high-class work stays together, on the worker whose kernel priority it raises: see
-/// [`prio`](crate::prio)). Otherwise it goes on the least loaded worker (ties go to the
+/// Spawned from a task already bound to `container`, it is placed as by [`spawn`]: on the
+/// same worker unless that worker has clearly more tasks than the least loaded one. Spawned
+/// from high-class work (a class above normal on its path: a high-priority listener's accept
+/// loop), it goes to the worker the kernel gives the most of a CPU (by the CPU correction's
+/// measure, see [`Builder::correct_cpu`](crate::Builder::correct_cpu)) if that is clearly
+/// more than the current worker gets, else as by [`spawn`]: a worker that shares its CPU with
+/// another busy thread is off it for whole kernel time slices, and high-class work placed
+/// there would wait for them. Otherwise it goes on the least loaded worker (ties go to the
 /// current worker, then round robin). Both spread new connections' tasks across the
 /// workers.
 ///
@@ -124,12 +127,15 @@ where
     F::Output: Send + 'static,
 {
     let local = with_local(|l| {
-        let near = l.is_bound_to(container) == Some(true) || l.in_high_work();
-        (l.rt.clone(), l.shared.index, near)
+        let high = l.in_high_work();
+        let near = high || l.is_bound_to(container) == Some(true);
+        (l.rt.clone(), l.shared.index, near, high)
     });
     match local {
-        Some((rt, idx, near)) => {
-            let w = if near {
+        Some((rt, idx, near, high)) => {
+            let w = if high {
+                rt.place_high(idx)
+            } else if near {
                 rt.place_near(idx)
             } else {
                 rt.place(Some(idx))

@@ -402,3 +402,220 @@ fn work_of_one_class_is_not_handed_over_for_its_class() {
         }
     });
 }
+
+#[test]
+fn a_waiting_high_class_task_is_handed_to_a_sleeping_worker() {
+    let registry = Registry::new();
+    let (rt, clock, start) = two_workers_stopped_clock(&registry);
+    let root = registry.root();
+    let high = child(&root, "high", &[("class", "high")]);
+    let normal = child(&root, "normal", &[]);
+    // The runtime learns that its containers are of two classes from worker 0 running both.
+    rt.block_on(rt.handle().spawn_on(0, &normal, async {}))
+        .unwrap();
+    // Worker 1 has nothing to run and sleeps in epoll_wait; with the clock stopped, no
+    // balancing ever gives it work: only the hand-off can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            rt.handle()
+                .spawn_on(0, &high, burn(stop.clone(), threads.clone()))
+        })
+        .collect();
+    eventually("the high class runs on both workers", || {
+        threads.lock().unwrap().len() == 2
+    });
+    assert_eq!(clock.now_ns(), start, "no time passed: no balancing ran");
+    let moves = rt.handle().worker_moves();
+    assert!(
+        moves[0].0 >= 1,
+        "worker 0 handed a high task over: {moves:?}"
+    );
+    stop.store(true, SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn classes_that_part_six_levels_down_are_handed_over() {
+    let registry = Registry::new();
+    let (rt, clock, start) = two_workers_stopped_clock(&registry);
+    // root/l0/l1/l2/l3/l4/{high, normal}: the paths part at the sixth level.
+    let mut parent = registry.root();
+    for i in 0..5 {
+        parent = child(&parent, &format!("l{i}"), &[]);
+    }
+    let high = child(&parent, "high", &[("class", "high")]);
+    let normal = child(&parent, "normal", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (high_threads, normal_threads) = (
+        Arc::new(Mutex::new(HashSet::new())),
+        Arc::new(Mutex::new(HashSet::new())),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(
+            rt.handle()
+                .spawn_on(1, &normal, burn(stop.clone(), normal_threads.clone())),
+        );
+    }
+    eventually("normal work runs on worker 1", || {
+        !normal_threads.lock().unwrap().is_empty()
+    });
+    for _ in 0..2 {
+        tasks.push(
+            rt.handle()
+                .spawn_on(0, &high, burn(stop.clone(), high_threads.clone())),
+        );
+    }
+    eventually("the high class runs on both workers", || {
+        high_threads.lock().unwrap().len() == 2
+    });
+    assert_eq!(clock.now_ns(), start, "no time passed: no balancing ran");
+    assert!(rt.handle().worker_moves()[0].0 >= 1);
+    stop.store(true, SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// What no scheduling can do, and what a server does instead: a connection waiting in the
+/// epoll instance of a worker whose thread is busy (here: stuck in one long poll; in a
+/// server, a worker the kernel does not run) is no runnable task, so nothing can move it. A
+/// listener with an accept loop on every worker, each on its own descriptor of the socket,
+/// is accepted by whichever worker looks (rescon-httpd does this for its high classes).
+#[test]
+fn a_listener_accepted_on_every_worker_accepts_while_one_worker_is_stuck() {
+    let registry = Registry::new();
+    let rt = two_workers(&registry);
+    let c = child(&registry.root(), "c", &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let accepted_on = Arc::new(Mutex::new(Vec::new()));
+    let mut loops = Vec::new();
+    for w in 0..2 {
+        let l = rescon_rt::TcpListener::from_std(listener.try_clone().unwrap(), &c).unwrap();
+        let (waiting, accepted_on) = (waiting.clone(), accepted_on.clone());
+        loops.push(rt.handle().spawn_on(w, &c, async move {
+            // Registered with this worker's epoll instance by the first wait.
+            let first = std::future::poll_fn(|cx| {
+                let p = l.poll_accept(cx);
+                if p.is_pending() {
+                    waiting.fetch_add(1, SeqCst);
+                }
+                p
+            })
+            .await;
+            let mut next = Some(first);
+            loop {
+                let (s, _) = match next.take() {
+                    Some(r) => r.unwrap(),
+                    None => l.accept().await.unwrap(),
+                };
+                accepted_on
+                    .lock()
+                    .unwrap()
+                    .push(std::thread::current().id());
+                drop(s);
+            }
+        }));
+    }
+    eventually("both accept loops wait", || waiting.load(SeqCst) == 2);
+    // Worker 0 runs one poll that does not return until a connection has been accepted (or
+    // 20 s have passed).
+    let (stuck, stuck_on) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(None)));
+    let spin = {
+        let (stuck, stuck_on, accepted_on) = (stuck.clone(), stuck_on.clone(), accepted_on.clone());
+        rt.handle().spawn_on(0, &c, async move {
+            *stuck_on.lock().unwrap() = Some(std::thread::current().id());
+            stuck.store(true, SeqCst);
+            let t = Instant::now();
+            while accepted_on.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(20) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    eventually("worker 0 is stuck", || stuck.load(SeqCst));
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    eventually("the connection is accepted", || {
+        !accepted_on.lock().unwrap().is_empty()
+    });
+    let on = accepted_on.lock().unwrap()[0];
+    assert_ne!(
+        Some(on),
+        *stuck_on.lock().unwrap(),
+        "accepted by the worker that was stuck"
+    );
+    rt.block_on(spin).unwrap();
+    drop(client);
+    for l in loops {
+        l.cancel();
+    }
+}
+
+#[test]
+fn high_class_work_is_not_handed_to_a_worker_that_has_not_started_a_burst_for_long() {
+    let registry = Registry::new();
+    let (rt, clock, _) = two_workers_stopped_clock(&registry);
+    let root = registry.root();
+    let high = child(&root, "high", &[("class", "high")]);
+    let normal = child(&root, "normal", &[]);
+    // Worker 1 learns that the runtime's containers are of two classes (so it publishes what
+    // it runs), then runs normal work, in one poll that lasts until told (or 20 s): to the others
+    // it runs normal work, but it starts no burst (as when the kernel runs another thread on
+    // its CPU).
+    rt.block_on(rt.handle().spawn_on(1, &high, async {}))
+        .unwrap();
+    let (stuck, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let blocker = {
+        let (stuck, release) = (stuck.clone(), release.clone());
+        rt.handle().spawn_on(1, &normal, async move {
+            stuck.store(true, SeqCst);
+            let t = Instant::now();
+            while !release.load(SeqCst) && t.elapsed() < Duration::from_secs(20) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    eventually("worker 1 is in its long poll", || stuck.load(SeqCst));
+    // Its burst began a millisecond ago.
+    clock.advance(Duration::from_millis(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, polls) = (stop.clone(), polls.clone());
+            rt.handle().spawn_on(0, &high, async move {
+                while !stop.load(SeqCst) {
+                    polls.fetch_add(1, SeqCst);
+                    rescon_rt::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    // Many bursts of worker 0 with a high task waiting in each: every one a chance to hand.
+    eventually("the high tasks run", || polls.load(SeqCst) >= 10_000);
+    let moves = rt.handle().worker_moves();
+    release.store(true, SeqCst);
+    stop.store(true, SeqCst);
+    rt.block_on(async {
+        blocker.await.unwrap();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(
+        moves[0].0, 0,
+        "worker 0 handed work to the stalled worker: {moves:?}"
+    );
+}

@@ -693,9 +693,51 @@ impl Running {
 
     /// A container's subtree CPU (runtime-charged plus kernel-reported), nanoseconds.
     pub fn subtree_cpu_ns(&self, path: &str) -> Result<u64> {
+        let (runtime, kernel) = self.subtree_cpu_split_ns(path)?;
+        Ok(runtime + kernel)
+    }
+
+    /// The kernel's view of the server's worker threads (named `rescon-worker-N`), by name:
+    /// time on a CPU and time runnable but waiting for one (`schedstat`, ns), and voluntary
+    /// context switches (sleeps). Empty where /proc lacks them.
+    pub fn worker_sched(&self) -> Vec<(String, [u64; 3])> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return out;
+        };
+        for t in dir.flatten() {
+            let p = t.path();
+            let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let name = name.trim();
+            if !name.starts_with("rescon-worker") {
+                continue;
+            }
+            let sched = std::fs::read_to_string(p.join("schedstat")).unwrap_or_default();
+            let mut f = sched
+                .split_whitespace()
+                .map(|x| x.parse::<u64>().unwrap_or(0));
+            let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+            let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+            let vol = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            out.push((name.to_string(), [run, wait, vol]));
+        }
+        out.sort();
+        out
+    }
+
+    /// A container's subtree CPU, nanoseconds: what the runtime charged (its workers' polls)
+    /// and what the kernel reported (CGI processes in cgroups), apart.
+    pub fn subtree_cpu_split_ns(&self, path: &str) -> Result<(u64, u64)> {
         let v = self.container(path)?;
         let u = &v["usage_subtree"];
-        Ok(u["cpu_ns"].as_u64().unwrap_or(0) + u["kernel_cpu_ns"].as_u64().unwrap_or(0))
+        Ok((
+            u["cpu_ns"].as_u64().unwrap_or(0),
+            u["kernel_cpu_ns"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// CPU time of the server's descendant processes so far, nanoseconds: the reaped ones

@@ -238,8 +238,12 @@ pub fn run(config: Config, options: Options) -> Result<()> {
             )?;
         }
         start.finish(shared.kernel.as_deref(), access_log_path.as_deref())?;
-        for (c, accept) in loops {
-            rescon_rt::spawn_in(&c, accept);
+        let rt = rescon_rt::Handle::try_current();
+        for (c, worker, accept) in loops {
+            match (worker, &rt) {
+                (Some(w), Some(rt)) => drop(rt.spawn_on(w, &c, accept)),
+                _ => drop(rescon_rt::spawn_in(&c, accept)),
+            }
         }
         crate::service::watchdog(notify, &everything);
         notify.ready(&format!(
@@ -264,9 +268,12 @@ pub fn run(config: Config, options: Options) -> Result<()> {
     })
 }
 
-/// Accept loops made while the sockets are bound, spawned once privileges are dropped.
+/// Accept loops made while the sockets are bound, spawned once privileges are dropped: the
+/// container each runs in, the worker it is spawned on (`None`: where the runtime places it),
+/// and the loop.
 type AcceptLoops = Vec<(
     Container,
+    Option<usize>,
     std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 )>;
 
@@ -468,6 +475,7 @@ fn start_listener(
         let addr = socket.local_addr()?;
         loops.push((
             c.clone(),
+            None,
             Box::pin(accept_loop(shared.clone(), socket, name.clone(), classes)),
         ));
         Ok(addr)
@@ -506,7 +514,7 @@ fn start_listener(
             });
             listeners.add(listener.clone(), ids);
             let loop_ = accept_loop(shared.clone(), socket, name, Classes::Table(listener));
-            loops.push((c.clone(), Box::pin(loop_)));
+            loops.push((c.clone(), None, Box::pin(loop_)));
             listening(l, addr);
             return Ok(());
         }
@@ -521,6 +529,7 @@ fn start_listener(
             }
         }
     }
+    let workers = rescon_rt::Handle::try_current().map_or(1, |h| h.workers());
     for m in group.group.members() {
         let role = &group.roles[m.id().get()];
         if role.is_black_hole() {
@@ -532,12 +541,25 @@ fn start_listener(
         // The socket counts its accepts against the listener's container, as one socket
         // does; the accept task runs in the class's container, so the class's scheduling
         // class and share decide when its connections are accepted.
-        let socket = rescon_rt::TcpListener::from_std(m.try_clone_listener()?, &c)?;
-        let classes = Classes::Member(role.name.clone());
-        loops.push((
-            class_c.clone(),
-            Box::pin(accept_loop(shared.clone(), socket, name.clone(), classes)),
-        ));
+        //
+        // A class above normal is accepted on every worker: each has a loop on its own
+        // descriptor of the member socket, in its own epoll instance, so that whichever
+        // worker is running (or wakes first) accepts the connection; `spawn_in` from it then
+        // serves the connection on the worker the kernel gives the most of a CPU. With one
+        // loop, the class's new connections waited in one worker's epoll instance while the
+        // kernel ran another thread on that worker's CPU, and neither the class hand-off nor
+        // balancing can see work that is not yet a runnable task. Other classes keep one
+        // loop: a connection wakes every loop of its class, and only one accepts it.
+        let copies = if above_normal(class_c) { workers } else { 1 };
+        for i in 0..copies {
+            let socket = rescon_rt::TcpListener::from_std(m.try_clone_listener()?, &c)?;
+            let classes = Classes::Member(role.name.clone());
+            loops.push((
+                class_c.clone(),
+                (copies > 1).then_some(i),
+                Box::pin(accept_loop(shared.clone(), socket, name.clone(), classes)),
+            ));
+        }
     }
     if let Some(k) = &shared.kernel_net {
         k.watch(&group.group);
@@ -562,6 +584,12 @@ fn start_listener(
     );
     listening(l, addr);
     Ok(())
+}
+
+/// Whether `c` is of a scheduling class above normal (its own attribute: a class container
+/// of the configuration, such as `clients/high`).
+fn above_normal(c: &Container) -> bool {
+    c.attrs().class > rescon::SchedClass::NORMAL
 }
 
 /// Says that a listener accepts (what scripts and tests wait for: `listening on ADDR`).

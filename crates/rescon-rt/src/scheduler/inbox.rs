@@ -8,7 +8,9 @@ use crate::task::Runnable;
 use atomic_waker::AtomicWaker;
 use rescon::sched::balance::Offer;
 use rescon::{Container, ContainerId};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 use std::sync::{Arc, Mutex};
 
 /// Work handed to a worker by another thread.
@@ -83,6 +85,13 @@ pub(crate) struct WorkerShared {
     /// can only cause one hand-off too many or too few, which the balancing corrects.
     pub(crate) run_path: [AtomicU64; crate::scheduler::queues::PATH_LEVELS],
     pub(crate) run_min: AtomicU8,
+    /// When (the runtime's clock) it last started a burst, published with the path: a
+    /// worker whose burst started long ago is not running (the kernel runs another thread on
+    /// its CPU, or one poll runs long), and is handed nothing.
+    pub(crate) burst_at: AtomicU64,
+    /// The share of a CPU the kernel gave it while awake, in 1/65536 (the CPU correction's
+    /// ratio, every 10 ms): below one where another busy thread shares its CPU.
+    pub(crate) cpu_q16: AtomicU32,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -116,6 +125,8 @@ impl WorkerShared {
             board: Mutex::new(Vec::new()),
             run_path: Default::default(),
             run_min: AtomicU8::new(u8::MAX),
+            burst_at: AtomicU64::new(0),
+            cpu_q16: AtomicU32::new(1 << 16),
         }
     }
 

@@ -39,8 +39,8 @@
 //!   placement that reaches it is not always found (measured: 99% of containers within 2
 //!   points, the worst 10 points off, on 200 random trees).
 //! - **Classes hold over the runtime.** A task of a higher class waiting on one worker while
-//!   another worker runs a lower class (where their paths part within the top four levels of
-//!   the tree) waits there at most until its worker's current burst ends (one quantum, 200 µs
+//!   another worker runs a lower class or sleeps (where their paths part within the top
+//!   eight levels of the tree; the worker's docs list what the hand-off cannot see) waits there at most until its worker's current burst ends (one quantum, 200 µs
 //!   by default, or one poll if a poll runs longer), then one poll of the other worker: at
 //!   every burst start a worker with waiting work compares the highest class on its path with
 //!   what the other workers publish they run, and hands the outclassing work (half of a

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
 /// Levels of a container's path that the class hand-off compares (see the worker's docs).
-pub(crate) const PATH_LEVELS: usize = 4;
+pub(crate) const PATH_LEVELS: usize = 8;
 
 /// A container's path from the top, as the class hand-off compares it: per level
 /// `id << 3 | own << 2 | class`, zero past the end, all zero for work that may not run now
@@ -233,12 +233,13 @@ impl RunQueues {
     }
 
     /// Work queued here that outclasses work at `theirs` (whose lowest class is
-    /// `their_min`) and waits while slot `running` runs: the container and how many of its
-    /// waiting tasks to hand over (half, at least one).
+    /// `their_min`), or, for a worker that runs nothing (`theirs` is `None`), work with a class
+    /// above `their_min` on its path, and that waits while slot `running` runs: the container
+    /// and how many of its waiting tasks to hand over (half, at least one).
     pub(crate) fn handoff(
         &self,
         running: u32,
-        theirs: &ClassPath,
+        theirs: Option<&ClassPath>,
         their_min: u8,
     ) -> Option<(ContainerId, u32)> {
         for &k in &self.queued {
@@ -246,7 +247,8 @@ impl RunQueues {
                 continue;
             };
             let avail = s.queue.len() - (k == running) as usize;
-            if avail == 0 || s.pmax <= their_min || !outclasses(&s.path, theirs) {
+            if avail == 0 || s.pmax <= their_min || theirs.is_some_and(|t| !outclasses(&s.path, t))
+            {
                 continue;
             }
             return Some((s.container.id(), avail.div_ceil(2) as u32));

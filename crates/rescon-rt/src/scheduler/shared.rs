@@ -109,6 +109,27 @@ impl Shared {
         best
     }
 
+    /// Chooses a worker for new high-class work spawned on worker `local` (a connection a
+    /// high-priority listener accepted): the worker the kernel gives the most of a CPU, if it
+    /// gets clearly more (an eighth of a CPU) than `local`, else as [`place_near`]. Where the
+    /// machine's CPUs are shared with other busy threads (a load generator, other services),
+    /// a worker beside one of them is off its CPU for whole kernel time slices, and a
+    /// high-class request served there waits for them.
+    ///
+    /// [`place_near`]: Shared::place_near
+    pub(crate) fn place_high(&self, local: usize) -> usize {
+        if self.workers.len() == 1 {
+            return 0;
+        }
+        // A high-priority connection is rare next to the requests: a small copy is fine.
+        let mut shares = [0u32; 64];
+        let n = self.workers.len().min(shares.len());
+        for (s, w) in shares.iter_mut().zip(self.workers.iter()) {
+            *s = w.cpu_q16.load(Relaxed);
+        }
+        better_cpu(local, &shares[..n]).unwrap_or_else(|| self.place_near(local))
+    }
+
     /// Chooses a worker for a new task that could stay on the worker `local` spawning it (it
     /// is spawned by `spawn`, or bound to the spawner's container): `local`, for locality,
     /// unless `local` has clearly more tasks than the least loaded worker (more than one
@@ -127,5 +148,38 @@ impl Shared {
         } else {
             self.place(Some(local))
         }
+    }
+}
+
+/// Of workers getting `shares` of a CPU (in 1/65536), the one getting the most, if that is
+/// more than an eighth of a CPU above what worker `local` gets (the first such on a tie).
+fn better_cpu(local: usize, shares: &[u32]) -> Option<usize> {
+    let here = *shares.get(local)?;
+    let (best, top) = shares
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((local, here), |b, (i, s)| if s > b.1 { (i, s) } else { b });
+    (top > here + (1 << 13)).then_some(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::better_cpu;
+
+    const ONE: u32 = 1 << 16;
+
+    #[test]
+    fn high_work_goes_to_the_worker_with_clearly_more_of_a_cpu() {
+        // Worker 0 shares its CPU with a busy thread (half a CPU); worker 1 has its own.
+        assert_eq!(better_cpu(0, &[ONE / 2, ONE]), Some(1));
+        // Already there.
+        assert_eq!(better_cpu(1, &[ONE / 2, ONE]), None);
+        // Less than an eighth of a CPU apart: stay (locality wins).
+        assert_eq!(better_cpu(0, &[ONE - ONE / 16, ONE]), None);
+        // The most of several.
+        assert_eq!(better_cpu(2, &[ONE * 3 / 4, ONE, ONE / 4]), Some(1));
+        // No such worker.
+        assert_eq!(better_cpu(5, &[ONE]), None);
     }
 }

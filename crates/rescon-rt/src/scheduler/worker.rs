@@ -43,17 +43,38 @@
 //! # The class hand-off
 //!
 //! Balancing every millisecond would let a high-class task wait that long on a worker busy
-//! with other high-class work while another worker runs normal work. So once the runtime's
-//! containers are of more than one class (`Shared::classes`), a worker at the start of every
-//! burst publishes the class path of the container it runs (`WorkerShared::run_path`: the top
-//! four levels' ids and classes, a few relaxed stores, only when it changes), and, if work of a
-//! higher class than the lowest class some other worker runs waits in its own queues (counted
-//! per class as queues fill and empty, so this costs nothing when none waits), looks among its
-//! queued containers for one that outclasses what that worker runs where their paths part,
-//! and hands it half of that container's waiting tasks (`Remote::Adopt`; the receiver's burst
-//! ends at its next poll, since remote work arrived). Not again to the same worker until it
-//! has taken them in; after a search that found nothing, not for a few bursts. No lock, no
-//! clock: it counts bursts.
+//! with other high-class work while another worker runs normal work or sleeps. So once the
+//! runtime's containers are of more than one class (`Shared::classes`), a worker at the start
+//! of every burst publishes the class path of the container it runs (`WorkerShared::run_path`:
+//! the top [`PATH_LEVELS`] (eight) levels' ids and classes, a few relaxed stores into one
+//! cache line, only when it changes), and, if work of a higher class than the lowest class
+//! some other worker runs waits in its own queues (counted per class as queues fill and
+//! empty, so this costs nothing when none waits), looks among its queued containers for one
+//! that outclasses what that worker runs where their paths part, and hands it half of that
+//! container's waiting tasks (`Remote::Adopt`; the receiver's burst ends at its next poll,
+//! since remote work arrived). A worker asleep in `epoll_wait` counts as running the
+//! runtime's lowest class with no path: it is handed work with a class above the lowest on
+//! its path (the push wakes it). A worker whose latest burst began more than two quanta ago
+//! is handed nothing: it is not running (the kernel runs another thread on its CPU, which on
+//! a machine shared with other processes happens for whole kernel time slices, or one of its
+//! polls runs long), and the work would wait for it longer than for its own worker. Not again to the same worker until it has taken them in;
+//! after a search that found nothing, not for a few bursts. No lock, no clock: it counts
+//! bursts.
+//!
+//! The bound: a runnable container waits for a worker running (or sleeping instead of
+//! running) a class it outclasses at most the rest of its own worker's current burst
+//! (`Config::quantum_ns`, or one poll if longer), [`HANDOFF_SKIP`] bursts after a fruitless
+//! search, and one poll of the receiving worker. What it does not cover, bounded by
+//! balancing instead (the next [`BALANCE_NS`] of the busy worker's time, then a burst):
+//! - paths that part below the top eight levels (a tree deeper than eight whose classes
+//!   differ only down there);
+//! - work that is not a runnable task yet: an event in a worker's epoll instance waits until
+//!   that worker polls I/O (every `Config::event_gap_ns` of its busy time, or when it wakes),
+//!   so a socket whose worker thread the kernel does not run waits for the kernel. A server
+//!   that must not let a class's connections wait so accepts them on every worker
+//!   (rescon-httpd does, for classes above normal);
+//! - a worker the kernel has descheduled in the middle of a burst: it is running for the
+//!   hand-off, and its queued work waits for it or for another worker's balancing.
 //!
 //! # Invariants
 //!
@@ -441,7 +462,7 @@ impl Local {
                     }
                     self.yielded.set(false);
                     if self.cfg.balance {
-                        self.class_handoff(p.key.index() as u32);
+                        self.class_handoff(p.key.index() as u32, now);
                     }
                     self.run_burst(p);
                     if self.io_budget.get() == 0 {
@@ -845,7 +866,7 @@ impl Local {
     /// Before a burst of slot `k`, while the runtime's containers are of mixed classes:
     /// publishes what this worker runs, and hands work waiting here to a worker that runs
     /// work it outclasses (see the module docs).
-    fn class_handoff(&self, k: u32) {
+    fn class_handoff(&self, k: u32, now: u64) {
         let classes = self.core.borrow().queues.classes;
         if classes & !self.classes_told.get() != 0 {
             self.classes_told.set(classes);
@@ -861,6 +882,7 @@ impl Local {
             (s.path, s.pmin, q.top_waiting(k))
         };
         self.publish(path, min);
+        self.shared.burst_at.store(now, Relaxed);
         let Some(top) = top else { return };
         let skip = self.handoff_skip.get();
         if skip > 0 {
@@ -868,10 +890,29 @@ impl Local {
             return;
         }
         let me = self.shared.index;
+        // The lowest class of the runtime: what a sleeping worker's nothing is taken for.
+        let lowest = self.rt.classes.load(Relaxed).trailing_zeros() as u8;
         let mut handed = self.handed.borrow_mut();
         for (w, other) in self.rt.workers.iter().enumerate() {
-            let their_min = other.run_min.load(Relaxed);
-            if w == me || their_min >= top {
+            if w == me {
+                continue;
+            }
+            // A sleeping worker runs nothing: work of a class above the lowest goes to it
+            // (the push wakes it), rather than waiting here for this worker's balancing.
+            let asleep = other.sleeping.load(Relaxed);
+            let their_min = if asleep {
+                lowest
+            } else {
+                other.run_min.load(Relaxed)
+            };
+            if their_min >= top {
+                continue;
+            }
+            // Awake, but its burst began more than two quanta ago: the kernel is running
+            // another thread on its CPU (or a poll runs long). Work handed to it would wait
+            // for the kernel instead of for this worker's next burst.
+            if !asleep && now.saturating_sub(other.burst_at.load(Relaxed)) > 2 * self.cfg.quantum_ns
+            {
                 continue;
             }
             let taken_in = other.moved_in.load(Relaxed);
@@ -879,8 +920,9 @@ impl Local {
                 continue;
             }
             let theirs: ClassPath = std::array::from_fn(|i| other.run_path[i].load(Relaxed));
+            let theirs = (!asleep).then_some(&theirs);
             let mut core = self.core.borrow_mut();
-            let Some((c, n)) = core.queues.handoff(k, &theirs, their_min) else {
+            let Some((c, n)) = core.queues.handoff(k, theirs, their_min) else {
                 continue;
             };
             if let Some((c, list)) = self.give(&mut core, c, n, w) {
@@ -943,6 +985,10 @@ impl Local {
             core.queues.flush_counters();
             core.queues.reclaim();
             core.corr.tick(now);
+            let share = core.corr.ratio_q16().min(u32::MAX as u64) as u32;
+            if self.shared.cpu_q16.load(Relaxed) != share {
+                self.shared.cpu_q16.store(share, Relaxed);
+            }
             if core.idle.enabled() && core.idle.window_wants_lower() {
                 // Confirm with fresh classes before lowering.
                 let mask = core.refresh_served_classes(&self.rt);
