@@ -99,11 +99,24 @@ pub enum Command {
     Reload,
     /// Print the Prometheus metrics.
     Metrics,
-    /// A live view of the containers sorted by CPU, like top; q quits.
+    /// A live view of the containers sorted by CPU, like top; q quits. With --batch, plain
+    /// text frames on standard output instead (for scripts and logs), as `top -b`.
     Top {
         /// Seconds between refreshes.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, short = 'd', default_value_t = 1.0)]
         interval: f64,
+        /// Print text frames instead of taking over the terminal.
+        #[arg(long, short = 'b')]
+        batch: bool,
+        /// With --batch, stop after this many frames (default: until killed).
+        #[arg(long, short = 'n', value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+    },
+    /// Print a shell completion script: `rctl completions bash > /etc/bash_completion.d/rctl`
+    /// (zsh: a file `_rctl` in a directory of $fpath; fish: ~/.config/fish/completions/rctl.fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -165,6 +178,12 @@ pub fn fetch_tree(endpoint: &Server) -> Result<ContainerView> {
 
 /// Runs a command, writing its output to `out`. Errors are returned, for `main` to print.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
+    if let Command::Completions { shell } = &args.command {
+        // Generated from the same definition the parser uses, so they never drift.
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut cmd, "rctl", out);
+        return Ok(());
+    }
     let ep = args.endpoint()?;
     let raw = |resp: &Response, out: &mut dyn Write| -> Result<()> {
         out.write_all(&resp.body)?;
@@ -293,17 +312,26 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             let r: MoveResult = decode(&resp)?;
             out.write_all(render::moved(&r).as_bytes())?;
         }
-        Command::Top { interval } => {
+        Command::Completions { .. } => unreachable!("answered above"),
+        Command::Top {
+            interval,
+            batch,
+            iterations,
+        } => {
             if !(interval.is_finite() && *interval >= 0.1 && *interval <= 3600.0) {
                 bail!("--interval must be between 0.1 and 3600 seconds");
             }
-            // Fail before taking over the terminal if the server is not there.
-            fetch_tree(&ep)?;
             let title = match &ep {
                 Server::Unix(p) => format!("rctl top | {}", p.display()),
                 Server::Tcp { addr, .. } => format!("rctl top | http://{addr}"),
             };
-            crate::top::run(&ep, Duration::from_secs_f64(*interval), &title)?;
+            let every = Duration::from_secs_f64(*interval);
+            if *batch {
+                return crate::top::batch(&ep, every, *iterations, &title, out);
+            }
+            // Fail before taking over the terminal if the server is not there.
+            fetch_tree(&ep)?;
+            crate::top::run(&ep, every, &title)?;
         }
     }
     Ok(())

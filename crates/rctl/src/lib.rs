@@ -7,6 +7,12 @@
 //! rctl filters                      client classes, black holes, recent moves
 //! rctl block 192.0.2.0/24           drop a prefix's SYNs in the kernel
 //! rctl top                          live view sorted by CPU; q quits
+//! rctl top -b -n 3                  the same as text, 3 frames (batch mode, for scripts)
+//! rctl unblock 192.0.2.0/24         take a prefix off the black hole
+//! rctl move 192.0.2.0/24 premium    put a prefix in a client class
+//! rctl reload                       load the configuration file again (as SIGHUP)
+//! rctl metrics                      the Prometheus metrics
+//! rctl completions bash             a completion script (bash, zsh, fish, elvish, powershell)
 //! ```
 //!
 //! It talks HTTP/1.1 to the Unix socket of the server's `[admin]` section (`--socket`, default

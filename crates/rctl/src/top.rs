@@ -1,7 +1,9 @@
 //! `rctl top`: a live view of the containers sorted by CPU, refreshed in place.
 //!
 //! [`Top::update`] turns two successive snapshots of the tree into rates (pure: the caller
-//! passes the time); [`draw`] renders them with ratatui; [`run`] is the terminal loop.
+//! passes the time); [`draw`] renders them with ratatui; [`run`] is the terminal loop;
+//! [`batch`] prints the same view as plain text, frame after frame, for scripts and logs (as
+//! `top -b` does), with [`text`] rendering one frame.
 
 use crate::client::Endpoint;
 use crate::render::{attr_summary, fmt_secs};
@@ -167,6 +169,68 @@ pub fn draw(frame: &mut Frame, top: &Top, title: &str, status: Option<&str>) {
     frame.render_widget(Table::new(rows, widths).header(header), body);
 }
 
+/// One frame of the view as plain text: a title line, a header and one line per container,
+/// busiest first, columns separated by spaces (the last, the attributes, may hold spaces).
+pub fn text(top: &Top, title: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("{title}\n");
+    let _ = writeln!(
+        out,
+        "{:>6} {:<18} {:>6} {:>6} {:>6} {:>6} {:>8} {:>6} {:>10} ATTRIBUTES",
+        "ID", "NAME", "PARENT", "CPU%", "SELF%", "KCPU%", "REQ/s", "CONNS", "CPU_TIME"
+    );
+    for r in top.rows() {
+        let _ = writeln!(
+            out,
+            "{:>6} {:<18} {:>6} {:>6.1} {:>6.1} {:>6.1} {:>8.1} {:>6} {:>10} {}",
+            r.id,
+            // Names are one word in the text form, so that columns split on spaces.
+            r.name.replace(char::is_whitespace, "_"),
+            r.parent.map_or("-".into(), |p| p.to_string()),
+            r.cpu_pct,
+            r.self_pct,
+            r.kernel_pct,
+            r.req_per_s,
+            r.open_conns,
+            fmt_secs(r.cpu_total_ns),
+            if r.attrs.is_empty() { "-" } else { &r.attrs },
+        );
+    }
+    out
+}
+
+/// Batch mode: prints `iterations` frames (`None`: until killed) as [`text`], `interval`
+/// apart, each followed by an empty line. The first frame's rates are 0 (they need two
+/// samples). A failed fetch ends the run with its error; output is flushed after every frame,
+/// so that a pipe sees each one as it comes.
+pub fn batch(
+    endpoint: &Endpoint,
+    interval: Duration,
+    iterations: Option<u64>,
+    title: &str,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let mut top = Top::default();
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let tree = crate::cli::fetch_tree(endpoint)?;
+        top.update(&tree, start.elapsed());
+        n += 1;
+        let head = format!(
+            "{title} | sample {n} | every {:.1}s",
+            interval.as_secs_f64()
+        );
+        out.write_all(text(&top, &head).as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        if iterations.is_some_and(|i| n >= i) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 /// Runs the live view until `q`, Esc or Ctrl-C, refreshing every `interval`.
 pub fn run(endpoint: &Endpoint, interval: Duration, title: &str) -> anyhow::Result<()> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
@@ -255,6 +319,34 @@ mod tests {
         top.update(&snap(), Duration::from_secs(13));
         let c_row = top.rows().iter().find(|r| r.name == "c").unwrap();
         assert_eq!(c_row.cpu_pct, 0.0);
+    }
+
+    #[test]
+    fn text_frame_has_a_column_per_field() {
+        let r = Registry::new();
+        let mut attrs = Attributes::default();
+        attrs.set("cpu_limit", "30%").unwrap();
+        let cgi = r.root().create_child("cgi bin", attrs).unwrap();
+        let mut top = Top::default();
+        let snap = || ContainerView::from_snapshot(&r.root().snapshot(), None);
+        top.update(&snap(), Duration::ZERO);
+        cgi.account().add_cpu_ns(500_000_000);
+        cgi.account().add_requests(4);
+        top.update(&snap(), Duration::from_secs(2));
+        let t = text(&top, "rctl top | x");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(lines[0], "rctl top | x");
+        let head: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(head[..4], ["ID", "NAME", "PARENT", "CPU%"], "{t}");
+        // root and cgi both used 25% (cgi's subtree is the root's); root sorts first by id.
+        let root: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(root[1..4], ["root", "-", "25.0"], "{t}");
+        assert_eq!(root.last(), Some(&"-"), "no attributes: {t}");
+        let cgi: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(cgi[1], "cgi_bin", "{t}");
+        assert_eq!(cgi[3..7], ["25.0", "25.0", "0.0", "2.0"], "{t}");
+        assert!(cgi[9].starts_with("cpu_limit=0.3"), "{t}");
     }
 
     #[test]

@@ -148,6 +148,39 @@ default = true
     let err = rctl(&socket, &["reload"]).unwrap_err();
     assert!(err.contains("no file to reload"), "{err}");
 
+    // top in batch mode: two text frames, each a title, a header and the tree's containers.
+    let frames = rctl(&socket, &["top", "-b", "-n", "2", "-d", "0.1"]).unwrap();
+    let frames: Vec<&str> = frames.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    for (i, f) in frames.iter().enumerate() {
+        let lines: Vec<&str> = f.lines().collect();
+        assert!(
+            lines[0].starts_with("rctl top | ") && lines[0].contains(&format!("sample {}", i + 1)),
+            "{f}"
+        );
+        assert!(lines[1].split_whitespace().eq([
+            "ID",
+            "NAME",
+            "PARENT",
+            "CPU%",
+            "SELF%",
+            "KCPU%",
+            "REQ/s",
+            "CONNS",
+            "CPU_TIME",
+            "ATTRIBUTES"
+        ]));
+        let names: Vec<&str> = lines[2..]
+            .iter()
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        for name in ["root", "premium", "rest", "cgi"] {
+            assert!(names.contains(&name), "{name} missing from:\n{f}");
+        }
+    }
+    // --iterations without --batch is refused by the parser.
+    assert!(rctl(&socket, &["top", "-n", "2"]).is_err());
+
     // The same API over loopback TCP, with the bearer token and without.
     let url = format!("http://127.0.0.1:{port}");
     let t = Instant::now();

@@ -1290,8 +1290,10 @@ fn cgi_request_bodies_stream_in_and_chunked_ones_are_read_whole() {
 struct Netns(String);
 
 impl Netns {
-    fn create() -> Netns {
-        let name = format!("rescon-e2e-{}", std::process::id());
+    /// A namespace named after the test (`tag`) and this process, so that tests running at
+    /// once, here and in other test processes, never share one.
+    fn create(tag: &str) -> Netns {
+        let name = format!("rescon-e2e-{tag}-{}", std::process::id());
         let ok = |args: &[&str]| {
             let st = Command::new("ip").args(args).status().expect("run ip");
             assert!(st.success(), "ip {args:?} failed");
@@ -1335,7 +1337,7 @@ fn the_edge_filter_drops_the_black_holes_syns_at_the_interface() {
         eprintln!("skipped: network namespaces and XDP need root");
         return;
     }
-    let ns = Netns::create();
+    let ns = Netns::create("edge");
     let s = std::sync::Arc::new(start_in(Some(&ns.0), "", "edge = [\"lo\"]", "", "", ""));
     // The listener's kernel group joins the admin API's view just after it listens.
     let edges = |s: &Server| -> serde_json::Value {
@@ -1391,6 +1393,130 @@ fn the_edge_filter_drops_the_black_holes_syns_at_the_interface() {
         e[0]["prefixes"],
         serde_json::json!(["127.0.0.5/32", "127.0.0.66/32"]),
         "{e}"
+    );
+    drop(s);
+}
+
+/// The value of `rescon_listener_dropped_syns_total` for `group` at `stage` (0 when the
+/// series is not there yet).
+fn dropped_syns(s: &Server, group: &str, stage: &str) -> u64 {
+    let (st, body) = admin(s, "GET", "/metrics", "");
+    assert_eq!(st, 200, "{body}");
+    let want = format!(
+        "rescon_listener_dropped_syns_total{{listener=\"web\",group=\"{group}\",stage=\"{stage}\"}} "
+    );
+    body.lines()
+        .find_map(|l| l.strip_prefix(want.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Sends `n` SYNs from `src` to `to`, one per connection attempt: each socket is closed right
+/// after its non-blocking connect() has sent the SYN (on loopback, queued for the receiving
+/// side at once), so no attempt retransmits and exactly `n` SYNs arrive.
+fn syns_from(src: &str, to: SocketAddr, n: u64) {
+    for _ in 0..n {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&to.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            other => panic!("connect from {src}: expected EINPROGRESS, got {other:?}"),
+        }
+    }
+}
+
+/// Waits until `read()` reaches `want` (it only rises), then checks it stays there: each
+/// attempt counts once, no more.
+fn settles_at(want: u64, read: impl Fn() -> u64, what: &str) {
+    let t = Instant::now();
+    while read() < want {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what}: {} of {want} counted after 10 s",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), want, "{what}");
+}
+
+/// `rescon_listener_dropped_syns_total` counts every SYN the black hole drops, at its socket
+/// (`stage="socket"`) and, with `edge`, at the interface (`stage="edge"`), one for one, and
+/// no SYN of an allowed source. Run in a network namespace of the test's own (the edge
+/// filter is XDP on its `lo`).
+#[test]
+fn the_dropped_syn_counters_count_each_blocked_connection_attempt() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("RESCON_REQUIRE_KERNEL").is_none_or(|v| v != "1"),
+            "RESCON_REQUIRE_KERNEL=1 but not root (network namespaces and XDP need it)"
+        );
+        eprintln!("skipped: network namespaces and XDP need root");
+        return;
+    }
+    let ns = Netns::create("drops");
+    let req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    // At the black hole's socket.
+    let s = Arc::new(start_in(Some(&ns.0), "", "", "", "", ""));
+    let before = dropped_syns(&s, "black-hole", "socket");
+    let s2 = s.clone();
+    ns.run(move || {
+        assert_eq!(raw(&s2, "127.0.0.1", req).unwrap().status, 200);
+        syns_from("127.0.0.66", s2.addr, 7);
+    });
+    settles_at(
+        before + 7,
+        || dropped_syns(&s, "black-hole", "socket"),
+        "black hole, socket stage",
+    );
+    assert_eq!(dropped_syns(&s, "rest", "socket"), 0, "allowed SYNs");
+    // A prefix moved there by the operator counts the same way.
+    let (st, body) = admin(
+        &s,
+        "POST",
+        "/filters/move",
+        r#"{"prefix": "127.0.0.5/32", "to": "black-hole"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let s2 = s.clone();
+    ns.run(move || syns_from("127.0.0.5", s2.addr, 4));
+    settles_at(
+        before + 11,
+        || dropped_syns(&s, "black-hole", "socket"),
+        "moved prefix, socket stage",
+    );
+    drop(s);
+
+    // At the interface: the edge filter drops them before any socket sees them.
+    let s = Arc::new(start_in(Some(&ns.0), "", "edge = [\"lo\"]", "", "", ""));
+    let t = Instant::now();
+    while !admin(&s, "GET", "/metrics", "")
+        .1
+        .contains("stage=\"edge\"")
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "no edge series");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (edge0, socket0) = (
+        dropped_syns(&s, "black-hole", "edge"),
+        dropped_syns(&s, "black-hole", "socket"),
+    );
+    let s2 = s.clone();
+    ns.run(move || {
+        assert_eq!(raw(&s2, "127.0.0.1", req).unwrap().status, 200);
+        syns_from("127.0.0.66", s2.addr, 5);
+    });
+    settles_at(
+        edge0 + 5,
+        || dropped_syns(&s, "black-hole", "edge"),
+        "black hole, edge stage",
+    );
+    assert_eq!(
+        dropped_syns(&s, "black-hole", "socket"),
+        socket0,
+        "dropped at the edge, so never at the socket"
     );
     drop(s);
 }

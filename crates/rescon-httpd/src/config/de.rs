@@ -270,6 +270,8 @@ pub(crate) struct VhostDe {
     #[serde(default)]
     pub(crate) cgi: Vec<Spanned<CgiDe>>,
     pub(crate) tls: Option<Spanned<VhostTlsDe>>,
+    pub(crate) user: S<String>,
+    pub(crate) group: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -451,6 +451,11 @@ pub struct VhostConfig {
     pub cgi: Vec<CgiPrefix>,
     /// Its certificate for TLS listeners, if it has one.
     pub tls: Option<VhostTls>,
+    /// The user its CGI scripts run as (default: the server's); resolved when the site is
+    /// compiled (see `server::site`).
+    pub user: Option<String>,
+    /// Their group (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// A whole configuration, checked.
@@ -1007,6 +1012,28 @@ impl Loader<'_, '_> {
         out
     }
 
+    /// A user or group name as useradd accepts it (or a numeric id); the lookup happens when
+    /// the server starts or compiles the site.
+    fn account_name(&mut self, v: &Spanned<String>, key: &str) -> Option<String> {
+        let name = v.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && !name.starts_with('-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b));
+        if ok {
+            return Some(name.clone());
+        }
+        self.err(
+            span(v),
+            key,
+            format!("invalid name {name:?}"),
+            Some("a user or group name (letters, digits, _ . -) or a numeric id"),
+        );
+        None
+    }
+
     fn server(&mut self, raw: &FileDe) -> ServerConfig {
         let s = &raw.server;
         let mut out = ServerConfig::default();
@@ -1043,31 +1070,14 @@ impl Loader<'_, '_> {
         if let Some(n) = &s.server_name {
             out.server_name = Some(n.get_ref().clone());
         }
-        for (v, key, slot) in [
-            (&s.user, "server.user", &mut out.user),
-            (&s.group, "server.group", &mut out.group),
-        ] {
-            if let Some(v) = v {
-                let name = v.get_ref();
-                // What useradd accepts (and a numeric id); the lookup happens at start.
-                let ok = !name.is_empty()
-                    && name.len() <= 32
-                    && !name.starts_with('-')
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b));
-                if ok {
-                    *slot = Some(name.clone());
-                } else {
-                    self.err(
-                        span(v),
-                        key,
-                        format!("invalid name {name:?}"),
-                        Some("a user or group name (letters, digits, _ . -) or a numeric id"),
-                    );
-                }
-            }
-        }
+        out.user = s
+            .user
+            .as_ref()
+            .and_then(|v| self.account_name(v, "server.user"));
+        out.group = s
+            .group
+            .as_ref()
+            .and_then(|v| self.account_name(v, "server.group"));
         if let (Some(g), None) = (&s.group, &s.user) {
             self.err(
                 span(g),
@@ -1829,8 +1839,28 @@ impl Loader<'_, '_> {
                 });
             }
             let tls = v.tls.as_ref().and_then(|t| self.vhost_tls(t, &k("tls")));
+            let user = v
+                .user
+                .as_ref()
+                .and_then(|u| self.account_name(u, &k("user")));
+            let group = v
+                .group
+                .as_ref()
+                .and_then(|g| self.account_name(g, &k("group")));
+            if let (Some(g), None) = (&v.group, &v.user) {
+                self.err(
+                    span(g),
+                    &k("group"),
+                    "group is given without user".into(),
+                    Some(
+                        "set the vhost's user too (the group defaults to the user's primary group)",
+                    ),
+                );
+            }
             out.push(VhostConfig {
                 tls,
+                user,
+                group,
                 name: v.name.get_ref().clone(),
                 hosts: hs,
                 root: self.path(v.root.get_ref()),

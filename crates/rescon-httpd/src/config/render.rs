@@ -210,6 +210,12 @@ pub(super) fn render(c: &Config) -> String {
         let _ = writeln!(o, "container = {}", q(v.container.as_str()));
         let _ = writeln!(o, "index = {}", list(v.index.iter().cloned()));
         let _ = writeln!(o, "default = {}", v.default);
+        if let Some(u) = &v.user {
+            let _ = writeln!(o, "user = {}", q(u));
+        }
+        if let Some(g) = &v.group {
+            let _ = writeln!(o, "group = {}", q(g));
+        }
         match &v.tls {
             Some(VhostTls::Files { cert, key }) => {
                 let _ = writeln!(o, "\n[vhost.tls]\ncert = {}\nkey = {}", qp(cert), qp(key));

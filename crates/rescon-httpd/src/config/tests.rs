@@ -601,3 +601,40 @@ fn cgi_timeouts_idle_and_total() {
         "limits.cgi_stderr_bytes"
     );
 }
+
+#[test]
+fn metrics_listener_is_off_by_default_and_a_bare_port_is_on_loopback() {
+    let c = Config::parse("t.toml", "").unwrap();
+    assert_eq!(c.metrics.listen, None, "no listener unless configured");
+    let c = Config::parse("t.toml", "[metrics]\nlisten = \"9464\"\n").unwrap();
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    let c = Config::parse("t.toml", "[metrics]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+    assert_eq!(c.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
+    let d = one("[metrics]\nlisten = \"everywhere\"\n");
+    assert_eq!(d.key, "metrics.listen", "{d}");
+}
+
+#[test]
+fn a_vhost_may_name_the_user_of_its_cgi_scripts() {
+    let base =
+        "[containers.site]\n[[vhost]]\nname = \"a\"\nroot = \"/srv/a\"\ncontainer = \"site\"\n";
+    let c = Config::parse(
+        "t.toml",
+        &format!("{base}user = \"www-a\"\ngroup = \"web\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.vhosts[0].user.as_deref(), Some("www-a"));
+    assert_eq!(c.vhosts[0].group.as_deref(), Some("web"));
+    // The effective configuration says it again, and reads back the same.
+    let again = Config::parse("t.toml", &c.to_toml()).unwrap();
+    assert_eq!(again.vhosts[0].user.as_deref(), Some("www-a"));
+    let d = one(&format!("{base}group = \"web\"\n"));
+    assert_eq!(d.key, "vhost[0].group", "{d}");
+    let d = one(&format!("{base}user = \"-rf\"\n"));
+    assert_eq!(d.key, "vhost[0].user", "{d}");
+    assert!(
+        Config::parse("t.toml", base).unwrap().vhosts[0]
+            .user
+            .is_none()
+    );
+}

@@ -68,6 +68,8 @@ pub(crate) struct CgiRun {
     /// Caps the script in user mode where no cgroup does.
     pub(crate) limiter: Option<Arc<rescon_linux::usermode::Limiter>>,
     pub(crate) watchdog: Arc<Watchdog>,
+    /// The uid and gid the script runs as, when not the server's (a vhost's `user`).
+    pub(crate) user: Option<(u32, u32)>,
 }
 
 impl CgiRun {
@@ -112,6 +114,7 @@ impl CgiRun {
             stderr_budget: self.limits.cgi_stderr_bytes,
             head_tx: Some(head_tx),
             body_tx: Some(body_tx),
+            user: self.user,
         };
         // The script runs on the blocking pool: its pipes are blocking, and the thread's CPU
         // is charged to the CGI container. The thread sends the response head as soon as it
@@ -340,6 +343,8 @@ struct ScriptJob {
     head_tx: Option<tokio::sync::oneshot::Sender<CgiOutcome>>,
     /// Taken when the output ends: the body ends with it.
     body_tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+    /// The uid and gid to run the script as, if not the server's.
+    user: Option<(u32, u32)>,
 }
 
 /// A run's two output pipes, as the relay reads them.
@@ -387,6 +392,9 @@ impl ScriptJob {
                 for (k, v) in &self.env {
                     cmd.env(k, v);
                 }
+                if let Some((uid, gid)) = self.user {
+                    cmd.user(uid, gid);
+                }
                 cmd.spawn()
                     .map(|mut ch| {
                         let out = Outputs {
@@ -407,6 +415,10 @@ impl ScriptJob {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .process_group(0);
+                if let Some((uid, gid)) = self.user {
+                    // std drops the supplementary groups too (setgroups(0)) when root.
+                    cmd.uid(uid).gid(gid);
+                }
                 let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
                 cmd.spawn()
                     .map(|mut ch| {

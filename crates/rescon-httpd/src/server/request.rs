@@ -354,5 +354,11 @@ fn cgi_run(
         kernel,
         limiter: shared.limiter.clone(),
         watchdog: shared.cgi_watchdog.clone(),
+        // Switched to in the script's process unless the server runs as that user already.
+        user: vhost
+            .cgi_user
+            .as_ref()
+            .filter(|ids| !crate::service::privileges::is_current(ids))
+            .map(|ids| (ids.uid, ids.gid)),
     })
 }

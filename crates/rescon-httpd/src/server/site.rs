@@ -56,6 +56,8 @@ pub(crate) struct Vhost {
     pub(crate) cgi: Vec<CgiMount>,
     /// Small files by request path; a reload starts with an empty one.
     pub(crate) files: FileCache,
+    /// The user its CGI scripts run as, if the vhost names one.
+    pub(crate) cgi_user: Option<crate::service::privileges::Ids>,
 }
 
 /// A CGI prefix of a vhost, compiled.
@@ -210,7 +212,9 @@ impl Opened {
                 });
             }
             cgi.sort_by_key(|m| std::cmp::Reverse(m.prefix.prefix.len()));
+            let cgi_user = crate::service::privileges::vhost_cgi_ids(&config.server, v)?;
             vhosts.push(Vhost {
+                cgi_user,
                 index,
                 name: v.name.as_str().into(),
                 config: v.clone(),

@@ -2,10 +2,15 @@
 //! LDAP and systemd's dynamic users work too), then, once the listeners are bound and the
 //! cgroups made, the process's groups, gid and uid set for good.
 //!
+//! A `[[vhost]]` may name its own `user` (and `group`) for its CGI scripts
+//! ([`vhost_cgi_ids`]): the script's process switches between fork and exec, which takes root,
+//! so the server then keeps root (no `[server] user`), as Apache does for `suexec`.
+//!
 //! The change goes through glibc (`setgroups`, `setgid`, `setuid` via `nix`), which applies
 //! it to every thread of the process; the raw system calls would change the calling thread
 //! only and leave the runtime's workers as root.
 
+use crate::config::{ServerConfig, VhostConfig};
 use anyhow::{Context as _, Result, bail};
 use nix::unistd::{Gid, Group, Uid, User};
 use std::ffi::CString;
@@ -26,6 +31,12 @@ pub struct Ids {
 /// Resolves `user` (a name or a number) and `group` (default: the user's primary group).
 /// The error says which name is unknown and how to create it.
 pub fn resolve(user: &str, group: Option<&str>) -> Result<Ids> {
+    resolve_for("[server]", user, group)
+}
+
+/// [`resolve`], for the settings of `section` (`[server]`, `vhost "a"`), which the errors
+/// name.
+pub fn resolve_for(section: &str, user: &str, group: Option<&str>) -> Result<Ids> {
     let entry = match user.parse::<u32>() {
         Ok(n) => User::from_uid(Uid::from_raw(n)).with_context(|| format!("looking up uid {n}"))?,
         Err(_) => User::from_name(user).with_context(|| format!("looking up user {user:?}"))?,
@@ -34,19 +45,19 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Ids> {
         (Some(u), _) => (u.name.clone(), u.uid.as_raw(), Some(u.gid.as_raw()), true),
         (None, Ok(n)) => (n.to_string(), n, None, false),
         (None, Err(_)) => bail!(
-            "[server] user = {user:?}: no such user; create it (e.g. `useradd --system --no-create-home --shell /usr/sbin/nologin {user}`, or deploy/rescon-httpd.sysusers.conf with systemd-sysusers) or name another"
+            "{section} user = {user:?}: no such user; create it (e.g. `useradd --system --no-create-home --shell /usr/sbin/nologin {user}`, or deploy/rescon-httpd.sysusers.conf with systemd-sysusers) or name another"
         ),
     };
     let gid = match group {
         None => primary.with_context(|| {
-            format!("[server] user = {user:?} has no user database entry, so no primary group: set [server] group")
+            format!("{section} user = {user:?} has no user database entry, so no primary group: set {section} group")
         })?,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => Group::from_name(g)
                 .with_context(|| format!("looking up group {g:?}"))?
                 .with_context(|| {
-                    format!("[server] group = {g:?}: no such group; create it (groupadd --system {g}) or name another")
+                    format!("{section} group = {g:?}: no such group; create it (groupadd --system {g}) or name another")
                 })?
                 .gid
                 .as_raw(),
@@ -58,6 +69,34 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Ids> {
         gid,
         known,
     })
+}
+
+/// The user the CGI scripts of `vhost` run as, when its configuration names one (`None`:
+/// they run as the server does). Running a script as another user than the server's needs the
+/// server to keep root: with `[server] user` set to someone else, or in a server that is not
+/// root, the error says so and what to change.
+pub fn vhost_cgi_ids(server: &ServerConfig, vhost: &VhostConfig) -> Result<Option<Ids>> {
+    let Some(user) = &vhost.user else {
+        return Ok(None);
+    };
+    let section = format!("vhost {:?}:", vhost.name);
+    let ids = resolve_for(&section, user, vhost.group.as_deref())?;
+    match &server.user {
+        Some(su) => {
+            let s = resolve(su, server.group.as_deref())?;
+            if (s.uid, s.gid) != (ids.uid, ids.gid) {
+                bail!(
+                    "{section} user = {user:?}: its CGI scripts cannot run as {user} while [server] user = {su:?}: the server gives up root after start, and only root can start a program as another user. Remove [server] user (the server then keeps root and runs each vhost's scripts as its user), or give this vhost the server's user"
+                );
+            }
+        }
+        None if !can_switch() && !is_current(&ids) => bail!(
+            "{section} user = {user:?}: starting CGI scripts as {user} needs root, and this process runs as uid {}: start the server as root, or remove the vhost's user",
+            Uid::effective()
+        ),
+        None => {}
+    }
+    Ok(Some(ids))
 }
 
 /// Whether this process can change its ids (it runs as root).

@@ -616,9 +616,17 @@ impl Manager {
                     made.push(leaf.clone());
                     fs.write(&leaf, "cgroup.procs", &std::process::id().to_string())
                         .map_err(|e| {
-                            e.detail(
-                                "moving the server into its own leaf, out of its parent cgroup",
-                            )
+                            let remedy = match e.kind() {
+                                // EOPNOTSUPP: the leaf is "domain invalid", as every domain
+                                // cgroup below a threaded one is.
+                                ErrorKind::Topology => {
+                                    ": the kernel takes no process into this cgroup, as the parent is in a threaded subtree (cgroup.type \"threaded\"): point [server] cgroup_parent at a domain cgroup (a systemd unit's own with Delegate=yes), or set [server] cgroup_v2_mode = \"threaded\" (no memory limits)"
+                                }
+                                _ => "",
+                            };
+                            e.detail(format!(
+                                "moving the server into its own leaf, out of its parent cgroup{remedy}"
+                            ))
                         })?;
                     own_leaf = Some(hi);
                     if !h.enable.is_empty() {

@@ -88,6 +88,7 @@ pub struct Command {
     affinity: Option<Vec<usize>>,
     keep: Vec<OwnedFd>,
     new_group: bool,
+    ids: Option<(u32, u32)>,
 }
 
 /// How a child ended, and what it used.
@@ -151,6 +152,7 @@ fn stage_name(s: u32) -> String {
         stage::EXEC => "exec".into(),
         stage::KEEP => "keeping inherited fds".into(),
         stage::GROUP => "making a process group".into(),
+        stage::IDS => "switching to its user".into(),
         s if s >= stage::JOIN => format!("joining cgroup #{}", s - stage::JOIN),
         s => format!("stage {s}"),
     }
@@ -188,6 +190,7 @@ impl Command {
             inner,
             keep: Vec::new(),
             new_group: false,
+            ids: None,
             container,
             program: program.to_os_string(),
             args: Vec::new(),
@@ -265,6 +268,14 @@ impl Command {
     /// processes already).
     pub fn process_group(&mut self, new: bool) -> &mut Command {
         self.new_group = new;
+        self
+    }
+
+    /// Runs the child as `uid` and `gid` (its supplementary groups: just `gid`), switched to
+    /// after it joins its cgroups and before it changes directory and executes. The calling
+    /// process must be root; otherwise the spawn fails at that step.
+    pub fn user(&mut self, uid: u32, gid: u32) -> &mut Command {
+        self.ids = Some((uid, gid));
         self
     }
 
@@ -385,6 +396,7 @@ impl Command {
         }
         plan.keep = self.keep.iter().map(|f| f.as_raw_fd()).collect();
         plan.new_group = self.new_group;
+        plan.ids = self.ids;
         let (err_r, err_w) = sys::pipe_cloexec().map_err(|e| spawn_err("make pipe", e))?;
         plan.err = err_w.as_raw_fd();
 

@@ -150,6 +150,9 @@ pub struct ExecPlan {
     pub keep: Vec<RawFd>,
     /// Whether the child leads a new process group (`setpgid(0, 0)`).
     pub new_group: bool,
+    /// The uid and gid the child switches to before it changes directory and executes (its
+    /// supplementary groups become just the gid). Needs the parent to be root.
+    pub ids: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 /// Steps at which the child can fail, as reported through [`ExecPlan::err`].
@@ -168,6 +171,8 @@ pub mod stage {
     pub const KEEP: u32 = 6;
     /// Making a new process group.
     pub const GROUP: u32 = 7;
+    /// Switching to the plan's uid and gid.
+    pub const IDS: u32 = 8;
     /// Joining cgroup number `n` (in [`ExecPlan::join`] order, then the fallback): `JOIN + n`.
     pub const JOIN: u32 = 100;
 }
@@ -196,6 +201,7 @@ impl ExecPlan {
             err: -1,
             keep: Vec::new(),
             new_group: false,
+            ids: None,
         }
     }
 }
@@ -470,6 +476,11 @@ fn child_main(plan: &ExecPlan, fallback: bool) -> ! {
             child_fail(plan.err, stage::GROUP, e);
         }
     }
+    if let Some((uid, gid)) = plan.ids {
+        if let Err(e) = child_set_ids(uid, gid) {
+            child_fail(plan.err, stage::IDS, e);
+        }
+    }
     if let Some(cwd) = &plan.cwd {
         if let Err(e) = child_chdir(cwd) {
             child_fail(plan.err, stage::CHDIR, e);
@@ -532,6 +543,27 @@ fn child_setpgid() -> Result<(), i32> {
     } else {
         Ok(())
     }
+}
+
+/// Becomes `uid` and `gid` for good: supplementary groups (just `gid`), then the real,
+/// effective and saved gid, then uid. Raw system calls: the child is a single thread cloned
+/// from a multi-threaded process, and glibc's wrappers would try to apply the change to the
+/// parent's other threads as well (the "setxid broadcast"), which do not exist here.
+fn child_set_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), i32> {
+    let groups = [gid];
+    // SAFETY: setgroups reads one gid from a live array. Errors come back through errno.
+    if unsafe { libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) } == -1 {
+        return Err(errno());
+    }
+    // SAFETY: plain integers; errors come back through errno.
+    if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } == -1 {
+        return Err(errno());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } == -1 {
+        return Err(errno());
+    }
+    Ok(())
 }
 
 /// chdir(2).
