@@ -39,6 +39,11 @@ pub(crate) async fn accept_loop(
     classes: Classes,
 ) {
     let mut watch = shared.stop.watch(false);
+    // One name for every connection without a class: the request statistics find a
+    // connection's cell by the addresses of its vhost and class names (`HttpStats::cell`), so
+    // a name made per connection missed that cache on every request of interleaved
+    // connections (a lock, a hash of both names, three `Arc`s swapped).
+    let all: Arc<str> = "all".into();
     loop {
         // A graceful stop ends the loop, and the socket closes with it.
         let accepted = std::future::poll_fn(|cx| {
@@ -69,7 +74,7 @@ pub(crate) async fn accept_loop(
                     stream,
                     peer,
                     local,
-                    class: "all".into(),
+                    class: all.clone(),
                     home: c.clone(),
                     n: None,
                     guard: None,
