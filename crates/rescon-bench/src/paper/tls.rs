@@ -261,13 +261,21 @@ pub(super) fn exp8_rapid_reset(ctx: &mut Ctx) -> Result<()> {
     )
 }
 
+/// One case of experiment 10: label, group, servers, the peer of the goal, ALPN.
+type ThroughputCase = (
+    &'static str,
+    Group,
+    Vec<Kind>,
+    Kind,
+    &'static [&'static str],
+);
+
 pub(super) fn exp10_throughput(ctx: &mut Ctx) -> Result<()> {
     if !ctx.site.tls {
         bail!("no certificate: openssl could not make one (apt-get install openssl)");
     }
     let conns = 50;
-    // (label, group, servers, the peer of the goal, ALPN)
-    let cases: [(&str, Group, Vec<Kind>, Kind, &[&str]); 3] = [
+    let cases: [ThroughputCase; 3] = [
         (
             "HTTPS keep-alive (HTTP/1.1)",
             tls_group("c", LOW, conns, Mode::KeepAlive, &["http/1.1"], true),

@@ -319,8 +319,15 @@ mod tests {
         let w = Workers::default();
         let me = std::process::id() as i32;
         let from = w.begin(me, false).unwrap();
-        let t = std::time::Instant::now();
-        while t.elapsed() < std::time::Duration::from_millis(60) {
+        // Burn 60 ms of the process's CPU (not of wall time: on a loaded machine 60 ms of
+        // wall time can be far less CPU), so the kernel's tick-grained figure has grown by
+        // at least 50 ms.
+        let cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let start = cpu();
+        while cpu() - start < 60_000_000 {
             std::hint::black_box(0u64);
         }
         let used = w.end(me, from).unwrap();
