@@ -378,23 +378,36 @@ fn work_of_one_class_is_not_handed_over_for_its_class() {
     let b = child(&root, "b", &[("class", "high")]);
     let low = child(&root, "low", &[]);
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let on_0 = Arc::new(Mutex::new(HashSet::new()));
+    let on_1 = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = vec![rt.handle().spawn_on(0, &low, async {})];
     rt.block_on(tasks.pop().unwrap()).unwrap();
-    for _ in 0..2 {
-        tasks.push(
-            rt.handle()
-                .spawn_on(0, &a, burn(stop.clone(), threads.clone())),
-        );
-        tasks.push(
-            rt.handle()
-                .spawn_on(1, &b, burn(stop.clone(), threads.clone())),
-        );
-    }
-    eventually("both workers run", || threads.lock().unwrap().len() == 2);
+    // One task each first, each waited for: a worker asleep is given waiting high work, so a
+    // second task spawned while the other worker still sleeps would rightly move.
+    tasks.push(
+        rt.handle()
+            .spawn_on(1, &b, burn(stop.clone(), on_1.clone())),
+    );
+    eventually("worker 1 runs b", || on_1.lock().unwrap().len() == 1);
+    tasks.push(
+        rt.handle()
+            .spawn_on(0, &a, burn(stop.clone(), on_0.clone())),
+    );
+    eventually("worker 0 runs a", || on_0.lock().unwrap().len() == 1);
+    // Both workers run the high class now: a second task of each waits on its own worker.
+    tasks.push(
+        rt.handle()
+            .spawn_on(0, &a, burn(stop.clone(), on_0.clone())),
+    );
+    tasks.push(
+        rt.handle()
+            .spawn_on(1, &b, burn(stop.clone(), on_1.clone())),
+    );
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(clock.now_ns(), start);
     assert_eq!(rt.handle().worker_moves(), [(0, 0), (0, 0)]);
+    let (t0, t1) = (on_0.lock().unwrap().clone(), on_1.lock().unwrap().clone());
+    assert!(t0.len() == 1 && t1.len() == 1 && t0 != t1, "{t0:?} {t1:?}");
     stop.store(true, SeqCst);
     rt.block_on(async {
         for t in tasks {
