@@ -151,7 +151,20 @@ fn a_process_tree_shares_one_cap() {
     std::thread::sleep(Duration::from_millis(400));
     let share = share_over(pid, Duration::from_secs(2));
     eprintln!("two busy processes capped at 20%: got {share:.3} of a CPU");
-    assert!(share < 0.35, "got {share:.3}");
+    assert!(
+        share < 0.35,
+        "got {share:.3}; limiter {:?}; tree {:?}",
+        limiter.stats(),
+        std::process::Command::new("ps")
+            .args([
+                "-o",
+                "pid,ppid,pgid,stat,etime,args",
+                "-g",
+                &pid.to_string()
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    );
     // Killing the group (the shell leads it) ends them all, stopped or not.
     // SAFETY: kill takes plain integers; the group is the child's own (it leads it).
     unsafe { libc::kill(-pid, libc::SIGKILL) };

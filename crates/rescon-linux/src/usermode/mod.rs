@@ -388,13 +388,19 @@ impl Shared {
                 let all = procfs::scan(&self.config.proc_root);
                 let by_pid: HashMap<i32, &crate::cgroup::parse::ProcStat> =
                     all.iter().map(|p| (p.pid, p)).collect();
-                for rec in st_ref.targets.values_mut() {
+                for (id, rec) in st_ref.targets.iter_mut() {
                     let members = procfs::members_of(&rec.target, &all);
                     rec.members.update(&members);
                     for (pid, _) in &members {
                         if let Some(p) = by_pid.get(pid) {
                             rec.members.record(p);
                         }
+                    }
+                    // A member forked since the target was stopped runs until it is stopped
+                    // too: a tree stopped before its shell forked its workers would otherwise
+                    // run them free for as long as it stays over budget.
+                    if st_ref.ctl.is_stopped(*id) {
+                        self.signal(rec, Action::Stop);
                     }
                 }
                 st_ref.next_scan = now + self.config.rescan.as_nanos() as u64;
