@@ -761,21 +761,7 @@ fn exp4_cgi(ctx: &mut Ctx) -> Result<()> {
                 format!("{} with {k} CGI", kind.name()),
             );
             // CGI CPU over the counted window: the children's CPU read at its edges.
-            let (srv, warm, dur) = (&server, plan.warmup, plan.duration);
-            let (r, cgi_ns) = std::thread::scope(|sc| -> Result<_> {
-                let reader = sc.spawn(move || -> Result<u64> {
-                    std::thread::sleep(warm);
-                    let a = srv.children_cpu_ns()?;
-                    std::thread::sleep(dur);
-                    let b = srv.children_cpu_ns()?;
-                    Ok(b.saturating_sub(a))
-                });
-                let r = httpload::run(&plan)?;
-                let cgi = reader
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-                Ok((r, cgi))
-            })?;
+            let (r, cgi_ns) = run_reading_children_cpu(&server, &plan)?;
             drop(server);
             let st = r[0].per_s();
             if k == 0 {
@@ -875,21 +861,7 @@ fn exp4_point(
         ],
         format!("{} with {k} x {path}", kind.name()),
     );
-    let (srv, warm, dur) = (&server, plan.warmup, plan.duration);
-    let (r, ns) = std::thread::scope(|sc| -> Result<_> {
-        let reader = sc.spawn(move || -> Result<u64> {
-            std::thread::sleep(warm);
-            let a = srv.children_cpu_ns()?;
-            std::thread::sleep(dur);
-            let b = srv.children_cpu_ns()?;
-            Ok(b.saturating_sub(a))
-        });
-        let r = httpload::run(&plan)?;
-        let cpu = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        Ok((r, cpu))
-    })?;
+    let (r, ns) = run_reading_children_cpu(&server, &plan)?;
     drop(server);
     let frac = ns as f64 / ctx.window.as_nanos() as f64;
     Ok((r[0].per_s(), frac, r[1].ok, r[1].errors))
@@ -1413,4 +1385,27 @@ fn exp6_vhosts(ctx: &mut Ctx) -> Result<()> {
     )?;
     ctx.experiments.insert("6_vhosts".into(), Value::Object(js));
     Ok(())
+}
+
+/// Runs `plan` against `server` and reads the CPU of the server's children (CGI, FastCGI)
+/// at the edges of the counted window, beside the load.
+fn run_reading_children_cpu(
+    server: &Running,
+    plan: &Plan,
+) -> Result<(Vec<httpload::GroupResult>, u64)> {
+    let (warm, dur) = (plan.warmup, plan.duration);
+    std::thread::scope(|sc| {
+        let reader = sc.spawn(move || -> Result<u64> {
+            std::thread::sleep(warm);
+            let a = server.children_cpu_ns()?;
+            std::thread::sleep(dur);
+            let b = server.children_cpu_ns()?;
+            Ok(b.saturating_sub(a))
+        });
+        let r = httpload::run(plan)?;
+        let cpu = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        Ok((r, cpu))
+    })
 }
