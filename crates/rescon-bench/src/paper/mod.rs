@@ -1081,7 +1081,7 @@ fn exp5_synflood(ctx: &mut Ctx) -> Result<()> {
 /// Experiment 9's attacker connections and bytes per write: enough small packets that,
 /// unchecked, the attacker takes well over the 20% its class is capped at.
 const EXP9_ATTACKERS: usize = 4;
-const EXP9_SMALL: usize = 16;
+const EXP9_SMALL: usize = 64;
 
 fn exp9_kernel_network(ctx: &mut Ctx) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
