@@ -473,8 +473,8 @@ impl NetAccounting {
 
     /// Gives container `id`'s slot back (after its last [`read`](Self::read); call
     /// [`Ledger::forget`](ledger::Ledger::forget) too). Sockets still bound to it are no
-    /// longer counted (their packets count as lost) until bound again, which counts from
-    /// zero. `false` if it had no slot.
+    /// longer read (once the slot is given to another container, their packets count as
+    /// lost), until bound again, which counts from zero. `false` if it had no slot.
     pub fn forget(&self, id: ContainerId) -> io::Result<bool> {
         Ok(self.lock_slots().release(id))
     }
