@@ -6,10 +6,16 @@
 //! listeners: the victim's, which the clients' namespace uses for request/response (100
 //! bytes in, 1 KB out, on persistent connections), and the attacker's, to which the
 //! attacker's namespace sends many small writes on established connections (`TCP_NODELAY`,
-//! `--small` bytes each; real connections, no spoofing). The server runs on the last CPU,
+//! `--small` bytes each, autocorking off in its namespace so that each write is a packet;
+//! real connections, no spoofing). The server runs on the last CPU,
 //! the clients and the attacker on the first; the server's veths steer their packets to
 //! the server's CPU (RPS), so NET_RX softirq runs there as a NIC's would, interrupting the
 //! server.
+//!
+//! With `--isolation`, the attacker's threads run at nice 19: on two CPUs they share the
+//! clients' CPU, and at nice 19 they take only what the victim's clients leave, so that what
+//! the victim loses is the server's doing (its CPU taken by the attacker's packets), not its
+//! load generator's.
 //!
 //! Each round runs once without kernel network accounting and once with it (the listeners
 //! bound to a victim and an attacker container), interleaved. Reported: the victim's
@@ -58,8 +64,8 @@ pub struct Args {
     #[arg(long)]
     isolation: bool,
     /// In the isolation runs, each attacker connection's writes per second (0: as fast as it
-    /// can). On two CPUs an unpaced attacker takes the clients' CPU from them, which no
-    /// server can give back; paced, what is measured is the server's isolation.
+    /// can). The attacker's threads run at nice 19 there, so that on two CPUs it takes only
+    /// the CPU the victim's clients leave: what the victim loses is the server's doing.
     #[arg(long, default_value_t = 0)]
     attack_rate: u64,
     /// In the isolation runs, the server sockets' receive buffer in bytes (0: the kernel's
@@ -81,6 +87,13 @@ pub struct Args {
 
 const REQUEST: usize = 100;
 const RESPONSE: usize = 1000;
+
+const VICTIM: Load = Load {
+    victim: true,
+    small: 0,
+    rate: 0,
+    background: false,
+};
 
 /// What one run measured.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -226,19 +239,44 @@ fn serve(
     }
 }
 
-/// A client loop until `end`: request/response (victim) or small writes (attacker).
-/// Returns the operations done. With `peer`, its socket is charged to that container (the
-/// peers stand for other machines: their receive work is set apart from the server's).
+/// How a client runs.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// Request/response (the victim) or small writes (the attacker).
+    victim: bool,
+    /// Bytes per attacker write.
+    small: usize,
+    /// Writes per second (0: as fast as it can).
+    rate: u64,
+    /// At nice 19: it takes only the CPU the others leave.
+    background: bool,
+}
+
+/// A client loop until `end`. Returns the operations done. With `peer`, its socket is
+/// charged to that container (the peers stand for other machines: their receive work is set
+/// apart from the server's).
 fn client(
     to: SocketAddr,
-    victim: bool,
-    small: usize,
+    load: Load,
     end: Instant,
     stop: &AtomicBool,
     peer: Option<(Arc<NetAccounting>, rescon::ContainerId)>,
-    rate: u64,
 ) -> anyhow::Result<u64> {
+    let Load {
+        victim,
+        small,
+        rate,
+        background,
+    } = load;
     pin_to(0)?;
+    if background {
+        let tid = rustix::thread::gettid();
+        rustix::process::setpriority_process(
+            rustix::process::Pid::from_raw(tid.as_raw_nonzero().get()),
+            19,
+        )
+        .context("lowering the attacker's priority")?;
+    }
     let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
         .with_context(|| format!("connecting to {to}"))?;
     if let Some((acct, id)) = &peer {
@@ -331,16 +369,22 @@ fn run_once(
         handles.push((
             true,
             tb.client.spawn("victim", move || {
-                client(victim_addr, true, 0, end, &stop, peer, 0)
+                client(victim_addr, VICTIM, end, &stop, peer)
             })?,
         ));
     }
     for _ in 0..a.attackers {
-        let (stop, small, peer) = (stop.clone(), a.small, peer());
+        let (stop, peer) = (stop.clone(), peer());
+        let load = Load {
+            victim: false,
+            small: a.small,
+            rate: 0,
+            background: false,
+        };
         handles.push((
             false,
             tb.attacker.spawn("attacker", move || {
-                client(attacker_addr, false, small, end, &stop, peer, 0)
+                client(attacker_addr, load, end, &stop, peer)
             })?,
         ));
     }
@@ -445,6 +489,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let acct =
         Arc::new(NetAccounting::open(&Options::default()).context("kernel network accounting")?);
     let tb = Testbed::up().context("building the test bed")?;
+    // Many small packets: each attacker write its own segment. With autocorking (the
+    // default) the kernel holds a small write back while the previous one is still queued
+    // and sends them together, so that the attacker's packets would be few and large.
+    tb.attacker
+        .sysctl("net.ipv4.tcp_autocorking", "0")
+        .context("turning autocorking off in the attacker's namespace")?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus >= 2 {
         let mask = 1u64 << (cpus - 1).min(63);
@@ -523,7 +573,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let setting = Setting { containers, attack };
                 let r = iso_once(&tb, &a, port, setting, &acct, &stop)?;
                 eprintln!(
-                    "[{}/{}] isolation: containers {:<3} attack {:<3}  victim {:>7.0} req/s  attacker {:>8.0} writes/s  net ms/s victim {:.0} attacker {:.0}  attacker polled {:.0} ms/s, throttled {:.0} ms/s",
+                    "[{}/{}] isolation: containers {:<3} attack {:<3}  victim {:>7.0} req/s  attacker {:>8.0} writes/s  net ms/s victim {:.0} attacker {:.0}  attacker polled {:.0} ms/s, throttled {:.0} ms/s  server CPU busy {:.0} ms/s",
                     round + 1,
                     a.rounds,
                     if containers { "on" } else { "off" },
@@ -534,6 +584,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r.attacker_net_ms_per_s,
                     r.attacker_polled_ms_per_s,
                     r.attacker_throttled_ms_per_s,
+                    r.server_busy_ms_per_s,
                 );
                 iso.push(r);
             }
@@ -670,6 +721,32 @@ pub(crate) struct IsoRun {
     attacker_throttled_ms_per_s: f64,
     /// The CPU of the attacker's polls (its reads), ms per second, after the credit back.
     attacker_polled_ms_per_s: f64,
+    /// The server's CPU busy (user, system, softirq: from `/proc/stat`), ms per second.
+    server_busy_ms_per_s: f64,
+}
+
+/// CPU `cpu`'s busy time so far, ns (`/proc/stat`: all but idle and iowait; in ticks of
+/// 10 ms, plenty over runs of seconds).
+fn cpu_busy_ns(cpu: usize) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(busy * 1_000_000_000 / hz)
 }
 
 /// The isolation runs' server: rescon-rt with one worker on the server's CPU, a container per
@@ -819,6 +896,7 @@ fn iso_once(
         attacker_c.usage_subtree().kernel_net_ns,
     );
     let duration = Duration::from_secs_f64(a.duration);
+    let busy0 = cpu_busy_ns(server_cpu)?;
     let t0 = Instant::now();
     let end = t0 + duration;
     let mut handles = Vec::new();
@@ -827,17 +905,23 @@ fn iso_once(
         handles.push((
             true,
             tb.client.spawn("victim", move || {
-                client(victim_addr, true, 0, end, &stop, None, 0)
+                client(victim_addr, VICTIM, end, &stop, None)
             })?,
         ));
     }
     if setting.attack {
         for _ in 0..a.attackers {
-            let (stop, small, rate) = (stop.clone(), a.small, a.attack_rate);
+            let stop = stop.clone();
+            let load = Load {
+                victim: false,
+                small: a.small,
+                rate: a.attack_rate,
+                background: true,
+            };
             handles.push((
                 false,
                 tb.attacker.spawn("attacker", move || {
-                    client(attacker_addr, false, small, end, &stop, None, rate)
+                    client(attacker_addr, load, end, &stop, None)
                 })?,
             ));
         }
@@ -854,6 +938,7 @@ fn iso_once(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let busy = cpu_busy_ns(server_cpu)?.saturating_sub(busy0);
     rt.flush_usage();
     let ms = |ns: u64| ns as f64 / 1e6 / secs;
     let run = IsoRun {
@@ -869,6 +954,7 @@ fn iso_once(
         },
         attacker_throttled_ms_per_s: ms(attacker_c.usage_subtree().throttled_ns - throttled0),
         attacker_polled_ms_per_s: ms(attacker_c.usage_subtree().cpu_ns.saturating_sub(polled0)),
+        server_busy_ms_per_s: ms(busy),
     };
     drop(rt);
     sampler_stop.store(true, Ordering::Relaxed);

@@ -88,12 +88,12 @@ fn a_listener_s_owner_is_inherited_and_its_traffic_counted() {
     );
     assert!(c.tx_packets >= 1, "{c:?}");
     assert!(c.tx_bytes >= 10_000, "{c:?}");
-    assert!(
-        c.softirq_packets >= 1 && c.softirq_packets <= c.rx_packets,
-        "{c:?}"
-    );
-    assert!(c.softirq_ns > 0, "{c:?}");
     assert!(now.totals.netrx_ns > before.totals.netrx_ns);
+    // The stack's own count of packets received covers ours.
+    assert!(
+        now.totals.frames - before.totals.frames >= c.rx_packets,
+        "{now:?}"
+    );
     assert!(now.totals.netrx_runs > before.totals.netrx_runs);
     let me = gettid();
     assert!(
@@ -105,12 +105,9 @@ fn a_listener_s_owner_is_inherited_and_its_traffic_counted() {
     let i = ledger.advance(&now, &[]);
     eprintln!("web: {c:?}\ninterval: {i:?}");
     let u = i.containers[&web.id()];
-    assert_eq!(
-        u.direct_ns,
-        c.softirq_ns - before.containers.get(&web.id()).map_or(0, |b| b.softirq_ns)
-    );
-    assert!(u.kernel_net_ns() >= u.direct_ns);
-    assert!(i.attributed_ns > 0 && i.attributed_ns <= i.netrx_ns + i.carried_ns);
+    assert!(u.kernel_net_ns() > 0, "{u:?}");
+    assert!(i.attributed_ns >= u.kernel_net_ns() && i.attributed_ns <= i.netrx_ns);
+    assert_eq!(i.attributed_ns + i.unattributed_ns, i.netrx_ns);
 }
 
 #[test]
@@ -149,9 +146,64 @@ fn a_connection_rebound_is_charged_to_its_new_owner() {
     let third = acct.read().unwrap();
     assert_eq!(third.containers[&conn.id()], second.containers[&conn.id()]);
 
-    // Forgetting a container deletes its counters.
+    // Forgetting a container gives its slot back: its counters are gone, and a socket
+    // still bound to it names nobody and is not counted for the slot's next holder.
+    acct.bind(&server, conn.id()).unwrap();
     assert!(acct.forget(conn.id()).unwrap());
+    assert!(!acct.forget(conn.id()).unwrap());
     assert!(!acct.read().unwrap().containers.contains_key(&conn.id()));
+    assert_eq!(acct.owner(&server).unwrap(), None);
+    let next = class.create_child("next", Attributes::default()).unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    acct.bind(&other, next.id()).unwrap();
+    let lost = acct.read().unwrap().totals.lost;
+    pump(&mut client, &mut server, 10, 100);
+    let fourth = acct.read().unwrap();
+    assert_eq!(
+        fourth
+            .containers
+            .get(&next.id())
+            .copied()
+            .unwrap_or_default(),
+        Default::default(),
+        "the slot's next holder is charged nothing of the old socket"
+    );
+    assert!(fourth.totals.lost > lost, "{:?}", fourth.totals);
+}
+
+#[test]
+fn a_container_beyond_the_slots_is_refused_and_room_is_made_by_forgetting() {
+    let opts = Options {
+        max_containers: 2,
+        ..Options::default()
+    };
+    let acct = match NetAccounting::open(&opts) {
+        Ok(a) => a,
+        Err(e) => {
+            assert!(!required(), "RESCON_REQUIRE_KERNEL=1 but {e}");
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let reg = Registry::new();
+    let c: Vec<_> = (0..3)
+        .map(|i| {
+            reg.root()
+                .create_child(&format!("c{i}"), Attributes::default())
+                .unwrap()
+        })
+        .collect();
+    let socks: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    acct.bind(&socks[0], c[0].id()).unwrap();
+    acct.bind(&socks[1], c[1].id()).unwrap();
+    let e = acct.bind(&socks[2], c[2].id()).unwrap_err();
+    assert!(e.to_string().contains("slots are taken"), "{e}");
+    assert!(acct.forget(c[0].id()).unwrap());
+    acct.bind(&socks[2], c[2].id()).unwrap();
+    assert_eq!(acct.owner(&socks[2]).unwrap(), Some(c[2].id()));
+    assert_eq!(acct.owner(&socks[0]).unwrap(), None);
 }
 
 #[test]

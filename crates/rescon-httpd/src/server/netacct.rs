@@ -5,8 +5,8 @@
 //! connections it accepts inherit the binding in the kernel, so every packet of a class's
 //! connections (and every SYN dropped early for a black hole or at the edge) is counted for
 //! the class with no system call per connection. Every [`TICK`] a sampler thread reads the
-//! kernel's counters, turns them into one interval's charges ([`Ledger`]: the receive time of
-//! each class's own sockets, and its share by packets of the rest of the NET_RX softirq time)
+//! kernel's counters, turns them into one interval's charges ([`Ledger`]: each class's share,
+//! by packets, of the NET_RX softirq time)
 //! and charges each class with [`Container::charge_kernel_net`]: the admin API's usage and
 //! the metrics show it as `kernel_net_ns`, a class's CPU limit pays for it, and the policy
 //! counts it in the class's share.
@@ -241,9 +241,9 @@ impl KernelNet {
             }
         }
         if interval.lost > 0 {
-            tracing::warn!(
+            tracing::debug!(
                 packets = interval.lost,
-                "kernel network accounting: the usage map is full; packets not counted"
+                "kernel network accounting: packets of sockets whose class was released, not counted"
             );
         }
     }

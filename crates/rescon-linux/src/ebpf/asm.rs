@@ -214,11 +214,6 @@ impl Asm {
         self.push(Insn::new(ALU64 | MOV | K, dst, R0, 0, imm))
     }
 
-    /// `dst = (u32)src`: the low 32 bits, zero-extended.
-    pub(crate) fn mov32(&mut self, dst: Reg, src: Reg) -> &mut Self {
-        self.push(Insn::new(ALU | MOV | X, dst, src, 0, 0))
-    }
-
     /// `dst += imm` (64 bits).
     pub(crate) fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
         self.push(Insn::new(ALU64 | ADD | K, dst, R0, 0, imm))

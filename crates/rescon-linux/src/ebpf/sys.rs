@@ -121,7 +121,6 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MapType {
     Array = 2,
-    PercpuHash = 5,
     PercpuArray = 6,
     LruHash = 9,
     LruPercpuHash = 10,
@@ -132,10 +131,7 @@ pub(crate) enum MapType {
 impl MapType {
     /// Whether user space sees one value per possible CPU.
     pub(crate) fn per_cpu(self) -> bool {
-        matches!(
-            self,
-            MapType::PercpuHash | MapType::PercpuArray | MapType::LruPercpuHash
-        )
+        matches!(self, MapType::PercpuArray | MapType::LruPercpuHash)
     }
 }
 
