@@ -608,7 +608,11 @@ fn handshakes_run_on_the_worker_until_another_class_has_connections_open() {
         full_handshake();
     }
     assert_eq!(usage_reaching(&s, "clients/tls", "tls_handshakes", 5), 5);
-    assert_eq!(handshake_threads(&s), [], "no handshake went to the pool");
+    assert_eq!(
+        handshake_threads(&s),
+        Vec::<u32>::new(),
+        "no handshake went to the pool"
+    );
     // A connection of another class of the same scheduling class is open (the cleartext
     // HTTP/2 listener's): its requests could wait behind a signature, so the next
     // handshake goes to the pool, still charged to its class.
