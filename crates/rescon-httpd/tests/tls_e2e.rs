@@ -576,6 +576,57 @@ fn handshakes_are_charged_to_the_connections_class() {
     }
 }
 
+/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of each of the server's
+/// threads of the handshake pool (started at its first job).
+fn handshake_threads(s: &Server) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            // `fields` starts at field 3.
+            let policy = fields.get(41 - 3)?.parse().ok()?;
+            comm.starts_with("rescon-handshak").then_some(policy)
+        })
+        .collect()
+}
+
+#[test]
+fn handshakes_run_on_the_worker_until_another_class_has_connections_open() {
+    let (s, _, _) = start("");
+    let mut c = (*client(&[&rustls::version::TLS13], &["http/1.1"])).clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    let c = Arc::new(c);
+    let full_handshake = || {
+        let mut t = connect(&s, &c, "a.test");
+        assert!(get_over(&mut t, "a.test").starts_with("HTTP/1.1 200"));
+    };
+    // The class alone: answered on the worker, in the class's container (no pool thread).
+    for _ in 0..5 {
+        full_handshake();
+    }
+    assert_eq!(usage_reaching(&s, "clients/tls", "tls_handshakes", 5), 5);
+    assert_eq!(
+        handshake_threads(&s),
+        Vec::<u32>::new(),
+        "no handshake went to the pool"
+    );
+    // A connection of another class of the same scheduling class is open (the cleartext
+    // HTTP/2 listener's): its requests could wait behind a signature, so the next
+    // handshake goes to the pool, still charged to its class.
+    let rival = h2c(&s);
+    assert_eq!(usage_reaching(&s, "clients/h2c", "open_conns", 1), 1);
+    full_handshake();
+    assert_eq!(usage_reaching(&s, "clients/tls", "tls_handshakes", 6), 6);
+    let pool = handshake_threads(&s);
+    assert!(!pool.is_empty(), "the handshake went to the pool");
+    // SCHED_IDLE (5): the kernel preempts the pool for the workers at once.
+    assert!(pool.iter().all(|&p| p == 5), "policies {pool:?}");
+    drop(rival);
+}
+
 #[test]
 fn a_class_at_its_max_handshakes_has_new_connections_closed() {
     let (s, _, _) = start_edited("", |c| {

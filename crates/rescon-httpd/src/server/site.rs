@@ -260,6 +260,11 @@ impl Site {
     pub(crate) fn class_container(&self, listener: &str, class: &str) -> Option<&Container> {
         self.classes.get(listener)?.get(class)
     }
+
+    /// Every listener's class containers (a container two listeners share, once per listener).
+    pub(crate) fn class_containers(&self) -> impl Iterator<Item = &Container> {
+        self.classes.values().flat_map(|m| m.values())
+    }
 }
 
 impl Vhost {

@@ -16,12 +16,26 @@
 //! class's keep-alive throughput fell to 0.10 of its no-flood rate). So the ClientHello is
 //! read on the worker (cheap), and the step is run:
 //! - for a class `high` or `critical`, on the worker, in the class's container;
-//! - for the others, on the handshake pool ([`Offload`]): threads of the runtime's blocking
-//!   pool at nice 19, jobs queued per container by the runtime's policy and charged to the
-//!   class's container. The kernel preempts them for the workers at once, so they get
-//!   the CPU the server's other work leaves: accepting new connections of those classes
-//!   yields to serving the existing ones, as the paper lets a server set that priority;
+//! - for the others, under pressure, on the handshake pool ([`Offload`]): threads of the
+//!   runtime's blocking pool at `SCHED_IDLE`, jobs queued per container by the runtime's policy
+//!   and charged to the class's container. The kernel preempts them for the workers at
+//!   once, so they get the CPU the server's other work leaves: accepting new connections of
+//!   those classes yields to serving the existing ones, as the paper lets a server set that
+//!   priority. Pressure: when the ClientHello has come, some other class of the listeners,
+//!   of the same scheduling class or above, has a connection open (its container's
+//!   `open_conns`), whose requests the signature would hold up;
+//! - for the others without pressure, on the worker, in the class's container, as a class
+//!   above normal: the runtime's policy bounds it by the class's share and CPU limit like
+//!   any of the class's work, and only the class's own connections can wait behind it;
 //! - with `--no-containers`, on the worker (the baseline).
+//!
+//! Always on the pool, the handshakes of one class alone (nothing to protect) ran at 0.78
+//! of `--no-containers`'s rate (`rescon-bench paper --only 10`): the server's CPU switched
+//! threads about 6 more times per handshake (`perf stat -e context-switches`: the job's
+//! hand-off and the answer's wake-up, and the nice-19 thread preempted in the middle of its
+//! signature by each of the worker's wake-ups for the other connections' I/O), and the
+//! worker woke for each event instead of finding them together after a signature. Answered
+//! on the worker without pressure they run at 0.92-0.95 of it.
 //!
 //! Certificates are the vhosts' (`[vhost.tls]`), loaded with the site (at start-up and at each
 //! reload, so SIGHUP reloads them; a bad file fails the reload and the running ones stay), and
@@ -379,14 +393,33 @@ impl Offload {
             .max_threads(threads)
             .thread_name("rescon-handshake")
             .on_thread_start(|| {
-                // This thread's nice value (Linux's is per thread): lowering one's own
-                // priority needs no privilege.
-                if let Err(e) = rustix::process::setpriority_process(None, 19) {
-                    tracing::warn!(error = %e, "the handshake thread keeps its priority");
+                // Lowering one's own priority needs no privilege; failing that, nice 19.
+                if let Err(e) = sched_idle() {
+                    tracing::warn!(error = %e, "the handshake thread runs at nice 19, not SCHED_IDLE");
+                    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                        tracing::warn!(error = %e, "the handshake thread keeps its priority");
+                    }
                 }
             })
             .build();
         Offload { pool: Some(pool) }
+    }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`: the kernel runs it only on a CPU nothing else
+/// wants, and a thread of another policy that wakes on its CPU preempts it at once. At nice
+/// 19 instead, a woken worker could wait for the handshake thread's time slice (about 3 ms
+/// on this machine's kernel, 6.18 with EEVDF) before it ran.
+#[allow(unsafe_code)]
+fn sched_idle() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 is the calling
+    // thread. The result is checked.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -497,11 +530,25 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
             return;
         }
     };
-    // Answered on the worker only for a class above normal (see the module docs).
-    let inline = shared.handshakes.pool.is_none()
-        || site
-            .class_container(&listener, &conn.class)
-            .is_some_and(|c| c.attrs().class >= rescon::SchedClass::HIGH);
+    // Where the ClientHello is answered (see the module docs): on the worker without a
+    // pool (`--no-containers`) or for a class above normal; else on the pool while
+    // `rivals` (the other classes at or above this one's scheduling class) have
+    // connections open, and on the worker while they have none.
+    let (pool, rivals) = match (
+        &shared.handshakes.pool,
+        site.class_container(&listener, &conn.class),
+    ) {
+        (None, _) => (None, Vec::new()),
+        (Some(pool), None) => (Some(pool), Vec::new()),
+        (Some(pool), Some(me)) => {
+            let class = me.attrs().class;
+            if class >= rescon::SchedClass::HIGH {
+                (None, Vec::new())
+            } else {
+                (Some(pool), rivals(&site, me, class))
+            }
+        }
+    };
     let config = tls.config.clone();
     let limit = site.config.timeouts.handshake;
     drop(site);
@@ -514,12 +561,11 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
         n,
         guard,
     } = conn;
-    let pool = if inline {
-        None
-    } else {
-        shared.handshakes.pool.as_ref()
-    };
-    let done = rescon_rt::timeout(limit, handshake(stream, config, pool, &home)).await;
+    let offload = pool.map(|pool| HandOff {
+        pool,
+        rivals: &rivals,
+    });
+    let done = rescon_rt::timeout(limit, handshake(stream, config, offload, &home)).await;
     drop(slot);
     let stream = match done {
         Ok(Ok(s)) => s,
@@ -551,13 +597,44 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
     serve_conn(shared, conn, proto).await
 }
 
+/// The classes whose connections a handshake answered on the worker could hold up: the
+/// listeners' class containers other than `me` of scheduling class `class` or above.
+fn rivals(
+    site: &super::site::Site,
+    me: &rescon::Container,
+    class: rescon::SchedClass,
+) -> Vec<rescon::Container> {
+    let mut v: Vec<rescon::Container> = Vec::new();
+    for c in site.class_containers() {
+        if c != me && c.attrs().class >= class && !v.contains(c) {
+            v.push(c.clone());
+        }
+    }
+    v
+}
+
+/// Where a handshake's ClientHello may be answered instead of on the worker.
+struct HandOff<'a> {
+    pool: &'a rescon_rt::BlockingPool,
+    rivals: &'a [rescon::Container],
+}
+
+impl HandOff<'_> {
+    /// Under pressure: some rival class has a connection open, whose requests a signature
+    /// computed on the worker would hold up (a poll the runtime cannot preempt).
+    fn wanted(&self) -> bool {
+        self.rivals.iter().any(|c| c.usage().open_conns > 0)
+    }
+}
+
 /// Runs a server handshake over `io` to its end (the session's first records may still be
 /// waiting to go out: the next write or flush sends them): reads the ClientHello, answers it
-/// on `pool` (charged to `container`) or here, and finishes.
-pub(crate) async fn handshake(
+/// on the hand-off's pool (charged to `container`) when the hand-off is wanted then, else
+/// here, and finishes.
+async fn handshake(
     io: rescon_rt::TcpStream,
     config: Arc<ServerConfig>,
-    pool: Option<&rescon_rt::BlockingPool>,
+    offload: Option<HandOff<'_>>,
     container: &rescon::Container,
 ) -> io::Result<TlsStream> {
     let mut acceptor = rustls::server::Acceptor::default();
@@ -581,9 +658,9 @@ pub(crate) async fn handshake(
         }
     })
     .await?;
-    let answered = match pool {
+    let answered = match offload.filter(HandOff::wanted) {
         None => hello.into_connection(config),
-        Some(pool) => pool
+        Some(HandOff { pool, .. }) => pool
             .spawn_in(container, move || hello.into_connection(config))
             .await
             .map_err(|_| io::Error::other("the handshake pool stopped"))?,
