@@ -67,8 +67,12 @@ pub(crate) struct ConnCtx {
     pub(crate) last_host: RefCell<(u64, Vec<u8>, usize)>,
     /// The statistics cell of the last request's vhost (its name's `Arc`, kept so that the
     /// address cannot be reused) and the connection's class: looked up once, not per request.
-    pub(crate) cell: RefCell<Option<(Option<Arc<str>>, Arc<RequestCell>)>>,
+    pub(crate) cell: RefCell<Option<LastCell>>,
 }
+
+/// A connection's last statistics cell: the vhost name it is for (`None`: no vhost) and the
+/// cell.
+pub(crate) type LastCell = (Option<Arc<str>>, Arc<RequestCell>);
 
 /// A request's answer: ready at once (static files, errors), or a CGI run under way.
 // The ready response is kept inline: hyper keeps the reply in its connection state, and a box
