@@ -348,6 +348,7 @@ async fn busy<S: Stream>(p: Parked<S>, first_bytes: Bytes) -> Option<Parked<S>> 
                 site: RefCell::new(site),
                 placed: Cell::new(placed),
                 last_host: RefCell::new((0, Vec::new(), 0)),
+                cell: RefCell::new(None),
             },
             streams.is_some(),
         );
@@ -387,6 +388,7 @@ async fn busy<S: Stream>(p: Parked<S>, first_bytes: Bytes) -> Option<Parked<S>> 
                 site: RefCell::new(site.clone()),
                 placed: Cell::new(placed),
                 last_host: RefCell::new((0, Vec::new(), 0)),
+                cell: RefCell::new(None),
             },
             false,
         );
@@ -595,9 +597,10 @@ impl ConnState {
     }
 }
 
-/// A request under way on a connection: counted begun when made, done (and when) when
-/// dropped, as hyper drops the response's body.
-pub(crate) struct ReqDone(Arc<ConnState>);
+/// A request under way on a connection: counted begun when made, done (and when) when ended
+/// ([`ReqDone::end`], as the response's statistics are recorded) or dropped, as hyper drops
+/// the response's body.
+pub(crate) struct ReqDone(Option<Arc<ConnState>>);
 
 impl ReqDone {
     /// A request begins; `body`: it came with a body (hyper reads it as it is taken).
@@ -607,18 +610,28 @@ impl ReqDone {
         c.body.store(body, Relaxed);
         // The quiet that counts towards parking starts again after this response.
         c.park.store(false, Relaxed);
-        ReqDone(c.clone())
+        ReqDone(Some(c.clone()))
+    }
+
+    /// The request is done at `now` (a clock reading the caller has taken anyway); once.
+    pub(crate) fn end(&mut self, now: Instant) {
+        let Some(c) = self.0.take() else { return };
+        c.done_ns.store(
+            now.saturating_duration_since(c.born).as_nanos() as u64,
+            Relaxed,
+        );
+        c.read_at_done.store(c.read.load(Relaxed), Relaxed);
+        // HTTP/2's responses end in their streams' tasks, which may run at once on two
+        // workers: an atomic add.
+        c.done.fetch_add(1, Relaxed);
     }
 }
 
 impl Drop for ReqDone {
     fn drop(&mut self) {
-        let c = &self.0;
-        c.done_ns.store(c.born.elapsed().as_nanos() as u64, Relaxed);
-        c.read_at_done.store(c.read.load(Relaxed), Relaxed);
-        // HTTP/2's responses end in their streams' tasks, which may run at once on two
-        // workers: an atomic add.
-        c.done.fetch_add(1, Relaxed);
+        if self.0.is_some() {
+            self.end(Instant::now());
+        }
     }
 }
 

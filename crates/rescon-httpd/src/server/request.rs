@@ -20,10 +20,12 @@ use super::conn::{ConnState, ReqDone};
 use super::dispatch::{Dispatch, dispatch};
 use super::placement::{self, Placed};
 use super::respond::{
-    Body, Charged, LogStart, Observe, ReqCpu, RequestLog, ResBody, Timed, finish, mono_ns, simple,
+    Body, Charged, ChargedTo, LogStart, Observe, ReqCpu, RequestLog, ResBody, Timed, finish,
+    finish_in, mono_ns, simple,
 };
 use super::site::{CgiMount, Site, Vhost};
 use super::{Shared, static_file};
+use crate::admin::RequestCell;
 use crate::static_files::RelPath;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -63,7 +65,14 @@ pub(crate) struct ConnCtx {
     /// The last request's Host header and the vhost it chose, under its site generation:
     /// clients send the same Host on every request of a connection.
     pub(crate) last_host: RefCell<(u64, Vec<u8>, usize)>,
+    /// The statistics cell of the last request's vhost (its name's `Arc`, kept so that the
+    /// address cannot be reused) and the connection's class: looked up once, not per request.
+    pub(crate) cell: RefCell<Option<LastCell>>,
 }
+
+/// A connection's last statistics cell: the vhost name it is for (`None`: no vhost) and the
+/// cell.
+pub(crate) type LastCell = (Option<Arc<str>>, Arc<RequestCell>);
 
 /// A request's answer: ready at once (static files, errors), or a CGI run under way.
 // The ready response is kept inline: hyper keeps the reply in its connection state, and a box
@@ -100,14 +109,9 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
         class: conn.class.clone(),
     });
     let now = Instant::now();
-    let observe = Observe {
-        stats: shared.http.clone(),
-        class: conn.class.clone(),
-        began: now,
-    };
     // 0. One meaning for the body's framing and for the host, or none.
     if let Err(resp) = framing(&mut req) {
-        return answer(resp, conn.charged(None), log, done, observe);
+        return answer(conn, resp, None, log, done, now);
     }
     // 1. One snapshot of the site, to the end of the request.
     let mut snapshot = conn.site.borrow_mut();
@@ -131,14 +135,14 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             req,
             log,
             done,
-            observe,
+            conn.observe(now),
         );
     }
     let to = match dispatch(conn.vhost_for(site, host), req.uri().path(), now) {
         Ok(d) => d,
         Err(e) => {
             let resp = simple(e.status(), "bad request path");
-            return answer(resp, conn.charged(None), log, done, observe);
+            return answer(conn, resp, None, log, done, now);
         }
     };
     let vhost = to.vhost();
@@ -151,24 +155,24 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             }
             let path = req.uri().path();
             let resp = static_file::serve(&vhost.root, &vhost.files, path, &req, target, now);
-            let charged = match req_c {
+            match req_c {
                 Some(c) => {
                     rescon_rt::bind(conn.stream.borrow().as_ref().unwrap_or(&conn.me));
-                    Charged {
-                        container: c,
+                    let charged = ChargedTo {
+                        container: &c,
                         cgi_run: false,
-                        vhost: Some(vhost.name.clone()),
-                    }
+                        vhost: Some(&vhost.name),
+                    };
+                    answer_in(conn, resp, charged, log, done, now)
                 }
-                None => conn.charged(Some(vhost)),
-            };
-            answer(resp, charged, log, done, observe)
+                None => answer(conn, resp, Some(vhost), log, done, now),
+            }
         }
         Dispatch::Cgi { mount, rest, .. } => {
             // 3. Placement: the run's own container under the CGI class.
             let run = match cgi_run(conn, site, vhost, mount, &rest, host) {
                 Ok(run) => run,
-                Err(resp) => return answer(resp, conn.charged(Some(vhost)), log, done, observe),
+                Err(resp) => return answer(conn, resp, Some(vhost), log, done, now),
             };
             let charged = Charged {
                 container: run.container.clone(),
@@ -180,6 +184,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             if let Some(l) = &log {
                 l.cpu.add(mono_ns().saturating_sub(l.start.mono()));
             }
+            let observe = conn.observe(now);
             Reply::Pending(Box::pin(Timed {
                 inner: async move {
                     let resp = run.run(req).await;
@@ -211,13 +216,36 @@ impl ConnCtx {
         Some(v)
     }
 
-    /// The connection's own container as the one a request was charged to.
-    fn charged(&self, vhost: Option<&Vhost>) -> Charged {
-        Charged {
-            container: self.stream.borrow().as_ref().unwrap_or(&self.me).clone(),
-            cgi_run: false,
-            vhost: vhost.map(|v| v.name.clone()),
+    /// Where the statistics of a request that began at `began` go, for a stage that finds
+    /// its cell when it finishes (FastCGI, CGI).
+    fn observe(&self, began: Instant) -> Observe {
+        Observe {
+            stats: self.shared.http.clone(),
+            class: self.class.clone(),
+            began,
         }
+    }
+
+    /// The statistics cell of (`vhost`, the connection's class): the last request's when its
+    /// vhost is the same, as it is on nearly every request of a connection.
+    fn stats_cell(&self, vhost: Option<&Arc<str>>) -> Arc<RequestCell> {
+        let mut last = self.cell.borrow_mut();
+        if let Some((v, cell)) = &*last {
+            let same = match (v, vhost) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return cell.clone();
+            }
+        }
+        let cell = self
+            .shared
+            .http
+            .cell(vhost.unwrap_or(&crate::admin::NO_VHOST), &self.class);
+        *last = Some((vhost.cloned(), cell.clone()));
+        cell
     }
 }
 
@@ -279,18 +307,39 @@ fn framing(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
     }
 }
 
-/// The last step of a request answered within its call: its CPU (this call) for the log.
+/// The last step of a request answered within its call, charged to the connection's own
+/// container (its HTTP/2 stream's, with stream containers) under `vhost`.
 fn answer(
+    conn: &ConnCtx,
     resp: Response<Body>,
-    charged: Charged,
+    vhost: Option<&Vhost>,
     log: Option<RequestLog>,
     done: ReqDone,
-    observe: Observe,
+    began: Instant,
+) -> Reply {
+    let stream = conn.stream.borrow();
+    let charged = ChargedTo {
+        container: stream.as_ref().unwrap_or(&conn.me),
+        cgi_run: false,
+        vhost: vhost.map(|v| &v.name),
+    };
+    answer_in(conn, resp, charged, log, done, began)
+}
+
+/// [`answer`] charged to `charged`: its CPU (this call) for the log.
+fn answer_in(
+    conn: &ConnCtx,
+    resp: Response<Body>,
+    charged: ChargedTo<'_>,
+    log: Option<RequestLog>,
+    done: ReqDone,
+    began: Instant,
 ) -> Reply {
     if let Some(l) = &log {
         l.cpu.add(mono_ns().saturating_sub(l.start.mono()));
     }
-    Reply::Ready(Some(finish(resp, charged, log, done, observe)))
+    let cell = conn.stats_cell(charged.vhost);
+    Reply::Ready(Some(finish_in(resp, charged, log, done, cell, began)))
 }
 
 /// Where a static request's work is charged (the [`placement`] rule, compiled into the

@@ -224,26 +224,34 @@ pub(crate) struct RequestLog {
     pub(crate) class: Arc<str>,
 }
 
-/// Where a request's duration and status go (`/metrics`): the server's statistics, the
-/// connection's class, and when the request's head was read.
+/// Where a request's duration and status go (`/metrics`), for the stages that find the
+/// statistics cell only when they finish (FastCGI, CGI): the server's statistics, the
+/// connection's class, and when the request's head was read. The static path, the hot one,
+/// takes the connection's cached cell instead ([`ConnCtx::stats_cell`](super::request::ConnCtx)).
 pub(crate) struct Observe {
     pub(crate) stats: Arc<crate::admin::HttpStats>,
     pub(crate) class: Arc<str>,
     pub(crate) began: Instant,
 }
 
-/// A response's entry in the request statistics, made when its body is dropped (as the
-/// access-log line is), so the duration runs to the last byte.
+/// A response's entry in the request statistics and the connection's request done, made when
+/// its body is dropped (as the access-log line is), so the duration runs to the last byte.
+/// One clock reading serves both.
 struct Observed {
     cell: Arc<crate::admin::RequestCell>,
     status: u16,
     began: Instant,
+    done: ReqDone,
 }
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        self.cell
-            .record(self.status, self.began.elapsed().as_nanos() as u64);
+        let now = Instant::now();
+        self.cell.record(
+            self.status,
+            now.saturating_duration_since(self.began).as_nanos() as u64,
+        );
+        self.done.end(now);
     }
 }
 
@@ -256,17 +264,45 @@ pub(crate) fn finish(
     done: ReqDone,
     observe: Observe,
 ) -> Response<ResBody> {
+    let cell = observe.stats.cell(
+        charged.vhost.as_ref().unwrap_or(&*crate::admin::NO_VHOST),
+        &observe.class,
+    );
+    let to = ChargedTo {
+        container: &charged.container,
+        cgi_run: charged.cgi_run,
+        vhost: charged.vhost.as_ref(),
+    };
+    finish_in(resp, to, log, done, cell, observe.began)
+}
+
+/// Where a request was charged, borrowed: what [`finish_in`] needs, cloned only for the
+/// access log.
+pub(crate) struct ChargedTo<'a> {
+    pub(crate) container: &'a Container,
+    pub(crate) cgi_run: bool,
+    pub(crate) vhost: Option<&'a Arc<str>>,
+}
+
+/// [`finish`] with the statistics cell already found (`began`: when the request's head was
+/// read). Nothing is cloned for the log unless it is on.
+pub(crate) fn finish_in(
+    resp: Response<Body>,
+    charged: ChargedTo<'_>,
+    log: Option<RequestLog>,
+    done: ReqDone,
+    cell: Arc<crate::admin::RequestCell>,
+    began: Instant,
+) -> Response<ResBody> {
     // Every request counts once, where its work was charged: the connection's container
     // (under its vhost), or the request's or CGI run's own.
     charged.container.account().add_requests(1);
     let status = resp.status().as_u16();
     let observed = Observed {
-        cell: observe.stats.cell(
-            charged.vhost.as_ref().unwrap_or(&*crate::admin::NO_VHOST),
-            &observe.class,
-        ),
+        cell,
         status,
-        began: observe.began,
+        began,
+        done,
     };
     let pending = log.map(
         |RequestLog {
@@ -280,10 +316,10 @@ pub(crate) fn finish(
             remote,
             start,
             status,
-            container: charged.container,
+            container: charged.container.clone(),
             cpu,
             cgi_run: charged.cgi_run,
-            vhost: charged.vhost,
+            vhost: charged.vhost.cloned(),
             class,
             sent: 0,
         },
@@ -292,7 +328,6 @@ pub(crate) fn finish(
         body,
         log: pending,
         _observed: observed,
-        _done: done,
     })
 }
 
@@ -356,8 +391,8 @@ impl Drop for PendingLog {
 pub(crate) struct ResBody {
     pub(crate) body: Body,
     log: Option<PendingLog>,
+    /// Dropped after the log: the statistics and the connection's request done.
     _observed: Observed,
-    _done: ReqDone,
 }
 
 impl hyper::body::Body for ResBody {
