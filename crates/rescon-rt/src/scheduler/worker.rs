@@ -366,6 +366,9 @@ pub(crate) struct Local {
     classes_told: Cell<u8>,
     published: Cell<(ClassPath, u8)>,
     handoff_skip: Cell<u32>,
+    /// Raised for high-class work (`prio::Boost`) at least until then (runtime clock, ns):
+    /// see `main_loop`.
+    high_until: Cell<u64>,
     handed: RefCell<Vec<u64>>,
     cfg: Config,
 }
@@ -417,6 +420,7 @@ impl Local {
             classes_told: Cell::new(0),
             published: Cell::new(([0; PATH_LEVELS], u8::MAX)),
             handoff_skip: Cell::new(0),
+            high_until: Cell::new(0),
             handed: RefCell::new(vec![u64::MAX; n]),
             cfg,
             rt,
@@ -450,10 +454,26 @@ impl Local {
             if now.saturating_sub(self.last_io.get()) >= self.cfg.event_gap_ns {
                 self.poll_io(Some(Duration::ZERO));
             }
-            let pick = {
+            let (pick, high) = {
                 let mut core = self.core.borrow_mut();
                 core.queues.policy.refill(now);
-                core.queues.pick()
+                let pick = core.queues.pick();
+                let mut high = false;
+                if core.boost.enabled()
+                    && let Some(p) = &pick
+                {
+                    // Raised while it runs high-class work or has some waiting, and for two
+                    // event gaps after such work ran (its next I/O poll, at normal priority,
+                    // would otherwise wait for the kernel to give the CPU back, and the next
+                    // event of a high-class request, such as a connection's request just
+                    // after its accept, with it), so that the kernel does not take the CPU
+                    // from it for another thread's time slice meanwhile; at normal priority
+                    // otherwise (see `prio::Boost`).
+                    high = core.queues.slot(p.key.index() as u32).is_high();
+                    let want = high || core.queues.high_queued() || now < self.high_until.get();
+                    core.boost.set(want);
+                }
+                (pick, high)
             };
             match pick {
                 Some(p) => {
@@ -465,6 +485,10 @@ impl Local {
                         self.class_handoff(p.key.index() as u32, now);
                     }
                     self.run_burst(p);
+                    if high {
+                        self.high_until
+                            .set(self.now.get() + 2 * self.cfg.event_gap_ns);
+                    }
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
                     }
@@ -666,6 +690,12 @@ impl Local {
             return false;
         }
         self.core.borrow_mut().queues.slot(run.key).is_high()
+    }
+
+    /// Whether this worker raises its kernel priority while it runs high-class work (see
+    /// `prio::Boost`).
+    pub(crate) fn raises_for_high(&self) -> bool {
+        self.core.borrow().boost.enabled()
     }
 
     /// Whether the running task is bound to `c` (`None` if no task is running).
@@ -1000,10 +1030,6 @@ impl Local {
             if core.idle.enabled() {
                 self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
             }
-            if core.boost.enabled() {
-                let want = core.queues.hosts_high();
-                core.boost.set(want);
-            }
         }
         if self.cfg.balance && now >= self.next_balance.get() {
             self.next_balance.set(now + BALANCE_NS);
@@ -1018,6 +1044,8 @@ impl Local {
             core.queues.flush_all();
             core.queues.reclaim();
             if core.boost.enabled() {
+                // Asleep, it costs nobody CPU: raised while it hosts high-class work, it is
+                // woken ahead of other threads for that work's next event.
                 let want = core.queues.hosts_high();
                 core.boost.set(want);
             }
