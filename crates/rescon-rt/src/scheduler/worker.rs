@@ -366,9 +366,6 @@ pub(crate) struct Local {
     classes_told: Cell<u8>,
     published: Cell<(ClassPath, u8)>,
     handoff_skip: Cell<u32>,
-    /// Raised for high-class work (`prio::Boost`) at least until then (runtime clock, ns):
-    /// see `main_loop`.
-    high_until: Cell<u64>,
     handed: RefCell<Vec<u64>>,
     cfg: Config,
 }
@@ -420,7 +417,6 @@ impl Local {
             classes_told: Cell::new(0),
             published: Cell::new(([0; PATH_LEVELS], u8::MAX)),
             handoff_skip: Cell::new(0),
-            high_until: Cell::new(0),
             handed: RefCell::new(vec![u64::MAX; n]),
             cfg,
             rt,
@@ -454,26 +450,21 @@ impl Local {
             if now.saturating_sub(self.last_io.get()) >= self.cfg.event_gap_ns {
                 self.poll_io(Some(Duration::ZERO));
             }
-            let (pick, high) = {
+            let pick = {
                 let mut core = self.core.borrow_mut();
                 core.queues.policy.refill(now);
                 let pick = core.queues.pick();
-                let mut high = false;
                 if core.boost.enabled()
                     && let Some(p) = &pick
                 {
-                    // Raised while it runs high-class work or has some waiting, and for two
-                    // event gaps after such work ran (its next I/O poll, at normal priority,
-                    // would otherwise wait for the kernel to give the CPU back, and the next
-                    // event of a high-class request, such as a connection's request just
-                    // after its accept, with it), so that the kernel does not take the CPU
-                    // from it for another thread's time slice meanwhile; at normal priority
-                    // otherwise (see `prio::Boost`).
-                    high = core.queues.slot(p.key.index() as u32).is_high();
-                    let want = high || core.queues.high_queued() || now < self.high_until.get();
+                    // Raised while it runs high-class work or has some waiting, so that the
+                    // kernel does not take the CPU from it for another thread's time slice
+                    // meanwhile; at normal priority otherwise (see `prio::Boost`).
+                    let k = p.key.index() as u32;
+                    let want = core.queues.slot(k).is_high() || core.queues.high_queued();
                     core.boost.set(want);
                 }
-                (pick, high)
+                pick
             };
             match pick {
                 Some(p) => {
@@ -485,10 +476,6 @@ impl Local {
                         self.class_handoff(p.key.index() as u32, now);
                     }
                     self.run_burst(p);
-                    if high {
-                        self.high_until
-                            .set(self.now.get() + 2 * self.cfg.event_gap_ns);
-                    }
                     if self.io_budget.get() == 0 {
                         self.poll_io(Some(Duration::ZERO));
                     }
