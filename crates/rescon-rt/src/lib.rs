@@ -120,7 +120,7 @@
 //!   descriptor exhaustion.
 //! - [`blocking`]: the multi-threaded model, a thread pool ordered by the same policy.
 //! - [`prio`]: scheduler binding, a worker that serves only idle-class work lowers its own
-//!   kernel priority, and one that hosts high-class work raises it.
+//!   kernel priority, and one that runs high-class work raises it (when asked for).
 //! - `hyper` (feature): hyper 1.x runs on this runtime.
 //! - Dropping the [`Runtime`] cancels every task and releases every container reference it
 //!   held.

@@ -18,17 +18,32 @@
 //! higher-class event it handles may wait behind other processes' work; from then on it runs
 //! at its normal priority.
 //!
-//! The other way, when asked for ([`HighPriority`], off by default): a worker on which a
-//! container of the high or critical class (on its whole path) has tasks runs at a lower nice
-//! value while it does, so that where the machine's CPUs are shared with other processes the
-//! kernel does not keep it waiting behind them while a high-class event is pending (its tasks
-//! mostly wait for I/O: a listener's accept loop). It is decided every millisecond and before
-//! the worker sleeps (one `setpriority` on a change), and it needs the right to lower a nice
-//! value (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the feature turns
-//! itself off at start, saying so. Measured with `rescon-bench paper --only 3` (a worker per
-//! core beside the load generator on two cores, nice -5): no change in the high-priority
-//! client's 99th percentile (3-4 ms with 256 low clients, either way), so it stays off until a
-//! case shows what it is worth.
+//! The other way, when asked for ([`HighPriority`], off by default): a worker runs at a lower
+//! nice value while it runs work of the high or critical class (on its whole path) or has
+//! such work queued, and while it sleeps hosting such work (a listener's accept loop), so
+//! that where the machine's CPUs are shared with other processes the kernel neither takes the
+//! CPU from it for another thread's time slice (milliseconds) between the moment it learns of
+//! a high-class request and the response, nor lets a wake-up for such work wait behind other
+//! threads. It goes back to its normal nice value at the first burst of other work with none
+//! of that class waiting, so the raise lasts as long as the high-class work runs: a server
+//! whose high class is a trickle of requests raises its workers for that trickle only, and
+//! other processes keep their share of the CPUs. A worker that is off its CPU when the work
+//! arrives cannot raise itself: that wait is the kernel's (a server accepts such a class on
+//! every worker, so that whichever runs takes it), and so is the wait for a high-class
+//! connection's next event once the worker has gone back to other work. Each change is one
+//! `setpriority` on the worker's own thread. It needs the right to lower a nice value
+//! (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the feature turns itself
+//! off at start, saying so.
+//!
+//! Measured with `rescon-bench paper --quick --only 3` (rescon-httpd with a worker per core,
+//! not pinned, beside the load generator on two cores; 64 low clients): the high-priority
+//! client's 99th percentile went from 11-18 times its unloaded value to 3-4 times. Raising a
+//! worker for as long as it merely hosted high-class work (an accept loop never leaves)
+//! raised every worker all the time and changed nothing (nice -5); holding the raise 200 µs
+//! after high-class work ran (for the request that follows an accept) reached 2.7-3.1 times,
+//! but kept the workers raised nearly all the time under that client's 7,000 requests a
+//! second, and the load generator beside them lost the CPU: the low clients' throughput fell
+//! by 40%.
 
 use crate::sys;
 use rescon::{Container, Registry, SchedClass};
@@ -46,7 +61,7 @@ pub enum IdlePriority {
     Nice(i32),
 }
 
-/// What a worker does with its kernel priority while it hosts work of a class above normal.
+/// What a worker does with its kernel priority while it runs work of a class above normal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum HighPriority {
     /// Leave the kernel priority alone (the default).

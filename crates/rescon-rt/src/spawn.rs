@@ -115,8 +115,11 @@ where
 /// measure, see [`Builder::correct_cpu`](crate::Builder::correct_cpu)) if that is clearly
 /// more than the current worker gets, else as by [`spawn`]: a worker that shares its CPU with
 /// another busy thread is off it for whole kernel time slices, and high-class work placed
-/// there would wait for them. Otherwise it goes on the least loaded worker (ties go to the
-/// current worker, then round robin). Both spread new connections' tasks across the
+/// there would wait for them. Where the workers raise their kernel priority for high-class
+/// work ([`Builder::high_priority`](crate::Builder::high_priority)), it stays on the spawning
+/// worker instead: that worker is on a CPU now and, raised, stays there while it runs the new
+/// task. Otherwise it goes on the least loaded worker (ties go to the current worker, then
+/// round robin). Both spread new connections' tasks across the
 /// workers.
 ///
 /// # Panics
@@ -129,11 +132,21 @@ where
     let local = with_local(|l| {
         let high = l.in_high_work();
         let near = high || l.is_bound_to(container) == Some(true);
-        (l.rt.clone(), l.shared.index, near, high)
+        (
+            l.rt.clone(),
+            l.shared.index,
+            near,
+            high,
+            high && l.raises_for_high(),
+        )
     });
     match local {
-        Some((rt, idx, near, high)) => {
-            let w = if high {
+        Some((rt, idx, near, high, raised)) => {
+            let w = if raised {
+                // This worker is running now, and runs the new task raised above other
+                // threads: sent to another, it would wait for that one to be on a CPU.
+                idx
+            } else if high {
                 rt.place_high(idx)
             } else if near {
                 rt.place_near(idx)

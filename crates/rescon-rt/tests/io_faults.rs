@@ -270,3 +270,52 @@ fn a_worker_hosting_high_class_work_runs_at_a_lower_nice_value() {
         "back to nice {orig} once no high-class work is left"
     );
 }
+
+#[test]
+fn a_worker_hosting_high_class_work_runs_other_work_at_its_normal_nice_value() {
+    use rescon_rt::{HighPriority, ThreadPriority};
+    let registry = Registry::new();
+    let rt = Builder::new(&registry)
+        .workers(1)
+        .high_priority(HighPriority::Nice(-5))
+        .build()
+        .unwrap();
+    let tid = rt.handle().worker_tids()[0];
+    let orig = ThreadPriority::of_thread(tid).unwrap().nice;
+    if orig <= -5 {
+        eprintln!("skipped: this thread already runs at nice {orig}, nothing to raise to -5");
+        return;
+    }
+    let mut a = Attributes::default();
+    a.set("class", "high").unwrap();
+    let high = registry.root().create_child("high", a).unwrap();
+    let low = child(&registry.root(), "low");
+    // A high-class task that waits all along, as an accept loop does.
+    let hosted = rt.spawn_in(&high, async {
+        rescon_rt::sleep(Duration::from_secs(3600)).await;
+    });
+    // The worker's nice value, read from inside a task of `c` (so while the worker runs it).
+    let nice_in = |c: &Container| {
+        rt.block_on(rt.spawn_in(
+            c,
+            async move { ThreadPriority::of_thread(tid).unwrap().nice },
+        ))
+        .unwrap()
+    };
+    if nice_in(&high) != -5 {
+        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "RESCON_REQUIRE_KERNEL=1 but the worker did not raise itself for high-class work"
+        );
+        eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
+        hosted.cancel();
+        return;
+    }
+    // Other work, while the high-class task waits: not raised.
+    assert_eq!(nice_in(&low), orig, "normal-class work runs at nice {orig}");
+    // High-class work again: raised again.
+    assert_eq!(nice_in(&high), -5, "high-class work runs raised");
+    assert_eq!(nice_in(&low), orig, "and normal-class work not");
+    hosted.cancel();
+}

@@ -184,7 +184,12 @@ pub fn run(config: Config, options: Options) -> Result<()> {
         limiter,
         fastcgi,
     });
-    let mut b = rescon_rt::Builder::new(&registry);
+    // A worker runs at nice -20 while it runs (or has queued) work of a class above normal,
+    // and only then: the high class's requests are not kept waiting for another process's
+    // kernel time slice on a shared machine (see `rescon_rt::prio`; off, saying so, without
+    // the right to lower a nice value).
+    let mut b =
+        rescon_rt::Builder::new(&registry).high_priority(rescon_rt::HighPriority::Nice(-20));
     if let Some(n) = options.workers {
         b = b.workers(n);
     }

@@ -220,8 +220,9 @@ impl Builder {
         self
     }
 
-    /// What a worker does with its kernel priority while containers of the high or critical
-    /// class have tasks on it (default: nothing; see [`prio`](crate::prio)).
+    /// What a worker does with its kernel priority while it runs (or has queued) work of
+    /// containers of the high or critical class (default: nothing; see
+    /// [`prio`](crate::prio)).
     pub fn high_priority(mut self, p: HighPriority) -> Self {
         self.high = p;
         self

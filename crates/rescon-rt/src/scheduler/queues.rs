@@ -111,6 +111,8 @@ pub(crate) struct RunQueues {
     track: bool,
     /// Live slots of a class above normal (see `prio::Boost`).
     high: u32,
+    /// Slots of a class above normal with tasks queued (see `prio::Boost`).
+    high_queued: u32,
     /// Slots with tasks queued, by the highest class on their path (kept only with `offers`).
     waiting: [u32; 4],
     /// The classes seen on the paths of this worker's slots, a bit each.
@@ -131,6 +133,7 @@ impl RunQueues {
             queued: Vec::new(),
             track: offers,
             high: 0,
+            high_queued: 0,
             waiting: [0; 4],
             classes: 0,
             scratch: Standing::default(),
@@ -262,6 +265,9 @@ impl RunQueues {
     #[inline]
     pub(crate) fn push(&mut self, k: u32, r: Runnable, now: u64) -> Option<u8> {
         let s = self.slots[k as usize].as_mut().expect("live slot");
+        if s.high && s.queue.is_empty() {
+            self.high_queued += 1;
+        }
         if self.track && s.queue.is_empty() {
             self.waiting[s.pmax as usize] += 1;
             s.backlog_since = now;
@@ -289,8 +295,13 @@ impl RunQueues {
     pub(crate) fn pop(&mut self, k: u32) -> Option<(Runnable, u64)> {
         let s = self.slots[k as usize].as_mut().expect("live slot");
         let r = s.queue.pop_front();
-        if self.track && r.is_some() && s.queue.is_empty() {
-            self.waiting[s.pmax as usize] -= 1;
+        if r.is_some() && s.queue.is_empty() {
+            if self.track {
+                self.waiting[s.pmax as usize] -= 1;
+            }
+            if s.high {
+                self.high_queued -= 1;
+            }
         }
         r
     }
@@ -456,9 +467,12 @@ impl RunQueues {
             return None;
         }
         let taken: Vec<(Runnable, u64)> = s.queue.drain(keep..).collect();
-        let (key, c, pmax) = (s.key, s.container.clone(), s.pmax as usize);
+        let (key, c, pmax, high) = (s.key, s.container.clone(), s.pmax as usize, s.high);
         if self.track && keep == 0 {
             self.waiting[pmax] -= 1;
+        }
+        if high && keep == 0 {
+            self.high_queued -= 1;
         }
         self.policy.publish(key);
         for _ in 0..taken.len() {
@@ -547,6 +561,7 @@ impl RunQueues {
             out.extend(s.queue.drain(..).map(|(r, _)| r));
         }
         self.waiting = [0; 4];
+        self.high_queued = 0;
     }
 
     /// Detaches every slot (at shutdown) and records what is pending.
@@ -555,6 +570,7 @@ impl RunQueues {
         let slots = std::mem::take(&mut self.slots);
         self.by_id.clear();
         self.high = 0;
+        self.high_queued = 0;
         for mut s in slots.into_iter().flatten() {
             flush_slot(&mut s);
             self.policy.detach(s.key);
@@ -573,6 +589,13 @@ impl RunQueues {
             (true, false) => self.high -= 1,
             _ => {}
         }
+        if s.high != high && !s.queue.is_empty() {
+            if high {
+                self.high_queued += 1;
+            } else {
+                self.high_queued -= 1;
+            }
+        }
         s.class = class;
         s.high = high;
     }
@@ -580,6 +603,11 @@ impl RunQueues {
     /// Whether a container of a class above normal has a slot here.
     pub(crate) fn hosts_high(&self) -> bool {
         self.high > 0
+    }
+
+    /// Whether tasks of a container of a class above normal are queued here.
+    pub(crate) fn high_queued(&self) -> bool {
+        self.high_queued > 0
     }
 
     /// Whether a container has tasks queued here.

@@ -453,7 +453,18 @@ impl Local {
             let pick = {
                 let mut core = self.core.borrow_mut();
                 core.queues.policy.refill(now);
-                core.queues.pick()
+                let pick = core.queues.pick();
+                if core.boost.enabled()
+                    && let Some(p) = &pick
+                {
+                    // Raised while it runs high-class work or has some waiting, so that the
+                    // kernel does not take the CPU from it for another thread's time slice
+                    // meanwhile; at normal priority otherwise (see `prio::Boost`).
+                    let k = p.key.index() as u32;
+                    let want = core.queues.slot(k).is_high() || core.queues.high_queued();
+                    core.boost.set(want);
+                }
+                pick
             };
             match pick {
                 Some(p) => {
@@ -666,6 +677,12 @@ impl Local {
             return false;
         }
         self.core.borrow_mut().queues.slot(run.key).is_high()
+    }
+
+    /// Whether this worker raises its kernel priority while it runs high-class work (see
+    /// `prio::Boost`).
+    pub(crate) fn raises_for_high(&self) -> bool {
+        self.core.borrow().boost.enabled()
     }
 
     /// Whether the running task is bound to `c` (`None` if no task is running).
@@ -1000,10 +1017,6 @@ impl Local {
             if core.idle.enabled() {
                 self.shared.lowered.store(core.idle.is_lowered(), Relaxed);
             }
-            if core.boost.enabled() {
-                let want = core.queues.hosts_high();
-                core.boost.set(want);
-            }
         }
         if self.cfg.balance && now >= self.next_balance.get() {
             self.next_balance.set(now + BALANCE_NS);
@@ -1018,6 +1031,8 @@ impl Local {
             core.queues.flush_all();
             core.queues.reclaim();
             if core.boost.enabled() {
+                // Asleep, it costs nobody CPU: raised while it hosts high-class work, it is
+                // woken ahead of other threads for that work's next event.
                 let want = core.queues.hosts_high();
                 core.boost.set(want);
             }
