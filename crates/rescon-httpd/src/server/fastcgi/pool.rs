@@ -102,6 +102,8 @@ impl Pool {
 
     /// Starts `command` in `container` and supervises it from a thread of its own. Fails if
     /// the first start fails (the error says why: a missing program, a process limit).
+    // Each is one thing the pool needs from the server's start-up, named at its one caller.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         name: &str,
         command: &[String],
