@@ -396,3 +396,57 @@ fn silence_between_records_and_the_total_deadline_give_504_or_a_cut_body() {
     // The server serves on.
     assert_eq!(get(&s, "/app/hello").0, 200);
 }
+
+/// `POST /reload` on the admin socket: the status and the body.
+fn reload(s: &Server) -> (u16, String) {
+    let mut c = std::os::unix::net::UnixStream::connect(s.dir.path().join("admin.sock")).unwrap();
+    c.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[test]
+fn a_reload_says_which_fastcgi_changes_it_did_not_apply() {
+    let s = start();
+    let path = s.dir.path().join("httpd.toml");
+    let conf = std::fs::read_to_string(&path).unwrap();
+    // Unchanged: nothing said about FastCGI.
+    let (st, body) = reload(&s);
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains("fastcgi"), "{body}");
+    // The TCP application moved to another prefix, and a third one added.
+    let changed = conf.replace(r#"prefix = "/tcp/""#, r#"prefix = "/tcp2/""#)
+        + "\n[[fastcgi]]\nprefix = \"/more/\"\naddress = \"unix:/nonexistent.sock\"\nroot = \"/\"\ncontainer = \"cgi\"\n";
+    std::fs::write(&path, changed).unwrap();
+    let (st, body) = reload(&s);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("[[fastcgi]] NOT applied"), "{body}");
+    assert!(body.contains("restart the server to apply"), "{body}");
+    assert!(
+        body.contains("fastcgi[1] (/tcp/) changed: prefix"),
+        "{body}"
+    );
+    assert!(body.contains("fastcgi[2] (/more/) added"), "{body}");
+    assert!(!body.contains("fastcgi[0]"), "{body}");
+    // What the reload says is what is in force: the old route serves, the new one does not.
+    let (st, text) = get(&s, "/tcp/hello");
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(get(&s, "/tcp2/hello").0, 404);
+    // The second application removed: said too; the first, unchanged, is not named.
+    let removed = &conf[..conf.rfind("\n[[fastcgi]]").unwrap()];
+    std::fs::write(&path, removed).unwrap();
+    let (st, body) = reload(&s);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("fastcgi[1] (/tcp/) removed"), "{body}");
+    assert!(!body.contains("fastcgi[0]"), "{body}");
+    assert_eq!(get(&s, "/tcp/hello").0, 200, "still served");
+}

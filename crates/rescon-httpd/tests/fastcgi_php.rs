@@ -139,6 +139,7 @@ socket = "{d}/admin.sock"
 [containers.site]
 [containers.cgi]
 cpu_limit = "{cpu_limit}"
+max_processes = 16
 enforcement = "kernel"
 
 [[listener]]
@@ -368,22 +369,30 @@ fn pool_cpu_ns(s: &Server) -> (u64, usize) {
     (ns, n)
 }
 
-/// With kernel enforcement the pool's cgroup counts all of the pool's CPU and each request's
-/// container its worker's part: the class's subtree (the pool's own container and the
-/// requests') adds up to what the pool's processes used, FastCGI CPU counted once.
-fn cpu_adds_up_over_pool_and_requests(s: &Server) {
+/// The pool's cgroup (kernel enforcement) or the user-mode limiter that holds the pool's
+/// process group counts all of the pool's CPU, and each request's container its worker's
+/// part: the class's subtree (the pool's own container and the requests') adds up to what the
+/// pool's processes used, FastCGI CPU counted once, the pool's idle CPU in its container.
+/// `mode` is the enforcement the class must report.
+fn cpu_adds_up_over_pool_and_requests(s: &Server, mode: &str) {
     let class = admin(s, "/containers/cgi?depth=1");
-    let kernel = class["enforcement"]["summary"] == "kernel";
-    if !kernel {
+    let summary = class["enforcement"]["summary"].as_str().unwrap_or("?");
+    if summary != mode {
         assert!(
-            std::env::var_os("RESCON_REQUIRE_KERNEL").is_none(),
+            mode != "kernel" || std::env::var_os("RESCON_REQUIRE_KERNEL").is_none(),
             "no kernel enforcement: {class}"
         );
+        assert_eq!(mode, "kernel", "{class}");
         eprintln!(
             "skipped: the pool is not in a cgroup here ({})",
             class["enforcement"]
         );
         return;
+    }
+    if mode == "kernel" {
+        // The pool's every fork counts against the class's `pids.max`.
+        let procs = class["enforcement"]["max_processes"].as_str().unwrap();
+        assert!(procs.contains("pids.max"), "{class}");
     }
     let tick = 1_000_000_000 / rustix::param::clock_ticks_per_second();
     // The pool's processes first, then the containers (sampled every 100 ms): the sum can
@@ -502,7 +511,7 @@ fn php_fpm_behind_rescon_httpd_is_capped_charged_and_supervised() {
     // Kernel enforcement where the machine has cgroups (CI), else user mode.
     let s = start(&fpm, "", "30%");
     capped_and_charged(&s);
-    cpu_adds_up_over_pool_and_requests(&s);
+    cpu_adds_up_over_pool_and_requests(&s, "kernel");
     crashed_worker_gives_502_and_is_replaced(&s);
     hung_worker_gives_504(&s);
     unreachable_application_gives_502(&s);
@@ -514,15 +523,19 @@ fn php_fpm_is_capped_in_user_mode_without_cgroups() {
     let Some(fpm) = php_fpm() else { return };
     let s = start(&fpm, r#"enforcement = "user""#, "30%");
     capped_and_charged(&s);
-    // The admin API says what holds the cap: the user-mode limiter, not the kernel.
-    let mut c = std::os::unix::net::UnixStream::connect(d_of(&s).join("admin.sock")).unwrap();
-    c.write_all(
-        b"GET /containers/cgi?depth=0 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    assert!(out.contains("user-mode"), "{out}");
+    // The admin API says what is in force: the user-mode limiter holds the cap, not the
+    // kernel; `max_processes` counts the pool's start, not php-fpm's forks.
+    let e = &admin(&s, "/containers/cgi?depth=0")["enforcement"];
+    assert_eq!(e["summary"], "user-mode", "{e}");
+    assert!(e["cpu_limit"].as_str().unwrap().contains("SIGSTOP"), "{e}");
+    let procs = e["max_processes"].as_str().unwrap();
+    assert!(
+        procs.contains("counted at spawn") && procs.contains("fork is not counted"),
+        "{e}"
+    );
+    // The pool's master and idle workers are charged to the pool's container, its requests'
+    // CPU to theirs, once.
+    cpu_adds_up_over_pool_and_requests(&s, "user-mode");
 }
 
 #[test]

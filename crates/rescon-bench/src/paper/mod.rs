@@ -903,7 +903,7 @@ fn exp4_fastcgi(ctx: &mut Ctx, ks: &[usize], statics: usize) -> Result<()> {
     }
     let mut js = serde_json::Map::new();
     let mut share_series = Vec::new();
-    for kind in [Kind::Rescon, Kind::ResconUser] {
+    for kind in ctx.servers(&[Kind::Rescon, Kind::ResconUser]) {
         let mut max = f64::NAN;
         let (mut rows, mut share) = (Vec::new(), Vec::new());
         for &k in ks {

@@ -664,6 +664,7 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
     // Opened anew, as the file now says: after a rotation (the file renamed, then SIGHUP) the
     // log goes to a new file at the configured path.
     let log = open_log(&config.server.access_log)?;
+    let fastcgi = shared.fastcgi.unapplied(&config.fastcgi);
     let opened = Opened::open(config)?;
     let mut tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
     let new_tree = opened_tree(&opened);
@@ -674,12 +675,17 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
     drop(tree);
     shared.site.publish(site);
     shared.log.replace(log);
-    Ok(format!(
+    let mut summary = format!(
         "{} containers added, {} removed, {} changed",
         diff.add.len(),
         diff.remove.len(),
         diff.change.len()
-    ))
+    );
+    if let Some(note) = fastcgi {
+        tracing::warn!(%note, "reload: [[fastcgi]] changes are not applied");
+        summary = format!("{summary}; {note}");
+    }
+    Ok(summary)
 }
 
 /// The tree an opened configuration declares.

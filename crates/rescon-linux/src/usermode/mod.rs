@@ -28,6 +28,11 @@
 //! - Only CPU is enforced here: memory is not limited without cgroups, and `max_processes`
 //!   counts the processes rescon spawns ([`crate::cgroup::Command`]), not those they fork.
 //!   [`crate::enforcement`] reports what is in force.
+//! - A target capped with [`Limiter::cap_charging`] is also charged: its CPU goes to its
+//!   container's `kernel_cpu_ns` at every look, less what the caller charges elsewhere (the
+//!   rule of [`Manager::set_cpu_credit`](crate::cgroup::Manager::set_cpu_credit) for a
+//!   cgroup), so a FastCGI pool's idle CPU is its container's and its requests' CPU is counted
+//!   once.
 //!
 //! # Costs
 //!
@@ -146,6 +151,45 @@ struct Rec {
     target: Target,
     container: Container,
     members: procfs::Members,
+    charge: Option<Charge>,
+}
+
+/// How much of a target's CPU, in nanoseconds, the caller charges to other containers: a count
+/// that never decreases (see [`Limiter::cap_charging`]).
+pub type Credit = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A charged target's account: what its container was given so far.
+struct Charge {
+    credit: Credit,
+    /// `credit()` when the cap began: only what is credited since counts against this
+    /// target (a restarted pool's predecessor was credited its own CPU).
+    base: u64,
+    /// The target's CPU given to its container so far, ns.
+    reported: u64,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge")
+            .field("base", &self.base)
+            .field("reported", &self.reported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Charge {
+    /// Given the target's CPU so far (`total`, read first), adds to `c` what is neither given
+    /// yet nor credited elsewhere (read right after). Monotone: a credit ahead of the CPU
+    /// seen (a request charged from a fresher reading) holds the container still until the
+    /// CPU passes it.
+    fn charge(&mut self, total: u64, c: &Container) {
+        let credited = (self.credit)().saturating_sub(self.base);
+        let own = total.saturating_sub(credited);
+        if own > self.reported {
+            c.account().add_kernel_cpu_ns(own - self.reported);
+            self.reported = own;
+        }
+    }
 }
 
 /// A target held by a [`Limiter`]; dropping it ends the cap (its processes are continued if
@@ -169,7 +213,12 @@ impl Drop for Capped {
     fn drop(&mut self) {
         if let Some(s) = self.shared.upgrade() {
             let mut st = lock(&s.state);
-            if let Some(rec) = st.targets.remove(&self.id) {
+            if let Some(mut rec) = st.targets.remove(&self.id) {
+                // A charged target's last look: what its members still there used since.
+                if let Some(charge) = &mut rec.charge {
+                    rec.members.sample(&s.config.proc_root);
+                    charge.charge(s.ticks_to_ns(rec.members.cpu_ticks()), &rec.container);
+                }
                 if let Some(a) = st.ctl.remove(self.id) {
                     s.signal(&rec, a);
                     st.continues += 1;
@@ -215,6 +264,40 @@ impl Limiter {
     /// Refused (`InvalidInput`) for a target this process belongs to (its own process group,
     /// or a tree it is in): stopping it would stop the limiter.
     pub fn cap(&self, target: Target, c: &Container) -> std::io::Result<Capped> {
+        self.add(target, c, None)
+    }
+
+    /// As [`Limiter::cap`], and charges the target's CPU to `c` (`kernel_cpu_ns`), as a
+    /// cgroup's sampler would: at every look, what its processes used since the last, less
+    /// what `credit` says the caller charged to other containers since the cap began (read
+    /// right after the processes' CPU, so nothing is counted twice). `c`'s usage never goes
+    /// down; it adds up with what was credited to the target's CPU. What a member runs
+    /// between the last look and its exit is not seen (a tick at most). `credit` runs under
+    /// the limiter's lock: it must not call the limiter.
+    pub fn cap_charging(
+        &self,
+        target: Target,
+        c: &Container,
+        credit: Credit,
+    ) -> std::io::Result<Capped> {
+        let base = credit();
+        self.add(
+            target,
+            c,
+            Some(Charge {
+                credit,
+                base,
+                reported: 0,
+            }),
+        )
+    }
+
+    fn add(
+        &self,
+        target: Target,
+        c: &Container,
+        charge: Option<Charge>,
+    ) -> std::io::Result<Capped> {
         let s = &self.shared;
         if contains_self(&s.config.proc_root, target) {
             return Err(std::io::Error::new(
@@ -244,6 +327,7 @@ impl Limiter {
                 target,
                 container: c.clone(),
                 members,
+                charge,
             },
         );
         let now = s.now_ns();
@@ -410,8 +494,12 @@ impl Shared {
                 }
             }
             let mut samples = Vec::with_capacity(st_ref.targets.len());
-            for (id, rec) in &st_ref.targets {
-                samples.push((*id, self.ticks_to_ns(rec.members.cpu_ticks())));
+            for (id, rec) in st_ref.targets.iter_mut() {
+                let cpu = self.ticks_to_ns(rec.members.cpu_ticks());
+                if let Some(charge) = &mut rec.charge {
+                    charge.charge(cpu, &rec.container);
+                }
+                samples.push((*id, cpu));
                 st_ref
                     .ctl
                     .set_caps(*id, &caps_of(&self.root, &rec.container), now);
@@ -443,5 +531,93 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rescon::Attributes;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A pid no process has (above the kernel's default `pid_max` of 2^22): the fake
+    /// process below is never confused with a real one, and a signal to it reaches nobody.
+    const PID: i32 = 4_194_400;
+
+    /// Writes the fake process's stat: `ticks` of user CPU, leading its own group.
+    fn write_stat(root: &std::path::Path, ticks: u64) {
+        let dir = root.join(PID.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = format!(
+            "{PID} (php-fpm) S 1 {PID} {PID} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 5000 0 0\n"
+        );
+        // Whole or absent for a reader: written aside, then renamed over.
+        std::fs::write(dir.join("stat.new"), line).unwrap();
+        std::fs::rename(dir.join("stat.new"), dir.join("stat")).unwrap();
+    }
+
+    /// Waits (bounded) until `f` holds, looking again after each of the limiter's ticks.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(20), "never: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_charged_target_adds_up_with_what_is_credited_elsewhere() {
+        // A pool (no CPU limit: never signalled) whose processes use 1 s; 600 ms of it is
+        // charged to a request by the caller, so the pool's container gets the other 400 ms.
+        let proc_root = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let pool = registry
+            .root()
+            .create_child("pool", Attributes::default())
+            .unwrap();
+        let req = registry
+            .root()
+            .create_child("req", Attributes::default())
+            .unwrap();
+        let config = Config {
+            tick: Duration::from_millis(1),
+            rescan: Duration::from_millis(1),
+            proc_root: proc_root.path().to_path_buf(),
+        };
+        let limiter = Limiter::start(&registry, config).unwrap();
+        let tps = crate::cgroup::sys::clock_ticks_per_sec();
+        let ticks = |ms: u64| ms * tps / 1000;
+        let ns = |ms: u64| ticks(ms) * 1_000_000_000 / tps;
+        // Credited before the cap (a previous pool's requests): not this target's.
+        let credited = Arc::new(AtomicU64::new(ns(5_000)));
+        write_stat(proc_root.path(), ticks(0));
+        let c2 = credited.clone();
+        let _capped = limiter
+            .cap_charging(
+                Target::ProcessGroup(PID),
+                &pool,
+                Arc::new(move || c2.load(Ordering::SeqCst)),
+            )
+            .unwrap();
+        let charge = |n: u64| {
+            req.account().add_kernel_cpu_ns(n);
+            credited.fetch_add(n, Ordering::SeqCst);
+        };
+        let own = || pool.usage().kernel_cpu_ns;
+        // Charged elsewhere first (the limiter may look at any moment: whether it sees the
+        // processes' CPU before or after it grows, the pool never gets more than the rest).
+        charge(ns(600));
+        write_stat(proc_root.path(), ticks(1_000));
+        until("the pool gets the rest", || own() == ns(400));
+        // A credit ahead of the processes' CPU holds the pool still; it never goes back.
+        charge(ns(900));
+        std::thread::sleep(Duration::from_millis(50)); // dozens of looks
+        assert_eq!(own(), ns(400));
+        // The processes catch up: the pool gets what is beyond every credit, and the two add
+        // up to the processes' CPU.
+        write_stat(proc_root.path(), ticks(2_000));
+        until("the pool catches up", || own() == ns(500));
+        assert_eq!(own() + req.usage().kernel_cpu_ns, ns(2_000));
+        assert_eq!(limiter.stats().stops, 0, "nothing capped, nothing stopped");
     }
 }

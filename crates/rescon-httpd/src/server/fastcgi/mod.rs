@@ -32,8 +32,9 @@
 //!   started but not yet serving. The pool and its requests are siblings' worth of a sum: over
 //!   the class's subtree they add up to the cgroup's CPU, within what clock ticks round down
 //!   (10 ms per worker under way at a sample, never lost, at most held in the pool's
-//!   container). In user mode the pool's container is charged nothing of its own (its CPU is
-//!   read per request only), so nothing is counted twice there either.
+//!   container). In user mode the limiter that caps the pool's process group charges its CPU
+//!   to the pool's container by the same rule (`Limiter::cap_charging`, with the same
+//!   credit): the same sum, CPU counted once.
 
 mod peer;
 mod pool;
@@ -121,6 +122,9 @@ impl FastCgi {
                     let w = workers.clone();
                     m.set_cpu_credit(&c, Arc::new(move || w.credit()));
                 }
+                // Without cgroups the user-mode limiter charges the pool's CPU by the same
+                // rule.
+                let w = workers.clone();
                 Some(pool::Pool::start(
                     &format!("{i}"),
                     &f.command,
@@ -129,6 +133,7 @@ impl FastCgi {
                     limiter.cloned(),
                     f.restarts,
                     run_as.clone(),
+                    Arc::new(move || w.credit()),
                 )?)
             };
             apps.push(Arc::new(App {
@@ -162,6 +167,51 @@ impl FastCgi {
             apps,
             owner,
             seq: AtomicU64::new(0),
+        })
+    }
+
+    /// What a reload to `new` would change in `[[fastcgi]]`, in words, or `None` if nothing.
+    /// Reloads do not apply `[[fastcgi]]`: the applications, their routes and their pools stay
+    /// as started until the server restarts (a pool is a supervised process tree with requests
+    /// under way; replacing it by a reload would need a drain this server does not do).
+    pub(crate) fn unapplied(&self, new: &[FastCgiConfig]) -> Option<String> {
+        let old: Vec<&FastCgiConfig> = self.apps.iter().map(|a| &a.config).collect();
+        let mut what = Vec::new();
+        for i in 0..old.len().max(new.len()) {
+            match (old.get(i), new.get(i)) {
+                (Some(o), Some(n)) if *o == n => {}
+                (Some(o), Some(n)) => {
+                    let mut fields = Vec::new();
+                    for (name, changed) in [
+                        ("prefix", o.prefix != n.prefix),
+                        ("address", o.address != n.address),
+                        ("root", o.root != n.root),
+                        ("container", o.container != n.container),
+                        ("command", o.command != n.command),
+                        ("restarts", o.restarts != n.restarts),
+                        ("pass_handle", o.pass_handle != n.pass_handle),
+                    ] {
+                        if changed {
+                            fields.push(name);
+                        }
+                    }
+                    what.push(format!(
+                        "fastcgi[{i}] ({}) changed: {}",
+                        o.prefix,
+                        fields.join(", ")
+                    ));
+                }
+                (Some(o), None) => what.push(format!("fastcgi[{i}] ({}) removed", o.prefix)),
+                (None, Some(n)) => what.push(format!("fastcgi[{i}] ({}) added", n.prefix)),
+                (None, None) => {}
+            }
+        }
+        (!what.is_empty()).then(|| {
+            format!(
+                "[[fastcgi]] NOT applied, the running applications and pools stay as started \
+                 (restart the server to apply): {}",
+                what.join("; ")
+            )
         })
     }
 

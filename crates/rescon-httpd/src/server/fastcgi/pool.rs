@@ -6,8 +6,9 @@
 //!   enforcement it is mirrored in a cgroup under the class's, so the class's `cpu_limit` and
 //!   `max_processes` (`pids.max`) hold for the pool's every process, the workers it forks
 //!   included. Without, the pool leads a process group of its own and the user-mode
-//!   [`Limiter`] holds the group to the class's CPU limit (stopping and continuing it);
-//!   `max_processes` then counts the pool's start only.
+//!   [`Limiter`] holds the group to the class's CPU limit (stopping and continuing it) and
+//!   charges the group's CPU to the pool's container, less what its requests were charged
+//!   (`credit`); `max_processes` then counts the pool's start only.
 //! - **Supervision.** When the pool's main process exits it is started again after a delay
 //!   that doubles from 100 ms to 5 s, at most `restarts` times (a pool that ran a minute
 //!   earns its budget back); then it is left down, said at error level, and requests get 502.
@@ -22,7 +23,7 @@
 
 use rescon::Container;
 use rescon_linux::cgroup::{self, Manager};
-use rescon_linux::usermode::{Capped, Limiter, Target};
+use rescon_linux::usermode::{Capped, Credit, Limiter, Target};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -101,6 +102,8 @@ impl Pool {
 
     /// Starts `command` in `container` and supervises it from a thread of its own. Fails if
     /// the first start fails (the error says why: a missing program, a process limit).
+    // Each is one thing the pool needs from the server's start-up, named at its one caller.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         name: &str,
         command: &[String],
@@ -109,6 +112,7 @@ impl Pool {
         limiter: Option<Arc<Limiter>>,
         restarts: u32,
         run_as: Option<RunAs>,
+        credit: Credit,
     ) -> anyhow::Result<Arc<Pool>> {
         if run_as.is_some() && !std::path::Path::new(SETPRIV).exists() {
             anyhow::bail!(
@@ -124,7 +128,7 @@ impl Pool {
             let (pool, command) = (pool.clone(), command.to_vec());
             move || {
                 let argv = argv(&command, run_as.as_ref());
-                pool.spawn(&argv, kernel.as_deref(), limiter.as_deref())
+                pool.spawn(&argv, kernel.as_deref(), limiter.as_deref(), &credit)
             }
         };
         let first =
@@ -141,6 +145,7 @@ impl Pool {
         command: &[String],
         kernel: Option<&Manager>,
         limiter: Option<&Limiter>,
+        credit: &Credit,
     ) -> Result<(cgroup::Child, Option<Capped>), String> {
         let c = &self.container;
         let mut cmd = match kernel {
@@ -156,7 +161,7 @@ impl Pool {
         let pid = child.id() as i32;
         let capped = match (kernel, limiter) {
             (None, Some(l)) => Some(
-                l.cap(Target::ProcessGroup(pid), c)
+                l.cap_charging(Target::ProcessGroup(pid), c, credit.clone())
                     .map_err(|e| format!("capping the pool in user mode: {e}"))?,
             ),
             _ => None,
