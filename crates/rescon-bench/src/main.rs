@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand};
 /// frees them in batches, which glibc serves from its slow bins (its per-thread cache holds
 /// seven chunks per size); mimalloc's free lists take about a third fewer instructions per
 /// create and destroy (callgrind). The server binary uses it too, so the figures here are the
-/// ones it sees.
+/// ones it sees. Counted when `RESCON_HEAP_STATS` asks, or in `memory`'s probes (see
+/// `rescon_httpd::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rescon_httpd::alloc::Counting<mimalloc::MiMalloc> =
+    rescon_httpd::alloc::Counting::mimalloc();
 
 mod flood;
 mod load;
@@ -134,6 +136,10 @@ fn main() -> anyhow::Result<()> {
             workers,
             no_containers,
         } => {
+            anyhow::Context::context(
+                rescon_httpd::alloc::count_heap_from_env(),
+                rescon_httpd::alloc::HEAP_STATS_ENV,
+            )?;
             rescon_httpd::logging::init(rescon_httpd::logging::Format::Text, None)
                 .map_err(|e| anyhow::anyhow!(e))?;
             let loaded =

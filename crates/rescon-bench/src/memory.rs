@@ -36,6 +36,7 @@
 
 use crate::paper::servers::{self, FILE_1K, Kind, Site};
 use anyhow::{Context, Result, bail};
+use rescon_httpd::alloc::HeapStats;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -117,11 +118,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn run(args: Args) -> Result<()> {
     match args.probe.as_deref() {
         Some("containers") => {
-            println!("{}", container_bytes(args.containers)?);
+            let (rss, heap) = container_bytes(args.containers)?;
+            println!("{rss} {heap}");
             return Ok(());
         }
         Some("tasks") => {
-            println!("{}", container_with_task_bytes(args.containers)?);
+            let (rss, heap) = container_with_task_bytes(args.containers)?;
+            println!("{rss} {heap}");
             return Ok(());
         }
         Some(other) => bail!("unknown probe {other:?}"),
@@ -152,6 +155,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut site = Site::create(&scratch, 100)?;
     site.idle_timeout = Some(IDLE_TIMEOUT);
     site.max_conns = n + 128;
+    site.heap_stats = Some(scratch.join("heap.json"));
 
     let mut kinds = vec![Kind::Rescon, Kind::ResconOff];
     if servers::nginx_path().is_some() {
@@ -203,10 +207,17 @@ pub fn run(args: Args) -> Result<()> {
         let servers: Vec<_> = rows
             .iter()
             .map(|(k, c, m)| {
-                json!({"name": k.name(), "case": c.key(), "bytes_per_conn": m.bytes_per_conn})
+                let mut row =
+                    json!({"name": k.name(), "case": c.key(), "bytes_per_conn": m.bytes_per_conn});
+                if let Some(h) = m.heap_json() {
+                    row["heap"] = h;
+                }
+                row
             })
             .collect();
-        let out = json!({"n": n, "servers": servers, "container_bytes": model});
+        let out = json!({"n": n, "servers": servers, "container_bytes": model.0,
+            "container_heap_bytes": model.1, "container_with_task_bytes": with_task.0,
+            "container_with_task_heap_bytes": with_task.1});
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
@@ -234,9 +245,19 @@ pub fn run(args: Args) -> Result<()> {
             get(Case::TlsKeepAlive)
         );
     }
+    let heap_rows: Vec<_> = rows
+        .iter()
+        .filter_map(|(k, c, m)| Some((k, c, m.heap_text()?)))
+        .collect();
+    if !heap_rows.is_empty() {
+        println!("\nrescon-httpd's counted heap, per connection:");
+        for (k, c, text) in heap_rows {
+            println!("  {}, {}: {text}", k.name(), c.key());
+        }
+    }
     println!(
-        "\nA container in the model: {model:.0} bytes ({} made); with a parked task bound to it on a rescon-rt worker: {with_task:.0} bytes.",
-        args.containers
+        "\nA container in the model: {:.0} bytes resident, {:.0} B of live heap ({} made); with a parked task bound to it on a rescon-rt worker: {:.0} bytes resident, {:.0} B of live heap.",
+        model.0, model.1, args.containers, with_task.0, with_task.1
     );
     Ok(())
 }
@@ -274,6 +295,62 @@ fn fit_to_rlimit(n: usize) -> Result<usize> {
 struct Measured {
     held: usize,
     bytes_per_conn: f64,
+    /// rescon-httpd's counted heap, from before the connections to after (see
+    /// `rescon_httpd::alloc`).
+    heap: Option<HeapStats>,
+}
+
+impl Measured {
+    /// The heap's part, per connection, as JSON.
+    fn heap_json(&self) -> Option<serde_json::Value> {
+        let h = self.heap.as_ref()?;
+        let per = |v: i64| v as f64 / self.held as f64;
+        let classes: Vec<_> = h
+            .classes
+            .iter()
+            .filter(|c| per(c.blocks).abs() >= 0.01)
+            .map(|c| {
+                json!({"size_up_to": c.size_up_to, "blocks_per_conn": per(c.blocks),
+                    "bytes_per_conn": per(c.bytes), "made_per_conn": per(c.made as i64)})
+            })
+            .collect();
+        Some(json!({
+            "live_bytes_per_conn": per(h.live_bytes),
+            "usable_bytes_per_conn": per(h.usable_bytes),
+            "blocks_per_conn": per(h.live_blocks),
+            "committed_bytes_per_conn": h.committed_bytes as i64 as f64 / self.held as f64,
+            "classes": classes,
+        }))
+    }
+
+    /// The heap's part, per connection, for people.
+    fn heap_text(&self) -> Option<String> {
+        let h = self.heap.as_ref()?;
+        let per = |v: i64| v as f64 / self.held as f64;
+        let mut out = format!(
+            "live heap {:.0} B in {:.2} blocks (in the allocator's size classes: {:.0} B); mimalloc's committed memory grew {:.0} B",
+            per(h.live_bytes),
+            per(h.live_blocks),
+            per(h.usable_bytes),
+            h.committed_bytes as i64 as f64 / self.held as f64,
+        );
+        let mut classes: Vec<_> = h
+            .classes
+            .iter()
+            .filter(|c| per(c.blocks).abs() >= 0.01)
+            .collect();
+        classes.sort_by_key(|c| std::cmp::Reverse(c.bytes.abs()));
+        for c in classes {
+            out.push_str(&format!(
+                "\n      {:>+8.2} blocks of <= {:>5} B: {:>+7.0} B ({:.2} made in the class)",
+                per(c.blocks),
+                c.size_up_to,
+                per(c.bytes),
+                per(c.made as i64)
+            ));
+        }
+        Some(out)
+    }
 }
 
 /// `None`: the case is over TLS and the server has no HTTPS port in this run.
@@ -286,6 +363,7 @@ fn measure(
 ) -> Result<Option<Measured>> {
     let server = servers::start(kind, site, server_cpu)?;
     let pid = measured_pid(kind, server.pid)?;
+    let heap_file = site.heap_stats.as_ref().filter(|_| counts_heap(kind));
     let tls = match (case, server.tls) {
         (Case::TlsKeepAlive, None) => return Ok(None),
         (Case::TlsKeepAlive, Some(addr)) => Some((
@@ -324,6 +402,10 @@ fn measure(
         close(s);
     }
     std::thread::sleep(Duration::from_millis(300));
+    // The first snapshot makes the server's snapshot thread's own heap: before the reading.
+    let heap0 = heap_file
+        .map(|f| heap_snapshot(server.pid, f))
+        .transpose()?;
     let fds0 = fd_count(pid)?;
     let rss0 = settled_rss(pid)?;
 
@@ -368,6 +450,10 @@ fn measure(
     // `timeouts.park` (100 ms by default) of quiet, so the last ones answered are given more.
     std::thread::sleep(PARK_WAIT);
     let rss1 = settled_rss(pid)?;
+    let heap = match (heap_file, heap0) {
+        (Some(f), Some(h0)) => Some(heap_snapshot(server.pid, f)?.since(&h0)),
+        _ => None,
+    };
 
     // The connections still work: one in a hundred asks for the file.
     let step = (conns.len() / 100).max(1);
@@ -380,7 +466,45 @@ fn measure(
     Ok(Some(Measured {
         held,
         bytes_per_conn: (rss1 as f64 - rss0 as f64) / held as f64,
+        heap,
     }))
+}
+
+/// Whether the server counts its heap when asked (rescon-httpd, on `Counting`).
+fn counts_heap(kind: Kind) -> bool {
+    matches!(kind, Kind::Rescon | Kind::ResconOff)
+}
+
+/// Asks the server (`SIGUSR2`) for a snapshot of its counted heap and reads it.
+fn heap_snapshot(pid: u32, file: &std::path::Path) -> Result<HeapStats> {
+    let _ = std::fs::remove_file(file);
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("a server pid of 0")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR2)
+        .context("asking the server for a heap snapshot (SIGUSR2)")?;
+    let t = Instant::now();
+    loop {
+        match std::fs::read(file) {
+            Ok(b) => {
+                let h: HeapStats = serde_json::from_slice(&b)
+                    .with_context(|| format!("reading the heap snapshot {}", file.display()))?;
+                if h.allocations == 0 {
+                    bail!(
+                        "the server counted no allocation: is its global allocator rescon_httpd::alloc::Counting?"
+                    );
+                }
+                return Ok(h);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context(format!("reading {}", file.display())),
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "the server wrote no heap snapshot to {} within 10 s of SIGUSR2",
+                file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The process whose memory holds the connections: nginx's worker, else the server itself.
@@ -491,8 +615,9 @@ fn settled_rss(pid: u32) -> Result<u64> {
     }
 }
 
-/// Runs `--probe what` in a child process of this program and returns its figure.
-fn probe(what: &str, containers: usize) -> Result<f64> {
+/// Runs `--probe what` in a child process of this program and returns its figures: resident
+/// bytes and live heap bytes per container.
+fn probe(what: &str, containers: usize) -> Result<(f64, f64)> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(["memory", "--probe", what, "--containers"])
         .arg(containers.to_string())
@@ -502,35 +627,51 @@ fn probe(what: &str, containers: usize) -> Result<f64> {
     if !out.status.success() {
         bail!("the {what} probe failed ({})", out.status);
     }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("the {what} probe's output"))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.split_whitespace().map(str::parse::<f64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(rss)), Some(Ok(heap))) => Ok((rss, heap)),
+        _ => bail!("the {what} probe's output {text:?} is not two figures"),
+    }
 }
 
-/// Resident bytes per container of `m` children of one container, kept by their handles.
-fn container_bytes(m: usize) -> Result<f64> {
+/// Counts the heap from now on (a probe's process: nothing allocated before matters), and
+/// reads the live bytes.
+fn live_heap() -> i64 {
+    rescon_httpd::alloc::start_counting();
+    HeapStats::now().live_bytes
+}
+
+/// Resident and live heap bytes per container of `m` children of one container, kept by
+/// their handles (the handles' vector, the harness's, is made and touched before).
+fn container_bytes(m: usize) -> Result<(f64, f64)> {
     let registry = rescon::Registry::new();
     let class = registry
         .root()
         .create_child("clients", rescon::Attributes::default())?;
-    let mut kept = Vec::with_capacity(m);
+    let mut kept: Vec<Option<rescon::Container>> = Vec::new();
+    kept.resize_with(m, || None);
+    let heap0 = live_heap();
     let before = rss("self")?;
-    for i in 0..m {
-        kept.push(class.create_child(&format!("conn-{i}"), rescon::Attributes::default())?);
+    for (i, k) in kept.iter_mut().enumerate() {
+        *k = Some(class.create_child(&format!("conn-{i}"), rescon::Attributes::default())?);
     }
     let after = rss("self")?;
-    Ok((after as f64 - before as f64) / m.max(1) as f64)
+    let heap = HeapStats::now().live_bytes - heap0;
+    let per = m.max(1) as f64;
+    Ok(((after as f64 - before as f64) / per, heap as f64 / per))
 }
 
-/// Resident bytes per container with a task bound to it parked on a rescon-rt worker.
-fn container_with_task_bytes(m: usize) -> Result<f64> {
+/// Resident and live heap bytes per container with a task bound to it parked on a rescon-rt
+/// worker.
+fn container_with_task_bytes(m: usize) -> Result<(f64, f64)> {
     let registry = rescon::Registry::new();
     let class = registry
         .root()
         .create_child("clients", rescon::Attributes::default())?;
     let rt = rescon_rt::Builder::new(&registry).workers(1).build()?;
     let per = rt.block_on(async move {
+        let heap0 = live_heap();
         let before = rss("self")?;
         for i in 0..m {
             let c = class.create_child(&format!("conn-{i}"), rescon::Attributes::default())?;
@@ -539,7 +680,9 @@ fn container_with_task_bytes(m: usize) -> Result<f64> {
         // Time for the worker to place them all.
         rescon_rt::sleep(Duration::from_millis(500)).await;
         let after = rss("self")?;
-        anyhow::Ok((after as f64 - before as f64) / m.max(1) as f64)
+        let heap = HeapStats::now().live_bytes - heap0;
+        let per = m.max(1) as f64;
+        anyhow::Ok(((after as f64 - before as f64) / per, heap as f64 / per))
     })?;
     drop(rt);
     Ok(per)

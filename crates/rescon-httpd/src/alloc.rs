@@ -1,4 +1,7 @@
-//! The allocator's part in what an idle connection costs.
+//! The allocator's part in what an idle connection costs: its setting, and an exact count of
+//! the heap by size class.
+//!
+//! # Giving freed memory back
 //!
 //! The server binaries run on mimalloc. When connections go idle, the memory they used while
 //! busy (hyper's buffers, their containers) is freed, but mimalloc (v3) gives freed pages back
@@ -10,22 +13,49 @@
 //! operator need not know the variable. A page the allocator keeps per size class for reuse
 //! is not purged, so the steady request path (which reuses its pages) makes no extra system
 //! calls; `paper --only 1` measures it.
+//!
+//! # Counting the heap
+//!
+//! Resident memory says what a connection costs, not what it is made of, and heaptrack does
+//! not see mimalloc's allocations. [`Counting`] is a global allocator over another (the
+//! binaries': `Counting::mimalloc()`) that, once [`count_heap_from_env`] has switched it on,
+//! counts the live heap exactly: bytes and blocks by requested size (16-byte classes up to
+//! 4 KiB, powers of two above), and the bytes the allocator rounds them up to. Switched off
+//! (the default) it adds one relaxed load and a branch to each call. With
+//! `RESCON_HEAP_STATS=FILE` in the environment, the binaries count from their start and
+//! write a [`HeapStats`] snapshot, as JSON, to FILE on each `SIGUSR2`; `rescon-bench memory`
+//! uses it to break a parked connection's cost down (see its module docs for the figures).
 
 #![allow(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::{c_int, c_long};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 // The library does not set the global allocator (its tests run on the system's); it links
 // mimalloc so that the option below is the binaries' allocator's.
 extern crate mimalloc;
 
-use std::ffi::{c_int, c_long};
-
 // mimalloc's `mi_option_t` (include/mimalloc.h): `mi_option_purge_delay` is 15 in both v2 and
-// v3. libmimalloc-sys declares `mi_option_set` only with its `extended` feature, which needs a
-// crate (cty) this workspace does not otherwise use.
+// v3. libmimalloc-sys declares these functions only with its `extended` feature, which needs
+// a crate (cty) this workspace does not otherwise use.
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 
 unsafe extern "C" {
     fn mi_option_set(option: c_int, value: c_long);
+    fn mi_good_size(size: usize) -> usize;
+    fn mi_process_info(
+        elapsed_msecs: *mut usize,
+        user_msecs: *mut usize,
+        system_msecs: *mut usize,
+        current_rss: *mut usize,
+        peak_rss: *mut usize,
+        current_commit: *mut usize,
+        peak_commit: *mut usize,
+        page_faults: *mut usize,
+    );
 }
 
 /// Makes mimalloc give freed pages back to the system as soon as they are free, unless
@@ -38,4 +68,413 @@ pub fn release_freed_memory_at_once() {
     // SAFETY: mi_option_set stores an integer in mimalloc's option table; the option is a
     // valid index (see above), and the value is in its domain (milliseconds; 0 = at once).
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+/// Size classes: 16 bytes wide up to 4 KiB (0, 1..=16, ..., 4081..=4096), then one per power
+/// of two up to 2^64.
+const SMALL_MAX: usize = 4096;
+const SMALL_CLASSES: usize = SMALL_MAX / 16 + 1;
+const CLASSES: usize = SMALL_CLASSES + (64 - 12);
+
+fn class_of(size: usize) -> usize {
+    if size <= SMALL_MAX {
+        size.div_ceil(16)
+    } else {
+        // The smallest k with size <= 2^k: 13 for 4097..=8192.
+        let k = (usize::BITS - (size - 1).leading_zeros()) as usize;
+        SMALL_CLASSES + (k - 13)
+    }
+}
+
+/// The largest size in class `i`.
+fn class_max(i: usize) -> u64 {
+    if i < SMALL_CLASSES {
+        (i * 16) as u64
+    } else {
+        1u64.checked_shl((i - SMALL_CLASSES + 13) as u32)
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// The counts [`Counting`] keeps, shared by every instance (there is one global allocator).
+struct Counts {
+    on: AtomicBool,
+    /// Live blocks and their requested bytes, by class (signed: a block allocated before
+    /// counting began may be freed after).
+    blocks: [AtomicI64; CLASSES],
+    bytes: [AtomicI64; CLASSES],
+    /// Blocks allocated since counting began, by class.
+    made_in: [AtomicU64; CLASSES],
+    /// Live bytes as the allocator rounds them up (its size classes).
+    usable: AtomicI64,
+    /// Allocations made since counting began.
+    made: AtomicU64,
+}
+
+static COUNTS: Counts = Counts {
+    on: AtomicBool::new(false),
+    blocks: [const { AtomicI64::new(0) }; CLASSES],
+    bytes: [const { AtomicI64::new(0) }; CLASSES],
+    made_in: [const { AtomicU64::new(0) }; CLASSES],
+    usable: AtomicI64::new(0),
+    made: AtomicU64::new(0),
+};
+
+impl Counts {
+    #[inline]
+    fn add(&self, size: usize, usable: usize) {
+        let c = class_of(size);
+        self.blocks[c].fetch_add(1, Relaxed);
+        self.bytes[c].fetch_add(size as i64, Relaxed);
+        self.made_in[c].fetch_add(1, Relaxed);
+        self.usable.fetch_add(usable as i64, Relaxed);
+        self.made.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    fn sub(&self, size: usize, usable: usize) {
+        let c = class_of(size);
+        self.blocks[c].fetch_sub(1, Relaxed);
+        self.bytes[c].fetch_sub(size as i64, Relaxed);
+        self.usable.fetch_sub(usable as i64, Relaxed);
+    }
+}
+
+/// A global allocator over `A` that counts the live heap while counting is on (see the
+/// [module docs](self)).
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: rescon_httpd::alloc::Counting<mimalloc::MiMalloc> =
+///     rescon_httpd::alloc::Counting::mimalloc();
+/// ```
+#[derive(Debug)]
+pub struct Counting<A> {
+    inner: A,
+    /// What `A` makes of a request of this many bytes.
+    good_size: fn(usize) -> usize,
+}
+
+fn mimalloc_good_size(size: usize) -> usize {
+    // SAFETY: a pure function of its argument in mimalloc.
+    unsafe { mi_good_size(size) }
+}
+
+impl Counting<mimalloc::MiMalloc> {
+    /// Over mimalloc, with its size classes.
+    pub const fn mimalloc() -> Self {
+        Counting {
+            inner: mimalloc::MiMalloc,
+            good_size: mimalloc_good_size,
+        }
+    }
+}
+
+impl Counting<System> {
+    /// Over the system's allocator (its rounding is not known: requested sizes).
+    pub const fn system() -> Self {
+        Counting {
+            inner: System,
+            good_size: std::convert::identity,
+        }
+    }
+}
+
+// SAFETY: every call is passed to `inner` unchanged, with the same layout and pointer, and its
+// result returned unchanged; the counting beside it touches only static atomics and never
+// allocates.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        let p = unsafe { self.inner.alloc(layout) };
+        if COUNTS.on.load(Relaxed) && !p.is_null() {
+            COUNTS.add(layout.size(), (self.good_size)(layout.size()));
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if COUNTS.on.load(Relaxed) && !p.is_null() {
+            COUNTS.add(layout.size(), (self.good_size)(layout.size()));
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTS.on.load(Relaxed) {
+            COUNTS.sub(layout.size(), (self.good_size)(layout.size()));
+        }
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if COUNTS.on.load(Relaxed) && !p.is_null() {
+            COUNTS.sub(layout.size(), (self.good_size)(layout.size()));
+            COUNTS.add(new_size, (self.good_size)(new_size));
+        }
+        p
+    }
+}
+
+/// Switches counting on (it stays on). What was allocated before is not counted, and its
+/// frees make the counts of its classes go below zero: switch it on first thing in `main`.
+pub fn start_counting() {
+    COUNTS.on.store(true, Relaxed);
+}
+
+/// The live heap in one size class.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassStats {
+    /// The largest requested size in the class (classes are 16 bytes wide up to 4 KiB, then
+    /// powers of two).
+    pub size_up_to: u64,
+    /// Live blocks.
+    pub blocks: i64,
+    /// Their requested bytes.
+    pub bytes: i64,
+    /// Blocks allocated in the class since counting began (live or freed since): with
+    /// `blocks`, whether short-lived blocks share the class's pages with long-lived ones.
+    pub made: u64,
+}
+
+/// A snapshot of the counted heap, and of the allocator's view of the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeapStats {
+    /// Allocations made since counting began (0: the global allocator is not [`Counting`],
+    /// or counting is off).
+    pub allocations: u64,
+    /// Live requested bytes and blocks.
+    pub live_bytes: i64,
+    /// Live blocks.
+    pub live_blocks: i64,
+    /// Live bytes as the allocator rounds them up to its size classes.
+    pub usable_bytes: i64,
+    /// Memory mimalloc has committed (its pages, in use or not yet purged, and its own
+    /// metadata), and the resident set as it reads it.
+    pub committed_bytes: u64,
+    /// The process's resident set, as mimalloc reads it.
+    pub rss_bytes: u64,
+    /// The classes with live blocks (or a count below zero) or blocks made, smallest first.
+    pub classes: Vec<ClassStats>,
+}
+
+impl HeapStats {
+    /// Reads the counts now (consistent per class; classes read one after the other).
+    pub fn now() -> HeapStats {
+        let mut s = HeapStats {
+            allocations: COUNTS.made.load(Relaxed),
+            usable_bytes: COUNTS.usable.load(Relaxed),
+            ..HeapStats::default()
+        };
+        for i in 0..CLASSES {
+            let (blocks, bytes, made) = (
+                COUNTS.blocks[i].load(Relaxed),
+                COUNTS.bytes[i].load(Relaxed),
+                COUNTS.made_in[i].load(Relaxed),
+            );
+            if blocks != 0 || bytes != 0 || made != 0 {
+                s.live_blocks += blocks;
+                s.live_bytes += bytes;
+                s.classes.push(ClassStats {
+                    size_up_to: class_max(i),
+                    blocks,
+                    bytes,
+                    made,
+                });
+            }
+        }
+        let mut v = [0usize; 8];
+        let [a, b, c, rss, e, commit, g, h] = &mut v;
+        // SAFETY: mimalloc writes one `size_t` through each pointer, all valid and distinct.
+        unsafe { mi_process_info(a, b, c, rss, e, commit, g, h) };
+        s.rss_bytes = v[3] as u64;
+        s.committed_bytes = v[5] as u64;
+        s
+    }
+
+    /// What changed from `before` to `self`, class by class (classes whose count did not
+    /// change left out); the process figures are differences too.
+    pub fn since(&self, before: &HeapStats) -> HeapStats {
+        let mut classes: Vec<ClassStats> = Vec::new();
+        for c in &self.classes {
+            let b = before.classes.iter().find(|b| b.size_up_to == c.size_up_to);
+            let (blocks, bytes, made) = b.map_or((0, 0, 0), |b| (b.blocks, b.bytes, b.made));
+            classes.push(ClassStats {
+                size_up_to: c.size_up_to,
+                blocks: c.blocks - blocks,
+                bytes: c.bytes - bytes,
+                made: c.made.wrapping_sub(made),
+            });
+        }
+        for b in &before.classes {
+            if !self.classes.iter().any(|c| c.size_up_to == b.size_up_to) {
+                classes.push(ClassStats {
+                    size_up_to: b.size_up_to,
+                    blocks: -b.blocks,
+                    bytes: -b.bytes,
+                    made: 0,
+                });
+            }
+        }
+        classes.retain(|c| c.blocks != 0 || c.bytes != 0 || c.made != 0);
+        classes.sort_by_key(|c| c.size_up_to);
+        HeapStats {
+            allocations: self.allocations.wrapping_sub(before.allocations),
+            live_bytes: self.live_bytes - before.live_bytes,
+            live_blocks: self.live_blocks - before.live_blocks,
+            usable_bytes: self.usable_bytes - before.usable_bytes,
+            committed_bytes: self.committed_bytes.wrapping_sub(before.committed_bytes),
+            rss_bytes: self.rss_bytes.wrapping_sub(before.rss_bytes),
+            classes,
+        }
+    }
+}
+
+/// The environment variable naming the file [`count_heap_from_env`] writes snapshots to.
+pub const HEAP_STATS_ENV: &str = "RESCON_HEAP_STATS";
+
+/// With `RESCON_HEAP_STATS=FILE` in the environment: switches counting on and starts a
+/// thread that writes a [`HeapStats`] snapshot to FILE (as JSON, whole: written aside and
+/// renamed) on each `SIGUSR2`. Call it first thing in `main` of a binary whose global
+/// allocator is [`Counting`]. Returns the file, or `None` when the variable is not set.
+pub fn count_heap_from_env() -> std::io::Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os(HEAP_STATS_ENV).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    start_counting();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR2])?;
+    let out = path.clone();
+    std::thread::Builder::new()
+        .name("heap-stats".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if let Err(e) = write_snapshot(&out) {
+                    tracing::warn!(file = %out.display(), error = %e, "writing the heap snapshot failed");
+                }
+            }
+        })?;
+    Ok(Some(path))
+}
+
+fn write_snapshot(path: &std::path::Path) -> std::io::Result<()> {
+    let s = HeapStats::now();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&s)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_cover_every_size_once_and_in_order() {
+        assert_eq!(class_of(0), 0);
+        assert_eq!(class_of(1), 1);
+        assert_eq!(class_of(16), 1);
+        assert_eq!(class_of(17), 2);
+        assert_eq!(class_of(4096), SMALL_CLASSES - 1);
+        assert_eq!(class_of(4097), SMALL_CLASSES);
+        assert_eq!(class_of(8192), SMALL_CLASSES);
+        assert_eq!(class_of(8193), SMALL_CLASSES + 1);
+        assert_eq!(class_of(usize::MAX), CLASSES - 1);
+        for size in [0, 1, 15, 16, 17, 640, 4095, 4096, 4097, 8192, 8193, 1 << 20] {
+            let c = class_of(size);
+            assert!(size as u64 <= class_max(c), "{size} above its class");
+            assert!(
+                c == 0 || size as u64 > class_max(c - 1),
+                "{size} fits lower"
+            );
+        }
+    }
+
+    #[test]
+    fn a_difference_names_the_classes_that_moved() {
+        let class = |size_up_to, blocks, bytes, made| ClassStats {
+            size_up_to,
+            blocks,
+            bytes,
+            made,
+        };
+        let before = HeapStats {
+            allocations: 10,
+            live_bytes: 100,
+            live_blocks: 3,
+            usable_bytes: 112,
+            classes: vec![class(16, 1, 10, 1), class(48, 2, 90, 5)],
+            ..HeapStats::default()
+        };
+        let after = HeapStats {
+            allocations: 25,
+            live_bytes: 740,
+            live_blocks: 4,
+            usable_bytes: 752,
+            classes: vec![class(48, 2, 90, 7), class(640, 2, 650, 2)],
+            ..HeapStats::default()
+        };
+        let d = after.since(&before);
+        assert_eq!(
+            (d.allocations, d.live_bytes, d.live_blocks, d.usable_bytes),
+            (15, 640, 1, 640)
+        );
+        assert_eq!(
+            d.classes,
+            vec![
+                class(16, -1, -10, 0),
+                class(48, 0, 0, 2),
+                class(640, 2, 650, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_wrapper_counts_what_is_live() {
+        // Only this test calls a `Counting` (the test binary's allocator is the system's),
+        // so the differences are its own.
+        start_counting();
+        let a = Counting::system();
+        let before = HeapStats::now();
+        let layout = Layout::from_size_align(600, 8).unwrap();
+        // SAFETY: a non-zero layout; each block is freed once, with its layout.
+        let d = unsafe {
+            let p: Vec<*mut u8> = (0..3).map(|_| a.alloc(layout)).collect();
+            assert!(p.iter().all(|p| !p.is_null()));
+            a.dealloc(p[0], layout);
+            let q = a.realloc(p[1], layout, 5000);
+            let d = HeapStats::now().since(&before);
+            a.dealloc(q, Layout::from_size_align(5000, 8).unwrap());
+            a.dealloc(p[2], layout);
+            d
+        };
+        assert_eq!((d.allocations, d.live_blocks, d.live_bytes), (4, 2, 5600));
+        assert_eq!(
+            d.classes,
+            vec![
+                ClassStats {
+                    size_up_to: 608,
+                    blocks: 1,
+                    bytes: 600,
+                    made: 3,
+                },
+                ClassStats {
+                    size_up_to: 8192,
+                    blocks: 1,
+                    bytes: 5000,
+                    made: 1,
+                },
+            ]
+        );
+        let after = HeapStats::now().since(&before);
+        assert_eq!((after.live_blocks, after.live_bytes), (0, 0));
+    }
 }

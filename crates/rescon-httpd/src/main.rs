@@ -9,9 +9,11 @@ use rescon_httpd::config::{Config, DEFAULT_CONFIG};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc: containers are made and dropped per connection, in bursts (see rescon-bench).
+/// mimalloc: containers are made and dropped per connection, in bursts (see rescon-bench);
+/// counted when `RESCON_HEAP_STATS` asks (see `rescon_httpd::alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: rescon_httpd::alloc::Counting<mimalloc::MiMalloc> =
+    rescon_httpd::alloc::Counting::mimalloc();
 
 /// The resource-container web server.
 #[derive(Debug, Parser)]
@@ -55,10 +57,15 @@ fn load(args: &Args) -> Result<Config, rescon_httpd::config::ConfigError> {
 }
 
 fn main() -> ExitCode {
+    let heap_stats = rescon_httpd::alloc::count_heap_from_env();
     let args = Args::parse();
     if let Err(e) = rescon_httpd::logging::init(args.log_format, args.log.as_deref()) {
         eprintln!("rescon-httpd: {e}");
         return ExitCode::from(2);
+    }
+    if let Err(e) = heap_stats {
+        eprintln!("rescon-httpd: {}: {e}", rescon_httpd::alloc::HEAP_STATS_ENV);
+        return ExitCode::FAILURE;
     }
     match run(&args) {
         Ok(code) => code,

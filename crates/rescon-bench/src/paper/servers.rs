@@ -76,6 +76,9 @@ pub struct Site {
     pub max_conns: usize,
     /// Debian's php-fpm, if installed: the FastCGI pool rescon-httpd starts (`/php/`).
     pub php_fpm: Option<PathBuf>,
+    /// Where rescon-httpd writes a count of its heap on `SIGUSR2` (`RESCON_HEAP_STATS`, see
+    /// `rescon_httpd::alloc`); `None`: it does not count.
+    pub heap_stats: Option<PathBuf>,
 }
 
 /// The FastCGI script burning the CGI script's CPU, in a persistent php-fpm worker.
@@ -195,6 +198,7 @@ impl Site {
             idle_timeout: None,
             max_conns: 8192,
             php_fpm,
+            heap_stats: None,
         })
     }
 
@@ -583,6 +587,9 @@ pub fn start(kind: Kind, site: &Site, cpu: Option<usize>) -> Result<Running> {
             }
             if kind == Kind::ResconOff {
                 cmd.arg("--no-containers");
+            }
+            if let Some(f) = &site.heap_stats {
+                cmd.env(rescon_httpd::alloc::HEAP_STATS_ENV, f);
             }
             let cpu = if kind == Kind::ResconDefault {
                 None

@@ -52,21 +52,26 @@ pub(crate) fn work_parent(
 }
 
 /// Where a connection's container was last placed: the site generation and vhost, so that
-/// the next request to the same vhost costs two comparisons.
+/// the next request to the same vhost costs two comparisons. In one word, since a parked
+/// connection keeps it: the generation's low 32 bits (a stale placement would be taken for
+/// current only after exactly 2^32 reloads), and the vhost's index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Placed {
-    generation: u64,
-    vhost: usize,
+    generation: u32,
+    vhost: u32,
 }
 
 impl Placed {
     /// Whether the connection is placed for `vhost` of site `generation`.
     pub(crate) fn is(&self, generation: u64, vhost: usize) -> bool {
-        self.generation == generation && self.vhost == vhost
+        self.generation == generation as u32 && self.vhost as usize == vhost
     }
 
     pub(crate) fn at(generation: u64, vhost: usize) -> Placed {
-        Placed { generation, vhost }
+        Placed {
+            generation: generation as u32,
+            vhost: vhost as u32,
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! woken, and each connection is counted until it ends.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,8 @@ impl Stop {
 /// One task's view of the [`Stop`]: registers its waker on the first look.
 pub(crate) struct StopWatch {
     stop: Arc<Stop>,
-    key: Option<u64>,
+    /// Non-zero, so that the option takes no word of its own (a parked connection holds one).
+    key: Option<NonZeroU64>,
     counted: bool,
 }
 
@@ -59,13 +61,13 @@ impl StopWatch {
             return true;
         }
         if self.key.is_none() {
-            let key = self.stop.next.fetch_add(1, Relaxed);
+            let key = self.stop.next.fetch_add(1, Relaxed) + 1;
             self.stop
                 .waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key, cx.waker().clone());
-            self.key = Some(key);
+            self.key = NonZeroU64::new(key);
             // Begun between the look and the registration: its wake-up went by.
             return self.stop.is_on();
         }
@@ -80,7 +82,7 @@ impl Drop for StopWatch {
                 .waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+                .remove(&key.get());
         }
         if self.counted {
             self.stop.live.fetch_sub(1, Relaxed);
