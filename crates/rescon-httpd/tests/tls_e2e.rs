@@ -627,6 +627,52 @@ fn handshakes_run_on_the_worker_until_another_class_has_connections_open() {
     drop(rival);
 }
 
+/// CPU time (ns) the server's handshake-pool threads have run, from their `schedstat`.
+fn handshake_threads_cpu_ns(s: &Server) -> u64 {
+    std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if !comm.starts_with("rescon-handshak") {
+                return None;
+            }
+            let sched = std::fs::read_to_string(t.join("schedstat")).ok()?;
+            sched.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn handshakes_on_the_pool_are_charged_to_the_connections_class() {
+    let (s, _, _) = start("");
+    let mut c = (*client(&[&rustls::version::TLS13], &["http/1.1"])).clone();
+    c.resumption = rustls::client::Resumption::disabled();
+    let c = Arc::new(c);
+    // Another class's connection is open, so handshakes go to the pool.
+    let rival = h2c(&s);
+    assert_eq!(usage_reaching(&s, "clients/h2c", "open_conns", 1), 1);
+    let before = usage(&s, "clients/tls", "cpu_ns");
+    for _ in 0..10 {
+        let mut t = connect(&s, &c, "a.test");
+        t.conn.send_close_notify();
+        let _ = t.conn.complete_io(&mut t.sock);
+    }
+    assert_eq!(usage_reaching(&s, "clients/tls", "tls_handshakes", 10), 10);
+    // The pool's threads were started by these jobs: what they ran is the handshakes' work
+    // (their start-up aside), and all of it must be charged to the class.
+    let pool_ns = handshake_threads_cpu_ns(&s);
+    assert!(pool_ns > 0, "the handshakes ran on the pool");
+    let want = before + pool_ns * 9 / 10;
+    let charged = usage_reaching(&s, "clients/tls", "cpu_ns", want);
+    assert!(
+        charged >= want,
+        "the class was charged {} ns for handshakes whose pool threads ran {pool_ns} ns",
+        charged - before
+    );
+    drop(rival);
+}
+
 #[test]
 fn a_class_at_its_max_handshakes_has_new_connections_closed() {
     let (s, _, _) = start_edited("", |c| {
