@@ -288,7 +288,7 @@ struct State {
 /// How much of a cgroup's CPU, in nanoseconds, was charged elsewhere: a monotone count read
 /// at each sample, right after the cgroup's own counter.
 #[derive(Clone)]
-struct CpuCredit(Arc<dyn Fn() -> u64 + Send + Sync>);
+struct CpuCredit(crate::usermode::Credit);
 
 impl fmt::Debug for CpuCredit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -848,7 +848,7 @@ impl Manager {
     /// usage still until the counter passes it). `credit` runs under the manager's lock: it
     /// must not call the manager. Used by a FastCGI pool whose workers' CPU is charged per
     /// request.
-    pub fn set_cpu_credit(&self, c: &Container, credit: Arc<dyn Fn() -> u64 + Send + Sync>) {
+    pub fn set_cpu_credit(&self, c: &Container, credit: crate::usermode::Credit) {
         lock(&self.inner.state)
             .credits
             .insert(c.id(), CpuCredit(credit));

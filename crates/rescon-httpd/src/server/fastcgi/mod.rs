@@ -115,16 +115,15 @@ impl FastCgi {
                 let c = class
                     .create_child(&format!("fastcgi-pool-{i}"), attrs)
                     .context("creating a FastCGI pool's container")?;
-                if let Some(m) = kernel {
-                    // The cgroup counts every process of the pool; what its workers used
-                    // for requests is charged to the requests' containers, so the pool's
-                    // own container gets only the rest (see the module docs).
-                    let w = workers.clone();
-                    m.set_cpu_credit(&c, Arc::new(move || w.credit()));
-                }
-                // Without cgroups the user-mode limiter charges the pool's CPU by the same
-                // rule.
+                // What the pool's workers used for requests is charged to the requests'
+                // containers, so the pool's own container gets only the rest (see the module
+                // docs): the cgroup's sampler takes it off, or without cgroups the user-mode
+                // limiter, by the same rule.
                 let w = workers.clone();
+                let credit: rescon_linux::usermode::Credit = Arc::new(move || w.credit());
+                if let Some(m) = kernel {
+                    m.set_cpu_credit(&c, credit.clone());
+                }
                 Some(pool::Pool::start(
                     &format!("{i}"),
                     &f.command,
@@ -133,7 +132,7 @@ impl FastCgi {
                     limiter.cloned(),
                     f.restarts,
                     run_as.clone(),
-                    Arc::new(move || w.credit()),
+                    credit,
                 )?)
             };
             apps.push(Arc::new(App {
