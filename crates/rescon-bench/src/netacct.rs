@@ -759,10 +759,11 @@ pub(crate) struct IsoRun {
 /// A run's busy time is its length less this: the idle column is exact (the kernel times
 /// each idle period), while the busy columns are sampled by the tick, which misses most of
 /// the NET_RX softirq run from the idle task on a tickless idle CPU. Summed, the busy columns
-/// said 733 ms/s for the server with containers and 360 ms/s without at the same victim
-/// throughput, where a profile of the server's CPU (`perf record -C`) showed it idle about
-/// 7% and 12% of the time: the difference was the tick's sampling (with containers the
-/// accounting's 10 ms sampler keeps the tick going), not work.
+/// said 722 ms/s for the server with containers and 330 ms/s without, no attacker, at the
+/// same victim throughput (24,473 and 23,937 req/s), where a profile of the server's CPU over
+/// the same runs (`perf record -a`, 999 Hz) showed it idle about 7% and 12% of the time:
+/// the difference was in the tick's sampling (with containers the accounting's 10 ms sampler
+/// keeps waking the CPU), not in work. By idle time, the two are 480 and 501 ms/s.
 fn cpu_idle_ns(cpu: usize) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/stat")?;
     let name = format!("cpu{cpu}");
