@@ -760,10 +760,11 @@ pub(crate) struct IsoRun {
 /// each idle period), while the busy columns are sampled by the tick, which misses most of
 /// the NET_RX softirq run from the idle task on a tickless idle CPU. Summed, the busy columns
 /// said 722 ms/s for the server with containers and 330 ms/s without, no attacker, at the
-/// same victim throughput (24,473 and 23,937 req/s), where a profile of the server's CPU over
-/// the same runs (`perf record -a`, 999 Hz) showed it idle about 7% and 12% of the time:
-/// the difference was in the tick's sampling (with containers the accounting's 10 ms sampler
-/// keeps waking the CPU), not in work. By idle time, the two are 480 and 501 ms/s.
+/// same victim throughput (24,473 and 23,937 req/s), and 556-606 ms/s without containers in
+/// other runs of the same setting, while a profile of the server's CPU over the same runs
+/// (`perf record -a`) showed the same mix of work in both: the difference was in the tick's
+/// sampling (with containers the accounting's 10 ms sampler keeps waking the CPU), not in
+/// work. By idle time, the two settings are 470-517 and 484-534 ms/s over thirteen runs each.
 fn cpu_idle_ns(cpu: usize) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/stat")?;
     let name = format!("cpu{cpu}");
