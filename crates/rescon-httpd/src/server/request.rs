@@ -108,7 +108,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
         remote: conn.peer.ip(),
         class: conn.class.clone(),
     });
-    let now = Instant::now();
+    let now = super::respond::now();
     // 0. One meaning for the body's framing and for the host, or none.
     if let Err(resp) = framing(&mut req) {
         return answer(conn, resp, None, log, done, now);
