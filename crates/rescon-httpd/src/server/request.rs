@@ -153,8 +153,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             if let Some(c) = &req_c {
                 rescon_rt::bind(c);
             }
-            let path = req.uri().path();
-            let resp = static_file::serve(&vhost.root, &vhost.files, path, &req, target, now);
+            let resp = static_file::serve(&vhost.root, &vhost.files, &mut req, target, now);
             match req_c {
                 Some(c) => {
                     rescon_rt::bind(conn.stream.borrow().as_ref().unwrap_or(&conn.me));
