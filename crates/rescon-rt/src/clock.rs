@@ -110,8 +110,16 @@ impl Clock {
     }
 
     /// The clock's time now as an [`Instant`]: `ns_to_instant(now_ns())` with one reading of
-    /// the clock instead of two (hyper asks for it on every request).
-    pub(crate) fn now_instant(&self) -> Instant {
+    /// the clock instead of two (hyper asks for it on every request). On the monotonic clock
+    /// with the TSC, a cheaper [`Instant::now`] (no vDSO call), which agrees with it to the
+    /// offset's last measurement (see [`instant_to_ns`](Clock::instant_to_ns)).
+    ///
+    /// ```
+    /// let clock = rescon_rt::Clock::monotonic();
+    /// let (a, b) = (clock.now_instant(), std::time::Instant::now());
+    /// assert!(a.max(b) - a.min(b) < std::time::Duration::from_millis(100));
+    /// ```
+    pub fn now_instant(&self) -> Instant {
         match &self.kind {
             Kind::Monotonic => {
                 let now = crate::sys::monotonic_ns();

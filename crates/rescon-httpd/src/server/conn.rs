@@ -649,7 +649,7 @@ impl ReqDone {
 impl Drop for ReqDone {
     fn drop(&mut self) {
         if self.0.is_some() {
-            self.end(Instant::now());
+            self.end(super::respond::now());
         }
     }
 }

@@ -128,20 +128,13 @@ mod tests {
         let (_r, _t, site) = compiled(dir.path());
         std::fs::write(dir.path().join("b/x.html"), "x").unwrap();
         let now = Instant::now();
-        let req = http::Request::get("/x.html").body(()).unwrap();
+        let mut req = http::Request::get("/x.html").body(()).unwrap();
         let Ok(Dispatch::Static { vhost, target }) =
             dispatch(site.vhost_for(Some("b.test")), "/x.html", now)
         else {
             panic!("static")
         };
-        let r = super::super::static_file::serve(
-            &vhost.root,
-            &vhost.files,
-            "/x.html",
-            &req,
-            target,
-            now,
-        );
+        let r = super::super::static_file::serve(&vhost.root, &vhost.files, &mut req, target, now);
         assert_eq!(r.status(), 200);
         assert_eq!(target_name(&site, "b.test", "/x.html", now), "cached");
         assert_eq!(

@@ -108,9 +108,9 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
         remote: conn.peer.ip(),
         class: conn.class.clone(),
     });
-    let now = Instant::now();
+    let now = super::respond::now();
     // 0. One meaning for the body's framing and for the host, or none.
-    if let Err(resp) = framing(&mut req) {
+    if let Err(resp) = framing(&mut req, &conn.last_host.borrow().1) {
         return answer(conn, resp, None, log, done, now);
     }
     // 1. One snapshot of the site, to the end of the request.
@@ -153,8 +153,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
             if let Some(c) = &req_c {
                 rescon_rt::bind(c);
             }
-            let path = req.uri().path();
-            let resp = static_file::serve(&vhost.root, &vhost.files, path, &req, target, now);
+            let resp = static_file::serve(&vhost.root, &vhost.files, &mut req, target, now);
             match req_c {
                 Some(c) => {
                     rescon_rt::bind(conn.stream.borrow().as_ref().unwrap_or(&conn.me));
@@ -257,9 +256,14 @@ impl ConnCtx {
 /// hyper parses the framing; what it lets through and the RFC does not: `Transfer-Encoding`
 /// with `chunked` twice (RFC 9112 6.1: a sender must not; a front end may decode it twice),
 /// and codings other than `chunked`, which the server does not implement (501, as nginx).
+///
+/// `known`: a Host value an earlier request of the connection had accepted (the one
+/// [`ConnCtx::vhost_for`] keeps; empty for none). Clients send the same Host on every
+/// request, and a lone Host field with those bytes and no target authority is valid again
+/// without looking (the check is a function of the bytes alone).
 // The error is an answer to send, built once and moved once: not worth a box.
 #[allow(clippy::result_large_err)]
-fn framing(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+fn framing<B>(req: &mut Request<B>, known: &[u8]) -> Result<(), Response<Body>> {
     let refuse = |status, why: &str| {
         let mut r = simple(status, why);
         r.headers_mut()
@@ -294,6 +298,12 @@ fn framing(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
     // HTTP/2 carries the host in `:authority` (the target's), not in a required field.
     let http11 = req.version() == http::Version::HTTP_11;
     let target = req.uri().authority().map(|a| a.as_str());
+    if !known.is_empty() && target.is_none() {
+        let mut lone = h.get_all(header::HOST).iter();
+        if lone.next().map(|v| v.as_bytes()) == Some(known) && lone.next().is_none() {
+            return Ok(());
+        }
+    }
     let fields = h.get_all(header::HOST).iter().map(|v| v.as_bytes());
     match crate::routing::request_host(http11, target, fields) {
         Err(e) => Err(refuse(StatusCode::BAD_REQUEST, &e.to_string())),
@@ -410,4 +420,43 @@ fn cgi_run(
             .filter(|ids| !crate::service::privileges::is_current(ids))
             .map(|ids| (ids.uid, ids.gid)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(hosts: &[&str], target: &str) -> Request<()> {
+        let mut b = Request::get(target);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status(r: Result<(), Response<Body>>) -> Option<u16> {
+        r.err().map(|resp| resp.status().as_u16())
+    }
+
+    #[test]
+    fn a_host_the_connection_accepted_before_is_accepted_again_and_nothing_else_is() {
+        let known = b"example.test".as_slice();
+        // The same lone Host: accepted, with or without the earlier value.
+        assert_eq!(
+            status(framing(&mut req(&["example.test"], "/"), known)),
+            None
+        );
+        assert_eq!(status(framing(&mut req(&["example.test"], "/"), b"")), None);
+        // Repeated, even with the known value first: refused.
+        let twice = &["example.test", "example.test"];
+        assert_eq!(status(framing(&mut req(twice, "/"), known)), Some(400));
+        // Another value is checked: an invalid one is refused.
+        assert_eq!(status(framing(&mut req(&["a b"], "/"), known)), Some(400));
+        // Missing on HTTP/1.1: refused.
+        assert_eq!(status(framing(&mut req(&[], "/"), known)), Some(400));
+        // An absolute-form target's authority replaces the Host field, known or not.
+        let mut r = req(&["example.test"], "http://other.test/x");
+        assert_eq!(status(framing(&mut r, known)), None);
+        assert_eq!(r.headers()[header::HOST], "other.test");
+    }
 }

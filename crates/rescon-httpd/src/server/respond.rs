@@ -121,8 +121,19 @@ pub(crate) struct ReqCpu {
 /// The monotonic clock the runtime times polls with: the TSC where the kernel keeps time with
 /// it (no vDSO call), else `CLOCK_MONOTONIC`.
 pub(crate) fn mono_ns() -> u64 {
+    clock().now_ns()
+}
+
+/// The time now, from the same clock: [`Instant::now`] without its vDSO call where the TSC
+/// is the clocksource (a request reads the time twice: when it begins and when its
+/// response is done).
+pub(crate) fn now() -> Instant {
+    clock().now_instant()
+}
+
+fn clock() -> &'static rescon_rt::Clock {
     static CLOCK: std::sync::OnceLock<rescon_rt::Clock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(rescon_rt::Clock::monotonic).now_ns()
+    CLOCK.get_or_init(rescon_rt::Clock::monotonic)
 }
 
 impl ReqCpu {
@@ -246,7 +257,7 @@ struct Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = now();
         self.cell.record(
             self.status,
             now.saturating_duration_since(self.began).as_nanos() as u64,

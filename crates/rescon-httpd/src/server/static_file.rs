@@ -75,12 +75,12 @@ pub(crate) enum StaticTarget {
 }
 
 /// Serves a static request of `req` on the vhost with document root `root` and cache
-/// `cache`; `path` is the raw request path (the cache's key).
+/// `cache` (keyed by the raw request path). A plain 200 takes `req`'s header map for its own
+/// (see [`plain_headers`]).
 pub(crate) fn serve<B>(
     root: &DocRoot,
     cache: &FileCache,
-    path: &str,
-    req: &Request<B>,
+    req: &mut Request<B>,
     target: StaticTarget,
     now: Instant,
 ) -> Response<Body> {
@@ -90,7 +90,7 @@ pub(crate) fn serve<B>(
             Ok(file) if file.meta.len > CACHE_MAX_FILE => return serve_open_file(file, req),
             Ok(file) => match cache_file(file, now) {
                 Ok(c) => {
-                    cache.put(path, c.clone());
+                    cache.put(req.uri().path(), c.clone());
                     c
                 }
                 Err(r) => return r,
@@ -100,9 +100,10 @@ pub(crate) fn serve<B>(
     };
     let head = req.method() == Method::HEAD;
     if is_plain(req.method(), req.headers()) {
+        let headers = plain_headers(&cached, std::mem::take(req.headers_mut()));
         return respond(
             StatusCode::OK,
-            cached.plain.clone(),
+            headers,
             (!head).then(|| cached.body.clone()),
         );
     }
@@ -152,6 +153,20 @@ fn cache_file(file: OpenFile, now: Instant) -> Result<Arc<CachedFile>, Response<
         body,
         checked: now,
     }))
+}
+
+/// A plain 200's headers for `file`, written into `map` (the request's, emptied).
+///
+/// hyper keeps each response's header map, drained, for the next request's head, and the
+/// request's map was dropped with the request: so the map goes round a connection's requests
+/// and a plain 200 allocates none. Cloning the entry's map instead cost two allocations and
+/// two frees per request (perf, keep-alive: about 0.12 µs of a request's 2.9 µs of user time).
+fn plain_headers(file: &CachedFile, mut map: HeaderMap) -> HeaderMap {
+    map.clear();
+    for (name, value) in &file.plain {
+        map.append(name.clone(), value.clone());
+    }
+    map
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: Option<Bytes>) -> Response<Body> {
@@ -299,6 +314,51 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_200_carries_the_entry_s_headers_and_none_of_the_request_s() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.txt"), "hello").unwrap();
+        let root = DocRoot::open(dir.path(), vec!["index.html".into()]).unwrap();
+        let cache = FileCache::default();
+        let now = Instant::now();
+        let rel = crate::static_files::normalize("/x.txt").unwrap();
+        let mut req = Request::get("/x.txt")
+            .header(header::USER_AGENT, "t")
+            .header(header::ACCEPT, "*/*")
+            .body(())
+            .unwrap();
+        let first = serve(&root, &cache, &mut req, StaticTarget::Path(rel), now);
+        let hit = cache.get("/x.txt", now).expect("cached");
+        let mut req = Request::get("/x.txt")
+            .header(header::USER_AGENT, "t")
+            .header(header::HOST, "h")
+            .body(())
+            .unwrap();
+        let again = serve(
+            &root,
+            &cache,
+            &mut req,
+            StaticTarget::Cached(hit.clone()),
+            now,
+        );
+        for r in [&first, &again] {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers(), &hit.plain);
+            assert!(!r.headers().contains_key(header::USER_AGENT));
+        }
+        let names: Vec<_> = again.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etag",
+                "last-modified",
+                "content-type",
+                "accept-ranges",
+                "content-length"
+            ]
+        );
+    }
+
+    #[test]
     fn a_small_file_is_cached_and_served_from_memory_with_its_validators() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.txt"), "hello").unwrap();
@@ -310,8 +370,7 @@ mod tests {
         let r = serve(
             &root,
             &cache,
-            "/x.txt",
-            &get("/x.txt"),
+            &mut get("/x.txt"),
             StaticTarget::Path(rel),
             now,
         );
@@ -323,14 +382,7 @@ mod tests {
         let hit = cache.get("/x.txt", now).expect("cached");
         let mut cond = get("/x.txt");
         cond.headers_mut().insert(header::IF_NONE_MATCH, etag);
-        let r = serve(
-            &root,
-            &cache,
-            "/x.txt",
-            &cond,
-            StaticTarget::Cached(hit),
-            now,
-        );
+        let r = serve(&root, &cache, &mut cond, StaticTarget::Cached(hit), now);
         assert_eq!(r.status(), 304);
         assert!(cache.get("/x.txt", now + CACHE_VALID).is_none(), "expired");
         // Resolved again, it is gone.
@@ -338,8 +390,7 @@ mod tests {
         let r = serve(
             &root,
             &cache,
-            "/x.txt",
-            &get("/x.txt"),
+            &mut get("/x.txt"),
             StaticTarget::Path(rel),
             now,
         );
