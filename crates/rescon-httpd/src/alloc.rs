@@ -498,52 +498,49 @@ mod tests {
 
     #[test]
     fn idle_state_is_made_in_its_own_heap_and_freed_as_any_block() {
-        // The tests' global allocator is the system's; this one is called directly.
+        // The tests' global allocator is the system's; this one is called directly. Every
+        // block below is made with a non-zero layout and freed once, with that layout.
         let a = Counting::mimalloc();
         let layout = Layout::from_size_align(72, 8).unwrap();
+        let wide = Layout::from_size_align(64, 64).unwrap();
+        // SAFETY: a non-zero layout.
+        let alloc = |l: Layout| unsafe { a.alloc(l) };
+        // SAFETY: pointers of live mimalloc blocks (or null: false).
+        let contains = |h: *mut c_void, p: *mut u8| unsafe { mi_heap_contains(h, p.cast()) };
         // Before the heap is made, `idle_state` changes nothing.
-        // SAFETY (all blocks below): non-zero layouts; each block is freed once, with the
-        // layout it was made with.
-        let early = idle_state(|| unsafe { a.alloc(layout) });
+        let early = idle_state(|| alloc(layout));
         keep_idle_state_apart();
         let heap = IDLE_HEAP.load(Relaxed);
         assert!(!heap.is_null());
-        let kept = idle_state(|| unsafe { a.alloc(layout) });
-        let zeroed =
-            idle_state(|| unsafe { a.alloc_zeroed(Layout::from_size_align(64, 64).unwrap()) });
-        let other = unsafe { a.alloc(layout) };
-        // SAFETY: pointers of live mimalloc blocks.
-        let (in_early, in_kept, in_zeroed, in_other) = unsafe {
-            (
-                mi_heap_contains(heap, early.cast()),
-                mi_heap_contains(heap, kept.cast()),
-                mi_heap_contains(heap, zeroed.cast()),
-                mi_heap_contains(heap, other.cast()),
-            )
-        };
-        assert!(in_kept && in_zeroed, "made inside idle_state: in its heap");
-        assert!(!in_early && !in_other, "made outside: in the thread's heap");
-        assert_eq!(zeroed as usize % 64, 0, "aligned as asked");
-        // SAFETY: a 64-byte block just made zeroed.
+        let kept = idle_state(|| alloc(layout));
+        // SAFETY: a non-zero layout.
+        let zeroed = idle_state(|| unsafe { a.alloc_zeroed(wide) });
+        let other = alloc(layout);
         assert!(
-            unsafe { std::slice::from_raw_parts(zeroed, 64) }
-                .iter()
-                .all(|&b| b == 0)
+            contains(heap, kept) && contains(heap, zeroed),
+            "made inside idle_state: in its heap"
         );
+        assert!(
+            !contains(heap, early) && !contains(heap, other),
+            "made outside: in the thread's heap"
+        );
+        assert_eq!(zeroed as usize % 64, 0, "aligned as asked");
+        // SAFETY: a live 64-byte block.
+        let zeros = unsafe { std::slice::from_raw_parts(zeroed, 64) };
+        assert!(zeros.iter().all(|&b| b == 0));
         // A block grown inside `idle_state` moves to (or stays in) its heap, keeping its bytes.
         // SAFETY: `kept` is live, 72 bytes.
         unsafe { kept.write_bytes(7, 72) };
+        // SAFETY: `kept` is live, made with `layout`; the new size is non-zero.
         let grown = idle_state(|| unsafe { a.realloc(kept, layout, 4000) });
-        // SAFETY: live blocks; each freed once below.
+        assert!(contains(heap, grown));
+        // SAFETY: a live block of at least 72 bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(grown, 72) };
+        assert!(bytes.iter().all(|&b| b == 7));
+        // SAFETY: live blocks, each freed once with the layout it has.
         unsafe {
-            assert!(mi_heap_contains(heap, grown.cast()));
-            assert!(
-                std::slice::from_raw_parts(grown, 72)
-                    .iter()
-                    .all(|&b| b == 7)
-            );
             a.dealloc(grown, Layout::from_size_align(4000, 8).unwrap());
-            a.dealloc(zeroed, Layout::from_size_align(64, 64).unwrap());
+            a.dealloc(zeroed, wide);
             a.dealloc(early, layout);
             a.dealloc(other, layout);
         }
