@@ -145,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             let loaded =
                 rescon_httpd::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             rescon_httpd::alloc::release_freed_memory_at_once();
+            rescon_httpd::alloc::keep_idle_state_apart();
             rescon_httpd::server::run(
                 loaded,
                 rescon_httpd::server::Options {

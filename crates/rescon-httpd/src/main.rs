@@ -109,6 +109,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     tracing::info!(source = %config.source, "configuration {}", config.source);
     rescon_httpd::alloc::release_freed_memory_at_once();
+    rescon_httpd::alloc::keep_idle_state_apart();
     rescon_httpd::server::run(
         config,
         rescon_httpd::server::Options {

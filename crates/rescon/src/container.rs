@@ -45,6 +45,7 @@ use crate::attr::{Attributes, CpuLimit, Share};
 use crate::error::{Error, Resource};
 use crate::id::ContainerId;
 use crate::usage::{Account, Counters, Gauges, Usage};
+use compact_str::CompactString;
 use once_cell::race::OnceBox;
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -240,7 +241,8 @@ impl LimitCache {
 /// `rescon-bench memory` measures what one costs (673 bytes with everything inline).
 pub(crate) struct Node {
     pub(crate) id: ContainerId,
-    name: Box<str>,
+    /// Inline up to 24 bytes (a connection's `conn-N`), so a container is one block.
+    name: CompactString,
     shared: Arc<Shared>,
     /// Changed only under the registry's structure lock (and by the node's own release).
     parent: Mutex<Option<Arc<Node>>>,
@@ -1450,5 +1452,27 @@ pub struct ProcGuard {
 impl Drop for ProcGuard {
     fn drop(&mut self) {
         self.node.release_gauge(Resource::Processes, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_node_stays_small() {
+        // A container per connection is made and dropped on every wake-up; `rescon-bench
+        // memory` measures the resident figure (goal: at most 256 bytes with its namespace
+        // entry). The node with its `Arc` counts must stay within mimalloc's 192-byte class.
+        let node = std::mem::size_of::<Node>();
+        assert!(node <= 160, "Node is {node} bytes");
+        // A connection's name is kept inline: no block of its own.
+        let registry = Registry::new();
+        let c = registry
+            .root()
+            .create_child("conn-1000000000000000000", Attributes::default())
+            .unwrap();
+        assert!(!c.node.name.is_heap_allocated());
+        assert_eq!(c.name(), "conn-1000000000000000000");
     }
 }

@@ -50,7 +50,8 @@ pub(crate) async fn accept_loop(
             if watch.stopping(cx) {
                 return std::task::Poll::Ready(None);
             }
-            socket.poll_accept(cx).map(Some)
+            // The stream's readiness state lasts as long as the connection.
+            crate::alloc::idle_state(|| socket.poll_accept(cx)).map(Some)
         })
         .await;
         let Some(accepted) = accepted else {
@@ -80,7 +81,7 @@ pub(crate) async fn accept_loop(
                     guard: None,
                 };
                 let serve = super::tls::serve(shared.clone(), conn, listener.clone());
-                rescon_rt::spawn_in(c, serve);
+                crate::alloc::idle_state(|| rescon_rt::spawn_in(c, serve));
                 continue;
             }
             Classes::Member(class) => class.clone(),
@@ -117,7 +118,8 @@ pub(crate) async fn accept_loop(
             guard: Some(guard),
         };
         let serve = super::tls::serve(shared.clone(), conn, listener.clone());
-        rescon_rt::spawn_in(&class_c, serve);
+        // The task is what a parked connection is (see `alloc::idle_state`).
+        crate::alloc::idle_state(|| rescon_rt::spawn_in(&class_c, serve));
     }
 }
 

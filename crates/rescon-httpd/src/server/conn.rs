@@ -696,7 +696,10 @@ impl Timer {
                     (t, at)
                 }
                 None => {
-                    let (t, at) = self.0.insert((rescon_rt::sleep_until(instant), deadline));
+                    // Kept from wait to wait while the connection lives, parked or not (see
+                    // `alloc::idle_state`).
+                    let sleep = crate::alloc::idle_state(|| rescon_rt::sleep_until(instant));
+                    let (t, at) = self.0.insert((sleep, deadline));
                     (t, at)
                 }
             };

@@ -40,45 +40,73 @@
 
 use crate::ContainerId;
 use crate::attr::SchedClass;
-use std::sync::OnceLock;
+use once_cell::race::OnceBox;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 /// How often (of a policy's time) a shared-mode policy exchanges virtual time with the others.
 pub const SYNC_NS: u64 = 250_000;
 
 /// The scheduling state of a container node that shared-mode policies share.
+///
+/// Two words and two pointers: a container per connection is a leaf that no policy sums
+/// children in, and most containers are never mirrored by two policies, so the per-class
+/// sums and the virtual times are blocks of their own, made on first use (inline, they were
+/// 40 of a container's bytes).
 #[derive(Debug, Default)]
 pub(crate) struct NodeGlobal {
     /// Shared-mode policies mirroring the container.
     pub(crate) refs: AtomicU32,
     /// Shared-mode policies on which it is runnable (kept for fixed-share containers only).
     pub(crate) runnable_on: AtomicU32,
+    /// Its children's sums, made when a policy first counts a child in them.
+    sums: OnceBox<ClassSums>,
+    /// Virtual times, made when a second policy mirrors the container.
+    vt: OnceBox<Vt>,
+}
+
+/// What a parent sums about its children, per class (see [`NodeGlobal`]).
+#[derive(Debug, Default)]
+pub(crate) struct ClassSums {
     /// Per class: the fractions (ppb) of its fixed children runnable on some shared-mode policy.
     pub(crate) fixed_ppb: [AtomicU32; SchedClass::COUNT],
     /// Per class: the shared-mode policies on which the pool of its weighted children is not
     /// empty (kept while the container is shared).
     pub(crate) pool_on: [AtomicU32; SchedClass::COUNT],
-    /// Virtual times, made when a second policy mirrors the container.
-    vt: OnceLock<Box<Vt>>,
 }
 
 impl NodeGlobal {
     pub(crate) fn vt(&self) -> &Vt {
-        self.vt.get_or_init(Default::default)
+        self.vt.get_or_init(Box::default)
     }
 
     pub(crate) fn vt_if_any(&self) -> Option<&Vt> {
-        self.vt.get().map(|b| &**b)
+        self.vt.get()
+    }
+
+    /// The children's sums, made if they were not yet (two racing makers keep one).
+    pub(crate) fn sums(&self) -> &ClassSums {
+        self.sums.get_or_init(Box::default)
+    }
+
+    /// The fractions of fixed children in `class` runnable on some policy (zero before any
+    /// was counted).
+    pub(crate) fn fixed_ppb(&self, class: usize) -> u32 {
+        self.sums
+            .get()
+            .map_or(0, |s| s.fixed_ppb[class].load(Acquire))
     }
 
     /// A fixed child of this node with fraction `ppb` in `class` became runnable on one more
     /// (`up`) or one fewer policy; `was` is its count before.
     pub(crate) fn fixed_child(&self, class: usize, ppb: u32, up: bool, was: u32) {
         if up && was == 0 {
-            self.fixed_ppb[class].fetch_add(ppb, Relaxed);
+            self.sums().fixed_ppb[class].fetch_add(ppb, Relaxed);
         } else if !up && was == 1 {
-            let _ = self.fixed_ppb[class]
-                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(ppb)));
+            // Counted up before, so the sums are there.
+            if let Some(s) = self.sums.get() {
+                let _ = s.fixed_ppb[class]
+                    .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(ppb)));
+            }
         }
     }
 }

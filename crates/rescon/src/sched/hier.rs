@@ -914,7 +914,7 @@ impl Hierarchical {
             return None;
         }
         let node = self.cold[p as usize].node.as_ref().expect("shared");
-        let was = node.global.pool_on[class].fetch_add(1, AcqRel);
+        let was = node.global.sums().pool_on[class].fetch_add(1, AcqRel);
         let at = (was > 0 || moved).then(|| {
             node.global
                 .vt_if_any()
@@ -930,7 +930,7 @@ impl Hierarchical {
         if g.pool_counted {
             g.pool_counted = false;
             let node = self.c(p).node.as_ref().expect("mirrored");
-            node.global.pool_on[class].fetch_sub(1, AcqRel);
+            node.global.sums().pool_on[class].fetch_sub(1, AcqRel);
         }
     }
 
@@ -1242,7 +1242,7 @@ impl Hierarchical {
                 let v = global::exchange(&vt.pool[class], charged, local);
                 (e.last_pool[class], e.jump_pool[class]) = (v, 0.0);
                 g.pool_vtime = v;
-                g.global_ppb = node.global.fixed_ppb[class].load(Acquire);
+                g.global_ppb = node.global.fixed_ppb(class);
                 g.set_fixed_ppb(g.fixed_ppb);
             }
         }
