@@ -698,12 +698,6 @@ impl Running {
         Ok(serde_json::from_str(body)?)
     }
 
-    /// A container's subtree CPU (runtime-charged plus kernel-reported), nanoseconds.
-    pub fn subtree_cpu_ns(&self, path: &str) -> Result<u64> {
-        let (runtime, kernel) = self.subtree_cpu_split_ns(path)?;
-        Ok(runtime + kernel)
-    }
-
     /// The kernel's view of the server's worker threads (named `rescon-worker-N`), by name:
     /// time on a CPU and time runnable but waiting for one (`schedstat`, ns), and voluntary
     /// context switches (sleeps). Empty where /proc lacks them.
@@ -734,6 +728,23 @@ impl Running {
         }
         out.sort();
         out
+    }
+
+    /// CPU time the server's live handshake-pool threads (named `rescon-handshake`, cut to
+    /// `rescon-handshak` by the kernel) have run so far, from their `schedstat`, nanoseconds.
+    pub fn handshake_pool_cpu_ns(&self) -> u64 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("rescon-handshak"))
+            })
+            .filter_map(|t| {
+                crate::schedstat(&t.path().join("schedstat").to_string_lossy()).map(|s| s.0)
+            })
+            .sum()
     }
 
     /// A container's subtree CPU, nanoseconds: what the runtime charged (its workers' polls)

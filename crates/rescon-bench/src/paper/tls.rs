@@ -51,6 +51,33 @@ struct FloodRow {
     attack: GroupResult,
     /// The attacker's class's CPU over the window, as a fraction of a CPU (with containers).
     attacker_cpu: Option<f64>,
+    /// What the kernel says the server's handshake-pool threads ran over the window, as a
+    /// fraction of a CPU (with containers): the part of the attacker's handshakes answered
+    /// off the worker, as a check on `attacker_cpu`.
+    pool_cpu: Option<f64>,
+    /// Handshakes the server completed for the attacker's class over the window.
+    attacker_handshakes: Option<u64>,
+}
+
+/// What experiment 7 and 8 read of rescon-httpd at the edges of the counted window.
+#[derive(Clone, Copy)]
+struct Edge {
+    class_cpu_ns: u64,
+    pool_cpu_ns: u64,
+    handshakes: u64,
+}
+
+impl Edge {
+    fn read(srv: &Running) -> Result<Edge> {
+        let low = srv.container("clients/low")?;
+        let u = &low["usage_subtree"];
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        Ok(Edge {
+            class_cpu_ns: n("cpu_ns") + n("kernel_cpu_ns"),
+            pool_cpu_ns: srv.handshake_pool_cpu_ns(),
+            handshakes: n("tls_handshakes"),
+        })
+    }
 }
 
 fn flood_runs(ctx: &mut Ctx, legit: &Group, attack: &Group, what: &str) -> Result<Vec<FloodRow>> {
@@ -76,22 +103,22 @@ fn flood_runs(ctx: &mut Ctx, legit: &Group, attack: &Group, what: &str) -> Resul
         let srv = &server;
         let (warm, dur) = (plan.warmup, plan.duration);
         let with_cpu = kind == Kind::Rescon;
-        let (mut r, cpu) = std::thread::scope(|sc| -> Result<_> {
-            let reader = sc.spawn(move || -> Result<Option<u64>> {
+        let (mut r, edges) = std::thread::scope(|sc| -> Result<_> {
+            let reader = sc.spawn(move || -> Result<Option<(Edge, Edge)>> {
                 if !with_cpu {
                     return Ok(None);
                 }
                 std::thread::sleep(warm);
-                let a = srv.subtree_cpu_ns("clients/low")?;
+                let a = Edge::read(srv)?;
                 std::thread::sleep(dur);
-                let b = srv.subtree_cpu_ns("clients/low")?;
-                Ok(Some(b.saturating_sub(a)))
+                let b = Edge::read(srv)?;
+                Ok(Some((a, b)))
             });
             let r = httpload::run(&plan)?;
-            let cpu = reader
+            let edges = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-            Ok((r, cpu))
+            Ok((r, edges))
         })?;
         drop(server);
         let attack_r = r.remove(1);
@@ -101,8 +128,26 @@ fn flood_runs(ctx: &mut Ctx, legit: &Group, attack: &Group, what: &str) -> Resul
             base,
             flood,
             attack: attack_r,
-            attacker_cpu: cpu.map(|ns| ns as f64 / ctx.window.as_nanos() as f64),
+            attacker_cpu: edges.map(|(a, b)| {
+                b.class_cpu_ns.saturating_sub(a.class_cpu_ns) as f64 / dur.as_nanos() as f64
+            }),
+            pool_cpu: edges.map(|(a, b)| {
+                b.pool_cpu_ns.saturating_sub(a.pool_cpu_ns) as f64 / dur.as_nanos() as f64
+            }),
+            attacker_handshakes: edges.map(|(a, b)| b.handshakes.saturating_sub(a.handshakes)),
         });
+        if let (Some(c), Some(p), Some(h)) = (
+            rows.last().and_then(|r| r.attacker_cpu),
+            rows.last().and_then(|r| r.pool_cpu),
+            rows.last().and_then(|r| r.attacker_handshakes),
+        ) {
+            eprintln!(
+                "    {}: the attacker's class charged {:.2}% of a CPU, the handshake pool ran {:.2}%, {h} attacker handshakes completed by the server over the window",
+                kind.name(),
+                100.0 * c,
+                100.0 * p
+            );
+        }
     }
     Ok(rows)
 }
@@ -146,7 +191,9 @@ fn flood_report(
             json!({"legit_per_s_no_flood": r.base.per_s(), "legit_per_s_flood": r.flood.per_s(),
                 "legit_p99_ms_no_flood": r.base.ms(0.99), "legit_p99_ms_flood": r.flood.ms(0.99),
                 "legit_errors_flood": r.flood.errors, "attacker_per_s": r.attack.per_s(),
-                "attacker_errors": r.attack.errors, "attacker_cpu_fraction": r.attacker_cpu}),
+                "attacker_errors": r.attack.errors, "attacker_cpu_fraction": r.attacker_cpu,
+                "handshake_pool_cpu_fraction": r.pool_cpu,
+                "attacker_handshakes_server": r.attacker_handshakes}),
         );
         bars.push(plot::BarGroup {
             category: r.kind.name().into(),

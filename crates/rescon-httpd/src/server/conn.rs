@@ -6,8 +6,9 @@
 //! something to do. Busy, it is hyper over any byte stream ([`Stream`]: a TCP socket or a
 //! TLS session) with the waits' timeouts ([`IdleClose`]: request head, keep-alive quiet,
 //! stalled sends) and the graceful stop, in HTTP/1.1 or HTTP/2 ([`Proto`]: HTTP/2 through
-//! hyper's h2, its streams run as tasks in the connection's container, or each in a child of
-//! its own with `http2.stream_containers` ([`StreamExec`]), its frames metered by
+//! hyper's h2, its streams run in the connection's container (first within the connection's
+//! poll, then as tasks if not done), or each as a task in a child of its own with
+//! `http2.stream_containers` ([`StreamExec`]), its frames metered by
 //! [`H2Guard`](super::h2guard)), in its own container (`conn-N`, under its class's container
 //! or where placement moved it); each request goes to
 //! [`request::serve`](super::request::serve).
@@ -540,11 +541,24 @@ impl Service {
     }
 }
 
-/// hyper's executor for an HTTP/2 connection: spawns each stream's task in the container the
-/// connection's task is bound to, as [`rescon_rt::HyperExecutor`] does. With stream
-/// containers (`Some`: the connection's container), hyper spawns a stream's task right after
-/// calling the service for its request, which left the task bound to the stream's container:
-/// the stream's task is bound to it, and the connection's task back to its own.
+/// hyper's executor for an HTTP/2 connection: runs each stream's future in the container the
+/// connection's task is bound to.
+///
+/// Without stream containers (`None`) a stream's future is polled once here, inside the
+/// connection's poll, and spawned as a task only if it is not done then. hyper calls the
+/// service and hands the stream's future over as soon as a request's HEADERS are read; for
+/// a response that is ready at once (a static file, an error) that first poll sends the
+/// whole response into h2's queue, and the connection, still in the same poll, writes it
+/// out. A task per stream instead cost a spawn, a poll of its own and a second poll of the
+/// connection to write what it queued, for every request (`rescon-bench paper --only 10`,
+/// HTTP/2: see the commit that made this change). The first poll runs with a waker that
+/// does nothing: a future not done then is spawned, and its task polls it again at once,
+/// which registers the task's waker wherever the first poll registered the other.
+///
+/// With stream containers (`Some`: the connection's container), hyper spawns a stream's
+/// task right after calling the service for its request, which left the task bound to the
+/// stream's container: the stream's task is bound to it, and the connection's task back to
+/// its own.
 #[derive(Clone)]
 struct StreamExec(Option<Container>);
 
@@ -554,9 +568,18 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        drop(rescon_rt::spawn(fut));
-        if let Some(me) = &self.0 {
-            rescon_rt::bind(me);
+        match &self.0 {
+            None => {
+                let mut fut = Box::pin(fut);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                if fut.as_mut().poll(&mut cx).is_pending() {
+                    drop(rescon_rt::spawn(fut));
+                }
+            }
+            Some(me) => {
+                drop(rescon_rt::spawn(fut));
+                rescon_rt::bind(me);
+            }
         }
     }
 }

@@ -173,7 +173,6 @@ impl Opened {
             roots,
             dirs,
         } = self;
-        let tls = super::tls::SiteTls::compile(&config, certs)?;
         let live = |path: &crate::config::ContainerPath, what: &str| {
             tree.get(path)
                 .cloned()
@@ -234,6 +233,7 @@ impl Opened {
             }
             classes.insert(l.name.as_str().into(), m);
         }
+        let tls = super::tls::SiteTls::compile(&config, certs, &classes)?;
         Ok(Site {
             hosts: HostIndex::new(&config.vhosts),
             config,
@@ -259,11 +259,6 @@ impl Site {
     /// The container of class `class` of listener `listener`.
     pub(crate) fn class_container(&self, listener: &str, class: &str) -> Option<&Container> {
         self.classes.get(listener)?.get(class)
-    }
-
-    /// Every listener's class containers (a container two listeners share, once per listener).
-    pub(crate) fn class_containers(&self) -> impl Iterator<Item = &Container> {
-        self.classes.values().flat_map(|m| m.values())
     }
 }
 

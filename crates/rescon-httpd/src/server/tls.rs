@@ -266,7 +266,19 @@ pub(crate) struct ListenerMode {
 struct ListenerTls {
     config: Arc<ServerConfig>,
     /// By class name.
-    slots: Map<Arc<Slots>>,
+    classes: Map<TlsClass>,
+}
+
+/// A client class of a TLS listener, compiled: its handshake slots, and where its
+/// ClientHellos may be answered.
+struct TlsClass {
+    slots: Arc<Slots>,
+    /// The class's container.
+    container: rescon::Container,
+    /// The other class containers of every listener, each once: those of them at this
+    /// class's scheduling class or above are its rivals (see [`HandOff`]). Which those are is
+    /// read at each handshake, since the admin API may change a container's class.
+    others: Arc<[rescon::Container]>,
 }
 
 /// The TLS part of a compiled site: each listener's mode, by listener name.
@@ -276,27 +288,57 @@ pub(crate) struct SiteTls {
 }
 
 impl SiteTls {
-    /// Compiles each listener's mode over the loaded certificates.
-    pub(crate) fn compile(config: &Config, certs: Certs) -> Result<SiteTls> {
+    /// Compiles each listener's mode over the loaded certificates and the listeners' class
+    /// containers (by listener name, then class name).
+    pub(crate) fn compile(
+        config: &Config,
+        certs: Certs,
+        classes: &Map<Map<rescon::Container>>,
+    ) -> Result<SiteTls> {
         let mut listeners = Map::default();
         let store = Arc::new(CertStore::new(config, &certs));
+        // Every listener's class containers, each once, in configuration order.
+        let mut all: Vec<rescon::Container> = Vec::new();
+        for l in &config.listeners {
+            for c in &l.classes {
+                if let Some(k) = classes
+                    .get(l.name.as_str())
+                    .and_then(|m| m.get(c.name.as_str()))
+                    && !all.contains(k)
+                {
+                    all.push(k.clone());
+                }
+            }
+        }
         for l in &config.listeners {
             let tls = if l.tls {
                 let config = Arc::new(server_config(config, l.protocols, store.clone())?);
-                let slots = l
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.name.as_str().into(),
-                            Arc::new(Slots {
+                let mut by_class = Map::default();
+                for c in &l.classes {
+                    let Some(container) = classes
+                        .get(l.name.as_str())
+                        .and_then(|m| m.get(c.name.as_str()))
+                    else {
+                        continue;
+                    };
+                    let others: Arc<[rescon::Container]> =
+                        all.iter().filter(|k| *k != container).cloned().collect();
+                    by_class.insert(
+                        c.name.as_str().into(),
+                        TlsClass {
+                            slots: Arc::new(Slots {
                                 max: c.max_handshakes,
                                 used: AtomicU32::new(0),
                             }),
-                        )
-                    })
-                    .collect();
-                Some(ListenerTls { config, slots })
+                            container: container.clone(),
+                            others,
+                        },
+                    );
+                }
+                Some(ListenerTls {
+                    config,
+                    classes: by_class,
+                })
             } else {
                 None
             };
@@ -520,34 +562,31 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
         drop(site);
         return serve_conn(shared, conn, proto).await;
     };
-    let slot = match tls.slots.get(&*conn.class).map(|s| s.take()) {
-        Some(Some(slot)) => Some(slot),
+    let (slot, class_tls) = match tls.classes.get(&*conn.class) {
         // No slots for this class (`--no-containers` serves one class, "all").
-        None => None,
-        Some(None) => {
-            conn.home.account().add_conns_refused(1);
-            tracing::debug!(%listener, class = %conn.class, peer = %conn.peer, "handshakes in flight at the class's max_handshakes: connection closed");
-            return;
-        }
+        None => (None, None),
+        Some(k) => match k.slots.take() {
+            Some(slot) => (Some(slot), Some(k)),
+            None => {
+                conn.home.account().add_conns_refused(1);
+                tracing::debug!(%listener, class = %conn.class, peer = %conn.peer, "handshakes in flight at the class's max_handshakes: connection closed");
+                return;
+            }
+        },
     };
     // Where the ClientHello is answered (see the module docs): on the worker without a
-    // pool (`--no-containers`) or for a class above normal; else on the pool while
-    // `rivals` (the other classes at or above this one's scheduling class) have
-    // connections open, and on the worker while they have none.
-    let (pool, rivals) = match (
-        &shared.handshakes.pool,
-        site.class_container(&listener, &conn.class),
-    ) {
-        (None, _) => (None, Vec::new()),
-        (Some(pool), None) => (Some(pool), Vec::new()),
-        (Some(pool), Some(me)) => {
-            let class = me.attrs().class;
-            if class >= rescon::SchedClass::HIGH {
-                (None, Vec::new())
-            } else {
-                (Some(pool), rivals(&site, me, class))
-            }
+    // pool (`--no-containers`) or for a class above normal; else on the pool while its
+    // rivals have connections open, and on the worker while they have none.
+    let offload = match (&shared.handshakes.pool, class_tls) {
+        (Some(pool), Some(k)) => {
+            let class = k.container.attrs().class;
+            (class < rescon::SchedClass::HIGH).then(|| HandOff {
+                pool,
+                class,
+                others: k.others.clone(),
+            })
         }
+        _ => None,
     };
     let config = tls.config.clone();
     let limit = site.config.timeouts.handshake;
@@ -561,10 +600,6 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
         n,
         guard,
     } = conn;
-    let offload = pool.map(|pool| HandOff {
-        pool,
-        rivals: &rivals,
-    });
     let done = rescon_rt::timeout(limit, handshake(stream, config, offload, &home)).await;
     drop(slot);
     let stream = match done {
@@ -597,33 +632,23 @@ async fn serve_tls(shared: Arc<Shared>, conn: Accepted<rescon_rt::TcpStream>, li
     serve_conn(shared, conn, proto).await
 }
 
-/// The classes whose connections a handshake answered on the worker could hold up: the
-/// listeners' class containers other than `me` of scheduling class `class` or above.
-fn rivals(
-    site: &super::site::Site,
-    me: &rescon::Container,
-    class: rescon::SchedClass,
-) -> Vec<rescon::Container> {
-    let mut v: Vec<rescon::Container> = Vec::new();
-    for c in site.class_containers() {
-        if c != me && c.attrs().class >= class && !v.contains(c) {
-            v.push(c.clone());
-        }
-    }
-    v
-}
-
-/// Where a handshake's ClientHello may be answered instead of on the worker.
+/// Where a handshake's ClientHello may be answered instead of on the worker: the pool, for a
+/// class of scheduling class `class`, below high.
 struct HandOff<'a> {
     pool: &'a rescon_rt::BlockingPool,
-    rivals: &'a [rescon::Container],
+    class: rescon::SchedClass,
+    /// The other classes' containers; the rivals are those at `class` or above.
+    others: Arc<[rescon::Container]>,
 }
 
 impl HandOff<'_> {
-    /// Under pressure: some rival class has a connection open, whose requests a signature
-    /// computed on the worker would hold up (a poll the runtime cannot preempt).
+    /// Under pressure: some rival class (another class of the listeners, at this one's
+    /// scheduling class or above) has a connection open, whose requests a signature computed
+    /// on the worker would hold up (a poll the runtime cannot preempt).
     fn wanted(&self) -> bool {
-        self.rivals.iter().any(|c| c.usage().open_conns > 0)
+        self.others
+            .iter()
+            .any(|c| c.attrs().class >= self.class && c.usage().open_conns > 0)
     }
 }
 
