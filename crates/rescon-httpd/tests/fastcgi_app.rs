@@ -114,7 +114,7 @@ fn serve(mut conn: impl Read + Write, handle: Option<OwnedFd>) -> std::io::Resul
             conn.write_all(&record(STDOUT, &[&head[..], body.as_bytes()].concat()))?;
             end(&mut conn)
         }
-        "/tcp/hello" | "/app/hello" => {
+        u if u.ends_with("/hello") => {
             conn.write_all(&record(STDOUT, &[&head[..], b"hello\n"].concat()))?;
             end(&mut conn)
         }
@@ -415,7 +415,7 @@ fn reload(s: &Server) -> (u16, String) {
 }
 
 #[test]
-fn a_reload_says_which_fastcgi_changes_it_did_not_apply() {
+fn a_reload_applies_fastcgi_changes_and_says_which() {
     let s = start();
     let path = s.dir.path().join("httpd.toml");
     let conf = std::fs::read_to_string(&path).unwrap();
@@ -429,24 +429,42 @@ fn a_reload_says_which_fastcgi_changes_it_did_not_apply() {
     std::fs::write(&path, changed).unwrap();
     let (st, body) = reload(&s);
     assert_eq!(st, 200, "{body}");
-    assert!(body.contains("[[fastcgi]] NOT applied"), "{body}");
-    assert!(body.contains("restart the server to apply"), "{body}");
+    assert!(body.contains("[[fastcgi]] applied"), "{body}");
+    assert!(body.contains("fastcgi[1] (/tcp2/) added"), "{body}");
     assert!(
-        body.contains("fastcgi[1] (/tcp/) changed: prefix"),
+        body.contains("fastcgi[1] (/tcp/) removed: no new requests"),
         "{body}"
     );
     assert!(body.contains("fastcgi[2] (/more/) added"), "{body}");
     assert!(!body.contains("fastcgi[0]"), "{body}");
-    // What the reload says is what is in force: the old route serves, the new one does not.
-    let (st, text) = get(&s, "/tcp/hello");
+    // What the reload says is what is in force: the new route serves, the old one is gone.
+    let (st, text) = get(&s, "/tcp2/hello");
     assert_eq!(st, 200, "{text}");
-    assert_eq!(get(&s, "/tcp2/hello").0, 404);
-    // The second application removed: said too; the first, unchanged, is not named.
-    let removed = &conf[..conf.rfind("\n[[fastcgi]]").unwrap()];
-    std::fs::write(&path, removed).unwrap();
+    assert!(text.contains("hello\n"), "{text}");
+    assert_eq!(get(&s, "/tcp/hello").0, 404);
+    let (st, text) = get(&s, "/more/x");
+    assert_eq!(st, 502, "{text}");
+    assert!(text.contains("not reachable"), "{text}");
+    // The unchanged application is the same one, and serves on.
+    assert_eq!(get(&s, "/app/hello").0, 200);
+    // A field changed in place (pass_handle): the application is replaced, saying which field.
+    let (st, text) = get(&s, "/app/handle");
+    assert_eq!(st, 200, "{text}");
+    assert!(!text.contains("no handle"), "{text}");
+    let no_handle = conf.replace("pass_handle = true\n", "");
+    std::fs::write(&path, &no_handle).unwrap();
     let (st, body) = reload(&s);
     assert_eq!(st, 200, "{body}");
-    assert!(body.contains("fastcgi[1] (/tcp/) removed"), "{body}");
-    assert!(!body.contains("fastcgi[0]"), "{body}");
-    assert_eq!(get(&s, "/tcp/hello").0, 200, "still served");
+    assert!(
+        body.contains("fastcgi[0] (/app/) changed (pass_handle)"),
+        "{body}"
+    );
+    assert!(
+        body.contains("the old fastcgi[0] (/app/) retired"),
+        "{body}"
+    );
+    assert!(body.contains("fastcgi[2] (/more/) removed"), "{body}");
+    let (st, text) = get(&s, "/app/handle");
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("no handle"), "now served without: {text}");
 }

@@ -559,3 +559,166 @@ fn php_fpm_pool_runs_as_the_servers_user() {
         "php-fpm's master: {status}"
     );
 }
+
+/// `POST /reload` on the admin socket: the status and the body.
+fn reload(s: &Server) -> (u16, String) {
+    let mut c = std::os::unix::net::UnixStream::connect(d_of(s).join("admin.sock")).unwrap();
+    c.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// The children of process `pid` (a pool's workers).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The CPU process `pid` has used, in milliseconds (0 once it is gone).
+fn cpu_ms(pid: i32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let f: Vec<&str> = text
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 1000 / rustix::param::clock_ticks_per_second()
+}
+
+/// php-fpm's master, from its pid file (written once it runs).
+fn fpm_master(s: &Server) -> i32 {
+    let t = Instant::now();
+    loop {
+        let pid = std::fs::read_to_string(d_of(s).join("fpm.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no fpm.pid");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` is gone (exited and reaped, or a zombie nobody waits for).
+fn gone_within(pid: i32, within: Duration) -> bool {
+    let t = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()));
+        if matches!(state, None | Some(Some('Z'))) {
+            return true;
+        }
+        if t.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_replaces_a_changed_pool_after_draining_it_and_stops_a_removed_one() {
+    let Some(fpm) = php_fpm() else { return };
+    let s = start(&fpm, "", "100%");
+    let conf_path = d_of(&s).join("httpd.toml");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    let old_master = fpm_master(&s);
+    // Unchanged: the pool runs on, nothing said about FastCGI.
+    let (st, body) = reload(&s);
+    assert_eq!(st, 200, "{body}");
+    assert!(!body.contains("fastcgi"), "{body}");
+    assert_eq!(fpm_master(&s), old_master);
+    std::thread::scope(|sc| {
+        // A request under way when the pool is replaced: it ends normally, in the old pool.
+        let workers = children(old_master);
+        let before: Vec<u64> = workers.iter().map(|w| cpu_ms(*w)).collect();
+        let inflight = sc.spawn(|| get(&s, "/php/burn.php?ms=800"));
+        // Until a worker of the old pool runs it (it has burned 50 ms).
+        let t = Instant::now();
+        while !workers
+            .iter()
+            .zip(&before)
+            .any(|(w, b)| cpu_ms(*w) >= b + 50)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no old worker took the request"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The pool changed (restarts): the same socket, so the new pool starts once the old
+        // one has drained and stopped.
+        // (A longer idle timeout: the next request waits for the drain on a loaded machine.)
+        let changed = conf
+            .replace("restarts = 3", "restarts = 2")
+            .replace(r#"cgi = "3s""#, r#"cgi = "60s""#);
+        std::fs::write(&conf_path, changed).unwrap();
+        let (st, body) = reload(&s);
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains("[[fastcgi]] applied"), "{body}");
+        assert!(
+            body.contains(
+                "fastcgi[0] (/php/) changed (restarts), its pool starts once the old pool"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("the old fastcgi[0] (/php/) retired"),
+            "{body}"
+        );
+        assert!(!body.contains("fastcgi[1]"), "{body}");
+        // A request now waits for the new pool and is served by it.
+        let (st, text) = get(&s, "/php/hello.php");
+        assert_eq!(st, 200, "{text}");
+        let (st, text) = inflight.join().unwrap();
+        assert_eq!(st, 200, "the request under way was cut: {text}");
+        assert!(text.starts_with("burned 800"), "{text}");
+        let pid: i32 = text
+            .split("pid=")
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap();
+        assert!(
+            workers.contains(&pid),
+            "{pid} is not of the old pool {workers:?}"
+        );
+    });
+    assert!(
+        gone_within(old_master, Duration::from_secs(10)),
+        "the old pool's master {old_master} still runs"
+    );
+    let new_master = fpm_master(&s);
+    assert_ne!(new_master, old_master);
+    // Removed: its prefix is no longer served, and its pool stops.
+    let without = &conf[..conf.find("[[fastcgi]]").unwrap()];
+    let rest = &conf[conf.find("[[fastcgi]]").unwrap()..];
+    let second = &rest[rest[1..].find("[[fastcgi]]").unwrap() + 1..];
+    std::fs::write(&conf_path, format!("{without}{second}")).unwrap();
+    let (st, body) = reload(&s);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("fastcgi[0] (/php/) removed"), "{body}");
+    assert_eq!(get(&s, "/php/hello.php").0, 404);
+    assert!(
+        gone_within(new_master, Duration::from_secs(10)),
+        "the removed pool's master {new_master} still runs"
+    );
+    // The other application, kept (it moved from [1] to [0]), is served as before.
+    assert!(body.contains("(/nowhere/) kept (was fastcgi[1])"), "{body}");
+    assert_eq!(get(&s, "/nowhere/x.php").0, 502);
+}

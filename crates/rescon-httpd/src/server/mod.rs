@@ -664,7 +664,8 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
     // Opened anew, as the file now says: after a rotation (the file renamed, then SIGHUP) the
     // log goes to a new file at the configured path.
     let log = open_log(&config.server.access_log)?;
-    let fastcgi = shared.fastcgi.unapplied(&config.fastcgi);
+    let fastcgi_configs = config.fastcgi.clone();
+    let grace = config.timeouts.shutdown;
     let opened = Opened::open(config)?;
     let mut tree = shared.tree.lock().unwrap_or_else(|e| e.into_inner());
     let new_tree = opened_tree(&opened);
@@ -672,6 +673,8 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
     tree.apply(&diff).map_err(|e| anyhow::anyhow!("{e}"))?;
     admin.set_declared(&tree);
     let site = opened.resolve(&tree)?;
+    // Routes change with the site: the new applications are in force from here.
+    let fastcgi = shared.fastcgi.reload(&fastcgi_configs, &tree, grace);
     drop(tree);
     shared.site.publish(site);
     shared.log.replace(log);
@@ -682,7 +685,7 @@ fn reload(shared: &Shared, admin: &Admin, path: &std::path::Path) -> Result<Stri
         diff.change.len()
     );
     if let Some(note) = fastcgi {
-        tracing::warn!(%note, "reload: [[fastcgi]] changes are not applied");
+        tracing::info!(%note, "reload");
         summary = format!("{summary}; {note}");
     }
     Ok(summary)

@@ -129,7 +129,7 @@ pub(crate) fn serve(conn: &ConnCtx, mut req: Request<Incoming>) -> Reply {
         return super::fastcgi::serve(
             conn,
             site,
-            app,
+            &app,
             &rest,
             host.as_deref(),
             req,

@@ -2197,6 +2197,7 @@ impl Inner {
             return Err(e);
         }
         let n = st.nodes.remove(&id).expect("mirrored");
+        st.credits.remove(&id);
         match parent {
             Some(p) => {
                 let pn = st.nodes.get_mut(&p).expect("parent");

@@ -21,6 +21,14 @@
 //!   Either way the connection is shut, and a worker of our own pool is killed: the pool
 //!   forks another. The connection is closed in every case; the request's
 //!   container goes with the response.
+//! - **Reloads** apply `[[fastcgi]]` ([`FastCgi::reload`]): an application whose
+//!   configuration (and class container) is unchanged keeps running, pool and all; a new or
+//!   changed one starts (its pool too) and takes the prefix's requests at once; one no longer
+//!   configured, or replaced, is retired: no new request reaches it, those under way finish
+//!   (for up to `timeouts.shutdown`), then its pool stops (SIGTERM, SIGKILL after 5 s) and its
+//!   container goes. A new pool on the address of a pool being retired (php-fpm's socket path)
+//!   starts only once that one has stopped, as two cannot listen there at once; its requests
+//!   wait for it within their own timeouts, and retry connecting while it starts.
 //! - **Stderr.** What the application writes on `FCGI_STDERR` is logged, bounded per request
 //!   ([`stderr`]: the one place to change when a shared bound for CGI output exists).
 //!
@@ -60,28 +68,187 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-/// One `[[fastcgi]]` application, for the server's life.
+/// One `[[fastcgi]]` application, from its start to the reload that retires it (then, once
+/// its requests under way have ended, its pool is stopped).
 #[derive(Debug)]
 pub(crate) struct App {
     pub(crate) config: FastCgiConfig,
     /// The class container its requests are made under.
     class: Container,
-    /// The pool the server started, if it starts one.
-    pool: Option<Arc<pool::Pool>>,
+    /// The pool the server started (`command` set), once it is started: a pool that replaces
+    /// one on the same address starts when that one has stopped.
+    pool: OnceLock<Arc<pool::Pool>>,
+    /// Set if the pool to start could not be started (its requests stop waiting for it).
+    pool_failed: AtomicBool,
     workers: Arc<peer::Workers>,
+    /// Requests under way, for a drain.
+    inflight: Mutex<usize>,
+    drained: Condvar,
 }
 
+impl App {
+    /// `[[fastcgi]]` number `i`, under its class container in `tree`; its pool not started.
+    fn new(i: usize, f: &FastCgiConfig, tree: &LiveTree) -> anyhow::Result<Arc<App>> {
+        let class = tree
+            .get(&f.container)
+            .with_context(|| {
+                format!(
+                    "fastcgi[{i}]: container {} is not declared",
+                    f.container.as_str()
+                )
+            })?
+            .clone();
+        Ok(Arc::new(App {
+            config: f.clone(),
+            class,
+            pool: OnceLock::new(),
+            pool_failed: AtomicBool::new(false),
+            workers: Arc::new(peer::Workers::default()),
+            inflight: Mutex::new(0),
+            drained: Condvar::new(),
+        }))
+    }
+
+    fn pool(&self) -> Option<&Arc<pool::Pool>> {
+        self.pool.get()
+    }
+
+    /// Waits until this application's pool is started (or failed to start), at most `left`.
+    fn wait_for_pool(&self, left: Duration) {
+        if self.config.command.is_empty() {
+            return;
+        }
+        let until = Instant::now() + left;
+        while self.pool.get().is_none() && !self.pool_failed.load(Relaxed) && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until no request is under way, at most `grace`: whether none is.
+    fn drain(&self, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        let mut n = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            n = self
+                .drained
+                .wait_timeout(n, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// A request under way at an application: counted from the request's container being made to
+/// the end of its job (or the run dropped before it), so a drain waits for it.
+struct InFlight(Arc<App>);
+
+impl InFlight {
+    fn new(app: &Arc<App>) -> InFlight {
+        *app.inflight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        InFlight(app.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut n = self.0.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.drained.notify_all();
+        }
+    }
+}
+
+/// What starting a pool needs from the server, kept for reloads.
+struct Starter {
+    kernel: Option<Arc<Manager>>,
+    limiter: Option<Arc<Limiter>>,
+    run_as: Option<RunAs>,
+    /// Numbers the pools' containers and threads: `fastcgi-pool-<index>` at the server's
+    /// start, `fastcgi-pool-<index>-<n>` after (the name of a pool still draining is taken).
+    started: AtomicU64,
+}
+
+impl Starter {
+    /// Starts `f`'s pool for `app` (in a container under its class, named after `index`).
+    fn start_pool(&self, index: usize, app: &App) -> anyhow::Result<()> {
+        let n = self.started.fetch_add(1, Relaxed);
+        let name = if n < START_GENERATION {
+            format!("{index}")
+        } else {
+            format!("{index}-{}", n - START_GENERATION)
+        };
+        let mut attrs = Attributes::default();
+        if self.kernel.is_some() {
+            let _ = attrs.set("enforcement", "kernel");
+        }
+        let c = app
+            .class
+            .create_child(&format!("fastcgi-pool-{name}"), attrs)
+            .context("creating a FastCGI pool's container")?;
+        // What the pool's workers used for requests is charged to the requests' containers,
+        // so the pool's own container gets only the rest (see the module docs): the cgroup's
+        // sampler takes it off, or without cgroups the user-mode limiter, by the same rule.
+        let w = app.workers.clone();
+        let credit: rescon_linux::usermode::Credit = Arc::new(move || w.credit());
+        if let Some(m) = &self.kernel {
+            m.set_cpu_credit(&c, credit.clone());
+        }
+        let pool = pool::Pool::start(
+            &name,
+            &app.config.command,
+            c,
+            self.kernel.clone(),
+            self.limiter.clone(),
+            app.config.restarts,
+            self.run_as.clone(),
+            credit,
+        );
+        match pool {
+            Ok(p) => {
+                let _ = app.pool.set(p);
+                Ok(())
+            }
+            Err(e) => {
+                app.pool_failed.store(true, Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `Starter::started` from here on names pools started by reloads.
+const START_GENERATION: u64 = 1 << 32;
+
 /// The FastCGI applications and what serves them.
-#[derive(Default)]
 pub(crate) struct FastCgi {
-    pub(crate) apps: Vec<Arc<App>>,
-    /// Issues request handles for applications with `pass_handle`.
-    owner: Option<(rescon_handle::owner::Owner, rescon_handle::owner::Server)>,
+    /// The applications in force, in `[[fastcgi]]` order (a reload publishes a new list).
+    apps: RwLock<Arc<[Arc<App>]>>,
+    /// Issues request handles for applications with `pass_handle` (made with the first).
+    owner: OnceLock<(rescon_handle::owner::Owner, rescon_handle::owner::Server)>,
+    starter: Starter,
     seq: AtomicU64,
+    /// Whether any application is configured (`route`'s fast way out).
+    any: AtomicBool,
+}
+
+/// What a reload does to `[[fastcgi]]`, by the applications' new index.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// The same configuration, in the same class container: the running application stays.
+    Keep(usize),
+    /// New or changed: a new application (and pool, if it has a command).
+    Start,
 }
 
 impl FastCgi {
@@ -93,138 +260,257 @@ impl FastCgi {
         limiter: Option<&Arc<Limiter>>,
         run_as: Option<RunAs>,
     ) -> anyhow::Result<FastCgi> {
+        let fcgi = FastCgi {
+            apps: RwLock::new(Arc::from(Vec::new())),
+            owner: OnceLock::new(),
+            starter: Starter {
+                kernel: kernel.cloned(),
+                limiter: limiter.cloned(),
+                run_as,
+                started: AtomicU64::new(0),
+            },
+            seq: AtomicU64::new(0),
+            any: AtomicBool::new(!configs.is_empty()),
+        };
         let mut apps = Vec::new();
         for (i, f) in configs.iter().enumerate() {
-            let class = tree
-                .get(&f.container)
-                .with_context(|| {
-                    format!(
-                        "fastcgi[{i}]: container {} is not declared",
-                        f.container.as_str()
-                    )
-                })?
-                .clone();
-            let workers = Arc::new(peer::Workers::default());
-            let pool = if f.command.is_empty() {
-                None
-            } else {
-                let mut attrs = Attributes::default();
-                if kernel.is_some() {
-                    let _ = attrs.set("enforcement", "kernel");
-                }
-                let c = class
-                    .create_child(&format!("fastcgi-pool-{i}"), attrs)
-                    .context("creating a FastCGI pool's container")?;
-                // What the pool's workers used for requests is charged to the requests'
-                // containers, so the pool's own container gets only the rest (see the module
-                // docs): the cgroup's sampler takes it off, or without cgroups the user-mode
-                // limiter, by the same rule.
-                let w = workers.clone();
-                let credit: rescon_linux::usermode::Credit = Arc::new(move || w.credit());
-                if let Some(m) = kernel {
-                    m.set_cpu_credit(&c, credit.clone());
-                }
-                Some(pool::Pool::start(
-                    &format!("{i}"),
-                    &f.command,
-                    c,
-                    kernel.cloned(),
-                    limiter.cloned(),
-                    f.restarts,
-                    run_as.clone(),
-                    credit,
-                )?)
-            };
-            apps.push(Arc::new(App {
-                config: f.clone(),
-                class,
-                pool,
-                workers,
-            }));
+            let app = App::new(i, f, tree)?;
+            if !f.command.is_empty() {
+                fcgi.starter.start_pool(i, &app)?;
+            }
+            apps.push(app);
         }
-        let owner = if configs.iter().any(|f| f.pass_handle) {
-            let enforcer: Option<Arc<dyn rescon_handle::owner::Enforcer>> = match (kernel, limiter)
-            {
+        fcgi.starter.started.store(START_GENERATION, Relaxed);
+        fcgi.ensure_owner(configs)?;
+        *fcgi.apps.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(apps);
+        Ok(fcgi)
+    }
+
+    /// The applications in force.
+    fn apps(&self) -> Arc<[Arc<App>]> {
+        self.apps.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handle owner, made when an application first passes handles.
+    fn ensure_owner(&self, configs: &[FastCgiConfig]) -> anyhow::Result<()> {
+        if self.owner.get().is_some() || !configs.iter().any(|f| f.pass_handle) {
+            return Ok(());
+        }
+        let enforcer: Option<Arc<dyn rescon_handle::owner::Enforcer>> =
+            match (&self.starter.kernel, &self.starter.limiter) {
                 (Some(m), _) => Some(m.clone()),
                 (None, Some(l)) => Some(l.clone()),
                 _ => None,
             };
-            let config = rescon_handle::owner::Config::default();
-            let owner = match enforcer {
-                Some(e) => rescon_handle::owner::Owner::with_enforcer(config, e),
-                None => rescon_handle::owner::Owner::new(config),
-            }
-            .context("starting the container-handle owner")?;
-            let server = owner
-                .spawn("rescon-handles")
-                .context("starting the handle thread")?;
-            Some((owner, server))
-        } else {
-            None
-        };
-        Ok(FastCgi {
-            apps,
-            owner,
-            seq: AtomicU64::new(0),
-        })
+        let config = rescon_handle::owner::Config::default();
+        let owner = match enforcer {
+            Some(e) => rescon_handle::owner::Owner::with_enforcer(config, e),
+            None => rescon_handle::owner::Owner::new(config),
+        }
+        .context("starting the container-handle owner")?;
+        let server = owner
+            .spawn("rescon-handles")
+            .context("starting the handle thread")?;
+        let _ = self.owner.set((owner, server));
+        Ok(())
     }
 
-    /// What a reload to `new` would change in `[[fastcgi]]`, in words, or `None` if nothing.
-    /// Reloads do not apply `[[fastcgi]]`: the applications, their routes and their pools stay
-    /// as started until the server restarts (a pool is a supervised process tree with requests
-    /// under way; replacing it by a reload would need a drain this server does not do).
-    pub(crate) fn unapplied(&self, new: &[FastCgiConfig]) -> Option<String> {
-        let old: Vec<&FastCgiConfig> = self.apps.iter().map(|a| &a.config).collect();
-        let mut what = Vec::new();
-        for i in 0..old.len().max(new.len()) {
-            match (old.get(i), new.get(i)) {
-                (Some(o), Some(n)) if *o == n => {}
-                (Some(o), Some(n)) => {
-                    let mut fields = Vec::new();
-                    for (name, changed) in [
-                        ("prefix", o.prefix != n.prefix),
-                        ("address", o.address != n.address),
-                        ("root", o.root != n.root),
-                        ("container", o.container != n.container),
-                        ("command", o.command != n.command),
-                        ("restarts", o.restarts != n.restarts),
-                        ("pass_handle", o.pass_handle != n.pass_handle),
-                    ] {
-                        if changed {
-                            fields.push(name);
-                        }
+    /// Which running application each of `new` keeps (same configuration, same class
+    /// container), each running one kept at most once.
+    fn plan(old: &[Arc<App>], new: &[FastCgiConfig], tree: &LiveTree) -> Vec<Plan> {
+        let mut taken = vec![false; old.len()];
+        new.iter()
+            .map(|n| {
+                let same = old.iter().enumerate().position(|(j, o)| {
+                    !taken[j]
+                        && o.config == *n
+                        && tree
+                            .get(&n.container)
+                            .is_some_and(|c| c.id() == o.class.id())
+                });
+                match same {
+                    Some(j) => {
+                        taken[j] = true;
+                        Plan::Keep(j)
                     }
-                    what.push(format!(
-                        "fastcgi[{i}] ({}) changed: {}",
-                        o.prefix,
-                        fields.join(", ")
+                    None => Plan::Start,
+                }
+            })
+            .collect()
+    }
+
+    /// Puts `new` in force (a reload; `tree` is the reloaded tree): unchanged applications keep
+    /// running, new and changed ones start, and the applications no longer configured stop
+    /// taking requests at once and are retired: their requests under way finish (for up to
+    /// `grace`), then their pools stop. A new pool on the address of one being retired starts
+    /// once that one has stopped (its requests wait for it, within their timeouts). What was
+    /// done, in words, or `None` if `[[fastcgi]]` did not change.
+    pub(crate) fn reload(
+        &self,
+        new: &[FastCgiConfig],
+        tree: &LiveTree,
+        grace: Duration,
+    ) -> Option<String> {
+        let old = self.apps();
+        let plan = Self::plan(&old, new, tree);
+        let kept: Vec<usize> = plan
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Keep(j) => Some(*j),
+                Plan::Start => None,
+            })
+            .collect();
+        if old.len() == new.len() && plan.iter().enumerate().all(|(i, p)| *p == Plan::Keep(i)) {
+            return None;
+        }
+        let retired: Vec<Arc<App>> = (0..old.len())
+            .filter(|j| !kept.contains(j))
+            .map(|j| old[j].clone())
+            .collect();
+        let mut said = Vec::new();
+        let mut apps = Vec::new();
+        // Pools that wait for a retired one on their address to stop: (retired, new, index).
+        let mut after: Vec<(usize, Arc<App>, usize)> = Vec::new();
+        for (i, (f, p)) in new.iter().zip(&plan).enumerate() {
+            if let Plan::Keep(j) = p {
+                apps.push(old[*j].clone());
+                if *j != i {
+                    said.push(format!(
+                        "fastcgi[{i}] ({}) kept (was fastcgi[{j}])",
+                        f.prefix
                     ));
                 }
-                (Some(o), None) => what.push(format!("fastcgi[{i}] ({}) removed", o.prefix)),
-                (None, Some(n)) => what.push(format!("fastcgi[{i}] ({}) added", n.prefix)),
-                (None, None) => {}
+                continue;
             }
+            let app = match App::new(i, f, tree) {
+                Ok(a) => a,
+                Err(e) => {
+                    said.push(format!("fastcgi[{i}] ({}) NOT started: {e:#}", f.prefix));
+                    continue;
+                }
+            };
+            let what = match old.iter().position(|o| o.config.prefix == f.prefix) {
+                Some(j) => {
+                    let fields = changed_fields(&old[j].config, f);
+                    format!(
+                        "fastcgi[{i}] ({}) changed ({})",
+                        f.prefix,
+                        if fields.is_empty() {
+                            "its class container was declared anew".into()
+                        } else {
+                            fields.join(", ")
+                        }
+                    )
+                }
+                None => format!("fastcgi[{i}] ({}) added", f.prefix),
+            };
+            let blocking = retired
+                .iter()
+                .position(|r| r.config.address == f.address && r.pool().is_some());
+            match (f.command.is_empty(), blocking) {
+                (true, _) => said.push(what),
+                (false, Some(r)) => {
+                    said.push(format!(
+                        "{what}, its pool starts once the old pool on {} has drained and stopped",
+                        f.address
+                    ));
+                    after.push((r, app.clone(), i));
+                }
+                (false, None) => match self.starter.start_pool(i, &app) {
+                    Ok(()) => said.push(format!("{what}, its pool started")),
+                    Err(e) => said.push(format!(
+                        "{what}, but its pool did NOT start ({e:#}): its requests get 502"
+                    )),
+                },
+            }
+            apps.push(app);
         }
-        (!what.is_empty()).then(|| {
-            format!(
-                "[[fastcgi]] NOT applied, the running applications and pools stay as started \
-                 (restart the server to apply): {}",
-                what.join("; ")
-            )
-        })
+        if let Err(e) = self.ensure_owner(new) {
+            said.push(format!(
+                "no container handles for pass_handle applications ({e:#})"
+            ));
+        }
+        self.any.store(!apps.is_empty(), Relaxed);
+        *self.apps.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(apps);
+        for (r, app) in retired.iter().enumerate() {
+            let starts: Vec<(Arc<App>, usize)> = after
+                .iter()
+                .filter(|(k, _, _)| *k == r)
+                .map(|(_, a, i)| (a.clone(), *i))
+                .collect();
+            let j = old.iter().position(|o| Arc::ptr_eq(o, app)).unwrap_or(0);
+            let replaced = new.iter().any(|n| n.prefix == app.config.prefix);
+            said.push(
+                format!(
+                    "{} fastcgi[{j}] ({}) {}: {}",
+                    if replaced { "the old" } else { "" },
+                    app.config.prefix,
+                    if replaced { "retired" } else { "removed" },
+                    if app.pool().is_some() {
+                        "no new requests, its pool stops once its requests under way have ended"
+                    } else {
+                        "no new requests"
+                    }
+                )
+                .trim_start()
+                .to_string(),
+            );
+            self.retire(app.clone(), grace, starts);
+        }
+        Some(format!("[[fastcgi]] applied: {}", said.join("; ")))
+    }
+
+    /// Drains `app` (retired: no new requests reach it) for up to `grace`, stops its pool, then
+    /// starts the pools of `then` (new applications on its address), from a thread.
+    fn retire(&self, app: Arc<App>, grace: Duration, then: Vec<(Arc<App>, usize)>) {
+        let starter = Starter {
+            kernel: self.starter.kernel.clone(),
+            limiter: self.starter.limiter.clone(),
+            run_as: self.starter.run_as.clone(),
+            started: AtomicU64::new(0),
+        };
+        // The names of the pools started later are taken now, from the shared sequence.
+        let names: Vec<u64> = then
+            .iter()
+            .map(|_| self.starter.started.fetch_add(1, Relaxed))
+            .collect();
+        let spawned = std::thread::Builder::new()
+            .name("fcgi-drain".into())
+            .spawn(move || {
+                let prefix = app.config.prefix.clone();
+                if !app.drain(grace) {
+                    tracing::warn!(fastcgi = %prefix, ?grace, "a retired FastCGI application still had requests under way at timeouts.shutdown: its pool stops anyway");
+                }
+                if let Some(p) = app.pool() {
+                    p.stop();
+                    tracing::info!(fastcgi = %prefix, "retired FastCGI pool drained and stopped");
+                }
+                drop(app);
+                for ((new, i), n) in then.into_iter().zip(names) {
+                    starter.started.store(n, Relaxed);
+                    if let Err(e) = starter.start_pool(i, &new) {
+                        tracing::error!(fastcgi = %new.config.prefix, error = %format!("{e:#}"), "the FastCGI pool of a reload did not start: its requests get 502");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the thread that retires a FastCGI application");
+        }
     }
 
     /// The application whose prefix `path` (raw, percent-encoded) is under, longest prefix
     /// first, and the path after the prefix.
-    pub(crate) fn route(&self, path: &str) -> Option<(&Arc<App>, RelPath)> {
-        if self.apps.is_empty() {
+    pub(crate) fn route(&self, path: &str) -> Option<(Arc<App>, RelPath)> {
+        // Every request asks: without applications, one load.
+        if !self.any.load(Relaxed) {
             return None;
         }
         let rel = normalize(path).ok()?;
-        self.apps
+        self.apps()
             .iter()
             .filter_map(|a| Some((a, under_prefix(&a.config.prefix, &rel)?)))
             .max_by_key(|(a, _)| a.config.prefix.len())
+            .map(|(a, r)| (a.clone(), r))
     }
 
     /// A request's run: its container made under the class (503 if it cannot be).
@@ -241,12 +527,13 @@ impl FastCgi {
         timeouts: Timeouts,
         watchdog: Arc<Watchdog>,
     ) -> Result<FcgiRun, Response<Body>> {
+        let inflight = InFlight::new(app);
         let n = self.seq.fetch_add(1, Relaxed);
         let container = app
             .class
             .create_child(&format!("fcgi-{n}"), Attributes::default())
             .map_err(|e| simple(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
-        let handle = match (&self.owner, app.config.pass_handle) {
+        let handle = match (self.owner.get(), app.config.pass_handle) {
             (Some((o, _)), true) => match o.issue(&container) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
@@ -259,6 +546,7 @@ impl FastCgi {
         let (script, path_info) = split_script(&app.config.root, rest);
         Ok(FcgiRun {
             app: app.clone(),
+            inflight,
             container,
             handle,
             script_name: format!("{}{}", app.config.prefix, script),
@@ -272,6 +560,22 @@ impl FastCgi {
             watchdog,
         })
     }
+}
+
+/// The fields of `[[fastcgi]]` that differ between `o` and `n`.
+fn changed_fields(o: &FastCgiConfig, n: &FastCgiConfig) -> Vec<&'static str> {
+    [
+        ("prefix", o.prefix != n.prefix),
+        ("address", o.address != n.address),
+        ("root", o.root != n.root),
+        ("container", o.container != n.container),
+        ("command", o.command != n.command),
+        ("restarts", o.restarts != n.restarts),
+        ("pass_handle", o.pass_handle != n.pass_handle),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// The script (the first path that is a file under `root`, or the whole path if none is)
@@ -301,6 +605,8 @@ fn split_script(root: &std::path::Path, rest: &RelPath) -> (String, String) {
 /// One FastCGI request.
 pub(crate) struct FcgiRun {
     app: Arc<App>,
+    /// Counts the request as under way at `app` until its job ends.
+    inflight: InFlight,
     /// The request's own container (under the class).
     pub(crate) container: Container,
     handle: Option<std::os::fd::OwnedFd>,
@@ -380,6 +686,7 @@ impl FcgiRun {
         let (body_tx, body_rx) = tokio::sync::mpsc::channel(8);
         let job = Job {
             app: self.app,
+            _inflight: self.inflight,
             container: self.container.clone(),
             handle: self.handle,
             params,
@@ -486,6 +793,7 @@ impl Conn {
 /// What the blocking thread of a request needs.
 struct Job {
     app: Arc<App>,
+    _inflight: InFlight,
     container: Container,
     handle: Option<std::os::fd::OwnedFd>,
     params: Vec<u8>,
@@ -535,14 +843,32 @@ impl Job {
 
     fn execute(&mut self) -> Outcome {
         let addr = &self.app.config.address;
-        let left = match self.total {
+        let left = || match self.total {
             Some(t) => t.saturating_sub(self.started.elapsed()).min(self.idle),
             None => self.idle,
         };
-        let mut conn = match Conn::connect(addr, left.max(Duration::from_millis(1))) {
+        // A pool that a reload started after the one it replaces stopped: wait for it.
+        self.app.wait_for_pool(left());
+        let conn = loop {
+            match Conn::connect(addr, left().max(Duration::from_millis(1))) {
+                Ok(c) => break Ok(c),
+                // A pool just started may not listen yet: asked again, within the timeout.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) && self.app.pool().is_some_and(|p| p.just_started())
+                        && left() > Duration::from_millis(20) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let mut conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                let down = self.app.pool.as_ref().is_some_and(|p| p.pgid().is_none());
+                let down = self.app.pool().is_some_and(|p| p.pgid().is_none());
                 return Outcome::Failed(format!(
                     "the FastCGI application at {addr} is not reachable ({e}){}",
                     if down { "; its pool is down" } else { "" }
@@ -592,7 +918,7 @@ impl Job {
             _ => None,
         };
         // The worker that accepted the connection, and its CPU so far.
-        let pgid = self.app.pool.as_ref().and_then(|p| p.pgid());
+        let pgid = self.app.pool().and_then(|p| p.pgid());
         let mut worker = self.find_worker(&conn, pgid, false);
         let outcome = match sent {
             Err(e) => Outcome::Failed(format!(

@@ -19,7 +19,9 @@
 //!   if the user is in the user database, none otherwise) before the command runs. Once the
 //!   server runs as the user itself, a restart runs the command directly.
 //! - **Stopping.** [`stop_all`] (the server's SIGTERM and graceful stop) sends the pool's
-//!   process group SIGTERM; in cgroups the manager's shutdown kills what is left.
+//!   process group SIGTERM; in cgroups the manager's shutdown kills what is left. A pool that
+//!   a reload retires is stopped alone ([`Pool::stop`], once its requests have ended): SIGTERM
+//!   to its group, SIGKILL after [`STOP_WAIT`], and it is not started again.
 
 use rescon::Container;
 use rescon_linux::cgroup::{self, Manager};
@@ -32,7 +34,11 @@ use std::time::{Duration, Instant};
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 fn groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&GROUPS)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Stops every pool: SIGTERM to each pool's process group. No pool restarts after.
@@ -85,11 +91,23 @@ fn argv(command: &[String], run_as: Option<&RunAs>) -> Vec<String> {
     v
 }
 
+/// How long a stopped pool has after SIGTERM before SIGKILL.
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after its start a pool may not listen yet (requests retry connecting meanwhile).
+const STARTUP: Duration = Duration::from_secs(5);
+
 /// A running pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
     /// The pool's process group (its main process's pid), 0 while it is down.
     pgid: AtomicI32,
+    /// When its main process last started.
+    since: Mutex<Instant>,
+    /// Set by [`Pool::stop`]: not started again.
+    stopping: AtomicBool,
+    /// Set when the supervisor has returned (the pool is down for good).
+    ended: (Mutex<bool>, std::sync::Condvar),
     /// The pool's container.
     pub(crate) container: Container,
 }
@@ -98,6 +116,44 @@ impl Pool {
     /// The pool's process group, if it runs.
     pub(crate) fn pgid(&self) -> Option<i32> {
         Some(self.pgid.load(Ordering::Acquire)).filter(|p| *p > 0)
+    }
+
+    /// Whether it runs and started less than [`STARTUP`] ago (it may not listen yet).
+    pub(crate) fn just_started(&self) -> bool {
+        self.pgid().is_some() && lock(&self.since).elapsed() < STARTUP
+    }
+
+    fn stopping(&self) -> bool {
+        STOPPING.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops this pool for good: SIGTERM to its process group, SIGKILL after [`STOP_WAIT`];
+    /// returns once its supervisor has seen the main process exit (or after a second
+    /// [`STOP_WAIT`]; said if so).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let ended = |wait: Duration| {
+            let (m, cv) = &self.ended;
+            let g = lock(m);
+            let (g, _) = cv
+                .wait_timeout_while(g, wait, |done| !*done)
+                .unwrap_or_else(|e| e.into_inner());
+            *g
+        };
+        if let Some(g) = self.pgid() {
+            term_group(g);
+        }
+        if ended(STOP_WAIT) {
+            return;
+        }
+        if let Some(g) = self.pgid()
+            && let Some(p) = rustix::process::Pid::from_raw(g)
+        {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+        }
+        if !ended(STOP_WAIT) {
+            tracing::warn!("a stopped FastCGI pool's main process has not exited");
+        }
     }
 
     /// Starts `command` in `container` and supervises it from a thread of its own. Fails if
@@ -122,6 +178,9 @@ impl Pool {
         }
         let pool = Arc::new(Pool {
             pgid: AtomicI32::new(0),
+            since: Mutex::new(Instant::now()),
+            stopping: AtomicBool::new(false),
+            ended: (Mutex::new(false), std::sync::Condvar::new()),
             container,
         });
         let spawn = {
@@ -136,7 +195,11 @@ impl Pool {
         let (p, name) = (pool.clone(), name.to_string());
         std::thread::Builder::new()
             .name(format!("fcgi-pool-{name}"))
-            .spawn(move || p.supervise(&name, first, spawn, restarts))?;
+            .spawn(move || {
+                p.supervise(&name, first, spawn, restarts);
+                *lock(&p.ended.0) = true;
+                p.ended.1.notify_all();
+            })?;
         Ok(pool)
     }
 
@@ -166,6 +229,7 @@ impl Pool {
             ),
             _ => None,
         };
+        *lock(&self.since) = Instant::now();
         self.pgid.store(pid, Ordering::Release);
         groups().push(pid);
         Ok((child, capped))
@@ -192,7 +256,7 @@ impl Pool {
                 groups().retain(|g| *g != pid);
                 // Its workers, if they outlive it, go with it.
                 term_group(pid);
-                if STOPPING.load(Ordering::SeqCst) {
+                if self.stopping() {
                     return;
                 }
                 if since.elapsed() > Duration::from_secs(60) {
@@ -212,7 +276,7 @@ impl Pool {
             left -= 1;
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
-            if STOPPING.load(Ordering::SeqCst) {
+            if self.stopping() {
                 return;
             }
             match spawn() {
