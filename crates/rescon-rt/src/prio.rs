@@ -18,22 +18,22 @@
 //! higher-class event it handles may wait behind other processes' work; from then on it runs
 //! at its normal priority.
 //!
-//! The other way, when asked for ([`HighPriority`], off by default): a worker runs at a lower
-//! nice value while it runs work of the high or critical class (on its whole path) or has
-//! such work queued, and while it sleeps hosting such work (a listener's accept loop), so
-//! that where the machine's CPUs are shared with other processes the kernel neither takes the
-//! CPU from it for another thread's time slice (milliseconds) between the moment it learns of
-//! a high-class request and the response, nor lets a wake-up for such work wait behind other
-//! threads. It goes back to its normal nice value at the first burst of other work with none
-//! of that class waiting, so the raise lasts as long as the high-class work runs: a server
-//! whose high class is a trickle of requests raises its workers for that trickle only, and
-//! other processes keep their share of the CPUs. A worker that is off its CPU when the work
-//! arrives cannot raise itself: that wait is the kernel's (a server accepts such a class on
-//! every worker, so that whichever runs takes it), and so is the wait for a high-class
+//! The other way, when asked for ([`HighPriority`], off by default): a worker runs at a lower nice
+//! value while it runs work of the high or critical class (on its whole path) or has such work
+//! queued, and while it sleeps hosting such work (a listener's accept loop) that ran in the last
+//! 100 ms ([`SLEEP_RAISED_AFTER_HIGH_NS`]), so that where the machine's CPUs are shared with other
+//! processes the kernel neither takes the CPU from it for another thread's time slice
+//! (milliseconds) between the moment it learns of a high-class request and the response, nor lets a
+//! wake-up for such work wait behind other threads. It goes back to its normal nice value at the
+//! first burst of other work with none of that class waiting, so the raise lasts as long as the
+//! high-class work runs: a server whose high class is a trickle of requests raises its workers for
+//! that trickle only, and other processes keep their share of the CPUs. A worker that is off its
+//! CPU when the work arrives cannot raise itself: that wait is the kernel's (a server accepts such
+//! a class on every worker, so that whichever runs takes it), and so is the wait for a high-class
 //! connection's next event once the worker has gone back to other work. Each change is one
 //! `setpriority` on the worker's own thread. It needs the right to lower a nice value
-//! (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the feature turns itself
-//! off at start, saying so.
+//! (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the feature turns itself off at
+//! start, saying so.
 //!
 //! Measured with `rescon-bench paper --quick --only 3` (rescon-httpd with a worker per core,
 //! not pinned, beside the load generator on two cores; 64 low clients): the high-priority
@@ -78,7 +78,17 @@ pub(crate) struct Boost {
     tid: i32,
     orig: i32,
     boosted: bool,
+    /// When it last ran high-class work (runtime clock, ns), if ever.
+    last_high: Option<u64>,
 }
+
+/// How long after it last ran high-class work a worker that hosts such work still sleeps
+/// raised. A server whose high class is busy keeps its workers ready for that class's next
+/// event; one whose high class is quiet does not wake raised for other work: each such
+/// wake-up (at nice -20, weight 88,761 against a cgroup's 1,024) took the CPU from the
+/// processes beside the server, a FastCGI pool under a 30% cap in `rescon-bench paper
+/// --only 4`, which has no high-class traffic at all.
+pub(crate) const SLEEP_RAISED_AFTER_HIGH_NS: u64 = 100_000_000;
 
 impl Boost {
     /// Sets up raising for the calling thread (a worker), or turns it off if the thread may
@@ -90,6 +100,7 @@ impl Boost {
             tid,
             orig: 0,
             boosted: false,
+            last_high: None,
         };
         let HighPriority::Nice(n) = mode else {
             return b;
@@ -116,8 +127,27 @@ impl Boost {
         self.nice.is_some()
     }
 
+    /// About to run work (at `now`): raised if it is high-class work or such work is
+    /// waiting (`high`), put back otherwise.
+    pub(crate) fn running(&mut self, high: bool, now: u64) {
+        if high {
+            self.last_high = Some(now);
+        }
+        self.set(high);
+    }
+
+    /// About to sleep (at `now`): raised if it hosts high-class work (`hosts_high`) and ran
+    /// some within [`SLEEP_RAISED_AFTER_HIGH_NS`], so that it is woken ahead of other threads
+    /// for that work's next event; put back otherwise.
+    pub(crate) fn sleeping(&mut self, hosts_high: bool, now: u64) {
+        let recent = self
+            .last_high
+            .is_some_and(|t| now.saturating_sub(t) < SLEEP_RAISED_AFTER_HIGH_NS);
+        self.set(hosts_high && recent);
+    }
+
     /// Raises the worker (`want`) or puts it back.
-    pub(crate) fn set(&mut self, want: bool) {
+    fn set(&mut self, want: bool) {
         let Some(n) = self.nice else { return };
         if want == self.boosted {
             return;

@@ -319,3 +319,83 @@ fn a_worker_hosting_high_class_work_runs_other_work_at_its_normal_nice_value() {
     assert_eq!(nice_in(&low), orig, "and normal-class work not");
     hosted.cancel();
 }
+
+/// The state letter of thread `tid` of this process (`R`, `S`, ...), from `/proc`.
+fn thread_state(tid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // After the command name, in parentheses that may hold anything.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.chars().next().unwrap()
+}
+
+/// Waits (up to 5 s) until thread `tid` sleeps, then returns its nice value.
+fn nice_once_asleep(tid: i32) -> i32 {
+    let start = std::time::Instant::now();
+    while thread_state(tid) != 'S' {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the worker never went to sleep"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rescon_rt::ThreadPriority::of_thread(tid).unwrap().nice
+}
+
+#[test]
+fn a_worker_hosting_high_class_work_sleeps_raised_only_while_that_work_ran_lately() {
+    use rescon_rt::{HighPriority, ThreadPriority};
+    let registry = Registry::new();
+    let rt = Builder::new(&registry)
+        .workers(1)
+        .high_priority(HighPriority::Nice(-5))
+        .build()
+        .unwrap();
+    let tid = rt.handle().worker_tids()[0];
+    let orig = ThreadPriority::of_thread(tid).unwrap().nice;
+    if orig <= -5 {
+        eprintln!("skipped: this thread already runs at nice {orig}, nothing to raise to -5");
+        return;
+    }
+    let mut a = Attributes::default();
+    a.set("class", "high").unwrap();
+    let high = registry.root().create_child("high", a).unwrap();
+    let low = child(&registry.root(), "low");
+    // A high-class task that waits all along, as an accept loop does.
+    let hosted = rt.spawn_in(&high, async {
+        rescon_rt::sleep(Duration::from_secs(3600)).await;
+    });
+    let nice_in = |c: &Container| {
+        rt.block_on(rt.spawn_in(
+            c,
+            async move { ThreadPriority::of_thread(tid).unwrap().nice },
+        ))
+        .unwrap()
+    };
+    let ran_high = std::time::Instant::now();
+    if nice_in(&high) != -5 {
+        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "RESCON_REQUIRE_KERNEL=1 but the worker did not raise itself for high-class work"
+        );
+        eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
+        hosted.cancel();
+        return;
+    }
+    // Asleep just after high-class work ran: raised, for that work's next event. (Only if it
+    // fell asleep within the window; on a machine that delayed it longer, nothing to check.)
+    let asleep = nice_once_asleep(tid);
+    if ran_high.elapsed() < Duration::from_millis(90) {
+        assert_eq!(asleep, -5, "asleep raised right after high-class work");
+    }
+    // The high-class task has not run for longer than the window; other work runs, then the
+    // worker sleeps: at its normal nice value, though it still hosts the waiting task.
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(nice_in(&low), orig, "normal-class work runs at nice {orig}");
+    assert_eq!(
+        nice_once_asleep(tid),
+        orig,
+        "asleep at nice {orig} when the hosted high-class work has been quiet"
+    );
+    hosted.cancel();
+}

@@ -462,7 +462,7 @@ impl Local {
                     // meanwhile; at normal priority otherwise (see `prio::Boost`).
                     let k = p.key.index() as u32;
                     let want = core.queues.slot(k).is_high() || core.queues.high_queued();
-                    core.boost.set(want);
+                    core.boost.running(want, now);
                 }
                 pick
             };
@@ -1031,10 +1031,11 @@ impl Local {
             core.queues.flush_all();
             core.queues.reclaim();
             if core.boost.enabled() {
-                // Asleep, it costs nobody CPU: raised while it hosts high-class work, it is
-                // woken ahead of other threads for that work's next event.
-                let want = core.queues.hosts_high();
-                core.boost.set(want);
+                // Asleep, it costs nobody CPU: raised while it hosts high-class work that
+                // ran lately, it is woken ahead of other threads for that work's next event
+                // (see `prio::SLEEP_RAISED_AFTER_HIGH_NS`).
+                let hosts = core.queues.hosts_high();
+                core.boost.sleeping(hosts, now);
             }
             core.timers.promote();
             let t = core.timers.next_deadline();
