@@ -204,3 +204,75 @@ fn dropping_the_pool_cancels_queued_jobs() {
         assert!(queued.await.unwrap_err().is_cancelled());
     });
 }
+
+/// Jobs of short-lived containers (a connection's, released once its job is done, as a TLS
+/// handshake's on the handshake pool): each job's charge reaches the parent's subtree, while
+/// the pool keeps running.
+#[test]
+fn jobs_of_released_containers_are_charged_to_their_parent_s_subtree() {
+    let registry = Registry::new();
+    let low = child(&registry.root(), "low", &[]);
+    let clock = Clock::manual();
+    let pool = BlockingPool::builder(&registry)
+        .max_threads(1)
+        .clock(clock.clone())
+        .build();
+    let rt = Runtime::new(&registry).unwrap();
+    rt.block_on(async {
+        for i in 0..41 {
+            let conn = child(&low, &format!("conn-{i}"), &[]);
+            let clock = clock.clone();
+            pool.spawn_in(&conn, move || clock.advance(Duration::from_millis(1)))
+                .await
+                .unwrap();
+            drop(conn);
+        }
+    });
+    // One thread: job 41 ran after the first 40 were charged. The pool still runs.
+    let charged = low.usage_subtree().cpu_ns;
+    assert!(
+        charged >= 40_000_000,
+        "40 jobs of 1 ms each were charged {charged} ns to the subtree"
+    );
+    drop(pool);
+    assert_eq!(low.usage_subtree().cpu_ns, 41_000_000);
+}
+
+/// The same with jobs queued at once on two threads, their containers released while the
+/// jobs wait (a flood of handshakes whose connections close).
+#[test]
+fn concurrent_jobs_of_released_containers_are_all_charged() {
+    let registry = Registry::new();
+    let low = child(&registry.root(), "low", &[]);
+    let gate_c = child(&registry.root(), "gate", &[]);
+    let clock = Clock::manual();
+    let pool = BlockingPool::builder(&registry)
+        .max_threads(2)
+        .clock(clock.clone())
+        .build();
+    let rt = Runtime::new(&registry).unwrap();
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    let first = pool.spawn_in(&gate_c, move || g.wait());
+    let mut jobs = Vec::new();
+    for i in 0..40 {
+        let conn = child(&low, &format!("conn-{i}"), &[]);
+        let clock = clock.clone();
+        jobs.push(pool.spawn_in(&conn, move || clock.advance(Duration::from_millis(1))));
+    }
+    gate.open();
+    rt.block_on(async {
+        first.await.unwrap();
+        for j in jobs {
+            j.await.unwrap();
+        }
+    });
+    drop(pool);
+    // On a manual clock shared by two threads a job may be charged the other's advance too:
+    // never less than its own.
+    let charged = low.usage_subtree().cpu_ns;
+    assert!(
+        charged >= 40_000_000,
+        "40 jobs of 1 ms each were charged {charged} ns to the subtree"
+    );
+}
