@@ -17,6 +17,16 @@ fn child(parent: &Container, name: &str, attrs: &[(&str, &str)]) -> Container {
     parent.create_child(name, a).unwrap()
 }
 
+/// A pool of `threads` threads over `registry`'s containers, on a manual clock.
+fn manual_pool(registry: &Registry, threads: usize) -> (Clock, BlockingPool) {
+    let clock = Clock::manual();
+    let pool = BlockingPool::builder(registry)
+        .max_threads(threads)
+        .clock(clock.clone())
+        .build();
+    (clock, pool)
+}
+
 /// A gate the first job waits at, so that every other job is queued before any runs.
 #[derive(Default)]
 struct Gate {
@@ -46,11 +56,7 @@ fn fixed_shares_divide_the_pools_threads() {
     let a = child(&root, "a", &[("share", "75%")]);
     let b = child(&root, "b", &[("share", "25%")]);
     let gate_c = child(&root, "gate", &[]);
-    let clock = Clock::manual();
-    let pool = BlockingPool::builder(&registry)
-        .max_threads(1)
-        .clock(clock.clone())
-        .build();
+    let (clock, pool) = manual_pool(&registry, 1);
     let rt = Runtime::new(&registry).unwrap();
     let gate = Arc::new(Gate::default());
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -96,11 +102,7 @@ fn a_higher_class_takes_every_free_thread_first() {
     let high = child(&root, "high", &[("class", "high")]);
     let low = child(&root, "low", &[]);
     let gate_c = child(&root, "gate", &[]);
-    let clock = Clock::manual();
-    let pool = BlockingPool::builder(&registry)
-        .max_threads(1)
-        .clock(clock.clone())
-        .build();
+    let (_clock, pool) = manual_pool(&registry, 1);
     let rt = Runtime::new(&registry).unwrap();
     let gate = Arc::new(Gate::default());
     let g = gate.clone();
@@ -212,11 +214,7 @@ fn dropping_the_pool_cancels_queued_jobs() {
 fn jobs_of_released_containers_are_charged_to_their_parent_s_subtree() {
     let registry = Registry::new();
     let low = child(&registry.root(), "low", &[]);
-    let clock = Clock::manual();
-    let pool = BlockingPool::builder(&registry)
-        .max_threads(1)
-        .clock(clock.clone())
-        .build();
+    let (clock, pool) = manual_pool(&registry, 1);
     let rt = Runtime::new(&registry).unwrap();
     rt.block_on(async {
         for i in 0..41 {
@@ -245,11 +243,7 @@ fn concurrent_jobs_of_released_containers_are_all_charged() {
     let registry = Registry::new();
     let low = child(&registry.root(), "low", &[]);
     let gate_c = child(&registry.root(), "gate", &[]);
-    let clock = Clock::manual();
-    let pool = BlockingPool::builder(&registry)
-        .max_threads(2)
-        .clock(clock.clone())
-        .build();
+    let (clock, pool) = manual_pool(&registry, 2);
     let rt = Runtime::new(&registry).unwrap();
     let gate = Arc::new(Gate::default());
     let g = gate.clone();

@@ -271,53 +271,100 @@ fn a_worker_hosting_high_class_work_runs_at_a_lower_nice_value() {
     );
 }
 
+/// A one-worker runtime that raises its worker to nice -5 for high-class work, hosting a
+/// high-class task that waits all along (as an accept loop does), beside a normal-class
+/// container.
+struct Raised {
+    rt: rescon_rt::Runtime,
+    tid: i32,
+    /// The worker's own nice value.
+    orig: i32,
+    high: Container,
+    low: Container,
+    hosted: Option<rescon_rt::JoinHandle<()>>,
+    /// Just before high-class work last ran (in [`Raised::start`]).
+    ran_high: Instant,
+    _registry: Registry,
+}
+
+impl Raised {
+    /// Starts it and runs high-class work once; `None` (the test skips, saying why) where
+    /// the worker cannot be raised.
+    fn start() -> Option<Raised> {
+        use rescon_rt::{HighPriority, ThreadPriority};
+        let registry = Registry::new();
+        let rt = Builder::new(&registry)
+            .workers(1)
+            .high_priority(HighPriority::Nice(-5))
+            .build()
+            .unwrap();
+        let tid = rt.handle().worker_tids()[0];
+        let orig = ThreadPriority::of_thread(tid).unwrap().nice;
+        if orig <= -5 {
+            eprintln!("skipped: this thread already runs at nice {orig}, nothing to raise to -5");
+            return None;
+        }
+        let mut a = Attributes::default();
+        a.set("class", "high").unwrap();
+        let high = registry.root().create_child("high", a).unwrap();
+        let low = child(&registry.root(), "low");
+        let hosted = rt.spawn_in(&high, async {
+            rescon_rt::sleep(Duration::from_secs(3600)).await;
+        });
+        let r = Raised {
+            rt,
+            tid,
+            orig,
+            high,
+            low,
+            hosted: Some(hosted),
+            ran_high: Instant::now(),
+            _registry: registry,
+        };
+        if r.nice_in(&r.high) != -5 {
+            let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "RESCON_REQUIRE_KERNEL=1 but the worker did not raise itself for high-class work"
+            );
+            eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
+            return None;
+        }
+        Some(r)
+    }
+
+    /// The worker's nice value, read from inside a task of `c` (so while the worker runs it).
+    fn nice_in(&self, c: &Container) -> i32 {
+        let tid = self.tid;
+        self.rt
+            .block_on(self.rt.spawn_in(c, async move {
+                rescon_rt::ThreadPriority::of_thread(tid).unwrap().nice
+            }))
+            .unwrap()
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some(h) = self.hosted.take() {
+            h.cancel();
+        }
+    }
+}
+
 #[test]
 fn a_worker_hosting_high_class_work_runs_other_work_at_its_normal_nice_value() {
-    use rescon_rt::{HighPriority, ThreadPriority};
-    let registry = Registry::new();
-    let rt = Builder::new(&registry)
-        .workers(1)
-        .high_priority(HighPriority::Nice(-5))
-        .build()
-        .unwrap();
-    let tid = rt.handle().worker_tids()[0];
-    let orig = ThreadPriority::of_thread(tid).unwrap().nice;
-    if orig <= -5 {
-        eprintln!("skipped: this thread already runs at nice {orig}, nothing to raise to -5");
-        return;
-    }
-    let mut a = Attributes::default();
-    a.set("class", "high").unwrap();
-    let high = registry.root().create_child("high", a).unwrap();
-    let low = child(&registry.root(), "low");
-    // A high-class task that waits all along, as an accept loop does.
-    let hosted = rt.spawn_in(&high, async {
-        rescon_rt::sleep(Duration::from_secs(3600)).await;
-    });
-    // The worker's nice value, read from inside a task of `c` (so while the worker runs it).
-    let nice_in = |c: &Container| {
-        rt.block_on(rt.spawn_in(
-            c,
-            async move { ThreadPriority::of_thread(tid).unwrap().nice },
-        ))
-        .unwrap()
-    };
-    if nice_in(&high) != -5 {
-        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "RESCON_REQUIRE_KERNEL=1 but the worker did not raise itself for high-class work"
-        );
-        eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
-        hosted.cancel();
-        return;
-    }
+    let Some(r) = Raised::start() else { return };
+    let orig = r.orig;
     // Other work, while the high-class task waits: not raised.
-    assert_eq!(nice_in(&low), orig, "normal-class work runs at nice {orig}");
+    assert_eq!(
+        r.nice_in(&r.low),
+        orig,
+        "normal-class work runs at nice {orig}"
+    );
     // High-class work again: raised again.
-    assert_eq!(nice_in(&high), -5, "high-class work runs raised");
-    assert_eq!(nice_in(&low), orig, "and normal-class work not");
-    hosted.cancel();
+    assert_eq!(r.nice_in(&r.high), -5, "high-class work runs raised");
+    assert_eq!(r.nice_in(&r.low), orig, "and normal-class work not");
 }
 
 /// The state letter of thread `tid` of this process (`R`, `S`, ...), from `/proc`.
@@ -343,59 +390,25 @@ fn nice_once_asleep(tid: i32) -> i32 {
 
 #[test]
 fn a_worker_hosting_high_class_work_sleeps_raised_only_while_that_work_ran_lately() {
-    use rescon_rt::{HighPriority, ThreadPriority};
-    let registry = Registry::new();
-    let rt = Builder::new(&registry)
-        .workers(1)
-        .high_priority(HighPriority::Nice(-5))
-        .build()
-        .unwrap();
-    let tid = rt.handle().worker_tids()[0];
-    let orig = ThreadPriority::of_thread(tid).unwrap().nice;
-    if orig <= -5 {
-        eprintln!("skipped: this thread already runs at nice {orig}, nothing to raise to -5");
-        return;
-    }
-    let mut a = Attributes::default();
-    a.set("class", "high").unwrap();
-    let high = registry.root().create_child("high", a).unwrap();
-    let low = child(&registry.root(), "low");
-    // A high-class task that waits all along, as an accept loop does.
-    let hosted = rt.spawn_in(&high, async {
-        rescon_rt::sleep(Duration::from_secs(3600)).await;
-    });
-    let nice_in = |c: &Container| {
-        rt.block_on(rt.spawn_in(
-            c,
-            async move { ThreadPriority::of_thread(tid).unwrap().nice },
-        ))
-        .unwrap()
-    };
-    let ran_high = std::time::Instant::now();
-    if nice_in(&high) != -5 {
-        let required = std::env::var("RESCON_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "RESCON_REQUIRE_KERNEL=1 but the worker did not raise itself for high-class work"
-        );
-        eprintln!("skipped: the worker cannot lower its nice value here (needs CAP_SYS_NICE)");
-        hosted.cancel();
-        return;
-    }
+    let Some(r) = Raised::start() else { return };
+    let orig = r.orig;
     // Asleep just after high-class work ran: raised, for that work's next event. (Only if it
     // fell asleep within the window; on a machine that delayed it longer, nothing to check.)
-    let asleep = nice_once_asleep(tid);
-    if ran_high.elapsed() < Duration::from_millis(90) {
+    let asleep = nice_once_asleep(r.tid);
+    if r.ran_high.elapsed() < Duration::from_millis(90) {
         assert_eq!(asleep, -5, "asleep raised right after high-class work");
     }
     // The high-class task has not run for longer than the window; other work runs, then the
     // worker sleeps: at its normal nice value, though it still hosts the waiting task.
     std::thread::sleep(Duration::from_millis(150));
-    assert_eq!(nice_in(&low), orig, "normal-class work runs at nice {orig}");
     assert_eq!(
-        nice_once_asleep(tid),
+        r.nice_in(&r.low),
+        orig,
+        "normal-class work runs at nice {orig}"
+    );
+    assert_eq!(
+        nice_once_asleep(r.tid),
         orig,
         "asleep at nice {orig} when the hosted high-class work has been quiet"
     );
-    hosted.cancel();
 }
